@@ -1,0 +1,389 @@
+//! Subcommands and everything `pipe` prints. Nothing else in the crate writes to the terminal.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use petgraph::graph::NodeIndex;
+use serde_json::{json, Value as Json};
+
+use crate::error::{suggest, Error};
+use crate::exec::{self, Event, Observer, Outcome, RunOptions};
+use crate::plan::{FileHasher, Plan};
+use crate::render::{self, DagFormat};
+use crate::spec::Spec;
+use crate::stages;
+use crate::status::{self, State};
+use crate::store::Store;
+
+/// Command-line arguments.
+#[derive(Parser, Debug)]
+#[command(name = "pipe", version, about = "Content-addressed pipelines for deep-learning experiments")]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every pipeline command shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// The pipeline file (TOML).
+    pub file: PathBuf,
+    /// Override a value: `--set stage.train.epochs=40`, `--set sweep.noise=[0.0,0.5]` (VALUE is TOML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every instance whose artifact is not cached.
+    Run {
+        /// Pipeline, overrides, cache.
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Thread budget: running instances use at most this many threads together [default: cores].
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Show what would run, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run only this stage and what it needs (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        only: Vec<String>,
+        /// Stop starting instances after the first failure.
+        #[arg(long)]
+        fail_fast: bool,
+        /// Print one JSON object on stdout instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say for every instance whether it is cached, missing or stale, and why.
+    Status {
+        /// Pipeline, overrides, cache.
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the instance DAG.
+    Dag {
+        /// Pipeline, overrides, cache.
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: DagFormat,
+    },
+    /// Rehash every artifact in the cache and report damaged ones.
+    Verify {
+        /// The cache directory [default: $PIPE_CACHE, else ./cache].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// Remove damaged artifacts (they are recomputed by the next run).
+        #[arg(long)]
+        fix: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the stage kinds and their parameters.
+    Kinds,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn cache_dir(arg: &Option<PathBuf>) -> PathBuf {
+    arg.clone()
+        .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("cache"))
+}
+
+fn load_plan(args: &PipelineArgs) -> Result<Plan, Error> {
+    let registry = stages::registry();
+    let spec = Spec::load(&args.file, &args.set, &registry)?;
+    Plan::build(spec, &mut FileHasher::default())
+}
+
+fn item(plan: &Plan, n: NodeIndex) -> Json {
+    let inst = &plan.graph[n];
+    json!({"stage": plan.stage_name(n), "point": inst.point, "key": inst.key})
+}
+
+fn dispatch(cli: Cli) -> Result<i32, Error> {
+    match cli.command {
+        Command::Run { pipeline, jobs, dry_run, only, fail_fast, json } => {
+            let plan = load_plan(&pipeline)?;
+            for s in &only {
+                if plan.spec.stage(s).is_none() {
+                    let names: Vec<&str> = plan.spec.stages.iter().map(|s| s.name.as_str()).collect();
+                    return Err(Error::usage(format!(
+                        "--only {s}: no such stage{}; stages: {}",
+                        suggest(s, names.iter().copied()),
+                        names.join(", ")
+                    )));
+                }
+            }
+            let store = Store::new(cache_dir(&pipeline.cache));
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if jobs == 0 {
+                return Err(Error::usage("--jobs must be at least 1"));
+            }
+            if dry_run {
+                return Ok(dry_run_report(&plan, &store, &only, json));
+            }
+            run(&plan, &store, RunOptions { jobs, fail_fast, only }, json)
+        }
+        Command::Status { pipeline, json } => {
+            let plan = load_plan(&pipeline)?;
+            let store = Store::new(cache_dir(&pipeline.cache));
+            let index = store.read_index(&plan.spec.name);
+            let states = status::status(&plan, &store, &index);
+            if json {
+                let arr: Vec<Json> = states
+                    .iter()
+                    .map(|s| {
+                        let mut v = item(&plan, s.node);
+                        v["state"] = json!(s.state);
+                        v["reason"] = json!(s.reason);
+                        v
+                    })
+                    .collect();
+                println!("{}", Json::Array(arr));
+            } else {
+                let mut out = std::io::stdout().lock();
+                let width = plan.order.iter().map(|&n| plan.label(n).len()).max().unwrap_or(0);
+                for s in &states {
+                    let state = match s.state {
+                        State::Cached => "cached",
+                        State::Missing => "missing",
+                        State::Stale => "stale",
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{state:<8} {:<width$}  {}  {}",
+                        plan.label(s.node),
+                        &plan.graph[s.node].key[..12],
+                        s.reason
+                    );
+                }
+                let count = |st| states.iter().filter(|s| s.state == st).count();
+                let _ = writeln!(
+                    out,
+                    "{} instances: {} cached, {} missing, {} stale",
+                    states.len(),
+                    count(State::Cached),
+                    count(State::Missing),
+                    count(State::Stale)
+                );
+            }
+            Ok(0)
+        }
+        Command::Dag { pipeline, format } => {
+            let plan = load_plan(&pipeline)?;
+            print!("{}", render::dag(&plan, format));
+            Ok(0)
+        }
+        Command::Verify { cache, fix, json } => {
+            let store = Store::new(cache_dir(&cache));
+            let (n, damages) = store.verify(fix).map_err(|e| Error::io(store.root(), e))?;
+            if json {
+                println!("{}", json!({"checked": n, "damaged": damages, "removed": fix}));
+            } else {
+                for d in &damages {
+                    println!("damaged {}: {}", d.key, d.problem);
+                }
+                println!(
+                    "{n} artifacts checked, {} damaged{}",
+                    damages.len(),
+                    if fix && !damages.is_empty() { " (removed)" } else { "" }
+                );
+            }
+            Ok(if damages.is_empty() || fix { 0 } else { 1 })
+        }
+        Command::Kinds => {
+            for k in stages::registry().all() {
+                println!("{} (version {}): {}", k.name(), k.version(), k.about());
+                for p in k.params() {
+                    let presence = match p.presence {
+                        crate::stage::Presence::Required => "required".to_string(),
+                        crate::stage::Presence::Optional => "optional".to_string(),
+                        crate::stage::Presence::Default(d) => format!("default {d}"),
+                    };
+                    println!(
+                        "  {:<12} {} ({presence}{}): {}",
+                        p.name,
+                        p.ty.describe(),
+                        if p.in_key { "" } else { ", not in key" },
+                        p.doc
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn dry_run_report(plan: &Plan, store: &Store, only: &[String], json: bool) -> i32 {
+    let nodes = exec::selected(plan, only);
+    let (cached, todo): (Vec<NodeIndex>, Vec<NodeIndex>) =
+        nodes.into_iter().partition(|&n| store.is_complete(&plan.graph[n].key));
+    if json {
+        let list = |v: &[NodeIndex]| Json::Array(v.iter().map(|&n| item(plan, n)).collect());
+        println!(
+            "{}",
+            json!({"executed": [], "cached": list(&cached), "failed": [], "skipped": [], "would_run": list(&todo)})
+        );
+    } else {
+        for &n in &todo {
+            println!("would run  {}  {}", &plan.graph[n].key[..12], plan.label(n));
+        }
+        println!("{} to run, {} cached", todo.len(), cached.len());
+    }
+    0
+}
+
+/// Turns executor events into a progress bar (terminal) or log lines (otherwise).
+struct Progress {
+    bar: Option<ProgressBar>,
+    lines: bool,
+    done: Mutex<usize>,
+    total: Mutex<usize>,
+}
+
+impl Progress {
+    fn say(&self, msg: String) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None if self.lines => eprintln!("{msg}"),
+            None => {}
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn event(&self, plan: &Plan, event: Event<'_>) {
+        match event {
+            Event::Begin { to_run, cached } => {
+                *self.total.lock().unwrap_or_else(|e| e.into_inner()) = to_run;
+                if let Some(b) = &self.bar {
+                    b.set_length(to_run as u64);
+                }
+                self.say(format!("pipe: {} instances to run, {cached} cached", to_run));
+            }
+            Event::Started(n, threads) => {
+                if let Some(b) = &self.bar {
+                    b.set_message(plan.label(n));
+                }
+                if self.bar.is_none() {
+                    self.say(format!("start {} ({threads} thread{})", plan.label(n), if threads == 1 { "" } else { "s" }));
+                }
+            }
+            Event::Waiting(n, holder) => {
+                self.say(format!("wait  {}: another pipe ({holder}) is computing it", plan.label(n)));
+            }
+            Event::Finished(n, outcome) => {
+                let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+                *done += 1;
+                let total = *self.total.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(b) = &self.bar {
+                    b.inc(1);
+                }
+                let label = plan.label(n);
+                let msg = match outcome {
+                    Outcome::Executed { seconds } => format!("[{}/{total}] done   {label} ({seconds:.2}s)", *done),
+                    Outcome::Cached => format!("[{}/{total}] cached {label} (computed by another run)", *done),
+                    Outcome::Failed { message, .. } => format!("[{}/{total}] FAILED {label}: {message}", *done),
+                    Outcome::Skipped { reason } => format!("[{}/{total}] skip   {label}: {reason}", *done),
+                };
+                drop(done);
+                if self.bar.is_none() || !matches!(outcome, Outcome::Executed { .. }) {
+                    self.say(msg);
+                }
+            }
+        }
+    }
+}
+
+fn run(plan: &Plan, store: &Store, opts: RunOptions, json: bool) -> Result<i32, Error> {
+    let clock = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let bar = terminal.then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    });
+    let progress = Progress { bar, lines: true, done: Mutex::new(0), total: Mutex::new(0) };
+    let report = exec::local::run(plan, store, &opts, &progress).map_err(|e| Error::io(store.root(), e))?;
+    if let Some(b) = &progress.bar {
+        b.finish_and_clear();
+    }
+    let pick = |f: fn(&Outcome) -> bool| -> Vec<NodeIndex> {
+        report.outcomes.iter().filter(|(_, o)| f(o)).map(|(n, _)| *n).collect()
+    };
+    let executed = pick(|o| matches!(o, Outcome::Executed { .. }));
+    let cached = pick(|o| matches!(o, Outcome::Cached));
+    let failed = pick(|o| matches!(o, Outcome::Failed { .. }));
+    let skipped = pick(|o| matches!(o, Outcome::Skipped { .. }));
+    if json {
+        let list = |v: &[NodeIndex]| Json::Array(v.iter().map(|&n| item(plan, n)).collect());
+        println!(
+            "{}",
+            json!({"executed": list(&executed), "cached": list(&cached), "failed": list(&failed), "skipped": list(&skipped)})
+        );
+    } else {
+        println!(
+            "{} executed, {} cached, {} failed, {} skipped in {:.1}s",
+            executed.len(),
+            cached.len(),
+            failed.len(),
+            skipped.len(),
+            clock.elapsed().as_secs_f64()
+        );
+    }
+    for (n, o) in &report.outcomes {
+        if let Outcome::Failed { message, log, .. } = o {
+            eprintln!(
+                "failed: {} (key {}): {message}\n  log: {}",
+                plan.label(*n),
+                &plan.graph[*n].key[..12],
+                log.display()
+            );
+        }
+    }
+    Ok(if report.any_bad_data() {
+        2
+    } else if report.any_failed() {
+        1
+    } else {
+        0
+    })
+}

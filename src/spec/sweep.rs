@@ -1,0 +1,207 @@
+//! The `[sweep]` table: variables, their values, and the points they expand to.
+
+use serde_json::Value as Json;
+
+use super::node::{Node, Value};
+use super::template;
+use crate::error::{Error, Loc};
+
+/// Largest number of sweep points a pipeline may expand to.
+pub const MAX_POINTS: usize = 10_000_000;
+
+/// One sweep variable and the values it takes.
+#[derive(Clone, Debug)]
+pub struct SweepVar {
+    /// The variable's name, as referenced by `${name}`.
+    pub name: String,
+    /// Where the variable was declared.
+    pub loc: Loc,
+    /// Its distinct values, in declaration order (values only named in `include` last).
+    pub values: Vec<Json>,
+}
+
+/// The expanded sweep: every point is one value index per variable.
+#[derive(Clone, Debug, Default)]
+pub struct Sweep {
+    /// The variables, in declaration order.
+    pub vars: Vec<SweepVar>,
+    /// The points: `points[p][v]` indexes `vars[v].values`.
+    pub points: Vec<Vec<usize>>,
+}
+
+/// Two sweep values are the same point coordinate (numbers compare by value: 0 == 0.0).
+pub fn same_value(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+impl Sweep {
+    /// Parses the `[sweep]` table; no table means a single point with no variables.
+    pub fn parse(node: Option<&Node>) -> Result<Sweep, Error> {
+        let Some(node) = node else {
+            return Ok(Sweep {
+                vars: Vec::new(),
+                points: vec![Vec::new()],
+            });
+        };
+        let table = node.as_table("sweep")?;
+        let mut vars = Vec::new();
+        for (name, (key, value)) in table {
+            if name == "include" || name == "exclude" {
+                continue;
+            }
+            let path = format!("sweep.{name}");
+            if template::parse(&format!("${{{name}}}")).is_err() {
+                return Err(Error::at(&key.loc, &path, "a sweep variable name may hold only letters, digits, `_` and `-`"));
+            }
+            let Value::Array(items) = &value.value else {
+                return Err(Error::at(
+                    &value.loc,
+                    &path,
+                    format!("expected an array of values, found {}", value.value.type_name()),
+                ));
+            };
+            if items.is_empty() {
+                return Err(Error::at(&value.loc, &path, "a sweep variable needs at least one value"));
+            }
+            let mut values: Vec<Json> = Vec::with_capacity(items.len());
+            for item in items {
+                let v = scalar(item, &path)?;
+                if values.iter().any(|x| same_value(x, &v)) {
+                    return Err(Error::at(&item.loc, &path, format!("value {v} is listed twice")));
+                }
+                values.push(v);
+            }
+            vars.push(SweepVar {
+                name: name.clone(),
+                loc: key.loc.clone(),
+                values,
+            });
+        }
+        let total = vars
+            .iter()
+            .try_fold(1usize, |acc, v| acc.checked_mul(v.values.len()))
+            .filter(|n| *n <= MAX_POINTS)
+            .ok_or_else(|| Error::at(&node.loc, "sweep", format!("the sweep expands to more than {MAX_POINTS} points")))?;
+        let mut points = Vec::with_capacity(total);
+        let mut current = vec![0usize; vars.len()];
+        for _ in 0..total {
+            points.push(current.clone());
+            for v in (0..vars.len()).rev() {
+                current[v] += 1;
+                if current[v] < vars[v].values.len() {
+                    break;
+                }
+                current[v] = 0;
+            }
+        }
+        let mut sweep = Sweep { vars, points };
+        if let Some((_, ex)) = table.get("exclude") {
+            for (i, pattern) in sweep.patterns(ex, "sweep.exclude")?.into_iter().enumerate() {
+                let before = sweep.points.len();
+                sweep
+                    .points
+                    .retain(|p| !pattern.iter().all(|(v, idx)| p[*v] == *idx));
+                if before == sweep.points.len() {
+                    let loc = match &ex.value {
+                        Value::Array(items) => &items[i].loc,
+                        _ => &ex.loc,
+                    };
+                    return Err(Error::at(loc, "sweep.exclude", "this pattern matches no sweep point"));
+                }
+            }
+        }
+        if let Some((_, inc)) = table.get("include") {
+            let Value::Array(items) = &inc.value else {
+                return Err(Error::at(&inc.loc, "sweep.include", "expected an array of tables"));
+            };
+            for item in items {
+                let t = item.as_table("sweep.include")?;
+                let mut point = vec![usize::MAX; sweep.vars.len()];
+                for (name, (key, value)) in t {
+                    let Some(v) = sweep.vars.iter().position(|v| &v.name == name) else {
+                        return Err(Error::at(&key.loc, "sweep.include", format!("unknown sweep variable `{name}`")));
+                    };
+                    let value = scalar(value, "sweep.include")?;
+                    let values = &mut sweep.vars[v].values;
+                    point[v] = match values.iter().position(|x| same_value(x, &value)) {
+                        Some(i) => i,
+                        None => {
+                            values.push(value);
+                            values.len() - 1
+                        }
+                    };
+                }
+                if let Some(missing) = point.iter().position(|i| *i == usize::MAX) {
+                    return Err(Error::at(
+                        &item.loc,
+                        "sweep.include",
+                        format!("an included point must give every sweep variable; `{}` is missing", sweep.vars[missing].name),
+                    ));
+                }
+                if !sweep.points.contains(&point) {
+                    sweep.points.push(point);
+                }
+            }
+        }
+        if sweep.points.is_empty() {
+            return Err(Error::at(&node.loc, "sweep", "the sweep has no points left after `exclude`"));
+        }
+        Ok(sweep)
+    }
+
+    /// Parses `exclude` patterns: each a table of variable -> value index.
+    fn patterns(&self, node: &Node, path: &str) -> Result<Vec<Vec<(usize, usize)>>, Error> {
+        let Value::Array(items) = &node.value else {
+            return Err(Error::at(&node.loc, path, "expected an array of tables"));
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let t = item.as_table(path)?;
+            let mut pattern = Vec::new();
+            for (name, (key, value)) in t {
+                let Some(v) = self.vars.iter().position(|v| &v.name == name) else {
+                    return Err(Error::at(&key.loc, path, format!("unknown sweep variable `{name}`")));
+                };
+                let value = scalar(value, path)?;
+                let Some(idx) = self.vars[v].values.iter().position(|x| same_value(x, &value)) else {
+                    return Err(Error::at(&value_loc(item, name), path, format!("{value} is not a value of `{name}`")));
+                };
+                pattern.push((v, idx));
+            }
+            out.push(pattern);
+        }
+        Ok(out)
+    }
+
+    /// Index of a variable by name.
+    pub fn var_index(&self, name: &str) -> Option<usize> {
+        self.vars.iter().position(|v| v.name == name)
+    }
+}
+
+fn value_loc(table: &Node, key: &str) -> Loc {
+    match &table.value {
+        Value::Table(t) => t.get(key).map(|(_, n)| n.loc.clone()).unwrap_or_else(|| table.loc.clone()),
+        _ => table.loc.clone(),
+    }
+}
+
+fn scalar(node: &Node, path: &str) -> Result<Json, Error> {
+    let v = match &node.value {
+        Value::Str(s) => Json::String(s.clone()),
+        Value::Int(i) => Json::from(*i),
+        Value::Float(x) => template::float(*x).ok_or_else(|| Error::at(&node.loc, path, "expected a finite number"))?,
+        Value::Bool(b) => Json::Bool(*b),
+        other => {
+            return Err(Error::at(
+                &node.loc,
+                path,
+                format!("sweep values must be strings, numbers or booleans, found {}", other.type_name()),
+            ));
+        }
+    };
+    Ok(v)
+}

@@ -1,0 +1,351 @@
+//! The one trait through which stage kinds plug into the engine, and its parameter schema.
+//!
+//! The engine (spec, plan, store, executor) only ever sees `&'static dyn StageKind`:
+//! it validates parameters against [`StageKind::params`], hashes what the kind declares
+//! into the key, and calls [`StageKind::run`] with a [`RunContext`]. What a kind does
+//! inside `run` (load images, train a network) is invisible to it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+/// The type a parameter's resolved value must have.
+#[derive(Clone, Copy, Debug)]
+pub enum ParamType {
+    /// An integer.
+    Int,
+    /// A number; integers are converted to floats.
+    Float,
+    /// A string.
+    Str,
+    /// A boolean.
+    Bool,
+    /// One of the listed strings.
+    Enum(&'static [&'static str]),
+    /// A string, number or boolean.
+    Scalar,
+    /// An array whose elements have the given type.
+    List(&'static ParamType),
+    /// A table whose values have the given type.
+    Map(&'static ParamType),
+    /// Anything; the kind's [`StageKind::check`] validates it.
+    Any,
+}
+
+impl ParamType {
+    /// Describes the type for error messages and docs.
+    pub fn describe(&self) -> String {
+        match self {
+            ParamType::Int => "an integer".into(),
+            ParamType::Float => "a number".into(),
+            ParamType::Str => "a string".into(),
+            ParamType::Bool => "a boolean".into(),
+            ParamType::Enum(opts) => format!("one of {}", opts.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")),
+            ParamType::Scalar => "a string, number or boolean".into(),
+            ParamType::List(t) => format!("an array of {}", t.describe_plural()),
+            ParamType::Map(t) => format!("a table of {}", t.describe_plural()),
+            ParamType::Any => "any value".into(),
+        }
+    }
+
+    fn describe_plural(&self) -> String {
+        match self {
+            ParamType::Int => "integers".into(),
+            ParamType::Float => "numbers".into(),
+            ParamType::Str => "strings".into(),
+            ParamType::Bool => "booleans".into(),
+            _ => format!("values ({})", self.describe()),
+        }
+    }
+
+    /// Checks `v` against the type, converting integers to floats where a float is expected.
+    pub fn coerce(&self, v: Json) -> Result<Json, String> {
+        let bad = |v: &Json| Err(format!("expected {}, found {}", self.describe(), json_type(v)));
+        match (self, v) {
+            (ParamType::Any, v) => Ok(v),
+            (ParamType::Int, Json::Number(n)) if n.is_i64() => Ok(Json::Number(n)),
+            (ParamType::Float, Json::Number(n)) => {
+                let x = n.as_f64().unwrap_or(f64::NAN);
+                crate::spec::template::float(x).ok_or_else(|| "expected a finite number".to_string())
+            }
+            (ParamType::Str, Json::String(s)) => Ok(Json::String(s)),
+            (ParamType::Bool, Json::Bool(b)) => Ok(Json::Bool(b)),
+            (ParamType::Enum(opts), Json::String(s)) => {
+                if opts.contains(&s.as_str()) {
+                    Ok(Json::String(s))
+                } else {
+                    Err(format!("expected {}, found \"{s}\"{}", self.describe(), crate::error::suggest(&s, opts.iter().copied())))
+                }
+            }
+            (ParamType::Scalar, v @ (Json::String(_) | Json::Number(_) | Json::Bool(_))) => Ok(v),
+            (ParamType::List(t), Json::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| t.coerce(x).map_err(|e| format!("element {i}: {e}")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Json::Array),
+            (ParamType::Map(t), Json::Object(m)) => m
+                .into_iter()
+                .map(|(k, x)| t.coerce(x).map(|x| (k.clone(), x)).map_err(|e| format!("`{k}`: {e}")))
+                .collect::<Result<serde_json::Map<_, _>, _>>()
+                .map(Json::Object),
+            (_, v) => bad(&v),
+        }
+    }
+}
+
+/// The JSON type of a value, in words.
+pub fn json_type(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "nothing",
+        Json::Bool(_) => "a boolean",
+        Json::Number(n) if n.is_f64() => "a float",
+        Json::Number(_) => "an integer",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "a table",
+    }
+}
+
+/// Whether a parameter must be given, may be left out, or has a default.
+#[derive(Clone, Copy, Debug)]
+pub enum Presence {
+    /// The pipeline must give it.
+    Required,
+    /// It may be left out (and is then absent from the resolved parameters).
+    Optional,
+    /// Left out, it takes this value, written as a TOML literal.
+    Default(&'static str),
+}
+
+/// One parameter a stage kind accepts.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    /// The key in the `[stage.NAME]` table.
+    pub name: &'static str,
+    /// The type its resolved value must have.
+    pub ty: ParamType,
+    /// Required, optional or defaulted.
+    pub presence: Presence,
+    /// Whether the value can change the output; `false` keeps it out of the key.
+    pub in_key: bool,
+    /// One line for the docs and `--help`.
+    pub doc: &'static str,
+}
+
+impl ParamSpec {
+    /// A required parameter that is part of the key.
+    pub const fn required(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
+        ParamSpec { name, ty, presence: Presence::Required, in_key: true, doc }
+    }
+    /// An optional parameter that is part of the key.
+    pub const fn optional(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
+        ParamSpec { name, ty, presence: Presence::Optional, in_key: true, doc }
+    }
+    /// A parameter with a default (a TOML literal) that is part of the key.
+    pub const fn default(name: &'static str, ty: ParamType, default: &'static str, doc: &'static str) -> ParamSpec {
+        ParamSpec { name, ty, presence: Presence::Default(default), in_key: true, doc }
+    }
+    /// The same parameter, left out of the key (it cannot change the output).
+    pub const fn not_in_key(mut self) -> ParamSpec {
+        self.in_key = false;
+        self
+    }
+}
+
+/// An input slot a stage kind takes.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    /// The slot's name (`dataset`, `labels`, ...).
+    pub name: &'static str,
+    /// The stage kinds that may fill it.
+    pub kinds: &'static [&'static str],
+}
+
+/// The inputs a stage kind takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Inputs {
+    /// Exactly these slots, each filled once.
+    Slots(&'static [Slot]),
+    /// Any number of inputs of any kind, each slot named freely.
+    Any,
+}
+
+/// Resolved parameters of one instance: every declared parameter that has a value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params(pub serde_json::Map<String, Json>);
+
+impl Params {
+    /// The raw value of a parameter.
+    pub fn get(&self, name: &str) -> Option<&Json> {
+        self.0.get(name)
+    }
+    /// An integer parameter.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.0.get(name).and_then(Json::as_i64)
+    }
+    /// A numeric parameter.
+    pub fn float(&self, name: &str) -> Option<f64> {
+        self.0.get(name).and_then(Json::as_f64)
+    }
+    /// A string parameter.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(Json::as_str)
+    }
+    /// A boolean parameter.
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        self.0.get(name).and_then(Json::as_bool)
+    }
+    /// An array of strings (elements that are not strings are skipped).
+    pub fn strings(&self, name: &str) -> Vec<String> {
+        match self.0.get(name) {
+            Some(Json::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A parameter problem found by [`StageKind::check`].
+#[derive(Debug)]
+pub struct ParamError {
+    /// The parameter at fault, if one is (the error then points at its value).
+    pub param: Option<&'static str>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl ParamError {
+    /// An error about one parameter.
+    pub fn param(param: &'static str, message: impl Into<String>) -> ParamError {
+        ParamError { param: Some(param), message: message.into() }
+    }
+    /// An error about the stage as a whole.
+    pub fn stage(message: impl Into<String>) -> ParamError {
+        ParamError { param: None, message: message.into() }
+    }
+}
+
+/// What [`StageKind::check`] and [`StageKind::files`] may look at besides the parameters.
+pub struct CheckEnv<'a> {
+    /// The directory relative paths in the pipeline file are resolved against.
+    pub base_dir: &'a Path,
+    /// Each input slot and the kind of the stage that fills it.
+    pub inputs: &'a [(String, &'static str)],
+}
+
+/// A file whose content is hashed into an instance's key.
+#[derive(Clone, Debug)]
+pub struct DeclaredFile {
+    /// The name used in the key and in messages (as written in the pipeline).
+    pub name: String,
+    /// Where to read it.
+    pub path: PathBuf,
+}
+
+/// Everything an instance's [`StageKind::run`] may use.
+pub struct RunContext<'a> {
+    /// The instance's resolved parameters.
+    pub params: &'a Params,
+    /// Each input slot and the directory of the artifact that fills it.
+    pub inputs: &'a [(String, PathBuf)],
+    /// The (temporary) directory to write the output into.
+    pub out: &'a Path,
+    /// The instance's log; stages write progress and diagnostics here.
+    pub log: &'a mut File,
+    /// How many threads the instance may use.
+    pub threads: usize,
+    /// The directory relative paths in the pipeline file are resolved against.
+    pub base_dir: &'a Path,
+    /// The instance's key.
+    pub key: &'a str,
+    /// The sweep variables the instance depends on.
+    pub point: &'a Json,
+}
+
+impl RunContext<'_> {
+    /// The artifact directory filling an input slot.
+    pub fn input(&self, slot: &str) -> anyhow::Result<&Path> {
+        self.inputs
+            .iter()
+            .find(|(s, _)| s == slot)
+            .map(|(_, p)| p.as_path())
+            .ok_or_else(|| anyhow::anyhow!("input slot `{slot}` is not connected"))
+    }
+}
+
+/// A kind of stage: its parameters, inputs, key-relevant files and the work it does.
+pub trait StageKind: Send + Sync {
+    /// The name used as `kind = "..."`.
+    fn name(&self) -> &'static str;
+    /// Code version; bump it when the output's meaning changes, so old artifacts go stale.
+    fn version(&self) -> u32;
+    /// One line saying what the kind does.
+    fn about(&self) -> &'static str;
+    /// The parameters it accepts.
+    fn params(&self) -> &'static [ParamSpec];
+    /// The inputs it takes.
+    fn inputs(&self) -> Inputs;
+    /// Checks resolved parameters beyond their types, before any work starts.
+    fn check(&self, _params: &Params, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        Ok(())
+    }
+    /// Files whose content goes into the key (scripts, data files).
+    fn files(&self, _params: &Params, _env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
+        Vec::new()
+    }
+    /// How many threads an instance wants; the scheduler may give fewer.
+    fn threads(&self, _params: &Params) -> usize {
+        1
+    }
+    /// Does the work: reads inputs, writes files under `ctx.out`, nothing else.
+    fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()>;
+}
+
+/// Marks a stage failure as caused by the user's data (a malformed or missing data file),
+/// not by the code: the run then exits with code 2 instead of 1.
+#[derive(Debug)]
+pub struct BadData(pub String);
+
+impl std::fmt::Display for BadData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadData {}
+
+/// The set of stage kinds a pipeline may use.
+pub struct Registry {
+    kinds: Vec<&'static dyn StageKind>,
+}
+
+impl Registry {
+    /// A registry of the given kinds.
+    pub fn new(kinds: Vec<&'static dyn StageKind>) -> Registry {
+        Registry { kinds }
+    }
+    /// The kind with this name.
+    pub fn get(&self, name: &str) -> Option<&'static dyn StageKind> {
+        self.kinds.iter().copied().find(|k| k.name() == name)
+    }
+    /// Every kind, in registration order.
+    pub fn all(&self) -> &[&'static dyn StageKind] {
+        &self.kinds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_accept_integers_and_lists_check_elements() {
+        assert_eq!(ParamType::Float.coerce(Json::from(1)).unwrap(), serde_json::json!(1.0));
+        assert!(ParamType::Int.coerce(serde_json::json!(1.5)).is_err());
+        let e = ParamType::List(&ParamType::Int).coerce(serde_json::json!([1, "x"])).unwrap_err();
+        assert!(e.contains("element 1"), "{e}");
+        let e = ParamType::Enum(&["permute", "uniform"]).coerce(serde_json::json!("permut")).unwrap_err();
+        assert!(e.contains("did you mean `permute`"), "{e}");
+    }
+}

@@ -1,0 +1,12 @@
+//! The stage kinds `pipe` ships, each in its own file, and the registry of them.
+
+pub mod corrupt;
+pub mod dataset;
+pub mod exec;
+
+use crate::stage::Registry;
+
+/// Every built-in stage kind.
+pub fn registry() -> Registry {
+    Registry::new(vec![&exec::Exec, &dataset::Dataset, &corrupt::Corrupt])
+}

@@ -1,0 +1,138 @@
+//! `pipe status`: is each instance cached, missing or stale, and why.
+
+use petgraph::graph::NodeIndex;
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::plan::{Instance, Plan};
+use crate::spec::template;
+use crate::store::index::{entry_id, Index, IndexEntry};
+use crate::store::Store;
+
+/// The state of one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Its artifact is in the cache.
+    Cached,
+    /// Never computed, or its artifact is gone.
+    Missing,
+    /// Computed before, but something it depends on has changed since.
+    Stale,
+}
+
+/// State and reason of one instance.
+#[derive(Clone, Debug)]
+pub struct InstanceStatus {
+    /// The instance.
+    pub node: NodeIndex,
+    /// Cached, missing or stale.
+    pub state: State,
+    /// Why it is missing or stale, in words (empty when cached).
+    pub reason: String,
+}
+
+/// The index entry that a successful run of `inst` leaves.
+pub fn index_entry(plan: &Plan, inst: &Instance) -> (String, IndexEntry) {
+    let stage = &plan.spec.stages[inst.stage];
+    (
+        entry_id(&stage.name, &inst.point),
+        IndexEntry {
+            key: inst.key.clone(),
+            kind: stage.kind.name().to_string(),
+            version: stage.kind.version(),
+            params: inst.key_params.clone(),
+            inputs: inst
+                .inputs
+                .iter()
+                .map(|(slot, up)| (slot.clone(), plan.graph[*up].key.clone()))
+                .collect(),
+            files: inst.files.iter().cloned().collect(),
+        },
+    )
+}
+
+fn show(v: Option<&Json>) -> String {
+    match v {
+        None => "(unset)".to_string(),
+        Some(Json::String(s)) => format!("{s:?}"),
+        Some(v) => template::display(v),
+    }
+}
+
+/// Explains how `now` differs from what was last computed.
+pub fn explain(plan: &Plan, inst: &Instance, last: &IndexEntry) -> String {
+    let stage = &plan.spec.stages[inst.stage];
+    let mut why = Vec::new();
+    if last.kind != stage.kind.name() {
+        why.push(format!("kind changed {} -> {}", last.kind, stage.kind.name()));
+    } else if last.version != stage.kind.version() {
+        why.push(format!(
+            "code version of {} changed {} -> {}",
+            stage.kind.name(),
+            last.version,
+            stage.kind.version()
+        ));
+    }
+    let mut names: Vec<&String> = inst.key_params.keys().chain(last.params.keys()).collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        let (old, new) = (last.params.get(n), inst.key_params.get(n));
+        if old != new {
+            why.push(format!("param {n} changed {} -> {}", show(old), show(new)));
+        }
+    }
+    for (name, hash) in &inst.files {
+        match last.files.get(name) {
+            Some(h) if h == hash => {}
+            Some(_) => why.push(format!("file {name} changed")),
+            None => why.push(format!("file {name} added")),
+        }
+    }
+    for name in last.files.keys() {
+        if !inst.files.iter().any(|(n, _)| n == name) {
+            why.push(format!("file {name} removed"));
+        }
+    }
+    for (slot, up) in &inst.inputs {
+        let upstream = plan.stage_name(*up);
+        match last.inputs.get(slot) {
+            Some(k) if *k == plan.graph[*up].key => {}
+            Some(_) => why.push(format!("input {upstream} changed")),
+            None => why.push(format!("input {upstream} added")),
+        }
+    }
+    for slot in last.inputs.keys() {
+        if !inst.inputs.iter().any(|(s, _)| s == slot) {
+            why.push(format!("input {slot} removed"));
+        }
+    }
+    if why.is_empty() {
+        why.push("key changed".to_string());
+    }
+    why.join("; ")
+}
+
+/// The state of every instance of a plan, in plan order.
+pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> {
+    plan.order
+        .iter()
+        .map(|&node| {
+            let inst = &plan.graph[node];
+            if store.is_complete(&inst.key) {
+                return InstanceStatus { node, state: State::Cached, reason: String::new() };
+            }
+            let stage = &plan.spec.stages[inst.stage];
+            match index.entries.get(&entry_id(&stage.name, &inst.point)) {
+                None => InstanceStatus { node, state: State::Missing, reason: "never run".into() },
+                Some(last) if last.key == inst.key => InstanceStatus {
+                    node,
+                    state: State::Missing,
+                    reason: "artifact is no longer in the cache (removed or damaged)".into(),
+                },
+                Some(last) => InstanceStatus { node, state: State::Stale, reason: explain(plan, inst, last) },
+            }
+        })
+        .collect()
+}

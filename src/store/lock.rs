@@ -1,0 +1,192 @@
+//! Per-key lock files: created with `O_EXCL`, carrying host, pid and process start time.
+//!
+//! A lock whose process is gone (same host, pid dead or reused) is stale and is broken
+//! by the next process that wants it; this survives `kill -9` without relying on flock.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A held lock; dropping it removes the lock file.
+#[derive(Debug)]
+pub struct KeyLock {
+    path: PathBuf,
+    token: String,
+}
+
+/// Who holds a lock, as written in its file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Process start time (clock ticks since boot), to detect pid reuse.
+    pub start: u64,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} on {}", self.pid, self.host)
+    }
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Start time of a process in clock ticks since boot, from /proc; `None` if it is gone.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process that wrote `holder` still runs (always true for other hosts).
+pub fn is_alive(holder: &Holder, this_host: &str) -> bool {
+    if holder.host != this_host {
+        return true;
+    }
+    match process_start(holder.pid) {
+        Some(start) => holder.start == 0 || start == holder.start,
+        None => false,
+    }
+}
+
+/// This process, as a lock holder.
+pub fn me(host: &str) -> Holder {
+    let pid = std::process::id();
+    Holder {
+        host: host.to_string(),
+        pid,
+        start: process_start(pid).unwrap_or(0),
+    }
+}
+
+fn parse_holder(text: &str) -> Option<Holder> {
+    let mut it = text.split_whitespace();
+    Some(Holder {
+        host: it.next()?.to_string(),
+        pid: it.next()?.parse().ok()?,
+        start: it.next()?.parse().ok()?,
+    })
+}
+
+/// Reads who holds the lock at `path`, if anyone.
+pub fn read_holder(path: &Path) -> Option<Holder> {
+    parse_holder(&std::fs::read_to_string(path).ok()?)
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+impl KeyLock {
+    /// Takes the lock at `path`, waiting while a live process holds it.
+    ///
+    /// `on_wait` is called once, with the holder, if the lock is busy.
+    pub fn acquire(path: &Path, host: &str, on_wait: &mut dyn FnMut(&Holder)) -> io::Result<KeyLock> {
+        let me = me(host);
+        let token = format!(
+            "{} {} {} {}\n",
+            me.host,
+            me.pid,
+            me.start,
+            NONCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut waited = false;
+        let mut delay = Duration::from_millis(10);
+        loop {
+            match OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(mut f) => {
+                    f.write_all(token.as_bytes())?;
+                    f.sync_all()?;
+                    return Ok(KeyLock { path: path.to_path_buf(), token });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(path).unwrap_or_default();
+                    match parse_holder(&text) {
+                        Some(h) if !is_alive(&h, host) => {
+                            // Stale: move it aside under a unique name, then retry.
+                            let aside = path.with_extension(format!("stale.{}.{}", me.pid, NONCE.fetch_add(1, Ordering::Relaxed)));
+                            if std::fs::rename(path, &aside).is_ok() {
+                                let _ = std::fs::remove_file(&aside);
+                            }
+                            continue;
+                        }
+                        Some(h) => {
+                            if !waited {
+                                on_wait(&h);
+                                waited = true;
+                            }
+                        }
+                        None => {
+                            // Being written right now, or torn by a crash between create and write.
+                            if let Ok(meta) = std::fs::metadata(path)
+                                && meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(5))
+                            {
+                                let _ = std::fs::remove_file(path);
+                                continue;
+                            }
+                        }
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        // Remove only our own lock (a stale-breaker may have replaced it).
+        if std::fs::read_to_string(&self.path).is_ok_and(|t| t == self.token) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.lock");
+        let host = host_name();
+        let a = KeyLock::acquire(&p, &host, &mut |_| {}).unwrap();
+        assert_eq!(read_holder(&p).unwrap().pid, std::process::id());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p2 = p.clone();
+        let h2 = host.clone();
+        let t = std::thread::spawn(move || {
+            let mut saw = false;
+            let _b = KeyLock::acquire(&p2, &h2, &mut |_| saw = true).unwrap();
+            tx.send(saw).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(a);
+        assert!(rx.recv().unwrap(), "second taker waited for the first");
+        t.join().unwrap();
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn stale_lock_of_dead_process_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.lock");
+        let host = host_name();
+        // A pid that cannot be running: beyond the kernel's pid_max.
+        std::fs::write(&p, format!("{host} 4194305 1 0\n")).unwrap();
+        let _l = KeyLock::acquire(&p, &host, &mut |_| panic!("must not wait")).unwrap();
+        assert_eq!(read_holder(&p).unwrap().pid, std::process::id());
+    }
+}

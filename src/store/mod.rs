@@ -1,0 +1,435 @@
+//! The content-addressed artifact store under the cache directory.
+//!
+//! Layout (all written by this module, nothing else):
+//! - `artifacts/KEY/`: one complete artifact: the stage's files and `manifest.json`;
+//! - `tmp/KEY.HOST.PID.N/`: an artifact being written; renamed into `artifacts/` when done;
+//! - `locks/KEY.lock`: held while a process computes KEY;
+//! - `logs/KEY.log`: the last run's log of KEY (kept for failures too);
+//! - `index/PIPELINE.json`: the last key run for each (stage, point), for `pipe status`.
+//!
+//! An artifact directory exists only once every file and the manifest are fsynced, so a
+//! key is either complete or absent whatever happens to the process.
+
+pub mod index;
+pub mod lock;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+pub use lock::{Holder, KeyLock};
+
+/// The file in every artifact that describes it.
+pub const MANIFEST: &str = "manifest.json";
+
+/// One file of an artifact.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    /// Path inside the artifact, `/`-separated.
+    pub path: String,
+    /// blake3 of the content, hex.
+    pub blake3: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What `manifest.json` records about an artifact.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The artifact's key.
+    pub key: String,
+    /// Stage kind that produced it.
+    pub kind: String,
+    /// The kind's code version.
+    pub version: u32,
+    /// Name of the stage that produced it (informational: keys do not depend on names).
+    pub stage: String,
+    /// Pipeline that produced it (informational).
+    pub pipeline: String,
+    /// Sweep variables of the producing instance (informational).
+    pub point: Json,
+    /// Parameters that went into the key.
+    pub params: Json,
+    /// Input slot -> input key.
+    pub inputs: BTreeMap<String, String>,
+    /// Declared files hashed into the key: name -> blake3.
+    #[serde(default)]
+    pub declared_files: BTreeMap<String, String>,
+    /// The artifact's files.
+    pub files: Vec<FileEntry>,
+    /// Unix time the run started, in seconds.
+    pub started: f64,
+    /// Wall-clock seconds the stage ran.
+    pub seconds: f64,
+    /// Version of `pipe` that wrote it.
+    pub pipe_version: String,
+    /// Host it ran on.
+    pub host: String,
+}
+
+/// A damaged artifact found by [`Store::verify`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Damage {
+    /// The artifact's key.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The cache directory.
+pub struct Store {
+    root: PathBuf,
+    host: String,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// fsyncs a directory so that renames into it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Every file under `dir` (recursively), as sorted `/`-separated relative paths.
+fn walk_files(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push((entry.path(), rel));
+            } else if ty.is_file() {
+                out.push(rel);
+            } else {
+                return Err(io::Error::other(format!("{rel}: artifacts may hold only regular files and folders")));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let f = File::open(path)?;
+    hasher.update_reader(&f)?;
+    Ok((hasher.finalize().to_hex().to_string(), f.metadata()?.len()))
+}
+
+impl Store {
+    /// The store rooted at `root` (nothing is created until [`Store::prepare`]).
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into(), host: lock::host_name() }
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the directory layout and removes temp dirs left by dead processes.
+    pub fn prepare(&self) -> io::Result<()> {
+        for d in ["artifacts", "tmp", "locks", "logs", "index"] {
+            fs::create_dir_all(self.root.join(d))?;
+        }
+        if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                // KEY.HOST.PID.N: host may contain dots, so parse from the right.
+                let parts: Vec<&str> = name.rsplitn(3, '.').collect();
+                if parts.len() == 3 {
+                    let pid: u32 = parts[1].parse().unwrap_or(0);
+                    if let Some((_, host)) = parts[2].split_once('.') {
+                        let h = Holder { host: host.to_string(), pid, start: 0 };
+                        if !lock::is_alive(&h, &self.host) {
+                            let _ = fs::remove_dir_all(e.path());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory of a key's artifact (which may not exist).
+    pub fn artifact_dir(&self, key: &str) -> PathBuf {
+        self.root.join("artifacts").join(key)
+    }
+
+    /// Path of a key's log.
+    pub fn log_path(&self, key: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{key}.log"))
+    }
+
+    /// The manifest of a key, if the artifact exists and its manifest parses.
+    pub fn manifest(&self, key: &str) -> Option<Manifest> {
+        let bytes = fs::read(self.artifact_dir(key).join(MANIFEST)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Whether the key's artifact is present with every file at its recorded size.
+    pub fn is_complete(&self, key: &str) -> bool {
+        let Some(m) = self.manifest(key) else {
+            return false;
+        };
+        let dir = self.artifact_dir(key);
+        m.key == key
+            && m.files
+                .iter()
+                .all(|f| fs::metadata(dir.join(&f.path)).is_ok_and(|md| md.is_file() && md.len() == f.size))
+    }
+
+    /// Takes the per-key lock, waiting (and calling `on_wait` once) while another process holds it.
+    pub fn lock(&self, key: &str, on_wait: &mut dyn FnMut(&Holder)) -> io::Result<KeyLock> {
+        KeyLock::acquire(&self.root.join("locks").join(format!("{key}.lock")), &self.host, on_wait)
+    }
+
+    /// A fresh temp directory to write a key's artifact into.
+    pub fn begin(&self, key: &str) -> io::Result<PathBuf> {
+        let dir = self.root.join("tmp").join(format!(
+            "{key}.{}.{}.{}",
+            self.host,
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Removes a temp directory after a failure.
+    pub fn discard(&self, tmp: &Path) {
+        let _ = fs::remove_dir_all(tmp);
+    }
+
+    /// Seals a temp directory into the key's artifact: hash and fsync every file, write the
+    /// manifest, fsync, rename into place. `draft.files` is filled in here.
+    ///
+    /// If the key already exists (another process finished first) the temp dir is dropped.
+    pub fn commit(&self, tmp: &Path, mut draft: Manifest) -> io::Result<Manifest> {
+        let result = (|| {
+            let names = walk_files(tmp)?;
+            if names.iter().any(|n| n == MANIFEST) {
+                return Err(io::Error::other(format!("the stage wrote `{MANIFEST}`, a name the store reserves")));
+            }
+            let mut files = Vec::with_capacity(names.len());
+            for name in names {
+                let p = tmp.join(&name);
+                let (blake3, size) = hash_file(&p)?;
+                File::open(&p)?.sync_all()?;
+                files.push(FileEntry { path: name, blake3, size });
+            }
+            draft.files = files;
+            let mut f = File::create(tmp.join(MANIFEST))?;
+            f.write_all(&serde_json::to_vec_pretty(&draft).map_err(io::Error::other)?)?;
+            f.sync_all()?;
+            // fsync every folder, deepest first, then the artifact folder itself.
+            let mut dirs: Vec<PathBuf> = draft
+                .files
+                .iter()
+                .filter_map(|f| Path::new(&f.path).parent().filter(|p| !p.as_os_str().is_empty()).map(|p| tmp.join(p)))
+                .collect();
+            dirs.sort();
+            dirs.dedup();
+            for d in dirs.iter().rev() {
+                sync_dir(d)?;
+            }
+            sync_dir(tmp)?;
+            let dest = self.artifact_dir(&draft.key);
+            match fs::rename(tmp, &dest) {
+                Ok(()) => {}
+                Err(_) if self.is_complete(&draft.key) => {
+                    let _ = fs::remove_dir_all(tmp);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            sync_dir(&self.root.join("artifacts"))
+        })();
+        match result {
+            Ok(()) => Ok(draft),
+            Err(e) => {
+                self.discard(tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Every key with an artifact directory.
+    pub fn keys(&self) -> io::Result<Vec<String>> {
+        let mut keys = Vec::new();
+        match fs::read_dir(self.root.join("artifacts")) {
+            Ok(entries) => {
+                for e in entries {
+                    keys.push(e?.file_name().to_string_lossy().into_owned());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Rehashes every file of every artifact; with `fix`, removes the damaged ones.
+    pub fn verify(&self, fix: bool) -> io::Result<(usize, Vec<Damage>)> {
+        let keys = self.keys()?;
+        let damages: Vec<Damage> = {
+            use rayon::prelude::*;
+            keys.par_iter().filter_map(|k| self.check_artifact(k).err().map(|problem| Damage { key: k.clone(), problem })).collect()
+        };
+        if fix {
+            for d in &damages {
+                self.remove(&d.key)?;
+            }
+        }
+        Ok((keys.len(), damages))
+    }
+
+    fn check_artifact(&self, key: &str) -> Result<(), String> {
+        let dir = self.artifact_dir(key);
+        let bytes = fs::read(dir.join(MANIFEST)).map_err(|e| format!("manifest unreadable: {e}"))?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest does not parse: {e}"))?;
+        if m.key != key {
+            return Err(format!("manifest names key {} instead", m.key));
+        }
+        for f in &m.files {
+            match hash_file(&dir.join(&f.path)) {
+                Err(e) => return Err(format!("{}: {e}", f.path)),
+                Ok((_, size)) if size != f.size => {
+                    return Err(format!("{}: size {size} bytes, manifest says {}", f.path, f.size));
+                }
+                Ok((h, _)) if h != f.blake3 => return Err(format!("{}: content hash differs from the manifest", f.path)),
+                Ok(_) => {}
+            }
+        }
+        let on_disk = walk_files(&dir).map_err(|e| e.to_string())?;
+        if let Some(extra) = on_disk.iter().find(|n| *n != MANIFEST && !m.files.iter().any(|f| &f.path == *n)) {
+            return Err(format!("{extra}: file not listed in the manifest"));
+        }
+        Ok(())
+    }
+
+    /// Removes an artifact: renamed aside first, so it disappears atomically.
+    pub fn remove(&self, key: &str) -> io::Result<()> {
+        let dir = self.artifact_dir(key);
+        let aside = self.begin(&format!("{key}.removed"))?;
+        fs::remove_dir(&aside)?;
+        match fs::rename(&dir, &aside) {
+            Ok(()) => fs::remove_dir_all(&aside),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// This machine's host name, as used in lock files and manifests.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(key: &str) -> Manifest {
+        Manifest {
+            key: key.into(),
+            kind: "exec".into(),
+            version: 1,
+            stage: "s".into(),
+            pipeline: "p".into(),
+            point: Json::Null,
+            params: Json::Null,
+            inputs: BTreeMap::new(),
+            declared_files: BTreeMap::new(),
+            files: Vec::new(),
+            started: 0.0,
+            seconds: 0.0,
+            pipe_version: "test".into(),
+            host: "h".into(),
+        }
+    }
+
+    #[test]
+    fn commit_records_hashes_and_verify_finds_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
+        let tmp = store.begin("k1").unwrap();
+        fs::create_dir(tmp.join("sub")).unwrap();
+        fs::write(tmp.join("sub/a.txt"), b"hello").unwrap();
+        fs::write(tmp.join("b.bin"), b"").unwrap();
+        assert!(!store.is_complete("k1"));
+        let m = store.commit(&tmp, draft("k1")).unwrap();
+        assert!(!tmp.exists());
+        assert!(store.is_complete("k1"));
+        let names: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["b.bin", "sub/a.txt"]);
+        assert_eq!(m.files[1].blake3, blake3::hash(b"hello").to_hex().to_string());
+        assert_eq!(m.files[1].size, 5);
+        assert!(store.verify(false).unwrap().1.is_empty());
+
+        // Same size, other content: only a rehash notices.
+        fs::write(store.artifact_dir("k1").join("sub/a.txt"), b"jello").unwrap();
+        assert!(store.is_complete("k1"));
+        let (n, damage) = store.verify(true).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(damage.len(), 1);
+        assert!(damage[0].problem.contains("sub/a.txt"), "{}", damage[0].problem);
+        assert!(!store.artifact_dir("k1").exists(), "--fix removed it");
+    }
+
+    #[test]
+    fn truncated_file_makes_artifact_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
+        let tmp = store.begin("k2").unwrap();
+        fs::write(tmp.join("a"), b"12345").unwrap();
+        store.commit(&tmp, draft("k2")).unwrap();
+        fs::write(store.artifact_dir("k2").join("a"), b"12").unwrap();
+        assert!(!store.is_complete("k2"));
+    }
+
+    #[test]
+    fn reserved_manifest_name_fails_commit_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
+        let tmp = store.begin("k3").unwrap();
+        fs::write(tmp.join(MANIFEST), b"{}").unwrap();
+        assert!(store.commit(&tmp, draft("k3")).is_err());
+        assert!(!tmp.exists());
+        assert!(!store.artifact_dir("k3").exists());
+    }
+}
