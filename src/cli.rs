@@ -8,9 +8,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use petgraph::graph::NodeIndex;
-use serde_json::{json, Value as Json};
+use serde_json::{Value as Json, json};
 
-use crate::error::{suggest, Error};
+use crate::error::{Error, suggest};
 use crate::exec::{self, Event, Observer, Outcome, RunOptions};
 use crate::plan::{FileHasher, Plan};
 use crate::render::{self, DagFormat};
@@ -21,7 +21,11 @@ use crate::store::Store;
 
 /// Command-line arguments.
 #[derive(Parser, Debug)]
-#[command(name = "pipe", version, about = "Content-addressed pipelines for deep-learning experiments")]
+#[command(
+    name = "pipe",
+    version,
+    about = "Content-addressed pipelines for deep-learning experiments"
+)]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
@@ -136,11 +140,19 @@ fn item(plan: &Plan, n: NodeIndex) -> Json {
 
 fn dispatch(cli: Cli) -> Result<i32, Error> {
     match cli.command {
-        Command::Run { pipeline, jobs, dry_run, only, fail_fast, json } => {
+        Command::Run {
+            pipeline,
+            jobs,
+            dry_run,
+            only,
+            fail_fast,
+            json,
+        } => {
             let plan = load_plan(&pipeline)?;
             for s in &only {
                 if plan.spec.stage(s).is_none() {
-                    let names: Vec<&str> = plan.spec.stages.iter().map(|s| s.name.as_str()).collect();
+                    let names: Vec<&str> =
+                        plan.spec.stages.iter().map(|s| s.name.as_str()).collect();
                     return Err(Error::usage(format!(
                         "--only {s}: no such stage{}; stages: {}",
                         suggest(s, names.iter().copied()),
@@ -149,14 +161,24 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                 }
             }
             let store = Store::new(cache_dir(&pipeline.cache));
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             if jobs == 0 {
                 return Err(Error::usage("--jobs must be at least 1"));
             }
             if dry_run {
                 return Ok(dry_run_report(&plan, &store, &only, json));
             }
-            run(&plan, &store, RunOptions { jobs, fail_fast, only }, json)
+            run(
+                &plan,
+                &store,
+                RunOptions {
+                    jobs,
+                    fail_fast,
+                    only,
+                },
+                json,
+            )
         }
         Command::Status { pipeline, json } => {
             let plan = load_plan(&pipeline)?;
@@ -176,7 +198,12 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                 println!("{}", Json::Array(arr));
             } else {
                 let mut out = std::io::stdout().lock();
-                let width = plan.order.iter().map(|&n| plan.label(n).len()).max().unwrap_or(0);
+                let width = plan
+                    .order
+                    .iter()
+                    .map(|&n| plan.label(n).len())
+                    .max()
+                    .unwrap_or(0);
                 for s in &states {
                     let state = match s.state {
                         State::Cached => "cached",
@@ -212,7 +239,10 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             let store = Store::new(cache_dir(&cache));
             let (n, damages) = store.verify(fix).map_err(|e| Error::io(store.root(), e))?;
             if json {
-                println!("{}", json!({"checked": n, "damaged": damages, "removed": fix}));
+                println!(
+                    "{}",
+                    json!({"checked": n, "damaged": damages, "removed": fix})
+                );
             } else {
                 for d in &damages {
                     println!("damaged {}: {}", d.key, d.problem);
@@ -220,7 +250,11 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                 println!(
                     "{n} artifacts checked, {} damaged{}",
                     damages.len(),
-                    if fix && !damages.is_empty() { " (removed)" } else { "" }
+                    if fix && !damages.is_empty() {
+                        " (removed)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(if damages.is_empty() || fix { 0 } else { 1 })
@@ -250,8 +284,9 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
 
 fn dry_run_report(plan: &Plan, store: &Store, only: &[String], json: bool) -> i32 {
     let nodes = exec::selected(plan, only);
-    let (cached, todo): (Vec<NodeIndex>, Vec<NodeIndex>) =
-        nodes.into_iter().partition(|&n| store.is_complete(&plan.graph[n].key));
+    let (cached, todo): (Vec<NodeIndex>, Vec<NodeIndex>) = nodes
+        .into_iter()
+        .partition(|&n| store.is_complete(&plan.graph[n].key));
     if json {
         let list = |v: &[NodeIndex]| Json::Array(v.iter().map(|&n| item(plan, n)).collect());
         println!(
@@ -293,18 +328,28 @@ impl Observer for Progress {
                 if let Some(b) = &self.bar {
                     b.set_length(to_run as u64);
                 }
-                self.say(format!("pipe: {} instances to run, {cached} cached", to_run));
+                self.say(format!(
+                    "pipe: {} instances to run, {cached} cached",
+                    to_run
+                ));
             }
             Event::Started(n, threads) => {
                 if let Some(b) = &self.bar {
                     b.set_message(plan.label(n));
                 }
                 if self.bar.is_none() {
-                    self.say(format!("start {} ({threads} thread{})", plan.label(n), if threads == 1 { "" } else { "s" }));
+                    self.say(format!(
+                        "start {} ({threads} thread{})",
+                        plan.label(n),
+                        if threads == 1 { "" } else { "s" }
+                    ));
                 }
             }
             Event::Waiting(n, holder) => {
-                self.say(format!("wait  {}: another pipe ({holder}) is computing it", plan.label(n)));
+                self.say(format!(
+                    "wait  {}: another pipe ({holder}) is computing it",
+                    plan.label(n)
+                ));
             }
             Event::Finished(n, outcome) => {
                 let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,10 +360,19 @@ impl Observer for Progress {
                 }
                 let label = plan.label(n);
                 let msg = match outcome {
-                    Outcome::Executed { seconds } => format!("[{}/{total}] done   {label} ({seconds:.2}s)", *done),
-                    Outcome::Cached => format!("[{}/{total}] cached {label} (computed by another run)", *done),
-                    Outcome::Failed { message, .. } => format!("[{}/{total}] FAILED {label}: {message}", *done),
-                    Outcome::Skipped { reason } => format!("[{}/{total}] skip   {label}: {reason}", *done),
+                    Outcome::Executed { seconds } => {
+                        format!("[{}/{total}] done   {label} ({seconds:.2}s)", *done)
+                    }
+                    Outcome::Cached => format!(
+                        "[{}/{total}] cached {label} (computed by another run)",
+                        *done
+                    ),
+                    Outcome::Failed { message, .. } => {
+                        format!("[{}/{total}] FAILED {label}: {message}", *done)
+                    }
+                    Outcome::Skipped { reason } => {
+                        format!("[{}/{total}] skip   {label}: {reason}", *done)
+                    }
                 };
                 drop(done);
                 if self.bar.is_none() || !matches!(outcome, Outcome::Executed { .. }) {
@@ -335,19 +389,32 @@ fn run(plan: &Plan, store: &Store, opts: RunOptions, json: bool) -> Result<i32, 
     let bar = terminal.then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b.enable_steady_tick(std::time::Duration::from_millis(200));
         b
     });
-    let progress = Progress { bar, lines: true, done: Mutex::new(0), total: Mutex::new(0) };
-    let report = exec::local::run(plan, store, &opts, &progress).map_err(|e| Error::io(store.root(), e))?;
+    let progress = Progress {
+        bar,
+        lines: true,
+        done: Mutex::new(0),
+        total: Mutex::new(0),
+    };
+    let report =
+        exec::local::run(plan, store, &opts, &progress).map_err(|e| Error::io(store.root(), e))?;
     if let Some(b) = &progress.bar {
         b.finish_and_clear();
     }
     let pick = |f: fn(&Outcome) -> bool| -> Vec<NodeIndex> {
-        report.outcomes.iter().filter(|(_, o)| f(o)).map(|(n, _)| *n).collect()
+        report
+            .outcomes
+            .iter()
+            .filter(|(_, o)| f(o))
+            .map(|(n, _)| *n)
+            .collect()
     };
     let executed = pick(|o| matches!(o, Outcome::Executed { .. }));
     let cached = pick(|o| matches!(o, Outcome::Cached));

@@ -178,7 +178,10 @@ mod tests {
 
     #[test]
     fn suggestions_only_for_close_words() {
-        assert_eq!(suggest("epoch", ["epochs", "lr"]), " (did you mean `epochs`?)");
+        assert_eq!(
+            suggest("epoch", ["epochs", "lr"]),
+            " (did you mean `epochs`?)"
+        );
         assert_eq!(suggest("zzzzzz", ["epochs", "lr"]), "");
     }
 }

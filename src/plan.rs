@@ -12,7 +12,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value as Json;
 
 use crate::error::{Error, Loc};
-use crate::spec::{node, template, Spec};
+use crate::spec::{Spec, node, template};
 use crate::stage::{CheckEnv, Params, Presence};
 
 /// Version of the key encoding itself; bumping it changes every key.
@@ -72,7 +72,8 @@ impl FileHasher {
         let mut hasher = blake3::Hasher::new();
         hasher.update_reader(std::fs::File::open(path)?)?;
         let h = hasher.finalize().to_hex().to_string();
-        self.memo.insert(path.to_path_buf(), (meta.len(), mtime, h.clone()));
+        self.memo
+            .insert(path.to_path_buf(), (meta.len(), mtime, h.clone()));
         Ok(h)
     }
 }
@@ -123,11 +124,21 @@ pub fn compute_key(
     doc.insert("params".into(), Json::Object(key_params.clone()));
     doc.insert(
         "inputs".into(),
-        Json::Object(inputs.iter().map(|(s, k)| (s.clone(), Json::from(k.as_str()))).collect()),
+        Json::Object(
+            inputs
+                .iter()
+                .map(|(s, k)| (s.clone(), Json::from(k.as_str())))
+                .collect(),
+        ),
     );
     doc.insert(
         "files".into(),
-        Json::Object(files.iter().map(|(n, h)| (n.clone(), Json::from(h.as_str()))).collect()),
+        Json::Object(
+            files
+                .iter()
+                .map(|(n, h)| (n.clone(), Json::from(h.as_str())))
+                .collect(),
+        ),
     );
     let mut text = String::with_capacity(256);
     canonical_json(&Json::Object(doc), &mut text);
@@ -153,7 +164,8 @@ impl Plan {
         let mut graph: DiGraph<Instance, ()> = DiGraph::new();
         let mut order = Vec::new();
         let mut deps: Vec<Vec<usize>> = Vec::with_capacity(spec.stages.len());
-        let mut by_point: Vec<HashMap<Vec<usize>, NodeIndex>> = Vec::with_capacity(spec.stages.len());
+        let mut by_point: Vec<HashMap<Vec<usize>, NodeIndex>> =
+            Vec::with_capacity(spec.stages.len());
         let mut defaults: HashMap<&'static str, Json> = HashMap::new();
 
         for (si, stage) in spec.stages.iter().enumerate() {
@@ -168,7 +180,10 @@ impl Plan {
                 .iter()
                 .map(|r| (r.slot.clone(), spec.stages[r.index].kind.name()))
                 .collect();
-            let env = CheckEnv { base_dir: &spec.base_dir, inputs: &input_kinds };
+            let env = CheckEnv {
+                base_dir: &spec.base_dir,
+                inputs: &input_kinds,
+            };
             for point in &sweep.points {
                 let proj: Vec<usize> = d.iter().map(|&v| point[v]).collect();
                 if map.contains_key(&proj) {
@@ -180,7 +195,10 @@ impl Plan {
                 };
                 let mut point_json = serde_json::Map::new();
                 for &v in &d {
-                    point_json.insert(sweep.vars[v].name.clone(), sweep.vars[v].values[point[v]].clone());
+                    point_json.insert(
+                        sweep.vars[v].name.clone(),
+                        sweep.vars[v].values[point[v]].clone(),
+                    );
                 }
                 let mut params = serde_json::Map::new();
                 let mut key_params = serde_json::Map::new();
@@ -221,7 +239,15 @@ impl Plan {
                 for f in stage.kind.files(&params, &env) {
                     let h = hasher.hash(&f.path).map_err(|e| {
                         let (loc, path) = param_loc(stage, Some("files"));
-                        Error::at(&loc, &path, format!("cannot read declared file {} ({}): {e}", f.name, f.path.display()))
+                        Error::at(
+                            &loc,
+                            &path,
+                            format!(
+                                "cannot read declared file {} ({}): {e}",
+                                f.name,
+                                f.path.display()
+                            ),
+                        )
                     })?;
                     files.push((f.name, h));
                 }
@@ -234,7 +260,13 @@ impl Plan {
                     input_keys.push((r.slot.clone(), graph[up].key.clone()));
                     inputs.push((r.slot.clone(), up));
                 }
-                let key = compute_key(stage.kind.name(), stage.kind.version(), &key_params, &input_keys, &files);
+                let key = compute_key(
+                    stage.kind.name(),
+                    stage.kind.version(),
+                    &key_params,
+                    &input_keys,
+                    &files,
+                );
                 let threads = stage.kind.threads(&params).max(1);
                 let idx = graph.add_node(Instance {
                     stage: si,
@@ -267,7 +299,9 @@ impl Plan {
     pub fn label(&self, i: NodeIndex) -> String {
         let inst = &self.graph[i];
         match &inst.point {
-            Json::Object(m) if !m.is_empty() => format!("{}[{}]", self.stage_name(i), point_label(&inst.point)),
+            Json::Object(m) if !m.is_empty() => {
+                format!("{}[{}]", self.stage_name(i), point_label(&inst.point))
+            }
             _ => self.stage_name(i).to_string(),
         }
     }
@@ -312,7 +346,9 @@ fn param_loc(stage: &crate::spec::StageSpec, param: Option<&str>) -> (Loc, Strin
 fn parse_default(lit: &str) -> Json {
     let source = crate::error::Source::new("<default>", format!("v = {lit}"));
     let doc = node::parse_document(&source).expect("built-in defaults are valid TOML");
-    let node::Value::Table(t) = doc.value else { unreachable!("a document is a table") };
+    let node::Value::Table(t) = doc.value else {
+        unreachable!("a document is a table")
+    };
     template::resolve(&t["v"].1, &|_| None, "").expect("built-in defaults hold no references")
 }
 
@@ -335,13 +371,67 @@ mod tests {
             m.insert("fraction".into(), json!(x));
             m
         };
-        let base = compute_key("corrupt", 1, &p(0.4), &[("dataset".into(), "aa".into())], &[]);
+        let base = compute_key(
+            "corrupt",
+            1,
+            &p(0.4),
+            &[("dataset".into(), "aa".into())],
+            &[],
+        );
         assert_eq!(base.len(), 64);
-        assert_eq!(base, compute_key("corrupt", 1, &p(0.4), &[("dataset".into(), "aa".into())], &[]));
-        assert_ne!(base, compute_key("corrupt", 2, &p(0.4), &[("dataset".into(), "aa".into())], &[]));
-        assert_ne!(base, compute_key("corrupt", 1, &p(0.2), &[("dataset".into(), "aa".into())], &[]));
-        assert_ne!(base, compute_key("corrupt", 1, &p(0.4), &[("dataset".into(), "ab".into())], &[]));
-        assert_ne!(base, compute_key("corrupt", 1, &p(0.4), &[("dataset".into(), "aa".into())], &[("f".into(), "00".into())]));
-        assert_ne!(base, compute_key("exec", 1, &p(0.4), &[("dataset".into(), "aa".into())], &[]));
+        assert_eq!(
+            base,
+            compute_key(
+                "corrupt",
+                1,
+                &p(0.4),
+                &[("dataset".into(), "aa".into())],
+                &[]
+            )
+        );
+        assert_ne!(
+            base,
+            compute_key(
+                "corrupt",
+                2,
+                &p(0.4),
+                &[("dataset".into(), "aa".into())],
+                &[]
+            )
+        );
+        assert_ne!(
+            base,
+            compute_key(
+                "corrupt",
+                1,
+                &p(0.2),
+                &[("dataset".into(), "aa".into())],
+                &[]
+            )
+        );
+        assert_ne!(
+            base,
+            compute_key(
+                "corrupt",
+                1,
+                &p(0.4),
+                &[("dataset".into(), "ab".into())],
+                &[]
+            )
+        );
+        assert_ne!(
+            base,
+            compute_key(
+                "corrupt",
+                1,
+                &p(0.4),
+                &[("dataset".into(), "aa".into())],
+                &[("f".into(), "00".into())]
+            )
+        );
+        assert_ne!(
+            base,
+            compute_key("exec", 1, &p(0.4), &[("dataset".into(), "aa".into())], &[])
+        );
     }
 }

@@ -39,9 +39,18 @@ pub fn dag(plan: &Plan, format: DagFormat) -> String {
             }
         }
         DagFormat::Dot => {
-            let _ = writeln!(out, "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];", plan.spec.name);
+            let _ = writeln!(
+                out,
+                "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];",
+                plan.spec.name
+            );
             for &n in &plan.order {
-                let _ = writeln!(out, "  \"{}\" [label=\"{}\"];", key(n), plan.label(n).replace('"', "\\\""));
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" [label=\"{}\"];",
+                    key(n),
+                    plan.label(n).replace('"', "\\\"")
+                );
             }
             for e in plan.graph.edge_indices() {
                 if let Some((a, b)) = plan.graph.edge_endpoints(e) {
@@ -53,7 +62,12 @@ pub fn dag(plan: &Plan, format: DagFormat) -> String {
         DagFormat::Mermaid => {
             out.push_str("flowchart LR\n");
             for &n in &plan.order {
-                let _ = writeln!(out, "  k{}[\"{}\"]", key(n), plan.label(n).replace('"', "#quot;"));
+                let _ = writeln!(
+                    out,
+                    "  k{}[\"{}\"]",
+                    key(n),
+                    plan.label(n).replace('"', "#quot;")
+                );
             }
             for e in plan.graph.edge_indices() {
                 if let Some((a, b)) = plan.graph.edge_endpoints(e) {

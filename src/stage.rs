@@ -41,7 +41,13 @@ impl ParamType {
             ParamType::Float => "a number".into(),
             ParamType::Str => "a string".into(),
             ParamType::Bool => "a boolean".into(),
-            ParamType::Enum(opts) => format!("one of {}", opts.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")),
+            ParamType::Enum(opts) => format!(
+                "one of {}",
+                opts.iter()
+                    .map(|o| format!("\"{o}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             ParamType::Scalar => "a string, number or boolean".into(),
             ParamType::List(t) => format!("an array of {}", t.describe_plural()),
             ParamType::Map(t) => format!("a table of {}", t.describe_plural()),
@@ -61,13 +67,20 @@ impl ParamType {
 
     /// Checks `v` against the type, converting integers to floats where a float is expected.
     pub fn coerce(&self, v: Json) -> Result<Json, String> {
-        let bad = |v: &Json| Err(format!("expected {}, found {}", self.describe(), json_type(v)));
+        let bad = |v: &Json| {
+            Err(format!(
+                "expected {}, found {}",
+                self.describe(),
+                json_type(v)
+            ))
+        };
         match (self, v) {
             (ParamType::Any, v) => Ok(v),
             (ParamType::Int, Json::Number(n)) if n.is_i64() => Ok(Json::Number(n)),
             (ParamType::Float, Json::Number(n)) => {
                 let x = n.as_f64().unwrap_or(f64::NAN);
-                crate::spec::template::float(x).ok_or_else(|| "expected a finite number".to_string())
+                crate::spec::template::float(x)
+                    .ok_or_else(|| "expected a finite number".to_string())
             }
             (ParamType::Str, Json::String(s)) => Ok(Json::String(s)),
             (ParamType::Bool, Json::Bool(b)) => Ok(Json::Bool(b)),
@@ -75,7 +88,11 @@ impl ParamType {
                 if opts.contains(&s.as_str()) {
                     Ok(Json::String(s))
                 } else {
-                    Err(format!("expected {}, found \"{s}\"{}", self.describe(), crate::error::suggest(&s, opts.iter().copied())))
+                    Err(format!(
+                        "expected {}, found \"{s}\"{}",
+                        self.describe(),
+                        crate::error::suggest(&s, opts.iter().copied())
+                    ))
                 }
             }
             (ParamType::Scalar, v @ (Json::String(_) | Json::Number(_) | Json::Bool(_))) => Ok(v),
@@ -87,7 +104,11 @@ impl ParamType {
                 .map(Json::Array),
             (ParamType::Map(t), Json::Object(m)) => m
                 .into_iter()
-                .map(|(k, x)| t.coerce(x).map(|x| (k.clone(), x)).map_err(|e| format!("`{k}`: {e}")))
+                .map(|(k, x)| {
+                    t.coerce(x)
+                        .map(|x| (k.clone(), x))
+                        .map_err(|e| format!("`{k}`: {e}"))
+                })
                 .collect::<Result<serde_json::Map<_, _>, _>>()
                 .map(Json::Object),
             (_, v) => bad(&v),
@@ -137,15 +158,38 @@ pub struct ParamSpec {
 impl ParamSpec {
     /// A required parameter that is part of the key.
     pub const fn required(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-        ParamSpec { name, ty, presence: Presence::Required, in_key: true, doc }
+        ParamSpec {
+            name,
+            ty,
+            presence: Presence::Required,
+            in_key: true,
+            doc,
+        }
     }
     /// An optional parameter that is part of the key.
     pub const fn optional(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-        ParamSpec { name, ty, presence: Presence::Optional, in_key: true, doc }
+        ParamSpec {
+            name,
+            ty,
+            presence: Presence::Optional,
+            in_key: true,
+            doc,
+        }
     }
     /// A parameter with a default (a TOML literal) that is part of the key.
-    pub const fn default(name: &'static str, ty: ParamType, default: &'static str, doc: &'static str) -> ParamSpec {
-        ParamSpec { name, ty, presence: Presence::Default(default), in_key: true, doc }
+    pub const fn default(
+        name: &'static str,
+        ty: ParamType,
+        default: &'static str,
+        doc: &'static str,
+    ) -> ParamSpec {
+        ParamSpec {
+            name,
+            ty,
+            presence: Presence::Default(default),
+            in_key: true,
+            doc,
+        }
     }
     /// The same parameter, left out of the key (it cannot change the output).
     pub const fn not_in_key(mut self) -> ParamSpec {
@@ -200,7 +244,10 @@ impl Params {
     /// An array of strings (elements that are not strings are skipped).
     pub fn strings(&self, name: &str) -> Vec<String> {
         match self.0.get(name) {
-            Some(Json::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(Json::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -218,11 +265,17 @@ pub struct ParamError {
 impl ParamError {
     /// An error about one parameter.
     pub fn param(param: &'static str, message: impl Into<String>) -> ParamError {
-        ParamError { param: Some(param), message: message.into() }
+        ParamError {
+            param: Some(param),
+            message: message.into(),
+        }
     }
     /// An error about the stage as a whole.
     pub fn stage(message: impl Into<String>) -> ParamError {
-        ParamError { param: None, message: message.into() }
+        ParamError {
+            param: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -341,11 +394,18 @@ mod tests {
 
     #[test]
     fn floats_accept_integers_and_lists_check_elements() {
-        assert_eq!(ParamType::Float.coerce(Json::from(1)).unwrap(), serde_json::json!(1.0));
+        assert_eq!(
+            ParamType::Float.coerce(Json::from(1)).unwrap(),
+            serde_json::json!(1.0)
+        );
         assert!(ParamType::Int.coerce(serde_json::json!(1.5)).is_err());
-        let e = ParamType::List(&ParamType::Int).coerce(serde_json::json!([1, "x"])).unwrap_err();
+        let e = ParamType::List(&ParamType::Int)
+            .coerce(serde_json::json!([1, "x"]))
+            .unwrap_err();
         assert!(e.contains("element 1"), "{e}");
-        let e = ParamType::Enum(&["permute", "uniform"]).coerce(serde_json::json!("permut")).unwrap_err();
+        let e = ParamType::Enum(&["permute", "uniform"])
+            .coerce(serde_json::json!("permut"))
+            .unwrap_err();
         assert!(e.contains("did you mean `permute`"), "{e}");
     }
 }

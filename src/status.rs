@@ -6,8 +6,8 @@ use serde_json::Value as Json;
 
 use crate::plan::{Instance, Plan};
 use crate::spec::template;
-use crate::store::index::{entry_id, Index, IndexEntry};
 use crate::store::Store;
+use crate::store::index::{Index, IndexEntry, entry_id};
 
 /// The state of one instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -65,7 +65,11 @@ pub fn explain(plan: &Plan, inst: &Instance, last: &IndexEntry) -> String {
     let stage = &plan.spec.stages[inst.stage];
     let mut why = Vec::new();
     if last.kind != stage.kind.name() {
-        why.push(format!("kind changed {} -> {}", last.kind, stage.kind.name()));
+        why.push(format!(
+            "kind changed {} -> {}",
+            last.kind,
+            stage.kind.name()
+        ));
     } else if last.version != stage.kind.version() {
         why.push(format!(
             "code version of {} changed {} -> {}",
@@ -121,17 +125,29 @@ pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> 
         .map(|&node| {
             let inst = &plan.graph[node];
             if store.is_complete(&inst.key) {
-                return InstanceStatus { node, state: State::Cached, reason: String::new() };
+                return InstanceStatus {
+                    node,
+                    state: State::Cached,
+                    reason: String::new(),
+                };
             }
             let stage = &plan.spec.stages[inst.stage];
             match index.entries.get(&entry_id(&stage.name, &inst.point)) {
-                None => InstanceStatus { node, state: State::Missing, reason: "never run".into() },
+                None => InstanceStatus {
+                    node,
+                    state: State::Missing,
+                    reason: "never run".into(),
+                },
                 Some(last) if last.key == inst.key => InstanceStatus {
                     node,
                     state: State::Missing,
                     reason: "artifact is no longer in the cache (removed or damaged)".into(),
                 },
-                Some(last) => InstanceStatus { node, state: State::Stale, reason: explain(plan, inst, last) },
+                Some(last) => InstanceStatus {
+                    node,
+                    state: State::Stale,
+                    reason: explain(plan, inst, last),
+                },
             }
         })
         .collect()

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{read_all, DataError, ImageSet};
+use super::{DataError, ImageSet, read_all};
 
 /// Pixel bytes of one 32x32 RGB image.
 pub const IMAGE_BYTES: usize = 3 * 32 * 32;
@@ -40,7 +40,9 @@ impl Variant {
     pub fn files(self, dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         match self {
             Variant::Cifar10 => (
-                (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect(),
+                (1..=5)
+                    .map(|i| dir.join(format!("data_batch_{i}.bin")))
+                    .collect(),
                 vec![dir.join("test_batch.bin")],
             ),
             Variant::Cifar100 => (vec![dir.join("train.bin")], vec![dir.join("test.bin")]),
@@ -50,12 +52,16 @@ impl Variant {
 
 /// Checks that a file exists and its length is a whole number of records.
 pub fn check_file(path: &Path, variant: Variant) -> Result<(), DataError> {
-    let meta = std::fs::metadata(path).map_err(|e| DataError::new(path, format!("cannot open: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| DataError::new(path, format!("cannot open: {e}")))?;
     let record = variant.label_bytes() + IMAGE_BYTES;
     if meta.len() == 0 || meta.len() % record as u64 != 0 {
         return Err(DataError::new(
             path,
-            format!("{} bytes is not a whole number of {record}-byte records: truncated or not CIFAR binary", meta.len()),
+            format!(
+                "{} bytes is not a whole number of {record}-byte records: truncated or not CIFAR binary",
+                meta.len()
+            ),
         ));
     }
     Ok(())
@@ -65,14 +71,26 @@ pub fn check_file(path: &Path, variant: Variant) -> Result<(), DataError> {
 pub fn read_set(paths: &[PathBuf], variant: Variant) -> Result<ImageSet, DataError> {
     let lb = variant.label_bytes();
     let record = lb + IMAGE_BYTES;
-    let mut set = ImageSet { height: 32, width: 32, channels: 3, pixels: Vec::new(), labels: Vec::new() };
+    let mut set = ImageSet {
+        height: 32,
+        width: 32,
+        channels: 3,
+        pixels: Vec::new(),
+        labels: Vec::new(),
+    };
     for p in paths {
         check_file(p, variant)?;
         let bytes = read_all(p)?;
         for (i, rec) in bytes.chunks_exact(record).enumerate() {
             let label = rec[lb - 1];
             if label as usize >= variant.classes() {
-                return Err(DataError::new(p, format!("record {i} has label {label}, beyond {} classes", variant.classes())));
+                return Err(DataError::new(
+                    p,
+                    format!(
+                        "record {i} has label {label}, beyond {} classes",
+                        variant.classes()
+                    ),
+                ));
             }
             set.labels.push(label);
             set.pixels.extend_from_slice(&rec[lb..]);

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{open_maybe_gz, read_all, DataError, ImageSet};
+use super::{DataError, ImageSet, open_maybe_gz, read_all};
 
 /// The four files of an MNIST-layout folder, as (images, labels) for train and test.
 pub struct IdxFiles {
@@ -21,13 +21,20 @@ pub struct IdxFiles {
 }
 
 fn find(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
-    for name in [format!("{stem}.gz"), stem.to_string(), stem.replacen("-idx", ".idx", 1)] {
+    for name in [
+        format!("{stem}.gz"),
+        stem.to_string(),
+        stem.replacen("-idx", ".idx", 1),
+    ] {
         let p = dir.join(&name);
         if p.is_file() {
             return Ok(p);
         }
     }
-    Err(DataError::new(&dir.join(format!("{stem}.gz")), format!("missing: expected {stem} or {stem}.gz in {}", dir.display())))
+    Err(DataError::new(
+        &dir.join(format!("{stem}.gz")),
+        format!("missing: expected {stem} or {stem}.gz in {}", dir.display()),
+    ))
 }
 
 impl IdxFiles {
@@ -43,28 +50,58 @@ impl IdxFiles {
 
     /// All four paths.
     pub fn all(&self) -> [&Path; 4] {
-        [&self.train_images, &self.train_labels, &self.test_images, &self.test_labels]
+        [
+            &self.train_images,
+            &self.train_labels,
+            &self.test_images,
+            &self.test_labels,
+        ]
     }
 }
 
 /// Parses an IDX header: returns the dimensions and the header length.
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, usize), DataError> {
     if bytes.len() < 4 {
-        return Err(DataError::new(path, format!("too short for an IDX header ({} bytes)", bytes.len())));
+        return Err(DataError::new(
+            path,
+            format!("too short for an IDX header ({} bytes)", bytes.len()),
+        ));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(DataError::new(path, format!("wrong magic number {:02x}{:02x}{:02x}{:02x}: not an IDX file", bytes[0], bytes[1], bytes[2], bytes[3])));
+        return Err(DataError::new(
+            path,
+            format!(
+                "wrong magic number {:02x}{:02x}{:02x}{:02x}: not an IDX file",
+                bytes[0], bytes[1], bytes[2], bytes[3]
+            ),
+        ));
     }
     if bytes[2] != 0x08 {
-        return Err(DataError::new(path, format!("IDX type code 0x{:02x} is not unsigned byte (0x08)", bytes[2])));
+        return Err(DataError::new(
+            path,
+            format!(
+                "IDX type code 0x{:02x} is not unsigned byte (0x08)",
+                bytes[2]
+            ),
+        ));
     }
     let ndim = bytes[3] as usize;
     let header = 4 + 4 * ndim;
     if ndim == 0 || bytes.len() < header {
-        return Err(DataError::new(path, format!("truncated IDX header ({ndim} dimensions)")));
+        return Err(DataError::new(
+            path,
+            format!("truncated IDX header ({ndim} dimensions)"),
+        ));
     }
     let dims = (0..ndim)
-        .map(|i| u32::from_be_bytes([bytes[4 + 4 * i], bytes[5 + 4 * i], bytes[6 + 4 * i], bytes[7 + 4 * i]]) as usize)
+        .map(|i| {
+            u32::from_be_bytes([
+                bytes[4 + 4 * i],
+                bytes[5 + 4 * i],
+                bytes[6 + 4 * i],
+                bytes[7 + 4 * i],
+            ]) as usize
+        })
         .collect();
     Ok((dims, header))
 }
@@ -85,14 +122,22 @@ fn read_array(path: &Path, want_ndim: usize) -> Result<(Vec<usize>, Vec<u8>), Da
     let bytes = read_all(path)?;
     let (dims, header) = parse_header(path, &bytes)?;
     if dims.len() != want_ndim {
-        return Err(DataError::new(path, format!("expected {want_ndim} dimensions, the header says {}", dims.len())));
+        return Err(DataError::new(
+            path,
+            format!(
+                "expected {want_ndim} dimensions, the header says {}",
+                dims.len()
+            ),
+        ));
     }
     let n: usize = dims.iter().product();
     let have = bytes.len() - header;
     if have != n {
         return Err(DataError::new(
             path,
-            format!("the header promises {n} bytes of data ({dims:?}) but the file holds {have}: truncated or padded"),
+            format!(
+                "the header promises {n} bytes of data ({dims:?}) but the file holds {have}: truncated or padded"
+            ),
         ));
     }
     Ok((dims, bytes[header..].to_vec()))
@@ -103,9 +148,23 @@ pub fn read_set(images: &Path, labels: &Path) -> Result<ImageSet, DataError> {
     let (idims, pixels) = read_array(images, 3)?;
     let (ldims, labels_data) = read_array(labels, 1)?;
     if idims[0] != ldims[0] {
-        return Err(DataError::new(labels, format!("{} labels for {} images in {}", ldims[0], idims[0], images.display())));
+        return Err(DataError::new(
+            labels,
+            format!(
+                "{} labels for {} images in {}",
+                ldims[0],
+                idims[0],
+                images.display()
+            ),
+        ));
     }
-    Ok(ImageSet { height: idims[1], width: idims[2], channels: 1, pixels, labels: labels_data })
+    Ok(ImageSet {
+        height: idims[1],
+        width: idims[2],
+        channels: 1,
+        pixels,
+        labels: labels_data,
+    })
 }
 
 /// Writes an IDX file of unsigned bytes (used by tests and tools that make small data sets).

@@ -25,7 +25,10 @@ pub struct DataError {
 impl DataError {
     /// An error about `path`.
     pub fn new(path: &Path, message: impl Into<String>) -> DataError {
-        DataError { path: path.to_path_buf(), message: message.into() }
+        DataError {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
     }
 }
 
@@ -74,9 +77,12 @@ impl ImageSet {
 
 /// Opens a file, transparently decompressing gzip (detected by its magic bytes).
 pub fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>, DataError> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::new(path, format!("cannot open: {e}")))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| DataError::new(path, format!("cannot open: {e}")))?;
     let mut magic = [0u8; 2];
-    let n = f.read(&mut magic).map_err(|e| DataError::new(path, e.to_string()))?;
+    let n = f
+        .read(&mut magic)
+        .map_err(|e| DataError::new(path, e.to_string()))?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
     let chained = head.chain(f);
     if n == 2 && magic == [0x1f, 0x8b] {
@@ -89,8 +95,11 @@ pub fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>, DataError> {
 /// Reads a whole (possibly gzipped) file.
 pub fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
     let mut out = Vec::new();
-    open_maybe_gz(path)?
-        .read_to_end(&mut out)
-        .map_err(|e| DataError::new(path, format!("cannot read (truncated or corrupt compressed data?): {e}")))?;
+    open_maybe_gz(path)?.read_to_end(&mut out).map_err(|e| {
+        DataError::new(
+            path,
+            format!("cannot read (truncated or corrupt compressed data?): {e}"),
+        )
+    })?;
     Ok(out)
 }

@@ -6,10 +6,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use petgraph::graph::NodeIndex;
 use petgraph::Direction;
+use petgraph::graph::NodeIndex;
 
-use super::{selected, Event, Observer, Outcome, RunOptions, RunReport};
+use super::{Event, Observer, Outcome, RunOptions, RunReport, selected};
 use crate::plan::Plan;
 use crate::stage::{BadData, RunContext};
 use crate::status::index_entry;
@@ -19,7 +19,12 @@ use crate::store::{Manifest, Store};
 ///
 /// Errors are only the store's own (the cache folder cannot be created); stage failures
 /// are outcomes.
-pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Observer) -> std::io::Result<RunReport> {
+pub fn run(
+    plan: &Plan,
+    store: &Store,
+    opts: &RunOptions,
+    observer: &dyn Observer,
+) -> std::io::Result<RunReport> {
     let nodes = selected(plan, &opts.only);
     store.prepare()?;
     let jobs = opts.jobs.max(1);
@@ -41,10 +46,17 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Observe
             .count();
         pending.insert(n, waiting);
     }
-    observer.event(plan, Event::Begin { to_run: to_run.len(), cached: nodes.len() - to_run.len() });
+    observer.event(
+        plan,
+        Event::Begin {
+            to_run: to_run.len(),
+            cached: nodes.len() - to_run.len(),
+        },
+    );
 
     // Ordered by node index, which is plan order: inputs first, then declaration and sweep order.
-    let mut ready: BTreeSet<NodeIndex> = to_run.iter().copied().filter(|n| pending[n] == 0).collect();
+    let mut ready: BTreeSet<NodeIndex> =
+        to_run.iter().copied().filter(|n| pending[n] == 0).collect();
     let mut running = 0usize;
     let mut threads_in_use = 0usize;
     let mut stop = false;
@@ -71,7 +83,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Observe
             if running == 0 {
                 break;
             }
-            let Ok((n, used, outcome)) = rx.recv() else { break };
+            let Ok((n, used, outcome)) = rx.recv() else {
+                break;
+            };
             running -= 1;
             threads_in_use -= used;
             observer.event(plan, Event::Finished(n, &outcome));
@@ -81,7 +95,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Observe
                 let label = plan.label(n);
                 for d in plan.descendants(n) {
                     if pending.remove(&d).is_some() {
-                        let o = Outcome::Skipped { reason: format!("input {label} failed") };
+                        let o = Outcome::Skipped {
+                            reason: format!("input {label} failed"),
+                        };
                         observer.event(plan, Event::Finished(d, &o));
                         outcomes.insert(d, o);
                     }
@@ -106,7 +122,9 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Observe
     // With --fail-fast, whatever never started is skipped.
     for &n in &to_run {
         if !outcomes.contains_key(&n) {
-            let o = Outcome::Skipped { reason: "the run stopped at the first failure (--fail-fast)".into() };
+            let o = Outcome::Skipped {
+                reason: "the run stopped at the first failure (--fail-fast)".into(),
+            };
             observer.event(plan, Event::Finished(n, &o));
             outcomes.insert(n, o);
         }
@@ -114,30 +132,58 @@ pub fn run(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Observe
 
     let updates: Vec<_> = nodes
         .iter()
-        .filter(|n| matches!(outcomes.get(n), Some(Outcome::Executed { .. } | Outcome::Cached)))
+        .filter(|n| {
+            matches!(
+                outcomes.get(n),
+                Some(Outcome::Executed { .. } | Outcome::Cached)
+            )
+        })
         .map(|&n| index_entry(plan, &plan.graph[n]))
         .collect();
     store.update_index(&plan.spec.name, updates)?;
 
     Ok(RunReport {
-        outcomes: nodes.iter().filter_map(|n| outcomes.remove(n).map(|o| (*n, o))).collect(),
+        outcomes: nodes
+            .iter()
+            .filter_map(|n| outcomes.remove(n).map(|o| (*n, o)))
+            .collect(),
     })
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Runs one instance under its key's lock, storing the artifact on success.
-fn run_instance(plan: &Plan, store: &Store, n: NodeIndex, threads: usize, observer: &dyn Observer) -> Outcome {
+fn run_instance(
+    plan: &Plan,
+    store: &Store,
+    n: NodeIndex,
+    threads: usize,
+    observer: &dyn Observer,
+) -> Outcome {
     let inst = &plan.graph[n];
     let stage = &plan.spec.stages[inst.stage];
     let log_path = store.log_path(&inst.key);
-    let fail = |message: String| Outcome::Failed { message, log: log_path.clone(), bad_data: false };
+    let fail = |message: String| Outcome::Failed {
+        message,
+        log: log_path.clone(),
+        bad_data: false,
+    };
 
-    let _lock = match store.lock(&inst.key, &mut |h| observer.event(plan, Event::Waiting(n, h))) {
+    let _lock = match store.lock(&inst.key, &mut |h| {
+        observer.event(plan, Event::Waiting(n, h))
+    }) {
         Ok(l) => l,
-        Err(e) => return fail(format!("cannot take the lock for key {}: {e}", &inst.key[..12])),
+        Err(e) => {
+            return fail(format!(
+                "cannot take the lock for key {}: {e}",
+                &inst.key[..12]
+            ));
+        }
     };
     if store.is_complete(&inst.key) {
         return Outcome::Cached;
@@ -150,7 +196,11 @@ fn run_instance(plan: &Plan, store: &Store, n: NodeIndex, threads: usize, observ
     for (slot, up) in &inst.inputs {
         let key = &plan.graph[*up].key;
         if !store.is_complete(key) {
-            return fail(format!("input {} ({}) is missing or damaged in the cache", plan.label(*up), &key[..12]));
+            return fail(format!(
+                "input {} ({}) is missing or damaged in the cache",
+                plan.label(*up),
+                &key[..12]
+            ));
         }
         inputs.push((slot.clone(), store.artifact_dir(key)));
     }
@@ -203,7 +253,11 @@ fn run_instance(plan: &Plan, store: &Store, n: NodeIndex, threads: usize, observ
     if let Some(message) = error {
         let _ = writeln!(log, "# failed after {seconds:.3}s: {message}");
         store.discard(&tmp);
-        return Outcome::Failed { message, log: log_path, bad_data };
+        return Outcome::Failed {
+            message,
+            log: log_path,
+            bad_data,
+        };
     }
     let draft = Manifest {
         key: inst.key.clone(),

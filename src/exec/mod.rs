@@ -89,12 +89,16 @@ pub struct RunReport {
 impl RunReport {
     /// Whether any instance failed.
     pub fn any_failed(&self) -> bool {
-        self.outcomes.iter().any(|(_, o)| matches!(o, Outcome::Failed { .. }))
+        self.outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Failed { .. }))
     }
 
     /// Whether a failure was caused by bad data rather than by a stage.
     pub fn any_bad_data(&self) -> bool {
-        self.outcomes.iter().any(|(_, o)| matches!(o, Outcome::Failed { bad_data: true, .. }))
+        self.outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Failed { bad_data: true, .. }))
     }
 }
 
@@ -111,5 +115,9 @@ pub fn selected(plan: &Plan, only: &[String]) -> Vec<NodeIndex> {
             }
         }
     }
-    plan.order.iter().copied().filter(|n| keep[n.index()]).collect()
+    plan.order
+        .iter()
+        .copied()
+        .filter(|n| keep[n.index()])
+        .collect()
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 
-use crate::error::{suggest, Error, Loc, Source};
+use crate::error::{Error, Loc, Source, suggest};
 use crate::stage::{Inputs, ParamSpec, Presence, Registry, StageKind};
 use node::{KeyNode, Node, Value};
 pub use sweep::Sweep;
@@ -68,21 +68,35 @@ pub struct InputRef {
 impl Spec {
     /// Reads and validates a pipeline file, applying `--set KEY=VALUE` overrides.
     pub fn load(path: &Path, sets: &[String], registry: &Registry) -> Result<Spec, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::usage(format!("cannot read pipeline file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!("cannot read pipeline file {}: {e}", path.display()))
+        })?;
         let base_dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        Spec::parse(&path.display().to_string(), &text, &base_dir, sets, registry).map(|mut s| {
+        Spec::parse(
+            &path.display().to_string(),
+            &text,
+            &base_dir,
+            sets,
+            registry,
+        )
+        .map(|mut s| {
             s.path = path.to_path_buf();
             s
         })
     }
 
     /// Validates pipeline text named `name`, whose relative paths resolve against `base_dir`.
-    pub fn parse(name: &str, text: &str, base_dir: &Path, sets: &[String], registry: &Registry) -> Result<Spec, Error> {
+    pub fn parse(
+        name: &str,
+        text: &str,
+        base_dir: &Path,
+        sets: &[String],
+        registry: &Registry,
+    ) -> Result<Spec, Error> {
         let source = Source::new(name, text);
         let mut doc = node::parse_document(&source)?;
         for set in sets {
@@ -100,12 +114,16 @@ impl Spec {
 /// Applies one `--set key.path=VALUE` (VALUE parsed as TOML, or taken as a string if it is not TOML).
 fn apply_set(doc: &mut Node, arg: &str) -> Result<(), Error> {
     let Some(eq) = arg.find('=') else {
-        return Err(Error::usage(format!("--set {arg}: expected KEY=VALUE, e.g. --set stage.train.epochs=40")));
+        return Err(Error::usage(format!(
+            "--set {arg}: expected KEY=VALUE, e.g. --set stage.train.epochs=40"
+        )));
     };
     let source = Source::new(format!("--set {arg}"), arg);
     let key = arg[..eq].trim();
     if key.is_empty() || key.split('.').any(|s| s.trim().is_empty()) {
-        return Err(Error::usage(format!("--set {arg}: the key must be a dotted path such as stage.train.epochs")));
+        return Err(Error::usage(format!(
+            "--set {arg}: the key must be a dotted path such as stage.train.epochs"
+        )));
     }
     let overlay = match node::parse_document(&source) {
         Ok(n) => n,
@@ -117,10 +135,16 @@ fn apply_set(doc: &mut Node, arg: &str) -> Result<(), Error> {
             };
             for seg in key.rsplit('.') {
                 let seg = seg.trim().to_string();
-                let k = KeyNode { name: seg.clone(), loc: Loc::new(&source, 0..eq) };
+                let k = KeyNode {
+                    name: seg.clone(),
+                    loc: Loc::new(&source, 0..eq),
+                };
                 let mut t = IndexMap::new();
                 t.insert(seg, (k, n));
-                n = Node { value: Value::Table(t), loc: Loc::new(&source, 0..arg.len()) };
+                n = Node {
+                    value: Value::Table(t),
+                    loc: Loc::new(&source, 0..arg.len()),
+                };
             }
             n
         }
@@ -134,7 +158,10 @@ fn merge(base: &mut Node, overlay: Node) {
         (Value::Table(b), Value::Table(o)) => {
             for (k, (key, v)) in o {
                 match b.get_mut(&k) {
-                    Some((_, existing)) if matches!(existing.value, Value::Table(_)) && matches!(v.value, Value::Table(_)) => {
+                    Some((_, existing))
+                        if matches!(existing.value, Value::Table(_))
+                            && matches!(v.value, Value::Table(_)) =>
+                    {
                         merge(existing, v)
                     }
                     _ => {
@@ -163,10 +190,17 @@ fn unknown_key(key: &KeyNode, path: &str, allowed: &[&str]) -> Error {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) -> Result<Spec, Error> {
+fn build(
+    doc: Node,
+    source: &Arc<Source>,
+    base_dir: &Path,
+    registry: &Registry,
+) -> Result<Spec, Error> {
     let top = doc.as_table("")?;
     for (name, (key, _)) in top {
         if !["pipeline", "sweep", "stage"].contains(&name.as_str()) {
@@ -175,7 +209,11 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
     }
     let start = Loc::new(source, 0..0);
     let Some((_, pipeline)) = top.get("pipeline") else {
-        return Err(Error::at(&start, "pipeline", "missing `[pipeline]` table with a `name`"));
+        return Err(Error::at(
+            &start,
+            "pipeline",
+            "missing `[pipeline]` table with a `name`",
+        ));
     };
     let pt = pipeline.as_table("pipeline")?;
     let mut name = None;
@@ -184,21 +222,45 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
         match k.as_str() {
             "name" => name = Some(v.as_str("pipeline.name")?.to_string()),
             "description" => description = Some(v.as_str("pipeline.description")?.to_string()),
-            _ => return Err(unknown_key(key, &format!("pipeline.{k}"), &["name", "description"])),
+            _ => {
+                return Err(unknown_key(
+                    key,
+                    &format!("pipeline.{k}"),
+                    &["name", "description"],
+                ));
+            }
         }
     }
-    let name = name.ok_or_else(|| Error::at(&pipeline.loc, "pipeline.name", "missing: every pipeline needs a name"))?;
+    let name = name.ok_or_else(|| {
+        Error::at(
+            &pipeline.loc,
+            "pipeline.name",
+            "missing: every pipeline needs a name",
+        )
+    })?;
     if !valid_name(&name) {
-        return Err(Error::at(&pt["name"].1.loc, "pipeline.name", "use only letters, digits, `_` and `-`"));
+        return Err(Error::at(
+            &pt["name"].1.loc,
+            "pipeline.name",
+            "use only letters, digits, `_` and `-`",
+        ));
     }
     let sweep = Sweep::parse(top.get("sweep").map(|(_, n)| n))?;
 
     let Some((_, stages_node)) = top.get("stage") else {
-        return Err(Error::at(&start, "stage", "no stages: add at least one `[stage.NAME]` table"));
+        return Err(Error::at(
+            &start,
+            "stage",
+            "no stages: add at least one `[stage.NAME]` table",
+        ));
     };
     let stage_table = stages_node.as_table("stage")?;
     if stage_table.is_empty() {
-        return Err(Error::at(&stages_node.loc, "stage", "no stages: add at least one `[stage.NAME]` table"));
+        return Err(Error::at(
+            &stages_node.loc,
+            "stage",
+            "no stages: add at least one `[stage.NAME]` table",
+        ));
     }
 
     struct Raw<'a> {
@@ -210,7 +272,11 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
     for (sname, (skey, snode)) in stage_table {
         let path = format!("stage.{sname}");
         if !valid_name(sname) {
-            return Err(Error::at(&skey.loc, &path, "a stage name may hold only letters, digits, `_` and `-`"));
+            return Err(Error::at(
+                &skey.loc,
+                &path,
+                "a stage name may hold only letters, digits, `_` and `-`",
+            ));
         }
         let t = snode.as_table(&path)?;
         let Some((_, kind_node)) = t.get("kind") else {
@@ -222,7 +288,11 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
             Error::at(
                 &kind_node.loc,
                 &format!("{path}.kind"),
-                format!("unknown stage kind \"{kind_name}\"{}; known kinds: {}", suggest(kind_name, names.iter().copied()), names.join(", ")),
+                format!(
+                    "unknown stage kind \"{kind_name}\"{}; known kinds: {}",
+                    suggest(kind_name, names.iter().copied()),
+                    names.join(", ")
+                ),
             )
         })?;
         let mut inputs = Vec::new();
@@ -238,19 +308,30 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
                 }
                 Value::Table(slots) => {
                     for (slot, (_, v)) in slots {
-                        inputs.push((Some(slot.clone()), v.as_str(&format!("{ipath}.{slot}"))?.to_string(), v.loc.clone()));
+                        inputs.push((
+                            Some(slot.clone()),
+                            v.as_str(&format!("{ipath}.{slot}"))?.to_string(),
+                            v.loc.clone(),
+                        ));
                     }
                 }
                 other => {
                     return Err(Error::at(
                         &inode.loc,
                         &ipath,
-                        format!("expected an array of stage names or a table of slot = stage, found {}", other.type_name()),
+                        format!(
+                            "expected an array of stage names or a table of slot = stage, found {}",
+                            other.type_name()
+                        ),
                     ));
                 }
             }
         }
-        let allowed: Vec<&str> = STAGE_KEYS.iter().copied().chain(kind.params().iter().map(|p| p.name)).collect();
+        let allowed: Vec<&str> = STAGE_KEYS
+            .iter()
+            .copied()
+            .chain(kind.params().iter().map(|p| p.name))
+            .collect();
         for (k, (key, _)) in t {
             if !allowed.contains(&k.as_str()) {
                 return Err(Error::at(
@@ -270,7 +351,11 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
         for p in kind.params() {
             let given = t.get(p.name).map(|(_, n)| n.clone());
             if given.is_none() && matches!(p.presence, Presence::Required) {
-                return Err(Error::at(&skey.loc, &path, format!("missing required parameter `{}` ({})", p.name, p.doc)));
+                return Err(Error::at(
+                    &skey.loc,
+                    &path,
+                    format!("missing required parameter `{}` ({})", p.name, p.doc),
+                ));
             }
             if let Some(n) = &given {
                 let ppath = format!("{path}.{}", p.name);
@@ -283,7 +368,11 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
                             format!(
                                 "unknown sweep variable `{var}`{}; the sweep has: {}",
                                 suggest(var, names.iter().copied()),
-                                if names.is_empty() { "no variables".to_string() } else { names.join(", ") }
+                                if names.is_empty() {
+                                    "no variables".to_string()
+                                } else {
+                                    names.join(", ")
+                                }
                             ),
                         )
                     })?;
@@ -319,7 +408,10 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
                 return Err(Error::at(
                     loc,
                     &path,
-                    format!("unknown stage \"{up}\"{}", suggest(up, names.iter().map(String::as_str))),
+                    format!(
+                        "unknown stage \"{up}\"{}",
+                        suggest(up, names.iter().map(String::as_str))
+                    ),
                 ));
             };
             let slot = match (raw.spec.kind.inputs(), slot) {
@@ -328,44 +420,85 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
                 (Inputs::Slots(slots), Some(s)) => {
                     let Some(decl) = slots.iter().find(|d| d.name == s) else {
                         let ns: Vec<&str> = slots.iter().map(|d| d.name).collect();
-                        return Err(Error::at(loc, &path, format!("a `{}` stage has no input slot `{s}`; its slots: {}", kinds[i], ns.join(", "))));
+                        return Err(Error::at(
+                            loc,
+                            &path,
+                            format!(
+                                "a `{}` stage has no input slot `{s}`; its slots: {}",
+                                kinds[i],
+                                ns.join(", ")
+                            ),
+                        ));
                     };
                     if !decl.kinds.contains(&kinds[j]) {
-                        return Err(Error::at(loc, &path, format!("slot `{s}` takes a {} stage, but \"{up}\" is a `{}` stage", decl.kinds.join(" or "), kinds[j])));
+                        return Err(Error::at(
+                            loc,
+                            &path,
+                            format!(
+                                "slot `{s}` takes a {} stage, but \"{up}\" is a `{}` stage",
+                                decl.kinds.join(" or "),
+                                kinds[j]
+                            ),
+                        ));
                     }
                     s.clone()
                 }
                 (Inputs::Slots(slots), None) => {
-                    let free = slots
-                        .iter()
-                        .find(|d| d.kinds.contains(&kinds[j]) && !resolved.iter().any(|r| r.slot == d.name));
+                    let free = slots.iter().find(|d| {
+                        d.kinds.contains(&kinds[j]) && !resolved.iter().any(|r| r.slot == d.name)
+                    });
                     match free {
                         Some(d) => d.name.to_string(),
                         None => {
-                            let ns: Vec<String> = slots.iter().map(|d| format!("{} ({})", d.name, d.kinds.join("/"))).collect();
+                            let ns: Vec<String> = slots
+                                .iter()
+                                .map(|d| format!("{} ({})", d.name, d.kinds.join("/")))
+                                .collect();
                             return Err(Error::at(
                                 loc,
                                 &path,
-                                format!("\"{up}\" is a `{}` stage, which no free input slot of a `{}` stage takes; its slots: {}", kinds[j], kinds[i], ns.join(", ")),
+                                format!(
+                                    "\"{up}\" is a `{}` stage, which no free input slot of a `{}` stage takes; its slots: {}",
+                                    kinds[j],
+                                    kinds[i],
+                                    ns.join(", ")
+                                ),
                             ));
                         }
                     }
                 }
             };
             if resolved.iter().any(|r| r.slot == slot) {
-                return Err(Error::at(loc, &path, format!("input slot `{slot}` is filled twice")));
+                return Err(Error::at(
+                    loc,
+                    &path,
+                    format!("input slot `{slot}` is filled twice"),
+                ));
             }
             edges[i].push(j);
-            resolved.push(InputRef { slot, stage: up.clone(), index: j, loc: loc.clone() });
+            resolved.push(InputRef {
+                slot,
+                stage: up.clone(),
+                index: j,
+                loc: loc.clone(),
+            });
         }
         if let Inputs::Slots(slots) = raw.spec.kind.inputs() {
             for d in slots {
                 if !resolved.iter().any(|r| r.slot == d.name) {
-                    let at = raw.inputs_loc.map(|n| n.loc.clone()).unwrap_or_else(|| raw.spec.loc.clone());
+                    let at = raw
+                        .inputs_loc
+                        .map(|n| n.loc.clone())
+                        .unwrap_or_else(|| raw.spec.loc.clone());
                     return Err(Error::at(
                         &at,
                         &path,
-                        format!("a `{}` stage needs input `{}` (a {} stage)", kinds[i], d.name, d.kinds.join(" or ")),
+                        format!(
+                            "a `{}` stage needs input `{}` (a {} stage)",
+                            kinds[i],
+                            d.name,
+                            d.kinds.join(" or ")
+                        ),
                     ));
                 }
             }
@@ -401,7 +534,11 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
             let cur = *path.last().unwrap_or(&0);
             let next = edges[cur].iter().copied().find(|&j| left[j]).unwrap_or(cur);
             if let Some(pos) = path.iter().position(|&p| p == next) {
-                let cycle: Vec<&str> = path[pos..].iter().chain(std::iter::once(&next)).map(|&i| names[i].as_str()).collect();
+                let cycle: Vec<&str> = path[pos..]
+                    .iter()
+                    .chain(std::iter::once(&next))
+                    .map(|&i| names[i].as_str())
+                    .collect();
                 let first = path[pos];
                 let loc = raws[first]
                     .spec
@@ -413,7 +550,10 @@ fn build(doc: Node, source: &Arc<Source>, base_dir: &Path, registry: &Registry) 
                 return Err(Error::at(
                     &loc,
                     &format!("stage.{}.inputs", names[first]),
-                    format!("the stages form a cycle: {} (each takes the next as input)", cycle.join(" <- ")),
+                    format!(
+                        "the stages form a cycle: {} (each takes the next as input)",
+                        cycle.join(" <- ")
+                    ),
                 ));
             }
             path.push(next);

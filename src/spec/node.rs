@@ -106,7 +106,11 @@ pub fn parse_document(source: &Arc<Source>) -> Result<Node, Error> {
     }
 }
 
-fn convert_table(table: DeTable<'_>, span: Range<usize>, source: &Arc<Source>) -> Result<Node, Error> {
+fn convert_table(
+    table: DeTable<'_>,
+    span: Range<usize>,
+    source: &Arc<Source>,
+) -> Result<Node, Error> {
     let mut out = IndexMap::with_capacity(table.len());
     for (k, v) in table {
         let key = KeyNode {
@@ -123,7 +127,11 @@ fn convert_table(table: DeTable<'_>, span: Range<usize>, source: &Arc<Source>) -
     })
 }
 
-fn convert_value(value: DeValue<'_>, span: Range<usize>, source: &Arc<Source>) -> Result<Node, Error> {
+fn convert_value(
+    value: DeValue<'_>,
+    span: Range<usize>,
+    source: &Arc<Source>,
+) -> Result<Node, Error> {
     let loc = Loc::new(source, span.clone());
     let value = match value {
         DeValue::String(s) => Value::Str(s.into_owned()),

@@ -54,23 +54,38 @@ impl Sweep {
             }
             let path = format!("sweep.{name}");
             if template::parse(&format!("${{{name}}}")).is_err() {
-                return Err(Error::at(&key.loc, &path, "a sweep variable name may hold only letters, digits, `_` and `-`"));
+                return Err(Error::at(
+                    &key.loc,
+                    &path,
+                    "a sweep variable name may hold only letters, digits, `_` and `-`",
+                ));
             }
             let Value::Array(items) = &value.value else {
                 return Err(Error::at(
                     &value.loc,
                     &path,
-                    format!("expected an array of values, found {}", value.value.type_name()),
+                    format!(
+                        "expected an array of values, found {}",
+                        value.value.type_name()
+                    ),
                 ));
             };
             if items.is_empty() {
-                return Err(Error::at(&value.loc, &path, "a sweep variable needs at least one value"));
+                return Err(Error::at(
+                    &value.loc,
+                    &path,
+                    "a sweep variable needs at least one value",
+                ));
             }
             let mut values: Vec<Json> = Vec::with_capacity(items.len());
             for item in items {
                 let v = scalar(item, &path)?;
                 if values.iter().any(|x| same_value(x, &v)) {
-                    return Err(Error::at(&item.loc, &path, format!("value {v} is listed twice")));
+                    return Err(Error::at(
+                        &item.loc,
+                        &path,
+                        format!("value {v} is listed twice"),
+                    ));
                 }
                 values.push(v);
             }
@@ -84,7 +99,13 @@ impl Sweep {
             .iter()
             .try_fold(1usize, |acc, v| acc.checked_mul(v.values.len()))
             .filter(|n| *n <= MAX_POINTS)
-            .ok_or_else(|| Error::at(&node.loc, "sweep", format!("the sweep expands to more than {MAX_POINTS} points")))?;
+            .ok_or_else(|| {
+                Error::at(
+                    &node.loc,
+                    "sweep",
+                    format!("the sweep expands to more than {MAX_POINTS} points"),
+                )
+            })?;
         let mut points = Vec::with_capacity(total);
         let mut current = vec![0usize; vars.len()];
         for _ in 0..total {
@@ -109,20 +130,32 @@ impl Sweep {
                         Value::Array(items) => &items[i].loc,
                         _ => &ex.loc,
                     };
-                    return Err(Error::at(loc, "sweep.exclude", "this pattern matches no sweep point"));
+                    return Err(Error::at(
+                        loc,
+                        "sweep.exclude",
+                        "this pattern matches no sweep point",
+                    ));
                 }
             }
         }
         if let Some((_, inc)) = table.get("include") {
             let Value::Array(items) = &inc.value else {
-                return Err(Error::at(&inc.loc, "sweep.include", "expected an array of tables"));
+                return Err(Error::at(
+                    &inc.loc,
+                    "sweep.include",
+                    "expected an array of tables",
+                ));
             };
             for item in items {
                 let t = item.as_table("sweep.include")?;
                 let mut point = vec![usize::MAX; sweep.vars.len()];
                 for (name, (key, value)) in t {
                     let Some(v) = sweep.vars.iter().position(|v| &v.name == name) else {
-                        return Err(Error::at(&key.loc, "sweep.include", format!("unknown sweep variable `{name}`")));
+                        return Err(Error::at(
+                            &key.loc,
+                            "sweep.include",
+                            format!("unknown sweep variable `{name}`"),
+                        ));
                     };
                     let value = scalar(value, "sweep.include")?;
                     let values = &mut sweep.vars[v].values;
@@ -138,7 +171,10 @@ impl Sweep {
                     return Err(Error::at(
                         &item.loc,
                         "sweep.include",
-                        format!("an included point must give every sweep variable; `{}` is missing", sweep.vars[missing].name),
+                        format!(
+                            "an included point must give every sweep variable; `{}` is missing",
+                            sweep.vars[missing].name
+                        ),
                     ));
                 }
                 if !sweep.points.contains(&point) {
@@ -147,7 +183,11 @@ impl Sweep {
             }
         }
         if sweep.points.is_empty() {
-            return Err(Error::at(&node.loc, "sweep", "the sweep has no points left after `exclude`"));
+            return Err(Error::at(
+                &node.loc,
+                "sweep",
+                "the sweep has no points left after `exclude`",
+            ));
         }
         Ok(sweep)
     }
@@ -163,11 +203,23 @@ impl Sweep {
             let mut pattern = Vec::new();
             for (name, (key, value)) in t {
                 let Some(v) = self.vars.iter().position(|v| &v.name == name) else {
-                    return Err(Error::at(&key.loc, path, format!("unknown sweep variable `{name}`")));
+                    return Err(Error::at(
+                        &key.loc,
+                        path,
+                        format!("unknown sweep variable `{name}`"),
+                    ));
                 };
                 let value = scalar(value, path)?;
-                let Some(idx) = self.vars[v].values.iter().position(|x| same_value(x, &value)) else {
-                    return Err(Error::at(&value_loc(item, name), path, format!("{value} is not a value of `{name}`")));
+                let Some(idx) = self.vars[v]
+                    .values
+                    .iter()
+                    .position(|x| same_value(x, &value))
+                else {
+                    return Err(Error::at(
+                        &value_loc(item, name),
+                        path,
+                        format!("{value} is not a value of `{name}`"),
+                    ));
                 };
                 pattern.push((v, idx));
             }
@@ -184,7 +236,10 @@ impl Sweep {
 
 fn value_loc(table: &Node, key: &str) -> Loc {
     match &table.value {
-        Value::Table(t) => t.get(key).map(|(_, n)| n.loc.clone()).unwrap_or_else(|| table.loc.clone()),
+        Value::Table(t) => t
+            .get(key)
+            .map(|(_, n)| n.loc.clone())
+            .unwrap_or_else(|| table.loc.clone()),
         _ => table.loc.clone(),
     }
 }
@@ -193,13 +248,17 @@ fn scalar(node: &Node, path: &str) -> Result<Json, Error> {
     let v = match &node.value {
         Value::Str(s) => Json::String(s.clone()),
         Value::Int(i) => Json::from(*i),
-        Value::Float(x) => template::float(*x).ok_or_else(|| Error::at(&node.loc, path, "expected a finite number"))?,
+        Value::Float(x) => template::float(*x)
+            .ok_or_else(|| Error::at(&node.loc, path, "expected a finite number"))?,
         Value::Bool(b) => Json::Bool(*b),
         other => {
             return Err(Error::at(
                 &node.loc,
                 path,
-                format!("sweep values must be strings, numbers or booleans, found {}", other.type_name()),
+                format!(
+                    "sweep values must be strings, numbers or booleans, found {}",
+                    other.type_name()
+                ),
             ));
         }
     };

@@ -37,7 +37,11 @@ pub fn parse(s: &str) -> Result<Vec<Piece<'_>>, String> {
                 .find('}')
                 .ok_or_else(|| format!("unclosed `${{` in {s:?}"))?;
             let name = &r[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(format!("bad variable name {name:?} in {s:?}"));
             }
             if !lit.is_empty() {
@@ -87,11 +91,16 @@ pub fn display(v: &Json) -> String {
 }
 
 /// Resolves `node` into plain JSON, substituting variables through `lookup`.
-pub fn resolve(node: &Node, lookup: &dyn Fn(&str) -> Option<Json>, path: &str) -> Result<Json, Error> {
+pub fn resolve(
+    node: &Node,
+    lookup: &dyn Fn(&str) -> Option<Json>,
+    path: &str,
+) -> Result<Json, Error> {
     Ok(match &node.value {
         Value::Str(s) => {
             let pieces = parse(s).map_err(|m| Error::at(&node.loc, path, m))?;
-            let unknown = |name: &str| Error::at(&node.loc, path, format!("unknown sweep variable `{name}`"));
+            let unknown =
+                |name: &str| Error::at(&node.loc, path, format!("unknown sweep variable `{name}`"));
             match pieces.as_slice() {
                 [Piece::Lit(l)] => Json::String(l.to_string()),
                 [Piece::Var(name)] => lookup(name).ok_or_else(|| unknown(name))?,
@@ -100,7 +109,9 @@ pub fn resolve(node: &Node, lookup: &dyn Fn(&str) -> Option<Json>, path: &str) -
                     for p in &pieces {
                         match p {
                             Piece::Lit(l) => out.push_str(l),
-                            Piece::Var(name) => out.push_str(&display(&lookup(name).ok_or_else(|| unknown(name))?)),
+                            Piece::Var(name) => {
+                                out.push_str(&display(&lookup(name).ok_or_else(|| unknown(name))?))
+                            }
                         }
                     }
                     Json::String(out)
@@ -108,9 +119,16 @@ pub fn resolve(node: &Node, lookup: &dyn Fn(&str) -> Option<Json>, path: &str) -
             }
         }
         Value::Int(i) => Json::from(*i),
-        Value::Float(x) => float(*x).ok_or_else(|| Error::at(&node.loc, path, "expected a finite number"))?,
+        Value::Float(x) => {
+            float(*x).ok_or_else(|| Error::at(&node.loc, path, "expected a finite number"))?
+        }
         Value::Bool(b) => Json::Bool(*b),
-        Value::Array(items) => Json::Array(items.iter().map(|n| resolve(n, lookup, path)).collect::<Result<_, _>>()?),
+        Value::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(|n| resolve(n, lookup, path))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Table(t) => {
             let mut m = serde_json::Map::new();
             for (k, (_, n)) in t {
@@ -137,9 +155,16 @@ mod tests {
         assert_eq!(parse("${noise}").unwrap(), vec![Piece::Var("noise")]);
         assert_eq!(
             parse("n-${noise}.txt").unwrap(),
-            vec![Piece::Lit("n-".into()), Piece::Var("noise"), Piece::Lit(".txt".into())]
+            vec![
+                Piece::Lit("n-".into()),
+                Piece::Var("noise"),
+                Piece::Lit(".txt".into())
+            ]
         );
-        assert_eq!(parse("cost $$5").unwrap(), vec![Piece::Lit("cost $5".into())]);
+        assert_eq!(
+            parse("cost $$5").unwrap(),
+            vec![Piece::Lit("cost $5".into())]
+        );
         assert!(parse("${open").is_err());
         assert!(parse("${}").is_err());
     }

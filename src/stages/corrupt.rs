@@ -8,14 +8,16 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::stage::{CheckEnv, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, Slot, StageKind};
+use crate::stage::{
+    CheckEnv, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, Slot, StageKind,
+};
 use crate::stages::dataset::DatasetInfo;
 use crate::table::{read_parquet, write_parquet};
 
@@ -23,9 +25,23 @@ use crate::table::{read_parquet, write_parquet};
 pub struct Corrupt;
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::required("fraction", ParamType::Float, "fraction of training examples to corrupt, 0 to 1"),
-    ParamSpec::default("seed", ParamType::Int, "0", "seed of the choice and of the new labels"),
-    ParamSpec::default("mode", ParamType::Enum(&["permute", "uniform"]), "\"permute\"", "permute labels among the chosen examples, or draw uniformly from the other classes"),
+    ParamSpec::required(
+        "fraction",
+        ParamType::Float,
+        "fraction of training examples to corrupt, 0 to 1",
+    ),
+    ParamSpec::default(
+        "seed",
+        ParamType::Int,
+        "0",
+        "seed of the choice and of the new labels",
+    ),
+    ParamSpec::default(
+        "mode",
+        ParamType::Enum(&["permute", "uniform"]),
+        "\"permute\"",
+        "permute labels among the chosen examples, or draw uniformly from the other classes",
+    ),
 ];
 
 /// The corrupted labels of a training set.
@@ -43,7 +59,13 @@ pub fn corrupted_count(fraction: f64, n: usize) -> usize {
 }
 
 /// Corrupts `labels` (classes `0..classes`) as described in the module docs.
-pub fn corrupt(labels: &[i64], classes: usize, fraction: f64, seed: u64, uniform: bool) -> Corruption {
+pub fn corrupt(
+    labels: &[i64],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+    uniform: bool,
+) -> Corruption {
     let n = labels.len();
     let k = corrupted_count(fraction, n);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -69,7 +91,10 @@ pub fn corrupt(labels: &[i64], classes: usize, fraction: f64, seed: u64, uniform
             train_labels[i] = l;
         }
     }
-    Corruption { train_labels, corrupted }
+    Corruption {
+        train_labels,
+        corrupted,
+    }
 }
 
 impl StageKind for Corrupt {
@@ -86,12 +111,18 @@ impl StageKind for Corrupt {
         PARAMS
     }
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[Slot { name: "dataset", kinds: &["dataset"] }])
+        Inputs::Slots(&[Slot {
+            name: "dataset",
+            kinds: &["dataset"],
+        }])
     }
     fn check(&self, params: &Params, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
         let f = params.float("fraction").unwrap_or(f64::NAN);
         if !(0.0..=1.0).contains(&f) {
-            return Err(ParamError::param("fraction", format!("must be between 0 and 1, got {f}")));
+            return Err(ParamError::param(
+                "fraction",
+                format!("must be between 0 and 1, got {f}"),
+            ));
         }
         if params.int("seed").is_some_and(|s| s < 0) {
             return Err(ParamError::param("seed", "must not be negative"));
@@ -100,7 +131,8 @@ impl StageKind for Corrupt {
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let dir = ctx.input("dataset")?;
-        let info: DatasetInfo = serde_json::from_slice(&std::fs::read(dir.join("dataset.json"))?).context("reading dataset.json")?;
+        let info: DatasetInfo = serde_json::from_slice(&std::fs::read(dir.join("dataset.json"))?)
+            .context("reading dataset.json")?;
         let train = read_parquet(&dir.join("train.parquet"))?;
         let labels = train
             .column_by_name("label")
@@ -112,10 +144,25 @@ impl StageKind for Corrupt {
             bail!("uniform corruption needs at least 2 classes");
         }
         let fraction = ctx.params.float("fraction").unwrap_or(0.0);
-        let c = corrupt(&labels, info.classes, fraction, ctx.params.int("seed").unwrap_or(0) as u64, uniform);
-        let changed = c.train_labels.iter().zip(&labels).filter(|(a, b)| a != b).count();
+        let c = corrupt(
+            &labels,
+            info.classes,
+            fraction,
+            ctx.params.int("seed").unwrap_or(0) as u64,
+            uniform,
+        );
+        let changed = c
+            .train_labels
+            .iter()
+            .zip(&labels)
+            .filter(|(a, b)| a != b)
+            .count();
         let chosen = c.corrupted.iter().filter(|&&x| x).count();
-        writeln!(ctx.log, "{chosen} of {} examples corrupted, {changed} of them now carry a wrong label", labels.len())?;
+        writeln!(
+            ctx.log,
+            "{chosen} of {} examples corrupted, {changed} of them now carry a wrong label",
+            labels.len()
+        )?;
         let schema = Schema::new(vec![
             Field::new("index", DataType::Int64, false),
             Field::new("true_label", DataType::Int64, false),
@@ -141,10 +188,21 @@ mod tests {
     #[test]
     fn exact_count_and_uniform_always_differs() {
         let labels: Vec<i64> = (0..1000).map(|i| i % 10).collect();
-        for (fraction, want) in [(0.0, 0), (0.2, 200), (0.4, 400), (0.0005, 1), (0.00049, 0), (1.0, 1000)] {
+        for (fraction, want) in [
+            (0.0, 0),
+            (0.2, 200),
+            (0.4, 400),
+            (0.0005, 1),
+            (0.00049, 0),
+            (1.0, 1000),
+        ] {
             for uniform in [false, true] {
                 let c = corrupt(&labels, 10, fraction, 3, uniform);
-                assert_eq!(c.corrupted.iter().filter(|&&x| x).count(), want, "fraction {fraction}");
+                assert_eq!(
+                    c.corrupted.iter().filter(|&&x| x).count(),
+                    want,
+                    "fraction {fraction}"
+                );
                 for i in 0..labels.len() {
                     if !c.corrupted[i] {
                         assert_eq!(c.train_labels[i], labels[i]);
@@ -161,8 +219,14 @@ mod tests {
     fn permute_keeps_the_label_multiset_of_chosen_examples() {
         let labels: Vec<i64> = (0..500).map(|i| (i * 7) % 10).collect();
         let c = corrupt(&labels, 10, 0.4, 11, false);
-        let mut before: Vec<i64> = (0..500).filter(|&i| c.corrupted[i]).map(|i| labels[i]).collect();
-        let mut after: Vec<i64> = (0..500).filter(|&i| c.corrupted[i]).map(|i| c.train_labels[i]).collect();
+        let mut before: Vec<i64> = (0..500)
+            .filter(|&i| c.corrupted[i])
+            .map(|i| labels[i])
+            .collect();
+        let mut after: Vec<i64> = (0..500)
+            .filter(|&i| c.corrupted[i])
+            .map(|i| c.train_labels[i])
+            .collect();
         before.sort();
         after.sort();
         assert_eq!(before, after);

@@ -7,25 +7,56 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use serde_json::Value as Json;
 
 use crate::spec::template;
-use crate::stage::{CheckEnv, DeclaredFile, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, StageKind};
+use crate::stage::{
+    CheckEnv, DeclaredFile, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, StageKind,
+};
 
 /// The `exec` stage kind.
 pub struct Exec;
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::required("cmd", ParamType::List(&ParamType::Scalar), "the command and its arguments, e.g. [\"python3\", \"fit.py\", \"--noise\", \"${noise}\"]"),
-    ParamSpec::default("files", ParamType::List(&ParamType::Str), "[]", "files (relative to the pipeline file) whose content goes into the key: scripts, configs"),
-    ParamSpec::default("env", ParamType::Map(&ParamType::Scalar), "{}", "extra environment variables for the command"),
-    ParamSpec::default("threads", ParamType::Int, "1", "threads the command uses (scheduling only; not in the key)").not_in_key(),
+    ParamSpec::required(
+        "cmd",
+        ParamType::List(&ParamType::Scalar),
+        "the command and its arguments, e.g. [\"python3\", \"fit.py\", \"--noise\", \"${noise}\"]",
+    ),
+    ParamSpec::default(
+        "files",
+        ParamType::List(&ParamType::Str),
+        "[]",
+        "files (relative to the pipeline file) whose content goes into the key: scripts, configs",
+    ),
+    ParamSpec::default(
+        "env",
+        ParamType::Map(&ParamType::Scalar),
+        "{}",
+        "extra environment variables for the command",
+    ),
+    ParamSpec::default(
+        "threads",
+        ParamType::Int,
+        "1",
+        "threads the command uses (scheduling only; not in the key)",
+    )
+    .not_in_key(),
 ];
 
 /// The environment variable name for an input slot: `PIPE_INPUT_` + slot in upper case.
 pub fn input_var(slot: &str) -> String {
-    let s: String = slot.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let s: String = slot
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("PIPE_INPUT_{s}")
 }
 
@@ -65,7 +96,10 @@ impl StageKind for Exec {
         params
             .strings("files")
             .into_iter()
-            .map(|f| DeclaredFile { path: env.base_dir.join(&f), name: f })
+            .map(|f| DeclaredFile {
+                path: env.base_dir.join(&f),
+                name: f,
+            })
             .collect()
     }
     fn threads(&self, params: &Params) -> usize {
@@ -101,13 +135,16 @@ impl StageKind for Exec {
                 Ok(())
             });
         }
-        let status = cmd
-            .status()
-            .with_context(|| format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display()))?;
+        let status = cmd.status().with_context(|| {
+            format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display())
+        })?;
         if !status.success() {
             match status.code() {
                 Some(c) => bail!("command `{}` exited with status {c}", argv.join(" ")),
-                None => bail!("command `{}` was killed by a signal ({status})", argv.join(" ")),
+                None => bail!(
+                    "command `{}` was killed by a signal ({status})",
+                    argv.join(" ")
+                ),
             }
         }
         Ok(())

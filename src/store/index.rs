@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::{write_atomic, KeyLock, Store};
+use super::{KeyLock, Store, write_atomic};
 
 /// What was last computed for one (stage, point).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -63,12 +63,19 @@ impl Store {
     }
 
     /// Merges entries into a pipeline's index, atomically and under a lock.
-    pub fn update_index(&self, pipeline: &str, updates: Vec<(String, IndexEntry)>) -> io::Result<()> {
+    pub fn update_index(
+        &self,
+        pipeline: &str,
+        updates: Vec<(String, IndexEntry)>,
+    ) -> io::Result<()> {
         if updates.is_empty() {
             return Ok(());
         }
         let _lock = KeyLock::acquire(
-            &self.root().join("locks").join(format!("index-{pipeline}.lock")),
+            &self
+                .root()
+                .join("locks")
+                .join(format!("index-{pipeline}.lock")),
             self.host(),
             &mut |_| {},
         )?;

@@ -90,7 +90,11 @@ impl KeyLock {
     /// Takes the lock at `path`, waiting while a live process holds it.
     ///
     /// `on_wait` is called once, with the holder, if the lock is busy.
-    pub fn acquire(path: &Path, host: &str, on_wait: &mut dyn FnMut(&Holder)) -> io::Result<KeyLock> {
+    pub fn acquire(
+        path: &Path,
+        host: &str,
+        on_wait: &mut dyn FnMut(&Holder),
+    ) -> io::Result<KeyLock> {
         let me = me(host);
         let token = format!(
             "{} {} {} {}\n",
@@ -106,14 +110,21 @@ impl KeyLock {
                 Ok(mut f) => {
                     f.write_all(token.as_bytes())?;
                     f.sync_all()?;
-                    return Ok(KeyLock { path: path.to_path_buf(), token });
+                    return Ok(KeyLock {
+                        path: path.to_path_buf(),
+                        token,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let text = std::fs::read_to_string(path).unwrap_or_default();
                     match parse_holder(&text) {
                         Some(h) if !is_alive(&h, host) => {
                             // Stale: move it aside under a unique name, then retry.
-                            let aside = path.with_extension(format!("stale.{}.{}", me.pid, NONCE.fetch_add(1, Ordering::Relaxed)));
+                            let aside = path.with_extension(format!(
+                                "stale.{}.{}",
+                                me.pid,
+                                NONCE.fetch_add(1, Ordering::Relaxed)
+                            ));
                             if std::fs::rename(path, &aside).is_ok() {
                                 let _ = std::fs::remove_file(&aside);
                             }
@@ -128,7 +139,11 @@ impl KeyLock {
                         None => {
                             // Being written right now, or torn by a crash between create and write.
                             if let Ok(meta) = std::fs::metadata(path)
-                                && meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(5))
+                                && meta
+                                    .modified()
+                                    .ok()
+                                    .and_then(|t| t.elapsed().ok())
+                                    .is_some_and(|age| age > Duration::from_secs(5))
                             {
                                 let _ = std::fs::remove_file(path);
                                 continue;

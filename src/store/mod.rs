@@ -124,14 +124,20 @@ fn walk_files(dir: &Path) -> io::Result<Vec<String>> {
         for entry in fs::read_dir(&d)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
             let ty = entry.file_type()?;
             if ty.is_dir() {
                 stack.push((entry.path(), rel));
             } else if ty.is_file() {
                 out.push(rel);
             } else {
-                return Err(io::Error::other(format!("{rel}: artifacts may hold only regular files and folders")));
+                return Err(io::Error::other(format!(
+                    "{rel}: artifacts may hold only regular files and folders"
+                )));
             }
         }
     }
@@ -149,7 +155,10 @@ fn hash_file(path: &Path) -> io::Result<(String, u64)> {
 impl Store {
     /// The store rooted at `root` (nothing is created until [`Store::prepare`]).
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into(), host: lock::host_name() }
+        Store {
+            root: root.into(),
+            host: lock::host_name(),
+        }
     }
 
     /// The cache directory.
@@ -170,7 +179,11 @@ impl Store {
                 if parts.len() == 3 {
                     let pid: u32 = parts[1].parse().unwrap_or(0);
                     if let Some((_, host)) = parts[2].split_once('.') {
-                        let h = Holder { host: host.to_string(), pid, start: 0 };
+                        let h = Holder {
+                            host: host.to_string(),
+                            pid,
+                            start: 0,
+                        };
                         if !lock::is_alive(&h, &self.host) {
                             let _ = fs::remove_dir_all(e.path());
                         }
@@ -204,14 +217,18 @@ impl Store {
         };
         let dir = self.artifact_dir(key);
         m.key == key
-            && m.files
-                .iter()
-                .all(|f| fs::metadata(dir.join(&f.path)).is_ok_and(|md| md.is_file() && md.len() == f.size))
+            && m.files.iter().all(|f| {
+                fs::metadata(dir.join(&f.path)).is_ok_and(|md| md.is_file() && md.len() == f.size)
+            })
     }
 
     /// Takes the per-key lock, waiting (and calling `on_wait` once) while another process holds it.
     pub fn lock(&self, key: &str, on_wait: &mut dyn FnMut(&Holder)) -> io::Result<KeyLock> {
-        KeyLock::acquire(&self.root.join("locks").join(format!("{key}.lock")), &self.host, on_wait)
+        KeyLock::acquire(
+            &self.root.join("locks").join(format!("{key}.lock")),
+            &self.host,
+            on_wait,
+        )
     }
 
     /// A fresh temp directory to write a key's artifact into.
@@ -239,14 +256,20 @@ impl Store {
         let result = (|| {
             let names = walk_files(tmp)?;
             if names.iter().any(|n| n == MANIFEST) {
-                return Err(io::Error::other(format!("the stage wrote `{MANIFEST}`, a name the store reserves")));
+                return Err(io::Error::other(format!(
+                    "the stage wrote `{MANIFEST}`, a name the store reserves"
+                )));
             }
             let mut files = Vec::with_capacity(names.len());
             for name in names {
                 let p = tmp.join(&name);
                 let (blake3, size) = hash_file(&p)?;
                 File::open(&p)?.sync_all()?;
-                files.push(FileEntry { path: name, blake3, size });
+                files.push(FileEntry {
+                    path: name,
+                    blake3,
+                    size,
+                });
             }
             draft.files = files;
             let mut f = File::create(tmp.join(MANIFEST))?;
@@ -256,7 +279,12 @@ impl Store {
             let mut dirs: Vec<PathBuf> = draft
                 .files
                 .iter()
-                .filter_map(|f| Path::new(&f.path).parent().filter(|p| !p.as_os_str().is_empty()).map(|p| tmp.join(p)))
+                .filter_map(|f| {
+                    Path::new(&f.path)
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .map(|p| tmp.join(p))
+                })
                 .collect();
             dirs.sort();
             dirs.dedup();
@@ -305,7 +333,14 @@ impl Store {
         let keys = self.keys()?;
         let damages: Vec<Damage> = {
             use rayon::prelude::*;
-            keys.par_iter().filter_map(|k| self.check_artifact(k).err().map(|problem| Damage { key: k.clone(), problem })).collect()
+            keys.par_iter()
+                .filter_map(|k| {
+                    self.check_artifact(k).err().map(|problem| Damage {
+                        key: k.clone(),
+                        problem,
+                    })
+                })
+                .collect()
         };
         if fix {
             for d in &damages {
@@ -317,8 +352,10 @@ impl Store {
 
     fn check_artifact(&self, key: &str) -> Result<(), String> {
         let dir = self.artifact_dir(key);
-        let bytes = fs::read(dir.join(MANIFEST)).map_err(|e| format!("manifest unreadable: {e}"))?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("manifest does not parse: {e}"))?;
+        let bytes =
+            fs::read(dir.join(MANIFEST)).map_err(|e| format!("manifest unreadable: {e}"))?;
+        let m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| format!("manifest does not parse: {e}"))?;
         if m.key != key {
             return Err(format!("manifest names key {} instead", m.key));
         }
@@ -326,14 +363,25 @@ impl Store {
             match hash_file(&dir.join(&f.path)) {
                 Err(e) => return Err(format!("{}: {e}", f.path)),
                 Ok((_, size)) if size != f.size => {
-                    return Err(format!("{}: size {size} bytes, manifest says {}", f.path, f.size));
+                    return Err(format!(
+                        "{}: size {size} bytes, manifest says {}",
+                        f.path, f.size
+                    ));
                 }
-                Ok((h, _)) if h != f.blake3 => return Err(format!("{}: content hash differs from the manifest", f.path)),
+                Ok((h, _)) if h != f.blake3 => {
+                    return Err(format!(
+                        "{}: content hash differs from the manifest",
+                        f.path
+                    ));
+                }
                 Ok(_) => {}
             }
         }
         let on_disk = walk_files(&dir).map_err(|e| e.to_string())?;
-        if let Some(extra) = on_disk.iter().find(|n| *n != MANIFEST && !m.files.iter().any(|f| &f.path == *n)) {
+        if let Some(extra) = on_disk
+            .iter()
+            .find(|n| *n != MANIFEST && !m.files.iter().any(|f| &f.path == *n))
+        {
             return Err(format!("{extra}: file not listed in the manifest"));
         }
         Ok(())
@@ -395,7 +443,10 @@ mod tests {
         assert!(store.is_complete("k1"));
         let names: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(names, ["b.bin", "sub/a.txt"]);
-        assert_eq!(m.files[1].blake3, blake3::hash(b"hello").to_hex().to_string());
+        assert_eq!(
+            m.files[1].blake3,
+            blake3::hash(b"hello").to_hex().to_string()
+        );
         assert_eq!(m.files[1].size, 5);
         assert!(store.verify(false).unwrap().1.is_empty());
 
@@ -405,7 +456,11 @@ mod tests {
         let (n, damage) = store.verify(true).unwrap();
         assert_eq!(n, 1);
         assert_eq!(damage.len(), 1);
-        assert!(damage[0].problem.contains("sub/a.txt"), "{}", damage[0].problem);
+        assert!(
+            damage[0].problem.contains("sub/a.txt"),
+            "{}",
+            damage[0].problem
+        );
         assert!(!store.artifact_dir("k1").exists(), "--fix removed it");
     }
 
