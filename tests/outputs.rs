@@ -1,0 +1,169 @@
+//! Outputs as users read them: the shipped quick pipeline on real Fashion-MNIST, and its
+//! Parquet tables queried from DuckDB and Polars (the virtualenv's python3 on PATH).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value as Json;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a Python snippet and parses its stdout as JSON.
+fn python(code: &str) -> Json {
+    let out = Command::new("python3").arg("-c").arg(code).output().expect("python3 on PATH (run tests via scripts/test)");
+    assert!(
+        out.status.success(),
+        "python failed (are duckdb and polars installed? run scripts/setup):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn artifact(cache: &Path, key: &Json) -> PathBuf {
+    cache.join("artifacts").join(key.as_str().unwrap())
+}
+
+#[test]
+fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
+    let p = Project::new();
+    let file = repo().join("pipelines/quick.toml");
+    let file = file.to_str().unwrap();
+    let (code, r) = p.run(file, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(of_stage(&r, "executed", "data").len(), 1);
+    assert_eq!(of_stage(&r, "executed", "corrupt").len(), 4);
+    assert_eq!(of_stage(&r, "executed", "summary").len(), 4);
+
+    let data = artifact(&p.cache(), &of_stage(&r, "executed", "data")[0]["key"]);
+    // 2,000 train and 1,000 test examples, class-balanced: 200 and 100 per class.
+    let q = python(&format!(
+        "import duckdb, json\n\
+         t = duckdb.sql(\"SELECT label, count(*) n, min(len(image)) w FROM '{d}/train.parquet' GROUP BY label ORDER BY label\").fetchall()\n\
+         s = duckdb.sql(\"SELECT count(*) FROM '{d}/test.parquet'\").fetchall()[0][0]\n\
+         print(json.dumps({{'train': t, 'test': s}}))",
+        d = data.display()
+    ));
+    let train = q["train"].as_array().unwrap();
+    assert_eq!(train.len(), 10);
+    for row in train {
+        assert_eq!(row[1], 200, "{row}");
+        assert_eq!(row[2], 784, "28 x 28 pixels");
+    }
+    assert_eq!(q["test"], 1000);
+
+    for item in of_stage(&r, "executed", "corrupt") {
+        let noise = item["point"]["noise"].as_f64().unwrap();
+        let labels = artifact(&p.cache(), &item["key"]).join("labels.parquet");
+        let want = (noise * 2000.0).round() as i64;
+        let q = python(&format!(
+            "import duckdb, polars as pl, json\n\
+             d = duckdb.sql(\"SELECT count(*), sum(corrupted::INT), sum((true_label <> train_label)::INT), \
+               sum(((NOT corrupted) AND true_label <> train_label)::INT) FROM '{f}'\").fetchall()[0]\n\
+             df = pl.read_parquet('{f}')\n\
+             print(json.dumps({{'duckdb': d, 'polars_rows': df.height, 'polars_corrupted': int(df['corrupted'].sum()), \
+               'polars_fraction': float(df['corrupted'].mean()), 'columns': df.columns}}))",
+            f = labels.display()
+        ));
+        assert_eq!(q["duckdb"][0], 2000);
+        assert_eq!(q["duckdb"][1], want, "noise {noise}");
+        assert_eq!(q["duckdb"][3], 0, "clean examples keep their label");
+        if noise > 0.0 {
+            // Permuting 800 labels over 10 balanced classes leaves ~10% in place.
+            let changed = q["duckdb"][2].as_i64().unwrap();
+            assert!((600..=780).contains(&changed), "{changed}");
+        }
+        assert_eq!(q["polars_rows"], 2000);
+        assert_eq!(q["polars_corrupted"], want);
+        assert!((q["polars_fraction"].as_f64().unwrap() - noise).abs() < 1e-12);
+        assert_eq!(q["columns"], serde_json::json!(["index", "true_label", "train_label", "corrupted"]));
+    }
+
+    // The exec summary stage saw the same numbers.
+    for item in of_stage(&r, "executed", "summary") {
+        let noise = item["point"]["noise"].as_f64().unwrap();
+        let s: Json = serde_json::from_slice(&std::fs::read(artifact(&p.cache(), &item["key"]).join("summary.json")).unwrap()).unwrap();
+        assert_eq!(s["examples"], 2000);
+        assert_eq!(s["corrupted"], (noise * 2000.0).round() as i64);
+    }
+
+    // Rerun: nothing to do.
+    let (code, r) = p.run(file, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(count(&r, "executed"), 0);
+    assert_eq!(count(&r, "cached"), 9);
+}
+
+#[test]
+fn cifar10_and_cifar100_binary_files_load() {
+    let p = Project::new();
+    // Two CIFAR-10 batches of 20 records each would need all six files: write tiny ones.
+    let dir = p.path("cifar10");
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = |label: u8, fill: u8| {
+        let mut r = vec![label];
+        r.extend(std::iter::repeat_n(fill, 3072));
+        r
+    };
+    for (name, n) in [("data_batch_1.bin", 20), ("data_batch_2.bin", 10), ("data_batch_3.bin", 10), ("data_batch_4.bin", 10), ("data_batch_5.bin", 10), ("test_batch.bin", 10)] {
+        let bytes: Vec<u8> = (0..n).flat_map(|i| record((i % 10) as u8, i as u8)).collect();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let dir100 = p.path("cifar100");
+    std::fs::create_dir_all(&dir100).unwrap();
+    for name in ["train.bin", "test.bin"] {
+        let bytes: Vec<u8> = (0..200u32).flat_map(|i| {
+            let mut r = vec![(i % 20) as u8, (i % 100) as u8];
+            r.extend(std::iter::repeat_n(7u8, 3072));
+            r
+        }).collect();
+        std::fs::write(dir100.join(name), bytes).unwrap();
+    }
+    p.write(
+        "c.toml",
+        r#"
+[pipeline]
+name = "cifar"
+[stage.c10]
+kind = "dataset"
+source = "cifar10"
+path = "cifar10"
+train_size = 30
+[stage.c100]
+kind = "dataset"
+source = "cifar100"
+path = "cifar100"
+train_size = 100
+test_size = 100
+"#,
+    );
+    let (code, r) = p.run("c.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let c10 = artifact(&p.cache(), &of_stage(&r, "executed", "c10")[0]["key"]);
+    let info: Json = serde_json::from_slice(&std::fs::read(c10.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(info["classes"], 10);
+    assert_eq!(info["class_names"][0], "airplane");
+    assert_eq!((info["train_size"].as_u64(), info["test_size"].as_u64()), (Some(30), Some(10)));
+    assert_eq!((info["channels"].as_u64(), info["layout"].as_str()), (Some(3), Some("CHW")));
+    let c100 = artifact(&p.cache(), &of_stage(&r, "executed", "c100")[0]["key"]);
+    let info: Json = serde_json::from_slice(&std::fs::read(c100.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(info["classes"], 100);
+    let q = python(&format!(
+        "import duckdb, json\nprint(json.dumps(duckdb.sql(\"SELECT count(DISTINCT label), min(len(image)), max(image[1]) FROM '{}/train.parquet'\").fetchall()[0]))",
+        c100.display()
+    ));
+    assert_eq!(q, serde_json::json!([100, 3072, 7]));
+
+    // A truncated batch: exit 2, named, nothing stored for it.
+    let f = dir.join("data_batch_3.bin");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    let out = p.pipe(&["run", "c.toml", "--set", "stage.c10.train_size=20"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("data_batch_3.bin") && stderr.contains("whole number"), "{stderr}");
+}
