@@ -15,7 +15,11 @@ fn repo() -> PathBuf {
 
 /// Runs a Python snippet and parses its stdout as JSON.
 fn python(code: &str) -> Json {
-    let out = Command::new("python3").arg("-c").arg(code).output().expect("python3 on PATH (run tests via scripts/test)");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .output()
+        .expect("python3 on PATH (run tests via scripts/test)");
     assert!(
         out.status.success(),
         "python failed (are duckdb and polars installed? run scripts/setup):\n{}",
@@ -80,13 +84,19 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
         assert_eq!(q["polars_rows"], 2000);
         assert_eq!(q["polars_corrupted"], want);
         assert!((q["polars_fraction"].as_f64().unwrap() - noise).abs() < 1e-12);
-        assert_eq!(q["columns"], serde_json::json!(["index", "true_label", "train_label", "corrupted"]));
+        assert_eq!(
+            q["columns"],
+            serde_json::json!(["index", "true_label", "train_label", "corrupted"])
+        );
     }
 
     // The exec summary stage saw the same numbers.
     for item in of_stage(&r, "executed", "summary") {
         let noise = item["point"]["noise"].as_f64().unwrap();
-        let s: Json = serde_json::from_slice(&std::fs::read(artifact(&p.cache(), &item["key"]).join("summary.json")).unwrap()).unwrap();
+        let s: Json = serde_json::from_slice(
+            &std::fs::read(artifact(&p.cache(), &item["key"]).join("summary.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(s["examples"], 2000);
         assert_eq!(s["corrupted"], (noise * 2000.0).round() as i64);
     }
@@ -109,18 +119,29 @@ fn cifar10_and_cifar100_binary_files_load() {
         r.extend(std::iter::repeat_n(fill, 3072));
         r
     };
-    for (name, n) in [("data_batch_1.bin", 20), ("data_batch_2.bin", 10), ("data_batch_3.bin", 10), ("data_batch_4.bin", 10), ("data_batch_5.bin", 10), ("test_batch.bin", 10)] {
-        let bytes: Vec<u8> = (0..n).flat_map(|i| record((i % 10) as u8, i as u8)).collect();
+    for (name, n) in [
+        ("data_batch_1.bin", 20),
+        ("data_batch_2.bin", 10),
+        ("data_batch_3.bin", 10),
+        ("data_batch_4.bin", 10),
+        ("data_batch_5.bin", 10),
+        ("test_batch.bin", 10),
+    ] {
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| record((i % 10) as u8, i as u8))
+            .collect();
         std::fs::write(dir.join(name), bytes).unwrap();
     }
     let dir100 = p.path("cifar100");
     std::fs::create_dir_all(&dir100).unwrap();
     for name in ["train.bin", "test.bin"] {
-        let bytes: Vec<u8> = (0..200u32).flat_map(|i| {
-            let mut r = vec![(i % 20) as u8, (i % 100) as u8];
-            r.extend(std::iter::repeat_n(7u8, 3072));
-            r
-        }).collect();
+        let bytes: Vec<u8> = (0..200u32)
+            .flat_map(|i| {
+                let mut r = vec![(i % 20) as u8, (i % 100) as u8];
+                r.extend(std::iter::repeat_n(7u8, 3072));
+                r
+            })
+            .collect();
         std::fs::write(dir100.join(name), bytes).unwrap();
     }
     p.write(
@@ -144,13 +165,21 @@ test_size = 100
     let (code, r) = p.run("c.toml", &[]);
     assert_eq!(code, 0, "{r}");
     let c10 = artifact(&p.cache(), &of_stage(&r, "executed", "c10")[0]["key"]);
-    let info: Json = serde_json::from_slice(&std::fs::read(c10.join("dataset.json")).unwrap()).unwrap();
+    let info: Json =
+        serde_json::from_slice(&std::fs::read(c10.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(info["classes"], 10);
     assert_eq!(info["class_names"][0], "airplane");
-    assert_eq!((info["train_size"].as_u64(), info["test_size"].as_u64()), (Some(30), Some(10)));
-    assert_eq!((info["channels"].as_u64(), info["layout"].as_str()), (Some(3), Some("CHW")));
+    assert_eq!(
+        (info["train_size"].as_u64(), info["test_size"].as_u64()),
+        (Some(30), Some(10))
+    );
+    assert_eq!(
+        (info["channels"].as_u64(), info["layout"].as_str()),
+        (Some(3), Some("CHW"))
+    );
     let c100 = artifact(&p.cache(), &of_stage(&r, "executed", "c100")[0]["key"]);
-    let info: Json = serde_json::from_slice(&std::fs::read(c100.join("dataset.json")).unwrap()).unwrap();
+    let info: Json =
+        serde_json::from_slice(&std::fs::read(c100.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(info["classes"], 100);
     let q = python(&format!(
         "import duckdb, json\nprint(json.dumps(duckdb.sql(\"SELECT count(DISTINCT label), min(len(image)), max(image[1]) FROM '{}/train.parquet'\").fetchall()[0]))",
@@ -165,5 +194,8 @@ test_size = 100
     let out = p.pipe(&["run", "c.toml", "--set", "stage.c10.train_size=20"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("data_batch_3.bin") && stderr.contains("whole number"), "{stderr}");
+    assert!(
+        stderr.contains("data_batch_3.bin") && stderr.contains("whole number"),
+        "{stderr}"
+    );
 }

@@ -64,8 +64,7 @@ pub fn run(
 
     std::thread::scope(|scope| {
         loop {
-            while !stop {
-                let Some(&n) = ready.first() else { break };
+            while let Some(&n) = ready.first().filter(|_| !stop) {
                 let want = plan.graph[n].threads.min(jobs);
                 if threads_in_use + want > jobs {
                     break;
@@ -121,12 +120,12 @@ pub fn run(
 
     // With --fail-fast, whatever never started is skipped.
     for &n in &to_run {
-        if !outcomes.contains_key(&n) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = outcomes.entry(n) {
             let o = Outcome::Skipped {
                 reason: "the run stopped at the first failure (--fail-fast)".into(),
             };
             observer.event(plan, Event::Finished(n, &o));
-            outcomes.insert(n, o);
+            slot.insert(o);
         }
     }
 

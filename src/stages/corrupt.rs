@@ -203,12 +203,12 @@ mod tests {
                     want,
                     "fraction {fraction}"
                 );
-                for i in 0..labels.len() {
-                    if !c.corrupted[i] {
-                        assert_eq!(c.train_labels[i], labels[i]);
+                for ((&was, &now), &hit) in labels.iter().zip(&c.train_labels).zip(&c.corrupted) {
+                    if !hit {
+                        assert_eq!(now, was);
                     } else if uniform {
-                        assert_ne!(c.train_labels[i], labels[i]);
-                        assert!((0..10).contains(&c.train_labels[i]));
+                        assert_ne!(now, was);
+                        assert!((0..10).contains(&now));
                     }
                 }
             }
