@@ -221,6 +221,73 @@ fn key_hash_peer(plan: &Plan, runs: usize) -> Res<Duration> {
     Ok(t)
 }
 
+/// Breakdown of the key-hash peer: blake3 alone over the canonical key text of every
+/// instance (the text built beforehand, as `compute_key` builds it, and checked against
+/// the plan's keys).
+fn blake3_peer(plan: &Plan, runs: usize) -> Res<Duration> {
+    use serde_json::Value as Json;
+    let texts: Vec<String> = plan
+        .order
+        .iter()
+        .map(|&n| {
+            let inst = &plan.graph[n];
+            let stage = &plan.spec.stages[inst.stage];
+            let mut doc = serde_json::Map::new();
+            doc.insert("schema".into(), Json::from(pipe::plan::KEY_SCHEMA));
+            doc.insert("kind".into(), Json::from(stage.kind.name()));
+            doc.insert("version".into(), Json::from(stage.kind.version()));
+            doc.insert("params".into(), Json::Object(inst.key_params.clone()));
+            let inputs = inst
+                .inputs
+                .iter()
+                .map(|(s, up)| (s.clone(), Json::from(plan.graph[*up].key.as_str())));
+            doc.insert("inputs".into(), Json::Object(inputs.collect()));
+            let files = inst
+                .files
+                .iter()
+                .map(|(f, h)| (f.clone(), Json::from(h.as_str())));
+            doc.insert("files".into(), Json::Object(files.collect()));
+            let mut text = String::new();
+            pipe::plan::canonical_json(&Json::Object(doc), &mut text);
+            text
+        })
+        .collect();
+    let (t, hashes) = best(runs, || {
+        Ok(texts
+            .iter()
+            .map(|t| blake3::hash(t.as_bytes()))
+            .collect::<Vec<_>>())
+    })?;
+    if hashes
+        .iter()
+        .zip(&plan.order)
+        .any(|(h, &n)| h.to_hex().as_str() != plan.graph[n].key)
+    {
+        return Err("blake3 peer: the canonical text does not give the plan's keys".into());
+    }
+    Ok(t)
+}
+
+/// Breakdown of `is_complete`: reading every manifest's bytes, without parsing them.
+fn read_peer(plan: &Plan, store: &Store, runs: usize) -> Res<Duration> {
+    let paths: Vec<PathBuf> = plan
+        .order
+        .iter()
+        .map(|&n| store.artifact_dir(&plan.graph[n].key).join(MANIFEST))
+        .collect();
+    let (t, bytes) = best(runs, || {
+        let mut total = 0;
+        for p in &paths {
+            total += fs::read(p)?.len();
+        }
+        Ok(total)
+    })?;
+    if bytes == 0 {
+        return Err("read peer: the manifests are empty".into());
+    }
+    Ok(t)
+}
+
 /// Peer: one bare `stat` of every artifact's manifest (paths built beforehand).
 fn stat_peer(plan: &Plan, store: &Store, runs: usize) -> Res<Duration> {
     let paths: Vec<PathBuf> = plan
@@ -392,6 +459,7 @@ fn main() -> Res<()> {
         Ok(Spec::parse("p", &p10k.text, base, &[], &registry)?)
     })?;
     let keys10k = key_hash_peer(&plan10k, 5)?;
+    let blake10k = blake3_peer(&plan10k, 5)?;
     rows.push(Row {
         peer: Some(("key-hash", keys10k)),
         ..row("plan: parse + build", n10k, 5, t_plan10k)
@@ -431,6 +499,7 @@ fn main() -> Res<()> {
     let t_pop10k = t.elapsed();
     check_all_cached(&plan10k, &store10k)?;
     let stat10k = stat_peer(&plan10k, &store10k, 5)?;
+    let read10k = read_peer(&plan10k, &store10k, 5)?;
     rows.push(Row {
         peer: Some(("stat", stat10k)),
         ..row("populate cache (begin/commit + index)", n10k, 1, t_pop10k)
@@ -475,7 +544,7 @@ fn main() -> Res<()> {
     let (t_noop10k, ()) = best(3, || noop_run(&plan10k, &store10k))?;
     rows.push(Row {
         peer: Some(("stat", stat10k)),
-        ..row("no-op run (planned, local::run)", n10k, 3, t_noop10k)
+        ..row("no-op run (local::run, plan prebuilt)", n10k, 3, t_noop10k)
     });
 
     let p1k = Pipeline::new(dir.path(), "sweep1k", 10, inner(100), 1)?;
@@ -516,7 +585,14 @@ fn main() -> Res<()> {
     // The peers themselves, for reference.
     rows.push(row("peer: compute_key x N", n10k, 5, keys10k));
     rows.push(row("peer: compute_key x N", n100k, 3, keys100k));
+    rows.push(row(
+        "peer: blake3(canonical key text) x N",
+        n10k,
+        5,
+        blake10k,
+    ));
     rows.push(row("peer: stat(manifest) x N", n10k, 5, stat10k));
+    rows.push(row("peer: read(manifest) x N", n10k, 5, read10k));
     rows.push(row("peer: stat(manifest) x N", n1k, 5, stat1k));
 
     println!();
