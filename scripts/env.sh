@@ -5,3 +5,5 @@ _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _req_hash="$(sha256sum "$_root/requirements.txt" | cut -c1-12)"
 export PIPE_VENV="${PIPE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/pipe/venv-$_req_hash}"
 export PATH="$PIPE_VENV/bin:$PATH"
+# tch builds against the libtorch that the virtualenv's torch package ships.
+export LIBTORCH_USE_PYTORCH=1

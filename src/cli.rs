@@ -192,6 +192,14 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                         let mut v = item(&plan, s.node);
                         v["state"] = json!(s.state);
                         v["reason"] = json!(s.reason);
+                        if !s.parts.is_empty() {
+                            v["parts"] = Json::Array(
+                                s.parts
+                                    .iter()
+                                    .map(|(p, cached)| json!({"name": p.name, "key": p.key, "cached": cached}))
+                                    .collect(),
+                            );
+                        }
                         v
                     })
                     .collect();
@@ -217,6 +225,35 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                         &plan.graph[s.node].key[..12],
                         s.reason
                     );
+                    if !s.parts.is_empty() {
+                        let have: Vec<&str> = s
+                            .parts
+                            .iter()
+                            .filter(|(_, c)| *c)
+                            .map(|(p, _)| p.name.as_str())
+                            .collect();
+                        let lack: Vec<&str> = s
+                            .parts
+                            .iter()
+                            .filter(|(_, c)| !*c)
+                            .map(|(p, _)| p.name.as_str())
+                            .collect();
+                        let _ = writeln!(
+                            out,
+                            "{:8} parts cached: {}; missing: {}",
+                            "",
+                            if have.is_empty() {
+                                "none".to_string()
+                            } else {
+                                have.join(", ")
+                            },
+                            if lack.is_empty() {
+                                "none".to_string()
+                            } else {
+                                lack.join(", ")
+                            }
+                        );
+                    }
                 }
                 let count = |st| states.iter().filter(|s| s.state == st).count();
                 let _ = writeln!(

@@ -296,12 +296,51 @@ pub struct DeclaredFile {
     pub path: PathBuf,
 }
 
+/// An input artifact of a running instance.
+#[derive(Clone, Debug)]
+pub struct InputArtifact {
+    /// The slot it fills.
+    pub slot: String,
+    /// Its key.
+    pub key: String,
+    /// Its (complete, read-only) directory.
+    pub dir: PathBuf,
+}
+
+/// A further artifact an instance produces besides its own (a training checkpoint), with
+/// its own key so that other instances can reuse it.
+#[derive(Clone, Debug)]
+pub struct Part {
+    /// What it is, for people: `epoch 5`.
+    pub name: String,
+    /// Its key, computed from the instance's parameters and input keys alone.
+    pub key: String,
+}
+
+/// Store access a stage gets for its parts: look up and store further artifacts.
+pub trait PartStore: Sync {
+    /// The directory of a complete artifact, if the key is in the store.
+    fn get(&self, key: &str) -> Option<PathBuf>;
+    /// Stores a part under `key` unless it is already there: `write` fills a temp folder
+    /// that is sealed and renamed into place like any artifact. `params` describe the part
+    /// in its manifest. Returns the artifact's directory.
+    fn put(
+        &self,
+        key: &str,
+        kind: &str,
+        params: &Json,
+        write: &mut dyn FnMut(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<PathBuf>;
+}
+
 /// Everything an instance's [`StageKind::run`] may use.
 pub struct RunContext<'a> {
     /// The instance's resolved parameters.
     pub params: &'a Params,
-    /// Each input slot and the directory of the artifact that fills it.
-    pub inputs: &'a [(String, PathBuf)],
+    /// Each input slot with the key and directory of the artifact that fills it.
+    pub inputs: &'a [InputArtifact],
+    /// Reads and writes the instance's parts (see [`StageKind::parts`]).
+    pub parts: &'a dyn PartStore,
     /// The (temporary) directory to write the output into.
     pub out: &'a Path,
     /// The instance's log; stages write progress and diagnostics here.
@@ -321,8 +360,8 @@ impl RunContext<'_> {
     pub fn input(&self, slot: &str) -> anyhow::Result<&Path> {
         self.inputs
             .iter()
-            .find(|(s, _)| s == slot)
-            .map(|(_, p)| p.as_path())
+            .find(|i| i.slot == slot)
+            .map(|i| i.dir.as_path())
             .ok_or_else(|| anyhow::anyhow!("input slot `{slot}` is not connected"))
     }
 }
@@ -345,6 +384,11 @@ pub trait StageKind: Send + Sync {
     }
     /// Files whose content goes into the key (scripts, data files).
     fn files(&self, _params: &Params, _env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
+        Vec::new()
+    }
+    /// Further artifacts an instance produces (checkpoints), keyed from its parameters and
+    /// input keys (slot -> key) alone, so that `status` can list them before anything runs.
+    fn parts(&self, _params: &Params, _input_keys: &[(String, String)]) -> Vec<Part> {
         Vec::new()
     }
     /// How many threads an instance wants; the scheduler may give fewer.

@@ -6,6 +6,7 @@ use serde_json::Value as Json;
 
 use crate::plan::{Instance, Plan};
 use crate::spec::template;
+use crate::stage::Part;
 use crate::store::Store;
 use crate::store::index::{Index, IndexEntry, entry_id};
 
@@ -30,6 +31,27 @@ pub struct InstanceStatus {
     pub state: State,
     /// Why it is missing or stale, in words (empty when cached).
     pub reason: String,
+    /// The instance's parts (checkpoints) and whether each is in the store.
+    pub parts: Vec<(Part, bool)>,
+}
+
+/// The parts of an instance and whether each is cached.
+pub fn parts(plan: &Plan, store: &Store, inst: &Instance) -> Vec<(Part, bool)> {
+    let stage = &plan.spec.stages[inst.stage];
+    let input_keys: Vec<(String, String)> = inst
+        .inputs
+        .iter()
+        .map(|(slot, up)| (slot.clone(), plan.graph[*up].key.clone()))
+        .collect();
+    stage
+        .kind
+        .parts(&inst.params, &input_keys)
+        .into_iter()
+        .map(|p| {
+            let cached = store.is_complete(&p.key);
+            (p, cached)
+        })
+        .collect()
 }
 
 /// The index entry that a successful run of `inst` leaves.
@@ -124,31 +146,37 @@ pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> 
         .iter()
         .map(|&node| {
             let inst = &plan.graph[node];
-            if store.is_complete(&inst.key) {
-                return InstanceStatus {
-                    node,
-                    state: State::Cached,
-                    reason: String::new(),
-                };
-            }
-            let stage = &plan.spec.stages[inst.stage];
-            match index.entries.get(&entry_id(&stage.name, &inst.point)) {
-                None => InstanceStatus {
-                    node,
-                    state: State::Missing,
-                    reason: "never run".into(),
-                },
-                Some(last) if last.key == inst.key => InstanceStatus {
-                    node,
-                    state: State::Missing,
-                    reason: "artifact is no longer in the cache (removed or damaged)".into(),
-                },
-                Some(last) => InstanceStatus {
-                    node,
-                    state: State::Stale,
-                    reason: explain(plan, inst, last),
-                },
-            }
+            let mut st = state(plan, store, index, node, inst);
+            st.parts = parts(plan, store, inst);
+            st
         })
         .collect()
+}
+
+fn state(
+    plan: &Plan,
+    store: &Store,
+    index: &Index,
+    node: NodeIndex,
+    inst: &Instance,
+) -> InstanceStatus {
+    let (state, reason) = if store.is_complete(&inst.key) {
+        (State::Cached, String::new())
+    } else {
+        let stage = &plan.spec.stages[inst.stage];
+        match index.entries.get(&entry_id(&stage.name, &inst.point)) {
+            None => (State::Missing, "never run".to_string()),
+            Some(last) if last.key == inst.key => (
+                State::Missing,
+                "artifact is no longer in the cache (removed or damaged)".to_string(),
+            ),
+            Some(last) => (State::Stale, explain(plan, inst, last)),
+        }
+    };
+    InstanceStatus {
+        node,
+        state,
+        reason,
+        parts: Vec::new(),
+    }
 }

@@ -42,6 +42,7 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
     assert_eq!(of_stage(&r, "executed", "data").len(), 1);
     assert_eq!(of_stage(&r, "executed", "corrupt").len(), 4);
     assert_eq!(of_stage(&r, "executed", "summary").len(), 4);
+    assert_eq!(of_stage(&r, "executed", "train").len(), 4);
 
     let data = artifact(&p.cache(), &of_stage(&r, "executed", "data")[0]["key"]);
     // 2,000 train and 1,000 test examples, class-balanced: 200 and 100 per class.
@@ -101,11 +102,38 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
         assert_eq!(s["corrupted"], (noise * 2000.0).round() as i64);
     }
 
+    // Training shows finding 1 of the study: with noise, test accuracy peaks early and falls
+    // while the corrupted examples are memorized. Queried from Polars, as a user would.
+    for item in of_stage(&r, "executed", "train") {
+        let noise = item["point"]["noise"].as_f64().unwrap();
+        let q = python(&format!(
+            "import polars as pl, json\n\
+             m = pl.read_parquet('{}/metrics.parquet').sort('epoch')\n\
+             print(json.dumps({{'rows': m.height, 'peak': m['test_acc'].max(), 'final': m['test_acc'][-1], \
+               'mem': m['corrupted_train_acc'][-1], 'true_peak': m['corrupted_true_acc'].max(), 'true_final': m['corrupted_true_acc'][-1]}}))",
+            artifact(&p.cache(), &item["key"]).display()
+        ));
+        assert_eq!(q["rows"], 81);
+        let (peak, last) = (q["peak"].as_f64().unwrap(), q["final"].as_f64().unwrap());
+        assert!(peak > 0.7, "noise {noise}: peak test accuracy {peak}");
+        if noise > 0.0 {
+            assert!(
+                last < peak - 0.05,
+                "test accuracy peaks and falls: {peak} -> {last}"
+            );
+            assert!(q["mem"].as_f64().unwrap() > 0.9, "memorized: {q}");
+            assert!(
+                q["true_final"].as_f64().unwrap() < q["true_peak"].as_f64().unwrap() - 0.3,
+                "{q}"
+            );
+        }
+    }
+
     // Rerun: nothing to do.
     let (code, r) = p.run(file, &[]);
     assert_eq!(code, 0);
     assert_eq!(count(&r, "executed"), 0);
-    assert_eq!(count(&r, "cached"), 9);
+    assert_eq!(count(&r, "cached"), 13);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use petgraph::graph::NodeIndex;
 
 use super::{Event, Observer, Outcome, RunOptions, RunReport, selected};
 use crate::plan::Plan;
-use crate::stage::{BadData, RunContext};
+use crate::stage::{BadData, InputArtifact, PartStore, RunContext};
 use crate::status::index_entry;
 use crate::store::{Manifest, Store};
 
@@ -201,8 +201,17 @@ fn run_instance(
                 &key[..12]
             ));
         }
-        inputs.push((slot.clone(), store.artifact_dir(key)));
+        inputs.push(InputArtifact {
+            slot: slot.clone(),
+            key: key.clone(),
+            dir: store.artifact_dir(key),
+        });
     }
+    let parts = Parts {
+        plan,
+        store,
+        node: n,
+    };
     let tmp = match store.begin(&inst.key) {
         Ok(t) => t,
         Err(e) => return fail(format!("cannot create a temp folder in the cache: {e}")),
@@ -223,6 +232,7 @@ fn run_instance(
         let mut ctx = RunContext {
             params: &inst.params,
             inputs: &inputs,
+            parts: &parts,
             out: &tmp,
             log: &mut log,
             threads,
@@ -258,26 +268,13 @@ fn run_instance(
             bad_data,
         };
     }
-    let draft = Manifest {
-        key: inst.key.clone(),
-        kind: stage.kind.name().to_string(),
-        version: stage.kind.version(),
-        stage: stage.name.clone(),
-        pipeline: plan.spec.name.clone(),
-        point: inst.point.clone(),
-        params: serde_json::Value::Object(inst.key_params.clone()),
-        inputs: inst
-            .inputs
-            .iter()
-            .map(|(s, up)| (s.clone(), plan.graph[*up].key.clone()))
-            .collect::<BTreeMap<_, _>>(),
-        declared_files: inst.files.iter().cloned().collect(),
-        files: Vec::new(),
-        started,
-        seconds,
-        pipe_version: env!("CARGO_PKG_VERSION").to_string(),
-        host: store.host().to_string(),
-    };
+    let mut draft = parts.manifest(
+        &inst.key,
+        stage.kind.name(),
+        &serde_json::Value::Object(inst.key_params.clone()),
+    );
+    draft.started = started;
+    draft.seconds = seconds;
     match store.commit(&tmp, draft) {
         Ok(_) => {
             let _ = writeln!(log, "# done in {seconds:.3}s");
@@ -288,5 +285,74 @@ fn run_instance(
             let _ = writeln!(log, "# failed: {message}");
             fail(message)
         }
+    }
+}
+
+/// Lets a running instance store and find its parts (see `StageKind::parts`).
+struct Parts<'a> {
+    plan: &'a Plan,
+    store: &'a Store,
+    node: NodeIndex,
+}
+
+impl Parts<'_> {
+    /// A manifest draft describing an artifact made by this instance.
+    fn manifest(&self, key: &str, kind: &str, params: &serde_json::Value) -> Manifest {
+        let inst = &self.plan.graph[self.node];
+        let stage = &self.plan.spec.stages[inst.stage];
+        Manifest {
+            key: key.to_string(),
+            kind: kind.to_string(),
+            version: stage.kind.version(),
+            stage: stage.name.clone(),
+            pipeline: self.plan.spec.name.clone(),
+            point: inst.point.clone(),
+            params: params.clone(),
+            inputs: inst
+                .inputs
+                .iter()
+                .map(|(s, up)| (s.clone(), self.plan.graph[*up].key.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            declared_files: inst.files.iter().cloned().collect(),
+            files: Vec::new(),
+            started: unix_now(),
+            seconds: 0.0,
+            pipe_version: env!("CARGO_PKG_VERSION").to_string(),
+            host: self.store.host().to_string(),
+        }
+    }
+}
+
+impl PartStore for Parts<'_> {
+    fn get(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.store
+            .is_complete(key)
+            .then(|| self.store.artifact_dir(key))
+    }
+
+    fn put(
+        &self,
+        key: &str,
+        kind: &str,
+        params: &serde_json::Value,
+        write: &mut dyn FnMut(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        if let Some(dir) = self.get(key) {
+            return Ok(dir);
+        }
+        let _lock = self.store.lock(key, &mut |_| {})?;
+        if let Some(dir) = self.get(key) {
+            return Ok(dir);
+        }
+        let tmp = self.store.begin(key)?;
+        let clock = Instant::now();
+        if let Err(e) = write(&tmp) {
+            self.store.discard(&tmp);
+            return Err(e);
+        }
+        let mut draft = self.manifest(key, kind, params);
+        draft.seconds = clock.elapsed().as_secs_f64();
+        self.store.commit(&tmp, draft)?;
+        Ok(self.store.artifact_dir(key))
     }
 }

@@ -117,8 +117,8 @@ impl StageKind for Exec {
             .env("PIPE_THREADS", ctx.threads.to_string())
             .env("PIPE_KEY", ctx.key)
             .env("PIPE_POINT", ctx.point.to_string());
-        for (slot, dir) in ctx.inputs {
-            cmd.env(input_var(slot), std::path::absolute(dir)?);
+        for input in ctx.inputs {
+            cmd.env(input_var(&input.slot), std::path::absolute(&input.dir)?);
         }
         if let Some(Json::Object(env)) = ctx.params.get("env") {
             for (k, v) in env {

@@ -3,10 +3,16 @@
 pub mod corrupt;
 pub mod dataset;
 pub mod exec;
+pub mod train;
 
 use crate::stage::Registry;
 
 /// Every built-in stage kind.
 pub fn registry() -> Registry {
-    Registry::new(vec![&exec::Exec, &dataset::Dataset, &corrupt::Corrupt])
+    Registry::new(vec![
+        &exec::Exec,
+        &dataset::Dataset,
+        &corrupt::Corrupt,
+        &train::Train,
+    ])
 }

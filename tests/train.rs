@@ -1,0 +1,373 @@
+//! The `train` stage through the real binary, on a small Fashion-MNIST subset.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value as Json;
+
+fn python(code: &str) -> Json {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .output()
+        .expect("python3 on PATH (run tests via scripts/test)");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn pipeline(noise: &[f64], epochs: i64, checkpoints: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "train-test"
+[sweep]
+noise = {noise:?}
+[stage.data]
+kind = "dataset"
+source = "fashion-mnist"
+train_size = 1000
+test_size = 500
+[stage.corrupt]
+kind = "corrupt"
+inputs = ["data"]
+fraction = "${{noise}}"
+seed = 3
+[stage.train]
+kind = "train"
+inputs = ["data", "corrupt"]
+model = "mlp"
+hidden = [256, 256]
+epochs = {epochs}
+batch_size = 32
+lr = 0.01
+seed = 7
+device = "cpu"
+checkpoints = {checkpoints}
+"#
+    )
+}
+
+fn artifact(p: &Project, key: &Json) -> PathBuf {
+    p.cache().join("artifacts").join(key.as_str().unwrap())
+}
+
+fn train_items(p: &Project, file: &str) -> Vec<Json> {
+    p.status(file, &[])
+        .into_iter()
+        .filter(|s| s["stage"] == "train")
+        .collect()
+}
+
+/// Metrics rows (all columns but `seconds`), read by DuckDB.
+fn metrics(dir: &Path) -> Vec<Json> {
+    python(&format!(
+        "import duckdb, json\n\
+         rows = duckdb.sql(\"SELECT epoch, lr, train_loss, train_acc, clean_acc, corrupted_train_acc, corrupted_true_acc, \
+         test_loss, test_acc FROM '{}/metrics.parquet' ORDER BY epoch\").fetchall()\n\
+         print(json.dumps([list(r) for r in rows]))",
+        dir.display()
+    ))
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+fn blake3_file(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap())
+        .to_hex()
+        .to_string()
+}
+
+#[test]
+fn training_beats_chance_and_memorizes_corrupted_labels() {
+    let p = Project::new();
+    const E: usize = 40;
+    p.write("t.toml", &pipeline(&[0.0, 0.4], E as i64, "[0, 1]"));
+    let (code, r) = p.run("t.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    for item in of_stage(&r, "executed", "train") {
+        let noise = item["point"]["noise"].as_f64().unwrap();
+        let rows = metrics(&artifact(&p, &item["key"]));
+        assert_eq!(rows.len(), E + 1, "epochs 0..=E");
+        let col = |i: usize| -> Vec<f64> {
+            rows.iter()
+                .map(|r| r[i].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        };
+        let test_acc = col(8);
+        // Chance on 10 balanced classes is 0.1.
+        assert!(test_acc[0] < 0.3, "untrained: {}", test_acc[0]);
+        let best = test_acc.iter().cloned().fold(0.0, f64::max);
+        assert!(best > 0.6, "noise {noise}: best test accuracy {best}");
+        if noise == 0.0 {
+            assert!(
+                rows[E][5].is_null() && rows[E][6].is_null(),
+                "no corrupted examples, no accuracy"
+            );
+            assert!(col(3)[E] > 0.95, "clean data is fitted: {}", col(3)[E]);
+        } else {
+            let mem = col(5);
+            let truth = col(6);
+            // Memorization: the corrupted examples end up predicted as their (random) training labels...
+            assert!(
+                mem[E] > 0.8,
+                "corrupted examples fitted to their training labels: {}",
+                mem[E]
+            );
+            assert!(mem[1] < 0.3, "early on they are not: {}", mem[1]);
+            // ...while their true labels, learned early through the clean examples, are forgotten.
+            let peak_true = truth.iter().cloned().fold(0.0, f64::max);
+            assert!(
+                peak_true > 0.5 && truth[E] < peak_true - 0.25,
+                "true-label accuracy {peak_true} -> {}",
+                truth[E]
+            );
+            // Test accuracy peaks early and falls.
+            assert!(
+                test_acc[E] < best - 0.05,
+                "test accuracy {best} -> {}",
+                test_acc[E]
+            );
+        }
+    }
+}
+
+#[test]
+fn resume_equals_a_straight_run_bit_for_bit() {
+    let a = Project::new();
+    a.write("t.toml", &pipeline(&[0.4], 6, "[0, 2, 4]"));
+    assert_eq!(a.run("t.toml", &[]).0, 0);
+    let st = a.status("t.toml", &["--set", "stage.train.epochs=12"]);
+    let train = st.iter().find(|s| s["stage"] == "train").unwrap();
+    assert_eq!(train["reason"], "param epochs changed 6 -> 12");
+    // The longer run keeps epochs 0, 2, 4 and 12: the first three are cached from the shorter
+    // run (whose final epoch 6 is cached too, and is where training resumes).
+    let parts: Vec<(&str, bool)> = train["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["cached"] == true))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("epoch 0", true),
+            ("epoch 2", true),
+            ("epoch 4", true),
+            ("epoch 12", false)
+        ]
+    );
+    let (code, r) = a.run("t.toml", &["--set", "stage.train.epochs=12"]);
+    assert_eq!(code, 0);
+    let resumed = of_stage(&r, "executed", "train")[0].clone();
+    let log = std::fs::read_to_string(
+        a.cache()
+            .join("logs")
+            .join(format!("{}.log", resumed["key"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(
+        log.contains("resumed from the checkpoint of epoch 6"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("\nepoch ").count(),
+        6,
+        "only epochs 7..12 trained:\n{log}"
+    );
+
+    let b = Project::new();
+    b.write("t.toml", &pipeline(&[0.4], 12, "[0, 2, 4]"));
+    let (code, r) = b.run("t.toml", &[]);
+    assert_eq!(code, 0);
+    let straight = of_stage(&r, "executed", "train")[0].clone();
+    assert_eq!(straight["key"], resumed["key"], "same parameters, same key");
+    assert_eq!(
+        metrics(&artifact(&a, &resumed["key"])),
+        metrics(&artifact(&b, &straight["key"]))
+    );
+    let cks = |p: &Project, key: &Json| -> Vec<Json> {
+        serde_json::from_slice(&std::fs::read(artifact(p, key).join("checkpoints.json")).unwrap())
+            .unwrap()
+    };
+    let (ca, cb) = (cks(&a, &resumed["key"]), cks(&b, &straight["key"]));
+    assert_eq!(ca, cb);
+    assert_eq!(
+        ca.iter()
+            .map(|c| c["epoch"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 2, 4, 12]
+    );
+    for c in &ca {
+        for f in ["weights.safetensors", "optimizer.safetensors"] {
+            assert_eq!(
+                blake3_file(&artifact(&a, &c["key"]).join(f)),
+                blake3_file(&artifact(&b, &c["key"]).join(f)),
+                "epoch {} {f}",
+                c["epoch"]
+            );
+        }
+    }
+}
+
+#[test]
+fn checkpoints_load_in_python_torch_with_layer_names() {
+    let p = Project::new();
+    p.write("t.toml", &pipeline(&[0.0], 2, "[0, 1]"));
+    let (code, r) = p.run("t.toml", &[]);
+    assert_eq!(code, 0);
+    let train = artifact(&p, &of_stage(&r, "executed", "train")[0]["key"]);
+    let cks: Vec<Json> =
+        serde_json::from_slice(&std::fs::read(train.join("checkpoints.json")).unwrap()).unwrap();
+    let final_ck = artifact(&p, &cks.last().unwrap()["key"]);
+    let q = python(&format!(
+        "import json, torch\nfrom safetensors.torch import load_file\n\
+         w = load_file('{}/weights.safetensors')\n\
+         x = torch.zeros(3, 784)\n\
+         h = torch.relu(x @ w['fc1.weight'].T + w['fc1.bias'])\n\
+         h = torch.relu(h @ w['fc2.weight'].T + w['fc2.bias'])\n\
+         y = h @ w['logits.weight'].T + w['logits.bias']\n\
+         print(json.dumps({{'shapes': {{k: list(v.shape) for k, v in w.items()}}, 'dtype': str(w['fc1.weight'].dtype), 'out': list(y.shape)}}))",
+        final_ck.display()
+    ));
+    assert_eq!(
+        q["shapes"],
+        serde_json::json!({
+            "fc1.weight": [256, 784], "fc1.bias": [256],
+            "fc2.weight": [256, 256], "fc2.bias": [256],
+            "logits.weight": [10, 256], "logits.bias": [10]
+        })
+    );
+    assert_eq!(q["dtype"], "torch.float32");
+    assert_eq!(q["out"], serde_json::json!([3, 10]));
+    let model: Json =
+        serde_json::from_slice(&std::fs::read(train.join("model.json")).unwrap()).unwrap();
+    let layers: Vec<&str> = model["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(layers, ["input", "fc1", "fc2", "logits"]);
+    assert_eq!(
+        model["layers"][1]["variables"],
+        serde_json::json!(["fc1.bias", "fc1.weight"])
+    );
+}
+
+#[test]
+fn two_runs_give_identical_weights_and_metrics() {
+    let runs: Vec<(Project, Json)> = (0..2)
+        .map(|_| {
+            let p = Project::new();
+            p.write("t.toml", &pipeline(&[0.4], 3, "[0]"));
+            let (code, r) = p.run("t.toml", &["--jobs", "1"]);
+            assert_eq!(code, 0);
+            let key = of_stage(&r, "executed", "train")[0]["key"].clone();
+            (p, key)
+        })
+        .collect();
+    let (a, b) = (&runs[0], &runs[1]);
+    assert_eq!(a.1, b.1);
+    assert_eq!(
+        metrics(&artifact(&a.0, &a.1)),
+        metrics(&artifact(&b.0, &b.1))
+    );
+    let parts = train_items(&a.0, "t.toml")[0]["parts"].clone();
+    for part in parts.as_array().unwrap() {
+        let f = |p: &Project| blake3_file(&artifact(p, &part["key"]).join("weights.safetensors"));
+        assert_eq!(f(&a.0), f(&b.0));
+    }
+}
+
+#[test]
+fn bad_training_parameters_exit_2_before_work() {
+    let p = Project::new();
+    p.write("t.toml", &pipeline(&[0.0], 5, "[0, 1]"));
+    let cases = [
+        ("stage.train.model=transformer", "expected one of \"mlp\""),
+        ("stage.train.lr=-0.1", "`stage.train.lr`: must be positive"),
+        (
+            "stage.train.checkpoints=[0, 9]",
+            "`stage.train.checkpoints`: epoch 9 is outside 0..=5",
+        ),
+        (
+            "stage.train.device=\"cuda\"",
+            "`stage.train.device`: device \"cuda\" is not available",
+        ),
+        (
+            "stage.train.device=\"tpu\"",
+            "is not one of auto, cpu, cuda, cuda:N",
+        ),
+        (
+            "stage.train.epochs=0",
+            "`stage.train.epochs`: must be at least 1",
+        ),
+    ];
+    for (set, want) in cases {
+        let out = p.pipe(&["run", "t.toml", "--set", set]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{set}: expected {want:?} in {stderr}"
+        );
+        assert!(
+            stderr.contains("t.toml:") || stderr.contains("--set"),
+            "{stderr}"
+        );
+    }
+    assert!(!p.cache().exists(), "nothing ran");
+}
+
+#[test]
+fn cifar10_vgg16_pipeline_plans_against_cifar_files() {
+    let p = Project::new();
+    let dir = p.path("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        let bytes: Vec<u8> = (0..20u32)
+            .flat_map(|i| std::iter::once((i % 10) as u8).chain(std::iter::repeat_n(1u8, 3072)))
+            .collect();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/cifar10-vgg16.toml");
+    let set = format!("stage.data.path={:?}", dir.display().to_string());
+    let (code, r) = p.run(file.to_str().unwrap(), &["--dry-run", "--set", &set]);
+    assert_eq!(code, 0, "{r}");
+    let would: Vec<&str> = r["would_run"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(would.iter().filter(|s| **s == "data").count(), 1);
+    assert!(
+        would.iter().filter(|s| **s == "train").count() >= 2,
+        "{would:?}"
+    );
+    // Without the files, planning fails with exit 2 and names the missing file.
+    let out = p.pipe(&[
+        "run",
+        file.to_str().unwrap(),
+        "--dry-run",
+        "--set",
+        "stage.data.path=\"/nonexistent\"",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data_batch_1.bin"));
+}
