@@ -297,7 +297,7 @@ pub struct DeclaredFile {
 }
 
 /// An input artifact of a running instance.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct InputArtifact {
     /// The slot it fills.
     pub slot: String,
@@ -317,22 +317,6 @@ pub struct Part {
     pub key: String,
 }
 
-/// Store access a stage gets for its parts: look up and store further artifacts.
-pub trait PartStore: Sync {
-    /// The directory of a complete artifact, if the key is in the store.
-    fn get(&self, key: &str) -> Option<PathBuf>;
-    /// Stores a part under `key` unless it is already there: `write` fills a temp folder
-    /// that is sealed and renamed into place like any artifact. `params` describe the part
-    /// in its manifest. Returns the artifact's directory.
-    fn put(
-        &self,
-        key: &str,
-        kind: &str,
-        params: &Json,
-        write: &mut dyn FnMut(&Path) -> anyhow::Result<()>,
-    ) -> anyhow::Result<PathBuf>;
-}
-
 /// Everything an instance's [`StageKind::run`] may use.
 pub struct RunContext<'a> {
     /// The instance's resolved parameters.
@@ -340,11 +324,13 @@ pub struct RunContext<'a> {
     /// Each input slot with the key and directory of the artifact that fills it.
     pub inputs: &'a [InputArtifact],
     /// Reads and writes the instance's parts (see [`StageKind::parts`]).
-    pub parts: &'a dyn PartStore,
+    pub parts: &'a crate::store::Parts,
     /// The (temporary) directory to write the output into.
     pub out: &'a Path,
     /// The instance's log; stages write progress and diagnostics here.
     pub log: &'a mut File,
+    /// Where the log is (for stages that hand their work to another process).
+    pub log_path: &'a Path,
     /// How many threads the instance may use.
     pub threads: usize,
     /// The directory relative paths in the pipeline file are resolved against.

@@ -4,16 +4,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
 use super::{Event, Observer, Outcome, RunOptions, RunReport, selected};
 use crate::plan::Plan;
-use crate::stage::{BadData, InputArtifact, PartStore, RunContext};
+use crate::stage::{BadData, InputArtifact, RunContext};
 use crate::status::index_entry;
-use crate::store::{Manifest, Store};
+use crate::store::{Manifest, Parts, Store, unix_now};
 
 /// Runs every selected instance whose artifact is missing; returns each one's outcome.
 ///
@@ -149,13 +149,6 @@ pub fn run(
     })
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// Runs one instance under its key's lock, storing the artifact on success.
 fn run_instance(
     plan: &Plan,
@@ -187,7 +180,10 @@ fn run_instance(
     if store.is_complete(&inst.key) {
         return Outcome::Cached;
     }
-    let mut log = match std::fs::File::create(&log_path) {
+    // Append mode: a worker process writes into the same log while this one holds it open.
+    let opened = std::fs::write(&log_path, b"")
+        .and_then(|_| std::fs::OpenOptions::new().append(true).open(&log_path));
+    let mut log = match opened {
         Ok(f) => f,
         Err(e) => return fail(format!("cannot create log {}: {e}", log_path.display())),
     };
@@ -207,11 +203,7 @@ fn run_instance(
             dir: store.artifact_dir(key),
         });
     }
-    let parts = Parts {
-        plan,
-        store,
-        node: n,
-    };
+    let parts = parts_of(plan, store, n);
     let tmp = match store.begin(&inst.key) {
         Ok(t) => t,
         Err(e) => return fail(format!("cannot create a temp folder in the cache: {e}")),
@@ -235,6 +227,7 @@ fn run_instance(
             parts: &parts,
             out: &tmp,
             log: &mut log,
+            log_path: &log_path,
             threads,
             base_dir: &plan.spec.base_dir,
             key: &inst.key,
@@ -268,11 +261,7 @@ fn run_instance(
             bad_data,
         };
     }
-    let mut draft = parts.manifest(
-        &inst.key,
-        stage.kind.name(),
-        &serde_json::Value::Object(inst.key_params.clone()),
-    );
+    let mut draft = parts.template.clone();
     draft.started = started;
     draft.seconds = seconds;
     match store.commit(&tmp, draft) {
@@ -288,71 +277,31 @@ fn run_instance(
     }
 }
 
-/// Lets a running instance store and find its parts (see `StageKind::parts`).
-struct Parts<'a> {
-    plan: &'a Plan,
-    store: &'a Store,
-    node: NodeIndex,
-}
-
-impl Parts<'_> {
-    /// A manifest draft describing an artifact made by this instance.
-    fn manifest(&self, key: &str, kind: &str, params: &serde_json::Value) -> Manifest {
-        let inst = &self.plan.graph[self.node];
-        let stage = &self.plan.spec.stages[inst.stage];
-        Manifest {
-            key: key.to_string(),
-            kind: kind.to_string(),
+/// The parts handle of an instance: the cache and a manifest template describing it.
+fn parts_of(plan: &Plan, store: &Store, node: NodeIndex) -> Parts {
+    let inst = &plan.graph[node];
+    let stage = &plan.spec.stages[inst.stage];
+    Parts {
+        cache: store.root().to_path_buf(),
+        template: Manifest {
+            key: inst.key.clone(),
+            kind: stage.kind.name().to_string(),
             version: stage.kind.version(),
             stage: stage.name.clone(),
-            pipeline: self.plan.spec.name.clone(),
+            pipeline: plan.spec.name.clone(),
             point: inst.point.clone(),
-            params: params.clone(),
+            params: serde_json::Value::Object(inst.key_params.clone()),
             inputs: inst
                 .inputs
                 .iter()
-                .map(|(s, up)| (s.clone(), self.plan.graph[*up].key.clone()))
+                .map(|(s, up)| (s.clone(), plan.graph[*up].key.clone()))
                 .collect::<BTreeMap<_, _>>(),
             declared_files: inst.files.iter().cloned().collect(),
             files: Vec::new(),
-            started: unix_now(),
+            started: 0.0,
             seconds: 0.0,
             pipe_version: env!("CARGO_PKG_VERSION").to_string(),
-            host: self.store.host().to_string(),
-        }
-    }
-}
-
-impl PartStore for Parts<'_> {
-    fn get(&self, key: &str) -> Option<std::path::PathBuf> {
-        self.store
-            .is_complete(key)
-            .then(|| self.store.artifact_dir(key))
-    }
-
-    fn put(
-        &self,
-        key: &str,
-        kind: &str,
-        params: &serde_json::Value,
-        write: &mut dyn FnMut(&std::path::Path) -> anyhow::Result<()>,
-    ) -> anyhow::Result<std::path::PathBuf> {
-        if let Some(dir) = self.get(key) {
-            return Ok(dir);
-        }
-        let _lock = self.store.lock(key, &mut |_| {})?;
-        if let Some(dir) = self.get(key) {
-            return Ok(dir);
-        }
-        let tmp = self.store.begin(key)?;
-        let clock = Instant::now();
-        if let Err(e) = write(&tmp) {
-            self.store.discard(&tmp);
-            return Err(e);
-        }
-        let mut draft = self.manifest(key, kind, params);
-        draft.seconds = clock.elapsed().as_secs_f64();
-        self.store.commit(&tmp, draft)?;
-        Ok(self.store.artifact_dir(key))
+            host: store.host().to_string(),
+        },
     }
 }

@@ -6,21 +6,23 @@
 //! out `epochs` and `checkpoints`, so a longer run resumes from a shorter one's last epoch.
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::ml::checkpoint::{self, CheckpointRef};
-use crate::ml::models::{Arch, MODELS};
-use crate::ml::optim::{OptimizerConfig, Schedule};
-use crate::ml::train::{TrainConfig, Trainer};
-use crate::ml::{data, device};
 use crate::plan::compute_key;
 use crate::stage::{
     CheckEnv, Inputs, ParamError, ParamSpec, ParamType, Params, Part, RunContext, Slot, StageKind,
 };
+use crate::table::{read_parquet, write_parquet};
+
+/// Model names accepted by the `model` parameter.
+pub const MODELS: &[&str] = &["mlp", "cnn", "vgg11", "vgg16", "resnet18", "alexnet"];
 
 /// The `train` stage kind.
 pub struct Train;
@@ -135,8 +137,147 @@ pub struct LayerInfo {
     pub variables: Vec<String>,
 }
 
+/// What `checkpoint.json` says.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// The epoch whose end state this is (0 = initialization).
+    pub epoch: i64,
+    /// Optimizer steps taken.
+    pub steps: i64,
+    /// The `model` parameter.
+    pub model: String,
+}
+
+/// One checkpoint of a train instance, as listed in its `checkpoints.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointRef {
+    /// The epoch.
+    pub epoch: i64,
+    /// The checkpoint artifact's key.
+    pub key: String,
+}
+
+/// One row of `metrics.parquet`: the state after an epoch (epoch 0 = initialization).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochMetrics {
+    /// Epoch (0 = before training).
+    pub epoch: i64,
+    /// Learning rate used during the epoch (0 for epoch 0).
+    pub lr: f64,
+    /// Mean loss on the whole training set against the training labels.
+    pub train_loss: f64,
+    /// Accuracy on the whole training set against the training labels.
+    pub train_acc: f64,
+    /// Accuracy on the clean training examples.
+    pub clean_acc: f64,
+    /// Accuracy on the corrupted examples against their training labels (memorization).
+    pub corrupted_train_acc: Option<f64>,
+    /// Accuracy on the corrupted examples against their true labels (generalization).
+    pub corrupted_true_acc: Option<f64>,
+    /// Mean loss on the test set.
+    pub test_loss: f64,
+    /// Accuracy on the test set.
+    pub test_acc: f64,
+    /// Wall-clock seconds of the epoch (training and evaluation); not deterministic.
+    pub seconds: f64,
+}
+
+/// Writes `metrics` as a Parquet table.
+pub fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+    let f = |g: fn(&EpochMetrics) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(metrics.iter().map(g)))
+    };
+    let o = |g: fn(&EpochMetrics) -> Option<f64>| -> ArrayRef {
+        Arc::new(metrics.iter().map(g).collect::<Float64Array>())
+    };
+    let schema = Schema::new(vec![
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("lr", DataType::Float64, false),
+        Field::new("train_loss", DataType::Float64, false),
+        Field::new("train_acc", DataType::Float64, false),
+        Field::new("clean_acc", DataType::Float64, false),
+        Field::new("corrupted_train_acc", DataType::Float64, true),
+        Field::new("corrupted_true_acc", DataType::Float64, true),
+        Field::new("test_loss", DataType::Float64, false),
+        Field::new("test_acc", DataType::Float64, false),
+        Field::new("seconds", DataType::Float64, false),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(
+            metrics.iter().map(|m| m.epoch),
+        )),
+        f(|m| m.lr),
+        f(|m| m.train_loss),
+        f(|m| m.train_acc),
+        f(|m| m.clean_acc),
+        o(|m| m.corrupted_train_acc),
+        o(|m| m.corrupted_true_acc),
+        f(|m| m.test_loss),
+        f(|m| m.test_acc),
+        f(|m| m.seconds),
+    ];
+    write_parquet(path, &RecordBatch::try_new(Arc::new(schema), cols)?)
+}
+
+/// Reads a table written by [`write_metrics`].
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let b = read_parquet(path)?;
+    let col = |name: &str| -> Result<&Float64Array> {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+            .with_context(|| format!("{}: no float column {name}", path.display()))
+    };
+    let epoch = b
+        .column_by_name("epoch")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .with_context(|| format!("{}: no epoch column", path.display()))?;
+    let opt = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+    let (lr, tl, ta, ca, cta, ctr, xl, xa, s) = (
+        col("lr")?,
+        col("train_loss")?,
+        col("train_acc")?,
+        col("clean_acc")?,
+        col("corrupted_train_acc")?,
+        col("corrupted_true_acc")?,
+        col("test_loss")?,
+        col("test_acc")?,
+        col("seconds")?,
+    );
+    Ok((0..b.num_rows())
+        .map(|i| EpochMetrics {
+            epoch: epoch.value(i),
+            lr: lr.value(i),
+            train_loss: tl.value(i),
+            train_acc: ta.value(i),
+            clean_acc: ca.value(i),
+            corrupted_train_acc: opt(cta, i),
+            corrupted_true_acc: opt(ctr, i),
+            test_loss: xl.value(i),
+            test_acc: xa.value(i),
+            seconds: s.value(i),
+        })
+        .collect())
+}
+
+/// Finds a checkpoint of a train artifact by epoch or `"final"`.
+pub fn find(train_dir: &Path, which: &serde_json::Value) -> Result<CheckpointRef> {
+    let list: Vec<CheckpointRef> =
+        serde_json::from_slice(&std::fs::read(train_dir.join("checkpoints.json"))?)?;
+    let found = match which {
+        serde_json::Value::String(s) if s == "final" => list.iter().max_by_key(|c| c.epoch),
+        v => v.as_i64().and_then(|e| list.iter().find(|c| c.epoch == e)),
+    };
+    let epochs: Vec<String> = list.iter().map(|c| c.epoch.to_string()).collect();
+    found.cloned().with_context(|| {
+        format!(
+            "no checkpoint {which}; this run kept epochs {}",
+            epochs.join(", ")
+        )
+    })
+}
+
 /// The epochs kept: the `checkpoints` list and the final epoch.
-fn kept(params: &Params) -> BTreeSet<i64> {
+pub fn kept(params: &Params) -> BTreeSet<i64> {
     let mut k: BTreeSet<i64> = match params.get("checkpoints") {
         Some(Json::Array(a)) => a.iter().filter_map(Json::as_i64).collect(),
         _ => BTreeSet::new(),
@@ -162,51 +303,28 @@ pub fn checkpoint_key(params: &Params, input_keys: &[(String, String)], epoch: i
     compute_key(CHECKPOINT_KIND, VERSION, &p, input_keys, &[])
 }
 
-fn config(params: &Params) -> Result<TrainConfig, ParamError> {
-    let model = params.str("model").unwrap_or_default();
-    let hidden: Vec<i64> = match params.get("hidden") {
-        Some(Json::Array(a)) => a.iter().filter_map(Json::as_i64).collect(),
-        _ => Vec::new(),
+/// Checks a `device` value: its form, and for CUDA devices that this machine has them.
+pub fn check_device(name: &str) -> Result<(), String> {
+    let index = match name {
+        "auto" | "cpu" => return Ok(()),
+        "cuda" => Some(0),
+        _ => name
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
     };
-    let arch = Arch::from_name(model, hidden, params.bool("batch_norm").unwrap_or(false))
-        .ok_or_else(|| ParamError::param("model", format!("unknown model {model}")))?;
-    let optimizer = match params.str("optimizer") {
-        Some("adam") => OptimizerConfig::Adam {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: params.float("weight_decay").unwrap_or(0.0),
-        },
-        _ => OptimizerConfig::Sgd {
-            momentum: params.float("momentum").unwrap_or(0.0),
-            nesterov: params.bool("nesterov").unwrap_or(false),
-            weight_decay: params.float("weight_decay").unwrap_or(0.0),
-        },
+    let Some(n) = index else {
+        return Err(format!(
+            "device \"{name}\" is not one of auto, cpu, cuda, cuda:N"
+        ));
     };
-    let schedule = match params.str("schedule") {
-        Some("step") => Schedule::Step {
-            milestones: match params.get("milestones") {
-                Some(Json::Array(a)) => a.iter().filter_map(Json::as_i64).collect(),
-                _ => Vec::new(),
-            },
-            gamma: params.float("gamma").unwrap_or(0.1),
-        },
-        Some("cosine") => Schedule::Cosine,
-        _ => Schedule::Constant,
-    };
-    let device = device::resolve(params.str("device").unwrap_or("auto"))
-        .map_err(|m| ParamError::param("device", m))?;
-    Ok(TrainConfig {
-        arch,
-        epochs: params.int("epochs").unwrap_or(0),
-        batch_size: params.int("batch_size").unwrap_or(128),
-        optimizer,
-        lr: params.float("lr").unwrap_or(0.0),
-        schedule,
-        augment: params.bool("augment").unwrap_or(false),
-        seed: params.int("seed").unwrap_or(0) as u64,
-        device,
-    })
+    let count = crate::worker::cuda_devices()?;
+    if n >= count {
+        return Err(format!(
+            "device \"{name}\" is not available: this machine has {count} CUDA device{}; use device = \"cpu\" or \"auto\"",
+            if count == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(())
 }
 
 impl StageKind for Train {
@@ -277,7 +395,8 @@ impl StageKind for Train {
                 format!("epoch {bad} is outside 0..={epochs}"),
             ));
         }
-        config(params).map(|_| ())
+        check_device(params.str("device").unwrap_or("auto"))
+            .map_err(|m| ParamError::param("device", m))
     }
     fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part> {
         kept(params)
@@ -292,120 +411,6 @@ impl StageKind for Train {
         params.int("threads").unwrap_or(1).max(1) as usize
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
-        let cfg = config(ctx.params).map_err(|e| anyhow::anyhow!(e.message))?;
-        tch::set_num_threads(ctx.threads as i32);
-        let model = ctx.params.str("model").unwrap_or_default().to_string();
-        let data = data::load(ctx.input("dataset")?, ctx.input("labels")?, cfg.device)?;
-        let info = &data.info;
-        cfg.arch
-            .check_input(info.channels as i64, info.height as i64, info.width as i64)
-            .map_err(|m| anyhow::Error::new(crate::stage::BadData(m)))?;
-        let input_keys: Vec<(String, String)> = ctx
-            .inputs
-            .iter()
-            .map(|i| (i.slot.clone(), i.key.clone()))
-            .collect();
-        let keep = kept(ctx.params);
-        let epochs = cfg.epochs;
-        let key_of = |e: i64| checkpoint_key(ctx.params, &input_keys, e);
-        let mut trainer = Trainer::new(cfg.clone(), &data);
-
-        // Resume from the latest stored checkpoint at or before the first kept epoch that
-        // is missing (if none is missing, from the final one: nothing to train).
-        let first_missing = keep
-            .iter()
-            .copied()
-            .find(|&e| ctx.parts.get(&key_of(e)).is_none())
-            .unwrap_or(epochs);
-        let resume = (1..=first_missing)
-            .rev()
-            .find_map(|e| ctx.parts.get(&key_of(e)).map(|d| (e, d)));
-        match resume {
-            Some((e, dir)) => {
-                checkpoint::restore(&dir, &mut trainer)
-                    .with_context(|| format!("resuming from epoch {e}"))?;
-                writeln!(
-                    ctx.log,
-                    "resumed from the checkpoint of epoch {e} ({})",
-                    dir.display()
-                )?;
-            }
-            None => trainer.evaluate_initial(),
-        }
-        let ck_params = |e: i64| serde_json::json!({"epoch": e, "train": ctx.key});
-        let save = |t: &Trainer<'_>| -> Result<()> {
-            let e = t.epoch();
-            if keep.contains(&e) {
-                ctx.parts
-                    .put(&key_of(e), CHECKPOINT_KIND, &ck_params(e), &mut |dir| {
-                        checkpoint::save(dir, t, &model)
-                    })?;
-            }
-            Ok(())
-        };
-        if trainer.epoch() == 0 {
-            save(&trainer)?;
-        }
-        while trainer.epoch() < epochs {
-            let m = trainer.train_epoch().clone();
-            writeln!(
-                ctx.log,
-                "epoch {:>4}  lr {:.5}  train loss {:.4} acc {:.4}  clean {:.4}  corrupted(train) {}  corrupted(true) {}  test loss {:.4} acc {:.4}  {:.2}s",
-                m.epoch,
-                m.lr,
-                m.train_loss,
-                m.train_acc,
-                m.clean_acc,
-                m.corrupted_train_acc
-                    .map_or("-".into(), |a| format!("{a:.4}")),
-                m.corrupted_true_acc
-                    .map_or("-".into(), |a| format!("{a:.4}")),
-                m.test_loss,
-                m.test_acc,
-                m.seconds
-            )?;
-            save(&trainer)?;
-        }
-
-        checkpoint::write_metrics(
-            &ctx.out.join("metrics.parquet"),
-            &trainer.metrics[..=epochs as usize],
-        )?;
-        let refs: Vec<CheckpointRef> = keep
-            .iter()
-            .map(|&e| CheckpointRef {
-                epoch: e,
-                key: key_of(e),
-            })
-            .collect();
-        std::fs::write(
-            ctx.out.join("checkpoints.json"),
-            serde_json::to_vec_pretty(&refs)?,
-        )?;
-        let vars = trainer.net.variables();
-        let layers = trainer
-            .net
-            .layer_names()
-            .into_iter()
-            .map(|name| LayerInfo {
-                variables: vars
-                    .iter()
-                    .filter(|(v, _)| trainer.net.layer_of(v) == Some(name.as_str()))
-                    .map(|(v, _)| v.clone())
-                    .collect(),
-                name,
-            })
-            .collect();
-        let info = ModelInfo {
-            model,
-            input: [info.channels as i64, info.height as i64, info.width as i64],
-            classes: info.classes as i64,
-            layers,
-        };
-        std::fs::write(
-            ctx.out.join("model.json"),
-            serde_json::to_vec_pretty(&info)?,
-        )?;
-        Ok(())
+        crate::worker::run_in_worker("train", ctx)
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod index;
 pub mod lock;
+pub mod parts;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 pub use lock::{Holder, KeyLock};
+pub use parts::Parts;
 
 /// The file in every artifact that describes it.
 pub const MANIFEST: &str = "manifest.json";
@@ -109,6 +111,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// fsyncs a directory so that renames into it are durable.

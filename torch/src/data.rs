@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use arrow::array::{Array, BooleanArray, FixedSizeListArray, Int64Array, UInt8Array};
 use tch::{Device, Kind, Tensor};
 
-use crate::stages::dataset::DatasetInfo;
-use crate::table::read_parquet;
+use pipe::stages::dataset::DatasetInfo;
+use pipe::table::read_parquet;
 
 /// One split: normalized images and labels, on a device.
 pub struct Split {

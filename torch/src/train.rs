@@ -7,9 +7,11 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::data::TrainData;
-use super::models::{Arch, Net};
-use super::optim::{Optimizer, OptimizerConfig, Schedule};
+pub use pipe::stages::train::EpochMetrics;
+
+use crate::data::TrainData;
+use crate::models::{Arch, Net};
+use crate::optim::{Optimizer, OptimizerConfig, Schedule};
 
 /// Everything that defines a training run.
 #[derive(Clone, Debug)]
@@ -32,31 +34,6 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Where to train.
     pub device: Device,
-}
-
-/// One row of `metrics.parquet`: the state after an epoch (epoch 0 = initialization).
-#[derive(Clone, Debug, PartialEq)]
-pub struct EpochMetrics {
-    /// Epoch (0 = before training).
-    pub epoch: i64,
-    /// Learning rate used during the epoch (0 for epoch 0).
-    pub lr: f64,
-    /// Mean loss on the whole training set against the training labels.
-    pub train_loss: f64,
-    /// Accuracy on the whole training set against the training labels.
-    pub train_acc: f64,
-    /// Accuracy on the clean training examples.
-    pub clean_acc: f64,
-    /// Accuracy on the corrupted examples against their training labels (memorization).
-    pub corrupted_train_acc: Option<f64>,
-    /// Accuracy on the corrupted examples against their true labels (generalization).
-    pub corrupted_true_acc: Option<f64>,
-    /// Mean loss on the test set.
-    pub test_loss: f64,
-    /// Accuracy on the test set.
-    pub test_acc: f64,
-    /// Wall-clock seconds of the epoch (training and evaluation); not deterministic.
-    pub seconds: f64,
 }
 
 /// A model being trained, with its optimizer and the metrics so far.
@@ -88,7 +65,7 @@ impl<'a> Trainer<'a> {
         let input = [info.channels as i64, info.height as i64, info.width as i64];
         let net = {
             // libtorch's generator is global: seed and draw the initial weights under a lock.
-            let _guard = super::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(cfg.seed as i64);
             Net::new(&cfg.arch, input, info.classes as i64, cfg.device)
         };

@@ -32,9 +32,6 @@ pub enum Arch {
     Alexnet,
 }
 
-/// Model names accepted by the `model` parameter.
-pub const MODELS: &[&str] = &["mlp", "cnn", "vgg11", "vgg16", "resnet18", "alexnet"];
-
 impl Arch {
     /// The architecture for a `model` name; `hidden` and `batch_norm` as the params give them.
     pub fn from_name(name: &str, hidden: Vec<i64>, batch_norm: bool) -> Option<Arch> {
@@ -90,7 +87,7 @@ impl Net {
     /// Builds the architecture with freshly initialized weights on `device`.
     ///
     /// Initialization draws from libtorch's global generator: seed it first (and hold
-    /// [`crate::ml::TORCH_RNG`] while doing both) for reproducible weights.
+    /// [`crate::TORCH_RNG`] while doing both) for reproducible weights.
     pub fn new(arch: &Arch, input: [i64; 3], classes: i64, device: Device) -> Net {
         let vs = nn::VarStore::new(device);
         let root = vs.root();

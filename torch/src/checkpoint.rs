@@ -1,0 +1,92 @@
+//! Checkpoints: the state of a training run after an epoch, as files.
+//!
+//! A checkpoint folder holds `weights.safetensors` (every variable of the model, named as
+//! in the var store: `fc1.weight`, `conv1.bn.running_mean`), `optimizer.safetensors` (the
+//! optimizer's buffers), `metrics.parquet` (epochs 0..=epoch) and `checkpoint.json`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use pipe::stages::train::{CheckpointInfo, read_metrics, write_metrics};
+use tch::Tensor;
+
+use crate::train::Trainer;
+
+/// Writes the trainer's current state into `dir`.
+pub fn save(dir: &Path, t: &Trainer<'_>, model: &str) -> Result<()> {
+    let cpu = |v: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
+        v.into_iter()
+            .map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous()))
+            .collect()
+    };
+    Tensor::write_safetensors(&cpu(t.net.variables()), dir.join("weights.safetensors"))?;
+    Tensor::write_safetensors(
+        &cpu(t.opt.state(&t.params)),
+        dir.join("optimizer.safetensors"),
+    )?;
+    write_metrics(&dir.join("metrics.parquet"), &t.metrics)?;
+    let info = CheckpointInfo {
+        epoch: t.epoch(),
+        steps: t.opt.steps,
+        model: model.to_string(),
+    };
+    std::fs::write(
+        dir.join("checkpoint.json"),
+        serde_json::to_vec_pretty(&info)?,
+    )?;
+    Ok(())
+}
+
+/// Copies saved weights into a model's variables (names and shapes must match).
+pub fn load_weights(vars: &[(String, Tensor)], file: &Path) -> Result<()> {
+    let saved =
+        Tensor::read_safetensors(file).with_context(|| format!("reading {}", file.display()))?;
+    if saved.len() != vars.len() {
+        bail!(
+            "{} holds {} tensors, the model has {}",
+            file.display(),
+            saved.len(),
+            vars.len()
+        );
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in vars {
+            let (_, t) = saved
+                .iter()
+                .find(|(n, _)| n == name)
+                .with_context(|| format!("{} lacks {name}", file.display()))?;
+            if t.size() != var.size() {
+                bail!(
+                    "{name}: saved shape {:?}, model shape {:?}",
+                    t.size(),
+                    var.size()
+                );
+            }
+            var.shallow_clone().copy_(t);
+        }
+        Ok(())
+    })
+}
+
+/// Restores a trainer to the state saved in `dir`.
+pub fn restore(dir: &Path, t: &mut Trainer<'_>) -> Result<()> {
+    let info: CheckpointInfo =
+        serde_json::from_slice(&std::fs::read(dir.join("checkpoint.json"))?)?;
+    load_weights(&t.net.variables(), &dir.join("weights.safetensors"))?;
+    let state = Tensor::read_safetensors(dir.join("optimizer.safetensors"))?;
+    let state: Vec<(String, Tensor)> = state
+        .into_iter()
+        .map(|(n, s)| (n, s.to_device(t.cfg.device)))
+        .collect();
+    t.opt.load_state(&t.params, &state, info.steps)?;
+    t.metrics = read_metrics(&dir.join("metrics.parquet"))?;
+    if t.epoch() != info.epoch {
+        bail!(
+            "{}: metrics end at epoch {}, checkpoint says {}",
+            dir.display(),
+            t.epoch(),
+            info.epoch
+        );
+    }
+    Ok(())
+}
