@@ -1,0 +1,214 @@
+//! Training throughput: `pipe`'s train stage against the same training in PyTorch, and
+//! against its own bare training loop (no engine, no checkpoints), on Fashion-MNIST.
+//!
+//! `cargo bench -p pipe-torch --bench train` (after `cargo build --release --workspace`, with
+//! the virtualenv's python3 on PATH: `source scripts/env.sh`). `PIPE_BENCH_SCALE=0.2` runs
+//! a smaller version. Prints examples/s for each and the ratios against the goals:
+//! pipe / PyTorch >= 1.0, and pipe's overhead over the bare loop < 3% of wall time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use pipe_torch::data;
+use pipe_torch::models::Arch;
+use pipe_torch::optim::{OptimizerConfig, Schedule};
+use pipe_torch::train::{TrainConfig, Trainer};
+use serde_json::Value as Json;
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn main() {
+    let scale: f64 = std::env::var("PIPE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let pipe_bin = repo.join("target/release/pipe");
+    if !pipe_bin.exists() || !repo.join("target/release/pipe-torch").exists() {
+        eprintln!("build first: cargo build --release --workspace");
+        std::process::exit(1);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n_train = ((10_000.0 * scale) as usize).max(100);
+    let batch = 128;
+    let (e_mlp, e_cnn) = (
+        ((15.0 * scale) as i64).max(2),
+        ((3.0 * scale) as i64).max(1),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bench.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[pipeline]
+name = "train-bench"
+[stage.data]
+kind = "dataset"
+source = "fashion-mnist"
+train_size = {n_train}
+test_size = 2000
+[stage.corrupt]
+kind = "corrupt"
+inputs = ["data"]
+fraction = 0.0
+[stage.train_mlp]
+kind = "train"
+inputs = ["data", "corrupt"]
+model = "mlp"
+hidden = [512, 512]
+epochs = {e_mlp}
+batch_size = {batch}
+lr = 0.05
+device = "cpu"
+threads = {threads}
+checkpoints = [0]
+[stage.train_cnn]
+kind = "train"
+inputs = ["data", "corrupt"]
+model = "cnn"
+epochs = {e_cnn}
+batch_size = {batch}
+lr = 0.05
+device = "cpu"
+threads = {threads}
+checkpoints = [0]
+"#
+        ),
+    )
+    .expect("write pipeline");
+    let cache = dir.path().join("cache");
+    let pipe = |args: &[&str]| -> Json {
+        let mut c = Command::new(&pipe_bin);
+        c.args(args)
+            .arg(&file)
+            .arg("--cache")
+            .arg(&cache)
+            .arg("--json");
+        serde_json::from_slice(&run(&mut c)).expect("json")
+    };
+    pipe(&["run", "--only", "corrupt"]);
+    let status = pipe(&["status"]);
+    let key = |stage: &str| -> String {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == stage)
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let art = |k: &str| -> PathBuf { cache.join("artifacts").join(k) };
+    let (data_dir, labels_dir) = (art(&key("data")), art(&key("corrupt")));
+
+    println!(
+        "training throughput on Fashion-MNIST ({n_train} train, 2000 test examples), batch {batch}, {threads} threads, CPU"
+    );
+    println!(
+        "{:<6} {:>6} {:>14} {:>14} {:>14} {:>13} {:>15}",
+        "model",
+        "epochs",
+        "pipe ex/s",
+        "PyTorch ex/s",
+        "bare loop ex/s",
+        "pipe/PyTorch",
+        "pipe overhead"
+    );
+    for (model, epochs) in [("mlp", e_mlp), ("cnn", e_cnn)] {
+        // pipe: the train instance end to end (process start, plan, worker, checkpoints).
+        let t0 = Instant::now();
+        pipe(&["run", "--only", &format!("train_{model}")]);
+        let pipe_wall = t0.elapsed().as_secs_f64();
+        let metrics = pipe::stages::train::read_metrics(
+            &art(&key(&format!("train_{model}"))).join("metrics.parquet"),
+        )
+        .expect("metrics");
+        let pipe_loop: f64 = metrics
+            .iter()
+            .filter(|m| m.epoch > 0)
+            .map(|m| m.seconds)
+            .sum();
+
+        // The bare loop in this process: load, initialize, evaluate epoch 0, train.
+        tch::set_num_threads(threads as i32);
+        let t0 = Instant::now();
+        let d = data::load(&data_dir, &labels_dir, tch::Device::Cpu).expect("load");
+        let cfg = TrainConfig {
+            arch: Arch::from_name(model, vec![512, 512], false).expect("model"),
+            epochs,
+            batch_size: batch,
+            optimizer: OptimizerConfig::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            lr: 0.05,
+            schedule: Schedule::Constant,
+            augment: false,
+            seed: 0,
+            device: tch::Device::Cpu,
+        };
+        let mut t = Trainer::new(cfg, &d);
+        t.evaluate_initial();
+        let mut bare_loop = 0.0;
+        for _ in 0..epochs {
+            bare_loop += t.train_epoch().seconds;
+        }
+        let bare_wall = t0.elapsed().as_secs_f64();
+
+        // PyTorch on the same Parquet inputs.
+        let out = run(Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/train_torch.py"))
+            .args([
+                "--data",
+                data_dir.to_str().unwrap(),
+                "--labels",
+                labels_dir.to_str().unwrap(),
+            ])
+            .args([
+                "--model",
+                model,
+                "--epochs",
+                &epochs.to_string(),
+                "--batch",
+                &batch.to_string(),
+            ])
+            .args(["--threads", &threads.to_string()]));
+        let py: Json = serde_json::from_slice(&out).expect("json from python");
+        let py_loop: f64 = py["seconds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Json::as_f64)
+            .sum();
+
+        let ex = (n_train as i64 * epochs) as f64;
+        let overhead = (pipe_wall - bare_wall) / pipe_wall;
+        println!(
+            "{model:<6} {epochs:>6} {:>14.0} {:>14.0} {:>14.0} {:>12.2}x {:>14.1}%",
+            ex / pipe_loop,
+            ex / py_loop,
+            ex / bare_loop,
+            py_loop / pipe_loop,
+            overhead * 100.0
+        );
+        println!(
+            "       wall: pipe instance {pipe_wall:.2}s (loop {pipe_loop:.2}s), bare {bare_wall:.2}s (loop {bare_loop:.2}s), PyTorch loop {py_loop:.2}s"
+        );
+    }
+    println!("goals: pipe/PyTorch >= 1.00x; pipe overhead over the bare loop < 3% of wall time");
+}
