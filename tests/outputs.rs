@@ -227,3 +227,24 @@ test_size = 100
         "{stderr}"
     );
 }
+
+#[test]
+fn nightly_sweep_plans_every_branch() {
+    let p = Project::new();
+    let file = repo().join("pipelines/sweep.toml");
+    let (code, r) = p.run(file.to_str().unwrap(), &["--dry-run"]);
+    assert_eq!(code, 0, "{r}");
+    let count_of = |stage: &str| {
+        r["would_run"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["stage"] == stage)
+            .count()
+    };
+    // One data set; 5 noise levels x 3 seeds of everything else.
+    assert_eq!(count_of("data"), 1);
+    for stage in ["corrupt", "summary", "train_mlp", "train_cnn"] {
+        assert_eq!(count_of(stage), 15, "{stage}");
+    }
+}
