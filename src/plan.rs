@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Loc};
 use crate::spec::{Spec, node, template};
-use crate::stage::{CheckEnv, Params, Presence};
+use crate::stage::{CheckEnv, InputInfo, Params, Presence};
 
 /// Version of the key encoding itself; bumping it changes every key.
 pub const KEY_SCHEMA: u32 = 1;
@@ -175,15 +175,6 @@ impl Plan {
             }
             let d: Vec<usize> = d.into_iter().collect();
             let mut map: HashMap<Vec<usize>, NodeIndex> = HashMap::new();
-            let input_kinds: Vec<(String, &'static str)> = stage
-                .inputs
-                .iter()
-                .map(|r| (r.slot.clone(), spec.stages[r.index].kind.name()))
-                .collect();
-            let env = CheckEnv {
-                base_dir: &spec.base_dir,
-                inputs: &input_kinds,
-            };
             for point in &sweep.points {
                 let proj: Vec<usize> = d.iter().map(|&v| point[v]).collect();
                 if map.contains_key(&proj) {
@@ -225,7 +216,29 @@ impl Plan {
                     }
                     params.insert(p.name.to_string(), v);
                 }
+                let mut inputs = Vec::with_capacity(stage.inputs.len());
+                let mut input_keys = Vec::with_capacity(stage.inputs.len());
+                for r in &stage.inputs {
+                    let up_proj: Vec<usize> = deps[r.index].iter().map(|&v| point[v]).collect();
+                    let up = by_point[r.index][&up_proj];
+                    input_keys.push((r.slot.clone(), graph[up].key.clone()));
+                    inputs.push((r.slot.clone(), up));
+                }
                 let params = Params(params);
+                let upstream: Vec<InputInfo<'_>> = stage
+                    .inputs
+                    .iter()
+                    .zip(&inputs)
+                    .map(|(r, (slot, up))| InputInfo {
+                        slot: slot.clone(),
+                        kind: spec.stages[r.index].kind.name(),
+                        params: &graph[*up].params,
+                    })
+                    .collect();
+                let env = CheckEnv {
+                    base_dir: &spec.base_dir,
+                    inputs: &upstream,
+                };
                 stage.kind.check(&params, &env).map_err(|e| {
                     let (loc, path) = param_loc(stage, e.param);
                     let at_point = if point_json.is_empty() {
@@ -252,14 +265,7 @@ impl Plan {
                     files.push((f.name, h));
                 }
                 files.sort();
-                let mut inputs = Vec::with_capacity(stage.inputs.len());
-                let mut input_keys = Vec::with_capacity(stage.inputs.len());
-                for r in &stage.inputs {
-                    let up_proj: Vec<usize> = deps[r.index].iter().map(|&v| point[v]).collect();
-                    let up = by_point[r.index][&up_proj];
-                    input_keys.push((r.slot.clone(), graph[up].key.clone()));
-                    inputs.push((r.slot.clone(), up));
-                }
+                drop(upstream);
                 let key = compute_key(
                     stage.kind.name(),
                     stage.kind.version(),

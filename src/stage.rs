@@ -283,8 +283,25 @@ impl ParamError {
 pub struct CheckEnv<'a> {
     /// The directory relative paths in the pipeline file are resolved against.
     pub base_dir: &'a Path,
-    /// Each input slot and the kind of the stage that fills it.
-    pub inputs: &'a [(String, &'static str)],
+    /// Each input: its slot, and the kind and resolved parameters of the instance filling it.
+    pub inputs: &'a [InputInfo<'a>],
+}
+
+/// What a stage kind's checks may know about one input instance.
+pub struct InputInfo<'a> {
+    /// The slot it fills.
+    pub slot: String,
+    /// The upstream stage's kind.
+    pub kind: &'static str,
+    /// The upstream instance's resolved parameters.
+    pub params: &'a Params,
+}
+
+impl CheckEnv<'_> {
+    /// The input filling `slot`.
+    pub fn input(&self, slot: &str) -> Option<&InputInfo<'_>> {
+        self.inputs.iter().find(|i| i.slot == slot)
+    }
 }
 
 /// A file whose content is hashed into an instance's key.

@@ -4,28 +4,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use serde_json::Value as Json;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a Python snippet and parses its stdout as JSON.
-fn python(code: &str) -> Json {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .output()
-        .expect("python3 on PATH (run tests via scripts/test)");
-    assert!(
-        out.status.success(),
-        "python failed (are duckdb and polars installed? run scripts/setup):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn artifact(cache: &Path, key: &Json) -> PathBuf {
@@ -43,6 +27,9 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
     assert_eq!(of_stage(&r, "executed", "corrupt").len(), 4);
     assert_eq!(of_stage(&r, "executed", "summary").len(), 4);
     assert_eq!(of_stage(&r, "executed", "train").len(), 4);
+    for stage in ["activations", "probe", "gradnorm", "rollback"] {
+        assert_eq!(of_stage(&r, "executed", stage).len(), 4, "{stage}");
+    }
 
     let data = artifact(&p.cache(), &of_stage(&r, "executed", "data")[0]["key"]);
     // 2,000 train and 1,000 test examples, class-balanced: 200 and 100 per class.
@@ -133,7 +120,7 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
     let (code, r) = p.run(file, &[]);
     assert_eq!(code, 0);
     assert_eq!(count(&r, "executed"), 0);
-    assert_eq!(count(&r, "cached"), 13);
+    assert_eq!(count(&r, "cached"), 29);
 }
 
 #[test]
@@ -244,7 +231,20 @@ fn nightly_sweep_plans_every_branch() {
     };
     // One data set; 5 noise levels x 3 seeds of everything else.
     assert_eq!(count_of("data"), 1);
-    for stage in ["corrupt", "summary", "train_mlp", "train_cnn"] {
+    for stage in [
+        "corrupt",
+        "summary",
+        "train_mlp",
+        "train_cnn",
+        "activations_mlp",
+        "probe_mlp",
+        "gradnorm_mlp",
+        "rollback_mlp",
+        "activations_cnn",
+        "probe_cnn",
+        "gradnorm_cnn",
+        "rollback_cnn",
+    ] {
         assert_eq!(count_of(stage), 15, "{stage}");
     }
 }

@@ -3,24 +3,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use serde_json::Value as Json;
-
-fn python(code: &str) -> Json {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .output()
-        .expect("python3 on PATH (run tests via scripts/test)");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn pipeline(noise: &[f64], epochs: i64, checkpoints: &str) -> String {
     format!(

@@ -1,8 +1,10 @@
 //! The stage kinds `pipe` ships, each in its own file, and the registry of them.
 
+pub mod analysis;
 pub mod corrupt;
 pub mod dataset;
 pub mod exec;
+pub mod probe;
 pub mod train;
 
 use crate::stage::Registry;
@@ -14,5 +16,9 @@ pub fn registry() -> Registry {
         &dataset::Dataset,
         &corrupt::Corrupt,
         &train::Train,
+        &analysis::Activations,
+        &analysis::GradNorm,
+        &analysis::Rollback,
+        &probe::Probe,
     ])
 }

@@ -414,3 +414,55 @@ impl StageKind for Train {
         crate::worker::run_in_worker("train", ctx)
     }
 }
+
+/// The layer names of the model the train parameters describe (`input` first), as the
+/// models in `pipe-torch` name them (a test there checks the two agree).
+pub fn layer_names(params: &Params) -> Vec<String> {
+    let mut names = vec!["input".to_string()];
+    fn numbered(prefix: &'static str, n: usize) -> impl Iterator<Item = String> {
+        (1..=n).map(move |i| format!("{prefix}{i}"))
+    }
+    match params.str("model").unwrap_or_default() {
+        "mlp" => {
+            let hidden = params
+                .get("hidden")
+                .and_then(Json::as_array)
+                .map_or(0, Vec::len);
+            names.extend(numbered("fc", hidden));
+        }
+        "cnn" => names.extend(["conv1", "conv2", "fc1"].map(String::from)),
+        "vgg11" => names.extend(numbered("conv", 8)),
+        "vgg16" => names.extend(numbered("conv", 13)),
+        "resnet18" => {
+            names.push("conv1".into());
+            for stage in 1..=4 {
+                names.extend((0..2).map(|b| format!("layer{stage}.{b}")));
+            }
+        }
+        "alexnet" => names.extend(["conv1", "conv2", "fc1", "fc2"].map(String::from)),
+        _ => {}
+    }
+    names.push("logits".into());
+    names
+}
+
+/// Checks a downstream `epochs`-style value (an epoch or `"final"`) against the epochs a
+/// train instance keeps.
+pub fn check_epoch(which: &Json, train: &Params) -> Result<(), String> {
+    match which {
+        Json::String(s) if s == "final" => Ok(()),
+        v => {
+            let keep = kept(train);
+            match v.as_i64() {
+                Some(e) if keep.contains(&e) => Ok(()),
+                _ => Err(format!(
+                    "the train stage keeps no checkpoint {v}; it keeps epochs {} (and \"final\"); add the epoch to its `checkpoints`",
+                    keep.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+    }
+}

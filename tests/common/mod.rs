@@ -115,6 +115,21 @@ impl Project {
     }
 }
 
+/// Runs a Python snippet with the virtualenv's python3 and parses its stdout as JSON.
+pub fn python(code: &str) -> Json {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .output()
+        .expect("python3 on PATH (run the tests with scripts/test)");
+    assert!(
+        out.status.success(),
+        "python failed (are duckdb, polars, torch installed? run scripts/setup):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Items of one list in a run report that belong to `stage`.
 pub fn of_stage<'a>(report: &'a Json, list: &str, stage: &str) -> Vec<&'a Json> {
     report[list]

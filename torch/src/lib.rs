@@ -4,13 +4,17 @@
 //! The engine never links this crate: `pipe` hands instances of libtorch stage kinds to the
 //! `pipe-torch` binary (see `pipe::worker`), which calls [`run_job`].
 
+pub mod activations_stage;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod gradnorm_stage;
 pub mod models;
 pub mod optim;
+pub mod rollback_stage;
 pub mod train;
 pub mod train_stage;
+pub mod trained;
 
 use anyhow::{Result, bail};
 use pipe::stage::{Params, RunContext};
@@ -41,6 +45,9 @@ pub fn run_job(job: Job) -> Result<()> {
     };
     match job.kind.as_str() {
         "train" => train_stage::run(&mut ctx),
+        "activations" => activations_stage::run(&mut ctx),
+        "gradnorm" => gradnorm_stage::run(&mut ctx),
+        "rollback" => rollback_stage::run(&mut ctx),
         other => bail!("the worker has no stage kind `{other}`"),
     }
 }

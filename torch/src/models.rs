@@ -202,6 +202,14 @@ fn mlp(root: &nn::Path, input: [i64; 3], hidden: &[i64], classes: i64) -> Vec<La
     layers
 }
 
+/// Flatten, then a linear layer and ReLU: the first fully connected block after convs.
+fn flat_dense_relu(p: nn::Path, cin: i64, cout: i64) -> nn::SequentialT {
+    nn::seq_t()
+        .add_fn(|x| x.flatten(1, -1))
+        .add(nn::linear(p, cin, cout, Default::default()))
+        .add_fn(|x| x.relu())
+}
+
 fn conv3(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
     nn::conv2d(
         p,
@@ -229,18 +237,7 @@ fn cnn(root: &nn::Path, channels: i64, classes: i64) -> Vec<Layer> {
                 .add(conv3(root / "conv2", 32, 64))
                 .add_fn(|x| x.relu().max_pool2d_default(2)),
         ),
-        layer(
-            "fc1",
-            nn::seq_t()
-                .add_fn(|x| x.flatten(1, -1))
-                .add(nn::linear(
-                    root / "fc1",
-                    64 * 7 * 7,
-                    128,
-                    Default::default(),
-                ))
-                .add_fn(|x| x.relu()),
-        ),
+        layer("fc1", flat_dense_relu(root / "fc1", 64 * 7 * 7, 128)),
         layer(
             "logits",
             nn::seq_t().add(nn::linear(
@@ -438,18 +435,7 @@ fn alexnet(root: &nn::Path, classes: i64) -> Vec<Layer> {
             "conv2",
             nn::seq_t().add(conv5(root / "conv2", 64, 64)).add_fn(pool),
         ),
-        layer(
-            "fc1",
-            nn::seq_t()
-                .add_fn(|x| x.flatten(1, -1))
-                .add(nn::linear(
-                    root / "fc1",
-                    64 * 8 * 8,
-                    384,
-                    Default::default(),
-                ))
-                .add_fn(|x| x.relu()),
-        ),
+        layer("fc1", flat_dense_relu(root / "fc1", 64 * 8 * 8, 384)),
         layer(
             "fc2",
             nn::seq_t()
@@ -474,7 +460,10 @@ mod tests {
     use tch::Kind;
 
     fn shapes(arch: Arch, input: [i64; 3]) -> Vec<(String, Vec<i64>)> {
-        let net = Net::new(&arch, input, 10, Device::Cpu);
+        let net = {
+            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            Net::new(&arch, input, 10, Device::Cpu)
+        };
         let x = Tensor::zeros(
             [2, input[0], input[1], input[2]],
             (Kind::Float, Device::Cpu),
@@ -532,8 +521,41 @@ mod tests {
     }
 
     #[test]
+    fn layer_names_agree_with_the_engine_side_list() {
+        let cases: [(&str, [i64; 3]); 6] = [
+            ("mlp", [1, 28, 28]),
+            ("cnn", [1, 28, 28]),
+            ("vgg11", [3, 32, 32]),
+            ("vgg16", [3, 32, 32]),
+            ("resnet18", [3, 32, 32]),
+            ("alexnet", [3, 32, 32]),
+        ];
+        for (model, input) in cases {
+            let params = pipe::stage::Params(
+                serde_json::json!({"model": model, "hidden": [7, 5, 3]})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            );
+            let arch = Arch::from_name(model, vec![7, 5, 3], false).unwrap();
+            let net = {
+                let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+                Net::new(&arch, input, 10, Device::Cpu)
+            };
+            assert_eq!(
+                net.layer_names(),
+                pipe::stages::train::layer_names(&params),
+                "{model}"
+            );
+        }
+    }
+
+    #[test]
     fn every_variable_belongs_to_one_layer() {
-        let net = Net::new(&Arch::Resnet18, [3, 32, 32], 10, Device::Cpu);
+        let net = {
+            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            Net::new(&Arch::Resnet18, [3, 32, 32], 10, Device::Cpu)
+        };
         for (name, _) in net.variables() {
             let l = net
                 .layer_of(&name)

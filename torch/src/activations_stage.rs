@@ -1,0 +1,346 @@
+//! The `activations` stage's work: pick the probe set, run it through each chosen
+//! checkpoint, store every layer's features (projected when wide).
+//!
+//! Output: `probe_set.parquet` (`example, index, true_label, train_label, corrupted`),
+//! `epoch=E/LAYER.parquet` (`example`, `features` = fixed-size list of f32) and
+//! `activations.json` (epochs, layers with their widths, P, M).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use arrow::array::{
+    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use pipe::stage::{BadData, RunContext};
+use pipe::table::write_parquet;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use tch::{Device, Kind, Tensor};
+
+use crate::device;
+use crate::trained::{TrainedRun, to_bool, to_i64};
+
+/// What `activations.json` records.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActivationsInfo {
+    /// The epochs stored, in the order requested (`"final"` resolved).
+    pub epochs: Vec<i64>,
+    /// Layers stored, with widths.
+    pub layers: Vec<LayerFeatures>,
+    /// Number of classes P.
+    pub classes: usize,
+    /// Examples per class and group, M.
+    pub per_class: usize,
+    /// Clean examples in the probe set.
+    pub clean: usize,
+    /// Corrupted examples in the probe set.
+    pub corrupted: usize,
+}
+
+/// One stored layer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LayerFeatures {
+    /// Layer name.
+    pub name: String,
+    /// Stored features per example.
+    pub features: usize,
+    /// Features before projection.
+    pub original_features: usize,
+}
+
+/// Chooses the probe set: for each of the first P classes, M clean examples of that class
+/// and M corrupted examples whose training label is that class (none without corruption).
+pub fn choose_probe_set(
+    true_labels: &[i64],
+    train_labels: &[i64],
+    corrupted: &[bool],
+    classes: usize,
+    per_class: usize,
+    seed: u64,
+) -> Result<Vec<usize>, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let any_corrupted = corrupted.iter().any(|&c| c);
+    let mut out = Vec::new();
+    for (group, wanted) in [(false, true), (true, any_corrupted)] {
+        if !wanted {
+            continue;
+        }
+        for c in 0..classes as i64 {
+            let mut pool: Vec<usize> = (0..true_labels.len())
+                .filter(|&i| corrupted[i] == group && train_labels[i] == c)
+                .collect();
+            if pool.len() < per_class {
+                let what = if group {
+                    "corrupted examples with training label"
+                } else {
+                    "clean examples of class"
+                };
+                return Err(format!(
+                    "per_class = {per_class}, but there are only {} {what} {c}; lower per_class",
+                    pool.len()
+                ));
+            }
+            pool.shuffle(&mut rng);
+            out.extend_from_slice(&pool[..per_class]);
+        }
+        let _ = true_labels;
+    }
+    Ok(out)
+}
+
+/// Projects `x` (`[n, d]`) to `k` features with a seeded Gaussian matrix scaled by 1/sqrt(k),
+/// generated in blocks of input features so that wide layers fit in memory. The same seed
+/// gives the same projection, whatever the batch.
+fn project(x: &Tensor, k: i64, seed: u64) -> Tensor {
+    let d = x.size()[1];
+    let block = 2048;
+    let mut out = Tensor::zeros([x.size()[0], k], (Kind::Float, x.device()));
+    let mut start = 0;
+    let mut b = 0u64;
+    while start < d {
+        let len = block.min(d - start);
+        let r = {
+            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(
+                (seed.wrapping_mul(1_000_003).wrapping_add(b) & 0x7fff_ffff_ffff_ffff) as i64,
+            );
+            Tensor::randn([len, k], (Kind::Float, Device::Cpu))
+        }
+        .to_device(x.device());
+        out += x.narrow(1, start, len).matmul(&r);
+        start += len;
+        b += 1;
+    }
+    out / (k as f64).sqrt()
+}
+
+fn features_batch(features: &Tensor) -> Result<RecordBatch> {
+    let f = features
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
+    let (n, d) = (f.size()[0], f.size()[1]);
+    let values = Vec::<f32>::try_from(f.view([-1]))?;
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let list = FixedSizeListArray::try_new(
+        item.clone(),
+        d as i32,
+        Arc::new(Float32Array::from(values)),
+        None,
+    )?;
+    let schema = Schema::new(vec![
+        Field::new("example", DataType::Int64, false),
+        Field::new("features", DataType::FixedSizeList(item, d as i32), false),
+    ]);
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![Arc::new(Int64Array::from_iter_values(0..n)), Arc::new(list)],
+    )?)
+}
+
+/// Runs one `activations` instance.
+pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
+    let p = ctx.params;
+    tch::set_num_threads(ctx.threads as i32);
+    let device = device::resolve(p.str("device").unwrap_or("auto")).map_err(anyhow::Error::msg)?;
+    let run = TrainedRun::load(ctx, device)?;
+    let classes = p
+        .int("classes")
+        .map_or(run.data.info.classes, |c| c as usize);
+    if classes > run.data.info.classes {
+        bail!(BadData(format!(
+            "classes = {classes}, but the data set has {}",
+            run.data.info.classes
+        )));
+    }
+    let per_class = p.int("per_class").unwrap_or(50) as usize;
+    let seed = p.int("seed").unwrap_or(0) as u64;
+    let true_labels = to_i64(&run.data.train_true)?;
+    let train_labels = to_i64(&run.data.train.y)?;
+    let corrupted = to_bool(&run.data.corrupted)?;
+    let chosen = choose_probe_set(
+        &true_labels,
+        &train_labels,
+        &corrupted,
+        classes,
+        per_class,
+        seed,
+    )
+    .map_err(|m| anyhow::Error::new(BadData(m)))?;
+    let n_corrupted = chosen.iter().filter(|&&i| corrupted[i]).count();
+    writeln!(
+        ctx.log,
+        "probe set: {} examples ({} corrupted), P = {classes}, M = {per_class}",
+        chosen.len(),
+        n_corrupted
+    )?;
+
+    let schema = Schema::new(vec![
+        Field::new("example", DataType::Int64, false),
+        Field::new("index", DataType::Int64, false),
+        Field::new("true_label", DataType::Int64, false),
+        Field::new("train_label", DataType::Int64, false),
+        Field::new("corrupted", DataType::Boolean, false),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..chosen.len() as i64)),
+        Arc::new(Int64Array::from_iter_values(
+            chosen.iter().map(|&i| i as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            chosen.iter().map(|&i| true_labels[i]),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            chosen.iter().map(|&i| train_labels[i]),
+        )),
+        Arc::new(BooleanArray::from(
+            chosen.iter().map(|&i| corrupted[i]).collect::<Vec<_>>(),
+        )),
+    ];
+    write_parquet(
+        &ctx.out.join("probe_set.parquet"),
+        &RecordBatch::try_new(Arc::new(schema), cols)?,
+    )?;
+
+    let idx =
+        Tensor::from_slice(&chosen.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
+    let x = run.data.train.x.index_select(0, &idx);
+    let wanted: Option<Vec<String>> = match p.get("layers") {
+        Some(Json::Array(a)) => Some(
+            a.iter()
+                .filter_map(|l| l.as_str().map(str::to_string))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let max_features = p.int("max_features").unwrap_or(5000);
+    let epochs_param = match p.get("epochs") {
+        Some(Json::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    let mut epochs = Vec::new();
+    let mut layers_info: Vec<LayerFeatures> = Vec::new();
+    for which in &epochs_param {
+        let ck = run.checkpoint(which)?;
+        if epochs.contains(&ck.epoch) {
+            continue;
+        }
+        epochs.push(ck.epoch);
+        let net = run.net_at(&ck)?;
+        let dir = ctx.out.join(format!("epoch={}", ck.epoch));
+        std::fs::create_dir_all(&dir)?;
+        // Layer outputs for the whole probe set, in batches.
+        let mut per_layer: Vec<(String, Vec<Tensor>)> = Vec::new();
+        let n = x.size()[0];
+        let mut start = 0;
+        while start < n {
+            let len = 500.min(n - start);
+            let outs = tch::no_grad(|| net.forward_layers(&x.narrow(0, start, len)));
+            for (li, (name, t)) in outs.into_iter().enumerate() {
+                if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
+                    continue;
+                }
+                let flat = t.flatten(1, -1);
+                match per_layer.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, v)) => v.push(flat),
+                    None => {
+                        let _ = li;
+                        per_layer.push((name, vec![flat]));
+                    }
+                }
+            }
+            start += len;
+        }
+        for (li, (name, parts)) in per_layer.into_iter().enumerate() {
+            let feats = Tensor::cat(&parts, 0);
+            let d = feats.size()[1];
+            let stored = if d > max_features {
+                project(&feats, max_features, seed.wrapping_add(1 + li as u64))
+            } else {
+                feats
+            };
+            write_parquet(
+                &dir.join(format!("{name}.parquet")),
+                &features_batch(&stored)?,
+            )?;
+            if !layers_info.iter().any(|l| l.name == name) {
+                layers_info.push(LayerFeatures {
+                    name,
+                    features: stored.size()[1] as usize,
+                    original_features: d as usize,
+                });
+            }
+        }
+        writeln!(
+            ctx.log,
+            "epoch {}: {} layers stored",
+            ck.epoch,
+            layers_info.len()
+        )?;
+    }
+    let info = ActivationsInfo {
+        epochs,
+        layers: layers_info,
+        classes,
+        per_class,
+        clean: chosen.len() - n_corrupted,
+        corrupted: n_corrupted,
+    };
+    std::fs::write(
+        ctx.out.join("activations.json"),
+        serde_json::to_vec_pretty(&info)?,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_set_has_m_clean_and_m_corrupted_per_class() {
+        let n = 400;
+        let truth: Vec<i64> = (0..n).map(|i| i % 4).collect();
+        let corrupted: Vec<bool> = (0..n).map(|i| i % 5 == 0).collect();
+        let train: Vec<i64> = (0..n)
+            .map(|i| {
+                if i % 5 == 0 {
+                    (truth[i as usize] + 1) % 4
+                } else {
+                    truth[i as usize]
+                }
+            })
+            .collect();
+        let chosen = choose_probe_set(&truth, &train, &corrupted, 3, 5, 1).unwrap();
+        assert_eq!(chosen.len(), 2 * 3 * 5);
+        for c in 0..3 {
+            assert_eq!(
+                chosen
+                    .iter()
+                    .filter(|&&i| !corrupted[i] && train[i] == c)
+                    .count(),
+                5
+            );
+            assert_eq!(
+                chosen
+                    .iter()
+                    .filter(|&&i| corrupted[i] && train[i] == c)
+                    .count(),
+                5
+            );
+        }
+        assert!(choose_probe_set(&truth, &train, &corrupted, 3, 50, 1).is_err());
+        // Projection: same seed, same matrix; the scale keeps norms about equal.
+        let x = Tensor::randn([4, 3000], (Kind::Float, Device::Cpu));
+        let a = project(&x, 1000, 9);
+        let b = project(&x, 1000, 9);
+        assert!(a.equal(&b));
+        let ratio = a.norm().double_value(&[]) / x.norm().double_value(&[]);
+        assert!((0.9..1.1).contains(&ratio), "{ratio}");
+    }
+}

@@ -1,0 +1,163 @@
+//! A finished train instance as the analysis stages see it: its data, its checkpoints, and
+//! networks rebuilt at any kept epoch.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use pipe::stage::{Params, RunContext};
+use pipe::stages::train::{self, CheckpointRef};
+use pipe::store::Manifest;
+use serde_json::Value as Json;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::load_weights;
+use crate::data::{self, TrainData};
+use crate::models::{Arch, Net};
+
+/// A train artifact, its inputs loaded.
+pub struct TrainedRun {
+    /// The train instance's parameters (those in its key).
+    pub params: Params,
+    /// Its architecture.
+    pub arch: Arch,
+    /// Its training and test data.
+    pub data: TrainData,
+    /// The train artifact's folder.
+    pub dir: PathBuf,
+    /// Where checkpoints and inputs are found.
+    parts: pipe::store::Parts,
+    /// The device to analyse on.
+    pub device: Device,
+}
+
+impl TrainedRun {
+    /// Loads the `train` input of a running analysis instance.
+    pub fn load(ctx: &RunContext<'_>, device: Device) -> Result<TrainedRun> {
+        let dir = ctx.input("train")?.to_path_buf();
+        let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)
+            .context("reading the train artifact's manifest")?;
+        let params = Params(manifest.params.as_object().cloned().unwrap_or_default());
+        let input = |slot: &str| -> Result<PathBuf> {
+            let key = manifest
+                .inputs
+                .get(slot)
+                .with_context(|| format!("the train artifact has no `{slot}` input"))?;
+            ctx.parts.get(key).with_context(|| {
+                format!(
+                    "the train run's `{slot}` input ({}) is not in the cache",
+                    &key[..12]
+                )
+            })
+        };
+        let data = data::load(&input("dataset")?, &input("labels")?, device)?;
+        let hidden = params
+            .get("hidden")
+            .and_then(Json::as_array)
+            .map(|a| a.iter().filter_map(Json::as_i64).collect())
+            .unwrap_or_default();
+        let model = params.str("model").unwrap_or_default().to_string();
+        let arch = Arch::from_name(&model, hidden, params.bool("batch_norm").unwrap_or(false))
+            .with_context(|| format!("unknown model {model}"))?;
+        Ok(TrainedRun {
+            params,
+            arch,
+            data,
+            dir,
+            parts: ctx.parts.clone(),
+            device,
+        })
+    }
+
+    /// The checkpoint for an epoch or `"final"`.
+    pub fn checkpoint(&self, which: &Json) -> Result<CheckpointRef> {
+        train::find(&self.dir, which)
+    }
+
+    /// The folder of a checkpoint artifact.
+    pub fn checkpoint_dir(&self, c: &CheckpointRef) -> Result<PathBuf> {
+        self.parts.get(&c.key).with_context(|| {
+            format!(
+                "the checkpoint of epoch {} ({}) is not in the cache; rerun the train stage",
+                c.epoch,
+                &c.key[..12]
+            )
+        })
+    }
+
+    /// A network with the weights of a checkpoint.
+    pub fn net_at(&self, c: &CheckpointRef) -> Result<Net> {
+        let info = &self.data.info;
+        let net = Net::new(
+            &self.arch,
+            [info.channels as i64, info.height as i64, info.width as i64],
+            info.classes as i64,
+            self.device,
+        );
+        load_weights(
+            &net.variables(),
+            &self.checkpoint_dir(c)?.join("weights.safetensors"),
+        )?;
+        Ok(net)
+    }
+
+    /// The weights of a checkpoint as named tensors on the device.
+    pub fn weights(&self, c: &CheckpointRef) -> Result<Vec<(String, Tensor)>> {
+        let file = self.checkpoint_dir(c)?.join("weights.safetensors");
+        Ok(Tensor::read_safetensors(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(self.device)))
+            .collect())
+    }
+}
+
+/// A 1-D tensor as a vector of i64.
+pub fn to_i64(t: &Tensor) -> Result<Vec<i64>> {
+    Ok(Vec::<i64>::try_from(
+        t.to_kind(Kind::Int64).to_device(Device::Cpu),
+    )?)
+}
+
+/// A 1-D bool tensor as a vector.
+pub fn to_bool(t: &Tensor) -> Result<Vec<bool>> {
+    Ok(Vec::<bool>::try_from(
+        t.to_kind(Kind::Bool).to_device(Device::Cpu),
+    )?)
+}
+
+/// Predicted classes of a network for `x`, in evaluation mode, in batches.
+pub fn predict(net: &Net, x: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let n = x.size()[0];
+        let mut preds = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = 1000.min(n - start);
+            preds.push(
+                net.forward_t(&x.narrow(0, start, len), false)
+                    .argmax(1, false),
+            );
+            start += len;
+        }
+        if preds.is_empty() {
+            Tensor::zeros([0], (Kind::Int64, x.device()))
+        } else {
+            Tensor::cat(&preds, 0)
+        }
+    })
+}
+
+/// Fraction of `mask`ed positions where `pred == y` (`None` if the mask is empty).
+pub fn accuracy(pred: &Tensor, y: &Tensor, mask: Option<&Tensor>) -> Option<f64> {
+    let hits = pred.eq_tensor(y);
+    match mask {
+        None => {
+            let n = hits.size()[0];
+            (n > 0).then(|| hits.sum(Kind::Int64).int64_value(&[]) as f64 / n as f64)
+        }
+        Some(m) => {
+            let n = m.sum(Kind::Int64).int64_value(&[]);
+            (n > 0).then(|| hits.logical_and(m).sum(Kind::Int64).int64_value(&[]) as f64 / n as f64)
+        }
+    }
+}
