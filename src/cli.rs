@@ -99,6 +99,66 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Gather each table kind across the sweep into one Parquet file per kind.
+    Export {
+        /// Pipeline, overrides, cache.
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The folder to write `metrics.parquet`, `labels.parquet`, ... into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an artifact's manifest: kind, parameters, inputs, files.
+    Show {
+        /// The key, or a unique prefix of it.
+        key: String,
+        /// The cache directory [default: $PIPE_CACHE, else ./cache].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the log of an instance (failed ones included).
+    Log {
+        /// The key, or a unique prefix of it.
+        key: String,
+        /// The cache directory [default: $PIPE_CACHE, else ./cache].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+    },
+    /// List the artifacts in the cache.
+    Ls {
+        /// Only artifacts made by this stage name.
+        #[arg(long)]
+        stage: Option<String>,
+        /// The cache directory [default: $PIPE_CACHE, else ./cache].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove artifacts that none of the given pipelines reaches and that are older than N days.
+    Gc {
+        /// Pipelines whose artifacts (at their current sweep) are kept.
+        files: Vec<PathBuf>,
+        /// Keep unreachable artifacts younger than this many days.
+        #[arg(long, value_name = "N")]
+        keep_days: Option<f64>,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The cache directory [default: $PIPE_CACHE, else ./cache].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the stage kinds and their parameters.
     Kinds,
 }
@@ -295,6 +355,177 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                 );
             }
             Ok(if damages.is_empty() || fix { 0 } else { 1 })
+        }
+        Command::Export {
+            pipeline,
+            out,
+            json,
+        } => {
+            let plan = load_plan(&pipeline)?;
+            let store = Store::new(cache_dir(&pipeline.cache));
+            let report = crate::export::export(&plan, &store, &out)?;
+            if json {
+                let missing: Vec<Json> = report.missing.iter().map(|&n| item(&plan, n)).collect();
+                println!("{}", json!({"tables": report.tables, "missing": missing}));
+            } else {
+                for t in &report.tables {
+                    println!(
+                        "{}: {} rows from {} instances",
+                        t.path.display(),
+                        t.rows,
+                        t.instances
+                    );
+                }
+                if report.tables.is_empty() {
+                    println!(
+                        "nothing to export: no instance with tables is cached (run the pipeline first)"
+                    );
+                }
+            }
+            if !report.missing.is_empty() {
+                eprintln!(
+                    "note: {} instances are not in the cache and were left out (run the pipeline to include them): {}",
+                    report.missing.len(),
+                    report
+                        .missing
+                        .iter()
+                        .take(5)
+                        .map(|&n| plan.label(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Ok(0)
+        }
+        Command::Show { key, cache, json } => {
+            let store = Store::new(cache_dir(&cache));
+            let key = store.resolve_key(&key, false).map_err(Error::usage)?;
+            let m = store.manifest(&key).ok_or_else(|| {
+                Error::usage(format!(
+                    "artifact {key} has no readable manifest; `pipe verify` checks the cache"
+                ))
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+            } else {
+                println!("key       {}", m.key);
+                println!("kind      {} (version {})", m.kind, m.version);
+                println!(
+                    "stage     {} in pipeline {}, point {}",
+                    m.stage,
+                    m.pipeline,
+                    crate::plan::point_label(&m.point)
+                );
+                println!("params    {}", m.params);
+                for (slot, k) in &m.inputs {
+                    println!("input     {slot} = {k}");
+                }
+                for (name, h) in &m.declared_files {
+                    println!("declared  {name} = {h}");
+                }
+                println!(
+                    "ran       {:.2}s on {} with pipe {}",
+                    m.seconds, m.host, m.pipe_version
+                );
+                println!("folder    {}", store.artifact_dir(&key).display());
+                for f in &m.files {
+                    println!("file      {} ({} bytes)", f.path, f.size);
+                }
+            }
+            Ok(0)
+        }
+        Command::Log { key, cache } => {
+            let store = Store::new(cache_dir(&cache));
+            let key = store.resolve_key(&key, true).map_err(Error::usage)?;
+            let path = store.log_path(&key);
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Ls { stage, cache, json } => {
+            let store = Store::new(cache_dir(&cache));
+            let keys = store.keys().map_err(|e| Error::io(store.root(), e))?;
+            let mut rows = Vec::new();
+            for k in keys {
+                let Some(m) = store.manifest(&k) else {
+                    continue;
+                };
+                if stage.as_ref().is_some_and(|s| *s != m.stage) {
+                    continue;
+                }
+                rows.push(m);
+            }
+            if json {
+                let v: Vec<Json> = rows
+                    .iter()
+                    .map(|m| json!({"key": m.key, "kind": m.kind, "stage": m.stage, "pipeline": m.pipeline, "point": m.point, "bytes": m.files.iter().map(|f| f.size).sum::<u64>(), "seconds": m.seconds}))
+                    .collect();
+                println!("{}", Json::Array(v));
+            } else {
+                for m in &rows {
+                    let bytes: u64 = m.files.iter().map(|f| f.size).sum();
+                    println!(
+                        "{}  {:<18} {:<16} {:<28} {:>10} bytes {:>8.2}s",
+                        &m.key[..12],
+                        m.kind,
+                        m.stage,
+                        crate::plan::point_label(&m.point),
+                        bytes,
+                        m.seconds
+                    );
+                }
+                println!("{} artifacts", rows.len());
+            }
+            Ok(0)
+        }
+        Command::Gc {
+            files,
+            keep_days,
+            dry_run,
+            cache,
+            json,
+        } => {
+            if files.is_empty() && keep_days.is_none() {
+                return Err(Error::usage(
+                    "pipe gc: name the pipelines whose artifacts to keep (pipe gc pipelines/*.toml), or give --keep-days N to remove everything older",
+                ));
+            }
+            let store = Store::new(cache_dir(&cache));
+            let mut reachable = std::collections::HashSet::new();
+            for f in &files {
+                let plan = load_plan(&PipelineArgs {
+                    file: f.clone(),
+                    set: Vec::new(),
+                    cache: cache.clone(),
+                })?;
+                for &n in &plan.order {
+                    reachable.insert(plan.graph[n].key.clone());
+                    for (part, _) in status::parts(&plan, &store, &plan.graph[n]) {
+                        reachable.insert(part.key);
+                    }
+                }
+            }
+            let report = store
+                .gc(&reachable, keep_days.unwrap_or(0.0) * 86_400.0, dry_run)
+                .map_err(|e| Error::io(store.root(), e))?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"removed": report.removed, "freed_bytes": report.freed_bytes, "kept": report.kept, "dry_run": dry_run})
+                );
+            } else {
+                for k in &report.removed {
+                    println!("{} {k}", if dry_run { "would remove" } else { "removed" });
+                }
+                println!(
+                    "{} {} artifacts, {:.1} MB; kept {} unreachable (too recent or in use)",
+                    if dry_run { "would free" } else { "freed" },
+                    report.removed.len(),
+                    report.freed_bytes as f64 / 1e6,
+                    report.kept
+                );
+            }
+            Ok(0)
         }
         Command::Kinds => {
             for k in stages::registry().all() {

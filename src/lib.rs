@@ -7,6 +7,7 @@ pub mod cli;
 pub mod datasets;
 pub mod error;
 pub mod exec;
+pub mod export;
 pub mod geometry;
 pub mod plan;
 pub mod render;

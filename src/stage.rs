@@ -394,6 +394,11 @@ pub trait StageKind: Send + Sync {
     fn parts(&self, _params: &Params, _input_keys: &[(String, String)]) -> Vec<Part> {
         Vec::new()
     }
+    /// The Parquet tables (file stems in the artifact) that `pipe export` gathers across
+    /// sweep points, e.g. `metrics` for `metrics.parquet`.
+    fn tables(&self, _params: &Params) -> Vec<String> {
+        Vec::new()
+    }
     /// How many threads an instance wants; the scheduler may give fewer.
     fn threads(&self, _params: &Params) -> usize {
         1

@@ -234,6 +234,9 @@ impl StageKind for GradNorm {
     fn threads(&self, params: &Params) -> usize {
         params.int("threads").unwrap_or(1).max(1) as usize
     }
+    fn tables(&self, _params: &Params) -> Vec<String> {
+        vec!["gradnorm".into()]
+    }
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
         crate::worker::run_in_worker("gradnorm", ctx)
     }
@@ -303,6 +306,9 @@ impl StageKind for Rollback {
     }
     fn threads(&self, params: &Params) -> usize {
         params.int("threads").unwrap_or(1).max(1) as usize
+    }
+    fn tables(&self, _params: &Params) -> Vec<String> {
+        vec!["rollback".into()]
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
         crate::worker::run_in_worker("rollback", ctx)

@@ -129,6 +129,9 @@ impl StageKind for Corrupt {
         }
         Ok(())
     }
+    fn tables(&self, _params: &Params) -> Vec<String> {
+        vec!["labels".into()]
+    }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         let dir = ctx.input("dataset")?;
         let info: DatasetInfo = serde_json::from_slice(&std::fs::read(dir.join("dataset.json"))?)

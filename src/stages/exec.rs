@@ -37,6 +37,12 @@ const PARAMS: &[ParamSpec] = &[
         "extra environment variables for the command",
     ),
     ParamSpec::default(
+        "tables",
+        ParamType::List(&ParamType::Str),
+        "[]",
+        "Parquet tables the command writes (NAME for $PIPE_OUT/NAME.parquet) that `pipe export` gathers",
+    ),
+    ParamSpec::default(
         "threads",
         ParamType::Int,
         "1",
@@ -101,6 +107,9 @@ impl StageKind for Exec {
                 name: f,
             })
             .collect()
+    }
+    fn tables(&self, params: &Params) -> Vec<String> {
+        params.strings("tables")
     }
     fn threads(&self, params: &Params) -> usize {
         params.int("threads").unwrap_or(1).max(1) as usize

@@ -193,6 +193,9 @@ impl StageKind for Probe {
         }
         Ok(())
     }
+    fn tables(&self, _params: &Params) -> Vec<String> {
+        vec!["probe".into(), "probe_manifolds".into()]
+    }
     fn threads(&self, params: &Params) -> usize {
         params.int("threads").unwrap_or(2).max(1) as usize
     }

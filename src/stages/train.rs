@@ -407,6 +407,9 @@ impl StageKind for Train {
             })
             .collect()
     }
+    fn tables(&self, _params: &Params) -> Vec<String> {
+        vec!["metrics".into()]
+    }
     fn threads(&self, params: &Params) -> usize {
         params.int("threads").unwrap_or(1).max(1) as usize
     }

@@ -498,3 +498,108 @@ mod tests {
         assert!(!store.artifact_dir("k3").exists());
     }
 }
+
+/// What [`Store::gc`] removed (or would remove).
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Keys removed.
+    pub removed: Vec<String>,
+    /// Bytes they held.
+    pub freed_bytes: u64,
+    /// Unreachable keys kept because they are newer than the cut-off or locked by a run.
+    pub kept: usize,
+}
+
+impl Store {
+    /// Finds the one artifact (or, with `logs`, log) key starting with `prefix`.
+    pub fn resolve_key(&self, prefix: &str, logs: bool) -> Result<String, String> {
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("`{prefix}` is not a key (keys are hexadecimal)"));
+        }
+        let mut keys = self.keys().map_err(|e| e.to_string())?;
+        if logs && let Ok(rd) = fs::read_dir(self.root.join("logs")) {
+            keys.extend(rd.flatten().filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".log")
+                    .map(str::to_string)
+            }));
+            keys.sort();
+            keys.dedup();
+        }
+        let hits: Vec<&String> = keys.iter().filter(|k| k.starts_with(prefix)).collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!(
+                "no artifact{} with a key starting with {prefix} in {}",
+                if logs { " or log" } else { "" },
+                self.root.display()
+            )),
+            many => Err(format!(
+                "{prefix} is ambiguous: it starts {} keys ({}...); give more digits",
+                many.len(),
+                many.iter()
+                    .take(3)
+                    .map(|k| &k[..16.min(k.len())])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Total size of an artifact's files.
+    pub fn size(&self, key: &str) -> u64 {
+        walk_files(&self.artifact_dir(key))
+            .map(|files| {
+                files
+                    .iter()
+                    .filter_map(|f| fs::metadata(self.artifact_dir(key).join(f)).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Removes every artifact not in `reachable` whose manifest is older than `keep_secs`
+    /// (never one whose key a live process has locked). With `dry_run`, removes nothing.
+    pub fn gc(
+        &self,
+        reachable: &std::collections::HashSet<String>,
+        keep_secs: f64,
+        dry_run: bool,
+    ) -> io::Result<GcReport> {
+        let mut report = GcReport::default();
+        let now = unix_now();
+        for key in self.keys()? {
+            if reachable.contains(&key) {
+                continue;
+            }
+            let age = self
+                .manifest(&key)
+                .map(|m| now - (m.started + m.seconds))
+                .or_else(|| {
+                    fs::metadata(self.artifact_dir(&key))
+                        .ok()?
+                        .modified()
+                        .ok()?
+                        .elapsed()
+                        .ok()
+                        .map(|d| d.as_secs_f64())
+                })
+                .unwrap_or(f64::INFINITY);
+            let locked = lock::read_holder(&self.root.join("locks").join(format!("{key}.lock")))
+                .is_some_and(|h| lock::is_alive(&h, &self.host));
+            if age < keep_secs || locked {
+                report.kept += 1;
+                continue;
+            }
+            report.freed_bytes += self.size(&key);
+            if !dry_run {
+                self.remove(&key)?;
+                let _ = fs::remove_file(self.log_path(&key));
+            }
+            report.removed.push(key);
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,198 @@
+//! Results and housekeeping: `pipe export` read back from DuckDB and Polars, `show`,
+//! `log`, `ls` with key prefixes, and `gc`.
+
+mod common;
+
+use common::*;
+use serde_json::Value as Json;
+
+fn with_table_stage() -> String {
+    format!(
+        "{BASIC}\n[stage.table]\nkind = \"exec\"\ninputs = {{ labels = \"corrupt\" }}\ntables = [\"summary\"]\n\
+         cmd = [\"python3\", \"-c\", \"import os, pyarrow as pa, pyarrow.parquet as pq; \
+         t = pq.read_table(os.environ['PIPE_INPUT_LABELS'] + '/labels.parquet'); \
+         pq.write_table(pa.table({{'n': [t.num_rows], 'corrupted_rows': [sum(t.column('corrupted').to_pylist())]}}), \
+         os.environ['PIPE_OUT'] + '/summary.parquet')\"]\n"
+    )
+}
+
+#[test]
+fn export_gathers_tables_with_sweep_columns_and_matches_the_artifacts() {
+    let p = Project::new();
+    p.write("p.toml", &with_table_stage());
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    let out = p.pipe(&["export", "p.toml", "--out", "results", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["labels", "summary"]);
+    let results = p.path("results");
+    // DuckDB: per sweep point, exactly the requested fraction; 40 rows per instance.
+    let q = python(&format!(
+        "import duckdb, json\n\
+         r = duckdb.sql(\"SELECT noise, seed, count(*), avg(corrupted::INT), count(DISTINCT key), min(stage) FROM '{d}/labels.parquet' GROUP BY ALL ORDER BY ALL\").fetchall()\n\
+         s = duckdb.sql(\"SELECT noise, seed, n, corrupted_rows FROM '{d}/summary.parquet' ORDER BY ALL\").fetchall()\n\
+         print(json.dumps({{'labels': [list(x) for x in r], 'summary': [list(x) for x in s]}}))",
+        d = results.display()
+    ));
+    assert_eq!(
+        q["labels"],
+        serde_json::json!([
+            [0.0, 1, 40, 0.0, 1, "corrupt"],
+            [0.0, 2, 40, 0.0, 1, "corrupt"],
+            [0.5, 1, 40, 0.5, 1, "corrupt"],
+            [0.5, 2, 40, 0.5, 1, "corrupt"]
+        ])
+    );
+    assert_eq!(
+        q["summary"],
+        serde_json::json!([
+            [0.0, 1, 40, 0],
+            [0.0, 2, 40, 0],
+            [0.5, 1, 40, 20],
+            [0.5, 2, 40, 20]
+        ])
+    );
+    // Polars: every exported row equals the row of its own artifact.
+    let q = python(&format!(
+        "import polars as pl, json\n\
+         e = pl.read_parquet('{d}/labels.parquet')\n\
+         ok = all(e.filter(pl.col('key') == k).drop(['noise', 'seed', 'stage', 'key']).equals(pl.read_parquet('{c}/artifacts/' + k + '/labels.parquet')) for k in e['key'].unique())\n\
+         print(json.dumps({{'ok': ok, 'columns': e.columns}}))",
+        d = results.display(),
+        c = p.cache().display()
+    ));
+    assert_eq!(q["ok"], true);
+    assert_eq!(
+        q["columns"],
+        serde_json::json!([
+            "index",
+            "true_label",
+            "train_label",
+            "corrupted",
+            "noise",
+            "seed",
+            "stage",
+            "key"
+        ])
+    );
+
+    // After changing the sweep, a re-export holds exactly the current points; the new
+    // point's instances are reported missing until they run.
+    let out = p.pipe(&[
+        "export",
+        "p.toml",
+        "--out",
+        "results",
+        "--json",
+        "--set",
+        "sweep.noise=[0.5, 0.25]",
+    ]);
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["missing"].as_array().unwrap().len(), 4, "{report}");
+    let q = python(&format!(
+        "import duckdb, json\nprint(json.dumps(duckdb.sql(\"SELECT list(DISTINCT noise) FROM '{}/labels.parquet'\").fetchall()[0][0]))",
+        results.display()
+    ));
+    assert_eq!(q, serde_json::json!([0.5]));
+}
+
+#[test]
+fn show_log_and_ls_take_unique_key_prefixes() {
+    let p = Project::new();
+    p.write("p.toml", BASIC);
+    let (_, r) = p.run("p.toml", &[]);
+    let key = of_stage(&r, "executed", "data")[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = p.pipe(&["show", &key[..10], "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let m: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["key"], key.as_str());
+    assert_eq!(m["kind"], "dataset");
+    assert_eq!(m["params"]["train_size"], 40);
+    let text = String::from_utf8(p.pipe(&["show", &key[..10]]).stdout).unwrap();
+    assert!(
+        text.contains("train.parquet") && text.contains("kind      dataset"),
+        "{text}"
+    );
+    let log = String::from_utf8(p.pipe(&["log", &key[..10]]).stdout).unwrap();
+    assert!(log.contains("train: 40 of 60 examples"), "{log}");
+    let ls: Json =
+        serde_json::from_slice(&p.pipe(&["ls", "--json", "--stage", "corrupt"]).stdout).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 4);
+    // A prefix shared by two keys is ambiguous; one matching nothing is unknown: both exit 2.
+    let all: Json = serde_json::from_slice(&p.pipe(&["ls", "--json"]).stdout).unwrap();
+    let keys: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 9);
+    let shared = (0..16)
+        .map(|d| format!("{d:x}"))
+        .find(|c| keys.iter().filter(|k| k.starts_with(c.as_str())).count() >= 2)
+        .expect("9 keys over 16 first digits share one");
+    let out = p.pipe(&["show", &shared]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ambiguous"));
+    let unused = (0..=255u32)
+        .map(|d| format!("{d:02x}"))
+        .find(|c| !keys.iter().any(|k| k.starts_with(c.as_str())))
+        .unwrap();
+    let out = p.pipe(&["log", &unused]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no artifact or log"));
+    assert_eq!(p.pipe(&["show", "not-hex"]).status.code(), Some(2));
+}
+
+#[test]
+fn gc_keeps_what_pipelines_reach_and_dry_run_changes_nothing() {
+    let p = Project::new();
+    p.write("p.toml", BASIC);
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    // Rerun with another corruption mode: the old corrupt and count artifacts become unreachable.
+    let changed = BASIC.replace(
+        "seed = \"${seed}\"",
+        "seed = \"${seed}\"\nmode = \"uniform\"",
+    );
+    p.write("p.toml", &changed);
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    assert_eq!(p.artifacts().len(), 1 + 8 + 8);
+    let before = p.artifacts();
+    let dry: Json =
+        serde_json::from_slice(&p.pipe(&["gc", "p.toml", "--dry-run", "--json"]).stdout).unwrap();
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 8);
+    assert!(dry["freed_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(p.artifacts(), before, "--dry-run removes nothing");
+    // Recent artifacts survive a --keep-days cut-off.
+    let kept: Json = serde_json::from_slice(
+        &p.pipe(&["gc", "p.toml", "--keep-days", "1", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(kept["removed"].as_array().unwrap().len(), 0);
+    assert_eq!(kept["kept"], 8);
+    let done: Json = serde_json::from_slice(&p.pipe(&["gc", "p.toml", "--json"]).stdout).unwrap();
+    assert_eq!(done["removed"].as_array().unwrap().len(), 8);
+    assert_eq!(p.artifacts().len(), 9);
+    // Everything the pipeline reaches is still there.
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0);
+    assert_eq!(count(&r, "executed"), 0);
+    assert_no_partial_artifacts(&p.cache());
+    // gc with neither pipelines nor --keep-days refuses.
+    assert_eq!(p.pipe(&["gc"]).status.code(), Some(2));
+}
