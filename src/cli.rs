@@ -30,6 +30,23 @@ pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
+    /// Print only errors and failures (no progress, no summary).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more: every start, lock waits, and the end of each failed instance's log.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+/// How much `pipe run` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Errors and failures only.
+    Quiet,
+    /// Progress and a summary.
+    Normal,
+    /// Also starts, waits and failed logs.
+    Verbose,
 }
 
 /// Options every pipeline command shares.
@@ -161,6 +178,11 @@ pub enum Command {
     },
     /// List the stage kinds and their parameters.
     Kinds,
+    /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -199,6 +221,13 @@ fn item(plan: &Plan, n: NodeIndex) -> Json {
 }
 
 fn dispatch(cli: Cli) -> Result<i32, Error> {
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
     match cli.command {
         Command::Run {
             pipeline,
@@ -238,6 +267,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                     only,
                 },
                 json,
+                verbosity,
             )
         }
         Command::Status { pipeline, json } => {
@@ -527,6 +557,11 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             }
             Ok(0)
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "pipe", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Kinds => {
             for k in stages::registry().all() {
                 println!("{} (version {}): {}", k.name(), k.version(), k.about());
@@ -573,17 +608,19 @@ fn dry_run_report(plan: &Plan, store: &Store, only: &[String], json: bool) -> i3
 /// Turns executor events into a progress bar (terminal) or log lines (otherwise).
 struct Progress {
     bar: Option<ProgressBar>,
-    lines: bool,
+    level: Verbosity,
     done: Mutex<usize>,
     total: Mutex<usize>,
 }
 
 impl Progress {
     fn say(&self, msg: String) {
+        if self.level == Verbosity::Quiet {
+            return;
+        }
         match &self.bar {
             Some(b) => b.println(msg),
-            None if self.lines => eprintln!("{msg}"),
-            None => {}
+            None => eprintln!("{msg}"),
         }
     }
 }
@@ -605,7 +642,7 @@ impl Observer for Progress {
                 if let Some(b) = &self.bar {
                     b.set_message(plan.label(n));
                 }
-                if self.bar.is_none() {
+                if self.bar.is_none() || self.level == Verbosity::Verbose {
                     self.say(format!(
                         "start {} ({threads} thread{})",
                         plan.label(n),
@@ -651,9 +688,15 @@ impl Observer for Progress {
     }
 }
 
-fn run(plan: &Plan, store: &Store, opts: RunOptions, json: bool) -> Result<i32, Error> {
+fn run(
+    plan: &Plan,
+    store: &Store,
+    opts: RunOptions,
+    json: bool,
+    level: Verbosity,
+) -> Result<i32, Error> {
     let clock = Instant::now();
-    let terminal = std::io::stderr().is_terminal();
+    let terminal = std::io::stderr().is_terminal() && level != Verbosity::Quiet;
     let bar = terminal.then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
@@ -667,7 +710,7 @@ fn run(plan: &Plan, store: &Store, opts: RunOptions, json: bool) -> Result<i32, 
     });
     let progress = Progress {
         bar,
-        lines: true,
+        level,
         done: Mutex::new(0),
         total: Mutex::new(0),
     };
@@ -694,7 +737,7 @@ fn run(plan: &Plan, store: &Store, opts: RunOptions, json: bool) -> Result<i32, 
             "{}",
             json!({"executed": list(&executed), "cached": list(&cached), "failed": list(&failed), "skipped": list(&skipped)})
         );
-    } else {
+    } else if level != Verbosity::Quiet {
         println!(
             "{} executed, {} cached, {} failed, {} skipped in {:.1}s",
             executed.len(),
@@ -712,6 +755,13 @@ fn run(plan: &Plan, store: &Store, opts: RunOptions, json: bool) -> Result<i32, 
                 &plan.graph[*n].key[..12],
                 log.display()
             );
+            if level == Verbosity::Verbose {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[lines.len().saturating_sub(20)..] {
+                    eprintln!("  | {line}");
+                }
+            }
         }
     }
     Ok(if report.any_bad_data() {

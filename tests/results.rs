@@ -196,3 +196,37 @@ fn gc_keeps_what_pipelines_reach_and_dry_run_changes_nothing() {
     // gc with neither pipelines nor --keep-days refuses.
     assert_eq!(p.pipe(&["gc"]).status.code(), Some(2));
 }
+
+#[test]
+fn quiet_verbose_and_completions() {
+    let p = Project::new();
+    p.write("p.toml", BASIC);
+    let out = p.pipe(&["run", "p.toml", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "quiet run printed: {out:?}"
+    );
+    p.write("f.toml", "[pipeline]\nname = \"f\"\n[stage.a]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"echo the-cause >&2; exit 4\"]\n");
+    let out = p.pipe(&["run", "f.toml", "--verbose"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("start a") && stderr.contains("  | the-cause"),
+        "{stderr}"
+    );
+    let out = p.pipe(&["run", "f.toml", "-q"]);
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exited with status 4"),
+        "failures still show"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = p.pipe(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("verify"),
+            "{shell}"
+        );
+    }
+}
