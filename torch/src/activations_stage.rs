@@ -88,7 +88,6 @@ pub fn choose_probe_set(
             pool.shuffle(&mut rng);
             out.extend_from_slice(&pool[..per_class]);
         }
-        let _ = true_labels;
     }
     Ok(out)
 }
@@ -241,17 +240,14 @@ pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
         while start < n {
             let len = 500.min(n - start);
             let outs = tch::no_grad(|| net.forward_layers(&x.narrow(0, start, len)));
-            for (li, (name, t)) in outs.into_iter().enumerate() {
+            for (name, t) in outs {
                 if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
                     continue;
                 }
                 let flat = t.flatten(1, -1);
                 match per_layer.iter_mut().find(|(n, _)| *n == name) {
                     Some((_, v)) => v.push(flat),
-                    None => {
-                        let _ = li;
-                        per_layer.push((name, vec![flat]));
-                    }
+                    None => per_layer.push((name, vec![flat])),
                 }
             }
             start += len;
