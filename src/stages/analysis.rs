@@ -9,7 +9,9 @@ use crate::stage::{
     CheckEnv, InputInfo, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, Slot,
     StageKind,
 };
-use crate::stages::train::{check_epoch, layer_names};
+use crate::stages::train::{
+    DEVICE_PARAM, THREADS_PARAM, check_epoch, check_worker_params, layer_names, worker_threads,
+};
 
 const TRAIN_INPUT: &[Slot] = &[Slot {
     name: "train",
@@ -124,20 +126,8 @@ const ACTIVATIONS_PARAMS: &[ParamSpec] = &[
         "0",
         "seeds the probe set and the projections",
     ),
-    ParamSpec::default(
-        "device",
-        ParamType::Str,
-        "\"auto\"",
-        "auto, cpu, cuda or cuda:N (not in the key)",
-    )
-    .not_in_key(),
-    ParamSpec::default(
-        "threads",
-        ParamType::Int,
-        "1",
-        "libtorch threads (not in the key)",
-    )
-    .not_in_key(),
+    DEVICE_PARAM,
+    THREADS_PARAM,
 ];
 
 impl StageKind for Activations {
@@ -163,12 +153,10 @@ impl StageKind for Activations {
         positive(params, "classes", 2)?;
         positive(params, "per_class", 2)?;
         positive(params, "max_features", 1)?;
-        positive(params, "threads", 1)?;
-        crate::stages::train::check_device(params.str("device").unwrap_or("auto"))
-            .map_err(|m| ParamError::param("device", m))
+        check_worker_params(params)
     }
     fn threads(&self, params: &Params) -> usize {
-        params.int("threads").unwrap_or(1).max(1) as usize
+        worker_threads(params)
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
         crate::worker::run_in_worker("activations", ctx)
@@ -191,20 +179,8 @@ const GRADNORM_PARAMS: &[ParamSpec] = &[
         "how many clean and how many corrupted training examples",
     ),
     ParamSpec::default("seed", ParamType::Int, "0", "seeds the choice of examples"),
-    ParamSpec::default(
-        "device",
-        ParamType::Str,
-        "\"auto\"",
-        "auto, cpu, cuda or cuda:N (not in the key)",
-    )
-    .not_in_key(),
-    ParamSpec::default(
-        "threads",
-        ParamType::Int,
-        "1",
-        "libtorch threads (not in the key)",
-    )
-    .not_in_key(),
+    DEVICE_PARAM,
+    THREADS_PARAM,
 ];
 
 impl StageKind for GradNorm {
@@ -227,12 +203,10 @@ impl StageKind for GradNorm {
         let train = train_input(env)?.params;
         check_epochs(params, "epochs", train)?;
         positive(params, "subset", 1)?;
-        positive(params, "threads", 1)?;
-        crate::stages::train::check_device(params.str("device").unwrap_or("auto"))
-            .map_err(|m| ParamError::param("device", m))
+        check_worker_params(params)
     }
     fn threads(&self, params: &Params) -> usize {
-        params.int("threads").unwrap_or(1).max(1) as usize
+        worker_threads(params)
     }
     fn tables(&self, _params: &Params) -> Vec<String> {
         vec!["gradnorm".into()]
@@ -263,20 +237,8 @@ const ROLLBACK_PARAMS: &[ParamSpec] = &[
         "\"each-layer\"",
         "\"each-layer\" or a list of layer names k (layers k..L are rolled back)",
     ),
-    ParamSpec::default(
-        "device",
-        ParamType::Str,
-        "\"auto\"",
-        "auto, cpu, cuda or cuda:N (not in the key)",
-    )
-    .not_in_key(),
-    ParamSpec::default(
-        "threads",
-        ParamType::Int,
-        "1",
-        "libtorch threads (not in the key)",
-    )
-    .not_in_key(),
+    DEVICE_PARAM,
+    THREADS_PARAM,
 ];
 
 impl StageKind for Rollback {
@@ -300,12 +262,10 @@ impl StageKind for Rollback {
         check_epochs(params, "final", train)?;
         check_epochs(params, "from_epochs", train)?;
         check_layers(params, "cutoffs", "each-layer", train, false)?;
-        positive(params, "threads", 1)?;
-        crate::stages::train::check_device(params.str("device").unwrap_or("auto"))
-            .map_err(|m| ParamError::param("device", m))
+        check_worker_params(params)
     }
     fn threads(&self, params: &Params) -> usize {
-        params.int("threads").unwrap_or(1).max(1) as usize
+        worker_threads(params)
     }
     fn tables(&self, _params: &Params) -> Vec<String> {
         vec!["rollback".into()]

@@ -21,6 +21,37 @@ use crate::stage::{
 };
 use crate::table::{read_parquet, write_parquet};
 
+/// The `device` parameter of every stage kind that runs in the libtorch worker.
+pub const DEVICE_PARAM: ParamSpec = ParamSpec::default(
+    "device",
+    ParamType::Str,
+    "\"auto\"",
+    "auto, cpu, cuda or cuda:N (not in the key)",
+)
+.not_in_key();
+
+/// The `threads` parameter of every stage kind that runs in the libtorch worker.
+pub const THREADS_PARAM: ParamSpec = ParamSpec::default(
+    "threads",
+    ParamType::Int,
+    "1",
+    "libtorch threads (not in the key)",
+)
+.not_in_key();
+
+/// Checks [`DEVICE_PARAM`] and [`THREADS_PARAM`] of a worker stage kind.
+pub fn check_worker_params(params: &Params) -> Result<(), ParamError> {
+    if params.int("threads").unwrap_or(1) < 1 {
+        return Err(ParamError::param("threads", "must be at least 1"));
+    }
+    check_device(params.str("device").unwrap_or("auto")).map_err(|m| ParamError::param("device", m))
+}
+
+/// Threads a worker stage kind asks for ([`THREADS_PARAM`]).
+pub fn worker_threads(params: &Params) -> usize {
+    params.int("threads").unwrap_or(1).max(1) as usize
+}
+
 /// Model names accepted by the `model` parameter.
 pub const MODELS: &[&str] = &["mlp", "cnn", "vgg11", "vgg16", "resnet18", "alexnet"];
 
@@ -99,20 +130,8 @@ const PARAMS: &[ParamSpec] = &[
         "[0]",
         "epochs whose weights are kept (0 = initialization); the final epoch always is",
     ),
-    ParamSpec::default(
-        "device",
-        ParamType::Str,
-        "\"auto\"",
-        "auto, cpu, cuda or cuda:N (not in the key)",
-    )
-    .not_in_key(),
-    ParamSpec::default(
-        "threads",
-        ParamType::Int,
-        "1",
-        "libtorch threads (not in the key)",
-    )
-    .not_in_key(),
+    DEVICE_PARAM,
+    THREADS_PARAM,
 ];
 
 /// Layers and their variables, as `model.json` lists them.
@@ -376,9 +395,6 @@ impl StageKind for Train {
         if params.float("gamma").unwrap_or(1.0) <= 0.0 {
             return Err(ParamError::param("gamma", "must be positive"));
         }
-        if params.int("threads").unwrap_or(1) < 1 {
-            return Err(ParamError::param("threads", "must be at least 1"));
-        }
         if let Some(Json::Array(h)) = params.get("hidden")
             && h.iter().any(|w| w.as_i64().is_none_or(|w| w < 1))
         {
@@ -395,8 +411,7 @@ impl StageKind for Train {
                 format!("epoch {bad} is outside 0..={epochs}"),
             ));
         }
-        check_device(params.str("device").unwrap_or("auto"))
-            .map_err(|m| ParamError::param("device", m))
+        check_worker_params(params)
     }
     fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part> {
         kept(params)
@@ -411,7 +426,7 @@ impl StageKind for Train {
         vec!["metrics".into()]
     }
     fn threads(&self, params: &Params) -> usize {
-        params.int("threads").unwrap_or(1).max(1) as usize
+        worker_threads(params)
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         crate::worker::run_in_worker("train", ctx)
