@@ -3,6 +3,7 @@
 //! worker; here are their parameters, inputs and checks (see science.md for what each
 //! measures, and README.md for their outputs).
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::stage::{
@@ -12,6 +13,34 @@ use crate::stage::{
 use crate::stages::train::{
     DEVICE_PARAM, THREADS_PARAM, check_epoch, check_worker_params, layer_names, worker_threads,
 };
+
+/// What `activations.json` records.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActivationsInfo {
+    /// The epochs stored, in the order requested (`"final"` resolved).
+    pub epochs: Vec<i64>,
+    /// Layers stored, with widths.
+    pub layers: Vec<LayerFeatures>,
+    /// Number of classes P.
+    pub classes: usize,
+    /// Examples per class and group, M.
+    pub per_class: usize,
+    /// Clean examples in the probe set.
+    pub clean: usize,
+    /// Corrupted examples in the probe set.
+    pub corrupted: usize,
+}
+
+/// One stored layer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LayerFeatures {
+    /// Layer name.
+    pub name: String,
+    /// Stored features per example.
+    pub features: usize,
+    /// Features before projection.
+    pub original_features: usize,
+}
 
 const TRAIN_INPUT: &[Slot] = &[Slot {
     name: "train",

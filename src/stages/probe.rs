@@ -18,12 +18,12 @@ use arrow::array::{
     RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Schema};
-use serde::Deserialize;
 
 use crate::geometry;
 use crate::stage::{
     CheckEnv, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, Slot, StageKind,
 };
+use crate::stages::analysis::ActivationsInfo;
 use crate::table::{read_parquet, write_parquet};
 
 /// The `probe` stage kind.
@@ -71,17 +71,6 @@ const PARAMS: &[ParamSpec] = &[
 
 /// The three groupings of the probe set.
 pub const LABELINGS: [&str; 3] = ["unpermuted", "permuted", "restored"];
-
-#[derive(Deserialize)]
-struct ActivationsInfo {
-    epochs: Vec<i64>,
-    layers: Vec<LayerFeatures>,
-}
-
-#[derive(Deserialize)]
-struct LayerFeatures {
-    name: String,
-}
 
 /// The probe set: per example its labels and whether it was corrupted.
 struct ProbeSet {

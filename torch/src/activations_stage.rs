@@ -14,44 +14,16 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use pipe::stage::{BadData, RunContext};
+use pipe::stages::analysis::{ActivationsInfo, LayerFeatures};
 use pipe::table::write_parquet;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
 use crate::device;
 use crate::trained::{TrainedRun, to_bool, to_i64};
-
-/// What `activations.json` records.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ActivationsInfo {
-    /// The epochs stored, in the order requested (`"final"` resolved).
-    pub epochs: Vec<i64>,
-    /// Layers stored, with widths.
-    pub layers: Vec<LayerFeatures>,
-    /// Number of classes P.
-    pub classes: usize,
-    /// Examples per class and group, M.
-    pub per_class: usize,
-    /// Clean examples in the probe set.
-    pub clean: usize,
-    /// Corrupted examples in the probe set.
-    pub corrupted: usize,
-}
-
-/// One stored layer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LayerFeatures {
-    /// Layer name.
-    pub name: String,
-    /// Stored features per example.
-    pub features: usize,
-    /// Features before projection.
-    pub original_features: usize,
-}
 
 /// Chooses the probe set: for each of the first P classes, M clean examples of that class
 /// and M corrupted examples whose training label is that class (none without corruption).

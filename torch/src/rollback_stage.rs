@@ -66,10 +66,11 @@ pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
     let net = run.net_at(&final_ck)?;
     let final_w = run.weights(&final_ck)?;
     let names = net.layer_names();
+    let variables = net.variables();
     let with_params: Vec<String> = names
         .iter()
         .filter(|l| {
-            net.variables()
+            variables
                 .iter()
                 .any(|(n, _)| net.layer_of(n) == Some(l.as_str()))
         })

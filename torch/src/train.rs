@@ -12,6 +12,7 @@ pub use pipe::stages::train::EpochMetrics;
 use crate::data::TrainData;
 use crate::models::{Arch, Net};
 use crate::optim::{Optimizer, OptimizerConfig, Schedule};
+use crate::trained::accuracy;
 
 /// Everything that defines a training run.
 #[derive(Clone, Debug)]
@@ -127,30 +128,17 @@ impl<'a> Trainer<'a> {
         let d = self.data;
         let (train_loss, train_pred) = self.predict(&d.train.x, &d.train.y);
         let (test_loss, test_pred) = self.predict(&d.test.x, &d.test.y);
-        let hit_train = train_pred.eq_tensor(&d.train.y);
-        let hit_true = train_pred.eq_tensor(&d.train_true);
         let clean = d.corrupted.logical_not();
-        let mean_over = |hits: &Tensor, mask: &Tensor| -> Option<f64> {
-            let count = mask.sum(Kind::Int64).int64_value(&[]);
-            (count > 0).then(|| {
-                hits.logical_and(mask).sum(Kind::Int64).int64_value(&[]) as f64 / count as f64
-            })
-        };
-        let acc = |hits: &Tensor| {
-            hits.to_kind(Kind::Double)
-                .mean(Kind::Double)
-                .double_value(&[])
-        };
         EpochMetrics {
             epoch,
             lr,
             train_loss,
-            train_acc: acc(&hit_train),
-            clean_acc: mean_over(&hit_train, &clean).unwrap_or(f64::NAN),
-            corrupted_train_acc: mean_over(&hit_train, &d.corrupted),
-            corrupted_true_acc: mean_over(&hit_true, &d.corrupted),
+            train_acc: accuracy(&train_pred, &d.train.y, None).unwrap_or(f64::NAN),
+            clean_acc: accuracy(&train_pred, &d.train.y, Some(&clean)).unwrap_or(f64::NAN),
+            corrupted_train_acc: accuracy(&train_pred, &d.train.y, Some(&d.corrupted)),
+            corrupted_true_acc: accuracy(&train_pred, &d.train_true, Some(&d.corrupted)),
             test_loss,
-            test_acc: acc(&test_pred.eq_tensor(&d.test.y)),
+            test_acc: accuracy(&test_pred, &d.test.y, None).unwrap_or(f64::NAN),
             seconds: clock.elapsed().as_secs_f64(),
         }
     }
