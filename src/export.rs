@@ -100,10 +100,18 @@ fn with_point(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
 }
 
-/// Exports every table of every cached instance of the plan into `out`.
-pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Error> {
-    let mut by_table: BTreeMap<String, Vec<(NodeIndex, RecordBatch)>> = BTreeMap::new();
-    let mut report = ExportReport::default();
+/// Every table of every cached instance of a plan, as the stages wrote them.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    /// Table kind -> (instance, its table), in plan order.
+    pub tables: BTreeMap<String, Vec<(NodeIndex, RecordBatch)>>,
+    /// Instances with tables whose artifacts are not in the cache.
+    pub missing: Vec<NodeIndex>,
+}
+
+/// Reads the tables of every cached instance of the plan.
+pub fn gather(plan: &Plan, store: &Store) -> Result<Gathered, Error> {
+    let mut gathered = Gathered::default();
     for &node in &plan.order {
         let inst = &plan.graph[node];
         let kind = plan.spec.stages[inst.stage].kind;
@@ -112,7 +120,7 @@ pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Er
             continue;
         }
         if !store.is_complete(&inst.key) {
-            report.missing.push(node);
+            gathered.missing.push(node);
             continue;
         }
         let dir = store.artifact_dir(&inst.key);
@@ -120,10 +128,28 @@ pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Er
             let file = dir.join(format!("{t}.parquet"));
             let batch = read_parquet(&file)
                 .map_err(|e| Error::usage(format!("{}: {e:#}", plan.label(node))))?;
+            gathered.tables.entry(t).or_default().push((node, batch));
+        }
+    }
+    Ok(gathered)
+}
+
+/// Exports every table of every cached instance of the plan into `out`.
+pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Error> {
+    let gathered = gather(plan, store)?;
+    let mut report = ExportReport {
+        missing: gathered.missing,
+        ..Default::default()
+    };
+    let mut by_table: BTreeMap<String, Vec<(NodeIndex, RecordBatch)>> = BTreeMap::new();
+    for (name, parts) in gathered.tables {
+        let mut with = Vec::with_capacity(parts.len());
+        for (node, batch) in parts {
             let batch = with_point(&batch, plan, node)
                 .map_err(|e| Error::usage(format!("{}: {e}", plan.label(node))))?;
-            by_table.entry(t).or_default().push((node, batch));
+            with.push((node, batch));
         }
+        by_table.insert(name, with);
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for (name, parts) in by_table {

@@ -11,6 +11,7 @@ pub mod export;
 pub mod geometry;
 pub mod plan;
 pub mod render;
+pub mod report;
 pub mod spec;
 pub mod stage;
 pub mod stages;

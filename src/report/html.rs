@@ -1,0 +1,200 @@
+//! The report page: headings, figures and the run table as one static `index.html`
+//! (no scripts, no external resources).
+
+use std::fmt::Write as _;
+
+use super::findings::Figure;
+
+/// One row of the run table.
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    /// Stage name.
+    pub stage: String,
+    /// Sweep point, e.g. `noise=0.4,seed=1`.
+    pub point: String,
+    /// Stage kind.
+    pub kind: String,
+    /// Artifact key.
+    pub key: String,
+    /// Whether the artifact is in the cache.
+    pub cached: bool,
+    /// When it was computed (UTC), if cached.
+    pub started: Option<String>,
+    /// How long it took, if cached.
+    pub seconds: Option<f64>,
+    /// Where it ran, if cached.
+    pub host: Option<String>,
+}
+
+/// Escapes text for HTML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What each finding shows, in the words of the study.
+const FINDINGS: [(&str, &str); 4] = [
+    (
+        "1. Memorization comes late",
+        "Test accuracy and the accuracy on corrupted training examples, scored against their \
+         (noisy) training labels and against their true labels, per epoch. With label noise, \
+         test accuracy peaks early and falls as the network fits the corrupted labels.",
+    ),
+    (
+        "2. Memorization lives in the deeper layers",
+        "Manifold capacity, radius and dimension per layer for the three labelings of the probe \
+         set (unpermuted: clean examples by label; permuted: corrupted examples by training label; \
+         restored: the same examples by true label), early in training and at the end.",
+    ),
+    (
+        "3. It is not vanishing gradients",
+        "The corrupted examples' share of the gradient norm per layer and epoch: early in \
+         training it is small next to the clean examples' share.",
+    ),
+    (
+        "4. It can be undone",
+        "Test accuracy of the final weights with the layers from a cut-off on rolled back to an \
+         earlier epoch's weights. The outlined column is the final accuracy without rollback.",
+    ),
+];
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}\
+h1{margin-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #ccc}\
+figure{margin:1.5em 0}img{max-width:100%;height:auto;border:1px solid #eee}\
+figcaption{font-size:.9em;color:#555}table{border-collapse:collapse;font-size:.85em}\
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f4f4f4}\
+td.num{text-align:right}code{font-size:.95em}.missing{color:#a33}.note{color:#555}";
+
+/// The whole page.
+pub fn page(
+    pipeline: &str,
+    description: &str,
+    generated: &str,
+    over: &[String],
+    figures: &[Figure],
+    runs: &[RunRow],
+) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>pipe report: {p}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
+         <h1>Pipeline {p}</h1>\n<p>{d}</p>\n<p class=\"note\">Generated {g}. Lines are means over \
+         {o}; shaded bands are &plusmn;1 standard deviation. The numbers behind every figure are in \
+         the CSV file linked under it.</p>\n",
+        p = escape(pipeline),
+        d = escape(description),
+        g = escape(generated),
+        o = if over.is_empty() {
+            "nothing (no variable to average over)".to_string()
+        } else {
+            escape(&over.join(", "))
+        },
+    );
+    for (i, (title, text)) in FINDINGS.iter().enumerate() {
+        let _ = write!(h, "<h2>{}</h2>\n<p>{}</p>\n", escape(title), escape(text));
+        let mine: Vec<&Figure> = figures.iter().filter(|f| f.finding == i + 1).collect();
+        if mine.is_empty() {
+            let _ = writeln!(
+                h,
+                "<p class=\"missing\">No figure: the pipeline has no cached instance with the table this finding needs.</p>"
+            );
+        }
+        for f in mine {
+            let _ = write!(
+                h,
+                "<figure>\n<img src=\"figures/{s}.svg\" alt=\"{t}\">\n\
+                 <figcaption>{t} (<a href=\"figures/{s}.csv\">data</a>)</figcaption>\n</figure>\n",
+                s = escape(&f.stem),
+                t = escape(&f.title),
+            );
+        }
+    }
+    let cached = runs.iter().filter(|r| r.cached).count();
+    let seconds: f64 = runs.iter().filter_map(|r| r.seconds).sum();
+    let _ = write!(
+        h,
+        "<h2>The run</h2>\n<p>{} instances, {cached} cached, {} not in the cache; \
+         {seconds:.1} s of compute in the cached artifacts.</p>\n<table>\n\
+         <tr><th>stage</th><th>point</th><th>kind</th><th>key</th><th>state</th>\
+         <th>computed (UTC)</th><th>seconds</th><th>host</th></tr>\n",
+        runs.len(),
+        runs.len() - cached
+    );
+    for r in runs {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code title=\"{k}\">{}</code></td><td>{}</td>\
+             <td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            escape(&r.stage),
+            escape(&r.point),
+            escape(&r.kind),
+            escape(&r.key[..r.key.len().min(16)]),
+            if r.cached {
+                "cached"
+            } else {
+                "<span class=\"missing\">not in cache</span>"
+            },
+            escape(r.started.as_deref().unwrap_or("")),
+            r.seconds.map(|s| format!("{s:.2}")).unwrap_or_default(),
+            escape(r.host.as_deref().unwrap_or("")),
+            k = escape(&r.key),
+        );
+    }
+    h.push_str("</table>\n</body>\n</html>\n");
+    h
+}
+
+/// Formats unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn utc(unix: f64) -> String {
+    let secs = unix.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_by_hand() {
+        assert_eq!(utc(0.0), "1970-01-01 00:00:00");
+        // 2000-03-01 is day 11017; a leap-year boundary.
+        assert_eq!(utc(11_017.0 * 86_400.0 + 3_661.0), "2000-03-01 01:01:01");
+        assert_eq!(utc(951_782_399.0), "2000-02-28 23:59:59");
+        assert_eq!(utc(1_798_761_600.0), "2027-01-01 00:00:00");
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! `pipe report`: a static page with figures of the four findings of science.md (mean and
+//! spread over seeds) and a table of the run, built from the cached tables of a pipeline.
+//!
+//! Layout of the output folder: `index.html`, and `figures/NAME.svg` with the numbers
+//! behind each figure in `figures/NAME.csv`.
+
+mod chart;
+mod columns;
+mod findings;
+mod html;
+mod stats;
+
+use std::path::{Path, PathBuf};
+
+use petgraph::graph::NodeIndex;
+
+pub use findings::Figure;
+pub use stats::Stat;
+
+use crate::error::{Error, suggest};
+use crate::export::gather;
+use crate::plan::{Plan, point_label};
+use crate::store::{Store, unix_now, write_atomic};
+
+/// What a report wrote.
+#[derive(Debug)]
+pub struct Written {
+    /// The page.
+    pub index: PathBuf,
+    /// The figure files (SVG), in page order.
+    pub figures: Vec<PathBuf>,
+    /// Findings (1 to 4) with no figure, for want of cached tables.
+    pub without_figure: Vec<usize>,
+    /// Instances with tables that are not in the cache (left out).
+    pub missing: Vec<NodeIndex>,
+}
+
+/// Checks the variables to average over against the sweep: each must be a sweep variable,
+/// except the default `seed`, which may be absent.
+pub fn check_over(plan: &Plan, over: &[String], explicit: bool) -> Result<Vec<String>, Error> {
+    let names: Vec<&str> = plan
+        .spec
+        .sweep
+        .vars
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    let mut kept = Vec::new();
+    for o in over {
+        if names.contains(&o.as_str()) {
+            kept.push(o.clone());
+        } else if explicit {
+            return Err(Error::usage(format!(
+                "--over {o}: the pipeline has no sweep variable `{o}`{}; its variables are: {}",
+                suggest(o, names.iter().copied()),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(kept)
+}
+
+/// Writes the report of `plan` into `out`, averaging over the sweep variables `over`.
+pub fn report(plan: &Plan, store: &Store, out: &Path, over: &[String]) -> Result<Written, Error> {
+    let gathered = gather(plan, store)?;
+    let src = findings::Source {
+        plan,
+        gathered: &gathered,
+        over,
+    };
+    let mut figures = Vec::new();
+    for build in [
+        findings::accuracy,
+        findings::geometry,
+        findings::gradients,
+        findings::rollback,
+    ] {
+        figures.extend(build(&src).map_err(|e| Error::usage(format!("{e:#}")))?);
+    }
+    let runs: Vec<html::RunRow> = plan
+        .order
+        .iter()
+        .map(|&n| {
+            let inst = &plan.graph[n];
+            let m = store
+                .is_complete(&inst.key)
+                .then(|| store.manifest(&inst.key))
+                .flatten();
+            html::RunRow {
+                stage: plan.stage_name(n).to_string(),
+                point: point_label(&inst.point),
+                kind: plan.spec.stages[inst.stage].kind.name().to_string(),
+                key: inst.key.clone(),
+                cached: m.is_some(),
+                started: m.as_ref().map(|m| html::utc(m.started)),
+                seconds: m.as_ref().map(|m| m.seconds),
+                host: m.map(|m| m.host),
+            }
+        })
+        .collect();
+    let page = html::page(
+        &plan.spec.name,
+        plan.spec.description.as_deref().unwrap_or(""),
+        &format!(
+            "{} UTC from {}",
+            html::utc(unix_now()),
+            plan.spec.path.display()
+        ),
+        over,
+        &figures,
+        &runs,
+    );
+
+    // Figures go to a fresh folder that replaces the old one, then the page is replaced:
+    // a reader never sees a page naming figures that are not there.
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let staging = out.join(format!(".figures.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    for f in &figures {
+        for (ext, text) in [("svg", &f.svg), ("csv", &f.csv)] {
+            let path = staging.join(format!("{}.{ext}", f.stem));
+            write_atomic(&path, text.as_bytes()).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    let dir = out.join("figures");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
+    let index = out.join("index.html");
+    write_atomic(&index, page.as_bytes()).map_err(|e| Error::io(&index, e))?;
+    Ok(Written {
+        index,
+        figures: figures
+            .iter()
+            .map(|f| dir.join(format!("{}.svg", f.stem)))
+            .collect(),
+        without_figure: (1..=4)
+            .filter(|i| !figures.iter().any(|f| f.finding == *i))
+            .collect(),
+        missing: gathered.missing,
+    })
+}
