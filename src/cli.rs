@@ -49,6 +49,15 @@ pub enum Verbosity {
     Verbose,
 }
 
+/// Where `pipe run` computes instances.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// On this machine, within the `--jobs` thread budget.
+    Local,
+    /// As Slurm jobs (`sbatch`), on a cache every node shares.
+    Slurm,
+}
+
 /// Options every pipeline command shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PipelineArgs {
@@ -85,6 +94,38 @@ pub enum Command {
         /// Print one JSON object on stdout instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Where instances run: on this machine, or as Slurm jobs.
+        #[arg(long, value_enum, default_value = "local")]
+        executor: ExecutorKind,
+        /// Slurm partition for every job.
+        #[arg(long, value_name = "P")]
+        partition: Option<String>,
+        /// Extra `sbatch` argument for every job (repeatable), e.g. `--slurm-arg=--qos=long`.
+        #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+        slurm_args: Vec<String>,
+        /// With `--executor slurm`: submit the jobs and return; `pipe status` shows them.
+        #[arg(long)]
+        detach: bool,
+        /// With `--executor slurm`: seconds between two `squeue` polls.
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        poll: f64,
+    },
+    /// Cancel the Slurm jobs of a run (`scancel`).
+    Cancel {
+        /// The run id `pipe run --executor slurm` printed, or a unique prefix of it.
+        run: String,
+        /// The cache directory [default: $PIPE_CACHE, else ./cache].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+    },
+    /// Compute one instance from a job file (what a Slurm job runs on its node).
+    #[command(hide = true)]
+    Job {
+        /// The job file, written by `pipe run --executor slurm`.
+        file: PathBuf,
+        /// The cache directory.
+        #[arg(long, value_name = "DIR")]
+        cache: PathBuf,
     },
     /// Say for every instance whether it is cached, missing or stale, and why.
     Status {
@@ -128,6 +169,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a static HTML report: figures of the four findings and a table of the run.
+    Report {
+        /// Pipeline, overrides, cache.
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The folder to write `index.html` and `figures/` into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Sweep variable to average over (repeatable) [default: seed].
+        #[arg(long, value_name = "VAR")]
+        over: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an artifact's manifest: kind, parameters, inputs, files.
     Show {
         /// The key, or a unique prefix of it.
@@ -146,6 +202,9 @@ pub enum Command {
         /// The cache directory [default: $PIPE_CACHE, else ./cache].
         #[arg(long, value_name = "DIR")]
         cache: Option<PathBuf>,
+        /// Print `{"key", "path", "text"}` as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List the artifacts in the cache.
     Ls {
@@ -236,7 +295,22 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             only,
             fail_fast,
             json,
+            executor,
+            partition,
+            slurm_args,
+            detach,
+            poll,
         } => {
+            if executor == ExecutorKind::Local
+                && (detach || !slurm_args.is_empty() || partition.is_some())
+            {
+                return Err(Error::usage(
+                    "--detach, --partition and --slurm-arg need --executor slurm",
+                ));
+            }
+            if !(poll.is_finite() && poll > 0.0) {
+                return Err(Error::usage("--poll must be a positive number of seconds"));
+            }
             let plan = load_plan(&pipeline)?;
             for s in &only {
                 if plan.spec.stage(s).is_none() {
@@ -258,6 +332,19 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             if dry_run {
                 return Ok(dry_run_report(&plan, &store, &only, json));
             }
+            let slurm = (executor == ExecutorKind::Slurm)
+                .then(|| -> Result<exec::slurm::SlurmOptions, Error> {
+                    Ok(exec::slurm::SlurmOptions {
+                        partition,
+                        args: slurm_args,
+                        detach,
+                        poll: std::time::Duration::from_secs_f64(poll),
+                        exe: std::env::current_exe().map_err(|e| {
+                            Error::usage(format!("cannot find the pipe binary: {e}"))
+                        })?,
+                    })
+                })
+                .transpose()?;
             run(
                 &plan,
                 &store,
@@ -266,15 +353,103 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                     fail_fast,
                     only,
                 },
+                slurm,
                 json,
                 verbosity,
             )
+        }
+        Command::Cancel { run, cache } => {
+            let store = Store::new(cache_dir(&cache));
+            let mut record = exec::slurm::find_record(&store, &run)?;
+            let ids: Vec<&str> = record.jobs.iter().map(|j| j.job_id.as_str()).collect();
+            let states = exec::slurm::query(&ids).map_err(Error::usage)?;
+            let active: Vec<&str> = ids
+                .iter()
+                .copied()
+                .filter(|id| {
+                    states.get(*id).is_some_and(|q| {
+                        !matches!(
+                            q.state.as_str(),
+                            "COMPLETED"
+                                | "FAILED"
+                                | "CANCELLED"
+                                | "TIMEOUT"
+                                | "OUT_OF_MEMORY"
+                                | "NODE_FAIL"
+                                | "BOOT_FAIL"
+                                | "DEADLINE"
+                                | "PREEMPTED"
+                        )
+                    })
+                })
+                .collect();
+            exec::slurm::cancel(&active).map_err(Error::usage)?;
+            let n = active.len();
+            record.finished = true;
+            exec::slurm::save_record(&store, &record)?;
+            if verbosity > Verbosity::Quiet {
+                println!(
+                    "run {}: cancelled {n} queued or running jobs of {}",
+                    record.id,
+                    record.jobs.len()
+                );
+            }
+            Ok(0)
+        }
+        Command::Job { file, cache } => {
+            let store = Store::new(cache);
+            let text = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+            let job: exec::job::Job = serde_json::from_slice(&text)
+                .map_err(|e| Error::usage(format!("{}: not a job file: {e}", file.display())))?;
+            let registry = stages::registry();
+            let kind = registry.get(&job.kind).ok_or_else(|| {
+                Error::usage(format!("this pipe has no stage kind `{}`", job.kind))
+            })?;
+            let threads = std::env::var("SLURM_CPUS_PER_TASK")
+                .ok()
+                .and_then(|c| c.parse::<usize>().ok())
+                .unwrap_or(1)
+                .max(1);
+            let outcome = exec::job::run_job(&job, kind, &store, threads, &mut |h| {
+                eprintln!("waiting for {h}, which holds the lock of {}", job.key);
+            });
+            let record = exec::slurm::JobOutcome::of(&outcome);
+            let path = exec::slurm::outcome_path(&file);
+            let bytes = serde_json::to_vec(&record).unwrap_or_default();
+            crate::store::write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+            match outcome {
+                Outcome::Executed { seconds } => {
+                    eprintln!("{} {}: done in {seconds:.2}s", job.stage, job.key);
+                    Ok(0)
+                }
+                Outcome::Cached => Ok(0),
+                Outcome::Failed {
+                    message,
+                    log,
+                    bad_data,
+                } => {
+                    eprintln!(
+                        "{} {} failed: {message}\n  log: {}",
+                        job.stage,
+                        job.key,
+                        log.display()
+                    );
+                    Ok(if bad_data { 2 } else { 1 })
+                }
+                Outcome::Skipped { .. } => Ok(1),
+            }
         }
         Command::Status { pipeline, json } => {
             let plan = load_plan(&pipeline)?;
             let store = Store::new(cache_dir(&pipeline.cache));
             let index = store.read_index(&plan.spec.name);
             let states = status::status(&plan, &store, &index);
+            let pending: std::collections::HashSet<&str> = states
+                .iter()
+                .filter(|s| s.state != State::Cached)
+                .map(|s| plan.graph[s.node].key.as_str())
+                .collect();
+            let jobs = exec::slurm::live_jobs(&store, &pending);
             if json {
                 let arr: Vec<Json> = states
                     .iter()
@@ -282,6 +457,9 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                         let mut v = item(&plan, s.node);
                         v["state"] = json!(s.state);
                         v["reason"] = json!(s.reason);
+                        if let Some(j) = jobs.get(&plan.graph[s.node].key) {
+                            v["job"] = json!({"run": j.run, "job_id": j.job_id, "state": j.state, "reason": j.reason});
+                        }
                         if !s.parts.is_empty() {
                             v["parts"] = Json::Array(
                                 s.parts
@@ -308,9 +486,25 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                         State::Missing => "missing",
                         State::Stale => "stale",
                     };
+                    let job = jobs
+                        .get(&plan.graph[s.node].key)
+                        .map(|j| {
+                            format!(
+                                " [slurm job {} of run {}: {}{}]",
+                                j.job_id,
+                                j.run,
+                                j.state,
+                                if j.reason.is_empty() || j.reason == "None" {
+                                    String::new()
+                                } else {
+                                    format!(", {}", j.reason)
+                                }
+                            )
+                        })
+                        .unwrap_or_default();
                     let _ = writeln!(
                         out,
-                        "{state:<8} {:<width$}  {}  {}",
+                        "{state:<8} {:<width$}  {}  {}{job}",
                         plan.label(s.node),
                         &plan.graph[s.node].key[..12],
                         s.reason
@@ -464,12 +658,76 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             }
             Ok(0)
         }
-        Command::Log { key, cache } => {
+        Command::Log { key, cache, json } => {
             let store = Store::new(cache_dir(&cache));
             let key = store.resolve_key(&key, true).map_err(Error::usage)?;
             let path = store.log_path(&key);
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            print!("{text}");
+            if json {
+                println!("{}", json!({"key": key, "path": path, "text": text}));
+            } else {
+                print!("{text}");
+            }
+            Ok(0)
+        }
+        Command::Report {
+            pipeline,
+            out,
+            over,
+            json,
+        } => {
+            let plan = load_plan(&pipeline)?;
+            let store = Store::new(cache_dir(&pipeline.cache));
+            let explicit = !over.is_empty();
+            let over = if explicit {
+                over
+            } else {
+                vec!["seed".to_string()]
+            };
+            let over = crate::report::check_over(&plan, &over, explicit)?;
+            let w = crate::report::report(&plan, &store, &out, &over)?;
+            if json {
+                let missing: Vec<Json> = w.missing.iter().map(|&n| item(&plan, n)).collect();
+                println!(
+                    "{}",
+                    json!({
+                        "index": w.index,
+                        "figures": w.figures,
+                        "without_figure": w.without_figure,
+                        "missing": missing,
+                    })
+                );
+            } else if verbosity > Verbosity::Quiet {
+                println!(
+                    "{} with {} figures{}",
+                    w.index.display(),
+                    w.figures.len(),
+                    if w.without_figure.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; no data for finding(s) {}",
+                            w.without_figure
+                                .iter()
+                                .map(|i| i.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+            }
+            if !w.missing.is_empty() {
+                eprintln!(
+                    "note: {} instances are not in the cache and were left out (run the pipeline to include them): {}",
+                    w.missing.len(),
+                    w.missing
+                        .iter()
+                        .take(5)
+                        .map(|&n| plan.label(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             Ok(0)
         }
         Command::Ls { stage, cache, json } => {
@@ -692,6 +950,7 @@ fn run(
     plan: &Plan,
     store: &Store,
     opts: RunOptions,
+    slurm: Option<exec::slurm::SlurmOptions>,
     json: bool,
     level: Verbosity,
 ) -> Result<i32, Error> {
@@ -714,8 +973,39 @@ fn run(
         done: Mutex::new(0),
         total: Mutex::new(0),
     };
-    let report =
-        exec::local::run(plan, store, &opts, &progress).map_err(|e| Error::io(store.root(), e))?;
+    let mut run_id = None;
+    let mut was_interrupted = false;
+    let report = match &slurm {
+        None => exec::local::run(plan, store, &opts, &progress)
+            .map_err(|e| Error::io(store.root(), e))?,
+        Some(s) => {
+            let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = interrupted.clone();
+            let _ =
+                ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+            let (report, record) =
+                exec::slurm::run(plan, store, &opts, s, &progress, &interrupted)?;
+            if s.detach && !json && level > Verbosity::Quiet {
+                if let Some(b) = &progress.bar {
+                    b.finish_and_clear();
+                }
+                println!(
+                    "run {}: submitted {} jobs ({} cached); `pipe status` shows them, `pipe cancel {}` cancels them",
+                    record.id,
+                    record.jobs.len(),
+                    report.outcomes.len(),
+                    record.id
+                );
+                return Ok(0);
+            }
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("interrupted: cancelled the jobs of run {}", record.id);
+                was_interrupted = true;
+            }
+            run_id = Some(record);
+            report
+        }
+    };
     if let Some(b) = &progress.bar {
         b.finish_and_clear();
     }
@@ -733,10 +1023,13 @@ fn run(
     let skipped = pick(|o| matches!(o, Outcome::Skipped { .. }));
     if json {
         let list = |v: &[NodeIndex]| Json::Array(v.iter().map(|&n| item(plan, n)).collect());
-        println!(
-            "{}",
-            json!({"executed": list(&executed), "cached": list(&cached), "failed": list(&failed), "skipped": list(&skipped)})
-        );
+        let mut v = json!({"executed": list(&executed), "cached": list(&cached), "failed": list(&failed), "skipped": list(&skipped)});
+        if let Some(r) = &run_id {
+            v["run"] = json!(r.id);
+            v["submitted"] = json!(r.jobs.len());
+            v["jobs"] = json!(r.jobs);
+        }
+        println!("{v}");
     } else if level != Verbosity::Quiet {
         println!(
             "{} executed, {} cached, {} failed, {} skipped in {:.1}s",
@@ -764,7 +1057,9 @@ fn run(
             }
         }
     }
-    Ok(if report.any_bad_data() {
+    Ok(if was_interrupted {
+        130
+    } else if report.any_bad_data() {
         2
     } else if report.any_failed() {
         1

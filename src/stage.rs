@@ -403,6 +403,14 @@ pub trait StageKind: Send + Sync {
     fn threads(&self, _params: &Params) -> usize {
         1
     }
+    /// What a cluster job of an instance asks for unless the stage's `resources` table says
+    /// otherwise: by default its threads as CPUs.
+    fn resources(&self, params: &Params) -> crate::spec::Resources {
+        crate::spec::Resources {
+            cpus: Some(self.threads(params).max(1) as u32),
+            ..Default::default()
+        }
+    }
     /// Does the work: reads inputs, writes files under `ctx.out`, nothing else.
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()>;
 }

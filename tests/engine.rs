@@ -245,6 +245,16 @@ fn bad_pipelines_exit_2_with_file_line_and_column() {
             "unknownkey.toml:7:1: `stage.d.train_sise`: unknown key for a `dataset` stage (did you mean `train_size`?)",
         ),
         (
+            "badresource",
+            "[pipeline]\nname = \"r\"\n[stage.a]\nkind = \"exec\"\ncmd = [\"true\"]\nresources = { cpu = 2 }\n",
+            "badresource.toml:6:15: `stage.a.resources.cpu`: unknown resource (did you mean `cpus`?); allowed: cpus, gpus, mem, time",
+        ),
+        (
+            "badmem",
+            "[pipeline]\nname = \"r\"\n[stage.a]\nkind = \"exec\"\ncmd = [\"true\"]\nresources = { mem = \"16GB\" }\n",
+            "badmem.toml:6:21: `stage.a.resources.mem`: \"16GB\" is not a memory size; write e.g. \"16G\", \"512M\"",
+        ),
+        (
             "unknownkind",
             "[pipeline]\nname = \"k\"\n[stage.d]\nkind = \"datset\"\n",
             "unknownkind.toml:4:8: `stage.d.kind`: unknown stage kind \"datset\" (did you mean `dataset`?)",

@@ -1,9 +1,12 @@
 //! Executors: run a plan's missing instances and store their artifacts.
 //!
-//! [`local`] runs instances on this machine with a thread budget. Executors report what
+//! [`local`] runs instances on this machine with a thread budget; [`slurm`] submits them
+//! as Slurm jobs. Both compute an instance with [`job::run_job`]. Executors report what
 //! happens through an [`Observer`]; they never print.
 
+pub mod job;
 pub mod local;
+pub mod slurm;
 
 use std::path::PathBuf;
 

@@ -4,8 +4,11 @@
 //! with the file, line and column of the offending key or value.
 
 pub mod node;
+pub mod resources;
 pub mod sweep;
 pub mod template;
+
+pub use resources::Resources;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,7 +22,7 @@ use node::{KeyNode, Node, Value};
 pub use sweep::Sweep;
 
 /// Keys of a `[stage.NAME]` table that belong to the engine, not to the stage kind.
-pub const STAGE_KEYS: &[&str] = &["kind", "inputs"];
+pub const STAGE_KEYS: &[&str] = &["kind", "inputs", "resources"];
 
 /// A validated pipeline.
 pub struct Spec {
@@ -51,6 +54,8 @@ pub struct StageSpec {
     pub params: Vec<(ParamSpec, Option<Node>)>,
     /// Sweep variables referenced directly in the stage's parameters (indexes into the sweep).
     pub vars: BTreeSet<usize>,
+    /// What the stage's `resources` table asks for (cluster executors only).
+    pub resources: Resources,
 }
 
 /// One input connection.
@@ -346,6 +351,10 @@ fn build(
                 ));
             }
         }
+        let resources = match t.get("resources") {
+            Some((_, n)) => Resources::parse(n, &format!("{path}.resources"))?,
+            None => Resources::default(),
+        };
         let mut params = Vec::new();
         let mut vars = BTreeSet::new();
         for p in kind.params() {
@@ -390,6 +399,7 @@ fn build(
                 inputs: Vec::new(),
                 params,
                 vars,
+                resources,
             },
             inputs,
             inputs_loc,

@@ -11,7 +11,8 @@ use crate::stage::{
     StageKind,
 };
 use crate::stages::train::{
-    DEVICE_PARAM, THREADS_PARAM, check_epoch, check_worker_params, layer_names, worker_threads,
+    DEVICE_PARAM, THREADS_PARAM, check_epoch, check_worker_params, layer_names, worker_resources,
+    worker_threads,
 };
 
 /// What `activations.json` records.
@@ -187,6 +188,9 @@ impl StageKind for Activations {
     fn threads(&self, params: &Params) -> usize {
         worker_threads(params)
     }
+    fn resources(&self, params: &Params) -> crate::spec::Resources {
+        worker_resources(params)
+    }
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
         crate::worker::run_in_worker("activations", ctx)
     }
@@ -236,6 +240,9 @@ impl StageKind for GradNorm {
     }
     fn threads(&self, params: &Params) -> usize {
         worker_threads(params)
+    }
+    fn resources(&self, params: &Params) -> crate::spec::Resources {
+        worker_resources(params)
     }
     fn tables(&self, _params: &Params) -> Vec<String> {
         vec!["gradnorm".into()]
@@ -295,6 +302,9 @@ impl StageKind for Rollback {
     }
     fn threads(&self, params: &Params) -> usize {
         worker_threads(params)
+    }
+    fn resources(&self, params: &Params) -> crate::spec::Resources {
+        worker_resources(params)
     }
     fn tables(&self, _params: &Params) -> Vec<String> {
         vec!["rollback".into()]

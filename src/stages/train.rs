@@ -52,6 +52,18 @@ pub fn worker_threads(params: &Params) -> usize {
     params.int("threads").unwrap_or(1).max(1) as usize
 }
 
+/// Cluster resources of a worker stage kind: its threads as CPUs, and one GPU when its
+/// `device` names a CUDA device (`auto` asks for none).
+pub fn worker_resources(params: &Params) -> crate::spec::Resources {
+    crate::spec::Resources {
+        cpus: Some(worker_threads(params) as u32),
+        gpus: Some(u32::from(
+            params.str("device").is_some_and(|d| d.starts_with("cuda")),
+        )),
+        ..Default::default()
+    }
+}
+
 /// Model names accepted by the `model` parameter.
 pub const MODELS: &[&str] = &["mlp", "cnn", "vgg11", "vgg16", "resnet18", "alexnet"];
 
@@ -427,6 +439,9 @@ impl StageKind for Train {
     }
     fn threads(&self, params: &Params) -> usize {
         worker_threads(params)
+    }
+    fn resources(&self, params: &Params) -> crate::spec::Resources {
+        worker_resources(params)
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
         crate::worker::run_in_worker("train", ctx)

@@ -2,11 +2,15 @@
 //!
 //! A lock whose process is gone (same host, pid dead or reused) is stale and is broken
 //! by the next process that wants it; this survives `kill -9` without relying on flock.
+//! A holder refreshes its lock file's modification time every [`HEARTBEAT`]; a lock of
+//! another host (a node of a cluster sharing the cache) is stale once that time is older
+//! than [`stale_after`], since its process cannot be checked from here.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// A held lock; dropping it removes the lock file.
@@ -14,6 +18,42 @@ use std::time::Duration;
 pub struct KeyLock {
     path: PathBuf,
     token: String,
+    /// Dropping it stops the heartbeat thread.
+    _heartbeat: mpsc::Sender<()>,
+}
+
+/// How often a holder refreshes its lock file's modification time.
+pub const HEARTBEAT: Duration = Duration::from_secs(20);
+
+/// Age after which another host's lock counts as abandoned: `PIPE_LOCK_STALE_SECS`, else
+/// 300 seconds (15 missed heartbeats).
+pub fn stale_after() -> Duration {
+    std::env::var("PIPE_LOCK_STALE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::from_secs(300), Duration::from_secs_f64)
+}
+
+/// Refreshes the lock file's time until the sender is dropped, while it holds `token`.
+fn heartbeat(path: PathBuf, token: String, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(HEARTBEAT) {
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == token)
+            && let Ok(f) = OpenOptions::new().append(true).open(&path)
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+}
+
+/// How long ago the file at `path` was modified.
+fn age(path: &Path) -> Option<Duration> {
+    std::fs::metadata(path)
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()
 }
 
 /// Who holds a lock, as written in its file.
@@ -110,15 +150,21 @@ impl KeyLock {
                 Ok(mut f) => {
                     f.write_all(token.as_bytes())?;
                     f.sync_all()?;
+                    let (tx, rx) = mpsc::channel();
+                    let (p, t) = (path.to_path_buf(), token.clone());
+                    std::thread::spawn(move || heartbeat(p, t, rx));
                     return Ok(KeyLock {
                         path: path.to_path_buf(),
                         token,
+                        _heartbeat: tx,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let text = std::fs::read_to_string(path).unwrap_or_default();
+                    let abandoned =
+                        |h: &Holder| h.host != host && age(path).is_some_and(|a| a > stale_after());
                     match parse_holder(&text) {
-                        Some(h) if !is_alive(&h, host) => {
+                        Some(h) if !is_alive(&h, host) || abandoned(&h) => {
                             // Stale: move it aside under a unique name, then retry.
                             let aside = path.with_extension(format!(
                                 "stale.{}.{}",
@@ -203,5 +249,33 @@ mod tests {
         std::fs::write(&p, format!("{host} 4194305 1 0\n")).unwrap();
         let _l = KeyLock::acquire(&p, &host, &mut |_| panic!("must not wait")).unwrap();
         assert_eq!(read_holder(&p).unwrap().pid, std::process::id());
+    }
+
+    #[test]
+    fn another_hosts_lock_is_stale_only_without_heartbeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.lock");
+        let host = host_name();
+        // Fresh: another node is working on it; wait.
+        std::fs::write(&p, "node-17 1234 99 0\n").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (p2, h2) = (p.clone(), host.clone());
+        let t = std::thread::spawn(move || {
+            let _l = KeyLock::acquire(&p2, &h2, &mut |h| tx.send(h.host.clone()).unwrap()).unwrap();
+        });
+        assert_eq!(rx.recv().unwrap(), "node-17");
+        std::fs::remove_file(&p).unwrap();
+        t.join().unwrap();
+        // Not refreshed for longer than the stale age: broken at once.
+        std::fs::write(&p, "node-17 1234 99 0\n").unwrap();
+        let old = std::time::SystemTime::now() - stale_after() - Duration::from_secs(5);
+        std::fs::File::options()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let _l = KeyLock::acquire(&p, &host, &mut |_| panic!("must not wait")).unwrap();
+        assert_eq!(read_holder(&p).unwrap().host, host);
     }
 }
