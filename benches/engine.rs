@@ -150,6 +150,7 @@ fn run_options() -> RunOptions {
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         fail_fast: false,
         only: Vec::new(),
+        remote: None,
     }
 }
 

@@ -109,6 +109,9 @@ pub enum Command {
         /// With `--executor slurm`: seconds between two `squeue` polls.
         #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
         poll: f64,
+        /// Remote cache, `s3://BUCKET/PREFIX` [default: the pipeline's `[cache] remote`].
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
     },
     /// Cancel the Slurm jobs of a run (`scancel`).
     Cancel {
@@ -300,6 +303,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             slurm_args,
             detach,
             poll,
+            remote,
         } => {
             if executor == ExecutorKind::Local
                 && (detach || !slurm_args.is_empty() || partition.is_some())
@@ -332,6 +336,12 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             if dry_run {
                 return Ok(dry_run_report(&plan, &store, &only, json));
             }
+            let remote = match remote.or_else(|| plan.spec.remote.clone()) {
+                Some(url) => Some(std::sync::Arc::new(
+                    crate::store::remote::Remote::open(&url).map_err(Error::usage)?,
+                )),
+                None => None,
+            };
             let slurm = (executor == ExecutorKind::Slurm)
                 .then(|| -> Result<exec::slurm::SlurmOptions, Error> {
                     Ok(exec::slurm::SlurmOptions {
@@ -352,6 +362,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                     jobs,
                     fail_fast,
                     only,
+                    remote,
                 },
                 slurm,
                 json,
@@ -413,6 +424,20 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             let outcome = exec::job::run_job(&job, kind, &store, threads, &mut |h| {
                 eprintln!("waiting for {h}, which holds the lock of {}", job.key);
             });
+            if let (Some(url), Outcome::Executed { .. }) = (&job.remote, &outcome) {
+                match crate::store::remote::Remote::open(url) {
+                    Ok(r) => {
+                        for key in std::iter::once(&job.key).chain(&job.parts) {
+                            if store.is_complete(key)
+                                && let Err(e) = r.push(&store, key)
+                            {
+                                eprintln!("warning: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => eprintln!("warning: {e}"),
+                }
+            }
             let record = exec::slurm::JobOutcome::of(&outcome);
             let path = exec::slurm::outcome_path(&file);
             let bytes = serde_json::to_vec(&record).unwrap_or_default();
@@ -939,6 +964,21 @@ impl Observer for Progress {
                 };
                 drop(done);
                 if self.bar.is_none() || !matches!(outcome, Outcome::Executed { .. }) {
+                    self.say(msg);
+                }
+            }
+            Event::Remote {
+                node,
+                message,
+                warning,
+            } => {
+                let msg = format!("remote {}: {message}", plan.label(node));
+                if warning {
+                    match &self.bar {
+                        Some(b) => b.println(format!("warning: {msg}")),
+                        None => eprintln!("warning: {msg}"),
+                    }
+                } else {
                     self.say(msg);
                 }
             }

@@ -53,6 +53,12 @@ pub struct Job {
     pub files: Vec<(String, String)>,
     /// The folder relative paths in parameters are resolved against.
     pub base_dir: PathBuf,
+    /// The remote cache to push the artifact to, if any.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// Keys of the instance's parts (checkpoints), pushed with it.
+    #[serde(default)]
+    pub parts: Vec<String>,
 }
 
 impl Job {
@@ -80,6 +86,8 @@ impl Job {
                 .collect(),
             files: inst.files.clone(),
             base_dir: plan.spec.base_dir.clone(),
+            remote: None,
+            parts: Vec::new(),
         }
     }
 

@@ -35,6 +35,13 @@ pub fn run(
             to_run.push(n);
         }
     }
+    if let Some(remote) = &opts.remote {
+        let pulled = super::pull_missing(plan, store, remote, &to_run, observer);
+        to_run.retain(|n| !pulled.contains(n));
+        for n in pulled {
+            outcomes.insert(n, Outcome::Cached);
+        }
+    }
     for &n in &to_run {
         let waiting = plan
             .graph
@@ -71,8 +78,12 @@ pub fn run(
                 running += 1;
                 let tx = tx.clone();
                 observer.event(plan, Event::Started(n, want));
+                let remote = opts.remote.as_deref();
                 scope.spawn(move || {
                     let outcome = run_instance(plan, store, n, want, observer);
+                    if let (Some(r), Outcome::Executed { .. }) = (remote, &outcome) {
+                        super::push_done(plan, store, r, n, observer);
+                    }
                     let _ = tx.send((n, want, outcome));
                 });
             }

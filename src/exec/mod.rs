@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use petgraph::graph::NodeIndex;
 
 use crate::plan::Plan;
-use crate::store::Holder;
+use crate::store::remote::{Pulled, Remote};
+use crate::store::{Holder, Store};
 
 /// What happened to one instance in a run.
 #[derive(Clone, Debug)]
@@ -56,6 +57,16 @@ pub enum Event<'a> {
     Waiting(NodeIndex, &'a Holder),
     /// An instance ended.
     Finished(NodeIndex, &'a Outcome),
+    /// The remote cache: an instance's artifact was pulled or pushed (`warning: false`), or
+    /// that failed (`warning: true`; the run goes on without it).
+    Remote {
+        /// The instance.
+        node: NodeIndex,
+        /// What happened, in words.
+        message: String,
+        /// Whether it went wrong.
+        warning: bool,
+    },
 }
 
 /// Receives an executor's events (the CLI turns them into progress output).
@@ -80,6 +91,8 @@ pub struct RunOptions {
     pub fail_fast: bool,
     /// Run only these stages (and what they need); empty means all.
     pub only: Vec<String>,
+    /// The remote cache: pull missing artifacts before computing, push what was computed.
+    pub remote: Option<std::sync::Arc<Remote>>,
 }
 
 /// The outcome of every instance the run looked at, in plan order.
@@ -123,4 +136,117 @@ pub fn selected(plan: &Plan, only: &[String]) -> Vec<NodeIndex> {
         .copied()
         .filter(|n| keep[n.index()])
         .collect()
+}
+
+/// The keys an instance stores: its own and its parts' (checkpoints).
+pub fn stored_keys(plan: &Plan, n: NodeIndex) -> Vec<String> {
+    let inst = &plan.graph[n];
+    let input_keys: Vec<(String, String)> = inst
+        .inputs
+        .iter()
+        .map(|(slot, up)| (slot.clone(), plan.graph[*up].key.clone()))
+        .collect();
+    let kind = plan.spec.stages[inst.stage].kind;
+    let mut keys = vec![inst.key.clone()];
+    keys.extend(
+        kind.parts(&inst.params, &input_keys)
+            .into_iter()
+            .map(|p| p.key),
+    );
+    keys
+}
+
+/// Pulls from the remote cache each of `nodes` it has (with its parts); returns the
+/// instances that are now complete locally. Failures are reported and left to compute.
+pub fn pull_missing(
+    plan: &Plan,
+    store: &Store,
+    remote: &Remote,
+    nodes: &[NodeIndex],
+    observer: &dyn Observer,
+) -> std::collections::HashSet<NodeIndex> {
+    let mut done = std::collections::HashSet::new();
+    for &n in nodes {
+        let keys = stored_keys(plan, n);
+        let mut fetched = 0;
+        let mut failed = None;
+        for key in &keys {
+            if store.is_complete(key) {
+                continue;
+            }
+            match remote.pull(store, key) {
+                Ok(Pulled::Fetched) => fetched += 1,
+                Ok(Pulled::Absent) => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            observer.event(
+                plan,
+                Event::Remote {
+                    node: n,
+                    message: format!("{e}; computing it here"),
+                    warning: true,
+                },
+            );
+        } else if fetched > 0 {
+            observer.event(
+                plan,
+                Event::Remote {
+                    node: n,
+                    message: format!("pulled {fetched} artifact(s) from {}", remote.url()),
+                    warning: false,
+                },
+            );
+        }
+        if store.is_complete(&plan.graph[n].key) {
+            done.insert(n);
+        }
+    }
+    done
+}
+
+/// Pushes an instance's artifact and parts to the remote cache; reports a failure as a
+/// warning (the local artifact is fine).
+pub fn push_done(
+    plan: &Plan,
+    store: &Store,
+    remote: &Remote,
+    n: NodeIndex,
+    observer: &dyn Observer,
+) {
+    let mut pushed = 0;
+    for key in stored_keys(plan, n) {
+        if !store.is_complete(&key) {
+            continue;
+        }
+        match remote.push(store, &key) {
+            Ok(true) => pushed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                observer.event(
+                    plan,
+                    Event::Remote {
+                        node: n,
+                        message: e,
+                        warning: true,
+                    },
+                );
+                return;
+            }
+        }
+    }
+    if pushed > 0 {
+        observer.event(
+            plan,
+            Event::Remote {
+                node: n,
+                message: format!("pushed {pushed} artifact(s) to {}", remote.url()),
+                warning: false,
+            },
+        );
+    }
 }

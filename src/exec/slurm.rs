@@ -362,6 +362,13 @@ pub fn run(
             to_run.push(n);
         }
     }
+    if let Some(remote) = &opts.remote {
+        let pulled = super::pull_missing(plan, store, remote, &to_run, observer);
+        to_run.retain(|n| !pulled.contains(n));
+        for n in pulled {
+            outcomes.insert(n, Outcome::Cached);
+        }
+    }
     observer.event(
         plan,
         Event::Begin {
@@ -392,6 +399,8 @@ pub fn run(
         let stage = &plan.spec.stages[inst.stage];
         let mut job = Job::of(plan, n);
         job.base_dir = base_dir.clone();
+        job.remote = opts.remote.as_ref().map(|r| r.url().to_string());
+        job.parts = super::stored_keys(plan, n).split_off(1);
         let job_file = dir.join("jobs").join(format!("{}.json", inst.key));
         let text = serde_json::to_vec_pretty(&job).unwrap_or_default();
         write_atomic(&job_file, &text).map_err(|e| Error::io(&job_file, e))?;

@@ -38,6 +38,8 @@ pub struct Spec {
     pub sweep: Sweep,
     /// The stages, inputs before the stages that use them (declaration order otherwise).
     pub stages: Vec<StageSpec>,
+    /// `[cache] remote = "s3://bucket/prefix"`: the remote cache, if any.
+    pub remote: Option<String>,
 }
 
 /// One `[stage.NAME]` table.
@@ -208,8 +210,12 @@ fn build(
 ) -> Result<Spec, Error> {
     let top = doc.as_table("")?;
     for (name, (key, _)) in top {
-        if !["pipeline", "sweep", "stage"].contains(&name.as_str()) {
-            return Err(unknown_key(key, name, &["pipeline", "sweep", "stage"]));
+        if !["pipeline", "sweep", "stage", "cache"].contains(&name.as_str()) {
+            return Err(unknown_key(
+                key,
+                name,
+                &["pipeline", "sweep", "stage", "cache"],
+            ));
         }
     }
     let start = Loc::new(source, 0..0);
@@ -249,6 +255,25 @@ fn build(
             "pipeline.name",
             "use only letters, digits, `_` and `-`",
         ));
+    }
+    let mut remote = None;
+    if let Some((_, cache)) = top.get("cache") {
+        for (k, (key, v)) in cache.as_table("cache")? {
+            match k.as_str() {
+                "remote" => {
+                    let url = v.as_str("cache.remote")?;
+                    if !url.starts_with("s3://") || url.len() <= "s3://".len() {
+                        return Err(Error::at(
+                            &v.loc,
+                            "cache.remote",
+                            format!("\"{url}\" is not a remote cache; write s3://BUCKET/PREFIX"),
+                        ));
+                    }
+                    remote = Some(url.to_string());
+                }
+                _ => return Err(unknown_key(key, &format!("cache.{k}"), &["remote"])),
+            }
+        }
     }
     let sweep = Sweep::parse(top.get("sweep").map(|(_, n)| n))?;
 
@@ -588,6 +613,7 @@ fn build(
         base_dir: base_dir.to_path_buf(),
         name,
         description,
+        remote,
         sweep,
         stages,
     })

@@ -13,6 +13,7 @@
 pub mod index;
 pub mod lock;
 pub mod parts;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

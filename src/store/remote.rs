@@ -1,0 +1,240 @@
+//! The remote cache: artifacts mirrored to S3 (or any S3-compatible store) through the
+//! object_store crate, so that machines without a shared filesystem share results.
+//!
+//! Layout under `s3://BUCKET/PREFIX/`: `artifacts/KEY/FILE` for every file of an artifact
+//! and `artifacts/KEY/manifest.json`, which is written last: an artifact exists remotely
+//! once its manifest does. Keys are immutable, so every object is written with a
+//! create-only put; a key another machine pushed first is left as it is.
+//!
+//! Credentials, region and endpoint come from the usual `AWS_*` environment variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+//! `AWS_ALLOW_HTTP` for a plain-HTTP endpoint).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+
+use super::{MANIFEST, Manifest, Store};
+
+/// A connection to a remote cache.
+pub struct Remote {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// What a pull found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pulled {
+    /// The artifact was fetched, checked and stored locally.
+    Fetched,
+    /// The remote cache does not have it.
+    Absent,
+}
+
+impl Remote {
+    /// Connects to `s3://BUCKET[/PREFIX]`.
+    pub fn open(url: &str) -> Result<Remote, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| format!("remote cache `{url}`: write s3://BUCKET/PREFIX"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                ..Default::default()
+            });
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder
+            .build()
+            .map_err(|e| format!("remote cache `{url}`: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("remote cache `{url}`: cannot start its runtime: {e}"))?;
+        Ok(Remote {
+            url: url.to_string(),
+            store: Arc::new(store),
+            prefix: prefix.trim_matches('/').to_string(),
+            runtime,
+        })
+    }
+
+    /// The URL it was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn object(&self, key: &str, file: &str) -> ObjectPath {
+        let p = if self.prefix.is_empty() {
+            format!("artifacts/{key}/{file}")
+        } else {
+            format!("{}/artifacts/{key}/{file}", self.prefix)
+        };
+        ObjectPath::from(p)
+    }
+
+    /// Whether the remote cache has the artifact (its manifest).
+    pub fn has(&self, key: &str) -> Result<bool, String> {
+        let path = self.object(key, MANIFEST);
+        match self.runtime.block_on(self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(format!("{}: {e}", self.url)),
+        }
+    }
+
+    /// Uploads a complete local artifact: its files first, the manifest last, each with a
+    /// create-only put. Returns false if the remote already had it.
+    pub fn push(&self, store: &Store, key: &str) -> Result<bool, String> {
+        if self.has(key)? {
+            return Ok(false);
+        }
+        let dir = store.artifact_dir(key);
+        let manifest = store
+            .manifest(key)
+            .ok_or_else(|| format!("artifact {key} has no readable manifest"))?;
+        let mut files: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        files.push(MANIFEST);
+        for file in files {
+            let bytes = std::fs::read(dir.join(file))
+                .map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+            let object = self.object(key, file);
+            let put = self.store.put_opts(
+                &object,
+                PutPayload::from(bytes),
+                PutOptions::from(PutMode::Create),
+            );
+            match self.runtime.block_on(put) {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(format!("pushing {key}/{file} to {}: {e}", self.url)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Downloads an artifact into the local cache, checking every file against the remote
+    /// manifest's hash and size before it is stored; a damaged remote artifact is an error
+    /// and leaves nothing behind.
+    pub fn pull(&self, store: &Store, key: &str) -> Result<Pulled, String> {
+        let get = |file: &str| -> Result<Option<Vec<u8>>, String> {
+            let path = self.object(key, file);
+            let fut = async {
+                match self.store.get(&path).await {
+                    Ok(r) => r.bytes().await.map(Some),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            self.runtime
+                .block_on(fut)
+                .map(|b| b.map(|b| b.to_vec()))
+                .map_err(|e| format!("fetching {key}/{file} from {}: {e}", self.url))
+        };
+        let Some(text) = get(MANIFEST)? else {
+            return Ok(Pulled::Absent);
+        };
+        let manifest: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| format!("remote artifact {key}: unreadable manifest: {e}"))?;
+        if manifest.key != key {
+            return Err(format!(
+                "remote artifact {key}: its manifest is that of {}",
+                manifest.key
+            ));
+        }
+        let _lock = store
+            .lock(key, &mut |_| {})
+            .map_err(|e| format!("cannot lock {key}: {e}"))?;
+        if store.is_complete(key) {
+            return Ok(Pulled::Fetched);
+        }
+        let tmp = store
+            .begin(key)
+            .map_err(|e| format!("cannot create a temp folder in the cache: {e}"))?;
+        let fetched = (|| {
+            for f in &manifest.files {
+                if !is_inside(&f.path) {
+                    return Err(format!(
+                        "remote artifact {key}: its manifest names a file outside it: {}",
+                        f.path
+                    ));
+                }
+                let bytes = get(&f.path)?
+                    .ok_or_else(|| format!("remote artifact {key}: file {} is missing", f.path))?;
+                let hash = blake3::hash(&bytes).to_hex().to_string();
+                if bytes.len() as u64 != f.size || hash != f.blake3 {
+                    return Err(format!(
+                        "remote artifact {key}: file {} is damaged ({} bytes, blake3 {}; the manifest says {} bytes, {})",
+                        f.path,
+                        bytes.len(),
+                        &hash[..12],
+                        f.size,
+                        &f.blake3[..f.blake3.len().min(12)]
+                    ));
+                }
+                let path = tmp.join(&f.path);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                }
+                std::fs::write(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let mut draft = manifest.clone();
+            draft.files.clear();
+            store
+                .commit(&tmp, draft)
+                .map_err(|e| format!("storing remote artifact {key}: {e}"))
+        })();
+        match fetched {
+            Ok(_) => Ok(Pulled::Fetched),
+            Err(e) => {
+                store.discard(&tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whether a local path names a file inside the artifact (no `..`, not absolute).
+pub fn is_inside(file: &str) -> bool {
+    let p = Path::new(file);
+    !file.is_empty()
+        && !p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Remote({})", self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_paths_must_stay_inside_the_artifact() {
+        assert!(is_inside("metrics.parquet") && is_inside("ckpt/weights.safetensors"));
+        for bad in ["../x", "/etc/passwd", "a/../../b", "./a", ""] {
+            assert!(!is_inside(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_must_be_s3() {
+        assert!(Remote::open("gs://bucket").is_err());
+        assert!(Remote::open("s3://").is_err());
+    }
+}

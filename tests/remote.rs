@@ -1,0 +1,267 @@
+//! The remote cache against a local S3-compatible server (s3s-fs, started by the test on
+//! loopback): push after computing, pull on a local miss, damaged remote files refused.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value as Json;
+
+/// The server, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server");
+    let child = Command::new(script)
+        .arg(port.to_string())
+        .arg(data.path())
+        .arg("pipe-cache")
+        .spawn()
+        .expect("scripts/s3-server");
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the S3 server did not start (scripts/s3-server --install builds it)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, port, data }
+}
+
+fn pipe(p: &Project, s: &Server, args: &[&str]) -> Output {
+    p.command(args)
+        .env("AWS_ACCESS_KEY_ID", "test-access-key")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s.port))
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .unwrap()
+}
+
+fn run(p: &Project, s: &Server, args: &[&str]) -> (i32, Json, String) {
+    let out = pipe(p, s, args);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "remote"
+[sweep]
+noise = [0.0, 0.5]
+[stage.data]
+kind = "dataset"
+source = "idx"
+path = "data"
+train_size = 60
+test_size = 20
+[stage.corrupt]
+kind = "corrupt"
+inputs = ["data"]
+fraction = "${noise}"
+seed = 1
+[stage.train]
+kind = "train"
+inputs = ["data", "corrupt"]
+model = "mlp"
+hidden = [8]
+epochs = 2
+batch_size = 20
+lr = 0.05
+seed = 1
+device = "cpu"
+checkpoints = [0, 1, 2]
+[stage.rollback]
+kind = "rollback"
+inputs = ["train"]
+from_epochs = [1]
+"#;
+
+/// Every key the status lists, parts (checkpoints) included.
+fn all_keys(p: &Project, file: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for s in p.status(file, &[]) {
+        keys.push(s["key"].as_str().unwrap().to_string());
+        for part in s["parts"].as_array().into_iter().flatten() {
+            keys.push(part["key"].as_str().unwrap().to_string());
+        }
+    }
+    keys.sort();
+    keys
+}
+
+fn files_of(cache: &Path, key: &str) -> Json {
+    let m: Json = serde_json::from_slice(
+        &std::fs::read(cache.join("artifacts").join(key).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    m["files"].clone()
+}
+
+fn remote_dir(s: &Server) -> PathBuf {
+    s.data.path().join("pipe-cache/team/artifacts")
+}
+
+#[test]
+fn artifacts_are_pushed_then_pulled_and_damaged_ones_are_recomputed() {
+    let s = start_server();
+    let a = Project::new();
+    a.write("p.toml", PIPELINE);
+    let (code, r, err) = run(
+        &a,
+        &s,
+        &[
+            "run",
+            "p.toml",
+            "--json",
+            "--remote",
+            "s3://pipe-cache/team",
+        ],
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(count(&r, "executed"), 7);
+    let keys = all_keys(&a, "p.toml");
+    assert_eq!(
+        keys.len(),
+        7 + 2 * 3,
+        "7 instances and 3 checkpoints of each train"
+    );
+    // Every artifact and checkpoint is in the bucket, manifest included, byte for byte.
+    for k in &keys {
+        let local = a.cache().join("artifacts").join(k);
+        for f in files_of(&a.cache(), k).as_array().unwrap() {
+            let name = f["path"].as_str().unwrap();
+            assert_eq!(
+                std::fs::read(remote_dir(&s).join(k).join(name)).unwrap(),
+                std::fs::read(local.join(name)).unwrap(),
+                "{k}/{name}"
+            );
+        }
+        assert!(remote_dir(&s).join(k).join("manifest.json").exists());
+    }
+
+    // A fresh machine with the remote in its pipeline file computes nothing.
+    let b = Project::new();
+    b.write(
+        "p.toml",
+        &format!("{PIPELINE}\n[cache]\nremote = \"s3://pipe-cache/team\"\n"),
+    );
+    let (code, r, err) = run(&b, &s, &["run", "p.toml", "--json"]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(count(&r, "executed"), 0, "{r}");
+    assert_eq!(count(&r, "cached"), 7);
+    assert!(err.contains("pulled"), "{err}");
+    for k in &keys {
+        assert_eq!(files_of(&b.cache(), k), files_of(&a.cache(), k), "{k}");
+    }
+    assert!(pipe(&b, &s, &["verify"]).status.success());
+
+    // A damaged remote file is refused: that instance is computed here, the rest pulled.
+    let corrupt: Vec<Json> = a
+        .status("p.toml", &[])
+        .into_iter()
+        .filter(|i| i["stage"] == "corrupt" && i["point"]["noise"] == 0.5)
+        .collect();
+    let ck = corrupt[0]["key"].as_str().unwrap();
+    let target = remote_dir(&s).join(ck).join("labels.parquet");
+    let mut bytes = std::fs::read(&target).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&target, &bytes).unwrap();
+    let c = Project::new();
+    c.write("p.toml", PIPELINE);
+    let (code, r, err) = run(
+        &c,
+        &s,
+        &[
+            "run",
+            "p.toml",
+            "--json",
+            "--remote",
+            "s3://pipe-cache/team",
+        ],
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    assert!(
+        err.contains("is damaged") && err.contains("labels.parquet"),
+        "{err}"
+    );
+    let executed: Vec<&str> = r["executed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(executed, [ck], "only the damaged one is computed");
+    assert_eq!(files_of(&c.cache(), ck), files_of(&a.cache(), ck));
+    assert!(pipe(&c, &s, &["verify"]).status.success());
+
+    // Through Slurm, each job pushes its artifact (and checkpoints) from the node.
+    let d = Project::new();
+    d.write("p.toml", PIPELINE);
+    let (code, r, err) = run(
+        &d,
+        &s,
+        &[
+            "run",
+            "p.toml",
+            "--json",
+            "--executor",
+            "slurm",
+            "--poll",
+            "0.3",
+            "--remote",
+            "s3://pipe-cache/slurm",
+        ],
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(count(&r, "executed"), 7);
+    let pushed = s.data.path().join("pipe-cache/slurm/artifacts");
+    for k in &keys {
+        assert!(pushed.join(k).join("manifest.json").exists(), "{k}");
+    }
+}
+
+#[test]
+fn a_bad_remote_url_is_a_usage_error() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        &format!("{BASIC}\n[cache]\nremote = \"gs://x\"\n"),
+    );
+    let out = p.pipe(&["run", "p.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("p.toml:") && err.contains("cache.remote") && err.contains("s3://"),
+        "{err}"
+    );
+    assert!(p.artifacts().is_empty());
+}
