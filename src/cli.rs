@@ -967,12 +967,12 @@ impl Observer for Progress {
                     self.say(msg);
                 }
             }
-            Event::Remote {
+            Event::Note {
                 node,
                 message,
                 warning,
             } => {
-                let msg = format!("remote {}: {message}", plan.label(node));
+                let msg = format!("{}: {message}", plan.label(node));
                 if warning {
                     match &self.bar {
                         Some(b) => b.println(format!("warning: {msg}")),

@@ -356,6 +356,9 @@ pub struct RunContext<'a> {
     pub key: &'a str,
     /// The sweep variables the instance depends on.
     pub point: &'a Json,
+    /// When the stage must have ended (its `timeout`), if ever: kinds that run a process
+    /// wait for it with [`wait_until`], which kills it then.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl RunContext<'_> {
@@ -467,5 +470,46 @@ mod tests {
             .coerce(serde_json::json!("permut"))
             .unwrap_err();
         assert!(e.contains("did you mean `permute`"), "{e}");
+    }
+}
+
+/// A stage ran past its `timeout` and was stopped.
+#[derive(Debug)]
+pub struct TimedOut;
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "it ran past its timeout and was killed")
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// Waits for a child process; at the deadline kills it (with its process group when
+/// `group`, for commands that start their own children) and fails with [`TimedOut`].
+pub fn wait_until(
+    child: &mut std::process::Child,
+    deadline: Option<std::time::Instant>,
+    group: bool,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let Some(deadline) = deadline else {
+        return Ok(child.wait()?);
+    };
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            if group {
+                // SAFETY: kill(2) on our own child's process group; no memory is touched.
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(anyhow::Error::new(TimedOut));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

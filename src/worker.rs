@@ -105,11 +105,15 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(&serde_json::to_vec(&job)?)?;
     }
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_string(&mut stderr)?;
-    }
-    let status = child.wait()?;
+    let reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = e.read_to_string(&mut text);
+            text
+        })
+    });
+    let status = crate::stage::wait_until(&mut child, ctx.deadline, false)?;
+    let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
     ctx.log.write_all(stderr.as_bytes())?;
     if status.success() {
         return Ok(());

@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 
 use super::Outcome;
 use crate::plan::Plan;
-use crate::stage::{BadData, InputArtifact, Params, RunContext, StageKind};
+use crate::stage::{BadData, InputArtifact, Params, RunContext, StageKind, TimedOut};
 use crate::store::{Holder, Manifest, Parts, Store, unix_now};
 
 /// One input of a job.
@@ -59,6 +59,12 @@ pub struct Job {
     /// Keys of the instance's parts (checkpoints), pushed with it.
     #[serde(default)]
     pub parts: Vec<String>,
+    /// The stage's `timeout`, in seconds.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// The stage's `retries`.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 impl Job {
@@ -88,6 +94,8 @@ impl Job {
             base_dir: plan.spec.base_dir.clone(),
             remote: None,
             parts: Vec::new(),
+            timeout: stage.timeout.map(|t| t.as_secs_f64()),
+            retries: stage.retries,
         }
     }
 
@@ -152,6 +160,15 @@ pub fn run_job(
     if store.is_complete(&job.key) {
         return Outcome::Cached;
     }
+    // A damaged artifact (a file missing or of the wrong size) is replaced.
+    if store.artifact_dir(&job.key).exists()
+        && let Err(e) = store.remove(&job.key)
+    {
+        return fail(format!(
+            "cannot remove the damaged artifact {}: {e}",
+            job.key
+        ));
+    }
     // Append mode: a worker process writes into the same log while this one holds it open.
     let opened = std::fs::write(&log_path, b"")
         .and_then(|_| std::fs::OpenOptions::new().append(true).open(&log_path));
@@ -178,65 +195,101 @@ pub fn run_job(
         cache: store.root().to_path_buf(),
         template: job.template(store),
     };
-    let tmp = match store.begin(&job.key) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("cannot create a temp folder in the cache: {e}")),
-    };
-    let _ = writeln!(
-        log,
-        "# pipe {}: stage {} ({}), key {}, point {}, {} thread(s) on {}",
-        env!("CARGO_PKG_VERSION"),
-        job.stage,
-        job.kind,
-        job.key,
-        job.point,
-        threads,
-        store.host()
-    );
     let params = Params(job.params.clone());
-    let started = unix_now();
-    let clock = Instant::now();
-    let result = {
-        let mut ctx = RunContext {
-            params: &params,
-            inputs: &inputs,
-            parts: &parts,
-            out: &tmp,
-            log: &mut log,
-            log_path: &log_path,
-            threads,
-            base_dir: &job.base_dir,
-            key: &job.key,
-            point: &job.point,
+    let mut attempt = 0;
+    let (tmp, started, seconds) = loop {
+        let tmp = match store.begin(&job.key) {
+            Ok(t) => t,
+            Err(e) => return fail(format!("cannot create a temp folder in the cache: {e}")),
         };
-        std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx)))
-    };
-    let seconds = clock.elapsed().as_secs_f64();
-    let mut bad_data = false;
-    let error = match result {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => {
-            bad_data = e.chain().any(|c| c.is::<BadData>());
-            Some(format!("{e:#}"))
-        }
-        Err(panic) => Some(format!(
-            "the stage panicked: {}",
-            panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)")
-        )),
-    };
-    if let Some(message) = error {
-        let _ = writeln!(log, "# failed after {seconds:.3}s: {message}");
+        let _ = writeln!(
+            log,
+            "# pipe {}: stage {} ({}), key {}, point {}, {} thread(s) on {}{}",
+            env!("CARGO_PKG_VERSION"),
+            job.stage,
+            job.kind,
+            job.key,
+            job.point,
+            threads,
+            store.host(),
+            if attempt > 0 {
+                format!(", attempt {} of {}", attempt + 1, job.retries + 1)
+            } else {
+                String::new()
+            }
+        );
+        let started = unix_now();
+        let clock = Instant::now();
+        let timeout = job
+            .timeout
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .map(std::time::Duration::from_secs_f64);
+        let result = {
+            let mut ctx = RunContext {
+                params: &params,
+                inputs: &inputs,
+                parts: &parts,
+                out: &tmp,
+                log: &mut log,
+                log_path: &log_path,
+                threads,
+                base_dir: &job.base_dir,
+                key: &job.key,
+                point: &job.point,
+                deadline: timeout.map(|t| clock + t),
+            };
+            std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx)))
+        };
+        let seconds = clock.elapsed().as_secs_f64();
+        let mut bad_data = false;
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
+                bad_data = e.chain().any(|c| c.is::<BadData>());
+                if e.chain().any(|c| c.is::<TimedOut>()) {
+                    Some(format!(
+                        "timed out: still running after {:.0}s (timeout = {:?}s), killed",
+                        seconds,
+                        job.timeout.unwrap_or(0.0)
+                    ))
+                } else {
+                    Some(format!("{e:#}"))
+                }
+            }
+            Err(panic) => Some(format!(
+                "the stage panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)")
+            )),
+        };
+        let Some(message) = error else {
+            break (tmp, started, seconds);
+        };
         store.discard(&tmp);
+        if !bad_data && attempt < job.retries {
+            attempt += 1;
+            let _ = writeln!(
+                log,
+                "# attempt {attempt} failed after {seconds:.3}s: {message}; retrying ({} of {} retries left)",
+                job.retries - attempt + 1,
+                job.retries
+            );
+            continue;
+        }
+        let _ = writeln!(log, "# failed after {seconds:.3}s: {message}");
         return Outcome::Failed {
-            message,
+            message: if attempt > 0 {
+                format!("{message} (after {} attempts)", attempt + 1)
+            } else {
+                message
+            },
             log: log_path,
             bad_data,
         };
-    }
+    };
     let mut draft = parts.template.clone();
     draft.started = started;
     draft.seconds = seconds;

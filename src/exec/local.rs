@@ -42,6 +42,7 @@ pub fn run(
             outcomes.insert(n, Outcome::Cached);
         }
     }
+    super::recheck_inputs(plan, store, &mut outcomes, &mut to_run, observer);
     for &n in &to_run {
         let waiting = plan
             .graph

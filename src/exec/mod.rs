@@ -57,9 +57,10 @@ pub enum Event<'a> {
     Waiting(NodeIndex, &'a Holder),
     /// An instance ended.
     Finished(NodeIndex, &'a Outcome),
-    /// The remote cache: an instance's artifact was pulled or pushed (`warning: false`), or
-    /// that failed (`warning: true`; the run goes on without it).
-    Remote {
+    /// Something worth saying about an instance besides its outcome: its artifact was
+    /// pulled or pushed (`warning: false`), or a push, a pull or a cached input was bad
+    /// (`warning: true`; the run goes on, recomputing what it must).
+    Note {
         /// The instance.
         node: NodeIndex,
         /// What happened, in words.
@@ -186,7 +187,7 @@ pub fn pull_missing(
         if let Some(e) = failed {
             observer.event(
                 plan,
-                Event::Remote {
+                Event::Note {
                     node: n,
                     message: format!("{e}; computing it here"),
                     warning: true,
@@ -195,7 +196,7 @@ pub fn pull_missing(
         } else if fetched > 0 {
             observer.event(
                 plan,
-                Event::Remote {
+                Event::Note {
                     node: n,
                     message: format!("pulled {fetched} artifact(s) from {}", remote.url()),
                     warning: false,
@@ -229,7 +230,7 @@ pub fn push_done(
             Err(e) => {
                 observer.event(
                     plan,
-                    Event::Remote {
+                    Event::Note {
                         node: n,
                         message: e,
                         warning: true,
@@ -242,11 +243,60 @@ pub fn push_done(
     if pushed > 0 {
         observer.event(
             plan,
-            Event::Remote {
+            Event::Note {
                 node: n,
                 message: format!("pushed {pushed} artifact(s) to {}", remote.url()),
                 warning: false,
             },
         );
     }
+}
+
+/// Rehashes every cached artifact (and checkpoint) that the instances about to run will
+/// read. A damaged one is removed and computed again in this run, before anything reads
+/// it, so no instance consumes damaged data; a no-op run checks nothing.
+pub fn recheck_inputs(
+    plan: &Plan,
+    store: &Store,
+    outcomes: &mut std::collections::HashMap<NodeIndex, Outcome>,
+    to_run: &mut Vec<NodeIndex>,
+    observer: &dyn Observer,
+) {
+    let mut queue = to_run.clone();
+    let mut checked = std::collections::HashSet::new();
+    while let Some(n) = queue.pop() {
+        for (_, up) in &plan.graph[n].inputs {
+            let up = *up;
+            if !matches!(outcomes.get(&up), Some(Outcome::Cached)) || !checked.insert(up) {
+                continue;
+            }
+            let damaged: Vec<(String, String)> = stored_keys(plan, up)
+                .into_iter()
+                .filter(|k| store.is_complete(k))
+                .filter_map(|k| store.check(&k).err().map(|e| (k, e)))
+                .collect();
+            if damaged.is_empty() {
+                continue;
+            }
+            for (key, problem) in &damaged {
+                let _ = store.remove(key);
+                observer.event(
+                    plan,
+                    Event::Note {
+                        node: up,
+                        message: format!(
+                            "cached artifact {} is damaged ({problem}); removed, computing it again",
+                            &key[..12]
+                        ),
+                        warning: true,
+                    },
+                );
+            }
+            let _ = store.remove(&plan.graph[up].key);
+            outcomes.remove(&up);
+            to_run.push(up);
+            queue.push(up);
+        }
+    }
+    to_run.sort();
 }

@@ -369,6 +369,7 @@ pub fn run(
             outcomes.insert(n, Outcome::Cached);
         }
     }
+    super::recheck_inputs(plan, store, &mut outcomes, &mut to_run, observer);
     observer.event(
         plan,
         Event::Begin {

@@ -22,7 +22,7 @@ use node::{KeyNode, Node, Value};
 pub use sweep::Sweep;
 
 /// Keys of a `[stage.NAME]` table that belong to the engine, not to the stage kind.
-pub const STAGE_KEYS: &[&str] = &["kind", "inputs", "resources"];
+pub const STAGE_KEYS: &[&str] = &["kind", "inputs", "resources", "timeout", "retries"];
 
 /// A validated pipeline.
 pub struct Spec {
@@ -58,6 +58,10 @@ pub struct StageSpec {
     pub vars: BTreeSet<usize>,
     /// What the stage's `resources` table asks for (cluster executors only).
     pub resources: Resources,
+    /// `timeout = "2h"`: an instance running longer is stopped and fails.
+    pub timeout: Option<std::time::Duration>,
+    /// `retries = 1`: a failed instance is run again up to this many times (not for bad data).
+    pub retries: u32,
 }
 
 /// One input connection.
@@ -380,6 +384,43 @@ fn build(
             Some((_, n)) => Resources::parse(n, &format!("{path}.resources"))?,
             None => Resources::default(),
         };
+        let timeout = match t.get("timeout") {
+            Some((_, n)) => {
+                let at = format!("{path}.timeout");
+                let text = match &n.value {
+                    Value::Int(i) => i.to_string(),
+                    Value::Float(f) => f.to_string(),
+                    _ => n.as_str(&at)?.to_string(),
+                };
+                Some(resources::parse_duration(&text).ok_or_else(|| {
+                    Error::at(
+                        &n.loc,
+                        &at,
+                        format!("\"{text}\" is not a duration; write e.g. \"2h\", \"90m\", \"1h30m\", \"45s\" or seconds"),
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let retries = match t.get("retries") {
+            Some((_, n)) => match &n.value {
+                Value::Int(i) if (0..=100).contains(i) => *i as u32,
+                other => {
+                    return Err(Error::at(
+                        &n.loc,
+                        &format!("{path}.retries"),
+                        format!(
+                            "expected an integer from 0 to 100, found {}",
+                            match other {
+                                Value::Int(i) => i.to_string(),
+                                o => o.type_name().to_string(),
+                            }
+                        ),
+                    ));
+                }
+            },
+            None => 0,
+        };
         let mut params = Vec::new();
         let mut vars = BTreeSet::new();
         for p in kind.params() {
@@ -425,6 +466,8 @@ fn build(
                 params,
                 vars,
                 resources,
+                timeout,
+                retries,
             },
             inputs,
             inputs_loc,

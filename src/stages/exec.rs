@@ -144,9 +144,12 @@ impl StageKind for Exec {
                 Ok(())
             });
         }
-        let status = cmd.status().with_context(|| {
+        // Its own process group, so that a timeout stops everything the command started.
+        cmd.process_group(0);
+        let mut child = cmd.spawn().with_context(|| {
             format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display())
         })?;
+        let status = crate::stage::wait_until(&mut child, ctx.deadline, true)?;
         if !status.success() {
             match status.code() {
                 Some(c) => bail!("command `{}` exited with status {c}", argv.join(" ")),

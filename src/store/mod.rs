@@ -346,7 +346,7 @@ impl Store {
             use rayon::prelude::*;
             keys.par_iter()
                 .filter_map(|k| {
-                    self.check_artifact(k).err().map(|problem| Damage {
+                    self.check(k).err().map(|problem| Damage {
                         key: k.clone(),
                         problem,
                     })
@@ -361,7 +361,8 @@ impl Store {
         Ok((keys.len(), damages))
     }
 
-    fn check_artifact(&self, key: &str) -> Result<(), String> {
+    /// Rehashes one artifact against its manifest: `Err` says what is wrong.
+    pub fn check(&self, key: &str) -> Result<(), String> {
         let dir = self.artifact_dir(key);
         let bytes =
             fs::read(dir.join(MANIFEST)).map_err(|e| format!("manifest unreadable: {e}"))?;

@@ -159,6 +159,11 @@ impl Remote {
         if store.is_complete(key) {
             return Ok(Pulled::Fetched);
         }
+        if store.artifact_dir(key).exists() {
+            store
+                .remove(key)
+                .map_err(|e| format!("cannot remove the damaged local artifact {key}: {e}"))?;
+        }
         let tmp = store
             .begin(key)
             .map_err(|e| format!("cannot create a temp folder in the cache: {e}"))?;

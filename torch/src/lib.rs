@@ -42,6 +42,7 @@ pub fn run_job(job: Job) -> Result<()> {
         base_dir: &job.base_dir,
         key: &job.key,
         point: &job.point,
+        deadline: None,
     };
     match job.kind.as_str() {
         "train" => train_stage::run(&mut ctx),
