@@ -63,7 +63,7 @@ const QUICK_SMALL: &[&str] = &[
 ];
 
 /// Every artifact (checkpoints included) by key, with each file's blake3 as the manifest
-/// records it, except `metrics.parquet`, whose `seconds` column holds wall-clock timings.
+/// records it.
 fn snapshot(cache: &Path) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(cache.join("artifacts"))
@@ -76,20 +76,18 @@ fn snapshot(cache: &Path) -> Vec<(String, String, String)> {
                 .unwrap();
         for f in m["files"].as_array().unwrap() {
             let path = f["path"].as_str().unwrap().to_string();
-            if path != "metrics.parquet" {
-                out.push((key.clone(), path, f["blake3"].as_str().unwrap().to_string()));
-            }
+            out.push((key.clone(), path, f["blake3"].as_str().unwrap().to_string()));
         }
     }
     out.sort();
     out
 }
 
-/// All metrics but the timing column, per artifact.
+/// All metrics, per artifact, as DuckDB reads them.
 fn metrics(cache: &Path) -> Json {
     python(&format!(
         "import duckdb, json\n\
-         r = duckdb.sql(\"SELECT * EXCLUDE (seconds) FROM read_parquet('{}/artifacts/*/metrics.parquet', filename=true) ORDER BY filename, epoch\").fetchall()\n\
+         r = duckdb.sql(\"SELECT * FROM read_parquet('{}/artifacts/*/metrics.parquet', filename=true) ORDER BY filename, epoch\").fetchall()\n\
          print(json.dumps([[str(x).split('/artifacts/')[-1] for x in row] for row in r]))",
         cache.display()
     ))

@@ -80,7 +80,7 @@ fn keys(r: &Json, list: &str) -> Vec<String> {
     v
 }
 
-/// Metrics of every training instance without the timing column, from DuckDB.
+/// Metrics of every training instance, from DuckDB.
 fn metrics(cache: &Path, keys: &[String]) -> Json {
     let files: Vec<String> = keys
         .iter()
@@ -90,7 +90,7 @@ fn metrics(cache: &Path, keys: &[String]) -> Json {
         .collect();
     python(&format!(
         "import duckdb, json\n\
-         r = duckdb.sql(\"SELECT * EXCLUDE (seconds) FROM read_parquet([{}], filename=true) ORDER BY filename, epoch\").fetchall()\n\
+         r = duckdb.sql(\"SELECT * FROM read_parquet([{}], filename=true) ORDER BY filename, epoch\").fetchall()\n\
          print(json.dumps([[str(x).split('/artifacts/')[-1] for x in row] for row in r]))",
         files.join(", ")
     ))
@@ -120,16 +120,10 @@ fn quick_pipeline_through_slurm_equals_a_local_run_and_is_not_resubmitted() {
     for j in sr["jobs"].as_array().unwrap() {
         assert!(Path::new(j["slurm_log"].as_str().unwrap()).exists(), "{j}");
     }
-    // The same numbers: every file but the metrics (which hold per-epoch timings) is
-    // byte-identical, and the metrics are equal without their `seconds` column.
-    let strip = |v: Vec<(String, String, String)>| -> Vec<(String, String, String)> {
-        v.into_iter()
-            .filter(|(_, path, _)| path != "metrics.parquet")
-            .collect()
-    };
+    // The same numbers: every file is byte-identical, and DuckDB reads the same metrics.
     assert_eq!(
-        strip(file_hashes(&slurm.cache(), &executed)),
-        strip(file_hashes(&local.cache(), &executed))
+        file_hashes(&slurm.cache(), &executed),
+        file_hashes(&local.cache(), &executed)
     );
     let m = metrics(&slurm.cache(), &executed);
     assert_eq!(m.as_array().unwrap().len(), 4 * 4, "4 runs x epochs 0..=3");

@@ -71,7 +71,7 @@ pub const MODELS: &[&str] = &["mlp", "cnn", "vgg11", "vgg16", "resnet18", "alexn
 pub struct Train;
 
 /// Code version of `train` and of its checkpoints.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The kind recorded in checkpoint manifests (and hashed into their keys).
 pub const CHECKPOINT_KIND: &str = "train.checkpoint";
@@ -209,7 +209,8 @@ pub struct EpochMetrics {
     pub test_loss: f64,
     /// Accuracy on the test set.
     pub test_acc: f64,
-    /// Wall-clock seconds of the epoch (training and evaluation); not deterministic.
+    /// Wall-clock seconds of the epoch (training and evaluation). Not deterministic, so it
+    /// goes to the log only, never into `metrics.parquet` (read back as 0).
     pub seconds: f64,
 }
 
@@ -231,7 +232,6 @@ pub fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
         Field::new("corrupted_true_acc", DataType::Float64, true),
         Field::new("test_loss", DataType::Float64, false),
         Field::new("test_acc", DataType::Float64, false),
-        Field::new("seconds", DataType::Float64, false),
     ]);
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(
@@ -245,7 +245,6 @@ pub fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
         o(|m| m.corrupted_true_acc),
         f(|m| m.test_loss),
         f(|m| m.test_acc),
-        f(|m| m.seconds),
     ];
     write_parquet(path, &RecordBatch::try_new(Arc::new(schema), cols)?)
 }
@@ -263,7 +262,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
         .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
         .with_context(|| format!("{}: no epoch column", path.display()))?;
     let opt = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
-    let (lr, tl, ta, ca, cta, ctr, xl, xa, s) = (
+    let (lr, tl, ta, ca, cta, ctr, xl, xa) = (
         col("lr")?,
         col("train_loss")?,
         col("train_acc")?,
@@ -272,7 +271,6 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
         col("corrupted_true_acc")?,
         col("test_loss")?,
         col("test_acc")?,
-        col("seconds")?,
     );
     Ok((0..b.num_rows())
         .map(|i| EpochMetrics {
@@ -285,7 +283,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
             corrupted_true_acc: opt(ctr, i),
             test_loss: xl.value(i),
             test_acc: xa.value(i),
-            seconds: s.value(i),
+            seconds: 0.0,
         })
         .collect())
 }
