@@ -38,30 +38,6 @@ impl Rng {
     }
 }
 
-/// The shipped quick pipeline, made small enough to be interrupted many times.
-const QUICK_SMALL: &[&str] = &[
-    "--set",
-    "stage.data.train_size=400",
-    "--set",
-    "stage.data.test_size=200",
-    "--set",
-    "stage.train.epochs=3",
-    "--set",
-    "stage.train.checkpoints=[0,1,3]",
-    "--set",
-    "stage.activations.epochs=[0,3]",
-    "--set",
-    "stage.activations.per_class=5",
-    "--set",
-    "stage.probe.n_t=30",
-    "--set",
-    "stage.gradnorm.epochs=[0,3]",
-    "--set",
-    "stage.gradnorm.subset=30",
-    "--set",
-    "stage.rollback.from_epochs=[1]",
-];
-
 /// Every artifact (checkpoints included) by key, with each file's blake3 as the manifest
 /// records it.
 fn snapshot(cache: &Path) -> Vec<(String, String, String)> {

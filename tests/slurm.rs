@@ -25,30 +25,6 @@ fn require_slurm() {
     );
 }
 
-/// The shipped quick pipeline, made small enough for a test.
-const QUICK_SMALL: &[&str] = &[
-    "--set",
-    "stage.data.train_size=400",
-    "--set",
-    "stage.data.test_size=200",
-    "--set",
-    "stage.train.epochs=3",
-    "--set",
-    "stage.train.checkpoints=[0,1,3]",
-    "--set",
-    "stage.activations.epochs=[0,3]",
-    "--set",
-    "stage.activations.per_class=5",
-    "--set",
-    "stage.probe.n_t=30",
-    "--set",
-    "stage.gradnorm.epochs=[0,3]",
-    "--set",
-    "stage.gradnorm.subset=30",
-    "--set",
-    "stage.rollback.from_epochs=[1]",
-];
-
 /// Every artifact's files and their blake3, from the manifests.
 fn file_hashes(cache: &Path, keys: &[String]) -> Vec<(String, String, String)> {
     let mut out = Vec::new();

@@ -7,9 +7,8 @@ use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
 use super::job::{Job, run_job};
-use super::{Event, Observer, Outcome, RunOptions, RunReport, selected};
+use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
 use crate::plan::Plan;
-use crate::status::index_entry;
 use crate::store::Store;
 
 /// Runs every selected instance whose artifact is missing; returns each one's outcome.
@@ -22,27 +21,14 @@ pub fn run(
     opts: &RunOptions,
     observer: &dyn Observer,
 ) -> std::io::Result<RunReport> {
-    let nodes = selected(plan, &opts.only);
     store.prepare()?;
     let jobs = opts.jobs.max(1);
-    let mut outcomes: HashMap<NodeIndex, Outcome> = HashMap::new();
+    let Triage {
+        nodes,
+        mut outcomes,
+        to_run,
+    } = triage(plan, store, opts, observer);
     let mut pending: HashMap<NodeIndex, usize> = HashMap::new();
-    let mut to_run = Vec::new();
-    for &n in &nodes {
-        if store.is_complete(&plan.graph[n].key) {
-            outcomes.insert(n, Outcome::Cached);
-        } else {
-            to_run.push(n);
-        }
-    }
-    if let Some(remote) = &opts.remote {
-        let pulled = super::pull_missing(plan, store, remote, &to_run, observer);
-        to_run.retain(|n| !pulled.contains(n));
-        for n in pulled {
-            outcomes.insert(n, Outcome::Cached);
-        }
-    }
-    super::recheck_inputs(plan, store, &mut outcomes, &mut to_run, observer);
     for &n in &to_run {
         let waiting = plan
             .graph
@@ -51,13 +37,6 @@ pub fn run(
             .count();
         pending.insert(n, waiting);
     }
-    observer.event(
-        plan,
-        Event::Begin {
-            to_run: to_run.len(),
-            cached: nodes.len() - to_run.len(),
-        },
-    );
 
     // Ordered by node index, which is plan order: inputs first, then declaration and sweep order.
     let mut ready: BTreeSet<NodeIndex> =
@@ -138,24 +117,7 @@ pub fn run(
         }
     }
 
-    let updates: Vec<_> = nodes
-        .iter()
-        .filter(|n| {
-            matches!(
-                outcomes.get(n),
-                Some(Outcome::Executed { .. } | Outcome::Cached)
-            )
-        })
-        .map(|&n| index_entry(plan, &plan.graph[n]))
-        .collect();
-    store.update_index(&plan.spec.name, updates)?;
-
-    Ok(RunReport {
-        outcomes: nodes
-            .iter()
-            .filter_map(|n| outcomes.remove(n).map(|o| (*n, o)))
-            .collect(),
-    })
+    conclude(plan, store, &nodes, outcomes)
 }
 
 /// Runs one instance under its key's lock, storing the artifact on success.

@@ -300,3 +300,75 @@ pub fn recheck_inputs(
     }
     to_run.sort();
 }
+
+/// What a run must do, decided before anything runs.
+pub struct Triage {
+    /// The instances the run covers, in plan order.
+    pub nodes: Vec<NodeIndex>,
+    /// Those already settled (cached, or pulled from the remote cache).
+    pub outcomes: std::collections::HashMap<NodeIndex, Outcome>,
+    /// Those to compute, in plan order.
+    pub to_run: Vec<NodeIndex>,
+}
+
+/// The first step of every executor: which selected instances are cached, which the remote
+/// cache provides, which cached inputs are damaged; then reports [`Event::Begin`].
+pub fn triage(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Observer) -> Triage {
+    let nodes = selected(plan, &opts.only);
+    let mut outcomes = std::collections::HashMap::new();
+    let mut to_run = Vec::new();
+    for &n in &nodes {
+        if store.is_complete(&plan.graph[n].key) {
+            outcomes.insert(n, Outcome::Cached);
+        } else {
+            to_run.push(n);
+        }
+    }
+    if let Some(remote) = &opts.remote {
+        let pulled = pull_missing(plan, store, remote, &to_run, observer);
+        to_run.retain(|n| !pulled.contains(n));
+        for n in pulled {
+            outcomes.insert(n, Outcome::Cached);
+        }
+    }
+    recheck_inputs(plan, store, &mut outcomes, &mut to_run, observer);
+    observer.event(
+        plan,
+        Event::Begin {
+            to_run: to_run.len(),
+            cached: nodes.len() - to_run.len(),
+        },
+    );
+    Triage {
+        nodes,
+        outcomes,
+        to_run,
+    }
+}
+
+/// The last step of every executor: remembers in the index what each stage and point now
+/// has, and orders the outcomes as the plan does.
+pub fn conclude(
+    plan: &Plan,
+    store: &Store,
+    nodes: &[NodeIndex],
+    mut outcomes: std::collections::HashMap<NodeIndex, Outcome>,
+) -> std::io::Result<RunReport> {
+    let updates: Vec<_> = nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                outcomes.get(n),
+                Some(Outcome::Executed { .. } | Outcome::Cached)
+            )
+        })
+        .map(|&n| crate::status::index_entry(plan, &plan.graph[n]))
+        .collect();
+    store.update_index(&plan.spec.name, updates)?;
+    Ok(RunReport {
+        outcomes: nodes
+            .iter()
+            .filter_map(|n| outcomes.remove(n).map(|o| (*n, o)))
+            .collect(),
+    })
+}

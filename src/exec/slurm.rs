@@ -17,10 +17,9 @@ use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
 use super::job::Job;
-use super::{Event, Observer, Outcome, RunOptions, RunReport, selected};
+use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
 use crate::error::Error;
 use crate::plan::Plan;
-use crate::status::index_entry;
 use crate::store::{Store, unix_now, write_atomic};
 
 /// Options of a Slurm run.
@@ -348,35 +347,15 @@ pub fn run(
     observer: &dyn Observer,
     interrupted: &AtomicBool,
 ) -> Result<(RunReport, RunRecord), Error> {
-    let nodes = selected(plan, &opts.only);
     store.prepare().map_err(|e| Error::io(store.root(), e))?;
     let root = std::fs::canonicalize(store.root()).map_err(|e| Error::io(store.root(), e))?;
     let base_dir =
         std::fs::canonicalize(&plan.spec.base_dir).unwrap_or_else(|_| plan.spec.base_dir.clone());
-    let mut outcomes: HashMap<NodeIndex, Outcome> = HashMap::new();
-    let mut to_run = Vec::new();
-    for &n in &nodes {
-        if store.is_complete(&plan.graph[n].key) {
-            outcomes.insert(n, Outcome::Cached);
-        } else {
-            to_run.push(n);
-        }
-    }
-    if let Some(remote) = &opts.remote {
-        let pulled = super::pull_missing(plan, store, remote, &to_run, observer);
-        to_run.retain(|n| !pulled.contains(n));
-        for n in pulled {
-            outcomes.insert(n, Outcome::Cached);
-        }
-    }
-    super::recheck_inputs(plan, store, &mut outcomes, &mut to_run, observer);
-    observer.event(
-        plan,
-        Event::Begin {
-            to_run: to_run.len(),
-            cached: nodes.len() - to_run.len(),
-        },
-    );
+    let Triage {
+        nodes,
+        mut outcomes,
+        to_run,
+    } = triage(plan, store, opts, observer);
     let mut record = RunRecord {
         id: new_run_id(),
         pipeline: plan.spec.name.clone(),
@@ -601,20 +580,8 @@ pub fn run(
     }
     record.finished = live.is_empty();
     save_record(store, &record)?;
-    let updates: Vec<_> = nodes
-        .iter()
-        .filter(|n| {
-            matches!(
-                outcomes.get(n),
-                Some(Outcome::Executed { .. } | Outcome::Cached)
-            )
-        })
-        .map(|&n| index_entry(plan, &plan.graph[n]))
-        .collect();
-    store
-        .update_index(&plan.spec.name, updates)
-        .map_err(|e| Error::io(store.root(), e))?;
-    Ok((report(&nodes, outcomes), record))
+    let report = conclude(plan, store, &nodes, outcomes).map_err(|e| Error::io(store.root(), e))?;
+    Ok((report, record))
 }
 
 fn report(nodes: &[NodeIndex], mut outcomes: HashMap<NodeIndex, Outcome>) -> RunReport {

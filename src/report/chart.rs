@@ -297,35 +297,30 @@ pub fn heat_svg(h: &Heat) -> Result<String> {
                     .pos(Pos::new(HPos::Center, VPos::Center)),
             )
         };
+        let mut cells: Vec<(f64, f64, f64)> = Vec::new();
         for (r, row) in h.cells.iter().enumerate() {
             for (c, cell) in row.iter().enumerate() {
-                let (x, y) = (c as f64, r as f64);
-                let Some(s) = cell else { continue };
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
-                        viridis(scale(s.mean)).filled(),
-                    )))
-                    .map_err(err)?;
-                chart
-                    .draw_series(std::iter::once(text(s.mean, x, y)))
-                    .map_err(err)?;
+                if let Some(s) = cell {
+                    cells.push((c as f64, r as f64, s.mean));
+                }
             }
         }
         if let Some((_, s)) = &h.reference {
+            cells.extend((0..h.rows.len()).map(|r| (h.cols.len() as f64, r as f64, s.mean)));
+        }
+        for (x, y, v) in cells {
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
+                    viridis(scale(v)).filled(),
+                )))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(text(v, x, y)))
+                .map_err(err)?;
+        }
+        if h.reference.is_some() {
             let x = h.cols.len() as f64;
-            for r in 0..h.rows.len() {
-                let y = r as f64;
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
-                        viridis(scale(s.mean)).filled(),
-                    )))
-                    .map_err(err)?;
-                chart
-                    .draw_series(std::iter::once(text(s.mean, x, y)))
-                    .map_err(err)?;
-            }
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(x - 0.47, -0.47), (x + 0.47, nrows as f64 - 0.53)],

@@ -193,3 +193,28 @@ kind = "exec"
 inputs = { labels = "corrupt" }
 cmd = ["sh", "-c", "ls $PIPE_INPUT_LABELS > $PIPE_OUT/listing.txt"]
 "#;
+
+/// `--set` overrides that make the shipped quick pipeline small enough for tests that run it
+/// many times or through Slurm (every stage kind still runs).
+pub const QUICK_SMALL: &[&str] = &[
+    "--set",
+    "stage.data.train_size=400",
+    "--set",
+    "stage.data.test_size=200",
+    "--set",
+    "stage.train.epochs=3",
+    "--set",
+    "stage.train.checkpoints=[0,1,3]",
+    "--set",
+    "stage.activations.epochs=[0,3]",
+    "--set",
+    "stage.activations.per_class=5",
+    "--set",
+    "stage.probe.n_t=30",
+    "--set",
+    "stage.gradnorm.epochs=[0,3]",
+    "--set",
+    "stage.gradnorm.subset=30",
+    "--set",
+    "stage.rollback.from_epochs=[1]",
+];
