@@ -166,48 +166,69 @@ pub fn pull_missing(
     nodes: &[NodeIndex],
     observer: &dyn Observer,
 ) -> std::collections::HashSet<NodeIndex> {
-    let mut done = std::collections::HashSet::new();
-    for &n in nodes {
-        let keys = stored_keys(plan, n);
-        let mut fetched = 0;
-        let mut failed = None;
-        for key in &keys {
-            if store.is_complete(key) {
-                continue;
-            }
-            match remote.pull(store, key) {
-                Ok(Pulled::Fetched) => fetched += 1,
-                Ok(Pulled::Absent) => {}
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+    // Several instances at once: each pull waits on the network far more than it works.
+    const PARALLEL: usize = 8;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(std::collections::HashSet::new());
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL.min(nodes.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&n) = nodes.get(i) else { break };
+                    if pull_one(plan, store, remote, n, observer) {
+                        done.lock().unwrap_or_else(|e| e.into_inner()).insert(n);
+                    }
                 }
+            });
+        }
+    });
+    done.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Pulls one instance's artifact and parts; true if it is now complete locally.
+fn pull_one(
+    plan: &Plan,
+    store: &Store,
+    remote: &Remote,
+    n: NodeIndex,
+    observer: &dyn Observer,
+) -> bool {
+    let mut fetched = 0;
+    let mut failed = None;
+    for key in stored_keys(plan, n) {
+        if store.is_complete(&key) {
+            continue;
+        }
+        match remote.pull(store, &key) {
+            Ok(Pulled::Fetched) => fetched += 1,
+            Ok(Pulled::Absent) => {}
+            Err(e) => {
+                failed = Some(e);
+                break;
             }
-        }
-        if let Some(e) = failed {
-            observer.event(
-                plan,
-                Event::Note {
-                    node: n,
-                    message: format!("{e}; computing it here"),
-                    warning: true,
-                },
-            );
-        } else if fetched > 0 {
-            observer.event(
-                plan,
-                Event::Note {
-                    node: n,
-                    message: format!("pulled {fetched} artifact(s) from {}", remote.url()),
-                    warning: false,
-                },
-            );
-        }
-        if store.is_complete(&plan.graph[n].key) {
-            done.insert(n);
         }
     }
-    done
+    if let Some(e) = failed {
+        observer.event(
+            plan,
+            Event::Note {
+                node: n,
+                message: format!("{e}; computing it here"),
+                warning: true,
+            },
+        );
+    } else if fetched > 0 {
+        observer.event(
+            plan,
+            Event::Note {
+                node: n,
+                message: format!("pulled {fetched} artifact(s) from {}", remote.url()),
+                warning: false,
+            },
+        );
+    }
+    store.is_complete(&plan.graph[n].key)
 }
 
 /// Pushes an instance's artifact and parts to the remote cache; reports a failure as a
