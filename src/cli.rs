@@ -120,6 +120,9 @@ pub enum Command {
         /// The cache directory [default: $PIPE_CACHE, else ./cache].
         #[arg(long, value_name = "DIR")]
         cache: Option<PathBuf>,
+        /// Print `{"run", "cancelled": [job ids], "jobs"}` as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Compute one instance from a job file (what a Slurm job runs on its node).
     #[command(hide = true)]
@@ -369,7 +372,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                 verbosity,
             )
         }
-        Command::Cancel { run, cache } => {
+        Command::Cancel { run, cache, json } => {
             let store = Store::new(cache_dir(&cache));
             let mut record = exec::slurm::find_record(&store, &run)?;
             let ids: Vec<&str> = record.jobs.iter().map(|j| j.job_id.as_str()).collect();
@@ -398,7 +401,12 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
             let n = active.len();
             record.finished = true;
             exec::slurm::save_record(&store, &record)?;
-            if verbosity > Verbosity::Quiet {
+            if json {
+                println!(
+                    "{}",
+                    json!({"run": record.id, "cancelled": active, "jobs": record.jobs.len()})
+                );
+            } else if verbosity > Verbosity::Quiet {
                 println!(
                     "run {}: cancelled {n} queued or running jobs of {}",
                     record.id,

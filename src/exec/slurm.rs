@@ -364,7 +364,9 @@ pub fn run(
         finished: to_run.is_empty(),
     };
     if to_run.is_empty() {
-        return Ok((report(&nodes, outcomes), record));
+        let report =
+            conclude(plan, store, &nodes, outcomes).map_err(|e| Error::io(store.root(), e))?;
+        return Ok((report, record));
     }
     let dir = root.join("runs").join(&record.id);
     for sub in ["jobs", "logs"] {
