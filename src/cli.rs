@@ -280,6 +280,22 @@ fn load_plan(args: &PipelineArgs) -> Result<Plan, Error> {
     Plan::build(spec, &mut FileHasher::default())
 }
 
+/// Says on stderr which instances `export` or `report` left out because they are not cached.
+fn note_left_out(plan: &Plan, missing: &[NodeIndex]) {
+    if !missing.is_empty() {
+        eprintln!(
+            "note: {} instances are not in the cache and were left out (run the pipeline to include them): {}",
+            missing.len(),
+            missing
+                .iter()
+                .take(5)
+                .map(|&n| plan.label(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
 fn item(plan: &Plan, n: NodeIndex) -> Json {
     let inst = &plan.graph[n];
     json!({"stage": plan.stage_name(n), "point": inst.point, "key": inst.key})
@@ -433,17 +449,11 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                 eprintln!("waiting for {h}, which holds the lock of {}", job.key);
             });
             if let (Some(url), Outcome::Executed { .. }) = (&job.remote, &outcome) {
-                match crate::store::remote::Remote::open(url) {
-                    Ok(r) => {
-                        for key in std::iter::once(&job.key).chain(&job.parts) {
-                            if store.is_complete(key)
-                                && let Err(e) = r.push(&store, key)
-                            {
-                                eprintln!("warning: {e}");
-                            }
-                        }
-                    }
-                    Err(e) => eprintln!("warning: {e}"),
+                let keys = std::iter::once(&job.key).chain(&job.parts);
+                if let Err(e) = crate::store::remote::Remote::open(url)
+                    .and_then(|r| r.push_all(&store, keys.map(String::as_str)))
+                {
+                    eprintln!("warning: {e}");
                 }
             }
             let record = exec::slurm::JobOutcome::of(&outcome);
@@ -639,19 +649,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                     );
                 }
             }
-            if !report.missing.is_empty() {
-                eprintln!(
-                    "note: {} instances are not in the cache and were left out (run the pipeline to include them): {}",
-                    report.missing.len(),
-                    report
-                        .missing
-                        .iter()
-                        .take(5)
-                        .map(|&n| plan.label(n))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
+            note_left_out(&plan, &report.missing);
             Ok(0)
         }
         Command::Show { key, cache, json } => {
@@ -749,18 +747,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                     }
                 );
             }
-            if !w.missing.is_empty() {
-                eprintln!(
-                    "note: {} instances are not in the cache and were left out (run the pipeline to include them): {}",
-                    w.missing.len(),
-                    w.missing
-                        .iter()
-                        .take(5)
-                        .map(|&n| plan.label(n))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
+            note_left_out(&plan, &w.missing);
             Ok(0)
         }
         Command::Ls { stage, cache, json } => {

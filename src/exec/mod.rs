@@ -240,37 +240,23 @@ pub fn push_done(
     n: NodeIndex,
     observer: &dyn Observer,
 ) {
-    let mut pushed = 0;
-    for key in stored_keys(plan, n) {
-        if !store.is_complete(&key) {
-            continue;
-        }
-        match remote.push(store, &key) {
-            Ok(true) => pushed += 1,
-            Ok(false) => {}
-            Err(e) => {
-                observer.event(
-                    plan,
-                    Event::Note {
-                        node: n,
-                        message: e,
-                        warning: true,
-                    },
-                );
-                return;
-            }
-        }
-    }
-    if pushed > 0 {
-        observer.event(
-            plan,
-            Event::Note {
-                node: n,
-                message: format!("pushed {pushed} artifact(s) to {}", remote.url()),
-                warning: false,
-            },
-        );
-    }
+    let keys = stored_keys(plan, n);
+    let (message, warning) = match remote.push_all(store, keys.iter().map(String::as_str)) {
+        Ok(0) => return,
+        Ok(pushed) => (
+            format!("pushed {pushed} artifact(s) to {}", remote.url()),
+            false,
+        ),
+        Err(e) => (e, true),
+    };
+    observer.event(
+        plan,
+        Event::Note {
+            node: n,
+            message,
+            warning,
+        },
+    );
 }
 
 /// Rehashes every cached artifact (and checkpoint) that the instances about to run will

@@ -124,6 +124,22 @@ impl Remote {
         Ok(true)
     }
 
+    /// Pushes each of `keys` that is complete locally (an artifact and its parts); returns
+    /// how many the remote did not have yet. Stops at the first failure.
+    pub fn push_all<'k>(
+        &self,
+        store: &Store,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<usize, String> {
+        let mut pushed = 0;
+        for key in keys {
+            if store.is_complete(key) && self.push(store, key)? {
+                pushed += 1;
+            }
+        }
+        Ok(pushed)
+    }
+
     /// Downloads an artifact into the local cache, checking every file against the remote
     /// manifest's hash and size before it is stored; a damaged remote artifact is an error
     /// and leaves nothing behind.
