@@ -1,21 +1,17 @@
 //! `pipe`: a workflow engine for deep-learning experiments.
 //!
-//! Data flows one way: pipeline file -> [`spec`] -> [`plan`] -> [`exec`] -> stage kind
-//! ([`stage::StageKind`], implemented in [`stages`]) -> [`store`]. See ARCHITECTURE.md.
+//! This crate is the `pipe` command: the stage kinds ([`stages`]), the command line
+//! ([`cli`]), [`export`] and [`report`]. The engine underneath (spec, plan, store,
+//! executors, status) is the crate `pipe-engine`, and the measurements and data readers
+//! are `pipe-science`; both are re-exported here under their module names. See
+//! ARCHITECTURE.md for the crate graph.
+
+pub use pipe_engine::{error, exec, key, plan, spec, stage, status, store, table};
+pub use pipe_science::{datasets, geometry};
 
 pub mod cli;
-pub mod datasets;
-pub mod error;
-pub mod exec;
 pub mod export;
-pub mod geometry;
-pub mod plan;
 pub mod render;
 pub mod report;
-pub mod spec;
-pub mod stage;
 pub mod stages;
-pub mod status;
-pub mod store;
-pub mod table;
 pub mod worker;

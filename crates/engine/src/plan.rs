@@ -12,11 +12,10 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value as Json;
 
 use crate::error::{Error, Loc};
+pub use crate::key::{KEY_SCHEMA, canonical_json, compute_key};
 use crate::spec::{Spec, node, template};
+use crate::store::index::{IndexEntry, entry_id};
 use crate::stage::{CheckEnv, InputInfo, Params, Presence};
-
-/// Version of the key encoding itself; bumping it changes every key.
-pub const KEY_SCHEMA: u32 = 1;
 
 /// One stage at one sweep point: the unit that runs and is cached.
 #[derive(Clone, Debug)]
@@ -78,71 +77,24 @@ impl FileHasher {
     }
 }
 
-/// Writes JSON with object keys sorted, so equal values always give equal text.
-pub fn canonical_json(v: &Json, out: &mut String) {
-    match v {
-        Json::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Json::String(k.clone()).to_string());
-                out.push(':');
-                canonical_json(&m[k], out);
-            }
-            out.push('}');
-        }
-        Json::Array(items) => {
-            out.push('[');
-            for (i, x) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(x, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-/// The key of an instance: blake3 over the canonical encoding of everything that defines it.
-pub fn compute_key(
-    kind: &str,
-    version: u32,
-    key_params: &serde_json::Map<String, Json>,
-    inputs: &[(String, String)],
-    files: &[(String, String)],
-) -> String {
-    let mut doc = serde_json::Map::new();
-    doc.insert("schema".into(), Json::from(KEY_SCHEMA));
-    doc.insert("kind".into(), Json::from(kind));
-    doc.insert("version".into(), Json::from(version));
-    doc.insert("params".into(), Json::Object(key_params.clone()));
-    doc.insert(
-        "inputs".into(),
-        Json::Object(
-            inputs
+/// The index entry that a successful run of `inst` leaves.
+pub fn index_entry(plan: &Plan, inst: &Instance) -> (String, IndexEntry) {
+    let stage = &plan.spec.stages[inst.stage];
+    (
+        entry_id(&stage.name, &inst.point),
+        IndexEntry {
+            key: inst.key.clone(),
+            kind: stage.kind.name().to_string(),
+            version: stage.kind.version(),
+            params: inst.key_params.clone(),
+            inputs: inst
+                .inputs
                 .iter()
-                .map(|(s, k)| (s.clone(), Json::from(k.as_str())))
+                .map(|(slot, up)| (slot.clone(), plan.graph[*up].key.clone()))
                 .collect(),
-        ),
-    );
-    doc.insert(
-        "files".into(),
-        Json::Object(
-            files
-                .iter()
-                .map(|(n, h)| (n.clone(), Json::from(h.as_str())))
-                .collect(),
-        ),
-    );
-    let mut text = String::with_capacity(256);
-    canonical_json(&Json::Object(doc), &mut text);
-    blake3::hash(text.as_bytes()).to_hex().to_string()
+            files: inst.files.iter().cloned().collect(),
+        },
+    )
 }
 
 /// A short label for a point: `noise=0.4,seed=1`, or `-` for none.
@@ -224,7 +176,7 @@ impl Plan {
                     input_keys.push((r.slot.clone(), graph[up].key.clone()));
                     inputs.push((r.slot.clone(), up));
                 }
-                let params = Params(params);
+                let params = Params::new(params);
                 let upstream: Vec<InputInfo<'_>> = stage
                     .inputs
                     .iter()
@@ -363,12 +315,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn canonical_json_sorts_keys_at_every_level() {
-        let mut a = String::new();
-        canonical_json(&json!({"b": 1, "a": {"z": [1, 2.5], "y": "s"}}), &mut a);
-        assert_eq!(a, r#"{"a":{"y":"s","z":[1,2.5]},"b":1}"#);
-    }
 
     #[test]
     fn key_changes_with_each_ingredient_and_only_then() {

@@ -79,7 +79,7 @@ impl Job {
             version: stage.kind.version(),
             key: inst.key.clone(),
             point: inst.point.clone(),
-            params: inst.params.0.clone(),
+            params: inst.params.values().clone(),
             key_params: inst.key_params.clone(),
             inputs: inst
                 .inputs
@@ -195,7 +195,7 @@ pub fn run_job(
         cache: store.root().to_path_buf(),
         template: job.template(store),
     };
-    let params = Params(job.params.clone());
+    let params = Params::new(job.params.clone());
     let mut attempt = 0;
     let (tmp, started, seconds) = loop {
         let tmp = match store.begin(&job.key) {

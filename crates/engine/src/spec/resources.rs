@@ -1,37 +1,14 @@
 //! `resources = { cpus = 4, gpus = 1, mem = "16G", time = "02:00:00" }` on a stage: what a
-//! cluster job of one of its instances asks for. Resources never enter keys.
-
-use serde::{Deserialize, Serialize};
+//! cluster job of one of its instances asks for: parsing and checking the table into a
+//! [`Resources`]. Resources never enter keys.
 
 use super::node::{Node, Value};
 use crate::error::{Error, suggest};
-
-/// What one instance asks a cluster scheduler for; `None` leaves it to the scheduler.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resources {
-    /// CPU cores (Slurm `--cpus-per-task`); also the instance's thread count there.
-    pub cpus: Option<u32>,
-    /// GPUs (Slurm `--gpus`).
-    pub gpus: Option<u32>,
-    /// Memory, e.g. `16G` (Slurm `--mem`).
-    pub mem: Option<String>,
-    /// Wall-clock limit, `[D-]HH:MM:SS` or minutes (Slurm `--time`).
-    pub time: Option<String>,
-}
+use crate::resources::Resources;
 
 const KEYS: [&str; 4] = ["cpus", "gpus", "mem", "time"];
 
 impl Resources {
-    /// `given` where set, else `self` (a kind's defaults).
-    pub fn overridden_by(&self, given: &Resources) -> Resources {
-        Resources {
-            cpus: given.cpus.or(self.cpus),
-            gpus: given.gpus.or(self.gpus),
-            mem: given.mem.clone().or_else(|| self.mem.clone()),
-            time: given.time.clone().or_else(|| self.time.clone()),
-        }
-    }
-
     /// Parses and checks a stage's `resources` table.
     pub fn parse(node: &Node, path: &str) -> Result<Resources, Error> {
         let mut r = Resources::default();

@@ -6,9 +6,13 @@
 //! inside `run` (load images, train a network) is invisible to it.
 
 use std::fs::File;
+use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value as Json;
+
+use crate::resources::Resources;
 
 /// The type a parameter's resolved value must have.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +83,7 @@ impl ParamType {
             (ParamType::Int, Json::Number(n)) if n.is_i64() => Ok(Json::Number(n)),
             (ParamType::Float, Json::Number(n)) => {
                 let x = n.as_f64().unwrap_or(f64::NAN);
-                crate::spec::template::float(x)
+                crate::key::float(x)
                     .ok_or_else(|| "expected a finite number".to_string())
             }
             (ParamType::Str, Json::String(s)) => Ok(Json::String(s)),
@@ -216,41 +220,163 @@ pub enum Inputs {
     Any,
 }
 
-/// Resolved parameters of one instance: every declared parameter that has a value.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Params(pub serde_json::Map<String, Json>);
+/// Resolved parameters of one instance: every declared parameter that has a value
+/// (defaults filled in), and the kind's typed view of them, parsed once on first use.
+#[derive(Clone, Default)]
+pub struct Params {
+    values: serde_json::Map<String, Json>,
+    typed: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
+}
 
 impl Params {
-    /// The raw value of a parameter.
-    pub fn get(&self, name: &str) -> Option<&Json> {
-        self.0.get(name)
-    }
-    /// An integer parameter.
-    pub fn int(&self, name: &str) -> Option<i64> {
-        self.0.get(name).and_then(Json::as_i64)
-    }
-    /// A numeric parameter.
-    pub fn float(&self, name: &str) -> Option<f64> {
-        self.0.get(name).and_then(Json::as_f64)
-    }
-    /// A string parameter.
-    pub fn str(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(Json::as_str)
-    }
-    /// A boolean parameter.
-    pub fn bool(&self, name: &str) -> Option<bool> {
-        self.0.get(name).and_then(Json::as_bool)
-    }
-    /// An array of strings (elements that are not strings are skipped).
-    pub fn strings(&self, name: &str) -> Vec<String> {
-        match self.0.get(name) {
-            Some(Json::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
+    /// Parameters with these resolved values.
+    pub fn new(values: serde_json::Map<String, Json>) -> Params {
+        Params {
+            values,
+            typed: Arc::default(),
         }
     }
+    /// The resolved values, by name (for keys, the index and the worker's job file).
+    pub fn values(&self) -> &serde_json::Map<String, Json> {
+        &self.values
+    }
+    /// The typed view of the parameters, parsed on the first call and shared afterwards.
+    /// Fails only when `T` does not describe these values (a kind's declaration and its
+    /// struct disagree, which the kinds' tests rule out).
+    pub fn typed<T: KindParams>(&self) -> Result<Arc<T>, String> {
+        if let Some(cached) = self.typed.get() {
+            if let Ok(t) = Arc::clone(cached).downcast::<T>() {
+                return Ok(t);
+            }
+            return T::parse(&self.values).map(Arc::new);
+        }
+        let parsed = Arc::new(T::parse(&self.values)?);
+        let _ = self.typed.set(parsed.clone());
+        Ok(parsed)
+    }
+}
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Params) -> bool {
+        self.values == other.values
+    }
+}
+
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.values.fmt(f)
+    }
+}
+
+/// A kind's parameters as one typed struct, declared with [`stage_params!`] so that the
+/// struct, the schema the spec checks, the defaults and the key marks are one declaration.
+pub trait KindParams: serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// Every parameter: name, type, presence or default, key mark and doc, in order.
+    fn specs() -> &'static [ParamSpec];
+    /// Parses resolved values (already checked against [`KindParams::specs`]).
+    fn parse(values: &serde_json::Map<String, Json>) -> Result<Self, String> {
+        Self::deserialize(serde::de::value::MapDeserializer::new(
+            values.iter().map(|(k, v)| (k.as_str(), v)),
+        ))
+        .map_err(|e: serde_json::Error| format!("parameters do not fit their declaration: {e}"))
+    }
+}
+
+/// A Rust type a parameter can have, and the [`ParamType`] the spec checks values against.
+pub trait ParamValue {
+    /// The schema type of values of this Rust type.
+    const TYPE: ParamType;
+    /// Whether the parameter may be left out (`Option<T>`).
+    const OPTIONAL: bool = false;
+}
+
+impl ParamValue for i64 {
+    const TYPE: ParamType = ParamType::Int;
+}
+impl ParamValue for f64 {
+    const TYPE: ParamType = ParamType::Float;
+}
+impl ParamValue for String {
+    const TYPE: ParamType = ParamType::Str;
+}
+impl ParamValue for bool {
+    const TYPE: ParamType = ParamType::Bool;
+}
+impl ParamValue for Json {
+    const TYPE: ParamType = ParamType::Any;
+}
+impl<T: ParamValue> ParamValue for Vec<T> {
+    const TYPE: ParamType = ParamType::List(&T::TYPE);
+}
+impl<T: ParamValue> ParamValue for std::collections::BTreeMap<String, T> {
+    const TYPE: ParamType = ParamType::Map(&T::TYPE);
+}
+impl<T: ParamValue> ParamValue for Option<T> {
+    const TYPE: ParamType = T::TYPE;
+    const OPTIONAL: bool = true;
+}
+
+/// Declares a kind's parameters once: a `#[derive(Deserialize)]` struct with one field per
+/// parameter, and its [`KindParams::specs`] (the schema `pipe kinds` prints and the spec
+/// checks) from the same lines. Each line is `name: Type, PRESENCE, "doc";` where
+/// PRESENCE is `required`, `optional` (the type is then `Option<_>`) or `default "TOML"`,
+/// optionally followed by `not_in_key`. The [`ParamType`] comes from the Rust type
+/// ([`ParamValue`]). `flatten Type;` at the end includes another declared struct's
+/// parameters (shared groups such as a worker's `device` and `threads`).
+#[macro_export]
+macro_rules! stage_params {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $field:ident : $ty:ty, $presence:ident $($default:literal)? $(, $nik:ident)?, $doc:literal;
+            )*
+            $(flatten $group_field:ident : $group:ty;)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, serde::Deserialize)]
+        pub struct $name {
+            $(
+                #[doc = $doc]
+                pub $field: $ty,
+            )*
+            $(
+                /// Parameters shared with other kinds.
+                #[serde(flatten)]
+                pub $group_field: $group,
+            )?
+        }
+
+        impl $crate::stage::KindParams for $name {
+            fn specs() -> &'static [$crate::stage::ParamSpec] {
+                static SPECS: std::sync::LazyLock<Vec<$crate::stage::ParamSpec>> =
+                    std::sync::LazyLock::new(|| {
+                        #[allow(unused_mut)]
+                        let mut specs = vec![$(
+                            $crate::stage::ParamSpec {
+                                name: stringify!($field),
+                                ty: <$ty as $crate::stage::ParamValue>::TYPE,
+                                presence: $crate::stage_params!(@presence $ty, $presence $($default)?),
+                                in_key: $crate::stage_params!(@in_key $($nik)?),
+                                doc: $doc,
+                            },
+                        )*];
+                        $(specs.extend_from_slice(<$group as $crate::stage::KindParams>::specs());)?
+                        specs
+                    });
+                &SPECS
+            }
+        }
+    };
+    (@presence $ty:ty, required) => { $crate::stage::Presence::Required };
+    (@presence $ty:ty, optional) => {{
+        const _: () = assert!(<$ty as $crate::stage::ParamValue>::OPTIONAL, "an optional parameter's type must be Option<_>");
+        $crate::stage::Presence::Optional
+    }};
+    (@presence $ty:ty, default $d:literal) => { $crate::stage::Presence::Default($d) };
+    (@in_key) => { true };
+    (@in_key not_in_key) => { false };
 }
 
 /// A parameter problem found by [`StageKind::check`].
@@ -408,14 +534,108 @@ pub trait StageKind: Send + Sync {
     }
     /// What a cluster job of an instance asks for unless the stage's `resources` table says
     /// otherwise: by default its threads as CPUs.
-    fn resources(&self, params: &Params) -> crate::spec::Resources {
-        crate::spec::Resources {
+    fn resources(&self, params: &Params) -> Resources {
+        Resources {
             cpus: Some(self.threads(params).max(1) as u32),
             ..Default::default()
         }
     }
     /// Does the work: reads inputs, writes files under `ctx.out`, nothing else.
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()>;
+}
+
+/// A stage kind with typed parameters: what a kind implements. Every `Kind` is a
+/// [`StageKind`] (the object-safe view the engine holds), which parses the parameters into
+/// `Self::Params` once per instance and hands the struct to each method.
+pub trait Kind: Send + Sync + 'static {
+    /// The kind's parameters, declared with [`stage_params!`].
+    type Params: KindParams;
+    /// The name used as `kind = "..."` (and by the worker's dispatch).
+    const NAME: &'static str;
+    /// Code version; bump it when the output's meaning changes, so old artifacts go stale.
+    const VERSION: u32;
+    /// One line saying what the kind does.
+    const ABOUT: &'static str;
+    /// The inputs it takes.
+    fn inputs(&self) -> Inputs;
+    /// Checks the parameters beyond their types, before any work starts.
+    fn check(&self, _params: &Self::Params, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        Ok(())
+    }
+    /// Files whose content goes into the key (scripts, data files).
+    fn files(&self, _params: &Self::Params, _env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
+        Vec::new()
+    }
+    /// Further artifacts an instance produces (see [`StageKind::parts`]).
+    fn parts(&self, _params: &Self::Params, _input_keys: &[(String, String)]) -> Vec<Part> {
+        Vec::new()
+    }
+    /// The Parquet tables (file stems) that `pipe export` gathers.
+    fn tables(&self, _params: &Self::Params) -> Vec<String> {
+        Vec::new()
+    }
+    /// How many threads an instance wants; the scheduler may give fewer.
+    fn threads(&self, _params: &Self::Params) -> usize {
+        1
+    }
+    /// What a cluster job asks for by default: its threads as CPUs.
+    fn resources(&self, params: &Self::Params) -> Resources {
+        Resources {
+            cpus: Some(self.threads(params).max(1) as u32),
+            ..Default::default()
+        }
+    }
+    /// Does the work: reads inputs, writes files under `ctx.out`, nothing else.
+    fn run(&self, params: &Self::Params, ctx: &mut RunContext<'_>) -> anyhow::Result<()>;
+}
+
+/// Parses `params` for kind `K`, or says why not (a declaration bug, not user input).
+fn typed_params<K: Kind>(params: &Params) -> Result<Arc<K::Params>, String> {
+    params
+        .typed::<K::Params>()
+        .map_err(|e| format!("stage kind `{}`: {e}", K::NAME))
+}
+
+impl<K: Kind> StageKind for K {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn version(&self) -> u32 {
+        K::VERSION
+    }
+    fn about(&self) -> &'static str {
+        K::ABOUT
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        K::Params::specs()
+    }
+    fn inputs(&self) -> Inputs {
+        Kind::inputs(self)
+    }
+    fn check(&self, params: &Params, env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        let p = typed_params::<K>(params).map_err(ParamError::stage)?;
+        Kind::check(self, &p, env)
+    }
+    fn files(&self, params: &Params, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
+        typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::files(self, &p, env))
+    }
+    fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part> {
+        typed_params::<K>(params)
+            .map_or_else(|_| Vec::new(), |p| Kind::parts(self, &p, input_keys))
+    }
+    fn tables(&self, params: &Params) -> Vec<String> {
+        typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::tables(self, &p))
+    }
+    fn threads(&self, params: &Params) -> usize {
+        typed_params::<K>(params).map_or(1, |p| Kind::threads(self, &p))
+    }
+    fn resources(&self, params: &Params) -> Resources {
+        typed_params::<K>(params).map_or_else(|_| Resources::default(), |p| Kind::resources(self, &p))
+    }
+    fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
+        let p = typed_params::<K>(ctx.params).map_err(anyhow::Error::msg)?;
+        Kind::run(self, &p, ctx)
+    }
 }
 
 /// Marks a stage failure as caused by the user's data (a malformed or missing data file),

@@ -41,7 +41,7 @@ pub fn entry_id(stage: &str, point: &Json) -> String {
     let mut s = String::with_capacity(64);
     s.push_str(stage);
     s.push(' ');
-    crate::plan::canonical_json(point, &mut s);
+    crate::key::canonical_json(point, &mut s);
     s
 }
 

@@ -139,11 +139,7 @@ pub fn resolve(
     })
 }
 
-/// A float as JSON, with `-0.0` normalized to `0.0`; `None` for NaN and infinities.
-pub fn float(x: f64) -> Option<Json> {
-    let x = if x == 0.0 { 0.0 } else { x };
-    serde_json::Number::from_f64(x).map(Json::Number)
-}
+pub use crate::key::float;
 
 #[cfg(test)]
 mod tests {

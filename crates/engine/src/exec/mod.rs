@@ -369,7 +369,7 @@ pub fn conclude(
                 Some(Outcome::Executed { .. } | Outcome::Cached)
             )
         })
-        .map(|&n| crate::status::index_entry(plan, &plan.graph[n]))
+        .map(|&n| crate::plan::index_entry(plan, &plan.graph[n]))
         .collect();
     store.update_index(&plan.spec.name, updates)?;
     Ok(RunReport {

@@ -8,7 +8,7 @@ pub mod resources;
 pub mod sweep;
 pub mod template;
 
-pub use resources::Resources;
+pub use crate::resources::Resources;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -54,25 +54,7 @@ pub fn parts(plan: &Plan, store: &Store, inst: &Instance) -> Vec<(Part, bool)> {
         .collect()
 }
 
-/// The index entry that a successful run of `inst` leaves.
-pub fn index_entry(plan: &Plan, inst: &Instance) -> (String, IndexEntry) {
-    let stage = &plan.spec.stages[inst.stage];
-    (
-        entry_id(&stage.name, &inst.point),
-        IndexEntry {
-            key: inst.key.clone(),
-            kind: stage.kind.name().to_string(),
-            version: stage.kind.version(),
-            params: inst.key_params.clone(),
-            inputs: inst
-                .inputs
-                .iter()
-                .map(|(slot, up)| (slot.clone(), plan.graph[*up].key.clone()))
-                .collect(),
-            files: inst.files.iter().cloned().collect(),
-        },
-    )
-}
+pub use crate::plan::index_entry;
 
 fn show(v: Option<&Json>) -> String {
     match v {

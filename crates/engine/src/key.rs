@@ -1,0 +1,95 @@
+//! Keys: blake3 over a canonical JSON encoding of everything that defines an output (the
+//! kind, its code version, the parameters in the key, input keys, declared files' hashes).
+//! Depends on nothing else in the engine, so the plan, the store's index and stage kinds
+//! (which key their parts) can all use it.
+
+use serde_json::Value as Json;
+
+/// Version of the key derivation itself; bumping it changes every key.
+pub const KEY_SCHEMA: u32 = 1;
+
+/// Writes JSON with object keys sorted, so equal values always give equal text.
+pub fn canonical_json(v: &Json, out: &mut String) {
+    match v {
+        Json::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Json::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(&m[k], out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The key of an instance: blake3 over the canonical encoding of everything that defines it.
+pub fn compute_key(
+    kind: &str,
+    version: u32,
+    key_params: &serde_json::Map<String, Json>,
+    inputs: &[(String, String)],
+    files: &[(String, String)],
+) -> String {
+    let mut doc = serde_json::Map::new();
+    doc.insert("schema".into(), Json::from(KEY_SCHEMA));
+    doc.insert("kind".into(), Json::from(kind));
+    doc.insert("version".into(), Json::from(version));
+    doc.insert("params".into(), Json::Object(key_params.clone()));
+    doc.insert(
+        "inputs".into(),
+        Json::Object(
+            inputs
+                .iter()
+                .map(|(s, k)| (s.clone(), Json::from(k.as_str())))
+                .collect(),
+        ),
+    );
+    doc.insert(
+        "files".into(),
+        Json::Object(
+            files
+                .iter()
+                .map(|(n, h)| (n.clone(), Json::from(h.as_str())))
+                .collect(),
+        ),
+    );
+    let mut text = String::with_capacity(256);
+    canonical_json(&Json::Object(doc), &mut text);
+    blake3::hash(text.as_bytes()).to_hex().to_string()
+}
+
+/// A float as JSON, with `-0.0` normalized to `0.0`; `None` for NaN and infinities.
+pub fn float(x: f64) -> Option<Json> {
+    let x = if x == 0.0 { 0.0 } else { x };
+    serde_json::Number::from_f64(x).map(Json::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let mut a = String::new();
+        canonical_json(&json!({"b": 1, "a": {"z": [1, 2.5], "y": "s"}}), &mut a);
+        assert_eq!(a, r#"{"a":{"y":"s","z":[1,2.5]},"b":1}"#);
+    }
+}
