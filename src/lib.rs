@@ -6,7 +6,9 @@
 //! are `pipe-science`; both are re-exported here under their module names. See
 //! ARCHITECTURE.md for the crate graph.
 
-pub use pipe_engine::{error, exec, key, plan, spec, stage, status, store, table};
+pub use pipe_engine::{
+    error, exec, key, param_enum, plan, resources, spec, stage, stage_params, status, store, table,
+};
 pub use pipe_science::{datasets, geometry};
 
 pub mod cli;
@@ -14,4 +16,5 @@ pub mod export;
 pub mod render;
 pub mod report;
 pub mod stages;
+pub mod tables;
 pub mod worker;

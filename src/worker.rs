@@ -3,7 +3,7 @@
 //! Stage kinds that need libtorch (training and the analyses on trained networks) run in a
 //! separate binary, `pipe-torch`, so that `pipe` itself starts in milliseconds instead of
 //! loading libtorch, and so that each instance gets its own libtorch thread pool. The
-//! parent sends the instance as a [`Job`] on the worker's stdin; the worker writes into
+//! parent sends the instance as a [`WorkerJob`] on the worker's stdin; the worker writes into
 //! the same temp folder and store that a local run would use.
 
 use std::io::{Read, Write};
@@ -16,15 +16,72 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::stage::{BadData, InputArtifact, RunContext};
+use crate::resources::Resources;
+use crate::stage::{BadData, InputArtifact, ParamError, RunContext};
 use crate::store::Parts;
+
+crate::stage_params! {
+    /// The parameters every stage kind that runs in the worker takes (flattened into the
+    /// kind's own parameters); neither is in the key.
+    pub struct WorkerParams {
+        device: String, default "\"auto\"", not_in_key, "auto, cpu, cuda or cuda:N (not in the key)";
+        threads: i64, default "1", not_in_key, "libtorch threads (not in the key)";
+    }
+}
+
+impl WorkerParams {
+    /// Checks `threads` and `device` (that a CUDA device exists on this machine).
+    pub fn check(&self) -> Result<(), ParamError> {
+        if self.threads < 1 {
+            return Err(ParamError::param("threads", "must be at least 1"));
+        }
+        check_device(&self.device).map_err(|m| ParamError::param("device", m))
+    }
+    /// Threads an instance asks for.
+    pub fn threads(&self) -> usize {
+        self.threads.max(1) as usize
+    }
+    /// Cluster resources: the threads as CPUs, and one GPU when `device` names a CUDA
+    /// device (`auto` asks for none).
+    pub fn resources(&self) -> Resources {
+        Resources {
+            cpus: Some(self.threads() as u32),
+            gpus: Some(u32::from(self.device.starts_with("cuda"))),
+            ..Default::default()
+        }
+    }
+}
+
+/// Checks a `device` value: its form, and for CUDA devices that this machine has them.
+pub fn check_device(name: &str) -> Result<(), String> {
+    let index = match name {
+        "auto" | "cpu" => return Ok(()),
+        "cuda" => Some(0),
+        _ => name
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
+    };
+    let Some(n) = index else {
+        return Err(format!(
+            "device \"{name}\" is not one of auto, cpu, cuda, cuda:N"
+        ));
+    };
+    let count = cuda_devices()?;
+    if n >= count {
+        return Err(format!(
+            "device \"{name}\" is not available: this machine has {count} CUDA device{}; use device = \"cpu\" or \"auto\"",
+            if count == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(())
+}
 
 /// The worker's exit code for "the user's data is at fault" (maps to [`BadData`]).
 pub const EXIT_BAD_DATA: i32 = 3;
 
-/// Everything a worker needs to run one instance.
+/// Everything the worker process needs to run one instance (sent on its stdin).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Job {
+pub struct WorkerJob {
     /// The stage kind.
     pub kind: String,
     /// Resolved parameters.
@@ -75,9 +132,9 @@ fn command(args: &[&str]) -> Command {
 
 /// Runs an instance of `kind` in the worker and waits for it.
 pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
-    let job = Job {
+    let job = WorkerJob {
         kind: kind.to_string(),
-        params: ctx.params.0.clone(),
+        params: ctx.params.values().clone(),
         inputs: ctx.inputs.to_vec(),
         out: std::path::absolute(ctx.out)?,
         log: std::path::absolute(ctx.log_path)?,

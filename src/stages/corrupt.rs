@@ -6,43 +6,41 @@
 //! so it always differs. Output `labels.parquet`: `index, true_label, train_label, corrupted`.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema};
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::stage::{
-    CheckEnv, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, Slot, StageKind,
-};
+use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
 use crate::stages::dataset::DatasetInfo;
-use crate::table::{read_parquet, write_parquet};
+use crate::table::Table;
+use crate::tables::{Images, Labels};
+
+/// The kind's name, as written `kind = "corrupt"`.
+pub const NAME: &str = "corrupt";
+
+crate::param_enum! {
+    /// How the chosen examples get their new labels.
+    pub enum Mode {
+        /// Shuffle the labels among the chosen examples (the paper's choice).
+        Permute = "permute",
+        /// Draw each label uniformly from the other classes.
+        Uniform = "uniform",
+    }
+}
+
+crate::stage_params! {
+    /// The parameters of `corrupt`.
+    pub struct CorruptParams {
+        fraction: f64, required, "fraction of training examples to corrupt, 0 to 1";
+        seed: i64, default "0", "seed of the choice and of the new labels";
+        mode: Mode, default "\"permute\"", "permute labels among the chosen examples, or draw uniformly from the other classes";
+    }
+}
 
 /// The `corrupt` stage kind.
 pub struct Corrupt;
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec::required(
-        "fraction",
-        ParamType::Float,
-        "fraction of training examples to corrupt, 0 to 1",
-    ),
-    ParamSpec::default(
-        "seed",
-        ParamType::Int,
-        "0",
-        "seed of the choice and of the new labels",
-    ),
-    ParamSpec::default(
-        "mode",
-        ParamType::Enum(&["permute", "uniform"]),
-        "\"permute\"",
-        "permute labels among the chosen examples, or draw uniformly from the other classes",
-    ),
-];
 
 /// The corrupted labels of a training set.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,63 +95,44 @@ pub fn corrupt(
     }
 }
 
-impl StageKind for Corrupt {
-    fn name(&self) -> &'static str {
-        "corrupt"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "gives a seeded fraction of the training examples random labels (permuted or uniform)"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
+impl Kind for Corrupt {
+    type Params = CorruptParams;
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "gives a seeded fraction of the training examples random labels (permuted or uniform)";
+
     fn inputs(&self) -> Inputs {
         Inputs::Slots(&[Slot {
             name: "dataset",
-            kinds: &["dataset"],
+            kinds: &[crate::stages::dataset::NAME],
         }])
     }
-    fn check(&self, params: &Params, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        let f = params.float("fraction").unwrap_or(f64::NAN);
-        if !(0.0..=1.0).contains(&f) {
+    fn check(&self, p: &CorruptParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        if !(0.0..=1.0).contains(&p.fraction) {
             return Err(ParamError::param(
                 "fraction",
-                format!("must be between 0 and 1, got {f}"),
+                format!("must be between 0 and 1, got {}", p.fraction),
             ));
         }
-        if params.int("seed").is_some_and(|s| s < 0) {
+        if p.seed < 0 {
             return Err(ParamError::param("seed", "must not be negative"));
         }
         Ok(())
     }
-    fn tables(&self, _params: &Params) -> Vec<String> {
+    fn tables(&self, _p: &CorruptParams) -> Vec<String> {
         vec!["labels".into()]
     }
-    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+    fn run(&self, p: &CorruptParams, ctx: &mut RunContext<'_>) -> Result<()> {
         let dir = ctx.input("dataset")?;
         let info: DatasetInfo = serde_json::from_slice(&std::fs::read(dir.join("dataset.json"))?)
             .context("reading dataset.json")?;
-        let train = read_parquet(&dir.join("train.parquet"))?;
-        let labels = train
-            .column_by_name("label")
-            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-            .context("train.parquet has no int64 `label` column")?;
-        let labels: Vec<i64> = labels.values().to_vec();
-        let uniform = ctx.params.str("mode") == Some("uniform");
+        let labels = Images::read(&dir.join("train.parquet"))?.label;
+        let uniform = p.mode == Mode::Uniform;
         if uniform && info.classes < 2 {
             bail!("uniform corruption needs at least 2 classes");
         }
-        let fraction = ctx.params.float("fraction").unwrap_or(0.0);
-        let c = corrupt(
-            &labels,
-            info.classes,
-            fraction,
-            ctx.params.int("seed").unwrap_or(0) as u64,
-            uniform,
-        );
+        let c = corrupt(&labels, info.classes, p.fraction, p.seed as u64, uniform);
         let changed = c
             .train_labels
             .iter()
@@ -166,20 +145,13 @@ impl StageKind for Corrupt {
             "{chosen} of {} examples corrupted, {changed} of them now carry a wrong label",
             labels.len()
         )?;
-        let schema = Schema::new(vec![
-            Field::new("index", DataType::Int64, false),
-            Field::new("true_label", DataType::Int64, false),
-            Field::new("train_label", DataType::Int64, false),
-            Field::new("corrupted", DataType::Boolean, false),
-        ]);
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(0..labels.len() as i64)),
-            Arc::new(Int64Array::from(labels)),
-            Arc::new(Int64Array::from(c.train_labels)),
-            Arc::new(BooleanArray::from(c.corrupted)),
-        ];
-        let batch = RecordBatch::try_new(Arc::new(schema), cols)?;
-        write_parquet(&ctx.out.join("labels.parquet"), &batch)
+        Labels {
+            index: (0..labels.len() as i64).collect(),
+            true_label: labels,
+            train_label: c.train_labels,
+            corrupted: c.corrupted,
+        }
+        .write(&ctx.out.join("labels.parquet"))
     }
 }
 

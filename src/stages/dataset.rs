@@ -5,54 +5,47 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{ArrayRef, FixedSizeListArray, Int64Array, RecordBatch, UInt8Array};
-use arrow::datatypes::{DataType, Field, Schema};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::datasets::{DataError, ImageSet, cifar, idx};
-use crate::stage::{
-    BadData, CheckEnv, DeclaredFile, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext,
-    StageKind,
-};
-use crate::table::write_parquet;
+use crate::stage::{BadData, CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext};
+use crate::table::{FixedRows, Table};
+use crate::tables::Images;
+
+/// The kind's name, as written `kind = "dataset"`.
+pub const NAME: &str = "dataset";
 
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-const SOURCES: &[&str] = &["fashion-mnist", "idx", "cifar10", "cifar100"];
+crate::param_enum! {
+    /// The data sets `dataset` reads.
+    pub enum Source {
+        FashionMnist = "fashion-mnist",
+        Idx = "idx",
+        Cifar10 = "cifar10",
+        Cifar100 = "cifar100",
+    }
+}
+
+crate::stage_params! {
+    /// The parameters of `dataset`.
+    pub struct DatasetParams {
+        source: Source, required, "which data set: fashion-mnist, idx (MNIST layout), cifar10, cifar100";
+        path: Option<String>, optional, "folder with the files (fashion-mnist defaults to /usr/share/datasets/fashion-mnist)";
+        train_size: Option<i64>, optional, "class-balanced subset size of the training split (default: all)";
+        test_size: Option<i64>, optional, "class-balanced subset size of the test split (default: all)";
+        seed: i64, default "0", "seed of the subset draw";
+    }
+}
 
 /// The `dataset` stage kind.
 pub struct Dataset;
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec::required(
-        "source",
-        ParamType::Enum(SOURCES),
-        "which data set: fashion-mnist, idx (MNIST layout), cifar10, cifar100",
-    ),
-    ParamSpec::optional(
-        "path",
-        ParamType::Str,
-        "folder with the files (fashion-mnist defaults to /usr/share/datasets/fashion-mnist)",
-    ),
-    ParamSpec::optional(
-        "train_size",
-        ParamType::Int,
-        "class-balanced subset size of the training split (default: all)",
-    ),
-    ParamSpec::optional(
-        "test_size",
-        ParamType::Int,
-        "class-balanced subset size of the test split (default: all)",
-    ),
-    ParamSpec::default("seed", ParamType::Int, "0", "seed of the subset draw"),
-];
 
 const FASHION_NAMES: [&str; 10] = [
     "T-shirt/top",
@@ -102,26 +95,25 @@ pub struct DatasetInfo {
     pub test_size: usize,
 }
 
-fn folder(params: &Params, base: &Path) -> PathBuf {
-    match params.str("path") {
+fn folder(params: &DatasetParams, base: &Path) -> PathBuf {
+    match &params.path {
         Some(p) => base.join(p),
         None => PathBuf::from(FASHION_MNIST_DIR),
     }
 }
 
-fn variant(source: &str) -> Option<cifar::Variant> {
+fn variant(source: Source) -> Option<cifar::Variant> {
     match source {
-        "cifar10" => Some(cifar::Variant::Cifar10),
-        "cifar100" => Some(cifar::Variant::Cifar100),
-        _ => None,
+        Source::Cifar10 => Some(cifar::Variant::Cifar10),
+        Source::Cifar100 => Some(cifar::Variant::Cifar100),
+        Source::FashionMnist | Source::Idx => None,
     }
 }
 
 /// The data files a dataset instance reads (checked to exist and look right).
-fn data_files(params: &Params, base: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let source = params.str("source").unwrap_or_default();
+fn data_files(params: &DatasetParams, base: &Path) -> Result<Vec<PathBuf>, DataError> {
     let dir = folder(params, base);
-    match variant(source) {
+    match variant(params.source) {
         Some(v) => {
             let (train, test) = v.files(&dir);
             let all: Vec<PathBuf> = train.into_iter().chain(test).collect();
@@ -177,82 +169,91 @@ pub fn balanced_subset(
     Ok(out)
 }
 
-fn split_batch(set: &ImageSet, chosen: &[usize]) -> Result<RecordBatch> {
+/// The chosen examples of a split as an [`Images`] table.
+fn split_table(set: &ImageSet, chosen: &[usize]) -> Images {
     let size = set.image_size();
     let mut pixels = Vec::with_capacity(chosen.len() * size);
     for &i in chosen {
         pixels.extend_from_slice(set.image(i));
     }
-    let item = Arc::new(Field::new("item", DataType::UInt8, false));
-    let image = FixedSizeListArray::try_new(
-        item.clone(),
-        size as i32,
-        Arc::new(UInt8Array::from(pixels)),
-        None,
-    )?;
-    let schema = Schema::new(vec![
-        Field::new("index", DataType::Int64, false),
-        Field::new("source_index", DataType::Int64, false),
-        Field::new("label", DataType::Int64, false),
-        Field::new("image", DataType::FixedSizeList(item, size as i32), false),
-    ]);
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(0..chosen.len() as i64)),
-        Arc::new(Int64Array::from_iter_values(
-            chosen.iter().map(|&i| i as i64),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            chosen.iter().map(|&i| set.labels[i] as i64),
-        )),
-        Arc::new(image),
-    ];
-    Ok(RecordBatch::try_new(Arc::new(schema), cols)?)
+    Images {
+        index: (0..chosen.len() as i64).collect(),
+        source_index: chosen.iter().map(|&i| i as i64).collect(),
+        label: chosen.iter().map(|&i| set.labels[i] as i64).collect(),
+        image: FixedRows {
+            width: size,
+            values: pixels,
+        },
+    }
+}
+
+/// Reads both splits of a data set: (train, test, classes, class names).
+fn read_sets(p: &DatasetParams, dir: &Path) -> Result<(ImageSet, ImageSet, usize, Vec<String>)> {
+    if let Some(v) = variant(p.source) {
+        let (tr, te) = v.files(dir);
+        let train = cifar::read_set(&tr, v).map_err(bad)?;
+        let test = cifar::read_set(&te, v).map_err(bad)?;
+        let names = match v {
+            cifar::Variant::Cifar10 => CIFAR10_NAMES.iter().map(|s| s.to_string()).collect(),
+            cifar::Variant::Cifar100 => std::fs::read_to_string(dir.join("fine_label_names.txt"))
+                .map(|t| {
+                    t.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_else(|_| (0..100).map(|i| i.to_string()).collect()),
+        };
+        return Ok((train, test, v.classes(), names));
+    }
+    let f = idx::IdxFiles::locate(dir).map_err(bad)?;
+    let train = idx::read_set(&f.train_images, &f.train_labels).map_err(bad)?;
+    let test = idx::read_set(&f.test_images, &f.test_labels).map_err(bad)?;
+    let classes = train
+        .labels
+        .iter()
+        .chain(&test.labels)
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1);
+    let names = if p.source == Source::FashionMnist && classes == 10 {
+        FASHION_NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (0..classes).map(|i| i.to_string()).collect()
+    };
+    Ok((train, test, classes, names))
 }
 
 fn bad(e: DataError) -> anyhow::Error {
     anyhow::Error::new(BadData(e.to_string()))
 }
 
-impl StageKind for Dataset {
-    fn name(&self) -> &'static str {
-        "dataset"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "loads Fashion-MNIST, MNIST-layout IDX or CIFAR-10/100 into Parquet, optionally a class-balanced subset"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
+impl Kind for Dataset {
+    type Params = DatasetParams;
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "loads Fashion-MNIST, MNIST-layout IDX or CIFAR-10/100 into Parquet, optionally a class-balanced subset";
+
     fn inputs(&self) -> Inputs {
         Inputs::Slots(&[])
     }
-    fn check(&self, params: &Params, env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        let source = params.str("source").unwrap_or_default();
-        if source != "fashion-mnist" && params.str("path").is_none() {
+    fn check(&self, p: &DatasetParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        if p.source != Source::FashionMnist && p.path.is_none() {
             return Err(ParamError::stage(format!(
-                "source \"{source}\" needs `path`, the folder with its files"
+                "source \"{}\" needs `path`, the folder with its files",
+                p.source.as_str()
             )));
         }
-        for p in ["train_size", "test_size"] {
-            if params.int(p).is_some_and(|n| n < 1) {
-                return Err(ParamError::param(
-                    if p == "train_size" {
-                        "train_size"
-                    } else {
-                        "test_size"
-                    },
-                    "must be at least 1",
-                ));
+        for (name, size) in [("train_size", p.train_size), ("test_size", p.test_size)] {
+            if size.is_some_and(|n| n < 1) {
+                return Err(ParamError::param(name, "must be at least 1"));
             }
         }
-        data_files(params, env.base_dir).map_err(|e| ParamError::param("path", e.to_string()))?;
+        data_files(p, env.base_dir).map_err(|e| ParamError::param("path", e.to_string()))?;
         Ok(())
     }
-    fn files(&self, params: &Params, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
-        data_files(params, env.base_dir)
+    fn files(&self, p: &DatasetParams, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
+        data_files(p, env.base_dir)
             .unwrap_or_default()
             .into_iter()
             .map(|p| DeclaredFile {
@@ -264,66 +265,25 @@ impl StageKind for Dataset {
             })
             .collect()
     }
-    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
-        let source = ctx.params.str("source").unwrap_or_default().to_string();
-        let dir = folder(ctx.params, ctx.base_dir);
-        let (train, test, classes, names) = match variant(&source) {
-            Some(v) => {
-                let (tr, te) = v.files(&dir);
-                let train = cifar::read_set(&tr, v).map_err(bad)?;
-                let test = cifar::read_set(&te, v).map_err(bad)?;
-                let names = match v {
-                    cifar::Variant::Cifar10 => {
-                        CIFAR10_NAMES.iter().map(|s| s.to_string()).collect()
-                    }
-                    cifar::Variant::Cifar100 => {
-                        std::fs::read_to_string(dir.join("fine_label_names.txt"))
-                            .map(|t| {
-                                t.lines()
-                                    .filter(|l| !l.trim().is_empty())
-                                    .map(str::to_string)
-                                    .collect()
-                            })
-                            .unwrap_or_else(|_| (0..100).map(|i| i.to_string()).collect())
-                    }
-                };
-                (train, test, v.classes(), names)
-            }
-            None => {
-                let f = idx::IdxFiles::locate(&dir).map_err(bad)?;
-                let train = idx::read_set(&f.train_images, &f.train_labels).map_err(bad)?;
-                let test = idx::read_set(&f.test_images, &f.test_labels).map_err(bad)?;
-                let classes = train
-                    .labels
-                    .iter()
-                    .chain(&test.labels)
-                    .copied()
-                    .max()
-                    .map_or(0, |m| m as usize + 1);
-                let names = if source == "fashion-mnist" && classes == 10 {
-                    FASHION_NAMES.iter().map(|s| s.to_string()).collect()
-                } else {
-                    (0..classes).map(|i| i.to_string()).collect()
-                };
-                (train, test, classes, names)
-            }
-        };
+    fn run(&self, p: &DatasetParams, ctx: &mut RunContext<'_>) -> Result<()> {
+        let dir = folder(p, ctx.base_dir);
+        let (train, test, classes, names) = read_sets(p, &dir)?;
         if test.image_size() != train.image_size() {
             return Err(anyhow::Error::new(BadData(format!(
                 "train and test images differ in shape in {}",
                 dir.display()
             ))));
         }
-        let seed = ctx.params.int("seed").unwrap_or(0) as u64;
+        let seed = p.seed as u64;
         let mut sizes = [0usize; 2];
-        for (i, (set, name, param)) in [
-            (&train, "train", "train_size"),
-            (&test, "test", "test_size"),
+        for (i, (set, name, param, size)) in [
+            (&train, "train", "train_size", p.train_size),
+            (&test, "test", "test_size", p.test_size),
         ]
         .into_iter()
         .enumerate()
         {
-            let chosen = match ctx.params.int(param) {
+            let chosen = match size {
                 Some(n) => balanced_subset(
                     &set.labels,
                     classes,
@@ -334,10 +294,7 @@ impl StageKind for Dataset {
                 .map_err(|m| anyhow::Error::new(BadData(format!("{m} (in {})", dir.display()))))?,
                 None => (0..set.len()).collect(),
             };
-            write_parquet(
-                &ctx.out.join(format!("{name}.parquet")),
-                &split_batch(set, &chosen)?,
-            )?;
+            split_table(set, &chosen).write(&ctx.out.join(format!("{name}.parquet")))?;
             sizes[i] = chosen.len();
             writeln!(
                 ctx.log,
@@ -347,7 +304,7 @@ impl StageKind for Dataset {
             )?;
         }
         let info = DatasetInfo {
-            source,
+            source: p.source.as_str().to_string(),
             height: train.height,
             width: train.width,
             channels: train.channels,

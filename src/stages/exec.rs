@@ -7,49 +7,36 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, bail};
-use serde_json::Value as Json;
 
 use crate::spec::template;
-use crate::stage::{
-    CheckEnv, DeclaredFile, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, StageKind,
-};
+use crate::stage::{CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext, Scalar};
+
+/// The kind's name, as written `kind = "exec"`.
+pub const NAME: &str = "exec";
+
+crate::stage_params! {
+    /// The parameters of `exec`.
+    pub struct ExecParams {
+        cmd: Vec<Scalar>, required, "the command and its arguments, e.g. [\"python3\", \"fit.py\", \"--noise\", \"${noise}\"]";
+        files: Vec<String>, default "[]", "files (relative to the pipeline file) whose content goes into the key: scripts, configs";
+        env: BTreeMap<String, Scalar>, default "{}", "extra environment variables for the command";
+        tables: Vec<String>, default "[]", "Parquet tables the command writes (NAME for $PIPE_OUT/NAME.parquet) that `pipe export` gathers";
+        threads: i64, default "1", not_in_key, "threads the command uses (scheduling only; not in the key)";
+    }
+}
+
+impl ExecParams {
+    /// The command line, each value as text.
+    fn argv(&self) -> Vec<String> {
+        self.cmd.iter().map(|a| template::display(&a.0)).collect()
+    }
+}
 
 /// The `exec` stage kind.
 pub struct Exec;
-
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec::required(
-        "cmd",
-        ParamType::List(&ParamType::Scalar),
-        "the command and its arguments, e.g. [\"python3\", \"fit.py\", \"--noise\", \"${noise}\"]",
-    ),
-    ParamSpec::default(
-        "files",
-        ParamType::List(&ParamType::Str),
-        "[]",
-        "files (relative to the pipeline file) whose content goes into the key: scripts, configs",
-    ),
-    ParamSpec::default(
-        "env",
-        ParamType::Map(&ParamType::Scalar),
-        "{}",
-        "extra environment variables for the command",
-    ),
-    ParamSpec::default(
-        "tables",
-        ParamType::List(&ParamType::Str),
-        "[]",
-        "Parquet tables the command writes (NAME for $PIPE_OUT/NAME.parquet) that `pipe export` gathers",
-    ),
-    ParamSpec::default(
-        "threads",
-        ParamType::Int,
-        "1",
-        "threads the command uses (scheduling only; not in the key)",
-    )
-    .not_in_key(),
-];
 
 /// The environment variable name for an input slot: `PIPE_INPUT_` + slot in upper case.
 pub fn input_var(slot: &str) -> String {
@@ -66,56 +53,41 @@ pub fn input_var(slot: &str) -> String {
     format!("PIPE_INPUT_{s}")
 }
 
-fn args(params: &Params) -> Vec<String> {
-    match params.get("cmd") {
-        Some(Json::Array(a)) => a.iter().map(template::display).collect(),
-        _ => Vec::new(),
-    }
-}
+impl Kind for Exec {
+    type Params = ExecParams;
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "runs your own command; upstream artifacts come in as PIPE_INPUT_<SLOT>, output goes to PIPE_OUT";
 
-impl StageKind for Exec {
-    fn name(&self) -> &'static str {
-        "exec"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "runs your own command; upstream artifacts come in as PIPE_INPUT_<SLOT>, output goes to PIPE_OUT"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
     fn inputs(&self) -> Inputs {
         Inputs::Any
     }
-    fn check(&self, params: &Params, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        if args(params).first().is_none_or(|a| a.is_empty()) {
+    fn check(&self, p: &ExecParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        if p.argv().first().is_none_or(|a| a.is_empty()) {
             return Err(ParamError::param("cmd", "the command is empty"));
         }
-        if params.int("threads").is_some_and(|t| t < 1) {
+        if p.threads < 1 {
             return Err(ParamError::param("threads", "must be at least 1"));
         }
         Ok(())
     }
-    fn files(&self, params: &Params, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
-        params
-            .strings("files")
-            .into_iter()
+    fn files(&self, p: &ExecParams, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
+        p.files
+            .iter()
             .map(|f| DeclaredFile {
-                path: env.base_dir.join(&f),
-                name: f,
+                path: env.base_dir.join(f),
+                name: f.clone(),
             })
             .collect()
     }
-    fn tables(&self, params: &Params) -> Vec<String> {
-        params.strings("tables")
+    fn tables(&self, p: &ExecParams) -> Vec<String> {
+        p.tables.clone()
     }
-    fn threads(&self, params: &Params) -> usize {
-        params.int("threads").unwrap_or(1).max(1) as usize
+    fn threads(&self, p: &ExecParams) -> usize {
+        p.threads.max(1) as usize
     }
-    fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
-        let argv = args(ctx.params);
+    fn run(&self, p: &ExecParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
+        let argv = p.argv();
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(ctx.base_dir)
@@ -129,10 +101,8 @@ impl StageKind for Exec {
         for input in ctx.inputs {
             cmd.env(input_var(&input.slot), std::path::absolute(&input.dir)?);
         }
-        if let Some(Json::Object(env)) = ctx.params.get("env") {
-            for (k, v) in env {
-                cmd.env(k, template::display(v));
-            }
+        for (k, v) in &p.env {
+            cmd.env(k, template::display(&v.0));
         }
         // If pipe dies (even by kill -9), the command dies with it instead of writing on.
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.

@@ -10,115 +10,35 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int64Array,
-    RecordBatch, StringArray,
-};
-use arrow::datatypes::{DataType, Field, Schema};
 
 use crate::geometry;
-use crate::stage::{
-    CheckEnv, Inputs, ParamError, ParamSpec, ParamType, Params, RunContext, Slot, StageKind,
-};
-use crate::stages::analysis::ActivationsInfo;
-use crate::table::{read_parquet, write_parquet};
+use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
+use crate::stages::activations::ActivationsInfo;
+use crate::table::{Column, Table};
+use crate::tables::{self, Features, ProbeManifolds, ProbeSet};
+
+/// The kind's name, as written `kind = "probe"`.
+pub const NAME: &str = "probe";
+
+crate::stage_params! {
+    /// The parameters of `probe`.
+    pub struct ProbeParams {
+        kappa: f64, default "0.0", "margin kappa of the capacity";
+        n_t: i64, default "200", "Gaussian vectors t per manifold";
+        center_correlation: bool, default "true", "remove the correlations between manifold centers first";
+        linear_probe: bool, default "true", "also fit a linear classifier per layer";
+        seed: i64, default "0", "seeds the t vectors, the center-subspace search and the probe split";
+        threads: i64, default "2", not_in_key, "threads for the analysis (not in the key)";
+    }
+}
 
 /// The `probe` stage kind.
 pub struct Probe;
 
-const PARAMS: &[ParamSpec] = &[
-    ParamSpec::default(
-        "kappa",
-        ParamType::Float,
-        "0.0",
-        "margin kappa of the capacity",
-    ),
-    ParamSpec::default(
-        "n_t",
-        ParamType::Int,
-        "200",
-        "Gaussian vectors t per manifold",
-    ),
-    ParamSpec::default(
-        "center_correlation",
-        ParamType::Bool,
-        "true",
-        "remove the correlations between manifold centers first",
-    ),
-    ParamSpec::default(
-        "linear_probe",
-        ParamType::Bool,
-        "true",
-        "also fit a linear classifier per layer",
-    ),
-    ParamSpec::default(
-        "seed",
-        ParamType::Int,
-        "0",
-        "seeds the t vectors, the center-subspace search and the probe split",
-    ),
-    ParamSpec::default(
-        "threads",
-        ParamType::Int,
-        "2",
-        "threads for the analysis (not in the key)",
-    )
-    .not_in_key(),
-];
-
 /// The three groupings of the probe set.
 pub const LABELINGS: [&str; 3] = ["unpermuted", "permuted", "restored"];
-
-/// The probe set: per example its labels and whether it was corrupted.
-struct ProbeSet {
-    true_label: Vec<i64>,
-    train_label: Vec<i64>,
-    corrupted: Vec<bool>,
-}
-
-fn int_col(b: &RecordBatch, name: &str) -> Result<Vec<i64>> {
-    Ok(b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-        .with_context(|| format!("no int64 column {name}"))?
-        .values()
-        .to_vec())
-}
-
-fn read_probe_set(path: &Path) -> Result<ProbeSet> {
-    let b = read_parquet(path)?;
-    let corrupted = b
-        .column_by_name("corrupted")
-        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
-        .context("no corrupted column")?;
-    Ok(ProbeSet {
-        true_label: int_col(&b, "true_label")?,
-        train_label: int_col(&b, "train_label")?,
-        corrupted: (0..corrupted.len()).map(|i| corrupted.value(i)).collect(),
-    })
-}
-
-/// Reads a features file: (rows, width, row-major values).
-fn read_features(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
-    let b = read_parquet(path)?;
-    let list = b
-        .column_by_name("features")
-        .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
-        .with_context(|| format!("{}: no features column", path.display()))?;
-    let values = list
-        .values()
-        .as_any()
-        .downcast_ref::<Float32Array>()
-        .context("features are not f32")?;
-    let d = list.value_length() as usize;
-    Ok((
-        b.num_rows(),
-        d,
-        values.values()[..b.num_rows() * d].to_vec(),
-    ))
-}
 
 /// Groups example indices into manifolds: label -> examples, for one labeling.
 fn groups(set: &ProbeSet, labeling: &str) -> BTreeMap<i64, Vec<usize>> {
@@ -148,72 +68,168 @@ struct Row {
     linear: Option<f64>,
 }
 
-impl StageKind for Probe {
-    fn name(&self) -> &'static str {
-        "probe"
+/// What the analysis of one epoch and layer needs besides its features.
+struct Analysis<'a> {
+    params: &'a ProbeParams,
+    set: &'a ProbeSet,
+    pool: rayon::ThreadPool,
+}
+
+impl Analysis<'_> {
+    /// MFTMA options for the analysis numbered `salt` (each gets its own random streams).
+    fn options(&self, salt: u64) -> geometry::MftmaOptions {
+        geometry::MftmaOptions {
+            kappa: self.params.kappa,
+            n_t: self.params.n_t as usize,
+            center_correlation: self.params.center_correlation,
+            seed: (self.params.seed as u64)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(salt),
+            ..Default::default()
+        }
     }
-    fn version(&self) -> u32 {
-        1
+
+    /// The linear probe's test accuracy on the manifolds' points.
+    fn linear_probe(
+        &self,
+        g: &BTreeMap<i64, Vec<usize>>,
+        features: &Features,
+        salt: u64,
+    ) -> Result<f64> {
+        let d = features.features.width;
+        let examples: Vec<(usize, usize)> = g
+            .iter()
+            .enumerate()
+            .flat_map(|(c, (_, idx))| idx.iter().map(move |&i| (i, c)))
+            .collect();
+        let x = geometry::Mat::from_fn(examples.len(), d, |r, c| {
+            features.features.values[examples[r].0 * d + c] as f64
+        });
+        let y: Vec<usize> = examples.iter().map(|e| e.1).collect();
+        let opts = geometry::LinearProbeOptions {
+            seed: (self.params.seed as u64).wrapping_add(salt),
+            ..Default::default()
+        };
+        let r = self
+            .pool
+            .install(|| geometry::linear_probe(x.as_ref(), &y, &opts))?;
+        Ok(r.test_accuracy)
     }
-    fn about(&self) -> &'static str {
-        "manifold capacity, radius, dimension (MFTMA) and a linear probe per epoch, layer and labeling"
+
+    /// Every labeling of one epoch and layer; `salt` counts analyses across the instance.
+    fn layer(
+        &self,
+        epoch: i64,
+        layer: &str,
+        features: &Features,
+        salt: &mut u64,
+        log: &mut std::fs::File,
+    ) -> Result<Vec<Row>> {
+        let d = features.features.width;
+        let values = &features.features.values;
+        let mut rows = Vec::new();
+        for labeling in LABELINGS {
+            *salt += 1;
+            let g = groups(self.set, labeling);
+            if g.len() < 2 {
+                continue;
+            }
+            let manifolds: Vec<geometry::Mat<f64>> = g
+                .values()
+                .map(|idx| {
+                    geometry::Mat::from_fn(d, idx.len(), |r, c| values[idx[c] * d + r] as f64)
+                })
+                .collect();
+            let views: Vec<geometry::MatRef<'_, f64>> =
+                manifolds.iter().map(|m| m.as_ref()).collect();
+            let options = self.options(*salt);
+            let result = self
+                .pool
+                .install(|| geometry::manifold_analysis(&views, &options))
+                .with_context(|| format!("MFTMA of epoch {epoch}, layer {layer}, {labeling}"))?;
+            let linear = if self.params.linear_probe {
+                Some(self.linear_probe(&g, features, *salt).with_context(|| {
+                    format!("linear probe of epoch {epoch}, layer {layer}, {labeling}")
+                })?)
+            } else {
+                None
+            };
+            writeln!(
+                log,
+                "epoch {epoch:>4} {layer:<10} {labeling:<10} capacity {:.4} radius {:.3} dimension {:.2} K {} linear {}",
+                result.capacity,
+                result.radius,
+                result.dimension,
+                result.k,
+                linear.map_or("-".into(), |a| format!("{a:.3}"))
+            )?;
+            rows.push(Row {
+                epoch,
+                layer: layer.to_string(),
+                labeling,
+                result,
+                labels: g.keys().copied().collect(),
+                linear,
+            });
+        }
+        Ok(rows)
     }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
+}
+
+impl Kind for Probe {
+    type Params = ProbeParams;
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "manifold capacity, radius, dimension (MFTMA) and a linear probe per epoch, layer and labeling";
+
     fn inputs(&self) -> Inputs {
         Inputs::Slots(&[Slot {
             name: "activations",
-            kinds: &["activations"],
+            kinds: &[crate::stages::activations::NAME],
         }])
     }
-    fn check(&self, params: &Params, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        if params.int("n_t").unwrap_or(0) < 1 {
+    fn check(&self, p: &ProbeParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        if p.n_t < 1 {
             return Err(ParamError::param(
                 "n_t",
                 "must be at least 1 (200 is usual)",
             ));
         }
-        if params.float("kappa").is_some_and(|k| k < 0.0) {
+        if p.kappa < 0.0 {
             return Err(ParamError::param("kappa", "must not be negative"));
         }
-        if params.int("threads").unwrap_or(1) < 1 {
+        if p.threads < 1 {
             return Err(ParamError::param("threads", "must be at least 1"));
         }
         Ok(())
     }
-    fn tables(&self, _params: &Params) -> Vec<String> {
+    fn tables(&self, _p: &ProbeParams) -> Vec<String> {
         vec!["probe".into(), "probe_manifolds".into()]
     }
-    fn threads(&self, params: &Params) -> usize {
-        params.int("threads").unwrap_or(2).max(1) as usize
+    fn threads(&self, p: &ProbeParams) -> usize {
+        p.threads.max(1) as usize
     }
-    fn run(&self, ctx: &mut RunContext<'_>) -> Result<()> {
+    fn run(&self, p: &ProbeParams, ctx: &mut RunContext<'_>) -> Result<()> {
         let dir = ctx.input("activations")?.to_path_buf();
         let info: ActivationsInfo =
             serde_json::from_slice(&std::fs::read(dir.join("activations.json"))?)?;
-        let set = read_probe_set(&dir.join("probe_set.parquet"))?;
-        let p = ctx.params;
-        let seed = p.int("seed").unwrap_or(0) as u64;
-        let options = |salt: u64| geometry::MftmaOptions {
-            kappa: p.float("kappa").unwrap_or(0.0),
-            n_t: p.int("n_t").unwrap_or(200) as usize,
-            center_correlation: p.bool("center_correlation").unwrap_or(true),
-            seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(salt),
-            ..Default::default()
+        let set = ProbeSet::read(&dir.join("probe_set.parquet"))?;
+        let analysis = Analysis {
+            params: p,
+            set: &set,
+            pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(ctx.threads)
+                .build()?,
         };
-        let linear = p.bool("linear_probe").unwrap_or(true);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(ctx.threads)
-            .build()?;
         let mut rows: Vec<Row> = Vec::new();
         let mut salt = 0u64;
         for &epoch in &info.epochs {
             for layer in &info.layers {
-                let (n, d, values) = read_features(
+                let features = Features::read(
                     &dir.join(format!("epoch={epoch}"))
                         .join(format!("{}.parquet", layer.name)),
                 )?;
+                let n = features.features.rows();
                 if n != set.true_label.len() {
                     anyhow::bail!(
                         "epoch {epoch} layer {}: {n} rows for {} probe examples",
@@ -221,159 +237,41 @@ impl StageKind for Probe {
                         set.true_label.len()
                     );
                 }
-                for labeling in LABELINGS {
-                    salt += 1;
-                    let g = groups(&set, labeling);
-                    if g.len() < 2 {
-                        continue;
-                    }
-                    let manifolds: Vec<geometry::Mat<f64>> = g
-                        .values()
-                        .map(|idx| {
-                            geometry::Mat::from_fn(d, idx.len(), |r, c| {
-                                values[idx[c] * d + r] as f64
-                            })
-                        })
-                        .collect();
-                    let views: Vec<geometry::MatRef<'_, f64>> =
-                        manifolds.iter().map(|m| m.as_ref()).collect();
-                    let result = pool
-                        .install(|| geometry::manifold_analysis(&views, &options(salt)))
-                        .with_context(|| {
-                            format!("MFTMA of epoch {epoch}, layer {}, {labeling}", layer.name)
-                        })?;
-                    let linear_acc = if linear {
-                        let examples: Vec<(usize, usize)> = g
-                            .iter()
-                            .enumerate()
-                            .flat_map(|(c, (_, idx))| idx.iter().map(move |&i| (i, c)))
-                            .collect();
-                        let x = geometry::Mat::from_fn(examples.len(), d, |r, c| {
-                            values[examples[r].0 * d + c] as f64
-                        });
-                        let y: Vec<usize> = examples.iter().map(|e| e.1).collect();
-                        let opts = geometry::LinearProbeOptions {
-                            seed: seed.wrapping_add(salt),
-                            ..Default::default()
-                        };
-                        let r = pool
-                            .install(|| geometry::linear_probe(x.as_ref(), &y, &opts))
-                            .with_context(|| {
-                                format!(
-                                    "linear probe of epoch {epoch}, layer {}, {labeling}",
-                                    layer.name
-                                )
-                            })?;
-                        Some(r.test_accuracy)
-                    } else {
-                        None
-                    };
-                    writeln!(
-                        ctx.log,
-                        "epoch {epoch:>4} {:<10} {labeling:<10} capacity {:.4} radius {:.3} dimension {:.2} K {} linear {}",
-                        layer.name,
-                        result.capacity,
-                        result.radius,
-                        result.dimension,
-                        result.k,
-                        linear_acc.map_or("-".into(), |a| format!("{a:.3}"))
-                    )?;
-                    rows.push(Row {
-                        epoch,
-                        layer: layer.name.clone(),
-                        labeling,
-                        result,
-                        labels: g.keys().copied().collect(),
-                        linear: linear_acc,
-                    });
-                }
+                rows.extend(analysis.layer(epoch, &layer.name, &features, &mut salt, ctx.log)?);
             }
         }
-        write_tables(ctx.out, &rows, p.int("n_t").unwrap_or(200))
+        write_tables(ctx.out, &rows, p.n_t)
     }
 }
 
+/// Writes `probe.parquet` and `probe_manifolds.parquet`.
 fn write_tables(out: &Path, rows: &[Row], n_t: i64) -> Result<()> {
-    let s = |f: fn(&Row) -> String| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
-    };
-    let fl = |f: fn(&Row) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(f)))
-    };
-    let i = |f: fn(&Row) -> i64| -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
-    };
-    let schema = Schema::new(vec![
-        Field::new("epoch", DataType::Int64, false),
-        Field::new("layer", DataType::Utf8, false),
-        Field::new("labeling", DataType::Utf8, false),
-        Field::new("capacity", DataType::Float64, false),
-        Field::new("radius", DataType::Float64, false),
-        Field::new("dimension", DataType::Float64, false),
-        Field::new("center_correlation", DataType::Float64, false),
-        Field::new("K", DataType::Int64, false),
-        Field::new("P", DataType::Int64, false),
-        Field::new("M", DataType::Int64, false),
-        Field::new("n_t", DataType::Int64, false),
-        Field::new("linear_probe_acc", DataType::Float64, true),
-    ]);
-    let cols: Vec<ArrayRef> = vec![
-        i(|r| r.epoch),
-        s(|r| r.layer.clone()),
-        s(|r| r.labeling.to_string()),
-        fl(|r| r.result.capacity),
-        fl(|r| r.result.radius),
-        fl(|r| r.result.dimension),
-        fl(|r| r.result.center_correlation),
-        i(|r| r.result.k as i64),
-        i(|r| r.result.p as i64),
-        i(|r| r.result.m.round() as i64),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|_| n_t))),
-        Arc::new(rows.iter().map(|r| r.linear).collect::<Float64Array>()),
-    ];
-    write_parquet(
-        &out.join("probe.parquet"),
-        &RecordBatch::try_new(Arc::new(schema), cols)?,
-    )?;
-
-    let mut m_epoch = Vec::new();
-    let mut m_layer = Vec::new();
-    let mut m_labeling = Vec::new();
-    let mut m_label = Vec::new();
-    let mut m_cap = Vec::new();
-    let mut m_rad = Vec::new();
-    let mut m_dim = Vec::new();
+    tables::Probe {
+        epoch: rows.iter().map(|r| r.epoch).collect(),
+        layer: rows.iter().map(|r| r.layer.clone()).collect(),
+        labeling: rows.iter().map(|r| r.labeling.to_string()).collect(),
+        capacity: rows.iter().map(|r| r.result.capacity).collect(),
+        radius: rows.iter().map(|r| r.result.radius).collect(),
+        dimension: rows.iter().map(|r| r.result.dimension).collect(),
+        center_correlation: rows.iter().map(|r| r.result.center_correlation).collect(),
+        k: rows.iter().map(|r| r.result.k as i64).collect(),
+        p: rows.iter().map(|r| r.result.p as i64).collect(),
+        m: rows.iter().map(|r| r.result.m.round() as i64).collect(),
+        n_t: vec![n_t; rows.len()],
+        linear_probe_acc: rows.iter().map(|r| r.linear).collect(),
+    }
+    .write(&out.join("probe.parquet"))?;
+    let mut m = ProbeManifolds::default();
     for r in rows {
         for (j, label) in r.labels.iter().enumerate() {
-            m_epoch.push(r.epoch);
-            m_layer.push(r.layer.clone());
-            m_labeling.push(r.labeling);
-            m_label.push(*label);
-            m_cap.push(r.result.capacities[j]);
-            m_rad.push(r.result.radii[j]);
-            m_dim.push(r.result.dimensions[j]);
+            m.epoch.push(r.epoch);
+            m.layer.push(r.layer.clone());
+            m.labeling.push(r.labeling.to_string());
+            m.label.push(*label);
+            m.capacity.push(r.result.capacities[j]);
+            m.radius.push(r.result.radii[j]);
+            m.dimension.push(r.result.dimensions[j]);
         }
     }
-    let schema = Schema::new(vec![
-        Field::new("epoch", DataType::Int64, false),
-        Field::new("layer", DataType::Utf8, false),
-        Field::new("labeling", DataType::Utf8, false),
-        Field::new("label", DataType::Int64, false),
-        Field::new("capacity", DataType::Float64, false),
-        Field::new("radius", DataType::Float64, false),
-        Field::new("dimension", DataType::Float64, false),
-    ]);
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(m_epoch)),
-        Arc::new(StringArray::from_iter_values(m_layer)),
-        Arc::new(StringArray::from_iter_values(m_labeling)),
-        Arc::new(Int64Array::from(m_label)),
-        Arc::new(Float64Array::from(m_cap)),
-        Arc::new(Float64Array::from(m_rad)),
-        Arc::new(Float64Array::from(m_dim)),
-    ];
-    write_parquet(
-        &out.join("probe_manifolds.parquet"),
-        &RecordBatch::try_new(Arc::new(schema), cols)?,
-    )
+    m.write(&out.join("probe_manifolds.parquet"))
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use pipe_torch::data;
 use pipe_torch::models::Arch;
 use pipe_torch::optim::{OptimizerConfig, Schedule};
-use pipe_torch::train::{TrainConfig, Trainer};
+use pipe_torch::trainer::{TrainConfig, Trainer};
 use serde_json::Value as Json;
 
 fn run(cmd: &mut Command) -> Vec<u8> {

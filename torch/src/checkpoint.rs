@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use pipe::stages::train::{CheckpointInfo, read_metrics, write_metrics};
 use tch::Tensor;
 
-use crate::train::Trainer;
+use crate::trainer::Trainer;
 
 /// Writes the trainer's current state into `dir`.
 pub fn save(dir: &Path, t: &Trainer<'_>, model: &str) -> Result<()> {

@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use arrow::array::{Array, BooleanArray, FixedSizeListArray, Int64Array, UInt8Array};
 use tch::{Device, Kind, Tensor};
 
 use pipe::stages::dataset::DatasetInfo;
-use pipe::table::read_parquet;
+use pipe::table::Table;
+use pipe::tables::{Images, Labels};
 
 /// One split: normalized images and labels, on a device.
 pub struct Split {
@@ -31,49 +31,25 @@ pub struct TrainData {
     pub test: Split,
 }
 
-fn column<'a, T: 'static>(
-    batch: &'a arrow::array::RecordBatch,
-    name: &str,
-    file: &Path,
-) -> Result<&'a T> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .with_context(|| {
-            format!(
-                "{} has no column `{name}` of the expected type",
-                file.display()
-            )
-        })
-}
-
 /// Reads a split's images (`[n, c, h, w]`, u8) and labels.
 pub fn read_images(file: &Path, info: &DatasetInfo) -> Result<(Tensor, Vec<i64>)> {
-    let batch = read_parquet(file)?;
-    let images: &FixedSizeListArray = column(&batch, "image", file)?;
-    let labels: &Int64Array = column(&batch, "label", file)?;
-    let values = images
-        .values()
-        .as_any()
-        .downcast_ref::<UInt8Array>()
-        .context("image values are not u8")?;
-    let per = (info.channels * info.height * info.width) as i64;
-    if images.value_length() as i64 != per {
+    let images = Images::read(file)?;
+    let per = info.channels * info.height * info.width;
+    if images.image.width != per {
         bail!(
             "{}: images hold {} values, expected {per}",
             file.display(),
-            images.value_length()
+            images.image.width
         );
     }
-    let n = batch.num_rows() as i64;
-    let pixels = &values.values()[..(n * per) as usize];
-    let x = Tensor::from_slice(pixels).view([
+    let n = images.label.len() as i64;
+    let x = Tensor::from_slice(&images.image.values).view([
         n,
         info.channels as i64,
         info.height as i64,
         info.width as i64,
     ]);
-    Ok((x, labels.values().to_vec()))
+    Ok((x, images.label))
 }
 
 /// Loads training and test data; `labels_dir` holds the corrupt stage's `labels.parquet`.
@@ -83,15 +59,10 @@ pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<Tra
             .context("reading dataset.json")?;
     let (train_u8, true_labels) = read_images(&dataset_dir.join("train.parquet"), &info)?;
     let (test_u8, test_labels) = read_images(&dataset_dir.join("test.parquet"), &info)?;
-    let lfile = labels_dir.join("labels.parquet");
-    let lb = read_parquet(&lfile)?;
-    let idx: &Int64Array = column(&lb, "index", &lfile)?;
-    let truth: &Int64Array = column(&lb, "true_label", &lfile)?;
-    let train_label: &Int64Array = column(&lb, "train_label", &lfile)?;
-    let corrupted: &BooleanArray = column(&lb, "corrupted", &lfile)?;
-    if lb.num_rows() != true_labels.len()
-        || idx.values().iter().enumerate().any(|(i, &v)| v != i as i64)
-        || truth.values() != true_labels.as_slice()
+    let labels = Labels::read(&labels_dir.join("labels.parquet"))?;
+    if labels.index.len() != true_labels.len()
+        || labels.index.iter().enumerate().any(|(i, &v)| v != i as i64)
+        || labels.true_label != true_labels
     {
         bail!(
             "labels.parquet does not describe this data set's training split (rows or true labels differ)"
@@ -104,14 +75,13 @@ pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<Tra
         .std_dim([0i64, 2, 3].as_slice(), false, true)
         .clamp_min(1e-6);
     let norm = |x: &Tensor| ((x.to_kind(Kind::Float) / 255.0 - &mean) / &std).to_device(device);
-    let flags: Vec<bool> = (0..corrupted.len()).map(|i| corrupted.value(i)).collect();
     Ok(TrainData {
         train: Split {
             x: norm(&train_u8),
-            y: Tensor::from_slice(train_label.values()).to_device(device),
+            y: Tensor::from_slice(&labels.train_label).to_device(device),
         },
         train_true: Tensor::from_slice(&true_labels).to_device(device),
-        corrupted: Tensor::from_slice(&flags).to_device(device),
+        corrupted: Tensor::from_slice(&labels.corrupted).to_device(device),
         test: Split {
             x: norm(&test_u8),
             y: Tensor::from_slice(&test_labels).to_device(device),

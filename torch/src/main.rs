@@ -15,9 +15,10 @@ fn main() {
                 .read_to_string(&mut input)
                 .map_err(anyhow::Error::from)
                 .and_then(|_| {
-                    serde_json::from_str::<pipe::worker::Job>(&input).map_err(anyhow::Error::from)
+                    serde_json::from_str::<pipe::worker::WorkerJob>(&input)
+                        .map_err(anyhow::Error::from)
                 })
-                .and_then(pipe_torch::run_job);
+                .and_then(pipe_torch::run_worker_job);
             match result {
                 Ok(()) => 0,
                 Err(e) => {

@@ -531,22 +531,18 @@ mod tests {
             ("alexnet", [3, 32, 32]),
         ];
         for (model, input) in cases {
-            let params = pipe::stage::Params(
-                serde_json::json!({"model": model, "hidden": [7, 5, 3]})
+            let params = <pipe::stages::train::TrainParams as pipe::stage::KindParams>::parse(
+                serde_json::json!({"model": model, "hidden": [7, 5, 3], "epochs": 1, "lr": 0.1})
                     .as_object()
-                    .unwrap()
-                    .clone(),
-            );
+                    .unwrap(),
+            )
+            .unwrap();
             let arch = Arch::from_name(model, vec![7, 5, 3], false).unwrap();
             let net = {
                 let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
                 Net::new(&arch, input, 10, Device::Cpu)
             };
-            assert_eq!(
-                net.layer_names(),
-                pipe::stages::train::layer_names(&params),
-                "{model}"
-            );
+            assert_eq!(net.layer_names(), params.layer_names(), "{model}");
         }
     }
 

@@ -5,8 +5,8 @@
 //! into the key, and calls [`StageKind::run`] with a [`RunContext`]. What a kind does
 //! inside `run` (load images, train a network) is invisible to it.
 
-use std::fs::File;
 use std::any::Any;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -83,8 +83,7 @@ impl ParamType {
             (ParamType::Int, Json::Number(n)) if n.is_i64() => Ok(Json::Number(n)),
             (ParamType::Float, Json::Number(n)) => {
                 let x = n.as_f64().unwrap_or(f64::NAN);
-                crate::key::float(x)
-                    .ok_or_else(|| "expected a finite number".to_string())
+                crate::key::float(x).ok_or_else(|| "expected a finite number".to_string())
             }
             (ParamType::Str, Json::String(s)) => Ok(Json::String(s)),
             (ParamType::Bool, Json::Bool(b)) => Ok(Json::Bool(b)),
@@ -273,13 +272,33 @@ impl std::fmt::Debug for Params {
 pub trait KindParams: serde::de::DeserializeOwned + Send + Sync + 'static {
     /// Every parameter: name, type, presence or default, key mark and doc, in order.
     fn specs() -> &'static [ParamSpec];
-    /// Parses resolved values (already checked against [`KindParams::specs`]).
+    /// Parses resolved values (already checked against [`KindParams::specs`]); a
+    /// defaulted parameter that is absent (a manifest keeps only those in the key) takes
+    /// its declared default.
     fn parse(values: &serde_json::Map<String, Json>) -> Result<Self, String> {
-        Self::deserialize(serde::de::value::MapDeserializer::new(
-            values.iter().map(|(k, v)| (k.as_str(), v)),
-        ))
-        .map_err(|e: serde_json::Error| format!("parameters do not fit their declaration: {e}"))
+        let missing: Vec<(&str, Json)> = Self::specs()
+            .iter()
+            .filter(|s| !values.contains_key(s.name))
+            .filter_map(|s| match s.presence {
+                Presence::Default(lit) => Some(default_value(s, lit).map(|v| (s.name, v))),
+                _ => None,
+            })
+            .collect::<Result<_, _>>()?;
+        let entries = values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .chain(missing.iter().map(|(k, v)| (*k, v)));
+        Self::deserialize(serde::de::value::MapDeserializer::new(entries))
+            .map_err(|e: serde_json::Error| format!("parameters do not fit their declaration: {e}"))
     }
+}
+
+/// A declared default (a TOML literal) as the value the spec would resolve it to.
+pub fn default_value(spec: &ParamSpec, literal: &str) -> Result<Json, String> {
+    let doc: toml::Table = toml::from_str(&format!("v = {literal}"))
+        .map_err(|e| format!("the default of `{}` is not TOML: {e}", spec.name))?;
+    let raw = serde_json::to_value(&doc["v"]).map_err(|e| e.to_string())?;
+    spec.ty.coerce(raw)
 }
 
 /// A Rust type a parameter can have, and the [`ParamType`] the spec checks values against.
@@ -305,6 +324,15 @@ impl ParamValue for bool {
 impl ParamValue for Json {
     const TYPE: ParamType = ParamType::Any;
 }
+/// A string, number or boolean, kept as written ([`ParamType::Scalar`]).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Scalar(pub Json);
+
+impl ParamValue for Scalar {
+    const TYPE: ParamType = ParamType::Scalar;
+}
+
 impl<T: ParamValue> ParamValue for Vec<T> {
     const TYPE: ParamType = ParamType::List(&T::TYPE);
 }
@@ -316,12 +344,43 @@ impl<T: ParamValue> ParamValue for Option<T> {
     const OPTIONAL: bool = true;
 }
 
+/// Declares an enum parameter type: a Rust enum whose variants are written as the given
+/// strings in pipelines, with [`ParamType::Enum`] listing them (so `pipe kinds` and "did you
+/// mean" see the same names).
+#[macro_export]
+macro_rules! param_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($(#[doc = $d:literal])* $variant:ident = $text:literal),* $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+        pub enum $name {
+            $($(#[doc = $d])* #[serde(rename = $text)] $variant,)*
+        }
+        impl $name {
+            /// Every value, as written in pipelines.
+            pub const NAMES: &'static [&'static str] = &[$($text),*];
+            /// The value as written in pipelines.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+        }
+        impl $crate::stage::ParamValue for $name {
+            const TYPE: $crate::stage::ParamType = $crate::stage::ParamType::Enum(Self::NAMES);
+        }
+    };
+}
+
 /// Declares a kind's parameters once: a `#[derive(Deserialize)]` struct with one field per
 /// parameter, and its [`KindParams::specs`] (the schema `pipe kinds` prints and the spec
 /// checks) from the same lines. Each line is `name: Type, PRESENCE, "doc";` where
 /// PRESENCE is `required`, `optional` (the type is then `Option<_>`) or `default "TOML"`,
-/// optionally followed by `not_in_key`. The [`ParamType`] comes from the Rust type
-/// ([`ParamValue`]). `flatten Type;` at the end includes another declared struct's
+/// optionally followed by `not_in_key`; `name as "key": ...` names a parameter whose key is
+/// not a Rust identifier (`final`). The [`ParamType`] comes from the Rust type
+/// ([`ParamValue`]). `..field: Type;` at the end includes another declared struct's
 /// parameters (shared groups such as a worker's `device` and `threads`).
 #[macro_export]
 macro_rules! stage_params {
@@ -329,9 +388,9 @@ macro_rules! stage_params {
         $(#[$meta:meta])*
         pub struct $name:ident {
             $(
-                $field:ident : $ty:ty, $presence:ident $($default:literal)? $(, $nik:ident)?, $doc:literal;
+                $field:ident $(as $rename:literal)? : $ty:ty, $presence:ident $($default:literal)? $(, $nik:ident)?, $doc:literal;
             )*
-            $(flatten $group_field:ident : $group:ty;)?
+            $(..$group_field:ident : $group:ty;)?
         }
     ) => {
         $(#[$meta])*
@@ -339,6 +398,7 @@ macro_rules! stage_params {
         pub struct $name {
             $(
                 #[doc = $doc]
+                $(#[serde(rename = $rename)])?
                 pub $field: $ty,
             )*
             $(
@@ -355,7 +415,7 @@ macro_rules! stage_params {
                         #[allow(unused_mut)]
                         let mut specs = vec![$(
                             $crate::stage::ParamSpec {
-                                name: stringify!($field),
+                                name: $crate::stage_params!(@name $field $($rename)?),
                                 ty: <$ty as $crate::stage::ParamValue>::TYPE,
                                 presence: $crate::stage_params!(@presence $ty, $presence $($default)?),
                                 in_key: $crate::stage_params!(@in_key $($nik)?),
@@ -375,6 +435,8 @@ macro_rules! stage_params {
         $crate::stage::Presence::Optional
     }};
     (@presence $ty:ty, default $d:literal) => { $crate::stage::Presence::Default($d) };
+    (@name $field:ident) => { stringify!($field) };
+    (@name $field:ident $rename:literal) => { $rename };
     (@in_key) => { true };
     (@in_key not_in_key) => { false };
 }
@@ -544,6 +606,35 @@ pub trait StageKind: Send + Sync {
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()>;
 }
 
+/// What a kind keys its parts on: the instance's resolved parameter values and its input
+/// keys (slot -> key), both known before anything runs.
+pub struct KeyInputs<'a> {
+    /// The resolved parameter values.
+    pub values: &'a Params,
+    /// Each input slot's key.
+    pub input_keys: &'a [(String, String)],
+}
+
+impl KeyInputs<'_> {
+    /// The values of the parameters in `specs` that are in the key, minus `leave_out`.
+    pub fn key_params(
+        &self,
+        specs: &[ParamSpec],
+        leave_out: &[&str],
+    ) -> serde_json::Map<String, Json> {
+        specs
+            .iter()
+            .filter(|s| s.in_key && !leave_out.contains(&s.name))
+            .filter_map(|s| {
+                Some((
+                    s.name.to_string(),
+                    self.values.values().get(s.name)?.clone(),
+                ))
+            })
+            .collect()
+    }
+}
+
 /// A stage kind with typed parameters: what a kind implements. Every `Kind` is a
 /// [`StageKind`] (the object-safe view the engine holds), which parses the parameters into
 /// `Self::Params` once per instance and hands the struct to each method.
@@ -567,7 +658,7 @@ pub trait Kind: Send + Sync + 'static {
         Vec::new()
     }
     /// Further artifacts an instance produces (see [`StageKind::parts`]).
-    fn parts(&self, _params: &Self::Params, _input_keys: &[(String, String)]) -> Vec<Part> {
+    fn parts(&self, _params: &Self::Params, _keys: &KeyInputs<'_>) -> Vec<Part> {
         Vec::new()
     }
     /// The Parquet tables (file stems) that `pipe export` gathers.
@@ -620,8 +711,11 @@ impl<K: Kind> StageKind for K {
         typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::files(self, &p, env))
     }
     fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part> {
-        typed_params::<K>(params)
-            .map_or_else(|_| Vec::new(), |p| Kind::parts(self, &p, input_keys))
+        let keys = KeyInputs {
+            values: params,
+            input_keys,
+        };
+        typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::parts(self, &p, &keys))
     }
     fn tables(&self, params: &Params) -> Vec<String> {
         typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::tables(self, &p))
@@ -630,7 +724,8 @@ impl<K: Kind> StageKind for K {
         typed_params::<K>(params).map_or(1, |p| Kind::threads(self, &p))
     }
     fn resources(&self, params: &Params) -> Resources {
-        typed_params::<K>(params).map_or_else(|_| Resources::default(), |p| Kind::resources(self, &p))
+        typed_params::<K>(params)
+            .map_or_else(|_| Resources::default(), |p| Kind::resources(self, &p))
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
         let p = typed_params::<K>(ctx.params).map_err(anyhow::Error::msg)?;
@@ -731,5 +826,90 @@ pub fn wait_until(
             return Err(anyhow::Error::new(TimedOut));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod typed_params_tests {
+    use super::*;
+    use serde_json::json;
+
+    crate::param_enum! {
+        /// A test enum.
+        pub enum Mode {
+            Fast = "fast",
+            Careful = "careful",
+        }
+    }
+
+    crate::stage_params! {
+        /// Shared parameters.
+        pub struct Shared {
+            threads: i64, default "1", not_in_key, "threads";
+        }
+    }
+
+    crate::stage_params! {
+        /// A kind's parameters.
+        pub struct Sample {
+            lr: f64, required, "a rate";
+            size: Option<i64>, optional, "a size";
+            mode: Mode, default "\"careful\"", "a mode";
+            widths: Vec<i64>, default "[4, 2]", "widths";
+            last as "final": Scalar, default "\"final\"", "a keyword name";
+            ..shared: Shared;
+        }
+    }
+
+    #[test]
+    fn one_declaration_gives_the_schema_and_the_struct() {
+        let specs = Sample::specs();
+        let rows: Vec<String> = specs
+            .iter()
+            .map(|s| {
+                let presence = match s.presence {
+                    Presence::Required => "required".to_string(),
+                    Presence::Optional => "optional".to_string(),
+                    Presence::Default(d) => format!("default {d}"),
+                };
+                format!("{} {} {presence} {}", s.name, s.ty.describe(), s.in_key)
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "lr a number required true",
+                "size an integer optional true",
+                "mode one of \"fast\", \"careful\" default \"careful\" true",
+                "widths an array of integers default [4, 2] true",
+                "final a string, number or boolean default \"final\" true",
+                "threads an integer default 1 false",
+            ]
+        );
+        // Absent defaulted values take their declared defaults; optional ones stay None.
+        let values = json!({"lr": 0.5}).as_object().unwrap().clone();
+        let p = Params::new(values).typed::<Sample>().unwrap();
+        assert_eq!(p.lr, 0.5);
+        assert_eq!(p.size, None);
+        assert_eq!(p.mode, Mode::Careful);
+        assert_eq!(p.widths, [4, 2]);
+        assert_eq!(p.last, Scalar(json!("final")));
+        assert_eq!(p.shared.threads, 1);
+        let values = json!({"lr": 1.0, "size": 3, "mode": "fast", "final": 7, "threads": 4});
+        let p = Sample::parse(values.as_object().unwrap()).unwrap();
+        assert_eq!((p.size, p.mode, p.shared.threads), (Some(3), Mode::Fast, 4));
+        assert_eq!(p.last, Scalar(json!(7)));
+        assert!(
+            Sample::parse(&serde_json::Map::new()).is_err(),
+            "lr is required"
+        );
+    }
+
+    #[test]
+    fn typed_params_are_parsed_once_and_shared_by_clones() {
+        let params = Params::new(json!({"lr": 0.25}).as_object().unwrap().clone());
+        let a = params.typed::<Sample>().unwrap();
+        let b = params.clone().typed::<Sample>().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
     }
 }

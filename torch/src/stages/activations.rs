@@ -6,24 +6,21 @@
 //! `activations.json` (epochs, layers with their widths, P, M).
 
 use std::io::Write;
-use std::sync::Arc;
+use std::path::Path;
 
 use anyhow::{Result, bail};
-use arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Int64Array, RecordBatch,
-};
-use arrow::datatypes::{DataType, Field, Schema};
 use pipe::stage::{BadData, RunContext};
-use pipe::stages::analysis::{ActivationsInfo, LayerFeatures};
-use pipe::table::write_parquet;
+use pipe::stages::activations::{ActivationsInfo, ActivationsParams, LayerFeatures};
+use pipe::table::{FixedRows, Table};
+use pipe::tables::{Features, ProbeSet};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
 use crate::device;
-use crate::trained::{TrainedRun, to_bool, to_i64};
+use crate::models::Net;
+use crate::stages::trained::{TrainedRun, to_bool, to_i64};
 
 /// Chooses the probe set: for each of the first P classes, M clean examples of that class
 /// and M corrupted examples whose training label is that class (none without corruption).
@@ -90,47 +87,97 @@ fn project(x: &Tensor, k: i64, seed: u64) -> Tensor {
     out / (k as f64).sqrt()
 }
 
-fn features_batch(features: &Tensor) -> Result<RecordBatch> {
+/// A `[n, d]` tensor of features as a [`Features`] table.
+fn features_table(features: &Tensor) -> Result<Features> {
     let f = features
         .to_device(Device::Cpu)
         .to_kind(Kind::Float)
         .contiguous();
     let (n, d) = (f.size()[0], f.size()[1]);
-    let values = Vec::<f32>::try_from(f.view([-1]))?;
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let list = FixedSizeListArray::try_new(
-        item.clone(),
-        d as i32,
-        Arc::new(Float32Array::from(values)),
-        None,
-    )?;
-    let schema = Schema::new(vec![
-        Field::new("example", DataType::Int64, false),
-        Field::new("features", DataType::FixedSizeList(item, d as i32), false),
-    ]);
-    Ok(RecordBatch::try_new(
-        Arc::new(schema),
-        vec![Arc::new(Int64Array::from_iter_values(0..n)), Arc::new(list)],
-    )?)
+    Ok(Features {
+        example: (0..n).collect(),
+        features: FixedRows {
+            width: d as usize,
+            values: Vec::<f32>::try_from(f.view([-1]))?,
+        },
+    })
+}
+
+/// Every (wanted) layer's output for the whole probe set `x`, flattened, in batches.
+fn layer_outputs(net: &Net, x: &Tensor, wanted: Option<&[String]>) -> Vec<(String, Tensor)> {
+    let mut per_layer: Vec<(String, Vec<Tensor>)> = Vec::new();
+    let n = x.size()[0];
+    let mut start = 0;
+    while start < n {
+        let len = 500.min(n - start);
+        let outs = tch::no_grad(|| net.forward_layers(&x.narrow(0, start, len)));
+        for (name, t) in outs {
+            if wanted.is_some_and(|w| !w.contains(&name)) {
+                continue;
+            }
+            let flat = t.flatten(1, -1);
+            match per_layer.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(flat),
+                None => per_layer.push((name, vec![flat])),
+            }
+        }
+        start += len;
+    }
+    per_layer
+        .into_iter()
+        .map(|(name, parts)| (name, Tensor::cat(&parts, 0)))
+        .collect()
+}
+
+/// Stores one epoch's layers under `dir` (projected when wider than `max_features`),
+/// adding layers seen for the first time to `layers_info`.
+fn store_epoch(
+    p: &ActivationsParams,
+    net: &Net,
+    x: &Tensor,
+    dir: &Path,
+    layers_info: &mut Vec<LayerFeatures>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (li, (name, feats)) in layer_outputs(net, x, p.layers.names())
+        .into_iter()
+        .enumerate()
+    {
+        let d = feats.size()[1];
+        let stored = if d > p.max_features {
+            project(
+                &feats,
+                p.max_features,
+                (p.seed as u64).wrapping_add(1 + li as u64),
+            )
+        } else {
+            feats
+        };
+        features_table(&stored)?.write(&dir.join(format!("{name}.parquet")))?;
+        if !layers_info.iter().any(|l| l.name == name) {
+            layers_info.push(LayerFeatures {
+                name,
+                features: stored.size()[1] as usize,
+                original_features: d as usize,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs one `activations` instance.
-pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
-    let p = ctx.params;
+pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
     tch::set_num_threads(ctx.threads as i32);
-    let device = device::resolve(p.str("device").unwrap_or("auto")).map_err(anyhow::Error::msg)?;
+    let device = device::resolve(&p.worker.device).map_err(anyhow::Error::msg)?;
     let run = TrainedRun::load(ctx, device)?;
-    let classes = p
-        .int("classes")
-        .map_or(run.data.info.classes, |c| c as usize);
+    let classes = p.classes.map_or(run.data.info.classes, |c| c as usize);
     if classes > run.data.info.classes {
         bail!(BadData(format!(
             "classes = {classes}, but the data set has {}",
             run.data.info.classes
         )));
     }
-    let per_class = p.int("per_class").unwrap_or(50) as usize;
-    let seed = p.int("seed").unwrap_or(0) as u64;
+    let per_class = p.per_class as usize;
     let true_labels = to_i64(&run.data.train_true)?;
     let train_labels = to_i64(&run.data.train.y)?;
     let corrupted = to_bool(&run.data.corrupted)?;
@@ -140,7 +187,7 @@ pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
         &corrupted,
         classes,
         per_class,
-        seed,
+        p.seed as u64,
     )
     .map_err(|m| anyhow::Error::new(BadData(m)))?;
     let n_corrupted = chosen.iter().filter(|&&i| corrupted[i]).count();
@@ -150,53 +197,21 @@ pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
         chosen.len(),
         n_corrupted
     )?;
-
-    let schema = Schema::new(vec![
-        Field::new("example", DataType::Int64, false),
-        Field::new("index", DataType::Int64, false),
-        Field::new("true_label", DataType::Int64, false),
-        Field::new("train_label", DataType::Int64, false),
-        Field::new("corrupted", DataType::Boolean, false),
-    ]);
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(0..chosen.len() as i64)),
-        Arc::new(Int64Array::from_iter_values(
-            chosen.iter().map(|&i| i as i64),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            chosen.iter().map(|&i| true_labels[i]),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            chosen.iter().map(|&i| train_labels[i]),
-        )),
-        Arc::new(BooleanArray::from(
-            chosen.iter().map(|&i| corrupted[i]).collect::<Vec<_>>(),
-        )),
-    ];
-    write_parquet(
-        &ctx.out.join("probe_set.parquet"),
-        &RecordBatch::try_new(Arc::new(schema), cols)?,
-    )?;
+    ProbeSet {
+        example: (0..chosen.len() as i64).collect(),
+        index: chosen.iter().map(|&i| i as i64).collect(),
+        true_label: chosen.iter().map(|&i| true_labels[i]).collect(),
+        train_label: chosen.iter().map(|&i| train_labels[i]).collect(),
+        corrupted: chosen.iter().map(|&i| corrupted[i]).collect(),
+    }
+    .write(&ctx.out.join("probe_set.parquet"))?;
 
     let idx =
         Tensor::from_slice(&chosen.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
     let x = run.data.train.x.index_select(0, &idx);
-    let wanted: Option<Vec<String>> = match p.get("layers") {
-        Some(Json::Array(a)) => Some(
-            a.iter()
-                .filter_map(|l| l.as_str().map(str::to_string))
-                .collect(),
-        ),
-        _ => None,
-    };
-    let max_features = p.int("max_features").unwrap_or(5000);
-    let epochs_param = match p.get("epochs") {
-        Some(Json::Array(a)) => a.clone(),
-        _ => Vec::new(),
-    };
     let mut epochs = Vec::new();
     let mut layers_info: Vec<LayerFeatures> = Vec::new();
-    for which in &epochs_param {
+    for which in &p.epochs {
         let ck = run.checkpoint(which)?;
         if epochs.contains(&ck.epoch) {
             continue;
@@ -204,46 +219,7 @@ pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
         epochs.push(ck.epoch);
         let net = run.net_at(&ck)?;
         let dir = ctx.out.join(format!("epoch={}", ck.epoch));
-        std::fs::create_dir_all(&dir)?;
-        // Layer outputs for the whole probe set, in batches.
-        let mut per_layer: Vec<(String, Vec<Tensor>)> = Vec::new();
-        let n = x.size()[0];
-        let mut start = 0;
-        while start < n {
-            let len = 500.min(n - start);
-            let outs = tch::no_grad(|| net.forward_layers(&x.narrow(0, start, len)));
-            for (name, t) in outs {
-                if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
-                    continue;
-                }
-                let flat = t.flatten(1, -1);
-                match per_layer.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, v)) => v.push(flat),
-                    None => per_layer.push((name, vec![flat])),
-                }
-            }
-            start += len;
-        }
-        for (li, (name, parts)) in per_layer.into_iter().enumerate() {
-            let feats = Tensor::cat(&parts, 0);
-            let d = feats.size()[1];
-            let stored = if d > max_features {
-                project(&feats, max_features, seed.wrapping_add(1 + li as u64))
-            } else {
-                feats
-            };
-            write_parquet(
-                &dir.join(format!("{name}.parquet")),
-                &features_batch(&stored)?,
-            )?;
-            if !layers_info.iter().any(|l| l.name == name) {
-                layers_info.push(LayerFeatures {
-                    name,
-                    features: stored.size()[1] as usize,
-                    original_features: d as usize,
-                });
-            }
-        }
+        store_epoch(p, &net, &x, &dir, &mut layers_info)?;
         writeln!(
             ctx.log,
             "epoch {}: {} layers stored",

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pipe::stage::{Params, RunContext};
-use pipe::stages::train::{self, CheckpointRef};
+use pipe::stage::{KindParams, RunContext};
+use pipe::stages::train::{CheckpointRef, TrainParams};
+use pipe::stages::trained::{EpochRef, find_checkpoint};
 use pipe::store::Manifest;
-use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::load_weights;
@@ -16,8 +16,8 @@ use crate::models::{Arch, Net};
 
 /// A train artifact, its inputs loaded.
 pub struct TrainedRun {
-    /// The train instance's parameters (those in its key).
-    pub params: Params,
+    /// The train instance's parameters (those in its key; the others take their defaults).
+    pub params: TrainParams,
     /// Its architecture.
     pub arch: Arch,
     /// Its training and test data.
@@ -36,7 +36,9 @@ impl TrainedRun {
         let dir = ctx.input("train")?.to_path_buf();
         let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)
             .context("reading the train artifact's manifest")?;
-        let params = Params(manifest.params.as_object().cloned().unwrap_or_default());
+        let params = TrainParams::parse(&manifest.params.as_object().cloned().unwrap_or_default())
+            .map_err(anyhow::Error::msg)
+            .context("the train artifact's parameters")?;
         let input = |slot: &str| -> Result<PathBuf> {
             let key = manifest
                 .inputs
@@ -50,14 +52,12 @@ impl TrainedRun {
             })
         };
         let data = data::load(&input("dataset")?, &input("labels")?, device)?;
-        let hidden = params
-            .get("hidden")
-            .and_then(Json::as_array)
-            .map(|a| a.iter().filter_map(Json::as_i64).collect())
-            .unwrap_or_default();
-        let model = params.str("model").unwrap_or_default().to_string();
-        let arch = Arch::from_name(&model, hidden, params.bool("batch_norm").unwrap_or(false))
-            .with_context(|| format!("unknown model {model}"))?;
+        let arch = Arch::from_name(
+            params.model.as_str(),
+            params.hidden.clone(),
+            params.batch_norm,
+        )
+        .with_context(|| format!("unknown model {}", params.model.as_str()))?;
         Ok(TrainedRun {
             params,
             arch,
@@ -69,8 +69,8 @@ impl TrainedRun {
     }
 
     /// The checkpoint for an epoch or `"final"`.
-    pub fn checkpoint(&self, which: &Json) -> Result<CheckpointRef> {
-        train::find(&self.dir, which)
+    pub fn checkpoint(&self, which: &EpochRef) -> Result<CheckpointRef> {
+        find_checkpoint(&self.dir, which)
     }
 
     /// The folder of a checkpoint artifact.
@@ -145,19 +145,4 @@ pub fn predict(net: &Net, x: &Tensor) -> Tensor {
             Tensor::cat(&preds, 0)
         }
     })
-}
-
-/// Fraction of `mask`ed positions where `pred == y` (`None` if the mask is empty).
-pub fn accuracy(pred: &Tensor, y: &Tensor, mask: Option<&Tensor>) -> Option<f64> {
-    let hits = pred.eq_tensor(y);
-    match mask {
-        None => {
-            let n = hits.size()[0];
-            (n > 0).then(|| hits.sum(Kind::Int64).int64_value(&[]) as f64 / n as f64)
-        }
-        Some(m) => {
-            let n = m.sum(Kind::Int64).int64_value(&[]);
-            (n > 0).then(|| hits.logical_and(m).sum(Kind::Int64).int64_value(&[]) as f64 / n as f64)
-        }
-    }
 }

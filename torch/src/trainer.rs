@@ -12,7 +12,7 @@ pub use pipe::stages::train::EpochMetrics;
 use crate::data::TrainData;
 use crate::models::{Arch, Net};
 use crate::optim::{Optimizer, OptimizerConfig, Schedule};
-use crate::trained::accuracy;
+use crate::score::accuracy;
 
 /// Everything that defines a training run.
 #[derive(Clone, Debug)]

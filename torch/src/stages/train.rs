@@ -4,69 +4,62 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use pipe::stage::{BadData, Params, RunContext};
+use pipe::stage::{BadData, KeyInputs, RunContext};
 use pipe::stages::train::{
-    CHECKPOINT_KIND, CheckpointRef, LayerInfo, ModelInfo, checkpoint_key, kept, write_metrics,
+    CHECKPOINT_KIND, CheckpointRef, LayerInfo, ModelInfo, Optimizer, Schedule, TrainParams,
+    write_metrics,
 };
-use serde_json::Value as Json;
 
 use crate::checkpoint;
 use crate::models::Arch;
-use crate::optim::{OptimizerConfig, Schedule};
-use crate::train::{TrainConfig, Trainer};
+use crate::optim::{self, OptimizerConfig};
+use crate::trainer::{TrainConfig, Trainer};
 use crate::{data, device};
 
-pub fn config(params: &Params) -> Result<TrainConfig, String> {
-    let model = params.str("model").unwrap_or_default();
-    let hidden: Vec<i64> = match params.get("hidden") {
-        Some(Json::Array(a)) => a.iter().filter_map(Json::as_i64).collect(),
-        _ => Vec::new(),
-    };
-    let arch = Arch::from_name(model, hidden, params.bool("batch_norm").unwrap_or(false))
-        .ok_or_else(|| format!("unknown model {model}"))?;
-    let optimizer = match params.str("optimizer") {
-        Some("adam") => OptimizerConfig::Adam {
+/// The training loop's configuration from the train parameters.
+pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
+    let arch = Arch::from_name(p.model.as_str(), p.hidden.clone(), p.batch_norm)
+        .ok_or_else(|| format!("unknown model {}", p.model.as_str()))?;
+    let optimizer = match p.optimizer {
+        Optimizer::Adam => OptimizerConfig::Adam {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
-            weight_decay: params.float("weight_decay").unwrap_or(0.0),
+            weight_decay: p.weight_decay,
         },
-        _ => OptimizerConfig::Sgd {
-            momentum: params.float("momentum").unwrap_or(0.0),
-            nesterov: params.bool("nesterov").unwrap_or(false),
-            weight_decay: params.float("weight_decay").unwrap_or(0.0),
+        Optimizer::Sgd => OptimizerConfig::Sgd {
+            momentum: p.momentum,
+            nesterov: p.nesterov,
+            weight_decay: p.weight_decay,
         },
     };
-    let schedule = match params.str("schedule") {
-        Some("step") => Schedule::Step {
-            milestones: match params.get("milestones") {
-                Some(Json::Array(a)) => a.iter().filter_map(Json::as_i64).collect(),
-                _ => Vec::new(),
-            },
-            gamma: params.float("gamma").unwrap_or(0.1),
+    let schedule = match p.schedule {
+        Schedule::Step => optim::Schedule::Step {
+            milestones: p.milestones.clone(),
+            gamma: p.gamma,
         },
-        Some("cosine") => Schedule::Cosine,
-        _ => Schedule::Constant,
+        Schedule::Cosine => optim::Schedule::Cosine,
+        Schedule::Constant => optim::Schedule::Constant,
     };
-    let device = device::resolve(params.str("device").unwrap_or("auto"))?;
+    let device = device::resolve(&p.worker.device)?;
     Ok(TrainConfig {
         arch,
-        epochs: params.int("epochs").unwrap_or(0),
-        batch_size: params.int("batch_size").unwrap_or(128),
+        epochs: p.epochs,
+        batch_size: p.batch_size,
         optimizer,
-        lr: params.float("lr").unwrap_or(0.0),
+        lr: p.lr,
         schedule,
-        augment: params.bool("augment").unwrap_or(false),
-        seed: params.int("seed").unwrap_or(0) as u64,
+        augment: p.augment,
+        seed: p.seed as u64,
         device,
     })
 }
 
 /// Trains one instance (see `pipe::stages::train` for the parameters and outputs).
-pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
-    let cfg = config(ctx.params).map_err(anyhow::Error::msg)?;
+pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
+    let cfg = config(p).map_err(anyhow::Error::msg)?;
     tch::set_num_threads(ctx.threads as i32);
-    let model = ctx.params.str("model").unwrap_or_default().to_string();
+    let model = p.model.as_str().to_string();
     let data = data::load(ctx.input("dataset")?, ctx.input("labels")?, cfg.device)?;
     let info = &data.info;
     cfg.arch
@@ -77,9 +70,13 @@ pub fn run(ctx: &mut RunContext<'_>) -> Result<()> {
         .iter()
         .map(|i| (i.slot.clone(), i.key.clone()))
         .collect();
-    let keep = kept(ctx.params);
+    let keep = p.kept();
     let epochs = cfg.epochs;
-    let key_of = |e: i64| checkpoint_key(ctx.params, &input_keys, e);
+    let keys = KeyInputs {
+        values: ctx.params,
+        input_keys: &input_keys,
+    };
+    let key_of = |e: i64| p.checkpoint_key(&keys, e);
     let mut trainer = Trainer::new(cfg.clone(), &data);
 
     // Resume from the latest stored checkpoint at or before the first kept epoch that

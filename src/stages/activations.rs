@@ -1,0 +1,85 @@
+//! `activations`: each layer's representation of a fixed probe set (clean and corrupted
+//! examples) at chosen checkpoints. The work needs libtorch and runs in the worker
+//! (`torch/src/stages/activations.rs`); see science.md for the probe set.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext};
+use crate::stages::trained::{EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, train_params};
+use crate::worker::WorkerParams;
+
+/// The kind's name, as written `kind = "activations"`.
+pub const NAME: &str = "activations";
+
+crate::stage_params! {
+    /// The parameters of `activations`.
+    pub struct ActivationsParams {
+        epochs: Vec<EpochRef>, required, "checkpoints to analyse: epochs or \"final\"";
+        classes: Option<i64>, optional, "P: how many classes (the first P; default all)";
+        per_class: i64, default "50", "M: clean examples per class, and as many corrupted ones per training label";
+        max_features: i64, default "5000", "wider layers are projected to this many features (seeded Gaussian projection)";
+        layers: Layers, default "\"all\"", "\"all\" or a list of layer names";
+        seed: i64, default "0", "seeds the probe set and the projections";
+        ..worker: WorkerParams;
+    }
+}
+
+/// What `activations.json` records.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActivationsInfo {
+    /// The epochs stored, in the order requested (`"final"` resolved).
+    pub epochs: Vec<i64>,
+    /// Layers stored, with widths.
+    pub layers: Vec<LayerFeatures>,
+    /// Number of classes P.
+    pub classes: usize,
+    /// Examples per class and group, M.
+    pub per_class: usize,
+    /// Clean examples in the probe set.
+    pub clean: usize,
+    /// Corrupted examples in the probe set.
+    pub corrupted: usize,
+}
+
+/// One stored layer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LayerFeatures {
+    /// Layer name.
+    pub name: String,
+    /// Stored features per example.
+    pub features: usize,
+    /// Features before projection.
+    pub original_features: usize,
+}
+
+/// The `activations` stage kind.
+pub struct Activations;
+
+impl Kind for Activations {
+    type Params = ActivationsParams;
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "every layer's features of a fixed probe set (clean and corrupted examples) at chosen checkpoints";
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Slots(TRAIN_INPUT)
+    }
+    fn check(&self, p: &ActivationsParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        let train = train_params(env)?;
+        check_epochs(&p.epochs, "epochs", &train)?;
+        p.layers.check("layers", "all", &train, true)?;
+        at_least(p.classes, "classes", 2)?;
+        at_least(Some(p.per_class), "per_class", 2)?;
+        at_least(Some(p.max_features), "max_features", 1)?;
+        p.worker.check()
+    }
+    fn threads(&self, p: &ActivationsParams) -> usize {
+        p.worker.threads()
+    }
+    fn resources(&self, p: &ActivationsParams) -> crate::resources::Resources {
+        p.worker.resources()
+    }
+    fn run(&self, _p: &ActivationsParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
+        crate::worker::run_in_worker(NAME, ctx)
+    }
+}

@@ -1,0 +1,52 @@
+//! `gradnorm`: per layer and epoch, the loss gradients from clean and from corrupted
+//! examples. The work needs libtorch and runs in the worker (`torch/src/stages/gradnorm.rs`);
+//! see science.md for the measurement.
+
+use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext};
+use crate::stages::trained::{EpochRef, TRAIN_INPUT, at_least, check_epochs, train_params};
+use crate::worker::WorkerParams;
+
+/// The kind's name, as written `kind = "gradnorm"`.
+pub const NAME: &str = "gradnorm";
+
+crate::stage_params! {
+    /// The parameters of `gradnorm`.
+    pub struct GradNormParams {
+        epochs: Vec<EpochRef>, required, "checkpoints to analyse: epochs or \"final\"";
+        subset: i64, default "100", "how many clean and how many corrupted training examples";
+        seed: i64, default "0", "seeds the choice of examples";
+        ..worker: WorkerParams;
+    }
+}
+
+/// The `gradnorm` stage kind.
+pub struct GradNorm;
+
+impl Kind for GradNorm {
+    type Params = GradNormParams;
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "per layer and epoch: norms and cosine of the loss gradients from clean and from corrupted examples";
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Slots(TRAIN_INPUT)
+    }
+    fn check(&self, p: &GradNormParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        let train = train_params(env)?;
+        check_epochs(&p.epochs, "epochs", &train)?;
+        at_least(Some(p.subset), "subset", 1)?;
+        p.worker.check()
+    }
+    fn threads(&self, p: &GradNormParams) -> usize {
+        p.worker.threads()
+    }
+    fn resources(&self, p: &GradNormParams) -> crate::resources::Resources {
+        p.worker.resources()
+    }
+    fn tables(&self, _p: &GradNormParams) -> Vec<String> {
+        vec!["gradnorm".into()]
+    }
+    fn run(&self, _p: &GradNormParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
+        crate::worker::run_in_worker(NAME, ctx)
+    }
+}

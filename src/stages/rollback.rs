@@ -1,0 +1,54 @@
+//! `rollback`: the final weights with layers k..L rolled back to an earlier epoch's, and
+//! the accuracies that gives. The work needs libtorch and runs in the worker
+//! (`torch/src/stages/rollback.rs`); see science.md.
+
+use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext};
+use crate::stages::trained::{EpochRef, Layers, TRAIN_INPUT, check_epochs, train_params};
+use crate::worker::WorkerParams;
+
+/// The kind's name, as written `kind = "rollback"`.
+pub const NAME: &str = "rollback";
+
+crate::stage_params! {
+    /// The parameters of `rollback`.
+    pub struct RollbackParams {
+        final_epoch as "final": EpochRef, default "\"final\"", "the weights to start from: an epoch or \"final\"";
+        from_epochs: Vec<EpochRef>, required, "epochs whose weights are rolled back to";
+        cutoffs: Layers, default "\"each-layer\"", "\"each-layer\" or a list of layer names k (layers k..L are rolled back)";
+        ..worker: WorkerParams;
+    }
+}
+
+/// The `rollback` stage kind.
+pub struct Rollback;
+
+impl Kind for Rollback {
+    type Params = RollbackParams;
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "accuracy of the final weights with the last layers rolled back to an earlier epoch's";
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Slots(TRAIN_INPUT)
+    }
+    fn check(&self, p: &RollbackParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        let train = train_params(env)?;
+        check_epochs(std::slice::from_ref(&p.final_epoch), "final", &train)?;
+        check_epochs(&p.from_epochs, "from_epochs", &train)?;
+        p.cutoffs.check("cutoffs", "each-layer", &train, false)?;
+        p.worker.check()
+    }
+    fn threads(&self, p: &RollbackParams) -> usize {
+        p.worker.threads()
+    }
+    fn resources(&self, p: &RollbackParams) -> crate::resources::Resources {
+        p.worker.resources()
+    }
+    fn tables(&self, _p: &RollbackParams) -> Vec<String> {
+        vec!["rollback".into()]
+    }
+    fn run(&self, _p: &RollbackParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
+        crate::worker::run_in_worker(NAME, ctx)
+    }
+}

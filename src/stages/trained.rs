@@ -1,0 +1,211 @@
+//! What the kinds that analyse a trained network share: their `train` input, epoch
+//! references (`5` or `"final"`), layer selections, and the checks of both against the
+//! train instance's parameters.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value as Json;
+
+use crate::stage::{CheckEnv, ParamError, ParamType, ParamValue, Slot};
+use crate::stages::train::{self, CheckpointRef, TrainParams};
+
+/// The input slot of every analysis: one `train` instance.
+pub const TRAIN_INPUT: &[Slot] = &[Slot {
+    name: "train",
+    kinds: &[train::NAME],
+}];
+
+/// The parameters of the train instance filling the `train` slot.
+pub fn train_params(env: &CheckEnv<'_>) -> Result<std::sync::Arc<TrainParams>, ParamError> {
+    env.input("train")
+        .ok_or_else(|| ParamError::stage("needs a `train` input"))?
+        .params
+        .typed::<TrainParams>()
+        .map_err(ParamError::stage)
+}
+
+/// A checkpoint as a pipeline names it: an epoch, or `"final"`. Any other value is kept
+/// as written, so that the check can say what was wrong with it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EpochRef {
+    /// This epoch (0 = initialization).
+    Epoch(i64),
+    /// The train instance's last epoch.
+    Final,
+    /// Not an epoch; refused by [`check_epochs`].
+    Invalid(Json),
+}
+
+impl<'de> Deserialize<'de> for EpochRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EpochRef, D::Error> {
+        Ok(match Json::deserialize(d)? {
+            Json::String(s) if s == "final" => EpochRef::Final,
+            v => v.as_i64().map_or(EpochRef::Invalid(v), EpochRef::Epoch),
+        })
+    }
+}
+
+impl ParamValue for EpochRef {
+    const TYPE: ParamType = ParamType::Scalar;
+}
+
+impl fmt::Display for EpochRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EpochRef::Epoch(e) => write!(f, "{e}"),
+            EpochRef::Final => f.write_str("\"final\""),
+            EpochRef::Invalid(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Checks epoch references against the epochs a train instance keeps.
+pub fn check_epochs(
+    refs: &[EpochRef],
+    name: &'static str,
+    train: &TrainParams,
+) -> Result<(), ParamError> {
+    if refs.is_empty() {
+        return Err(ParamError::param(name, "list at least one epoch"));
+    }
+    let keep = train.kept();
+    for r in refs {
+        match r {
+            EpochRef::Final => {}
+            EpochRef::Epoch(e) if keep.contains(e) => {}
+            other => {
+                return Err(ParamError::param(
+                    name,
+                    format!(
+                        "the train stage keeps no checkpoint {other}; it keeps epochs {} (and \"final\"); add the epoch to its `checkpoints`",
+                        keep.iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds a checkpoint of a train artifact (its folder) by reference.
+pub fn find_checkpoint(train_dir: &Path, which: &EpochRef) -> Result<CheckpointRef> {
+    let list: Vec<CheckpointRef> =
+        serde_json::from_slice(&std::fs::read(train_dir.join("checkpoints.json"))?)?;
+    let found = match which {
+        EpochRef::Final => list.iter().max_by_key(|c| c.epoch),
+        EpochRef::Epoch(e) => list.iter().find(|c| c.epoch == *e),
+        EpochRef::Invalid(_) => None,
+    };
+    let epochs: Vec<String> = list.iter().map(|c| c.epoch.to_string()).collect();
+    found.cloned().with_context(|| {
+        format!(
+            "no checkpoint {which}; this run kept epochs {}",
+            epochs.join(", ")
+        )
+    })
+}
+
+/// A choice of layers: a word meaning "every layer" (`"all"`, `"each-layer"`) or a list
+/// of layer names. Anything else is kept as written, for the check to describe.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layers {
+    /// A word; the kind says which word means every layer.
+    Word(String),
+    /// These layers.
+    Names(Vec<String>),
+    /// Neither; refused by [`Layers::check`].
+    Invalid(Json),
+}
+
+impl<'de> Deserialize<'de> for Layers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Layers, D::Error> {
+        Ok(match Json::deserialize(d)? {
+            Json::String(s) => Layers::Word(s),
+            Json::Array(a) if !a.is_empty() && a.iter().all(Json::is_string) => Layers::Names(
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            v => Layers::Invalid(v),
+        })
+    }
+}
+
+impl ParamValue for Layers {
+    const TYPE: ParamType = ParamType::Any;
+}
+
+impl Layers {
+    /// The listed names, or `None` for "every layer".
+    pub fn names(&self) -> Option<&[String]> {
+        match self {
+            Layers::Names(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Checks the choice: `all_word` or a list of this model's layer names (`input` only
+    /// where `allow_input`).
+    pub fn check(
+        &self,
+        name: &'static str,
+        all_word: &str,
+        train: &TrainParams,
+        allow_input: bool,
+    ) -> Result<(), ParamError> {
+        let names = train.layer_names();
+        match self {
+            Layers::Word(w) if w == all_word => Ok(()),
+            Layers::Names(list) => {
+                for l in list {
+                    if !names.iter().any(|n| n == l) || (!allow_input && l == "input") {
+                        return Err(ParamError::param(
+                            name,
+                            format!(
+                                "unknown layer \"{l}\"{}; this model's layers: {}",
+                                crate::error::suggest(l, names.iter().map(String::as_str)),
+                                names.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Layers::Invalid(Json::Array(a)) if !a.is_empty() => {
+                let l = a.iter().find(|v| !v.is_string()).unwrap_or(&Json::Null);
+                Err(ParamError::param(
+                    name,
+                    format!("expected layer names, found {l}"),
+                ))
+            }
+            other => {
+                let found = match other {
+                    Layers::Word(w) => Json::String(w.clone()),
+                    Layers::Invalid(v) => v.clone(),
+                    Layers::Names(_) => Json::Null,
+                };
+                Err(ParamError::param(
+                    name,
+                    format!("expected \"{all_word}\" or a list of layer names, found {found}"),
+                ))
+            }
+        }
+    }
+}
+
+/// `Err` when an optional count is below `min`.
+pub fn at_least(value: Option<i64>, name: &'static str, min: i64) -> Result<(), ParamError> {
+    match value {
+        Some(v) if v < min => Err(ParamError::param(
+            name,
+            format!("must be at least {min}, got {v}"),
+        )),
+        _ => Ok(()),
+    }
+}
