@@ -1,0 +1,73 @@
+//! `pipe export`: one Parquet file per table kind across the sweep.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{ExportArgs, Item, cache_dir, load_plan, note_left_out, print_json};
+use crate::error::Error;
+use crate::export::ExportedTable;
+use crate::store::Store;
+
+/// `pipe export --json`.
+#[derive(Serialize)]
+struct ExportJson<'a> {
+    /// Instances with tables that are not cached (left out).
+    missing: Vec<Item<'a>>,
+    /// The files written.
+    tables: Vec<TableJson<'a>>,
+}
+
+/// One written table in `pipe export --json`.
+#[derive(Serialize)]
+struct TableJson<'a> {
+    /// Instances it gathers.
+    instances: usize,
+    /// Table kind (`metrics`, `labels`, ...).
+    name: &'a str,
+    /// The file written.
+    path: &'a Path,
+    /// Rows in it.
+    rows: usize,
+}
+
+impl<'a> TableJson<'a> {
+    /// The JSON view of an exported table.
+    fn of(t: &'a ExportedTable) -> TableJson<'a> {
+        TableJson {
+            instances: t.instances,
+            name: &t.name,
+            path: &t.path,
+            rows: t.rows,
+        }
+    }
+}
+
+/// Runs `pipe export`; returns its exit code.
+pub fn export(args: &ExportArgs) -> Result<i32, Error> {
+    let plan = load_plan(&args.pipeline)?;
+    let store = Store::new(cache_dir(&args.pipeline.cache));
+    let report = crate::export::export(&plan, &store, &args.out)?;
+    if args.json {
+        print_json(&ExportJson {
+            missing: Item::list(&plan, &report.missing),
+            tables: report.tables.iter().map(TableJson::of).collect(),
+        })?;
+    } else {
+        for t in &report.tables {
+            println!(
+                "{}: {} rows from {} instances",
+                t.path.display(),
+                t.rows,
+                t.instances
+            );
+        }
+        if report.tables.is_empty() {
+            println!(
+                "nothing to export: no instance with tables is cached (run the pipeline first)"
+            );
+        }
+    }
+    note_left_out(&plan, &report.missing);
+    Ok(0)
+}

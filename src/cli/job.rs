@@ -1,0 +1,75 @@
+//! `pipe job` (hidden): computes one instance from a job file; what a Slurm job runs on
+//! its node. Writes the outcome next to the job file for the submitting `pipe run`.
+
+use std::path::Path;
+
+use super::JobArgs;
+use crate::error::Error;
+use crate::exec::job::{Job, run_job};
+use crate::exec::{Outcome, slurm};
+use crate::stages;
+use crate::store::Store;
+use crate::store::remote::Remote;
+
+/// Runs `pipe job`; returns its exit code (0 done or cached, 1 failed, 2 bad data).
+pub fn job(args: &JobArgs) -> Result<i32, Error> {
+    let file = &args.file;
+    let store = Store::new(args.cache.clone());
+    let text = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+    let job: Job = serde_json::from_slice(&text)
+        .map_err(|e| Error::usage(format!("{}: not a job file: {e}", file.display())))?;
+    let registry = stages::registry();
+    let kind = registry
+        .get(&job.kind)
+        .ok_or_else(|| Error::usage(format!("this pipe has no stage kind `{}`", job.kind)))?;
+    let threads = std::env::var("SLURM_CPUS_PER_TASK")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let outcome = run_job(&job, kind, &store, threads, &mut |h| {
+        eprintln!("waiting for {h}, which holds the lock of {}", job.key);
+    });
+    if let (Some(url), Outcome::Executed { .. }) = (&job.remote, &outcome) {
+        let keys = std::iter::once(&job.key).chain(&job.parts);
+        if let Err(e) = Remote::open(url).and_then(|r| r.push_all(&store, keys.map(String::as_str)))
+        {
+            eprintln!("warning: {e}");
+        }
+    }
+    write_outcome(file, &outcome)?;
+    Ok(report(&job, outcome))
+}
+
+/// Writes the outcome file the submitting run reads.
+fn write_outcome(file: &Path, outcome: &Outcome) -> Result<(), Error> {
+    let record = slurm::JobOutcome::of(outcome);
+    let path = slurm::outcome_path(file);
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    crate::store::write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))
+}
+
+/// Says how the job ended on stderr; returns the exit code.
+fn report(job: &Job, outcome: Outcome) -> i32 {
+    match outcome {
+        Outcome::Executed { seconds } => {
+            eprintln!("{} {}: done in {seconds:.2}s", job.stage, job.key);
+            0
+        }
+        Outcome::Cached => 0,
+        Outcome::Failed {
+            message,
+            log,
+            bad_data,
+        } => {
+            eprintln!(
+                "{} {} failed: {message}\n  log: {}",
+                job.stage,
+                job.key,
+                log.display()
+            );
+            if bad_data { 2 } else { 1 }
+        }
+        Outcome::Skipped { .. } => 1,
+    }
+}

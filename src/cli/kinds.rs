@@ -1,0 +1,26 @@
+//! `pipe kinds`: the stage kinds and their parameters.
+
+use crate::stage::Presence;
+use crate::stages;
+
+/// Runs `pipe kinds`; returns its exit code.
+pub fn kinds() -> i32 {
+    for k in stages::registry().all() {
+        println!("{} (version {}): {}", k.name(), k.version(), k.about());
+        for p in k.params() {
+            let presence = match p.presence {
+                Presence::Required => "required".to_string(),
+                Presence::Optional => "optional".to_string(),
+                Presence::Default(d) => format!("default {d}"),
+            };
+            println!(
+                "  {:<12} {} ({presence}{}): {}",
+                p.name,
+                p.ty.describe(),
+                if p.in_key { "" } else { ", not in key" },
+                p.doc
+            );
+        }
+    }
+    0
+}

@@ -1,0 +1,429 @@
+//! The command line: argument types, dispatch to one function per subcommand, and the
+//! helpers the subcommands share. Nothing else in the crate writes to the terminal.
+//!
+//! Every `--json` output is a `#[derive(Serialize)]` view defined in its command's file.
+//! Their fields are declared in alphabetical order, the order these outputs have always had
+//! (they used to go through `serde_json`'s sorted maps), so the bytes printed stay the same.
+
+mod cancel;
+mod completions;
+mod dag;
+mod export;
+mod gc;
+mod job;
+mod kinds;
+mod log;
+mod ls;
+mod progress;
+mod report;
+mod run;
+mod show;
+mod status;
+mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use petgraph::graph::NodeIndex;
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::error::Error;
+use crate::plan::{FileHasher, Plan};
+use crate::render::DagFormat;
+use crate::spec::Spec;
+use crate::stages;
+
+/// Command-line arguments.
+#[derive(Parser, Debug)]
+#[command(
+    name = "pipe",
+    version,
+    about = "Content-addressed pipelines for deep-learning experiments"
+)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print only errors and failures (no progress, no summary).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more: every start, lock waits, and the end of each failed instance's log.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+/// How much `pipe run` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Errors and failures only.
+    Quiet,
+    /// Progress and a summary.
+    Normal,
+    /// Also starts, waits and failed logs.
+    Verbose,
+}
+
+/// Where `pipe run` computes instances.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// On this machine, within the `--jobs` thread budget.
+    Local,
+    /// As Slurm jobs (`sbatch`), on a cache every node shares.
+    Slurm,
+}
+
+/// Options every pipeline command shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// The pipeline file (TOML).
+    pub file: PathBuf,
+    /// Override a value: `--set stage.train.epochs=40`, `--set sweep.noise=[0.0,0.5]` (VALUE is TOML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every instance whose artifact is not cached.
+    Run(RunArgs),
+    /// Cancel the Slurm jobs of a run (`scancel`).
+    Cancel(CancelArgs),
+    /// Compute one instance from a job file (what a Slurm job runs on its node).
+    #[command(hide = true)]
+    Job(JobArgs),
+    /// Say for every instance whether it is cached, missing or stale, and why.
+    Status(StatusArgs),
+    /// Print the instance DAG.
+    Dag(DagArgs),
+    /// Rehash every artifact in the cache and report damaged ones.
+    Verify(VerifyArgs),
+    /// Gather each table kind across the sweep into one Parquet file per kind.
+    Export(ExportArgs),
+    /// Write a static HTML report: figures of the four findings and a table of the run.
+    Report(ReportArgs),
+    /// Show an artifact's manifest: kind, parameters, inputs, files.
+    Show(ShowArgs),
+    /// Print the log of an instance (failed ones included).
+    Log(LogArgs),
+    /// List the artifacts in the cache.
+    Ls(LsArgs),
+    /// Remove artifacts that none of the given pipelines reaches and that are older than N days.
+    Gc(GcArgs),
+    /// List the stage kinds and their parameters.
+    Kinds,
+    /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
+    Completions(CompletionsArgs),
+}
+
+/// Arguments of `pipe run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Thread budget: running instances use at most this many threads together [default: cores].
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Show what would run, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run only this stage and what it needs (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub only: Vec<String>,
+    /// Stop starting instances after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Print one JSON object on stdout instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Where instances run: on this machine, or as Slurm jobs.
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: ExecutorKind,
+    /// Slurm partition for every job.
+    #[arg(long, value_name = "P")]
+    pub partition: Option<String>,
+    /// Extra `sbatch` argument for every job (repeatable), e.g. `--slurm-arg=--qos=long`.
+    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub slurm_args: Vec<String>,
+    /// With `--executor slurm`: submit the jobs and return; `pipe status` shows them.
+    #[arg(long)]
+    pub detach: bool,
+    /// With `--executor slurm`: seconds between two `squeue` polls.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub poll: f64,
+    /// Remote cache, `s3://BUCKET/PREFIX` [default: the pipeline's `[cache] remote`].
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+}
+
+/// Arguments of `pipe cancel`.
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    /// The run id `pipe run --executor slurm` printed, or a unique prefix of it.
+    pub run: String,
+    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print `{"run", "cancelled": [job ids], "jobs"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe job`.
+#[derive(clap::Args, Debug)]
+pub struct JobArgs {
+    /// The job file, written by `pipe run --executor slurm`.
+    pub file: PathBuf,
+    /// The cache directory.
+    #[arg(long, value_name = "DIR")]
+    pub cache: PathBuf,
+}
+
+/// Arguments of `pipe status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe dag`.
+#[derive(clap::Args, Debug)]
+pub struct DagArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DagFormat,
+}
+
+/// Arguments of `pipe verify`.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Remove damaged artifacts (they are recomputed by the next run).
+    #[arg(long)]
+    pub fix: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe export`.
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The folder to write `metrics.parquet`, `labels.parquet`, ... into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe report`.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The folder to write `index.html` and `figures/` into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Sweep variable to average over (repeatable) [default: seed].
+    #[arg(long, value_name = "VAR")]
+    pub over: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe show`.
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    /// The key, or a unique prefix of it.
+    pub key: String,
+    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe log`.
+#[derive(clap::Args, Debug)]
+pub struct LogArgs {
+    /// The key, or a unique prefix of it.
+    pub key: String,
+    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print `{"key", "path", "text"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe ls`.
+#[derive(clap::Args, Debug)]
+pub struct LsArgs {
+    /// Only artifacts made by this stage name.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe gc`.
+#[derive(clap::Args, Debug)]
+pub struct GcArgs {
+    /// Pipelines whose artifacts (at their current sweep) are kept.
+    pub files: Vec<PathBuf>,
+    /// Keep unreachable artifacts younger than this many days.
+    #[arg(long, value_name = "N")]
+    pub keep_days: Option<f64>,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `pipe completions`.
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Runs one subcommand; returns its exit code.
+fn dispatch(cli: Cli) -> Result<i32, Error> {
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    match cli.command {
+        Command::Run(args) => run::run(args, verbosity),
+        Command::Cancel(args) => cancel::cancel(&args, verbosity),
+        Command::Job(args) => job::job(&args),
+        Command::Status(args) => status::status(&args),
+        Command::Dag(args) => dag::dag(&args),
+        Command::Verify(args) => verify::verify(&args),
+        Command::Export(args) => export::export(&args),
+        Command::Report(args) => report::report(args, verbosity),
+        Command::Show(args) => show::show(&args),
+        Command::Log(args) => log::log(&args),
+        Command::Ls(args) => ls::ls(&args),
+        Command::Gc(args) => gc::gc(&args),
+        Command::Kinds => Ok(kinds::kinds()),
+        Command::Completions(args) => Ok(completions::completions(&args)),
+    }
+}
+
+/// The cache directory: `--cache`, else `$PIPE_CACHE`, else `./cache`.
+fn cache_dir(arg: &Option<PathBuf>) -> PathBuf {
+    arg.clone()
+        .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("cache"))
+}
+
+/// Loads the pipeline with its overrides and plans it.
+fn load_plan(args: &PipelineArgs) -> Result<Plan, Error> {
+    let registry = stages::registry();
+    let spec = Spec::load(&args.file, &args.set, &registry)?;
+    Plan::build(spec, &mut FileHasher::default())
+}
+
+/// Prints `value` on stdout as one line of JSON.
+fn print_json<T: Serialize>(value: &T) -> Result<(), Error> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| Error::usage(format!("cannot print JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Says on stderr which instances `export` or `report` left out because they are not cached.
+fn note_left_out(plan: &Plan, missing: &[NodeIndex]) {
+    if !missing.is_empty() {
+        eprintln!(
+            "note: {} instances are not in the cache and were left out (run the pipeline to include them): {}",
+            missing.len(),
+            missing
+                .iter()
+                .take(5)
+                .map(|&n| plan.label(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+/// An instance in JSON output: `{"key", "point", "stage"}`.
+#[derive(Serialize)]
+struct Item<'a> {
+    /// The instance's key.
+    key: &'a str,
+    /// Its sweep point.
+    point: &'a Json,
+    /// Its stage's name.
+    stage: &'a str,
+}
+
+impl<'a> Item<'a> {
+    /// The item of instance `n` of `plan`.
+    fn of(plan: &'a Plan, n: NodeIndex) -> Item<'a> {
+        let inst = &plan.graph[n];
+        Item {
+            key: &inst.key,
+            point: &inst.point,
+            stage: plan.stage_name(n),
+        }
+    }
+
+    /// The items of instances `nodes` of `plan`.
+    fn list(plan: &'a Plan, nodes: &[NodeIndex]) -> Vec<Item<'a>> {
+        nodes.iter().map(|&n| Item::of(plan, n)).collect()
+    }
+}

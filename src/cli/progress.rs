@@ -1,0 +1,152 @@
+//! The progress display of `pipe run`: an [`Observer`] that turns executor events into a
+//! progress bar (on a terminal) or log lines (otherwise), on stderr.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use petgraph::graph::NodeIndex;
+
+use super::Verbosity;
+use crate::exec::{Event, Observer, Outcome};
+use crate::plan::Plan;
+
+/// Turns executor events into a progress bar (terminal) or log lines (otherwise).
+pub struct Progress {
+    /// The bar, when stderr is a terminal and the run is not quiet.
+    bar: Option<ProgressBar>,
+    /// How much to say.
+    level: Verbosity,
+    /// Instances that have ended.
+    done: Mutex<usize>,
+    /// Instances to run.
+    total: Mutex<usize>,
+}
+
+impl Progress {
+    /// A display for a run at `level`: a bar if stderr is a terminal, lines otherwise.
+    pub fn new(level: Verbosity) -> Progress {
+        let terminal = std::io::stderr().is_terminal() && level != Verbosity::Quiet;
+        let bar = terminal.then(|| {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Progress {
+            bar,
+            level,
+            done: Mutex::new(0),
+            total: Mutex::new(0),
+        }
+    }
+
+    /// Removes the bar, if there is one, before the summary is printed.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+
+    /// Prints a line above the bar, or on stderr; nothing when quiet.
+    fn say(&self, msg: String) {
+        if self.level == Verbosity::Quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    /// The run starts: sets the bar's length and says how much there is to do.
+    fn begin(&self, to_run: usize, cached: usize) {
+        *self.total.lock().unwrap_or_else(|e| e.into_inner()) = to_run;
+        if let Some(b) = &self.bar {
+            b.set_length(to_run as u64);
+        }
+        self.say(format!("pipe: {to_run} instances to run, {cached} cached"));
+    }
+
+    /// An instance started with `threads` threads.
+    fn started(&self, plan: &Plan, n: NodeIndex, threads: usize) {
+        if let Some(b) = &self.bar {
+            b.set_message(plan.label(n));
+        }
+        if self.bar.is_none() || self.level == Verbosity::Verbose {
+            self.say(format!(
+                "start {} ({threads} thread{})",
+                plan.label(n),
+                if threads == 1 { "" } else { "s" }
+            ));
+        }
+    }
+
+    /// An instance ended: counts it and says how, except for successes under a bar.
+    fn finished(&self, plan: &Plan, n: NodeIndex, outcome: &Outcome) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        *done += 1;
+        let total = *self.total.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+        let label = plan.label(n);
+        let msg = match outcome {
+            Outcome::Executed { seconds } => {
+                format!("[{}/{total}] done   {label} ({seconds:.2}s)", *done)
+            }
+            Outcome::Cached => format!(
+                "[{}/{total}] cached {label} (computed by another run)",
+                *done
+            ),
+            Outcome::Failed { message, .. } => {
+                format!("[{}/{total}] FAILED {label}: {message}", *done)
+            }
+            Outcome::Skipped { reason } => {
+                format!("[{}/{total}] skip   {label}: {reason}", *done)
+            }
+        };
+        drop(done);
+        if self.bar.is_none() || !matches!(outcome, Outcome::Executed { .. }) {
+            self.say(msg);
+        }
+    }
+
+    /// A note about an instance; warnings are printed even when quiet.
+    fn note(&self, plan: &Plan, node: NodeIndex, message: &str, warning: bool) {
+        let msg = format!("{}: {message}", plan.label(node));
+        if warning {
+            match &self.bar {
+                Some(b) => b.println(format!("warning: {msg}")),
+                None => eprintln!("warning: {msg}"),
+            }
+        } else {
+            self.say(msg);
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn event(&self, plan: &Plan, event: Event<'_>) {
+        match event {
+            Event::Begin { to_run, cached } => self.begin(to_run, cached),
+            Event::Started(n, threads) => self.started(plan, n, threads),
+            Event::Waiting(n, holder) => self.say(format!(
+                "wait  {}: another pipe ({holder}) is computing it",
+                plan.label(n)
+            )),
+            Event::Finished(n, outcome) => self.finished(plan, n, outcome),
+            Event::Note {
+                node,
+                message,
+                warning,
+            } => self.note(plan, node, &message, warning),
+        }
+    }
+}

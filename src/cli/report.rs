@@ -1,0 +1,68 @@
+//! `pipe report`: a static HTML page with the findings' figures and a table of the run.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{Item, ReportArgs, Verbosity, cache_dir, load_plan, note_left_out, print_json};
+use crate::error::Error;
+use crate::store::Store;
+
+/// `pipe report --json`.
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    /// The figure files (SVG), in page order.
+    figures: &'a [PathBuf],
+    /// The page.
+    index: &'a Path,
+    /// Instances with tables that are not cached (left out).
+    missing: Vec<Item<'a>>,
+    /// Findings (1 to 4) with no figure.
+    without_figure: &'a [usize],
+}
+
+/// Runs `pipe report`; returns its exit code.
+pub fn report(args: ReportArgs, verbosity: Verbosity) -> Result<i32, Error> {
+    let plan = load_plan(&args.pipeline)?;
+    let store = Store::new(cache_dir(&args.pipeline.cache));
+    let explicit = !args.over.is_empty();
+    let over = if explicit {
+        args.over
+    } else {
+        vec!["seed".to_string()]
+    };
+    let over = crate::report::check_over(&plan, &over, explicit)?;
+    let w = crate::report::report(&plan, &store, &args.out, &over)?;
+    if args.json {
+        print_json(&ReportJson {
+            figures: &w.figures,
+            index: &w.index,
+            missing: Item::list(&plan, &w.missing),
+            without_figure: &w.without_figure,
+        })?;
+    } else if verbosity > Verbosity::Quiet {
+        println!(
+            "{} with {} figures{}",
+            w.index.display(),
+            w.figures.len(),
+            without_figure(&w.without_figure)
+        );
+    }
+    note_left_out(&plan, &w.missing);
+    Ok(0)
+}
+
+/// `; no data for finding(s) 2, 4`, or nothing when every finding has a figure.
+fn without_figure(findings: &[usize]) -> String {
+    if findings.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; no data for finding(s) {}",
+        findings
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}

@@ -1,0 +1,307 @@
+//! `pipe run`: checks the options, runs the plan's missing instances on this machine or as
+//! Slurm jobs, then prints a summary (or one JSON object) and every failure.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use petgraph::graph::NodeIndex;
+use serde::Serialize;
+
+use super::progress::Progress;
+use super::{ExecutorKind, Item, RunArgs, Verbosity, cache_dir, load_plan, print_json};
+use crate::error::{Error, suggest};
+use crate::exec::slurm::{JobRecord, RunRecord, SlurmOptions};
+use crate::exec::{self, Outcome, RunOptions, RunReport};
+use crate::plan::Plan;
+use crate::store::Store;
+use crate::store::remote::Remote;
+
+/// `pipe run --json` (and `--dry-run --json`): the instances by outcome, and for a Slurm
+/// run its id and jobs.
+#[derive(Serialize)]
+struct RunJson<'a> {
+    /// Instances found in the cache.
+    cached: Vec<Item<'a>>,
+    /// Instances computed.
+    executed: Vec<Item<'a>>,
+    /// Instances that failed.
+    failed: Vec<Item<'a>>,
+    /// A Slurm run's jobs, in submission order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs: Option<Vec<JobJson<'a>>>,
+    /// A Slurm run's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<&'a str>,
+    /// Instances not run because something they need failed.
+    skipped: Vec<Item<'a>>,
+    /// How many jobs a Slurm run submitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitted: Option<usize>,
+    /// With `--dry-run`: the instances that would run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    would_run: Option<Vec<Item<'a>>>,
+}
+
+/// One submitted Slurm job in `pipe run --json`.
+#[derive(Serialize)]
+struct JobJson<'a> {
+    /// Slurm's job id.
+    job_id: &'a str,
+    /// The instance's key.
+    key: &'a str,
+    /// `stage[point]`.
+    label: &'a str,
+    /// Slurm's log of the job.
+    slurm_log: &'a Path,
+}
+
+impl<'a> JobJson<'a> {
+    /// The JSON view of a job record.
+    fn of(j: &'a JobRecord) -> JobJson<'a> {
+        JobJson {
+            job_id: &j.job_id,
+            key: &j.key,
+            label: &j.label,
+            slurm_log: &j.slurm_log,
+        }
+    }
+}
+
+/// Runs `pipe run`; returns its exit code.
+pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
+    check_flags(&args)?;
+    let plan = load_plan(&args.pipeline)?;
+    check_only(&plan, &args.only)?;
+    let store = Store::new(cache_dir(&args.pipeline.cache));
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if jobs == 0 {
+        return Err(Error::usage("--jobs must be at least 1"));
+    }
+    if args.dry_run {
+        return dry_run(&plan, &store, &args.only, args.json);
+    }
+    let remote = match args.remote.clone().or_else(|| plan.spec.remote.clone()) {
+        Some(url) => Some(Arc::new(Remote::open(&url).map_err(Error::usage)?)),
+        None => None,
+    };
+    let json = args.json;
+    let opts = RunOptions {
+        jobs,
+        fail_fast: args.fail_fast,
+        only: args.only.clone(),
+        remote,
+    };
+    let slurm = slurm_options(args)?;
+    execute(&plan, &store, opts, slurm, json, level)
+}
+
+/// Rejects Slurm options without `--executor slurm`, and a poll interval that is not a
+/// positive number.
+fn check_flags(args: &RunArgs) -> Result<(), Error> {
+    if args.executor == ExecutorKind::Local
+        && (args.detach || !args.slurm_args.is_empty() || args.partition.is_some())
+    {
+        return Err(Error::usage(
+            "--detach, --partition and --slurm-arg need --executor slurm",
+        ));
+    }
+    if !(args.poll.is_finite() && args.poll > 0.0) {
+        return Err(Error::usage("--poll must be a positive number of seconds"));
+    }
+    Ok(())
+}
+
+/// Rejects an `--only` stage the pipeline does not have.
+fn check_only(plan: &Plan, only: &[String]) -> Result<(), Error> {
+    for s in only {
+        if plan.spec.stage(s).is_none() {
+            let names: Vec<&str> = plan.spec.stages.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::usage(format!(
+                "--only {s}: no such stage{}; stages: {}",
+                suggest(s, names.iter().copied()),
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The Slurm options, with `--executor slurm`.
+fn slurm_options(args: RunArgs) -> Result<Option<SlurmOptions>, Error> {
+    if args.executor != ExecutorKind::Slurm {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::usage(format!("cannot find the pipe binary: {e}")))?;
+    Ok(Some(SlurmOptions {
+        partition: args.partition,
+        args: args.slurm_args,
+        detach: args.detach,
+        poll: Duration::from_secs_f64(args.poll),
+        exe,
+    }))
+}
+
+/// `--dry-run`: lists what would run (or prints it as JSON); runs nothing.
+fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i32, Error> {
+    let nodes = exec::selected(plan, only);
+    let (cached, todo): (Vec<NodeIndex>, Vec<NodeIndex>) = nodes
+        .into_iter()
+        .partition(|&n| store.is_complete(&plan.graph[n].key));
+    if json {
+        print_json(&RunJson {
+            cached: Item::list(plan, &cached),
+            executed: Vec::new(),
+            failed: Vec::new(),
+            jobs: None,
+            run: None,
+            skipped: Vec::new(),
+            submitted: None,
+            would_run: Some(Item::list(plan, &todo)),
+        })?;
+    } else {
+        for &n in &todo {
+            println!("would run  {}  {}", &plan.graph[n].key[..12], plan.label(n));
+        }
+        println!("{} to run, {} cached", todo.len(), cached.len());
+    }
+    Ok(0)
+}
+
+/// Runs the plan with the local or the Slurm executor, then reports; returns the exit code.
+fn execute(
+    plan: &Plan,
+    store: &Store,
+    opts: RunOptions,
+    slurm: Option<SlurmOptions>,
+    json: bool,
+    level: Verbosity,
+) -> Result<i32, Error> {
+    let clock = Instant::now();
+    let progress = Progress::new(level);
+    let (report, record, interrupted) = match &slurm {
+        None => {
+            let report = exec::local::run(plan, store, &opts, &progress)
+                .map_err(|e| Error::io(store.root(), e))?;
+            (report, None, false)
+        }
+        Some(s) => {
+            let (report, record, interrupted) = run_slurm(plan, store, &opts, s, &progress)?;
+            if s.detach && !json && level > Verbosity::Quiet {
+                progress.finish();
+                println!(
+                    "run {}: submitted {} jobs ({} cached); `pipe status` shows them, `pipe cancel {}` cancels them",
+                    record.id,
+                    record.jobs.len(),
+                    report.outcomes.len(),
+                    record.id
+                );
+                return Ok(0);
+            }
+            if interrupted {
+                eprintln!("interrupted: cancelled the jobs of run {}", record.id);
+            }
+            (report, Some(record), interrupted)
+        }
+    };
+    progress.finish();
+    summarize(plan, &report, record.as_ref(), json, level, clock)?;
+    print_failures(plan, &report, level);
+    Ok(if interrupted {
+        130
+    } else if report.any_bad_data() {
+        2
+    } else if report.any_failed() {
+        1
+    } else {
+        0
+    })
+}
+
+/// Runs the plan as Slurm jobs, cancelling them on Ctrl-C; also says whether it was
+/// interrupted.
+fn run_slurm(
+    plan: &Plan,
+    store: &Store,
+    opts: &RunOptions,
+    slurm: &SlurmOptions,
+    progress: &Progress,
+) -> Result<(RunReport, RunRecord, bool), Error> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let (report, record) = exec::slurm::run(plan, store, opts, slurm, progress, &interrupted)?;
+    Ok((report, record, interrupted.load(Ordering::SeqCst)))
+}
+
+/// The instances whose outcome passes `f`, in plan order.
+fn nodes_where(report: &RunReport, f: fn(&Outcome) -> bool) -> Vec<NodeIndex> {
+    report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| f(o))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// Prints the counts of each outcome on stdout (nothing when quiet), or the JSON report.
+fn summarize(
+    plan: &Plan,
+    report: &RunReport,
+    record: Option<&RunRecord>,
+    json: bool,
+    level: Verbosity,
+    clock: Instant,
+) -> Result<(), Error> {
+    let executed = nodes_where(report, |o| matches!(o, Outcome::Executed { .. }));
+    let cached = nodes_where(report, |o| matches!(o, Outcome::Cached));
+    let failed = nodes_where(report, |o| matches!(o, Outcome::Failed { .. }));
+    let skipped = nodes_where(report, |o| matches!(o, Outcome::Skipped { .. }));
+    if json {
+        print_json(&RunJson {
+            cached: Item::list(plan, &cached),
+            executed: Item::list(plan, &executed),
+            failed: Item::list(plan, &failed),
+            jobs: record.map(|r| r.jobs.iter().map(JobJson::of).collect()),
+            run: record.map(|r| r.id.as_str()),
+            skipped: Item::list(plan, &skipped),
+            submitted: record.map(|r| r.jobs.len()),
+            would_run: None,
+        })?;
+    } else if level != Verbosity::Quiet {
+        println!(
+            "{} executed, {} cached, {} failed, {} skipped in {:.1}s",
+            executed.len(),
+            cached.len(),
+            failed.len(),
+            skipped.len(),
+            clock.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Prints every failure with its log's path on stderr; verbose, also the log's last 20 lines.
+fn print_failures(plan: &Plan, report: &RunReport, level: Verbosity) {
+    for (n, o) in &report.outcomes {
+        if let Outcome::Failed { message, log, .. } = o {
+            eprintln!(
+                "failed: {} (key {}): {message}\n  log: {}",
+                plan.label(*n),
+                &plan.graph[*n].key[..12],
+                log.display()
+            );
+            if level == Verbosity::Verbose {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[lines.len().saturating_sub(20)..] {
+                    eprintln!("  | {line}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! `pipe status`: whether every instance is cached, missing or stale and why, with its
+//! checkpoints and the Slurm job computing it, if any.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::{StatusArgs, cache_dir, load_plan, print_json};
+use crate::error::Error;
+use crate::exec::slurm::{LiveJob, live_jobs};
+use crate::plan::Plan;
+use crate::stage::Part;
+use crate::status::{self, InstanceStatus, State};
+use crate::store::Store;
+
+/// One instance in `pipe status --json`.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    /// The queued or running Slurm job computing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<JobJson<'a>>,
+    /// Its key.
+    key: &'a str,
+    /// Its parts (checkpoints), when it has any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<PartJson<'a>>,
+    /// Its sweep point.
+    point: &'a Json,
+    /// Why it is missing or stale (empty when cached).
+    reason: &'a str,
+    /// Its stage's name.
+    stage: &'a str,
+    /// Cached, missing or stale.
+    state: State,
+}
+
+/// A Slurm job in `pipe status --json`.
+#[derive(Serialize)]
+struct JobJson<'a> {
+    /// Slurm's job id.
+    job_id: &'a str,
+    /// Slurm's reason.
+    reason: &'a str,
+    /// The run id.
+    run: &'a str,
+    /// Slurm's state.
+    state: &'a str,
+}
+
+/// A part in `pipe status --json`.
+#[derive(Serialize)]
+struct PartJson<'a> {
+    /// Whether it is in the store.
+    cached: bool,
+    /// Its key.
+    key: &'a str,
+    /// What it is (`epoch 5`).
+    name: &'a str,
+}
+
+/// Runs `pipe status`; returns its exit code.
+pub fn status(args: &StatusArgs) -> Result<i32, Error> {
+    let plan = load_plan(&args.pipeline)?;
+    let store = Store::new(cache_dir(&args.pipeline.cache));
+    let index = store.read_index(&plan.spec.name);
+    let states = status::status(&plan, &store, &index);
+    let pending: HashSet<&str> = states
+        .iter()
+        .filter(|s| s.state != State::Cached)
+        .map(|s| plan.graph[s.node].key.as_str())
+        .collect();
+    let jobs = live_jobs(&store, &pending);
+    if args.json {
+        let items: Vec<StatusJson> = states.iter().map(|s| view(&plan, s, &jobs)).collect();
+        print_json(&items)?;
+    } else {
+        print_text(&plan, &states, &jobs);
+    }
+    Ok(0)
+}
+
+/// The JSON view of one instance's status.
+fn view<'a>(
+    plan: &'a Plan,
+    s: &'a InstanceStatus,
+    jobs: &'a HashMap<String, LiveJob>,
+) -> StatusJson<'a> {
+    let inst = &plan.graph[s.node];
+    StatusJson {
+        job: jobs.get(&inst.key).map(|j| JobJson {
+            job_id: &j.job_id,
+            reason: &j.reason,
+            run: &j.run,
+            state: &j.state,
+        }),
+        key: &inst.key,
+        parts: s
+            .parts
+            .iter()
+            .map(|(p, cached)| PartJson {
+                cached: *cached,
+                key: &p.key,
+                name: &p.name,
+            })
+            .collect(),
+        point: &inst.point,
+        reason: &s.reason,
+        stage: plan.stage_name(s.node),
+        state: s.state,
+    }
+}
+
+/// Prints one line per instance (and one for its parts), then the counts.
+fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, LiveJob>) {
+    let mut out = std::io::stdout().lock();
+    let width = plan
+        .order
+        .iter()
+        .map(|&n| plan.label(n).len())
+        .max()
+        .unwrap_or(0);
+    for s in states {
+        let state = match s.state {
+            State::Cached => "cached",
+            State::Missing => "missing",
+            State::Stale => "stale",
+        };
+        let key = &plan.graph[s.node].key;
+        let job = jobs.get(key).map(job_text).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{state:<8} {:<width$}  {}  {}{job}",
+            plan.label(s.node),
+            &key[..12],
+            s.reason
+        );
+        if !s.parts.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:8} parts cached: {}; missing: {}",
+                "",
+                part_names(&s.parts, true),
+                part_names(&s.parts, false)
+            );
+        }
+    }
+    let count = |st| states.iter().filter(|s| s.state == st).count();
+    let _ = writeln!(
+        out,
+        "{} instances: {} cached, {} missing, {} stale",
+        states.len(),
+        count(State::Cached),
+        count(State::Missing),
+        count(State::Stale)
+    );
+}
+
+/// ` [slurm job ID of run RUN: STATE, REASON]`, the reason left out when Slurm gives none.
+fn job_text(j: &LiveJob) -> String {
+    format!(
+        " [slurm job {} of run {}: {}{}]",
+        j.job_id,
+        j.run,
+        j.state,
+        if j.reason.is_empty() || j.reason == "None" {
+            String::new()
+        } else {
+            format!(", {}", j.reason)
+        }
+    )
+}
+
+/// The names of the parts that are (or are not) cached, comma-separated, or `none`.
+fn part_names(parts: &[(Part, bool)], cached: bool) -> String {
+    let names: Vec<&str> = parts
+        .iter()
+        .filter(|(_, c)| *c == cached)
+        .map(|(p, _)| p.name.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}

@@ -1,0 +1,47 @@
+//! `pipe verify`: rehashes every artifact in the cache and lists the damaged ones.
+
+use serde::Serialize;
+
+use super::{VerifyArgs, cache_dir, print_json};
+use crate::error::Error;
+use crate::store::{Damage, Store};
+
+/// `pipe verify --json`.
+#[derive(Serialize)]
+struct VerifyJson<'a> {
+    /// Artifacts checked.
+    checked: usize,
+    /// The damaged ones: `{"key", "problem"}`.
+    damaged: &'a [Damage],
+    /// Whether damaged artifacts were removed (`--fix`).
+    removed: bool,
+}
+
+/// Runs `pipe verify`; returns 1 if an artifact is damaged and was not removed, else 0.
+pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
+    let store = Store::new(cache_dir(&args.cache));
+    let (n, damages) = store
+        .verify(args.fix)
+        .map_err(|e| Error::io(store.root(), e))?;
+    if args.json {
+        print_json(&VerifyJson {
+            checked: n,
+            damaged: &damages,
+            removed: args.fix,
+        })?;
+    } else {
+        for d in &damages {
+            println!("damaged {}: {}", d.key, d.problem);
+        }
+        println!(
+            "{n} artifacts checked, {} damaged{}",
+            damages.len(),
+            if args.fix && !damages.is_empty() {
+                " (removed)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(if damages.is_empty() || args.fix { 0 } else { 1 })
+}
