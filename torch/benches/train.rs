@@ -5,6 +5,8 @@
 //! the virtualenv's python3 on PATH: `source scripts/env.sh`). `PIPE_BENCH_SCALE=0.2` runs
 //! a smaller version. Prints examples/s for each and the ratios against the goals:
 //! pipe / PyTorch >= 1.0, and pipe's overhead over the bare loop < 3% of wall time.
+//! pipe's loop time is the sum of the per-epoch times in the train instance's log (`pipe
+//! log KEY`); the benchmark exits 1, saying why, if any time is missing or not positive.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +26,54 @@ fn run(cmd: &mut Command) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// Prints why the benchmark cannot report its figures and exits with status 1.
+fn fail(msg: &str) -> ! {
+    eprintln!("train bench: {msg}");
+    std::process::exit(1)
+}
+
+/// The seconds of each epoch trained in the last attempt of a train instance, from its log
+/// (`pipe log KEY`): the train stage writes one line per epoch, `epoch    3  lr ...  1.23s`,
+/// after a `# pipe ...` header per attempt. An error if there are none or one is not a
+/// positive number (the log rounds to 0.01 s: an epoch under 5 ms reads as zero).
+fn epoch_seconds(log: &str) -> Result<Vec<f64>, String> {
+    let attempt = log.rsplit_once("# pipe ").map_or(log, |(_, last)| last);
+    let mut seconds = Vec::new();
+    for line in attempt.lines().filter(|l| l.starts_with("epoch ")) {
+        let s = line
+            .split_whitespace()
+            .last()
+            .and_then(|t| t.strip_suffix('s'))
+            .and_then(|t| t.parse::<f64>().ok())
+            .ok_or_else(|| format!("no time at the end of the log line {line:?}"))?;
+        if !s.is_finite() {
+            return Err(format!("epoch time {s} in the log line {line:?}"));
+        }
+        if s <= 0.0 {
+            return Err(format!(
+                "epoch time {s} in the log line {line:?}: too short to measure, raise PIPE_BENCH_SCALE"
+            ));
+        }
+        seconds.push(s);
+    }
+    if seconds.is_empty() {
+        return Err(format!(
+            "no per-epoch times (`epoch N ... X.XXs` lines) in its log:\n{log}"
+        ));
+    }
+    Ok(seconds)
+}
+
+/// Examples per second, or exit 1 if `seconds` is no positive finite time.
+fn rate(what: &str, examples: f64, seconds: f64) -> f64 {
+    if !seconds.is_finite() || seconds <= 0.0 {
+        fail(&format!(
+            "{what}: loop time {seconds} s is not a positive finite time"
+        ));
+    }
+    examples / seconds
 }
 
 fn main() {
@@ -133,15 +183,20 @@ checkpoints = [0]
         let t0 = Instant::now();
         pipe(&["run", "--only", &format!("train_{model}")]);
         let pipe_wall = t0.elapsed().as_secs_f64();
-        let metrics = pipe::stages::train::read_metrics(
-            &art(&key(&format!("train_{model}"))).join("metrics.parquet"),
-        )
-        .expect("metrics");
-        let pipe_loop: f64 = metrics
-            .iter()
-            .filter(|m| m.epoch > 0)
-            .map(|m| m.seconds)
-            .sum();
+        // Its per-epoch loop times, from the instance's log (metrics.parquet holds none).
+        let train_key = key(&format!("train_{model}"));
+        let log = run(Command::new(&pipe_bin)
+            .args(["log", &train_key, "--cache"])
+            .arg(&cache));
+        let pipe_epochs = epoch_seconds(&String::from_utf8_lossy(&log))
+            .unwrap_or_else(|e| fail(&format!("train_{model} ({train_key}): {e}")));
+        if pipe_epochs.len() != epochs as usize {
+            fail(&format!(
+                "train_{model} ({train_key}): the log has {} epoch lines, expected {epochs}",
+                pipe_epochs.len()
+            ));
+        }
+        let pipe_loop: f64 = pipe_epochs.iter().sum();
 
         // The bare loop in this process: load, initialize, evaluate epoch 0, train.
         tch::set_num_threads(threads as i32);
@@ -200,9 +255,9 @@ checkpoints = [0]
         let overhead = (pipe_wall - bare_wall) / pipe_wall;
         println!(
             "{model:<6} {epochs:>6} {:>14.0} {:>14.0} {:>14.0} {:>12.2}x {:>14.1}%",
-            ex / pipe_loop,
-            ex / py_loop,
-            ex / bare_loop,
+            rate(&format!("{model}: pipe"), ex, pipe_loop),
+            rate(&format!("{model}: PyTorch"), ex, py_loop),
+            rate(&format!("{model}: bare loop"), ex, bare_loop),
             py_loop / pipe_loop,
             overhead * 100.0
         );

@@ -1,41 +1,19 @@
 //! The `train` stage through the real binary, on a small Fashion-MNIST subset.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value as Json;
 
+/// The shared Fashion-MNIST pipeline at these noise levels, epochs and kept checkpoints.
 fn pipeline(noise: &[f64], epochs: i64, checkpoints: &str) -> String {
-    format!(
-        r#"
-[pipeline]
-name = "train-test"
-[sweep]
-noise = {noise:?}
-[stage.data]
-kind = "dataset"
-source = "fashion-mnist"
-train_size = 1000
-test_size = 500
-[stage.corrupt]
-kind = "corrupt"
-inputs = ["data"]
-fraction = "${{noise}}"
-seed = 3
-[stage.train]
-kind = "train"
-inputs = ["data", "corrupt"]
-model = "mlp"
-hidden = [256, 256]
-epochs = {epochs}
-batch_size = 32
-lr = 0.01
-seed = 7
-device = "cpu"
-checkpoints = {checkpoints}
-"#
+    with_values(
+        FASHION_TRAIN,
+        &[
+            ("sweep.noise", &format!("{noise:?}")),
+            ("stage.train.epochs", &epochs.to_string()),
+            ("stage.train.checkpoints", checkpoints),
+        ],
     )
 }
 

@@ -1,16 +1,10 @@
 //! Outputs as users read them: the shipped quick pipeline on real Fashion-MNIST, and its
 //! Parquet tables queried from DuckDB and Polars (the virtualenv's python3 on PATH).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value as Json;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn artifact(cache: &Path, key: &Json) -> PathBuf {
     cache.join("artifacts").join(key.as_str().unwrap())

@@ -1,40 +1,15 @@
 //! The analysis stages (activations, probe, gradnorm, rollback) on a small trained MLP,
 //! checked against the training metrics and against Python recomputations.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value as Json;
 
-const PIPELINE: &str = r#"
-[pipeline]
-name = "analysis-test"
-[sweep]
-noise = [0.4]
-[stage.data]
-kind = "dataset"
-source = "fashion-mnist"
-train_size = 1000
-test_size = 500
-[stage.corrupt]
-kind = "corrupt"
-inputs = ["data"]
-fraction = "${noise}"
-seed = 3
-[stage.train]
-kind = "train"
-inputs = ["data", "corrupt"]
-model = "mlp"
-hidden = [256, 256]
-epochs = 30
-batch_size = 32
-lr = 0.01
-seed = 7
-device = "cpu"
-checkpoints = [0, 1, 2, 30]
-[stage.activations]
+/// The shared Fashion-MNIST pipeline (noise 0.4, 30 epochs) and the analysis stages.
+const PIPELINE: &str = concat!(
+    include_str!("../pipelines/fashion-train.toml"),
+    r#"[stage.activations]
 kind = "activations"
 inputs = ["train"]
 epochs = [0, 2, "final"]
@@ -54,7 +29,8 @@ subset = 60
 kind = "rollback"
 inputs = ["train"]
 from_epochs = [2]
-"#;
+"#
+);
 
 fn dir_of(p: &Project, r: &Json, stage: &str) -> PathBuf {
     let items = of_stage(r, "executed", stage);

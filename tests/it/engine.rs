@@ -1,12 +1,10 @@
 //! The engine, end to end through the real binary: expansion, caching, staleness,
 //! failures, crashes and concurrency.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value as Json;
 
 #[test]

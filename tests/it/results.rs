@@ -1,9 +1,7 @@
 //! Results and housekeeping: `pipe export` read back from DuckDB and Polars, `show`,
 //! `log`, `ls` with key prefixes, and `gc`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value as Json;
 
 fn with_table_stage() -> String {

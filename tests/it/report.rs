@@ -1,61 +1,10 @@
 //! `pipe report`: the figures' numbers against DuckDB over the exported tables, the run
 //! table against `pipe status`, and the page opened in headless Chromium.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value as Json, json};
-
-const PIPELINE: &str = r#"
-[pipeline]
-name = "report-test"
-description = "tiny MLP, noise x seed"
-[sweep]
-noise = [0.0, 0.5]
-seed = [1, 2]
-[stage.data]
-kind = "dataset"
-source = "idx"
-path = "data"
-train_size = 200
-test_size = 40
-[stage.corrupt]
-kind = "corrupt"
-inputs = ["data"]
-fraction = "${noise}"
-seed = "${seed}"
-[stage.train]
-kind = "train"
-inputs = ["data", "corrupt"]
-model = "mlp"
-hidden = [24]
-epochs = 4
-batch_size = 16
-lr = 0.05
-seed = "${seed}"
-device = "cpu"
-checkpoints = [0, 1, 2, 4]
-[stage.activations]
-kind = "activations"
-inputs = ["train"]
-epochs = [0, 1, "final"]
-per_class = 3
-[stage.probe]
-kind = "probe"
-inputs = ["activations"]
-n_t = 20
-[stage.gradnorm]
-kind = "gradnorm"
-inputs = ["train"]
-epochs = [0, 2, "final"]
-subset = 20
-[stage.rollback]
-kind = "rollback"
-inputs = ["train"]
-from_epochs = [1, 2]
-"#;
 
 /// Rows of a figure's CSV as (panel, series, x, mean, sd, n).
 fn csv(path: &Path) -> Vec<(String, String, String, f64, f64, u64)> {
@@ -81,7 +30,7 @@ fn csv(path: &Path) -> Vec<(String, String, String, f64, f64, u64)> {
 fn report_figures_match_duckdb_and_render_in_chromium() {
     let p = Project::new();
     p.write_idx("data", 200, 40);
-    p.write("r.toml", PIPELINE);
+    p.write("r.toml", TINY_STUDY);
     let (code, r) = p.run("r.toml", &[]);
     assert_eq!(code, 0, "{r}");
     let out = p.pipe(&["report", "r.toml", "--out", "report", "--json"]);
@@ -237,7 +186,7 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
 #[test]
 fn report_rejects_an_unknown_over_variable_and_says_which_exist() {
     let p = Project::new();
-    p.write("r.toml", PIPELINE);
+    p.write("r.toml", TINY_STUDY);
     let out = p.pipe(&["report", "r.toml", "--out", "report", "--over", "sead"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -1,18 +1,12 @@
 //! The Slurm executor against a real single-node Slurm (scripts/slurm-up starts one):
 //! same keys and numbers as a local run, nothing resubmitted, failures isolated, cancel.
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value as Json;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn require_slurm() {
     let ok = Command::new("sinfo")

@@ -1,6 +1,5 @@
-//! Helpers shared by the integration tests: a temp project with a tiny data set, and
-//! running the real `pipe` binary in it.
-#![allow(dead_code)]
+//! Helpers shared by the integration tests: a temp project with a tiny data set, running
+//! the real `pipe` binary in it, and the test pipelines of `tests/pipelines/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -166,33 +165,60 @@ pub fn assert_no_partial_artifacts(cache: &Path) {
     }
 }
 
-/// The pipeline used by most tests: tiny data -> corrupt over noise x seed -> an exec summary.
-pub const BASIC: &str = r#"
-[pipeline]
-name = "basic"
+/// The checkout's root folder (with `pipelines/` and `scripts/`).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
 
-[sweep]
-noise = [0.0, 0.5]
-seed = [1, 2]
+// The test pipelines, in `tests/pipelines/` so that each is written once (each file says
+// what it is for). Relative paths in them (`path = "data"`) resolve against the folder the
+// test writes them to: a `Project`.
 
-[stage.data]
-kind = "dataset"
-source = "idx"
-path = "data"
-train_size = 40
-test_size = 10
+/// Tiny generated data -> corrupt over noise x seed -> an exec summary; most engine tests.
+pub const BASIC: &str = include_str!("../pipelines/basic.toml");
+/// A small MLP on a Fashion-MNIST subset with corrupted labels (train and analysis tests).
+pub const FASHION_TRAIN: &str = include_str!("../pipelines/fashion-train.toml");
+/// Tiny generated data -> corrupt -> an 8-unit MLP -> rollback (the remote-cache tests).
+pub const TINY_TRAIN: &str = include_str!("../pipelines/tiny-train.toml");
+/// Tiny generated data (200/40) -> corrupt over noise x seed -> every stage (the report).
+pub const TINY_STUDY: &str = include_str!("../pipelines/tiny-study.toml");
 
-[stage.corrupt]
-kind = "corrupt"
-inputs = ["data"]
-fraction = "${noise}"
-seed = "${seed}"
-
-[stage.count]
-kind = "exec"
-inputs = { labels = "corrupt" }
-cmd = ["sh", "-c", "ls $PIPE_INPUT_LABELS > $PIPE_OUT/listing.txt"]
-"#;
+/// `pipeline` with some values replaced, for tests that vary a shared pipeline and still
+/// write the whole file (so that `pipe` sees the values as written, not as `--set`s).
+/// Each `(name, value)` names an existing key by its table and key, `"stage.train.epochs"`
+/// or `"sweep.noise"`, and gives the new value as TOML text, `"12"` or `"[0.0, 0.4]"`. The
+/// key's line (`epochs = 30` under `[stage.train]`) is replaced by `epochs = 12`; every
+/// other line is kept, so locations in error messages stay put. Panics if the table has no
+/// such line: a misspelt name must not silently leave the value alone.
+pub fn with_values(pipeline: &str, values: &[(&str, &str)]) -> String {
+    let mut lines: Vec<String> = pipeline.lines().map(String::from).collect();
+    for (name, value) in values {
+        let (table, key) = name
+            .rsplit_once('.')
+            .unwrap_or_else(|| panic!("{name}: expected TABLE.KEY"));
+        let mut current = String::new();
+        let mut found = 0;
+        for line in &mut lines {
+            let t = line.trim();
+            if let Some(header) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                current = header.trim().to_string();
+            } else if current == table
+                && t.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            {
+                *line = format!("{key} = {value}");
+                found += 1;
+            }
+        }
+        assert_eq!(
+            found, 1,
+            "{name}: no single `{key} = ...` line under [{table}]"
+        );
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
 
 /// `--set` overrides that make the shipped quick pipeline small enough for tests that run it
 /// many times or through Slurm (every stage kind still runs).
@@ -218,3 +244,29 @@ pub const QUICK_SMALL: &[&str] = &[
     "--set",
     "stage.rollback.from_epochs=[1]",
 ];
+
+#[test]
+fn with_values_replaces_exactly_the_named_lines() {
+    let text = with_values(
+        FASHION_TRAIN,
+        &[("sweep.noise", "[0.0, 0.4]"), ("stage.train.epochs", "12")],
+    );
+    let changed: Vec<(&str, &str)> = FASHION_TRAIN
+        .lines()
+        .zip(text.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            ("noise = [0.4]", "noise = [0.0, 0.4]"),
+            ("epochs = 30", "epochs = 12")
+        ]
+    );
+    assert_eq!(text.lines().count(), FASHION_TRAIN.lines().count());
+    // `seed` is in two tables: only the named one changes.
+    let text = with_values(FASHION_TRAIN, &[("stage.corrupt.seed", "4")]);
+    assert!(text.contains("seed = 4\n") && text.contains("seed = 7\n"));
+    let misspelt = std::panic::catch_unwind(|| with_values(BASIC, &[("stage.train.epochs", "1")]));
+    assert!(misspelt.is_err(), "BASIC has no train stage");
+}

@@ -2,19 +2,13 @@
 //! and retries, and generated bad input (pipelines, sweeps, data files). Counts can be
 //! raised: `PIPE_RELIABILITY_KILLS` (default 20), `PIPE_FUZZ_CASES` (default 3000).
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value as Json;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)

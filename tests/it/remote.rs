@@ -1,14 +1,12 @@
 //! The remote cache against a local S3-compatible server (s3s-fs, started by the test on
 //! loopback): push after computing, pull on a local miss, damaged remote files refused.
 
-mod common;
-
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value as Json;
 
 /// The server, killed when dropped.
@@ -71,39 +69,6 @@ fn run(p: &Project, s: &Server, args: &[&str]) -> (i32, Json, String) {
     )
 }
 
-const PIPELINE: &str = r#"
-[pipeline]
-name = "remote"
-[sweep]
-noise = [0.0, 0.5]
-[stage.data]
-kind = "dataset"
-source = "idx"
-path = "data"
-train_size = 60
-test_size = 20
-[stage.corrupt]
-kind = "corrupt"
-inputs = ["data"]
-fraction = "${noise}"
-seed = 1
-[stage.train]
-kind = "train"
-inputs = ["data", "corrupt"]
-model = "mlp"
-hidden = [8]
-epochs = 2
-batch_size = 20
-lr = 0.05
-seed = 1
-device = "cpu"
-checkpoints = [0, 1, 2]
-[stage.rollback]
-kind = "rollback"
-inputs = ["train"]
-from_epochs = [1]
-"#;
-
 /// Every key the status lists, parts (checkpoints) included.
 fn all_keys(p: &Project, file: &str) -> Vec<String> {
     let mut keys = Vec::new();
@@ -133,7 +98,7 @@ fn remote_dir(s: &Server) -> PathBuf {
 fn artifacts_are_pushed_then_pulled_and_damaged_ones_are_recomputed() {
     let s = start_server();
     let a = Project::new();
-    a.write("p.toml", PIPELINE);
+    a.write("p.toml", TINY_TRAIN);
     let (code, r, err) = run(
         &a,
         &s,
@@ -171,7 +136,7 @@ fn artifacts_are_pushed_then_pulled_and_damaged_ones_are_recomputed() {
     let b = Project::new();
     b.write(
         "p.toml",
-        &format!("{PIPELINE}\n[cache]\nremote = \"s3://pipe-cache/team\"\n"),
+        &format!("{TINY_TRAIN}\n[cache]\nremote = \"s3://pipe-cache/team\"\n"),
     );
     let (code, r, err) = run(&b, &s, &["run", "p.toml", "--json"]);
     assert_eq!(code, 0, "{r} {err}");
@@ -196,7 +161,7 @@ fn artifacts_are_pushed_then_pulled_and_damaged_ones_are_recomputed() {
     bytes[mid] ^= 0x40;
     std::fs::write(&target, &bytes).unwrap();
     let c = Project::new();
-    c.write("p.toml", PIPELINE);
+    c.write("p.toml", TINY_TRAIN);
     let (code, r, err) = run(
         &c,
         &s,
@@ -225,7 +190,7 @@ fn artifacts_are_pushed_then_pulled_and_damaged_ones_are_recomputed() {
 
     // Through Slurm, each job pushes its artifact (and checkpoints) from the node.
     let d = Project::new();
-    d.write("p.toml", PIPELINE);
+    d.write("p.toml", TINY_TRAIN);
     let (code, r, err) = run(
         &d,
         &s,

@@ -1,0 +1,23 @@
+//! The integration tests: one test crate (one binary to link) that runs the real `pipe` and
+//! `pipe-torch` binaries in temp folders. Each module is one area; a test's full name is
+//! `MODULE::NAME`, so `cargo test --release --test it reliability::` runs one module.
+//!
+//! The tests share one process and run in parallel threads: none may change process-wide
+//! state (environment variables, the current folder, signal handlers). Give a child
+//! process what it needs through its `Command` (`Project::command` sets `PIPE_CACHE` and
+//! the working folder) instead.
+//!
+//! The test pipelines that train (and `BASIC`, which most engine tests use) are files in
+//! `tests/pipelines/`, each written once (see `common`).
+
+mod common;
+
+mod analysis;
+mod engine;
+mod outputs;
+mod reliability;
+mod remote;
+mod report;
+mod results;
+mod slurm;
+mod train;
