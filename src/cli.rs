@@ -434,7 +434,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Job { file, cache } => {
             let store = Store::new(cache);
             let text = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-            let job: exec::job::Job = serde_json::from_slice(&text)
+            let job: exec::job::InstanceJob = serde_json::from_slice(&text)
                 .map_err(|e| Error::usage(format!("{}: not a job file: {e}", file.display())))?;
             let registry = stages::registry();
             let kind = registry.get(&job.kind).ok_or_else(|| {
@@ -445,7 +445,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
                 .and_then(|c| c.parse::<usize>().ok())
                 .unwrap_or(1)
                 .max(1);
-            let outcome = exec::job::run_job(&job, kind, &store, threads, &mut |h| {
+            let outcome = exec::job::compute_instance(&job, kind, &store, threads, &mut |h| {
                 eprintln!("waiting for {h}, which holds the lock of {}", job.key);
             });
             if let (Some(url), Outcome::Executed { .. }) = (&job.remote, &outcome) {

@@ -6,8 +6,8 @@
 //! [`stage::StageKind`] and a [`stage::Registry`] the caller builds. See ARCHITECTURE.md.
 
 pub mod error;
-pub mod key;
 pub mod exec;
+pub mod key;
 pub mod plan;
 pub mod resources;
 pub mod spec;

@@ -14,8 +14,8 @@ use serde_json::Value as Json;
 use crate::error::{Error, Loc};
 pub use crate::key::{KEY_SCHEMA, canonical_json, compute_key};
 use crate::spec::{Spec, node, template};
-use crate::store::index::{IndexEntry, entry_id};
 use crate::stage::{CheckEnv, InputInfo, Params, Presence};
+use crate::store::index::{IndexEntry, entry_id};
 
 /// One stage at one sweep point: the unit that runs and is cached.
 #[derive(Clone, Debug)]
@@ -314,7 +314,6 @@ fn parse_default(lit: &str) -> Json {
 mod tests {
     use super::*;
     use serde_json::json;
-
 
     #[test]
     fn key_changes_with_each_ingredient_and_only_then() {

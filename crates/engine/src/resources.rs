@@ -26,5 +26,4 @@ impl Resources {
             time: given.time.clone().or_else(|| self.time.clone()),
         }
     }
-
 }

@@ -5,8 +5,8 @@
 //! into the key, and calls [`StageKind::run`] with a [`RunContext`]. What a kind does
 //! inside `run` (load images, train a network) is invisible to it.
 
-use std::fs::File;
 use std::any::Any;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -83,8 +83,7 @@ impl ParamType {
             (ParamType::Int, Json::Number(n)) if n.is_i64() => Ok(Json::Number(n)),
             (ParamType::Float, Json::Number(n)) => {
                 let x = n.as_f64().unwrap_or(f64::NAN);
-                crate::key::float(x)
-                    .ok_or_else(|| "expected a finite number".to_string())
+                crate::key::float(x).ok_or_else(|| "expected a finite number".to_string())
             }
             (ParamType::Str, Json::String(s)) => Ok(Json::String(s)),
             (ParamType::Bool, Json::Bool(b)) => Ok(Json::Bool(b)),
@@ -620,8 +619,7 @@ impl<K: Kind> StageKind for K {
         typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::files(self, &p, env))
     }
     fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part> {
-        typed_params::<K>(params)
-            .map_or_else(|_| Vec::new(), |p| Kind::parts(self, &p, input_keys))
+        typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::parts(self, &p, input_keys))
     }
     fn tables(&self, params: &Params) -> Vec<String> {
         typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::tables(self, &p))
@@ -630,7 +628,8 @@ impl<K: Kind> StageKind for K {
         typed_params::<K>(params).map_or(1, |p| Kind::threads(self, &p))
     }
     fn resources(&self, params: &Params) -> Resources {
-        typed_params::<K>(params).map_or_else(|_| Resources::default(), |p| Kind::resources(self, &p))
+        typed_params::<K>(params)
+            .map_or_else(|_| Resources::default(), |p| Kind::resources(self, &p))
     }
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
         let p = typed_params::<K>(ctx.params).map_err(anyhow::Error::msg)?;
