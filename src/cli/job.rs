@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::JobArgs;
 use crate::error::Error;
-use crate::exec::job::{Job, run_job};
+use crate::exec::job::{InstanceJob, compute_instance};
 use crate::exec::{Outcome, slurm};
 use crate::stages;
 use crate::store::Store;
@@ -16,7 +16,7 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
     let file = &args.file;
     let store = Store::new(args.cache.clone());
     let text = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-    let job: Job = serde_json::from_slice(&text)
+    let job: InstanceJob = serde_json::from_slice(&text)
         .map_err(|e| Error::usage(format!("{}: not a job file: {e}", file.display())))?;
     let registry = stages::registry();
     let kind = registry
@@ -27,7 +27,7 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
         .and_then(|c| c.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
-    let outcome = run_job(&job, kind, &store, threads, &mut |h| {
+    let outcome = compute_instance(&job, kind, &store, threads, &mut |h| {
         eprintln!("waiting for {h}, which holds the lock of {}", job.key);
     });
     if let (Some(url), Outcome::Executed { .. }) = (&job.remote, &outcome) {
@@ -50,7 +50,7 @@ fn write_outcome(file: &Path, outcome: &Outcome) -> Result<(), Error> {
 }
 
 /// Says how the job ended on stderr; returns the exit code.
-fn report(job: &Job, outcome: Outcome) -> i32 {
+fn report(job: &InstanceJob, outcome: Outcome) -> i32 {
     match outcome {
         Outcome::Executed { seconds } => {
             eprintln!("{} {}: done in {seconds:.2}s", job.stage, job.key);

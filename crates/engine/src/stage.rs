@@ -892,7 +892,10 @@ mod typed_params_tests {
         assert_eq!(p.lr, 0.5);
         assert_eq!(p.size, None);
         assert_eq!(p.mode, Mode::Careful);
-        assert_eq!((p.mode.as_str(), Mode::NAMES), ("careful", &["fast", "careful"][..]));
+        assert_eq!(
+            (p.mode.as_str(), Mode::NAMES),
+            ("careful", &["fast", "careful"][..])
+        );
         assert_eq!(p.widths, [4, 2]);
         assert_eq!(p.last, Scalar(json!("final")));
         assert_eq!(p.shared.threads, 1);

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
-use super::job::{Job, run_job};
+use super::job::{InstanceJob, compute_instance};
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
 use crate::plan::Plan;
 use crate::store::Store;
@@ -129,7 +129,7 @@ fn run_instance(
     observer: &dyn Observer,
 ) -> Outcome {
     let kind = plan.spec.stages[plan.graph[n].stage].kind;
-    run_job(&Job::of(plan, n), kind, store, threads, &mut |h| {
+    compute_instance(&InstanceJob::of(plan, n), kind, store, threads, &mut |h| {
         observer.event(plan, Event::Waiting(n, h))
     })
 }

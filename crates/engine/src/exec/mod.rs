@@ -1,7 +1,7 @@
 //! Executors: run a plan's missing instances and store their artifacts.
 //!
 //! [`local`] runs instances on this machine with a thread budget; [`slurm`] submits them
-//! as Slurm jobs. Both compute an instance with [`job::run_job`]. Executors report what
+//! as Slurm jobs. Both compute an instance with [`job::compute_instance`]. Executors report what
 //! happens through an [`Observer`]; they never print.
 
 pub mod job;

@@ -1,7 +1,7 @@
 //! The Slurm executor: every instance that must run becomes one `sbatch` job whose
 //! dependencies are its inputs' jobs (`--dependency=afterok:...`). A job runs
 //! `pipe job --cache DIR JOBFILE` on its node, which computes the instance from the job
-//! file in the shared cache with [`run_job`](super::job::run_job), exactly as a local run
+//! file in the shared cache with [`compute_instance`](super::job::compute_instance), exactly as a local run
 //! does. Progress comes from one `squeue` call per poll interval for the whole run.
 //!
 //! Each run keeps its files in `CACHE/runs/RUN/`: `run.json` (the job ids), `jobs/KEY.json`
@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
-use super::job::Job;
+use super::job::InstanceJob;
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
 use crate::error::Error;
 use crate::plan::Plan;
+use crate::resources::Resources;
 use crate::store::{Store, unix_now, write_atomic};
 
 /// Options of a Slurm run.
@@ -122,6 +123,7 @@ pub fn outcome_path(job_file: &Path) -> PathBuf {
     job_file.with_extension("outcome.json")
 }
 
+/// Where a run's record is, `runs/RUN/run.json`.
 fn record_path(store: &Store, id: &str) -> PathBuf {
     runs_dir(store).join(id).join("run.json")
 }
@@ -298,6 +300,7 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// A new run id: 10 hex digits of a hash of the time, the process id and the host.
 fn new_run_id() -> String {
     let h = blake3::hash(
         format!(
@@ -353,10 +356,10 @@ pub fn run(
         std::fs::canonicalize(&plan.spec.base_dir).unwrap_or_else(|_| plan.spec.base_dir.clone());
     let Triage {
         nodes,
-        mut outcomes,
+        outcomes,
         to_run,
     } = triage(plan, store, opts, observer);
-    let mut record = RunRecord {
+    let record = RunRecord {
         id: new_run_id(),
         pipeline: plan.spec.name.clone(),
         submitted: unix_now(),
@@ -373,92 +376,109 @@ pub fn run(
         let d = dir.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
-
+    let mut run = SlurmRun {
+        plan,
+        store,
+        opts,
+        slurm,
+        observer,
+        root,
+        dir,
+        record,
+        live: HashMap::new(),
+        outcomes,
+    };
     // Submit in plan order, so that every input's job id is known before its users'.
-    let mut live: HashMap<NodeIndex, Live> = HashMap::new();
     for &n in &to_run {
+        run.submit(n, &base_dir)?;
+    }
+    save_record(store, &run.record)?;
+    if slurm.detach {
+        return Ok((report(&nodes, run.outcomes), run.record));
+    }
+    run.wait(interrupted);
+    run.record.finished = run.live.is_empty();
+    save_record(store, &run.record)?;
+    let report =
+        conclude(plan, store, &nodes, run.outcomes).map_err(|e| Error::io(store.root(), e))?;
+    Ok((report, run.record))
+}
+
+/// A Slurm run being submitted and watched: what its steps share.
+struct SlurmRun<'a> {
+    /// The plan.
+    plan: &'a Plan,
+    /// The cache.
+    store: &'a Store,
+    /// The run's options.
+    opts: &'a RunOptions,
+    /// The Slurm options.
+    slurm: &'a SlurmOptions,
+    /// Where events go.
+    observer: &'a dyn Observer,
+    /// The cache folder, canonical (as the jobs are given it).
+    root: PathBuf,
+    /// The run's folder, `CACHE/runs/RUN`.
+    dir: PathBuf,
+    /// The run's record.
+    record: RunRecord,
+    /// The submitted jobs that have not ended, by instance.
+    live: HashMap<NodeIndex, Live>,
+    /// The instances' outcomes so far.
+    outcomes: HashMap<NodeIndex, Outcome>,
+}
+
+impl SlurmRun<'_> {
+    /// Writes instance `n`'s job file (relative paths resolving against `base_dir`) and
+    /// submits its job, depending on its inputs' jobs. If `sbatch` refuses it, the jobs
+    /// submitted before are cancelled.
+    fn submit(&mut self, n: NodeIndex, base_dir: &Path) -> Result<(), Error> {
+        let plan = self.plan;
         let inst = &plan.graph[n];
         let stage = &plan.spec.stages[inst.stage];
-        let mut job = Job::of(plan, n);
-        job.base_dir = base_dir.clone();
-        job.remote = opts.remote.as_ref().map(|r| r.url().to_string());
+        let mut job = InstanceJob::of(plan, n);
+        job.base_dir = base_dir.to_path_buf();
+        job.remote = self.opts.remote.as_ref().map(|r| r.url().to_string());
         job.parts = super::stored_keys(plan, n).split_off(1);
-        let job_file = dir.join("jobs").join(format!("{}.json", inst.key));
+        let job_file = self.dir.join("jobs").join(format!("{}.json", inst.key));
         let text = serde_json::to_vec_pretty(&job).unwrap_or_default();
         write_atomic(&job_file, &text).map_err(|e| Error::io(&job_file, e))?;
         let res = stage
             .kind
             .resources(&inst.params)
             .overridden_by(&stage.resources);
-        let slurm_log = dir.join("logs").join(format!("{}.out", inst.key));
+        let slurm_log = self.dir.join("logs").join(format!("{}.out", inst.key));
+        let cpus = res.cpus.unwrap_or(1).max(1);
         let mut args: Vec<String> = vec![
             "--parsable".into(),
-            format!("--job-name=pipe-{}-{}", record.id, stage.name),
+            format!("--job-name=pipe-{}-{}", self.record.id, stage.name),
             format!("--output={}", slurm_log.display()),
             "--kill-on-invalid-dep=yes".into(),
         ];
-        let cpus = res.cpus.unwrap_or(1).max(1);
-        args.push(format!("--cpus-per-task={cpus}"));
-        if let Some(g) = res.gpus.filter(|g| *g > 0) {
-            args.push(format!("--gpus={g}"));
-        }
-        if let Some(m) = &res.mem {
-            args.push(format!("--mem={m}"));
-        }
-        if let Some(t) = &res.time {
-            args.push(format!("--time={t}"));
-        }
-        if let Some(p) = &slurm.partition {
-            args.push(format!("--partition={p}"));
-        }
+        args.extend(resource_args(&res, cpus, self.slurm.partition.as_deref()));
         let deps: Vec<&str> = inst
             .inputs
             .iter()
-            .filter_map(|(_, up)| live.get(up).map(|l| l.job_id.as_str()))
+            .filter_map(|(_, up)| self.live.get(up).map(|l| l.job_id.as_str()))
             .collect();
         if !deps.is_empty() {
             args.push(format!("--dependency=afterok:{}", deps.join(":")));
         }
-        args.extend(slurm.args.iter().cloned());
+        args.extend(self.slurm.args.iter().cloned());
         args.push(format!(
             "--wrap=exec {} job --cache {} {}",
-            sh_quote(&slurm.exe.to_string_lossy()),
-            sh_quote(&root.to_string_lossy()),
+            sh_quote(&self.slurm.exe.to_string_lossy()),
+            sh_quote(&self.root.to_string_lossy()),
             sh_quote(&job_file.to_string_lossy())
         ));
-        let submitted = Command::new("sbatch").args(&args).output();
-        let job_id = match submitted {
-            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .to_string(),
-            Ok(out) => {
-                let ids: Vec<&str> = live.values().map(|l| l.job_id.as_str()).collect();
-                let _ = cancel(&ids);
-                return Err(Error::usage(format!(
-                    "sbatch refused the job of {}: {}(the {} jobs submitted before it were cancelled)",
-                    plan.label(n),
-                    String::from_utf8_lossy(&out.stderr),
-                    ids.len()
-                )));
-            }
-            Err(e) => {
-                let ids: Vec<&str> = live.values().map(|l| l.job_id.as_str()).collect();
-                let _ = cancel(&ids);
-                return Err(Error::usage(format!(
-                    "cannot run sbatch ({e}); --executor slurm needs the Slurm client commands on PATH"
-                )));
-            }
-        };
-        record.jobs.push(JobRecord {
+        let job_id = self.sbatch(n, &args)?;
+        self.record.jobs.push(JobRecord {
             key: inst.key.clone(),
             label: plan.label(n),
             job_id: job_id.clone(),
             slurm_log: slurm_log.clone(),
         });
-        live.insert(
+        self.live.insert(
             n,
             Live {
                 job_id,
@@ -469,123 +489,195 @@ pub fn run(
                 misses: 0,
             },
         );
-    }
-    save_record(store, &record)?;
-    if slurm.detach {
-        return Ok((report(&nodes, outcomes), record));
+        Ok(())
     }
 
-    let mut last_poll = Instant::now() - slurm.poll;
-    while !live.is_empty() {
-        if interrupted.load(Ordering::SeqCst) {
-            let ids: Vec<&str> = live.values().map(|l| l.job_id.as_str()).collect();
-            let _ = cancel(&ids);
-            let nodes: Vec<NodeIndex> = live.keys().copied().collect();
-            for n in nodes {
-                live.remove(&n);
-                let o = Outcome::Skipped {
-                    reason: format!("run {} was interrupted; its jobs were cancelled", record.id),
-                };
-                observer.event(plan, Event::Finished(n, &o));
-                outcomes.insert(n, o);
+    /// Runs `sbatch` with `args` for instance `n` and returns the job id; when it fails,
+    /// cancels every job submitted so far.
+    fn sbatch(&self, n: NodeIndex, args: &[String]) -> Result<String, Error> {
+        let submitted = Command::new("sbatch").args(args).output();
+        match submitted {
+            Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .to_string()),
+            Ok(out) => {
+                let ids: Vec<&str> = self.live.values().map(|l| l.job_id.as_str()).collect();
+                let _ = cancel(&ids);
+                Err(Error::usage(format!(
+                    "sbatch refused the job of {}: {}(the {} jobs submitted before it were cancelled)",
+                    self.plan.label(n),
+                    String::from_utf8_lossy(&out.stderr),
+                    ids.len()
+                )))
             }
-            break;
+            Err(e) => {
+                let ids: Vec<&str> = self.live.values().map(|l| l.job_id.as_str()).collect();
+                let _ = cancel(&ids);
+                Err(Error::usage(format!(
+                    "cannot run sbatch ({e}); --executor slurm needs the Slurm client commands on PATH"
+                )))
+            }
         }
-        let wait = slurm.poll.saturating_sub(last_poll.elapsed());
-        if !wait.is_zero() {
-            std::thread::sleep(wait.min(Duration::from_millis(100)));
-            continue;
+    }
+
+    /// Polls the queue once per poll interval until every job has ended, or cancels the
+    /// jobs left when the run is `interrupted`.
+    fn wait(&mut self, interrupted: &AtomicBool) {
+        let mut last_poll = Instant::now() - self.slurm.poll;
+        while !self.live.is_empty() {
+            if interrupted.load(Ordering::SeqCst) {
+                self.cancel_interrupted();
+                break;
+            }
+            let wait = self.slurm.poll.saturating_sub(last_poll.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait.min(Duration::from_millis(100)));
+                continue;
+            }
+            last_poll = Instant::now();
+            let ids: Vec<&str> = self.live.values().map(|l| l.job_id.as_str()).collect();
+            let states = match query(&ids) {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            let ended = self.poll(&states);
+            self.settle(ended);
         }
-        last_poll = Instant::now();
-        let ids: Vec<&str> = live.values().map(|l| l.job_id.as_str()).collect();
-        let states = match query(&ids) {
-            Ok(s) => s,
-            Err(_) => continue,
-        };
-        let mut ended: Vec<(NodeIndex, Outcome)> = Vec::new();
-        let mut order: Vec<NodeIndex> = live.keys().copied().collect();
+    }
+
+    /// Cancels every live job of an interrupted run; their instances are skipped.
+    fn cancel_interrupted(&mut self) {
+        let ids: Vec<&str> = self.live.values().map(|l| l.job_id.as_str()).collect();
+        let _ = cancel(&ids);
+        let nodes: Vec<NodeIndex> = self.live.keys().copied().collect();
+        for n in nodes {
+            self.live.remove(&n);
+            let o = Outcome::Skipped {
+                reason: format!(
+                    "run {} was interrupted; its jobs were cancelled",
+                    self.record.id
+                ),
+            };
+            self.observer.event(self.plan, Event::Finished(n, &o));
+            self.outcomes.insert(n, o);
+        }
+    }
+
+    /// Goes through the live jobs in plan order with the queue's `states`: reports the
+    /// ones that started, and returns the outcomes of the ones that ended.
+    fn poll(&mut self, states: &HashMap<String, QueueState>) -> Vec<(NodeIndex, Outcome)> {
+        let mut order: Vec<NodeIndex> = self.live.keys().copied().collect();
         order.sort();
-        for n in order {
-            let l = live.get_mut(&n).expect("live job");
-            let key = &plan.graph[n].key;
-            let st = states.get(&l.job_id);
-            match st {
-                Some(q)
-                    if q.state == "PENDING" && q.reason.contains("DependencyNeverSatisfied") =>
-                {
-                    let _ = cancel(&[l.job_id.as_str()]);
-                    ended.push((
-                        n,
-                        Outcome::Skipped {
-                            reason: "an input's job failed".into(),
-                        },
-                    ));
+        order
+            .into_iter()
+            .filter_map(|n| self.check(n, states).map(|o| (n, o)))
+            .collect()
+    }
+
+    /// What the queue's `states` say about instance `n`'s job: `None` while it is queued
+    /// or running (reporting its start), else how it ended. A job the queue has forgotten
+    /// has ended when its artifact is in the cache, or after three polls.
+    fn check(&mut self, n: NodeIndex, states: &HashMap<String, QueueState>) -> Option<Outcome> {
+        let l = self.live.get_mut(&n).expect("live job");
+        let key = &self.plan.graph[n].key;
+        match states.get(&l.job_id) {
+            Some(q) if q.state == "PENDING" && q.reason.contains("DependencyNeverSatisfied") => {
+                let _ = cancel(&[l.job_id.as_str()]);
+                Some(Outcome::Skipped {
+                    reason: "an input's job failed".into(),
+                })
+            }
+            Some(q) if is_active(&q.state) => {
+                l.misses = 0;
+                if !l.started && q.state != "PENDING" {
+                    l.started = true;
+                    self.observer.event(self.plan, Event::Started(n, l.cpus));
                 }
-                Some(q) if is_active(&q.state) => {
-                    l.misses = 0;
-                    if !l.started && q.state != "PENDING" {
-                        l.started = true;
-                        observer.event(plan, Event::Started(n, l.cpus));
-                    }
-                }
-                Some(q) if q.state == "CANCELLED" && q.reason.contains("Dependency") => {
-                    ended.push((
-                        n,
-                        Outcome::Skipped {
-                            reason: "an input's job failed".into(),
-                        },
-                    ));
-                }
-                Some(q) => ended.push((n, finished(store, key, l, &q.state))),
-                None => {
-                    // Forgotten by Slurm (or not yet visible): the cache decides.
-                    l.misses += 1;
-                    if store.is_complete(key) || l.misses >= 3 {
-                        ended.push((n, finished(store, key, l, "gone from the queue")));
-                    }
-                }
+                None
+            }
+            Some(q) if q.state == "CANCELLED" && q.reason.contains("Dependency") => {
+                Some(Outcome::Skipped {
+                    reason: "an input's job failed".into(),
+                })
+            }
+            Some(q) => Some(finished(self.store, key, l, &q.state)),
+            None => {
+                // Forgotten by Slurm (or not yet visible): the cache decides.
+                l.misses += 1;
+                (self.store.is_complete(key) || l.misses >= 3)
+                    .then(|| finished(self.store, key, l, "gone from the queue"))
             }
         }
+    }
+
+    /// Records the outcomes of jobs that ended (each instance once); after a failure,
+    /// skips and cancels what can no longer run.
+    fn settle(&mut self, ended: Vec<(NodeIndex, Outcome)>) {
         for (n, outcome) in ended {
-            if live.remove(&n).is_none() {
+            if self.live.remove(&n).is_none() {
                 continue;
             }
             let failed = matches!(outcome, Outcome::Failed { .. });
-            observer.event(plan, Event::Finished(n, &outcome));
-            outcomes.insert(n, outcome);
+            self.observer.event(self.plan, Event::Finished(n, &outcome));
+            self.outcomes.insert(n, outcome);
             if failed {
-                let label = plan.label(n);
-                let mut cancelled: Vec<String> = Vec::new();
-                let skip: HashSet<NodeIndex> = if opts.fail_fast {
-                    live.keys().copied().collect()
-                } else {
-                    plan.descendants(n).into_iter().collect()
-                };
-                for d in skip {
-                    if let Some(l) = live.remove(&d) {
-                        cancelled.push(l.job_id);
-                        let o = Outcome::Skipped {
-                            reason: if opts.fail_fast {
-                                "the run stopped at the first failure (--fail-fast)".into()
-                            } else {
-                                format!("input {label} failed")
-                            },
-                        };
-                        observer.event(plan, Event::Finished(d, &o));
-                        outcomes.insert(d, o);
-                    }
-                }
-                let ids: Vec<&str> = cancelled.iter().map(String::as_str).collect();
-                let _ = cancel(&ids);
+                self.skip_after_failure(n);
             }
         }
     }
-    record.finished = live.is_empty();
-    save_record(store, &record)?;
-    let report = conclude(plan, store, &nodes, outcomes).map_err(|e| Error::io(store.root(), e))?;
-    Ok((report, record))
+
+    /// After instance `n` failed: skips and cancels its descendants' live jobs, or every
+    /// live job with `--fail-fast`.
+    fn skip_after_failure(&mut self, n: NodeIndex) {
+        let label = self.plan.label(n);
+        let mut cancelled: Vec<String> = Vec::new();
+        let skip: HashSet<NodeIndex> = if self.opts.fail_fast {
+            self.live.keys().copied().collect()
+        } else {
+            self.plan.descendants(n).into_iter().collect()
+        };
+        for d in skip {
+            if let Some(l) = self.live.remove(&d) {
+                cancelled.push(l.job_id);
+                let o = Outcome::Skipped {
+                    reason: if self.opts.fail_fast {
+                        "the run stopped at the first failure (--fail-fast)".into()
+                    } else {
+                        format!("input {label} failed")
+                    },
+                };
+                self.observer.event(self.plan, Event::Finished(d, &o));
+                self.outcomes.insert(d, o);
+            }
+        }
+        let ids: Vec<&str> = cancelled.iter().map(String::as_str).collect();
+        let _ = cancel(&ids);
+    }
 }
 
+/// `sbatch` arguments for what a job asks for: `cpus` CPUs (at least 1), the GPUs, memory
+/// and time limit of `res` where given, and the partition.
+fn resource_args(res: &Resources, cpus: u32, partition: Option<&str>) -> Vec<String> {
+    let mut args = vec![format!("--cpus-per-task={cpus}")];
+    if let Some(g) = res.gpus.filter(|g| *g > 0) {
+        args.push(format!("--gpus={g}"));
+    }
+    if let Some(m) = &res.mem {
+        args.push(format!("--mem={m}"));
+    }
+    if let Some(t) = &res.time {
+        args.push(format!("--time={t}"));
+    }
+    if let Some(p) = partition {
+        args.push(format!("--partition={p}"));
+    }
+    args
+}
+
+/// The report of a detached run: the outcomes known so far, in `nodes` order.
 fn report(nodes: &[NodeIndex], mut outcomes: HashMap<NodeIndex, Outcome>) -> RunReport {
     RunReport {
         outcomes: nodes

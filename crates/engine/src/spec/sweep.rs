@@ -2,7 +2,7 @@
 
 use serde_json::Value as Json;
 
-use super::node::{Node, Value};
+use super::node::{KeyNode, Node, Value};
 use super::template;
 use crate::error::{Error, Loc};
 
@@ -47,140 +47,18 @@ impl Sweep {
             });
         };
         let table = node.as_table("sweep")?;
-        let mut vars = Vec::new();
-        for (name, (key, value)) in table {
-            if name == "include" || name == "exclude" {
-                continue;
-            }
-            let path = format!("sweep.{name}");
-            if template::parse(&format!("${{{name}}}")).is_err() {
-                return Err(Error::at(
-                    &key.loc,
-                    &path,
-                    "a sweep variable name may hold only letters, digits, `_` and `-`",
-                ));
-            }
-            let Value::Array(items) = &value.value else {
-                return Err(Error::at(
-                    &value.loc,
-                    &path,
-                    format!(
-                        "expected an array of values, found {}",
-                        value.value.type_name()
-                    ),
-                ));
-            };
-            if items.is_empty() {
-                return Err(Error::at(
-                    &value.loc,
-                    &path,
-                    "a sweep variable needs at least one value",
-                ));
-            }
-            let mut values: Vec<Json> = Vec::with_capacity(items.len());
-            for item in items {
-                let v = scalar(item, &path)?;
-                if values.iter().any(|x| same_value(x, &v)) {
-                    return Err(Error::at(
-                        &item.loc,
-                        &path,
-                        format!("value {v} is listed twice"),
-                    ));
-                }
-                values.push(v);
-            }
-            vars.push(SweepVar {
-                name: name.clone(),
-                loc: key.loc.clone(),
-                values,
-            });
-        }
-        let total = vars
+        let vars = table
             .iter()
-            .try_fold(1usize, |acc, v| acc.checked_mul(v.values.len()))
-            .filter(|n| *n <= MAX_POINTS)
-            .ok_or_else(|| {
-                Error::at(
-                    &node.loc,
-                    "sweep",
-                    format!("the sweep expands to more than {MAX_POINTS} points"),
-                )
-            })?;
-        let mut points = Vec::with_capacity(total);
-        let mut current = vec![0usize; vars.len()];
-        for _ in 0..total {
-            points.push(current.clone());
-            for v in (0..vars.len()).rev() {
-                current[v] += 1;
-                if current[v] < vars[v].values.len() {
-                    break;
-                }
-                current[v] = 0;
-            }
-        }
+            .filter(|(name, _)| *name != "include" && *name != "exclude")
+            .map(|(name, (key, value))| parse_var(name, key, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        let points = product(&vars, node)?;
         let mut sweep = Sweep { vars, points };
         if let Some((_, ex)) = table.get("exclude") {
-            for (i, pattern) in sweep.patterns(ex, "sweep.exclude")?.into_iter().enumerate() {
-                let before = sweep.points.len();
-                sweep
-                    .points
-                    .retain(|p| !pattern.iter().all(|(v, idx)| p[*v] == *idx));
-                if before == sweep.points.len() {
-                    let loc = match &ex.value {
-                        Value::Array(items) => &items[i].loc,
-                        _ => &ex.loc,
-                    };
-                    return Err(Error::at(
-                        loc,
-                        "sweep.exclude",
-                        "this pattern matches no sweep point",
-                    ));
-                }
-            }
+            sweep.exclude(ex)?;
         }
         if let Some((_, inc)) = table.get("include") {
-            let Value::Array(items) = &inc.value else {
-                return Err(Error::at(
-                    &inc.loc,
-                    "sweep.include",
-                    "expected an array of tables",
-                ));
-            };
-            for item in items {
-                let t = item.as_table("sweep.include")?;
-                let mut point = vec![usize::MAX; sweep.vars.len()];
-                for (name, (key, value)) in t {
-                    let Some(v) = sweep.vars.iter().position(|v| &v.name == name) else {
-                        return Err(Error::at(
-                            &key.loc,
-                            "sweep.include",
-                            format!("unknown sweep variable `{name}`"),
-                        ));
-                    };
-                    let value = scalar(value, "sweep.include")?;
-                    let values = &mut sweep.vars[v].values;
-                    point[v] = match values.iter().position(|x| same_value(x, &value)) {
-                        Some(i) => i,
-                        None => {
-                            values.push(value);
-                            values.len() - 1
-                        }
-                    };
-                }
-                if let Some(missing) = point.iter().position(|i| *i == usize::MAX) {
-                    return Err(Error::at(
-                        &item.loc,
-                        "sweep.include",
-                        format!(
-                            "an included point must give every sweep variable; `{}` is missing",
-                            sweep.vars[missing].name
-                        ),
-                    ));
-                }
-                if !sweep.points.contains(&point) {
-                    sweep.points.push(point);
-                }
-            }
+            sweep.include(inc)?;
         }
         if sweep.points.is_empty() {
             return Err(Error::at(
@@ -190,6 +68,82 @@ impl Sweep {
             ));
         }
         Ok(sweep)
+    }
+
+    /// Removes the points each `exclude` pattern matches; a pattern that matches no point
+    /// (left) is an error.
+    fn exclude(&mut self, ex: &Node) -> Result<(), Error> {
+        for (i, pattern) in self.patterns(ex, "sweep.exclude")?.into_iter().enumerate() {
+            let before = self.points.len();
+            self.points
+                .retain(|p| !pattern.iter().all(|(v, idx)| p[*v] == *idx));
+            if before == self.points.len() {
+                let loc = match &ex.value {
+                    Value::Array(items) => &items[i].loc,
+                    _ => &ex.loc,
+                };
+                return Err(Error::at(
+                    loc,
+                    "sweep.exclude",
+                    "this pattern matches no sweep point",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds each `include` point that is not already a point, in order.
+    fn include(&mut self, inc: &Node) -> Result<(), Error> {
+        let Value::Array(items) = &inc.value else {
+            return Err(Error::at(
+                &inc.loc,
+                "sweep.include",
+                "expected an array of tables",
+            ));
+        };
+        for item in items {
+            let point = self.include_point(item)?;
+            if !self.points.contains(&point) {
+                self.points.push(point);
+            }
+        }
+        Ok(())
+    }
+
+    /// One `include` table as a point: it must give every variable a value; a value the
+    /// variable does not list yet is added to its values.
+    fn include_point(&mut self, item: &Node) -> Result<Vec<usize>, Error> {
+        let t = item.as_table("sweep.include")?;
+        let mut point = vec![usize::MAX; self.vars.len()];
+        for (name, (key, value)) in t {
+            let Some(v) = self.vars.iter().position(|v| &v.name == name) else {
+                return Err(Error::at(
+                    &key.loc,
+                    "sweep.include",
+                    format!("unknown sweep variable `{name}`"),
+                ));
+            };
+            let value = scalar(value, "sweep.include")?;
+            let values = &mut self.vars[v].values;
+            point[v] = match values.iter().position(|x| same_value(x, &value)) {
+                Some(i) => i,
+                None => {
+                    values.push(value);
+                    values.len() - 1
+                }
+            };
+        }
+        if let Some(missing) = point.iter().position(|i| *i == usize::MAX) {
+            return Err(Error::at(
+                &item.loc,
+                "sweep.include",
+                format!(
+                    "an included point must give every sweep variable; `{}` is missing",
+                    self.vars[missing].name
+                ),
+            ));
+        }
+        Ok(point)
     }
 
     /// Parses `exclude` patterns: each a table of variable -> value index.
@@ -234,6 +188,83 @@ impl Sweep {
     }
 }
 
+/// One sweep variable `name = [values...]`: a valid name and at least one value, no value
+/// listed twice.
+fn parse_var(name: &str, key: &KeyNode, value: &Node) -> Result<SweepVar, Error> {
+    let path = format!("sweep.{name}");
+    if template::parse(&format!("${{{name}}}")).is_err() {
+        return Err(Error::at(
+            &key.loc,
+            &path,
+            "a sweep variable name may hold only letters, digits, `_` and `-`",
+        ));
+    }
+    let Value::Array(items) = &value.value else {
+        return Err(Error::at(
+            &value.loc,
+            &path,
+            format!(
+                "expected an array of values, found {}",
+                value.value.type_name()
+            ),
+        ));
+    };
+    if items.is_empty() {
+        return Err(Error::at(
+            &value.loc,
+            &path,
+            "a sweep variable needs at least one value",
+        ));
+    }
+    let mut values: Vec<Json> = Vec::with_capacity(items.len());
+    for item in items {
+        let v = scalar(item, &path)?;
+        if values.iter().any(|x| same_value(x, &v)) {
+            return Err(Error::at(
+                &item.loc,
+                &path,
+                format!("value {v} is listed twice"),
+            ));
+        }
+        values.push(v);
+    }
+    Ok(SweepVar {
+        name: name.to_string(),
+        loc: key.loc.clone(),
+        values,
+    })
+}
+
+/// Every combination of the variables' values, the last variable varying fastest; more
+/// than [`MAX_POINTS`] is an error at the `[sweep]` table `node`.
+fn product(vars: &[SweepVar], node: &Node) -> Result<Vec<Vec<usize>>, Error> {
+    let total = vars
+        .iter()
+        .try_fold(1usize, |acc, v| acc.checked_mul(v.values.len()))
+        .filter(|n| *n <= MAX_POINTS)
+        .ok_or_else(|| {
+            Error::at(
+                &node.loc,
+                "sweep",
+                format!("the sweep expands to more than {MAX_POINTS} points"),
+            )
+        })?;
+    let mut points = Vec::with_capacity(total);
+    let mut current = vec![0usize; vars.len()];
+    for _ in 0..total {
+        points.push(current.clone());
+        for v in (0..vars.len()).rev() {
+            current[v] += 1;
+            if current[v] < vars[v].values.len() {
+                break;
+            }
+            current[v] = 0;
+        }
+    }
+    Ok(points)
+}
+
+/// Where the value of `key` in `table` was written (the table's location if it has none).
 fn value_loc(table: &Node, key: &str) -> Loc {
     match &table.value {
         Value::Table(t) => t
@@ -244,6 +275,7 @@ fn value_loc(table: &Node, key: &str) -> Loc {
     }
 }
 
+/// A sweep value: a string, a (finite) number or a boolean.
 fn scalar(node: &Node, path: &str) -> Result<Json, Error> {
     let v = match &node.value {
         Value::Str(s) => Json::String(s.clone()),

@@ -1,0 +1,106 @@
+//! The top level of a pipeline file: which keys may appear there, the `[pipeline]` and
+//! `[cache]` tables, and the `[stage]` table that holds the stages.
+
+use super::{Table, unknown_key, valid_name};
+use crate::error::{Error, Loc};
+
+/// The keys a pipeline file may have at the top.
+const TOP_KEYS: &[&str] = &["pipeline", "sweep", "stage", "cache"];
+
+/// Rejects the first top-level key that is not one of [`TOP_KEYS`].
+pub(super) fn check_keys(top: &Table) -> Result<(), Error> {
+    for (name, (key, _)) in top {
+        if !TOP_KEYS.contains(&name.as_str()) {
+            return Err(unknown_key(key, name, TOP_KEYS));
+        }
+    }
+    Ok(())
+}
+
+/// The `[pipeline]` table: its `name` (required, letters, digits, `_` and `-` only) and its
+/// `description`, if any. `start` is where an error about a missing table points.
+pub(super) fn pipeline(top: &Table, start: &Loc) -> Result<(String, Option<String>), Error> {
+    let Some((_, pipeline)) = top.get("pipeline") else {
+        return Err(Error::at(
+            start,
+            "pipeline",
+            "missing `[pipeline]` table with a `name`",
+        ));
+    };
+    let pt = pipeline.as_table("pipeline")?;
+    let mut name = None;
+    let mut description = None;
+    for (k, (key, v)) in pt {
+        match k.as_str() {
+            "name" => name = Some(v.as_str("pipeline.name")?.to_string()),
+            "description" => description = Some(v.as_str("pipeline.description")?.to_string()),
+            _ => {
+                return Err(unknown_key(
+                    key,
+                    &format!("pipeline.{k}"),
+                    &["name", "description"],
+                ));
+            }
+        }
+    }
+    let name = name.ok_or_else(|| {
+        Error::at(
+            &pipeline.loc,
+            "pipeline.name",
+            "missing: every pipeline needs a name",
+        )
+    })?;
+    if !valid_name(&name) {
+        return Err(Error::at(
+            &pt["name"].1.loc,
+            "pipeline.name",
+            "use only letters, digits, `_` and `-`",
+        ));
+    }
+    Ok((name, description))
+}
+
+/// `[cache] remote = "s3://BUCKET/PREFIX"`: the remote cache, if the file names one.
+pub(super) fn cache_remote(top: &Table) -> Result<Option<String>, Error> {
+    let mut remote = None;
+    if let Some((_, cache)) = top.get("cache") {
+        for (k, (key, v)) in cache.as_table("cache")? {
+            match k.as_str() {
+                "remote" => {
+                    let url = v.as_str("cache.remote")?;
+                    if !url.starts_with("s3://") || url.len() <= "s3://".len() {
+                        return Err(Error::at(
+                            &v.loc,
+                            "cache.remote",
+                            format!("\"{url}\" is not a remote cache; write s3://BUCKET/PREFIX"),
+                        ));
+                    }
+                    remote = Some(url.to_string());
+                }
+                _ => return Err(unknown_key(key, &format!("cache.{k}"), &["remote"])),
+            }
+        }
+    }
+    Ok(remote)
+}
+
+/// The `[stage]` table, which must hold at least one stage. `start` is where an error
+/// about a missing table points.
+pub(super) fn stages<'a>(top: &'a Table, start: &Loc) -> Result<&'a Table, Error> {
+    let Some((_, stages_node)) = top.get("stage") else {
+        return Err(Error::at(
+            start,
+            "stage",
+            "no stages: add at least one `[stage.NAME]` table",
+        ));
+    };
+    let stage_table = stages_node.as_table("stage")?;
+    if stage_table.is_empty() {
+        return Err(Error::at(
+            &stages_node.loc,
+            "stage",
+            "no stages: add at least one `[stage.NAME]` table",
+        ));
+    }
+    Ok(stage_table)
+}
