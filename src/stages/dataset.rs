@@ -25,7 +25,7 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 crate::param_enum! {
     /// The data sets `dataset` reads.
-    pub enum Source {
+    pub enum DataSource {
         FashionMnist = "fashion-mnist",
         Idx = "idx",
         Cifar10 = "cifar10",
@@ -36,7 +36,7 @@ crate::param_enum! {
 crate::stage_params! {
     /// The parameters of `dataset`.
     pub struct DatasetParams {
-        source: Source, required, "which data set: fashion-mnist, idx (MNIST layout), cifar10, cifar100";
+        source: DataSource, required, "which data set: fashion-mnist, idx (MNIST layout), cifar10, cifar100";
         path: Option<String>, optional, "folder with the files (fashion-mnist defaults to /usr/share/datasets/fashion-mnist)";
         train_size: Option<i64>, optional, "class-balanced subset size of the training split (default: all)";
         test_size: Option<i64>, optional, "class-balanced subset size of the test split (default: all)";
@@ -102,11 +102,11 @@ fn folder(params: &DatasetParams, base: &Path) -> PathBuf {
     }
 }
 
-fn variant(source: Source) -> Option<cifar::Variant> {
+fn variant(source: DataSource) -> Option<cifar::Variant> {
     match source {
-        Source::Cifar10 => Some(cifar::Variant::Cifar10),
-        Source::Cifar100 => Some(cifar::Variant::Cifar100),
-        Source::FashionMnist | Source::Idx => None,
+        DataSource::Cifar10 => Some(cifar::Variant::Cifar10),
+        DataSource::Cifar100 => Some(cifar::Variant::Cifar100),
+        DataSource::FashionMnist | DataSource::Idx => None,
     }
 }
 
@@ -216,7 +216,7 @@ fn read_sets(p: &DatasetParams, dir: &Path) -> Result<(ImageSet, ImageSet, usize
         .copied()
         .max()
         .map_or(0, |m| m as usize + 1);
-    let names = if p.source == Source::FashionMnist && classes == 10 {
+    let names = if p.source == DataSource::FashionMnist && classes == 10 {
         FASHION_NAMES.iter().map(|s| s.to_string()).collect()
     } else {
         (0..classes).map(|i| i.to_string()).collect()
@@ -238,7 +238,7 @@ impl Kind for Dataset {
         Inputs::Slots(&[])
     }
     fn check(&self, p: &DatasetParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        if p.source != Source::FashionMnist && p.path.is_none() {
+        if p.source != DataSource::FashionMnist && p.path.is_none() {
             return Err(ParamError::stage(format!(
                 "source \"{}\" needs `path`, the folder with its files",
                 p.source.as_str()

@@ -11,6 +11,7 @@ pub mod models;
 pub mod optim;
 pub mod score;
 pub mod stages;
+pub mod trained_run;
 pub mod trainer;
 
 use anyhow::Result;

@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::device;
 use crate::models::Net;
-use crate::stages::trained::{TrainedRun, to_bool, to_i64};
+use crate::trained_run::{TrainedRun, to_bool, to_i64};
 
 /// Chooses the probe set: for each of the first P classes, M clean examples of that class
 /// and M corrupted examples whose training label is that class (none without corruption).

@@ -22,7 +22,7 @@ use tch::{Kind, Tensor};
 
 use crate::device;
 use crate::models::Net;
-use crate::stages::trained::{TrainedRun, to_bool};
+use crate::trained_run::{TrainedRun, to_bool};
 
 /// One row of `gradnorm.parquet`.
 #[derive(Clone, Debug)]

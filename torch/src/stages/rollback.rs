@@ -17,7 +17,7 @@ use tch::Tensor;
 use crate::device;
 use crate::models::Net;
 use crate::score::accuracy;
-use crate::stages::trained::{TrainedRun, predict};
+use crate::trained_run::{TrainedRun, predict};
 
 /// Test, clean, corrupted (training labels) and corrupted (true labels) accuracy.
 type Scores = (f64, f64, Option<f64>, Option<f64>);
