@@ -52,6 +52,24 @@ impl WorkerParams {
     }
 }
 
+/// The [`Kind`](crate::stage::Kind) methods every worker kind shares, written inside its
+/// `impl Kind` block: threads and cluster resources from its `worker` parameters, and `run`
+/// handing the instance to the `pipe-torch` worker under the kind's `NAME`.
+macro_rules! worker_kind_methods {
+    ($params:ty) => {
+        fn threads(&self, p: &$params) -> usize {
+            p.worker.threads()
+        }
+        fn resources(&self, p: &$params) -> $crate::resources::Resources {
+            p.worker.resources()
+        }
+        fn run(&self, _p: &$params, ctx: &mut $crate::stage::RunContext<'_>) -> anyhow::Result<()> {
+            $crate::worker::run_in_worker(NAME, ctx)
+        }
+    };
+}
+pub(crate) use worker_kind_methods;
+
 /// Checks a `device` value: its form, and for CUDA devices that this machine has them.
 pub fn check_device(name: &str) -> Result<(), String> {
     let index = match name {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext};
+use crate::stage::{CheckEnv, Inputs, Kind, ParamError};
 use crate::stages::trained::{EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, train_params};
 use crate::worker::WorkerParams;
 
@@ -73,13 +73,5 @@ impl Kind for Activations {
         at_least(Some(p.max_features), "max_features", 1)?;
         p.worker.check()
     }
-    fn threads(&self, p: &ActivationsParams) -> usize {
-        p.worker.threads()
-    }
-    fn resources(&self, p: &ActivationsParams) -> crate::resources::Resources {
-        p.worker.resources()
-    }
-    fn run(&self, _p: &ActivationsParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
-        crate::worker::run_in_worker(NAME, ctx)
-    }
+    crate::worker::worker_kind_methods!(ActivationsParams);
 }

@@ -2,7 +2,7 @@
 //! examples. The work needs libtorch and runs in the worker (`torch/src/stages/gradnorm.rs`);
 //! see science.md for the measurement.
 
-use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext};
+use crate::stage::{CheckEnv, Inputs, Kind, ParamError};
 use crate::stages::trained::{EpochRef, TRAIN_INPUT, at_least, check_epochs, train_params};
 use crate::worker::WorkerParams;
 
@@ -37,16 +37,8 @@ impl Kind for GradNorm {
         at_least(Some(p.subset), "subset", 1)?;
         p.worker.check()
     }
-    fn threads(&self, p: &GradNormParams) -> usize {
-        p.worker.threads()
-    }
-    fn resources(&self, p: &GradNormParams) -> crate::resources::Resources {
-        p.worker.resources()
-    }
     fn tables(&self, _p: &GradNormParams) -> Vec<String> {
         vec!["gradnorm".into()]
     }
-    fn run(&self, _p: &GradNormParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
-        crate::worker::run_in_worker(NAME, ctx)
-    }
+    crate::worker::worker_kind_methods!(GradNormParams);
 }

@@ -2,7 +2,7 @@
 //! the accuracies that gives. The work needs libtorch and runs in the worker
 //! (`torch/src/stages/rollback.rs`); see science.md.
 
-use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext};
+use crate::stage::{CheckEnv, Inputs, Kind, ParamError};
 use crate::stages::trained::{EpochRef, Layers, TRAIN_INPUT, check_epochs, train_params};
 use crate::worker::WorkerParams;
 
@@ -39,16 +39,8 @@ impl Kind for Rollback {
         p.cutoffs.check("cutoffs", "each-layer", &train, false)?;
         p.worker.check()
     }
-    fn threads(&self, p: &RollbackParams) -> usize {
-        p.worker.threads()
-    }
-    fn resources(&self, p: &RollbackParams) -> crate::resources::Resources {
-        p.worker.resources()
-    }
     fn tables(&self, _p: &RollbackParams) -> Vec<String> {
         vec!["rollback".into()]
     }
-    fn run(&self, _p: &RollbackParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
-        crate::worker::run_in_worker(NAME, ctx)
-    }
+    crate::worker::worker_kind_methods!(RollbackParams);
 }

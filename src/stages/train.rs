@@ -12,9 +12,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::compute_key;
-use crate::stage::{
-    CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
-};
+use crate::stage::{CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, Slot};
 use crate::table::Table;
 use crate::tables::Metrics;
 use crate::worker::WorkerParams;
@@ -295,13 +293,5 @@ impl Kind for Train {
     fn tables(&self, _p: &TrainParams) -> Vec<String> {
         vec!["metrics".into()]
     }
-    fn threads(&self, p: &TrainParams) -> usize {
-        p.worker.threads()
-    }
-    fn resources(&self, p: &TrainParams) -> crate::resources::Resources {
-        p.worker.resources()
-    }
-    fn run(&self, _p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        crate::worker::run_in_worker(NAME, ctx)
-    }
+    crate::worker::worker_kind_methods!(TrainParams);
 }
