@@ -1,5 +1,6 @@
 //! `pipe cancel`: cancels the queued or running Slurm jobs of a run and marks it finished.
 
+use crate::cli::outln;
 use serde::Serialize;
 
 use super::{CancelArgs, Verbosity, cache_dir, print_json};
@@ -56,7 +57,7 @@ pub fn cancel(args: &CancelArgs, verbosity: Verbosity) -> Result<i32, Error> {
             run: &record.id,
         })?;
     } else if verbosity > Verbosity::Quiet {
-        println!(
+        outln!(
             "run {}: cancelled {n} queued or running jobs of {}",
             record.id,
             record.jobs.len()

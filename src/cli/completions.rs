@@ -2,15 +2,12 @@
 
 use clap::CommandFactory;
 
-use super::{Cli, CompletionsArgs};
+use super::{Cli, CompletionsArgs, out};
 
 /// Runs `pipe completions`; returns its exit code.
 pub fn completions(args: &CompletionsArgs) -> i32 {
-    clap_complete::generate(
-        args.shell,
-        &mut Cli::command(),
-        "pipe",
-        &mut std::io::stdout(),
-    );
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "pipe", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
     0
 }

@@ -1,5 +1,6 @@
 //! `pipe export`: one Parquet file per table kind across the sweep.
 
+use crate::cli::outln;
 use std::path::Path;
 
 use serde::Serialize;
@@ -55,7 +56,7 @@ pub fn export(args: &ExportArgs) -> Result<i32, Error> {
         })?;
     } else {
         for t in &report.tables {
-            println!(
+            outln!(
                 "{}: {} rows from {} instances",
                 t.path.display(),
                 t.rows,
@@ -63,9 +64,7 @@ pub fn export(args: &ExportArgs) -> Result<i32, Error> {
             );
         }
         if report.tables.is_empty() {
-            println!(
-                "nothing to export: no instance with tables is cached (run the pipeline first)"
-            );
+            outln!("nothing to export: no instance with tables is cached (run the pipeline first)");
         }
     }
     note_left_out(&plan, &report.missing);

@@ -1,5 +1,6 @@
 //! `pipe gc`: removes the artifacts no given pipeline reaches, older than `--keep-days`.
 
+use crate::cli::outln;
 use std::collections::HashSet;
 
 use serde::Serialize;
@@ -48,9 +49,9 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
         })?;
     } else {
         for k in &report.removed {
-            println!("{} {k}", if dry_run { "would remove" } else { "removed" });
+            outln!("{} {k}", if dry_run { "would remove" } else { "removed" });
         }
-        println!(
+        outln!(
             "{} {} artifacts, {:.1} MB; kept {} unreachable (too recent or in use)",
             if dry_run { "would free" } else { "freed" },
             report.removed.len(),

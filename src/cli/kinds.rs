@@ -1,19 +1,20 @@
 //! `pipe kinds`: the stage kinds and their parameters.
 
+use crate::cli::outln;
 use crate::stage::Presence;
 use crate::stages;
 
 /// Runs `pipe kinds`; returns its exit code.
 pub fn kinds() -> i32 {
     for k in stages::registry().all() {
-        println!("{} (version {}): {}", k.name(), k.version(), k.about());
+        outln!("{} (version {}): {}", k.name(), k.version(), k.about());
         for p in k.params() {
             let presence = match p.presence {
                 Presence::Required => "required".to_string(),
                 Presence::Optional => "optional".to_string(),
                 Presence::Default(d) => format!("default {d}"),
             };
-            println!(
+            outln!(
                 "  {:<12} {} ({presence}{}): {}",
                 p.name,
                 p.ty.describe(),

@@ -1,5 +1,6 @@
 //! `pipe log`: the log of an instance, failed ones included.
 
+use crate::cli::out;
 use std::path::Path;
 
 use serde::Serialize;
@@ -32,7 +33,7 @@ pub fn log(args: &LogArgs) -> Result<i32, Error> {
             text: &text,
         })?;
     } else {
-        print!("{text}");
+        out!("{text}");
     }
     Ok(0)
 }

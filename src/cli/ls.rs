@@ -1,5 +1,6 @@
 //! `pipe ls`: the artifacts in the cache, optionally of one stage.
 
+use crate::cli::outln;
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -56,7 +57,7 @@ pub fn ls(args: &LsArgs) -> Result<i32, Error> {
         print_json(&items)?;
     } else {
         for m in &rows {
-            println!(
+            outln!(
                 "{}  {:<18} {:<16} {:<28} {:>10} bytes {:>8.2}s",
                 &m.key[..12],
                 m.kind,
@@ -66,7 +67,7 @@ pub fn ls(args: &LsArgs) -> Result<i32, Error> {
                 m.seconds
             );
         }
-        println!("{} artifacts", rows.len());
+        outln!("{} artifacts", rows.len());
     }
     Ok(0)
 }

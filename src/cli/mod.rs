@@ -317,6 +317,39 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// Prints a line to standard output like `println!`, but a closed pipe (`pipe ls | head`)
+/// ends the command quietly with exit code 0 instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+pub(crate) use outln;
+
+/// Prints to standard output like `print!`; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+pub(crate) use out;
+
+/// Standard output failed: a reader that went away (a closed pipe) ends the command with
+/// exit code 0, as `head` expects; any other failure is reported with exit code 1.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -380,7 +413,7 @@ fn load_plan(args: &PipelineArgs) -> Result<Plan, Error> {
 fn print_json<T: Serialize>(value: &T) -> Result<(), Error> {
     let text = serde_json::to_string(value)
         .map_err(|e| Error::usage(format!("cannot print JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `pipe report`: a static HTML page with the findings' figures and a table of the run.
 
+use crate::cli::outln;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -41,7 +42,7 @@ pub fn report(args: ReportArgs, verbosity: Verbosity) -> Result<i32, Error> {
             without_figure: &w.without_figure,
         })?;
     } else if verbosity > Verbosity::Quiet {
-        println!(
+        outln!(
             "{} with {} figures{}",
             w.index.display(),
             w.figures.len(),

@@ -1,6 +1,7 @@
 //! `pipe run`: checks the options, runs the plan's missing instances on this machine or as
 //! Slurm jobs, then prints a summary (or one JSON object) and every failure.
 
+use crate::cli::outln;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,9 +166,9 @@ fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i3
         })?;
     } else {
         for &n in &todo {
-            println!("would run  {}  {}", &plan.graph[n].key[..12], plan.label(n));
+            outln!("would run  {}  {}", &plan.graph[n].key[..12], plan.label(n));
         }
-        println!("{} to run, {} cached", todo.len(), cached.len());
+        outln!("{} to run, {} cached", todo.len(), cached.len());
     }
     Ok(0)
 }
@@ -193,7 +194,7 @@ fn execute(
             let (report, record, interrupted) = run_slurm(plan, store, &opts, s, &progress)?;
             if s.detach && !json && level > Verbosity::Quiet {
                 progress.finish();
-                println!(
+                outln!(
                     "run {}: submitted {} jobs ({} cached); `pipe status` shows them, `pipe cancel {}` cancels them",
                     record.id,
                     record.jobs.len(),
@@ -273,7 +274,7 @@ fn summarize(
             would_run: None,
         })?;
     } else if level != Verbosity::Quiet {
-        println!(
+        outln!(
             "{} executed, {} cached, {} failed, {} skipped in {:.1}s",
             executed.len(),
             cached.len(),

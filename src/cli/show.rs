@@ -1,6 +1,7 @@
 //! `pipe show`: an artifact's manifest, in words or as stored (JSON).
 
 use super::{ShowArgs, cache_dir};
+use crate::cli::outln;
 use crate::error::Error;
 use crate::store::{Manifest, Store};
 
@@ -14,7 +15,7 @@ pub fn show(args: &ShowArgs) -> Result<i32, Error> {
         ))
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
     } else {
         print_text(&store, &key, &m);
     }
@@ -23,27 +24,29 @@ pub fn show(args: &ShowArgs) -> Result<i32, Error> {
 
 /// Prints the manifest of artifact `key` one field per line.
 fn print_text(store: &Store, key: &str, m: &Manifest) {
-    println!("key       {}", m.key);
-    println!("kind      {} (version {})", m.kind, m.version);
-    println!(
+    outln!("key       {}", m.key);
+    outln!("kind      {} (version {})", m.kind, m.version);
+    outln!(
         "stage     {} in pipeline {}, point {}",
         m.stage,
         m.pipeline,
         crate::plan::point_label(&m.point)
     );
-    println!("params    {}", m.params);
+    outln!("params    {}", m.params);
     for (slot, k) in &m.inputs {
-        println!("input     {slot} = {k}");
+        outln!("input     {slot} = {k}");
     }
     for (name, h) in &m.declared_files {
-        println!("declared  {name} = {h}");
+        outln!("declared  {name} = {h}");
     }
-    println!(
+    outln!(
         "ran       {:.2}s on {} with pipe {}",
-        m.seconds, m.host, m.pipe_version
+        m.seconds,
+        m.host,
+        m.pipe_version
     );
-    println!("folder    {}", store.artifact_dir(key).display());
+    outln!("folder    {}", store.artifact_dir(key).display());
     for f in &m.files {
-        println!("file      {} ({} bytes)", f.path, f.size);
+        outln!("file      {} ({} bytes)", f.path, f.size);
     }
 }

@@ -1,5 +1,6 @@
 //! `pipe verify`: rehashes every artifact in the cache and lists the damaged ones.
 
+use crate::cli::outln;
 use serde::Serialize;
 
 use super::{VerifyArgs, cache_dir, print_json};
@@ -31,9 +32,9 @@ pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
         })?;
     } else {
         for d in &damages {
-            println!("damaged {}: {}", d.key, d.problem);
+            outln!("damaged {}: {}", d.key, d.problem);
         }
-        println!(
+        outln!(
             "{n} artifacts checked, {} damaged{}",
             damages.len(),
             if args.fix && !damages.is_empty() {

@@ -228,3 +228,33 @@ fn quiet_verbose_and_completions() {
         );
     }
 }
+
+#[test]
+fn a_closed_stdout_pipe_ends_every_command_quietly() {
+    // `pipe ls | head -1`: the reader goes away. Here it is gone before pipe writes, so
+    // every write fails with EPIPE, deterministically.
+    let p = Project::new();
+    p.write("p.toml", BASIC);
+    let (code, _) = p.run("p.toml", &[]);
+    assert_eq!(code, 0);
+    let key = p.pipe(&["ls", "--json"]);
+    let listed: Json = serde_json::from_slice(&key.stdout).unwrap();
+    let key = listed[0]["key"].as_str().unwrap().to_string();
+    for args in [
+        vec!["ls"],
+        vec!["ls", "--json"],
+        vec!["kinds"],
+        vec!["status", "p.toml"],
+        vec!["show", key.as_str(), "--json"],
+        vec!["log", key.as_str()],
+        vec!["dag", "p.toml"],
+        vec!["completions", "fish"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = p.command(&args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
