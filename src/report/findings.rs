@@ -1,5 +1,6 @@
 //! The four findings of science.md as figures: which table rows go into which line,
-//! averaged over the seed-like sweep variables.
+//! averaged over the seed-like sweep variables. Tables are read as their types in
+//! [`crate::tables`], so no column is named here but as a label.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -11,10 +12,11 @@ use petgraph::graph::NodeIndex;
 use serde_json::Value as Json;
 
 use super::chart::{self, Heat, Line, Panel};
-use super::columns::{floats, strings};
 use super::stats::Stat;
 use crate::export::Gathered;
 use crate::plan::{Plan, point_label};
+use crate::table::Table;
+use crate::tables::{GradNorm, Metrics, Probe, Rollback};
 
 /// One figure of the report, with the numbers behind it.
 #[derive(Debug, Clone)]
@@ -35,7 +37,7 @@ pub struct Figure {
 type Acc = IndexMap<String, BTreeMap<i64, Vec<f64>>>;
 
 /// What the figures are built from: a plan, its gathered tables, the variables averaged over.
-pub struct Source<'a> {
+pub struct FigureData<'a> {
     /// The plan.
     pub plan: &'a Plan,
     /// Its instances' tables.
@@ -44,13 +46,15 @@ pub struct Source<'a> {
     pub over: &'a [String],
 }
 
-impl Source<'_> {
-    fn rows(&self, table: &str) -> &[(NodeIndex, RecordBatch)] {
-        self.gathered
+impl FigureData<'_> {
+    /// Every instance's table `name` (e.g. `metrics`), read as `T`, in plan order.
+    fn tables<T: Table>(&self, name: &str) -> Result<Vec<(NodeIndex, T)>> {
+        let parts = self
+            .gathered
             .tables
-            .get(table)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+            .get(name)
+            .map_or(&[][..], Vec::as_slice);
+        read_tables(parts, name, |node| self.plan.label(node))
     }
 
     /// The instance's sweep point without the averaged variables, e.g. `noise=0.4`.
@@ -70,9 +74,27 @@ impl Source<'_> {
         }
     }
 
-    fn context(&self, node: NodeIndex, table: &str) -> String {
-        format!("table `{table}` of {}", self.plan.label(node))
+    /// The instance's stage name and [`group`](Self::group): one figure each.
+    fn stage_and_group(&self, node: NodeIndex) -> (String, String) {
+        (self.plan.stage_name(node).to_string(), self.group(node))
     }
+}
+
+/// Reads each instance's batch of table `name` as `T`; a batch that does not read says
+/// which table of which instance (`label`) it is: "table `metrics` of train[seed=1]: ...".
+fn read_tables<T: Table>(
+    parts: &[(NodeIndex, RecordBatch)],
+    name: &str,
+    label: impl Fn(NodeIndex) -> String,
+) -> Result<Vec<(NodeIndex, T)>> {
+    parts
+        .iter()
+        .map(|(node, batch)| {
+            let table = T::from_batch(batch)
+                .with_context(|| format!("table `{name}` of {}", label(*node)))?;
+            Ok((*node, table))
+        })
+        .collect()
 }
 
 fn push(acc: &mut Acc, series: &str, x: i64, value: Option<f64>) {
@@ -142,7 +164,9 @@ const CSV_HEADER: &str = "panel,series,x,mean,sd,n\n";
 
 /// Finding 1: test accuracy and corrupted-example accuracy against epoch, a line per
 /// noise level (per group), one figure per training stage.
-pub fn accuracy(src: &Source<'_>) -> Result<Vec<Figure>> {
+pub fn accuracy(data: &FigureData<'_>) -> Result<Vec<Figure>> {
+    // Each panel's CSV label (its `metrics` column) and title, in the order of the values
+    // the loop below takes from each table.
     const PANELS: [(&str, &str); 3] = [
         ("test_acc", "Test accuracy"),
         (
@@ -152,16 +176,19 @@ pub fn accuracy(src: &Source<'_>) -> Result<Vec<Figure>> {
         ("corrupted_true_acc", "Corrupted examples vs true labels"),
     ];
     let mut by_stage: IndexMap<String, [Acc; 3]> = IndexMap::new();
-    for (node, batch) in src.rows("metrics") {
-        let (stage, group) = (src.plan.stage_name(*node), src.group(*node));
-        let ctx = || src.context(*node, "metrics");
-        let epochs = floats(batch, "epoch").with_context(ctx)?;
-        let accs = by_stage.entry(stage.to_string()).or_default();
-        for (acc, (column, _)) in accs.iter_mut().zip(PANELS) {
-            for (e, v) in epochs.iter().zip(floats(batch, column).with_context(ctx)?) {
-                if let Some(e) = e {
-                    push(acc, &group, *e as i64, v);
-                }
+    for (node, m) in data.tables::<Metrics>("metrics")? {
+        let group = data.group(node);
+        let accs = by_stage
+            .entry(data.plan.stage_name(node).to_string())
+            .or_default();
+        let panels = [
+            m.test_acc.iter().copied().map(Some).collect(),
+            m.corrupted_train_acc,
+            m.corrupted_true_acc,
+        ];
+        for (acc, values) in accs.iter_mut().zip(panels) {
+            for (&e, v) in m.epoch.iter().zip(values) {
+                push(acc, &group, e, v);
             }
         }
     }
@@ -194,38 +221,31 @@ pub fn accuracy(src: &Source<'_>) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// Finding 2: capacity, radius and dimension against layer for the three labelings,
-/// at the earliest epoch after initialization and at the final epoch.
-pub fn geometry(src: &Source<'_>) -> Result<Vec<Figure>> {
-    const METRICS: [&str; 3] = ["capacity", "radius", "dimension"];
-    struct Rows {
-        layers: Vec<String>,
-        /// (metric, epoch) -> labeling -> layer index -> values.
-        acc: HashMap<(usize, i64), Acc>,
-        epochs: BTreeSet<i64>,
-    }
-    let mut by: IndexMap<(String, String), Rows> = IndexMap::new();
-    for (node, batch) in src.rows("probe") {
-        let ctx = || src.context(*node, "probe");
-        let key = (src.plan.stage_name(*node).to_string(), src.group(*node));
-        let rows = by.entry(key).or_insert_with(|| Rows {
-            layers: Vec::new(),
-            acc: HashMap::new(),
-            epochs: BTreeSet::new(),
-        });
-        let epochs = floats(batch, "epoch").with_context(ctx)?;
-        let layers = strings(batch, "layer").with_context(ctx)?;
-        let labelings = strings(batch, "labeling").with_context(ctx)?;
-        let values: Vec<Vec<Option<f64>>> = METRICS
-            .iter()
-            .map(|m| floats(batch, m).with_context(ctx))
-            .collect::<Result<_>>()?;
-        for i in 0..batch.num_rows() {
-            let (Some(e), Some(layer), Some(labeling)) = (epochs[i], &layers[i], &labelings[i])
-            else {
-                continue;
-            };
-            let e = e as i64;
+/// Finding 2's measures, as panel labels, in the order of [`geometry_values`].
+const GEOMETRY: [&str; 3] = ["capacity", "radius", "dimension"];
+
+/// One row's values of the [`GEOMETRY`] measures.
+fn geometry_values(p: &Probe, row: usize) -> [f64; 3] {
+    [p.capacity[row], p.radius[row], p.dimension[row]]
+}
+
+/// Finding 2's values of one (stage, group).
+#[derive(Default)]
+struct GeometryRows {
+    /// Layers in the order first seen.
+    layers: Vec<String>,
+    /// (measure, epoch) -> labeling -> layer index -> values.
+    acc: HashMap<(usize, i64), Acc>,
+    /// Every epoch seen.
+    epochs: BTreeSet<i64>,
+}
+
+/// Collects the `probe` tables by (stage, group).
+fn geometry_rows(data: &FigureData<'_>) -> Result<IndexMap<(String, String), GeometryRows>> {
+    let mut by: IndexMap<(String, String), GeometryRows> = IndexMap::new();
+    for (node, p) in data.tables::<Probe>("probe")? {
+        let rows = by.entry(data.stage_and_group(node)).or_default();
+        for (i, (&e, layer)) in p.epoch.iter().zip(&p.layer).enumerate() {
             rows.epochs.insert(e);
             let l = match rows.layers.iter().position(|x| x == layer) {
                 Some(l) => l,
@@ -234,18 +254,20 @@ pub fn geometry(src: &Source<'_>) -> Result<Vec<Figure>> {
                     rows.layers.len() - 1
                 }
             };
-            for (m, v) in values.iter().enumerate() {
-                push(
-                    rows.acc.entry((m, e)).or_default(),
-                    labeling,
-                    l as i64,
-                    v[i],
-                );
+            for (m, v) in geometry_values(&p, i).into_iter().enumerate() {
+                let acc = rows.acc.entry((m, e)).or_default();
+                push(acc, &p.labeling[i], l as i64, Some(v));
             }
         }
     }
+    Ok(by)
+}
+
+/// Finding 2: capacity, radius and dimension against layer for the three labelings,
+/// at the earliest epoch after initialization and at the final epoch.
+pub fn geometry(data: &FigureData<'_>) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    for ((stage, group), rows) in by {
+    for ((stage, group), rows) in geometry_rows(data)? {
         let (Some(&first), Some(&last)) = (rows.epochs.first(), rows.epochs.last()) else {
             continue;
         };
@@ -262,18 +284,18 @@ pub fn geometry(src: &Source<'_>) -> Result<Vec<Figure>> {
         };
         let mut csv = CSV_HEADER.to_string();
         let mut panels = Vec::new();
-        for (m, metric) in METRICS.iter().enumerate() {
+        for (m, measure) in GEOMETRY.iter().enumerate() {
             for &e in &shown {
                 let empty = Acc::new();
                 let acc = rows.acc.get(&(m, e)).unwrap_or(&empty);
-                let name = format!("{metric} at epoch {e}");
+                let name = format!("{measure} at epoch {e}");
                 csv_rows(&mut csv, &name, acc, |x| {
                     rows.layers.get(x as usize).cloned().unwrap_or_default()
                 });
                 panels.push(Panel {
                     title: name,
                     x_label: "layer".into(),
-                    y_label: metric.to_string(),
+                    y_label: measure.to_string(),
                     x_names: Some(rows.layers.clone()),
                     lines: lines(acc),
                 });
@@ -293,20 +315,12 @@ pub fn geometry(src: &Source<'_>) -> Result<Vec<Figure>> {
 
 /// Finding 3: the corrupted examples' share of the gradient norm against epoch, a line per
 /// layer; groups without corrupted examples are left out.
-pub fn gradients(src: &Source<'_>) -> Result<Vec<Figure>> {
+pub fn gradients(data: &FigureData<'_>) -> Result<Vec<Figure>> {
     let mut by: IndexMap<(String, String), Acc> = IndexMap::new();
-    for (node, batch) in src.rows("gradnorm") {
-        let ctx = || src.context(*node, "gradnorm");
-        let epochs = floats(batch, "epoch").with_context(ctx)?;
-        let layers = strings(batch, "layer").with_context(ctx)?;
-        let share = floats(batch, "corrupted_share").with_context(ctx)?;
-        let acc = by
-            .entry((src.plan.stage_name(*node).to_string(), src.group(*node)))
-            .or_default();
-        for i in 0..batch.num_rows() {
-            if let (Some(e), Some(layer)) = (epochs[i], &layers[i]) {
-                push(acc, layer, e as i64, share[i]);
-            }
+    for (node, g) in data.tables::<GradNorm>("gradnorm")? {
+        let acc = by.entry(data.stage_and_group(node)).or_default();
+        for ((&e, layer), &share) in g.epoch.iter().zip(&g.layer).zip(&g.corrupted_share) {
+            push(acc, layer, e, share);
         }
     }
     let mut figures = Vec::new();
@@ -335,44 +349,43 @@ pub fn gradients(src: &Source<'_>) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
+/// Finding 4's test accuracies of one (stage, group).
+#[derive(Default)]
+struct RollbackRows {
+    /// cut-off -> its index in the network.
+    cutoffs: BTreeMap<String, i64>,
+    /// (from_epoch, cut-off) -> values.
+    cells: BTreeMap<(i64, String), Vec<f64>>,
+    /// The final weights' accuracies, nothing rolled back.
+    baseline: Vec<f64>,
+}
+
+/// Collects the `rollback` tables by (stage, group).
+fn rollback_rows(data: &FigureData<'_>) -> Result<IndexMap<(String, String), RollbackRows>> {
+    let mut by: IndexMap<(String, String), RollbackRows> = IndexMap::new();
+    for (node, r) in data.tables::<Rollback>("rollback")? {
+        let rows = by.entry(data.stage_and_group(node)).or_default();
+        for (i, cutoff) in r.cutoff.iter().enumerate() {
+            let (index, test) = (r.cutoff_index[i], r.test_acc[i]);
+            // The stage's own row for the final weights, nothing rolled back.
+            if index < 0 {
+                rows.baseline.push(test);
+                continue;
+            }
+            rows.cutoffs.insert(cutoff.clone(), index);
+            let cell = (r.from_epoch[i], cutoff.clone());
+            rows.cells.entry(cell).or_default().push(test);
+        }
+    }
+    Ok(by)
+}
+
 /// Finding 4: test accuracy after rolling layers back, as a heat map of the epoch rolled
 /// back to against the first layer rolled back, beside the accuracy without rollback
 /// (the stage's row with a negative `cutoff_index`).
-pub fn rollback(src: &Source<'_>) -> Result<Vec<Figure>> {
-    #[derive(Default)]
-    struct Rows {
-        /// cut-off -> its index in the network.
-        cutoffs: BTreeMap<String, i64>,
-        /// (from_epoch, cut-off) -> values.
-        cells: BTreeMap<(i64, String), Vec<f64>>,
-        baseline: Vec<f64>,
-    }
-    let mut by: IndexMap<(String, String), Rows> = IndexMap::new();
-    for (node, batch) in src.rows("rollback") {
-        let ctx = || src.context(*node, "rollback");
-        let from = floats(batch, "from_epoch").with_context(ctx)?;
-        let cutoff = strings(batch, "cutoff").with_context(ctx)?;
-        let index = floats(batch, "cutoff_index").with_context(ctx)?;
-        let test = floats(batch, "test_acc").with_context(ctx)?;
-        let rows = by
-            .entry((src.plan.stage_name(*node).to_string(), src.group(*node)))
-            .or_default();
-        for i in 0..batch.num_rows() {
-            let (Some(e), Some(c), Some(t)) = (from[i], &cutoff[i], test[i]) else {
-                continue;
-            };
-            // The stage's own row for the final weights, nothing rolled back.
-            if index[i].is_some_and(|k| k < 0.0) {
-                rows.baseline.push(t);
-                continue;
-            }
-            rows.cutoffs
-                .insert(c.clone(), index[i].map_or(i64::MAX, |k| k as i64));
-            rows.cells.entry((e as i64, c.clone())).or_default().push(t);
-        }
-    }
+pub fn rollback(data: &FigureData<'_>) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    for ((stage, group), rows) in by {
+    for ((stage, group), rows) in rollback_rows(data)? {
         let mut cols: Vec<(&String, &i64)> = rows.cutoffs.iter().collect();
         cols.sort_by_key(|(name, k)| (**k, (*name).clone()));
         let cols: Vec<String> = cols.into_iter().map(|(n, _)| n.clone()).collect();
@@ -428,5 +441,51 @@ mod tests {
         assert_eq!(field("a,b"), "\"a,b\"");
         assert_eq!(field("plain"), "plain");
         assert_eq!(field("q\",x"), "\"q\"\",x\"");
+    }
+
+    #[test]
+    fn tables_read_as_their_type_or_say_which_table_of_which_instance() {
+        use arrow::array::{Float32Array, Int32Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+
+        let m = Metrics {
+            epoch: vec![0, 1],
+            lr: vec![0.0, 0.5],
+            train_loss: vec![2.0, 1.0],
+            train_acc: vec![0.25, 0.5],
+            clean_acc: vec![0.25, 0.75],
+            corrupted_train_acc: vec![None, Some(0.25)],
+            corrupted_true_acc: vec![None, Some(0.5)],
+            test_loss: vec![2.0, 1.5],
+            test_acc: vec![0.125, 0.5],
+        };
+        // As another tool may write it: int32 epochs, float32 accuracies, an extra column.
+        let written = m.to_batch().unwrap();
+        let mut fields: Vec<Field> = written
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let mut columns = written.columns().to_vec();
+        fields[0] = fields[0].clone().with_data_type(DataType::Int32);
+        columns[0] = Arc::new(Int32Array::from(vec![0, 1]));
+        fields[8] = fields[8].clone().with_data_type(DataType::Float32);
+        columns[8] = Arc::new(Float32Array::from(vec![0.125, 0.5]));
+        fields.push(Field::new("note", DataType::Utf8, true));
+        columns.push(Arc::new(arrow::array::StringArray::from(vec!["a", "b"])));
+        let other = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let label = |n: NodeIndex| format!("train[seed={}]", n.index());
+        let node = NodeIndex::new(2);
+        let read = read_tables::<Metrics>(&[(node, other.clone())], "metrics", label).unwrap();
+        assert_eq!(read, [(node, m)]);
+
+        let without_lr = other.project(&[0, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        let e = read_tables::<Metrics>(&[(node, without_lr)], "metrics", label).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "table `metrics` of train[seed=2]: no column `lr`"
+        );
     }
 }

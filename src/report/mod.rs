@@ -5,7 +5,6 @@
 //! behind each figure in `figures/NAME.csv`.
 
 mod chart;
-mod columns;
 mod findings;
 mod html;
 mod stats;
@@ -67,7 +66,7 @@ pub fn check_over(plan: &Plan, over: &[String], explicit: bool) -> Result<Vec<St
 /// Writes the report of `plan` into `out`, averaging over the sweep variables `over`.
 pub fn report(plan: &Plan, store: &Store, out: &Path, over: &[String]) -> Result<Written, Error> {
     let gathered = gather(plan, store)?;
-    let src = findings::Source {
+    let data = findings::FigureData {
         plan,
         gathered: &gathered,
         over,
@@ -79,10 +78,37 @@ pub fn report(plan: &Plan, store: &Store, out: &Path, over: &[String]) -> Result
         findings::gradients,
         findings::rollback,
     ] {
-        figures.extend(build(&src).map_err(|e| Error::usage(format!("{e:#}")))?);
+        figures.extend(build(&data).map_err(|e| Error::usage(format!("{e:#}")))?);
     }
-    let runs: Vec<html::RunRow> = plan
-        .order
+    let page = html::page(
+        &plan.spec.name,
+        plan.spec.description.as_deref().unwrap_or(""),
+        &format!(
+            "{} UTC from {}",
+            html::utc(unix_now()),
+            plan.spec.path.display()
+        ),
+        over,
+        &figures,
+        &run_rows(plan, store),
+    );
+    let dir = write_files(out, &figures, &page)?;
+    Ok(Written {
+        index: out.join("index.html"),
+        figures: figures
+            .iter()
+            .map(|f| dir.join(format!("{}.svg", f.stem)))
+            .collect(),
+        without_figure: (1..=4)
+            .filter(|i| !figures.iter().any(|f| f.finding == *i))
+            .collect(),
+        missing: gathered.missing,
+    })
+}
+
+/// The run table: every instance of the plan, in plan order, with its manifest if cached.
+fn run_rows(plan: &Plan, store: &Store) -> Vec<html::RunRow> {
+    plan.order
         .iter()
         .map(|&n| {
             let inst = &plan.graph[n];
@@ -101,27 +127,19 @@ pub fn report(plan: &Plan, store: &Store, out: &Path, over: &[String]) -> Result
                 host: m.map(|m| m.host),
             }
         })
-        .collect();
-    let page = html::page(
-        &plan.spec.name,
-        plan.spec.description.as_deref().unwrap_or(""),
-        &format!(
-            "{} UTC from {}",
-            html::utc(unix_now()),
-            plan.spec.path.display()
-        ),
-        over,
-        &figures,
-        &runs,
-    );
+        .collect()
+}
 
-    // Figures go to a fresh folder that replaces the old one, then the page is replaced:
-    // a reader never sees a page naming figures that are not there.
+/// Writes `out/figures/` and then `out/index.html`; returns the figures' folder.
+///
+/// Figures go to a fresh folder that replaces the old one, then the page is replaced:
+/// a reader never sees a page naming figures that are not there.
+fn write_files(out: &Path, figures: &[Figure], page: &str) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let staging = out.join(format!(".figures.tmp.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    for f in &figures {
+    for f in figures {
         for (ext, text) in [("svg", &f.svg), ("csv", &f.csv)] {
             let path = staging.join(format!("{}.{ext}", f.stem));
             write_atomic(&path, text.as_bytes()).map_err(|e| Error::io(&path, e))?;
@@ -134,15 +152,5 @@ pub fn report(plan: &Plan, store: &Store, out: &Path, over: &[String]) -> Result
     std::fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
     let index = out.join("index.html");
     write_atomic(&index, page.as_bytes()).map_err(|e| Error::io(&index, e))?;
-    Ok(Written {
-        index,
-        figures: figures
-            .iter()
-            .map(|f| dir.join(format!("{}.svg", f.stem)))
-            .collect(),
-        without_figure: (1..=4)
-            .filter(|i| !figures.iter().any(|f| f.finding == *i))
-            .collect(),
-        missing: gathered.missing,
-    })
+    Ok(dir)
 }
