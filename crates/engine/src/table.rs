@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use arrow::array::{
     Array, ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int64Array,
     RecordBatch, StringArray, UInt8Array,
@@ -228,6 +228,15 @@ pub fn column<C: Column>(batch: &RecordBatch, name: &str) -> Result<C> {
         let cast = arrow::compute::cast(array, &to).ok()?;
         C::from_array(cast.as_ref())
     };
+    if array.null_count() > 0 && C::cast_to().as_ref() == Some(array.data_type()) {
+        if let Some(c) = C::from_array(array.as_ref()) {
+            return Ok(c);
+        }
+        bail!(
+            "column `{name}` has {} missing values where every row needs one",
+            array.null_count()
+        );
+    }
     C::from_array(array.as_ref())
         .or_else(cast)
         .with_context(|| {
@@ -349,6 +358,20 @@ mod tests {
         assert_eq!(column::<Vec<f64>>(&batch, "n").unwrap(), [7.0, -1.0]);
         let e = Sample::from_batch(&batch).unwrap_err().to_string();
         assert_eq!(e, "no column `X`");
+        let with_null = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)])),
+            vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
+        let e = column::<Vec<i64>>(&with_null, "n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "column `n` has 1 missing values where every row needs one"
+        );
+        assert_eq!(
+            column::<Vec<Option<i64>>>(&with_null, "n").unwrap(),
+            [Some(1), None]
+        );
         let e = column::<FixedRows<u8>>(&batch, "n")
             .unwrap_err()
             .to_string();
