@@ -356,6 +356,80 @@ fn binary_noop(bin: &Path, pipeline: &Pipeline, cache: &Path, runs: usize) -> Re
     Ok(t)
 }
 
+/// `pipe status FILE` through the binary: its wall time.
+fn binary_status(bin: &Path, file: &Path, cache: &Path) -> Res<Duration> {
+    let start = Instant::now();
+    let status = Command::new(bin)
+        .arg("status")
+        .arg(file)
+        .arg("--cache")
+        .arg(cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(format!("`pipe status {}` failed ({status})", file.display()).into());
+    }
+    Ok(start.elapsed())
+}
+
+/// Planning through the binary: one-variable sweeps of `n / 10` and `n` values and an
+/// `sqrt`-shaped product of `n` points, each `pipe status` timed (best of 3). Peak memory
+/// is not measured here: a child's high-water mark on Linux includes this process's.
+fn binary_planning(bin: &Path, dir: &Path, n: usize) -> Res<Vec<String>> {
+    let write = |name: &str, sweep: String| -> Res<PathBuf> {
+        let path = dir.join(format!("{name}.toml"));
+        let vars: Vec<&str> = sweep
+            .lines()
+            .filter_map(|l| l.split(" = ").next())
+            .collect();
+        let args: Vec<String> = vars.iter().map(|v| format!("\"${{{v}}}\"")).collect();
+        fs::write(
+            &path,
+            format!(
+                "[pipeline]\nname = \"{name}\"\n[sweep]\n{sweep}\n[stage.a]\nkind = \"exec\"\ncmd = [\"true\", {}]\n",
+                args.join(", ")
+            ),
+        )?;
+        Ok(path)
+    };
+    let list = |k: usize| (0..k).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let cache = dir.join("status-cache");
+    let small = (n / 10).max(1);
+    let a = ((n as f64).sqrt() / 3.0).round().max(1.0) as usize;
+    let b = n.div_ceil(a);
+    let cases = [
+        (small, write("one_small", format!("v = [{}]", list(small)))?),
+        (n, write("one_large", format!("v = [{}]", list(n)))?),
+        (
+            a * b,
+            write("product", format!("a = [{}]\nb = [{}]", list(a), list(b)))?,
+        ),
+    ];
+    let mut lines = Vec::new();
+    let mut times = Vec::new();
+    for (count, file) in &cases {
+        let mut t = binary_status(bin, file, &cache)?;
+        for _ in 0..2 {
+            t = t.min(binary_status(bin, file, &cache)?);
+        }
+        times.push(t);
+        lines.push(format!(
+            "`pipe status` (process), {:<10} {count:>8} instances {:>9.3} s",
+            file.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            t.as_secs_f64(),
+        ));
+    }
+    lines.push(format!(
+        "10x the instances (one variable) took {:.1}x the time (goal <= 10x)",
+        times[1].as_secs_f64() / times[0].as_secs_f64().max(1e-9)
+    ));
+    Ok(lines)
+}
+
 fn scale_from_args() -> Res<f64> {
     let mut scale = None;
     let mut args = std::env::args().skip(1);
@@ -574,6 +648,7 @@ fn main() -> Res<()> {
                 ..row("no-op `pipe run --json` (process)", n1k, 5, t_bin1k)
             });
             notes.push(format!("binary: {}", bin.display()));
+            notes.extend(binary_planning(&bin, dir.path(), inner(100_000))?);
         }
         None => notes.push(format!(
             "skipped the binary end-to-end run: {} does not exist (run `cargo build --release`)",

@@ -1,5 +1,7 @@
 //! The `[sweep]` table: variables, their values, and the points they expand to.
 
+use std::collections::HashSet;
+
 use serde_json::Value as Json;
 
 use super::node::{KeyNode, Node, Value};
@@ -34,6 +36,25 @@ pub fn same_value(a: &Json, b: &Json) -> bool {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => x.as_f64() == y.as_f64(),
         _ => a == b,
+    }
+}
+
+/// A sweep value as a hashable key that is equal exactly when [`same_value`] says so, so
+/// that duplicate values are found in linear time.
+#[derive(Hash, PartialEq, Eq)]
+enum ValueKey {
+    /// A number, by the bits of its `f64` value (`-0.0` as `0.0`).
+    Number(u64),
+    /// Any other scalar, by its JSON text.
+    Other(String),
+}
+
+impl ValueKey {
+    fn of(v: &Json) -> ValueKey {
+        match v.as_f64() {
+            Some(x) if v.is_number() => ValueKey::Number(if x == 0.0 { 0 } else { x.to_bits() }),
+            _ => ValueKey::Other(v.to_string()),
+        }
     }
 }
 
@@ -217,9 +238,10 @@ fn parse_var(name: &str, key: &KeyNode, value: &Node) -> Result<SweepVar, Error>
         ));
     }
     let mut values: Vec<Json> = Vec::with_capacity(items.len());
+    let mut seen: HashSet<ValueKey> = HashSet::with_capacity(items.len());
     for item in items {
         let v = scalar(item, &path)?;
-        if values.iter().any(|x| same_value(x, &v)) {
+        if !seen.insert(ValueKey::of(&v)) {
             return Err(Error::at(
                 &item.loc,
                 &path,
@@ -295,4 +317,46 @@ fn scalar(node: &Node, path: &str) -> Result<Json, Error> {
         }
     };
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Source;
+
+    fn parse_sweep(text: &str) -> Result<Sweep, Error> {
+        let source = Source::new("s.toml", text.to_string());
+        let doc = super::super::node::parse_document(&source)?;
+        let Value::Table(t) = &doc.value else {
+            unreachable!("a document is a table")
+        };
+        Sweep::parse(t.get("sweep").map(|(_, n)| n))
+    }
+
+    #[test]
+    fn duplicates_are_found_by_value_whatever_their_spelling() {
+        for (values, twice) in [
+            ("[1, 1.0]", Some("1.0")),
+            ("[0.0, -0.0]", Some("0.0")),
+            ("[\"a\", \"b\", \"a\"]", Some("\"a\"")),
+            ("[true, false, true]", Some("true")),
+            ("[1, \"1\", true]", None),
+            ("[0.1, 0.2, 0.30000000000000004, 0.3]", None),
+        ] {
+            let r = parse_sweep(&format!("[sweep]\nv = {values}\n"));
+            match twice {
+                Some(v) => {
+                    let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+                    assert!(
+                        e.contains(&format!("value {v} is listed twice")),
+                        "{values}: {e}"
+                    );
+                }
+                None => assert_eq!(
+                    r.map(|s| s.points.len()).ok(),
+                    Some(values.matches(',').count() + 1)
+                ),
+            }
+        }
+    }
 }
