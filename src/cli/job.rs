@@ -1,6 +1,7 @@
 //! `pipe job` (hidden): computes one instance from a job file; what a Slurm job runs on
 //! its node. Writes the outcome next to the job file for the submitting `pipe run`.
 
+use crate::cli::errln;
 use std::path::Path;
 
 use super::JobArgs;
@@ -28,13 +29,13 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
         .unwrap_or(1)
         .max(1);
     let outcome = compute_instance(&job, kind, &store, threads, &mut |h| {
-        eprintln!("waiting for {h}, which holds the lock of {}", job.key);
+        errln!("waiting for {h}, which holds the lock of {}", job.key);
     });
     if let (Some(url), Outcome::Executed { .. }) = (&job.remote, &outcome) {
         let keys = std::iter::once(&job.key).chain(&job.parts);
         if let Err(e) = Remote::open(url).and_then(|r| r.push_all(&store, keys.map(String::as_str)))
         {
-            eprintln!("warning: {e}");
+            errln!("warning: {e}");
         }
     }
     write_outcome(file, &outcome)?;
@@ -53,7 +54,7 @@ fn write_outcome(file: &Path, outcome: &Outcome) -> Result<(), Error> {
 fn report(job: &InstanceJob, outcome: Outcome) -> i32 {
     match outcome {
         Outcome::Executed { seconds } => {
-            eprintln!("{} {}: done in {seconds:.2}s", job.stage, job.key);
+            errln!("{} {}: done in {seconds:.2}s", job.stage, job.key);
             0
         }
         Outcome::Cached => 0,
@@ -62,7 +63,7 @@ fn report(job: &InstanceJob, outcome: Outcome) -> i32 {
             log,
             bad_data,
         } => {
-            eprintln!(
+            errln!(
                 "{} {} failed: {message}\n  log: {}",
                 job.stage,
                 job.key,

@@ -340,13 +340,23 @@ macro_rules! out {
 }
 pub(crate) use out;
 
+/// Prints a line to standard error like `eprintln!`, but a closed stderr (`pipe run ... 2>&1
+/// | head`) is ignored instead of a panic: there is nowhere left to say anything.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use errln;
+
 /// Standard output failed: a reader that went away (a closed pipe) ends the command with
 /// exit code 0, as `head` expects; any other failure is reported with exit code 1.
 pub fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
-    eprintln!("error: cannot write to standard output: {e}");
+    errln!("error: cannot write to standard output: {e}");
     std::process::exit(1);
 }
 
@@ -362,7 +372,7 @@ pub fn main() -> i32 {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             e.exit_code()
         }
     }
@@ -420,7 +430,7 @@ fn print_json<T: Serialize>(value: &T) -> Result<(), Error> {
 /// Says on stderr which instances `export` or `report` left out because they are not cached.
 fn note_left_out(plan: &Plan, missing: &[NodeIndex]) {
     if !missing.is_empty() {
-        eprintln!(
+        errln!(
             "note: {} instances are not in the cache and were left out (run the pipeline to include them): {}",
             missing.len(),
             missing

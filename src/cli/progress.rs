@@ -1,6 +1,7 @@
 //! The progress display of `pipe run`: an [`Observer`] that turns executor events into a
 //! progress bar (on a terminal) or log lines (otherwise), on stderr.
 
+use crate::cli::errln;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -61,7 +62,7 @@ impl Progress {
         }
         match &self.bar {
             Some(b) => b.println(msg),
-            None => eprintln!("{msg}"),
+            None => errln!("{msg}"),
         }
     }
 
@@ -124,7 +125,7 @@ impl Progress {
         if warning {
             match &self.bar {
                 Some(b) => b.println(format!("warning: {msg}")),
-                None => eprintln!("warning: {msg}"),
+                None => errln!("warning: {msg}"),
             }
         } else {
             self.say(msg);

@@ -1,7 +1,7 @@
 //! `pipe run`: checks the options, runs the plan's missing instances on this machine or as
 //! Slurm jobs, then prints a summary (or one JSON object) and every failure.
 
-use crate::cli::outln;
+use crate::cli::{errln, outln};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,7 +204,7 @@ fn execute(
                 return Ok(0);
             }
             if interrupted {
-                eprintln!("interrupted: cancelled the jobs of run {}", record.id);
+                errln!("interrupted: cancelled the jobs of run {}", record.id);
             }
             (report, Some(record), interrupted)
         }
@@ -290,7 +290,7 @@ fn summarize(
 fn print_failures(plan: &Plan, report: &RunReport, level: Verbosity) {
     for (n, o) in &report.outcomes {
         if let Outcome::Failed { message, log, .. } = o {
-            eprintln!(
+            errln!(
                 "failed: {} (key {}): {message}\n  log: {}",
                 plan.label(*n),
                 &plan.graph[*n].key[..12],
@@ -300,7 +300,7 @@ fn print_failures(plan: &Plan, report: &RunReport, level: Verbosity) {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
                 for line in &lines[lines.len().saturating_sub(20)..] {
-                    eprintln!("  | {line}");
+                    errln!("  | {line}");
                 }
             }
         }

@@ -230,7 +230,7 @@ fn quiet_verbose_and_completions() {
 }
 
 #[test]
-fn a_closed_stdout_pipe_ends_every_command_quietly() {
+fn a_closed_output_pipe_ends_every_command_quietly() {
     // `pipe ls | head -1`: the reader goes away. Here it is gone before pipe writes, so
     // every write fails with EPIPE, deterministically.
     let p = Project::new();
@@ -256,5 +256,15 @@ fn a_closed_stdout_pipe_ends_every_command_quietly() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }    // `pipe run ... 2>&1 | head`: progress and errors go to a closed stderr; the command
+    // still ends with its own exit code, not a panic's 101.
+    for (args, code) in [
+        (vec!["run", "p.toml", "--set", "stage.corrupt.seed=9"], 0),
+        (vec!["status", "missing.toml"], 2),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = p.command(&args).stderr(writer).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
     }
 }
