@@ -256,7 +256,7 @@ fn a_closed_output_pipe_ends_every_command_quietly() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
-    }    // `pipe run ... 2>&1 | head`: progress and errors go to a closed stderr; the command
+    } // `pipe run ... 2>&1 | head`: progress and errors go to a closed stderr; the command
     // still ends with its own exit code, not a panic's 101.
     for (args, code) in [
         (vec!["run", "p.toml", "--set", "stage.corrupt.seed=9"], 0),

@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Loc};
 pub use crate::key::{KEY_SCHEMA, canonical_json, compute_key};
-use crate::spec::{Spec, node, template};
+use crate::spec::{Spec, template};
 use crate::stage::{CheckEnv, InputInfo, Params, Presence};
 use crate::store::index::{IndexEntry, entry_id};
 
@@ -153,7 +153,8 @@ impl Plan {
                             let v = match defaults.get(lit) {
                                 Some(v) => v.clone(),
                                 None => {
-                                    let v = parse_default(lit);
+                                    let v = crate::stage::default_literal(lit)
+                                        .map_err(|m| Error::at(&stage.loc, &path, m))?;
                                     defaults.insert(lit, v.clone());
                                     v
                                 }
@@ -299,15 +300,6 @@ fn param_loc(stage: &crate::spec::StageSpec, param: Option<&str>) -> (Loc, Strin
         None => format!("stage.{}", stage.name),
     };
     (stage.loc.clone(), path)
-}
-
-fn parse_default(lit: &str) -> Json {
-    let source = crate::error::Source::new("<default>", format!("v = {lit}"));
-    let doc = node::parse_document(&source).expect("built-in defaults are valid TOML");
-    let node::Value::Table(t) = doc.value else {
-        unreachable!("a document is a table")
-    };
-    template::resolve(&t["v"].1, &|_| None, "").expect("built-in defaults hold no references")
 }
 
 #[cfg(test)]

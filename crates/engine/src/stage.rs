@@ -158,49 +158,6 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
-impl ParamSpec {
-    /// A required parameter that is part of the key.
-    pub const fn required(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-        ParamSpec {
-            name,
-            ty,
-            presence: Presence::Required,
-            in_key: true,
-            doc,
-        }
-    }
-    /// An optional parameter that is part of the key.
-    pub const fn optional(name: &'static str, ty: ParamType, doc: &'static str) -> ParamSpec {
-        ParamSpec {
-            name,
-            ty,
-            presence: Presence::Optional,
-            in_key: true,
-            doc,
-        }
-    }
-    /// A parameter with a default (a TOML literal) that is part of the key.
-    pub const fn default(
-        name: &'static str,
-        ty: ParamType,
-        default: &'static str,
-        doc: &'static str,
-    ) -> ParamSpec {
-        ParamSpec {
-            name,
-            ty,
-            presence: Presence::Default(default),
-            in_key: true,
-            doc,
-        }
-    }
-    /// The same parameter, left out of the key (it cannot change the output).
-    pub const fn not_in_key(mut self) -> ParamSpec {
-        self.in_key = false;
-        self
-    }
-}
-
 /// An input slot a stage kind takes.
 #[derive(Clone, Copy, Debug)]
 pub struct Slot {
@@ -280,7 +237,12 @@ pub trait KindParams: serde::de::DeserializeOwned + Send + Sync + 'static {
             .iter()
             .filter(|s| !values.contains_key(s.name))
             .filter_map(|s| match s.presence {
-                Presence::Default(lit) => Some(default_value(s, lit).map(|v| (s.name, v))),
+                Presence::Default(lit) => Some(
+                    default_literal(lit)
+                        .and_then(|v| s.ty.coerce(v))
+                        .map(|v| (s.name, v))
+                        .map_err(|e| format!("the default of `{}`: {e}", s.name)),
+                ),
                 _ => None,
             })
             .collect::<Result<_, _>>()?;
@@ -293,12 +255,13 @@ pub trait KindParams: serde::de::DeserializeOwned + Send + Sync + 'static {
     }
 }
 
-/// A declared default (a TOML literal) as the value the spec would resolve it to.
-pub fn default_value(spec: &ParamSpec, literal: &str) -> Result<Json, String> {
+/// A declared default, a TOML literal (`"[512, 512]"`, `"\"auto\""`), as its JSON value
+/// before the parameter's type is applied. The plan fills absent parameters with it, and
+/// [`KindParams::parse`] fills what a manifest leaves out.
+pub fn default_literal(literal: &str) -> Result<Json, String> {
     let doc: toml::Table = toml::from_str(&format!("v = {literal}"))
-        .map_err(|e| format!("the default of `{}` is not TOML: {e}", spec.name))?;
-    let raw = serde_json::to_value(&doc["v"]).map_err(|e| e.to_string())?;
-    spec.ty.coerce(raw)
+        .map_err(|e| format!("the default {literal} is not a TOML value: {e}"))?;
+    serde_json::to_value(&doc["v"]).map_err(|e| e.to_string())
 }
 
 /// A Rust type a parameter can have, and the [`ParamType`] the spec checks values against.
@@ -560,7 +523,9 @@ impl RunContext<'_> {
     }
 }
 
-/// A kind of stage: its parameters, inputs, key-relevant files and the work it does.
+/// A kind of stage as the engine holds it (`&'static dyn StageKind`): its parameters,
+/// inputs, key-relevant files and the work it does. Kinds implement [`Kind`]; the blanket
+/// impl below makes each one a `StageKind`, so the defaults live in [`Kind`] alone.
 pub trait StageKind: Send + Sync {
     /// The name used as `kind = "..."`.
     fn name(&self) -> &'static str;
@@ -573,35 +538,20 @@ pub trait StageKind: Send + Sync {
     /// The inputs it takes.
     fn inputs(&self) -> Inputs;
     /// Checks resolved parameters beyond their types, before any work starts.
-    fn check(&self, _params: &Params, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        Ok(())
-    }
+    fn check(&self, params: &Params, env: &CheckEnv<'_>) -> Result<(), ParamError>;
     /// Files whose content goes into the key (scripts, data files).
-    fn files(&self, _params: &Params, _env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
-        Vec::new()
-    }
+    fn files(&self, params: &Params, env: &CheckEnv<'_>) -> Vec<DeclaredFile>;
     /// Further artifacts an instance produces (checkpoints), keyed from its parameters and
     /// input keys (slot -> key) alone, so that `status` can list them before anything runs.
-    fn parts(&self, _params: &Params, _input_keys: &[(String, String)]) -> Vec<Part> {
-        Vec::new()
-    }
+    fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part>;
     /// The Parquet tables (file stems in the artifact) that `pipe export` gathers across
     /// sweep points, e.g. `metrics` for `metrics.parquet`.
-    fn tables(&self, _params: &Params) -> Vec<String> {
-        Vec::new()
-    }
+    fn tables(&self, params: &Params) -> Vec<String>;
     /// How many threads an instance wants; the scheduler may give fewer.
-    fn threads(&self, _params: &Params) -> usize {
-        1
-    }
+    fn threads(&self, params: &Params) -> usize;
     /// What a cluster job of an instance asks for unless the stage's `resources` table says
-    /// otherwise: by default its threads as CPUs.
-    fn resources(&self, params: &Params) -> Resources {
-        Resources {
-            cpus: Some(self.threads(params).max(1) as u32),
-            ..Default::default()
-        }
-    }
+    /// otherwise.
+    fn resources(&self, params: &Params) -> Resources;
     /// Does the work: reads inputs, writes files under `ctx.out`, nothing else.
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()>;
 }
