@@ -116,10 +116,13 @@ fn populate(plan: &Plan, store: &Store) -> Res<()> {
     for &n in &plan.order {
         let inst = &plan.graph[n];
         let stage = &plan.spec.stages[inst.stage];
-        let tmp = store.begin(&inst.key)?;
+        let key = plan
+            .resolve(n, store)
+            .ok_or("populate: an input's key is unknown")?;
+        let tmp = store.begin(&key)?;
         fs::write(tmp.join("out.txt"), inst.point.to_string())?;
         let draft = Manifest {
-            key: inst.key.clone(),
+            key,
             kind: stage.kind.name().to_string(),
             version: stage.kind.version(),
             stage: stage.name.clone(),
@@ -129,10 +132,11 @@ fn populate(plan: &Plan, store: &Store) -> Res<()> {
             inputs: inst
                 .inputs
                 .iter()
-                .map(|(s, up)| (s.clone(), plan.graph[*up].key.clone()))
+                .map(|(s, up)| (s.clone(), plan.key(*up).unwrap_or_default()))
                 .collect(),
             declared_files: inst.files.iter().cloned().collect(),
             files: Vec::new(),
+            parts: Default::default(),
             started: 0.0,
             seconds: 0.0,
             pipe_version: "bench".to_string(),
@@ -194,25 +198,24 @@ fn key_hash_peer(plan: &Plan, runs: usize) -> Res<Duration> {
         .map(|&n| {
             let inst = &plan.graph[n];
             let stage = &plan.spec.stages[inst.stage];
-            let inputs: Vec<(String, String)> = inst
-                .inputs
-                .iter()
-                .map(|(s, up)| (s.clone(), plan.graph[*up].key.clone()))
-                .collect();
+            let resolved = inst.resolved.get().unwrap_or_else(|| pipe::plan::Resolved {
+                key: String::new(),
+                input_ids: Vec::new(),
+            });
             (
                 stage.kind.name(),
                 stage.kind.version(),
                 &inst.key_params,
-                inputs,
+                resolved.input_ids,
                 &inst.files,
-                &inst.key,
+                resolved.key,
             )
         })
         .collect();
     let (t, ok) = best(runs, || {
         let mut ok = true;
         for (kind, version, params, inputs, files, key) in &ingredients {
-            ok &= compute_key(kind, *version, params, inputs, files) == **key;
+            ok &= compute_key(kind, *version, params, inputs, files) == *key;
         }
         Ok(ok)
     })?;
@@ -238,10 +241,8 @@ fn blake3_peer(plan: &Plan, runs: usize) -> Res<Duration> {
             doc.insert("kind".into(), Json::from(stage.kind.name()));
             doc.insert("version".into(), Json::from(stage.kind.version()));
             doc.insert("params".into(), Json::Object(inst.key_params.clone()));
-            let inputs = inst
-                .inputs
-                .iter()
-                .map(|(s, up)| (s.clone(), Json::from(plan.graph[*up].key.as_str())));
+            let ids = inst.resolved.get().map(|r| r.input_ids).unwrap_or_default();
+            let inputs = ids.into_iter().map(|(s, id)| (s, Json::from(id)));
             doc.insert("inputs".into(), Json::Object(inputs.collect()));
             let files = inst
                 .files
@@ -262,7 +263,7 @@ fn blake3_peer(plan: &Plan, runs: usize) -> Res<Duration> {
     if hashes
         .iter()
         .zip(&plan.order)
-        .any(|(h, &n)| h.to_hex().as_str() != plan.graph[n].key)
+        .any(|(h, &n)| Some(h.to_hex().to_string()) != plan.key(n))
     {
         return Err("blake3 peer: the canonical text does not give the plan's keys".into());
     }
@@ -274,7 +275,11 @@ fn read_peer(plan: &Plan, store: &Store, runs: usize) -> Res<Duration> {
     let paths: Vec<PathBuf> = plan
         .order
         .iter()
-        .map(|&n| store.artifact_dir(&plan.graph[n].key).join(MANIFEST))
+        .map(|&n| {
+            store
+                .artifact_dir(&plan.key(n).unwrap_or_default())
+                .join(MANIFEST)
+        })
         .collect();
     let (t, bytes) = best(runs, || {
         let mut total = 0;
@@ -294,7 +299,11 @@ fn stat_peer(plan: &Plan, store: &Store, runs: usize) -> Res<Duration> {
     let paths: Vec<PathBuf> = plan
         .order
         .iter()
-        .map(|&n| store.artifact_dir(&plan.graph[n].key).join(MANIFEST))
+        .map(|&n| {
+            store
+                .artifact_dir(&plan.key(n).unwrap_or_default())
+                .join(MANIFEST)
+        })
         .collect();
     let (t, ok) = best(runs, || {
         Ok(paths
@@ -605,7 +614,7 @@ fn main() -> Res<()> {
         Ok(plan10k
             .order
             .iter()
-            .all(|&n| store10k.is_complete(&plan10k.graph[n].key)))
+            .all(|&n| plan10k.key(n).is_some_and(|k| store10k.is_complete(&k))))
     })?;
     if !ok {
         return Err("is_complete: an artifact is incomplete".into());

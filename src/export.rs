@@ -88,7 +88,8 @@ fn with_point(
         cols.push(constant_column(&ty, inst.point.get(&var.name), n));
         fields.push(Field::new(name, ty, true));
     }
-    for (name, value) in [("stage", plan.stage_name(node)), ("key", inst.key.as_str())] {
+    let key = inst.key().unwrap_or_default();
+    for (name, value) in [("stage", plan.stage_name(node)), ("key", key.as_str())] {
         let name = if taken(name, &fields) {
             format!("pipe_{name}")
         } else {
@@ -119,11 +120,11 @@ pub fn gather(plan: &Plan, store: &Store) -> Result<Gathered, Error> {
         if tables.is_empty() {
             continue;
         }
-        if !store.is_complete(&inst.key) {
+        let Some(key) = inst.key().filter(|k| store.is_complete(k)) else {
             gathered.missing.push(node);
             continue;
-        }
-        let dir = store.artifact_dir(&inst.key);
+        };
+        let dir = store.artifact_dir(&key);
         for t in tables {
             let file = dir.join(format!("{t}.parquet"));
             let batch = read_parquet(&file)

@@ -20,7 +20,7 @@ pub enum DagFormat {
 /// Renders the instance DAG.
 pub fn dag(plan: &Plan, format: DagFormat) -> String {
     let mut out = String::new();
-    let key = |n: petgraph::graph::NodeIndex| plan.graph[n].key[..12].to_string();
+    let key = |n: petgraph::graph::NodeIndex| plan.short_key(n).trim_end().to_string();
     match format {
         DagFormat::Text => {
             for &n in &plan.order {

@@ -72,8 +72,8 @@ fn reachable(args: &GcArgs, store: &Store) -> Result<HashSet<String>, Error> {
             cache: args.cache.clone(),
         })?;
         for &n in &plan.order {
-            keys.insert(plan.graph[n].key.clone());
-            for (part, _) in status::parts(&plan, store, &plan.graph[n]) {
+            keys.extend(plan.key(n));
+            for (part, _) in status::parts(&plan, store, n) {
                 keys.insert(part.key);
             }
         }

@@ -17,7 +17,7 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
     let file = &args.file;
     let store = Store::new(args.cache.clone());
     let text = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-    let job: InstanceJob = serde_json::from_slice(&text)
+    let mut job: InstanceJob = serde_json::from_slice(&text)
         .map_err(|e| Error::usage(format!("{}: not a job file: {e}", file.display())))?;
     let registry = stages::registry();
     let kind = registry
@@ -28,23 +28,41 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
         .and_then(|c| c.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
-    let outcome = compute_instance(&job, kind, &store, threads, &mut |h| {
-        errln!("waiting for {h}, which holds the lock of {}", job.key);
-    });
-    if let (Some(url), Outcome::Executed { .. }) = (&job.remote, &outcome) {
-        let keys = std::iter::once(&job.key).chain(&job.parts);
-        if let Err(e) = Remote::open(url).and_then(|r| r.push_all(&store, keys.map(String::as_str)))
-        {
-            errln!("warning: {e}");
+    // Resolve the key first: with the remote cache, a key it has is pulled, not computed.
+    let remote = job.remote.as_deref().map(Remote::open);
+    if let (Some(Ok(r)), Ok(())) = (&remote, job.resolve(&store, kind)) {
+        let keys: Vec<String> = std::iter::once(job.key().to_string())
+            .chain(job.part_keys(kind))
+            .collect();
+        for key in keys.iter().filter(|k| !store.is_complete(k)) {
+            if let Err(e) = r.pull(&store, key) {
+                errln!("warning: {e}; computing it here");
+                break;
+            }
         }
     }
-    write_outcome(file, &outcome)?;
+    let stage = job.stage.clone();
+    let outcome = compute_instance(&mut job, kind, &store, threads, &mut |h| {
+        errln!("waiting for {h}, which computes the same artifact of {stage}");
+    });
+    if let (Some(Ok(r)), Outcome::Executed { .. }) = (&remote, &outcome) {
+        let keys: Vec<String> = std::iter::once(job.key().to_string())
+            .chain(job.part_keys(kind))
+            .collect();
+        if let Err(e) = r.push_all(&store, keys.iter().map(String::as_str)) {
+            errln!("warning: {e}");
+        }
+    } else if let Some(Err(e)) = &remote {
+        errln!("warning: {e}");
+    }
+    write_outcome(file, &outcome, job.key.clone())?;
     Ok(report(&job, outcome))
 }
 
 /// Writes the outcome file the submitting run reads.
-fn write_outcome(file: &Path, outcome: &Outcome) -> Result<(), Error> {
-    let record = slurm::JobOutcome::of(outcome);
+fn write_outcome(file: &Path, outcome: &Outcome, key: Option<String>) -> Result<(), Error> {
+    let mut record = slurm::JobOutcome::of(outcome);
+    record.key = key;
     let path = slurm::outcome_path(file);
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
     crate::store::write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))
@@ -54,7 +72,7 @@ fn write_outcome(file: &Path, outcome: &Outcome) -> Result<(), Error> {
 fn report(job: &InstanceJob, outcome: Outcome) -> i32 {
     match outcome {
         Outcome::Executed { seconds } => {
-            errln!("{} {}: done in {seconds:.2}s", job.stage, job.key);
+            errln!("{} {}: done in {seconds:.2}s", job.stage, job.key());
             0
         }
         Outcome::Cached => 0,
@@ -66,7 +84,7 @@ fn report(job: &InstanceJob, outcome: Outcome) -> i32 {
             errln!(
                 "{} {} failed: {message}\n  log: {}",
                 job.stage,
-                job.key,
+                job.key(),
                 log.display()
             );
             if bad_data { 2 } else { 1 }

@@ -412,11 +412,14 @@ fn cache_dir(arg: &Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("cache"))
 }
 
-/// Loads the pipeline with its overrides and plans it.
+/// Loads the pipeline with its overrides and plans it, with every key that the cache
+/// allows resolved.
 fn load_plan(args: &PipelineArgs) -> Result<Plan, Error> {
     let registry = stages::registry();
     let spec = Spec::load(&args.file, &args.set, &registry)?;
-    Plan::build(spec, &mut FileHasher::default())
+    let plan = Plan::build(spec, &mut FileHasher::default())?;
+    plan.resolve_all(&crate::store::Store::new(cache_dir(&args.cache)));
+    Ok(plan)
 }
 
 /// Prints `value` on stdout as one line of JSON.
@@ -446,8 +449,8 @@ fn note_left_out(plan: &Plan, missing: &[NodeIndex]) {
 /// An instance in JSON output: `{"key", "point", "stage"}`.
 #[derive(Serialize)]
 struct Item<'a> {
-    /// The instance's key.
-    key: &'a str,
+    /// The instance's key (`null` while an input's output is not known).
+    key: Option<String>,
     /// Its sweep point.
     point: &'a Json,
     /// Its stage's name.
@@ -459,7 +462,7 @@ impl<'a> Item<'a> {
     fn of(plan: &'a Plan, n: NodeIndex) -> Item<'a> {
         let inst = &plan.graph[n];
         Item {
-            key: &inst.key,
+            key: inst.key(),
             point: &inst.point,
             stage: plan.stage_name(n),
         }

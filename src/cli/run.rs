@@ -43,6 +43,10 @@ struct RunJson<'a> {
     /// With `--dry-run`: the instances that would run.
     #[serde(skip_serializing_if = "Option::is_none")]
     would_run: Option<Vec<Item<'a>>>,
+    /// With `--dry-run`: the instances whose key depends on an input's output not
+    /// computed yet; they run only if that output differs from what they last read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    may_run: Option<Vec<Item<'a>>>,
 }
 
 /// One submitted Slurm job in `pipe run --json`.
@@ -50,8 +54,8 @@ struct RunJson<'a> {
 struct JobJson<'a> {
     /// Slurm's job id.
     job_id: &'a str,
-    /// The instance's key.
-    key: &'a str,
+    /// The instance's recipe (its job's name; its key may be known only on the node).
+    recipe: &'a str,
     /// `stage[point]`.
     label: &'a str,
     /// Slurm's log of the job.
@@ -63,7 +67,7 @@ impl<'a> JobJson<'a> {
     fn of(j: &'a JobRecord) -> JobJson<'a> {
         JobJson {
             job_id: &j.job_id,
-            key: &j.key,
+            recipe: &j.recipe,
             label: &j.label,
             slurm_log: &j.slurm_log,
         }
@@ -150,9 +154,11 @@ fn slurm_options(args: RunArgs) -> Result<Option<SlurmOptions>, Error> {
 /// `--dry-run`: lists what would run (or prints it as JSON); runs nothing.
 fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i32, Error> {
     let nodes = exec::selected(plan, only);
-    let (cached, todo): (Vec<NodeIndex>, Vec<NodeIndex>) = nodes
+    let (cached, rest): (Vec<NodeIndex>, Vec<NodeIndex>) = nodes
         .into_iter()
-        .partition(|&n| store.is_complete(&plan.graph[n].key));
+        .partition(|&n| plan.key(n).is_some_and(|k| store.is_complete(&k)));
+    let (todo, may): (Vec<NodeIndex>, Vec<NodeIndex>) =
+        rest.into_iter().partition(|&n| plan.key(n).is_some());
     if json {
         print_json(&RunJson {
             cached: Item::list(plan, &cached),
@@ -163,14 +169,39 @@ fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i3
             skipped: Vec::new(),
             submitted: None,
             would_run: Some(Item::list(plan, &todo)),
+            may_run: Some(Item::list(plan, &may)),
         })?;
     } else {
-        for &n in &todo {
-            outln!("would run  {}  {}", &plan.graph[n].key[..12], plan.label(n));
+        for &n in &nodes_in_order(plan, &todo, &may) {
+            if plan.key(n).is_some() {
+                outln!("would run  {}  {}", plan.short_key(n), plan.label(n));
+            } else {
+                outln!(
+                    "may run    {}  {} ({})",
+                    plan.short_key(n),
+                    plan.label(n),
+                    crate::status::may_run_reason(plan, store, n)
+                );
+            }
         }
-        outln!("{} to run, {} cached", todo.len(), cached.len());
+        let may_text = if may.is_empty() {
+            String::new()
+        } else {
+            format!(", {} may run", may.len())
+        };
+        outln!("{} to run{may_text}, {} cached", todo.len(), cached.len());
     }
     Ok(0)
+}
+
+/// `a` and `b` merged in plan order.
+fn nodes_in_order(plan: &Plan, a: &[NodeIndex], b: &[NodeIndex]) -> Vec<NodeIndex> {
+    let chosen: std::collections::HashSet<NodeIndex> = a.iter().chain(b).copied().collect();
+    plan.order
+        .iter()
+        .copied()
+        .filter(|n| chosen.contains(n))
+        .collect()
 }
 
 /// Runs the plan with the local or the Slurm executor, then reports; returns the exit code.
@@ -272,6 +303,7 @@ fn summarize(
             skipped: Item::list(plan, &skipped),
             submitted: record.map(|r| r.jobs.len()),
             would_run: None,
+            may_run: None,
         })?;
     } else if level != Verbosity::Quiet {
         outln!(
@@ -293,7 +325,7 @@ fn print_failures(plan: &Plan, report: &RunReport, level: Verbosity) {
             errln!(
                 "failed: {} (key {}): {message}\n  log: {}",
                 plan.label(*n),
-                &plan.graph[*n].key[..12],
+                plan.short_key(*n),
                 log.display()
             );
             if level == Verbosity::Verbose {

@@ -21,8 +21,8 @@ struct StatusJson<'a> {
     /// The queued or running Slurm job computing it.
     #[serde(skip_serializing_if = "Option::is_none")]
     job: Option<JobJson<'a>>,
-    /// Its key.
-    key: &'a str,
+    /// Its key (`null` while it depends on an input's output not computed yet).
+    key: Option<String>,
     /// Its parts (checkpoints), when it has any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     parts: Vec<PartJson<'a>>,
@@ -32,7 +32,7 @@ struct StatusJson<'a> {
     reason: &'a str,
     /// Its stage's name.
     stage: &'a str,
-    /// Cached, missing or stale.
+    /// Cached, missing, stale or may-run.
     state: State,
 }
 
@@ -69,7 +69,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
     let pending: HashSet<&str> = states
         .iter()
         .filter(|s| s.state != State::Cached)
-        .map(|s| plan.graph[s.node].key.as_str())
+        .map(|s| plan.graph[s.node].recipe.as_str())
         .collect();
     let jobs = live_jobs(&store, &pending);
     if args.json {
@@ -89,13 +89,13 @@ fn view<'a>(
 ) -> StatusJson<'a> {
     let inst = &plan.graph[s.node];
     StatusJson {
-        job: jobs.get(&inst.key).map(|j| JobJson {
+        job: jobs.get(&inst.recipe).map(|j| JobJson {
             job_id: &j.job_id,
             reason: &j.reason,
             run: &j.run,
             state: &j.state,
         }),
-        key: &inst.key,
+        key: inst.key(),
         parts: s
             .parts
             .iter()
@@ -122,18 +122,16 @@ fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, Liv
         .max()
         .unwrap_or(0);
     for s in states {
-        let state = match s.state {
-            State::Cached => "cached",
-            State::Missing => "missing",
-            State::Stale => "stale",
-        };
-        let key = &plan.graph[s.node].key;
-        let job = jobs.get(key).map(job_text).unwrap_or_default();
+        let state = s.state.word();
+        let job = jobs
+            .get(&plan.graph[s.node].recipe)
+            .map(job_text)
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "{state:<8} {:<width$}  {}  {}{job}",
             plan.label(s.node),
-            &key[..12],
+            plan.short_key(s.node),
             s.reason
         );
         if !s.parts.is_empty() {
@@ -147,9 +145,13 @@ fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, Liv
         }
     }
     let count = |st| states.iter().filter(|s| s.state == st).count();
+    let may = match count(State::MayRun) {
+        0 => String::new(),
+        n => format!(", {n} may run"),
+    };
     let _ = writeln!(
         out,
-        "{} instances: {} cached, {} missing, {} stale",
+        "{} instances: {} cached, {} missing, {} stale{may}",
         states.len(),
         count(State::Cached),
         count(State::Missing),

@@ -112,15 +112,13 @@ fn run_rows(plan: &Plan, store: &Store) -> Vec<html::RunRow> {
         .iter()
         .map(|&n| {
             let inst = &plan.graph[n];
-            let m = store
-                .is_complete(&inst.key)
-                .then(|| store.manifest(&inst.key))
-                .flatten();
+            let key = inst.key();
+            let m = key.as_deref().and_then(|k| store.complete_manifest(k));
             html::RunRow {
                 stage: plan.stage_name(n).to_string(),
                 point: point_label(&inst.point),
                 kind: plan.spec.stages[inst.stage].kind.name().to_string(),
-                key: inst.key.clone(),
+                key: key.unwrap_or_default(),
                 cached: m.is_some(),
                 started: m.as_ref().map(|m| html::utc(m.started)),
                 seconds: m.as_ref().map(|m| m.seconds),

@@ -4,8 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{CheckEnv, Inputs, Kind, ParamError};
-use crate::stages::trained::{EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, train_params};
+use crate::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
+use crate::stages::trained::{
+    EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
+};
 use crate::worker::WorkerParams;
 
 /// The kind's name, as written `kind = "activations"`.
@@ -72,6 +74,9 @@ impl Kind for Activations {
         at_least(Some(p.per_class), "per_class", 2)?;
         at_least(Some(p.max_features), "max_features", 1)?;
         p.worker.check()
+    }
+    fn reads(&self, p: &ActivationsParams, _slot: &str, up: &InputInfo<'_>) -> Option<Vec<String>> {
+        checkpoint_parts(&p.epochs, up)
     }
     crate::worker::worker_kind_methods!(ActivationsParams);
 }

@@ -2,8 +2,10 @@
 //! examples. The work needs libtorch and runs in the worker (`torch/src/stages/gradnorm.rs`);
 //! see science.md for the measurement.
 
-use crate::stage::{CheckEnv, Inputs, Kind, ParamError};
-use crate::stages::trained::{EpochRef, TRAIN_INPUT, at_least, check_epochs, train_params};
+use crate::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
+use crate::stages::trained::{
+    EpochRef, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
+};
 use crate::worker::WorkerParams;
 
 /// The kind's name, as written `kind = "gradnorm"`.
@@ -36,6 +38,9 @@ impl Kind for GradNorm {
         check_epochs(&p.epochs, "epochs", &train)?;
         at_least(Some(p.subset), "subset", 1)?;
         p.worker.check()
+    }
+    fn reads(&self, p: &GradNormParams, _slot: &str, up: &InputInfo<'_>) -> Option<Vec<String>> {
+        checkpoint_parts(&p.epochs, up)
     }
     fn tables(&self, _p: &GradNormParams) -> Vec<String> {
         vec!["gradnorm".into()]

@@ -2,8 +2,10 @@
 //! the accuracies that gives. The work needs libtorch and runs in the worker
 //! (`torch/src/stages/rollback.rs`); see science.md.
 
-use crate::stage::{CheckEnv, Inputs, Kind, ParamError};
-use crate::stages::trained::{EpochRef, Layers, TRAIN_INPUT, check_epochs, train_params};
+use crate::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
+use crate::stages::trained::{
+    EpochRef, Layers, TRAIN_INPUT, check_epochs, checkpoint_parts, train_params,
+};
 use crate::worker::WorkerParams;
 
 /// The kind's name, as written `kind = "rollback"`.
@@ -38,6 +40,9 @@ impl Kind for Rollback {
         check_epochs(&p.from_epochs, "from_epochs", &train)?;
         p.cutoffs.check("cutoffs", "each-layer", &train, false)?;
         p.worker.check()
+    }
+    fn reads(&self, p: &RollbackParams, _slot: &str, up: &InputInfo<'_>) -> Option<Vec<String>> {
+        checkpoint_parts(std::iter::once(&p.final_epoch).chain(&p.from_epochs), up)
     }
     fn tables(&self, _p: &RollbackParams) -> Vec<String> {
         vec!["rollback".into()]

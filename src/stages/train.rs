@@ -124,6 +124,11 @@ impl TrainParams {
     }
 }
 
+/// The name of the part holding the checkpoint of `epoch` (`epoch 5`).
+pub fn checkpoint_part(epoch: i64) -> String {
+    format!("epoch {epoch}")
+}
+
 /// The `train` stage kind.
 pub struct Train;
 
@@ -285,7 +290,7 @@ impl Kind for Train {
         p.kept()
             .into_iter()
             .map(|e| Part {
-                name: format!("epoch {e}"),
+                name: checkpoint_part(e),
                 key: p.checkpoint_key(keys, e),
             })
             .collect()

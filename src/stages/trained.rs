@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value as Json;
 
-use crate::stage::{CheckEnv, ParamError, ParamType, ParamValue, Slot};
+use crate::stage::{CheckEnv, InputInfo, ParamError, ParamType, ParamValue, Slot};
 use crate::stages::train::{self, CheckpointRef, TrainParams};
 
 /// The input slot of every analysis: one `train` instance.
@@ -91,6 +91,29 @@ pub fn check_epochs(
         }
     }
     Ok(())
+}
+
+/// The train instance's parts (checkpoints) that these epoch references read, each once:
+/// what an analysis is keyed on instead of the whole train artifact, so that training
+/// longer reruns no analysis of unchanged checkpoints. `None` if a reference is invalid.
+pub fn checkpoint_parts<'a>(
+    refs: impl IntoIterator<Item = &'a EpochRef>,
+    upstream: &InputInfo<'_>,
+) -> Option<Vec<String>> {
+    let train = upstream.params.typed::<TrainParams>().ok()?;
+    let mut names = Vec::new();
+    for r in refs {
+        let epoch = match r {
+            EpochRef::Final => train.epochs,
+            EpochRef::Epoch(e) => *e,
+            EpochRef::Invalid(_) => return None,
+        };
+        let name = train::checkpoint_part(epoch);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Some(names)
 }
 
 /// Finds a checkpoint of a train artifact (its folder) by reference.

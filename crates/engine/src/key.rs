@@ -1,5 +1,7 @@
 //! Keys: blake3 over a canonical JSON encoding of everything that defines an output (the
-//! kind, its code version, the parameters in the key, input keys, declared files' hashes).
+//! kind, its code version, the parameters in the key, what it reads of each input (the
+//! input's content digest, or the keys of the input's parts it reads), declared files'
+//! hashes).
 //! Depends on nothing else in the engine, so the plan, the store's index and stage kinds
 //! (which key their parts) can all use it.
 
@@ -75,6 +77,37 @@ pub fn compute_key(
     blake3::hash(text.as_bytes()).to_hex().to_string()
 }
 
+/// The content digest of an artifact: blake3 over its files' paths, hashes and sizes
+/// (`files` sorted by path, as a manifest lists them). Two artifacts with the same bytes
+/// have the same digest whatever produced them; a dependent keyed on it is early-cut-off.
+pub fn content_digest<'a>(files: impl Iterator<Item = (&'a str, &'a str, u64)>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"pipe content digest 1\n");
+    for (path, hash, size) in files {
+        h.update(path.as_bytes());
+        h.update(b"\0");
+        h.update(hash.as_bytes());
+        h.update(b"\0");
+        h.update(size.to_string().as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The identity of the parts an instance reads of an input (name -> key, in the order
+/// given): what it is keyed on instead of the whole input's content.
+pub fn parts_id(parts: &[(String, String)]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"pipe parts 1\n");
+    for (name, key) in parts {
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(key.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_hex().to_string()
+}
+
 /// A float as JSON, with `-0.0` normalized to `0.0`; `None` for NaN and infinities.
 pub fn float(x: f64) -> Option<Json> {
     let x = if x == 0.0 { 0.0 } else { x };
@@ -85,6 +118,32 @@ pub fn float(x: f64) -> Option<Json> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn digests_follow_content_only() {
+        let a = content_digest([("a.txt", "00", 3u64), ("b/c", "11", 0)].into_iter());
+        assert_eq!(a.len(), 64);
+        assert_eq!(
+            a,
+            content_digest([("a.txt", "00", 3u64), ("b/c", "11", 0)].into_iter())
+        );
+        assert_ne!(
+            a,
+            content_digest([("a.txt", "01", 3u64), ("b/c", "11", 0)].into_iter())
+        );
+        assert_ne!(
+            a,
+            content_digest([("a.txt", "00", 4u64), ("b/c", "11", 0)].into_iter())
+        );
+        assert_ne!(
+            a,
+            content_digest([("a.tx", "t00", 3u64), ("b/c", "11", 0)].into_iter())
+        );
+        let p = |n: &str, k: &str| vec![(n.to_string(), k.to_string())];
+        assert_eq!(parts_id(&p("epoch 1", "aa")), parts_id(&p("epoch 1", "aa")));
+        assert_ne!(parts_id(&p("epoch 1", "aa")), parts_id(&p("epoch 2", "aa")));
+        assert_ne!(parts_id(&p("epoch 1", "aa")), parts_id(&p("epoch 1", "ab")));
+    }
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {

@@ -1,11 +1,23 @@
 //! Sweep expansion: a [`Spec`] becomes a DAG of instances, each with its key.
 //!
 //! A stage has one instance per distinct combination of the sweep variables it depends
-//! on (those its parameters reference, plus those of its inputs). Keys are computed here,
-//! before anything runs, from resolved parameters, input keys and declared files alone.
+//! on (those its parameters reference, plus those of its inputs).
+//!
+//! Keys are content addresses of what an instance reads: its kind, code version, the
+//! parameters in the key, declared files, and for each input either the input artifact's
+//! content digest or the keys of the input's parts it reads ([`StageKind::reads`]). So an
+//! instance whose input reran with identical bytes keeps its key (early cutoff), and an
+//! analysis of some checkpoints keeps its key when training goes on. A key that needs an
+//! input's content is known only once that input is in the cache: [`Plan::resolve`]
+//! fills keys in as inputs appear; until then an instance "may run". Every instance also
+//! has a `recipe`, known at plan time (the same hash over its inputs' recipes), that names
+//! it in job files before its key is known.
+//!
+//! [`StageKind::reads`]: crate::stage::StageKind::reads
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::RwLock;
 use std::time::SystemTime;
 
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -15,7 +27,49 @@ use crate::error::{Error, Loc};
 pub use crate::key::{KEY_SCHEMA, canonical_json, compute_key};
 use crate::spec::{Spec, template};
 use crate::stage::{CheckEnv, InputInfo, Params, Presence};
+use crate::store::Store;
 use crate::store::index::{IndexEntry, entry_id};
+
+/// A value filled in once known (and forgotten again when what it came from changes),
+/// shared by the threads of a run.
+#[derive(Debug)]
+pub struct Late<T>(RwLock<Option<T>>);
+
+impl<T> Default for Late<T> {
+    fn default() -> Self {
+        Late(RwLock::new(None))
+    }
+}
+
+impl<T: Clone> Late<T> {
+    /// The value, if known.
+    pub fn get(&self) -> Option<T> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Sets the value.
+    pub fn set(&self, v: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
+    /// Forgets the value.
+    pub fn clear(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl<T: Clone> Clone for Late<T> {
+    fn clone(&self) -> Self {
+        Late(RwLock::new(self.get()))
+    }
+}
+
+/// An instance's key and what it was made from, once every input is known.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// The content address of the instance's artifact (64 hex digits).
+    pub key: String,
+    /// Slot -> what the key took from that input (its content digest or parts identity).
+    pub input_ids: Vec<(String, String)>,
+}
 
 /// One stage at one sweep point: the unit that runs and is cached.
 #[derive(Clone, Debug)]
@@ -30,10 +84,18 @@ pub struct Instance {
     pub key_params: serde_json::Map<String, Json>,
     /// Input slot -> upstream instance.
     pub inputs: Vec<(String, NodeIndex)>,
+    /// For each input (in `inputs` order): the upstream parts it reads, or `None` for the
+    /// whole artifact.
+    pub reads: Vec<Option<Vec<String>>>,
     /// Declared file name -> blake3 of its content.
     pub files: Vec<(String, String)>,
-    /// The content address of the instance's artifact (64 hex digits).
-    pub key: String,
+    /// The key over the inputs' recipes instead of what is read of them: known before
+    /// anything runs, it names the instance until its key is known.
+    pub recipe: String,
+    /// The key, once known (see [`Plan::resolve`]).
+    pub resolved: Late<Resolved>,
+    /// The content digest of its artifact, once read from the cache.
+    pub digest: Late<String>,
     /// Threads the stage kind asks for.
     pub threads: usize,
 }
@@ -83,14 +145,14 @@ pub fn index_entry(plan: &Plan, inst: &Instance) -> (String, IndexEntry) {
     (
         entry_id(&stage.name, &inst.point),
         IndexEntry {
-            key: inst.key.clone(),
+            key: inst.key().unwrap_or_default(),
             kind: stage.kind.name().to_string(),
             version: stage.kind.version(),
             params: inst.key_params.clone(),
             inputs: inst
                 .inputs
                 .iter()
-                .map(|(slot, up)| (slot.clone(), plan.graph[*up].key.clone()))
+                .map(|(slot, up)| (slot.clone(), plan.graph[*up].key().unwrap_or_default()))
                 .collect(),
             files: inst.files.iter().cloned().collect(),
         },
@@ -106,6 +168,13 @@ pub fn point_label(point: &Json) -> String {
             .collect::<Vec<_>>()
             .join(","),
         _ => "-".to_string(),
+    }
+}
+
+impl Instance {
+    /// Its key, if known.
+    pub fn key(&self) -> Option<String> {
+        self.resolved.get().map(|r| r.key)
     }
 }
 
@@ -170,11 +239,11 @@ impl Plan {
                     params.insert(p.name.to_string(), v);
                 }
                 let mut inputs = Vec::with_capacity(stage.inputs.len());
-                let mut input_keys = Vec::with_capacity(stage.inputs.len());
+                let mut input_recipes = Vec::with_capacity(stage.inputs.len());
                 for r in &stage.inputs {
                     let up_proj: Vec<usize> = deps[r.index].iter().map(|&v| point[v]).collect();
                     let up = by_point[r.index][&up_proj];
-                    input_keys.push((r.slot.clone(), graph[up].key.clone()));
+                    input_recipes.push((r.slot.clone(), graph[up].recipe.clone()));
                     inputs.push((r.slot.clone(), up));
                 }
                 let params = Params::new(params);
@@ -218,14 +287,26 @@ impl Plan {
                     files.push((f.name, h));
                 }
                 files.sort();
+                let reads: Vec<Option<Vec<String>>> = upstream
+                    .iter()
+                    .map(|u| stage.kind.reads(&params, &u.slot, u))
+                    .collect();
                 drop(upstream);
-                let key = compute_key(
+                let recipe = compute_key(
                     stage.kind.name(),
                     stage.kind.version(),
                     &key_params,
-                    &input_keys,
+                    &input_recipes,
                     &files,
                 );
+                let resolved = Late::default();
+                if inputs.is_empty() {
+                    // With no input the recipe is the key.
+                    resolved.set(Resolved {
+                        key: recipe.clone(),
+                        input_ids: Vec::new(),
+                    });
+                }
                 let threads = stage.kind.threads(&params).max(1);
                 let idx = graph.add_node(Instance {
                     stage: si,
@@ -233,8 +314,11 @@ impl Plan {
                     params,
                     key_params,
                     inputs: inputs.clone(),
+                    reads,
                     files,
-                    key,
+                    recipe,
+                    resolved,
+                    digest: Late::default(),
                     threads,
                 });
                 for (_, up) in &inputs {
@@ -247,6 +331,107 @@ impl Plan {
             by_point.push(map);
         }
         Ok(Plan { spec, graph, order })
+    }
+
+    /// Instance `n`'s key, if known.
+    pub fn key(&self, n: NodeIndex) -> Option<String> {
+        self.graph[n].key()
+    }
+
+    /// The first 12 digits of `n`'s key, or `?` padded to 12 while it is not known.
+    pub fn short_key(&self, n: NodeIndex) -> String {
+        match self.graph[n].key() {
+            Some(k) => k[..12].to_string(),
+            None => format!("{:<12}", "?"),
+        }
+    }
+
+    /// Fills in `n`'s key if every input's share of it is known: an input read whole
+    /// must be in the cache (its content digest is read from its manifest), an input
+    /// read by parts must have a known key (its parts are keyed from what it read).
+    /// Returns the key, or `None` while an input's output is not known yet.
+    pub fn resolve(&self, n: NodeIndex, store: &Store) -> Option<String> {
+        let inst = &self.graph[n];
+        if let Some(r) = inst.resolved.get() {
+            return Some(r.key);
+        }
+        let mut ids = Vec::with_capacity(inst.inputs.len());
+        for ((slot, up), reads) in inst.inputs.iter().zip(&inst.reads) {
+            let id = match reads {
+                Some(names) => self.parts_id(*up, names)?,
+                None => self.digest(*up, store)?,
+            };
+            ids.push((slot.clone(), id));
+        }
+        let stage = &self.spec.stages[inst.stage];
+        let key = compute_key(
+            stage.kind.name(),
+            stage.kind.version(),
+            &inst.key_params,
+            &ids,
+            &inst.files,
+        );
+        inst.resolved.set(Resolved {
+            key: key.clone(),
+            input_ids: ids,
+        });
+        Some(key)
+    }
+
+    /// Resolves every key that can be, in plan order (inputs first).
+    pub fn resolve_all(&self, store: &Store) {
+        for &n in &self.order {
+            self.resolve(n, store);
+        }
+    }
+
+    /// Forgets `n`'s key (an input changed under it) and its content digest.
+    pub fn unresolve(&self, n: NodeIndex) {
+        let inst = &self.graph[n];
+        if !inst.inputs.is_empty() {
+            inst.resolved.clear();
+        }
+        inst.digest.clear();
+    }
+
+    /// Forgets the content digest of `n`'s artifact (it was just computed again).
+    pub fn forget_digest(&self, n: NodeIndex) {
+        self.graph[n].digest.clear();
+    }
+
+    /// The content digest of `n`'s artifact, if its key is known and it is in the cache.
+    pub fn digest(&self, n: NodeIndex, store: &Store) -> Option<String> {
+        let inst = &self.graph[n];
+        if let Some(d) = inst.digest.get() {
+            return Some(d);
+        }
+        let d = store.digest(&inst.key()?)?;
+        inst.digest.set(d.clone());
+        Some(d)
+    }
+
+    /// The parts of `n` (name -> key), if its key is known.
+    pub fn parts(&self, n: NodeIndex) -> Option<Vec<crate::stage::Part>> {
+        let inst = &self.graph[n];
+        let r = inst.resolved.get()?;
+        let kind = self.spec.stages[inst.stage].kind;
+        Some(kind.parts(&inst.params, &r.input_ids))
+    }
+
+    /// The identity of the parts `names` of `n`, if its key is known.
+    fn parts_id(&self, n: NodeIndex, names: &[String]) -> Option<String> {
+        let parts = self.parts(n)?;
+        let chosen: Vec<(String, String)> = names
+            .iter()
+            .map(|name| {
+                let key = parts
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .map_or_else(String::new, |p| p.key.clone());
+                (name.clone(), key)
+            })
+            .collect();
+        Some(crate::key::parts_id(&chosen))
     }
 
     /// The stage name of an instance.

@@ -471,6 +471,9 @@ pub struct InputArtifact {
     pub slot: String,
     /// Its key.
     pub key: String,
+    /// What the instance's key took from it: the input's content digest, or the identity
+    /// of the parts it reads ([`StageKind::reads`]). Parts are keyed on these.
+    pub id: String,
     /// Its (complete, read-only) directory.
     pub dir: PathBuf,
 }
@@ -544,6 +547,11 @@ pub trait StageKind: Send + Sync {
     /// Further artifacts an instance produces (checkpoints), keyed from its parameters and
     /// input keys (slot -> key) alone, so that `status` can list them before anything runs.
     fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part>;
+    /// The parts of the input filling `slot` that an instance reads (names as the upstream
+    /// kind's [`StageKind::parts`] gives them), or `None` when it reads the whole artifact.
+    /// An instance that reads only parts is keyed on those parts' keys, not on the input's
+    /// content, so a change of the input that leaves those parts alone does not rerun it.
+    fn reads(&self, params: &Params, slot: &str, upstream: &InputInfo<'_>) -> Option<Vec<String>>;
     /// The Parquet tables (file stems in the artifact) that `pipe export` gathers across
     /// sweep points, e.g. `metrics` for `metrics.parquet`.
     fn tables(&self, params: &Params) -> Vec<String>;
@@ -556,12 +564,12 @@ pub trait StageKind: Send + Sync {
     fn run(&self, ctx: &mut RunContext<'_>) -> anyhow::Result<()>;
 }
 
-/// What a kind keys its parts on: the instance's resolved parameter values and its input
-/// keys (slot -> key), both known before anything runs.
+/// What a kind keys its parts on: the instance's resolved parameter values and what its
+/// key took from each input (slot -> the input's content digest or parts identity).
 pub struct KeyInputs<'a> {
     /// The resolved parameter values.
     pub values: &'a Params,
-    /// Each input slot's key.
+    /// Each input slot's identity in the key.
     pub input_keys: &'a [(String, String)],
 }
 
@@ -610,6 +618,15 @@ pub trait Kind: Send + Sync + 'static {
     /// Further artifacts an instance produces (see [`StageKind::parts`]).
     fn parts(&self, _params: &Self::Params, _keys: &KeyInputs<'_>) -> Vec<Part> {
         Vec::new()
+    }
+    /// The parts of an input it reads, `None` for all of it (see [`StageKind::reads`]).
+    fn reads(
+        &self,
+        _params: &Self::Params,
+        _slot: &str,
+        _upstream: &InputInfo<'_>,
+    ) -> Option<Vec<String>> {
+        None
     }
     /// The Parquet tables (file stems) that `pipe export` gathers.
     fn tables(&self, _params: &Self::Params) -> Vec<String> {
@@ -666,6 +683,11 @@ impl<K: Kind> StageKind for K {
             input_keys,
         };
         typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::parts(self, &p, &keys))
+    }
+    fn reads(&self, params: &Params, slot: &str, upstream: &InputInfo<'_>) -> Option<Vec<String>> {
+        typed_params::<K>(params)
+            .ok()
+            .and_then(|p| Kind::reads(self, &p, slot, upstream))
     }
     fn tables(&self, params: &Params) -> Vec<String> {
         typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::tables(self, &p))

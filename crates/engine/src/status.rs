@@ -20,6 +20,22 @@ pub enum State {
     Missing,
     /// Computed before, but something it depends on has changed since.
     Stale,
+    /// Its key is not known yet: an input it reads whole must be computed first, and it
+    /// runs only if that input's content turns out different from what it last read.
+    #[serde(rename = "may-run")]
+    MayRun,
+}
+
+impl State {
+    /// The state in words, as `pipe status` prints it.
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Cached => "cached",
+            State::Missing => "missing",
+            State::Stale => "stale",
+            State::MayRun => "may run",
+        }
+    }
 }
 
 /// State and reason of one instance.
@@ -35,23 +51,33 @@ pub struct InstanceStatus {
     pub parts: Vec<(Part, bool)>,
 }
 
-/// The parts of an instance and whether each is cached.
-pub fn parts(plan: &Plan, store: &Store, inst: &Instance) -> Vec<(Part, bool)> {
-    let stage = &plan.spec.stages[inst.stage];
-    let input_keys: Vec<(String, String)> = inst
-        .inputs
-        .iter()
-        .map(|(slot, up)| (slot.clone(), plan.graph[*up].key.clone()))
-        .collect();
-    stage
-        .kind
-        .parts(&inst.params, &input_keys)
+/// The parts of an instance and whether each is cached (none while its key is unknown).
+pub fn parts(plan: &Plan, store: &Store, node: NodeIndex) -> Vec<(Part, bool)> {
+    plan.parts(node)
+        .unwrap_or_default()
         .into_iter()
         .map(|p| {
             let cached = store.is_complete(&p.key);
             (p, cached)
         })
         .collect()
+}
+
+/// Why an instance's key is not known: `depends on corrupt[seed=1]'s output` for each
+/// input whose output is not known yet.
+pub fn may_run_reason(plan: &Plan, store: &Store, node: NodeIndex) -> String {
+    let inst = &plan.graph[node];
+    let waiting: Vec<String> = inst
+        .inputs
+        .iter()
+        .zip(&inst.reads)
+        .filter(|((_, up), reads)| match reads {
+            Some(_) => plan.key(*up).is_none(),
+            None => plan.digest(*up, store).is_none(),
+        })
+        .map(|((_, up), _)| format!("{}'s output", plan.label(*up)))
+        .collect();
+    format!("depends on {}", waiting.join(" and "))
 }
 
 pub use crate::plan::index_entry;
@@ -106,7 +132,7 @@ pub fn explain(plan: &Plan, inst: &Instance, last: &IndexEntry) -> String {
     for (slot, up) in &inst.inputs {
         let upstream = plan.stage_name(*up);
         match last.inputs.get(slot) {
-            Some(k) if *k == plan.graph[*up].key => {}
+            Some(k) if Some(k) == plan.key(*up).as_ref() => {}
             Some(_) => why.push(format!("input {upstream} changed")),
             None => why.push(format!("input {upstream} added")),
         }
@@ -122,14 +148,15 @@ pub fn explain(plan: &Plan, inst: &Instance, last: &IndexEntry) -> String {
     why.join("; ")
 }
 
-/// The state of every instance of a plan, in plan order.
+/// The state of every instance of a plan, in plan order (resolving every key that the
+/// cache allows).
 pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> {
     plan.order
         .iter()
         .map(|&node| {
             let inst = &plan.graph[node];
             let mut st = state(plan, store, index, node, inst);
-            st.parts = parts(plan, store, inst);
+            st.parts = parts(plan, store, node);
             st
         })
         .collect()
@@ -142,13 +169,16 @@ fn state(
     node: NodeIndex,
     inst: &Instance,
 ) -> InstanceStatus {
-    let (state, reason) = if store.is_complete(&inst.key) {
+    let key = plan.resolve(node, store);
+    let (state, reason) = if key.as_ref().is_some_and(|k| store.is_complete(k)) {
         (State::Cached, String::new())
+    } else if key.is_none() {
+        (State::MayRun, may_run_reason(plan, store, node))
     } else {
         let stage = &plan.spec.stages[inst.stage];
         match index.entries.get(&entry_id(&stage.name, &inst.point)) {
             None => (State::Missing, "never run".to_string()),
-            Some(last) if last.key == inst.key => (
+            Some(last) if Some(&last.key) == key.as_ref() => (
                 State::Missing,
                 "artifact is no longer in the cache (removed or damaged)".to_string(),
             ),

@@ -68,7 +68,7 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let input_keys: Vec<(String, String)> = ctx
         .inputs
         .iter()
-        .map(|i| (i.slot.clone(), i.key.clone()))
+        .map(|i| (i.slot.clone(), i.id.clone()))
         .collect();
     let keep = p.kept();
     let epochs = cfg.epochs;

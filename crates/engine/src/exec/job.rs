@@ -23,8 +23,17 @@ use crate::store::{Holder, Manifest, Parts, Store, unix_now};
 pub struct JobInput {
     /// The slot it fills.
     pub slot: String,
-    /// The upstream artifact's key.
-    pub key: String,
+    /// The upstream artifact's key, when known at planning.
+    pub key: Option<String>,
+    /// Otherwise the upstream's job file: its outcome file says the key once it has run.
+    #[serde(default)]
+    pub job: Option<PathBuf>,
+    /// The upstream parts the instance reads, or `None` for the whole artifact.
+    #[serde(default)]
+    pub reads: Option<Vec<String>>,
+    /// What the key takes from this input, once resolved ([`InstanceJob::resolve`]).
+    #[serde(default)]
+    pub id: Option<String>,
     /// The upstream instance, for messages (`stage[point]`).
     pub label: String,
 }
@@ -40,8 +49,12 @@ pub struct InstanceJob {
     pub kind: String,
     /// The kind's code version the key was computed with.
     pub version: u32,
-    /// The artifact's key.
-    pub key: String,
+    /// The artifact's key: known at planning unless an input's content was not, else
+    /// filled in by [`InstanceJob::resolve`] once the inputs exist.
+    pub key: Option<String>,
+    /// The instance's recipe (its name before its key is known).
+    #[serde(default)]
+    pub recipe: String,
     /// Sweep point.
     pub point: Json,
     /// Resolved parameters.
@@ -57,9 +70,6 @@ pub struct InstanceJob {
     /// The remote cache to push the artifact to, if any.
     #[serde(default)]
     pub remote: Option<String>,
-    /// Keys of the instance's parts (checkpoints), pushed with it.
-    #[serde(default)]
-    pub parts: Vec<String>,
     /// The stage's `timeout`, in seconds.
     #[serde(default)]
     pub timeout: Option<f64>,
@@ -78,32 +88,117 @@ impl InstanceJob {
             stage: stage.name.clone(),
             kind: stage.kind.name().to_string(),
             version: stage.kind.version(),
-            key: inst.key.clone(),
+            key: inst.key(),
+            recipe: inst.recipe.clone(),
             point: inst.point.clone(),
             params: inst.params.values().clone(),
             key_params: inst.key_params.clone(),
             inputs: inst
                 .inputs
                 .iter()
-                .map(|(slot, up)| JobInput {
+                .zip(&inst.reads)
+                .map(|((slot, up), reads)| JobInput {
                     slot: slot.clone(),
-                    key: plan.graph[*up].key.clone(),
+                    key: plan.key(*up),
+                    job: None,
+                    reads: reads.clone(),
+                    id: None,
                     label: plan.label(*up),
                 })
                 .collect(),
             files: inst.files.clone(),
             base_dir: plan.spec.base_dir.clone(),
             remote: None,
-            parts: Vec::new(),
             timeout: stage.timeout.map(|t| t.as_secs_f64()),
             retries: stage.retries,
         }
     }
 
+    /// The key, once resolved (empty before).
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or("")
+    }
+
+    /// Fills in each input's key (from its job's outcome file when planning did not know
+    /// it) and identity (its content digest, or the keys of the parts read, from its
+    /// manifest), then the job's key. Every input must be complete in the cache. A key
+    /// known at planning must come out the same.
+    pub fn resolve(&mut self, store: &Store, kind: &dyn StageKind) -> Result<(), String> {
+        for input in &mut self.inputs {
+            if input.key.is_none() {
+                input.key = input.job.as_deref().and_then(super::slurm::resolved_key);
+            }
+            let Some(key) = input.key.as_deref() else {
+                return Err(format!(
+                    "the key of input {} is not known (its job recorded none)",
+                    input.label
+                ));
+            };
+            let manifest = store.complete_manifest(key).ok_or_else(|| {
+                format!(
+                    "input {} ({}) is missing or damaged in the cache",
+                    input.label,
+                    &key[..key.len().min(12)]
+                )
+            })?;
+            input.id = Some(match &input.reads {
+                None => manifest.digest(),
+                Some(names) => {
+                    let chosen: Vec<(String, String)> = names
+                        .iter()
+                        .map(|n| {
+                            (
+                                n.clone(),
+                                manifest.parts.get(n).cloned().unwrap_or_default(),
+                            )
+                        })
+                        .collect();
+                    crate::key::parts_id(&chosen)
+                }
+            });
+        }
+        let ids = self.input_ids();
+        let key = crate::key::compute_key(
+            &self.kind,
+            kind.version(),
+            &self.key_params,
+            &ids,
+            &self.files,
+        );
+        match &self.key {
+            Some(k) if *k != key => Err(format!(
+                "its inputs in the cache are not what the run planned with (key {} planned, {} now); run again",
+                &k[..k.len().min(12)],
+                &key[..12]
+            )),
+            _ => {
+                self.key = Some(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Slot -> identity of each input (empty identities before [`InstanceJob::resolve`]).
+    pub fn input_ids(&self) -> Vec<(String, String)> {
+        self.inputs
+            .iter()
+            .map(|i| (i.slot.clone(), i.id.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The keys of the job's parts (once resolved).
+    pub fn part_keys(&self, kind: &dyn StageKind) -> Vec<String> {
+        let params = Params::new(self.params.clone());
+        kind.parts(&params, &self.input_ids())
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
+    }
+
     /// The manifest every artifact of this job starts from.
-    fn template(&self, store: &Store) -> Manifest {
+    fn template(&self, store: &Store, kind: &dyn StageKind, params: &Params) -> Manifest {
         Manifest {
-            key: self.key.clone(),
+            key: self.key().to_string(),
             kind: self.kind.clone(),
             version: self.version,
             stage: self.stage.clone(),
@@ -113,10 +208,15 @@ impl InstanceJob {
             inputs: self
                 .inputs
                 .iter()
-                .map(|i| (i.slot.clone(), i.key.clone()))
+                .map(|i| (i.slot.clone(), i.key.clone().unwrap_or_default()))
                 .collect::<BTreeMap<_, _>>(),
             declared_files: self.files.iter().cloned().collect(),
             files: Vec::new(),
+            parts: kind
+                .parts(params, &self.input_ids())
+                .into_iter()
+                .map(|p| (p.name, p.key))
+                .collect(),
             started: 0.0,
             seconds: 0.0,
             pipe_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -126,36 +226,51 @@ impl InstanceJob {
 }
 
 /// Computes a job under its key's lock and stores the artifact on success; a failed job
-/// leaves nothing in the cache but its log.
+/// leaves nothing in the cache but its log. The job is resolved first
+/// ([`InstanceJob::resolve`]): an instance whose key turns out cached is done at once.
 pub fn compute_instance(
-    job: &InstanceJob,
+    job: &mut InstanceJob,
     kind: &dyn StageKind,
     store: &Store,
     threads: usize,
     on_wait: &mut dyn FnMut(&Holder),
 ) -> Outcome {
-    let log_path = store.log_path(&job.key);
     if let Err(message) = check_version(job, kind) {
-        return failed(message, log_path);
+        return failed(
+            message,
+            store.log_path(job.key.as_deref().unwrap_or(&job.recipe)),
+        );
     }
-    let _lock = match store.lock(&job.key, on_wait) {
+    if let Err(message) = job.resolve(store, kind) {
+        return failed(
+            message,
+            store.log_path(job.key.as_deref().unwrap_or(&job.recipe)),
+        );
+    }
+    let job: &InstanceJob = job;
+    let key = job.key();
+    let log_path = store.log_path(key);
+    if store.is_complete(key) {
+        return Outcome::Cached;
+    }
+    let _lock = match store.lock(key, on_wait) {
         Ok(l) => l,
         Err(e) => {
             return failed(
-                format!("cannot take the lock for key {}: {e}", &job.key[..12]),
+                format!("cannot take the lock for key {}: {e}", &key[..12]),
                 log_path,
             );
         }
     };
-    if store.is_complete(&job.key) {
+    if store.is_complete(key) {
         return Outcome::Cached;
     }
     // A damaged artifact (a file missing or of the wrong size) is replaced.
-    if store.artifact_dir(&job.key).exists()
-        && let Err(e) = store.remove(&job.key)
+    if store.artifact_dir(key).exists()
+        && let Err(e) = store.remove(key)
     {
         return failed(
-            format!("cannot remove the damaged artifact {}: {e}", job.key),
+            format!("cannot remove the damaged artifact {key}: {e}"),
             log_path,
         );
     }
@@ -247,6 +362,7 @@ impl<'a> Ready<'a> {
             .and_then(|_| std::fs::OpenOptions::new().append(true).open(&log_path))
             .map_err(|e| format!("cannot create log {}: {e}", log_path.display()))?;
         let inputs = input_artifacts(job, store)?;
+        let params = Params::new(job.params.clone());
         Ok(Ready {
             job,
             kind,
@@ -257,9 +373,9 @@ impl<'a> Ready<'a> {
             inputs,
             parts: Parts {
                 cache: store.root().to_path_buf(),
-                template: job.template(store),
+                template: job.template(store, kind, &params),
             },
-            params: Params::new(job.params.clone()),
+            params,
         })
     }
 
@@ -311,7 +427,7 @@ impl<'a> Ready<'a> {
         let job = self.job;
         let tmp = self
             .store
-            .begin(&job.key)
+            .begin(job.key())
             .map_err(|e| format!("cannot create a temp folder in the cache: {e}"))?;
         let _ = writeln!(
             self.log,
@@ -319,7 +435,7 @@ impl<'a> Ready<'a> {
             env!("CARGO_PKG_VERSION"),
             job.stage,
             job.kind,
-            job.key,
+            job.key(),
             job.point,
             self.threads,
             self.store.host(),
@@ -345,7 +461,7 @@ impl<'a> Ready<'a> {
                 log_path: &self.log_path,
                 threads: self.threads,
                 base_dir: &job.base_dir,
-                key: &job.key,
+                key: job.key(),
                 point: &job.point,
                 deadline: timeout.map(|t| clock + t),
             };
@@ -391,17 +507,19 @@ impl<'a> Ready<'a> {
 fn input_artifacts(job: &InstanceJob, store: &Store) -> Result<Vec<InputArtifact>, String> {
     let mut inputs = Vec::with_capacity(job.inputs.len());
     for input in &job.inputs {
-        if !store.is_complete(&input.key) {
+        let key = input.key.clone().unwrap_or_default();
+        if !store.is_complete(&key) {
             return Err(format!(
                 "input {} ({}) is missing or damaged in the cache",
                 input.label,
-                &input.key[..12]
+                &key[..key.len().min(12)]
             ));
         }
         inputs.push(InputArtifact {
             slot: input.slot.clone(),
-            key: input.key.clone(),
-            dir: store.artifact_dir(&input.key),
+            id: input.id.clone().unwrap_or_default(),
+            dir: store.artifact_dir(&key),
+            key,
         });
     }
     Ok(inputs)

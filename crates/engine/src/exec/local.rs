@@ -10,6 +10,7 @@ use super::job::{InstanceJob, compute_instance};
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
 use crate::plan::Plan;
 use crate::store::Store;
+use crate::store::remote::Remote;
 
 /// Runs every selected instance whose artifact is missing; returns each one's outcome.
 ///
@@ -46,9 +47,18 @@ pub fn run(
     let mut stop = false;
     let (tx, rx) = mpsc::channel::<(NodeIndex, usize, Outcome)>();
 
+    // Outcomes to settle: from finished threads, or found at once (an instance whose
+    // key, known once its inputs are, is already cached: early cutoff).
+    let mut settled: Vec<(NodeIndex, usize, Outcome)> = Vec::new();
+
     std::thread::scope(|scope| {
         loop {
             while let Some(&n) = ready.first().filter(|_| !stop) {
+                if resolve_ready(plan, store, n) {
+                    ready.pop_first();
+                    settled.push((n, 0, Outcome::Cached));
+                    continue;
+                }
                 let want = plan.graph[n].threads.min(jobs);
                 if threads_in_use + want > jobs {
                     break;
@@ -60,49 +70,54 @@ pub fn run(
                 observer.event(plan, Event::Started(n, want));
                 let remote = opts.remote.as_deref();
                 scope.spawn(move || {
-                    let outcome = run_instance(plan, store, n, want, observer);
-                    if let (Some(r), Outcome::Executed { .. }) = (remote, &outcome) {
-                        super::push_done(plan, store, r, n, observer);
-                    }
+                    let outcome = run_instance(plan, store, remote, n, want, observer);
                     let _ = tx.send((n, want, outcome));
                 });
             }
-            if running == 0 {
-                break;
+            if settled.is_empty() {
+                if running == 0 {
+                    break;
+                }
+                let Ok(done) = rx.recv() else {
+                    break;
+                };
+                running -= 1;
+                settled.push(done);
             }
-            let Ok((n, used, outcome)) = rx.recv() else {
-                break;
-            };
-            running -= 1;
-            threads_in_use -= used;
-            observer.event(plan, Event::Finished(n, &outcome));
-            let failed = matches!(outcome, Outcome::Failed { .. });
-            outcomes.insert(n, outcome);
-            if failed {
-                let label = plan.label(n);
-                for d in plan.descendants(n) {
-                    if pending.remove(&d).is_some() {
-                        let o = Outcome::Skipped {
-                            reason: format!("input {label} failed"),
-                        };
-                        observer.event(plan, Event::Finished(d, &o));
-                        outcomes.insert(d, o);
+            for (n, used, outcome) in std::mem::take(&mut settled) {
+                threads_in_use -= used;
+                if matches!(outcome, Outcome::Executed { .. }) {
+                    plan.forget_digest(n);
+                }
+                observer.event(plan, Event::Finished(n, &outcome));
+                let failed = matches!(outcome, Outcome::Failed { .. });
+                outcomes.insert(n, outcome);
+                if failed {
+                    let label = plan.label(n);
+                    for d in plan.descendants(n) {
+                        if pending.remove(&d).is_some() {
+                            let o = Outcome::Skipped {
+                                reason: format!("input {label} failed"),
+                            };
+                            observer.event(plan, Event::Finished(d, &o));
+                            outcomes.insert(d, o);
+                        }
+                    }
+                    if opts.fail_fast {
+                        stop = true;
+                    }
+                    continue;
+                }
+                for d in plan.graph.neighbors_directed(n, Direction::Outgoing) {
+                    if let Some(c) = pending.get_mut(&d) {
+                        *c -= 1;
+                        if *c == 0 {
+                            ready.insert(d);
+                        }
                     }
                 }
-                if opts.fail_fast {
-                    stop = true;
-                }
-                continue;
+                pending.remove(&n);
             }
-            for d in plan.graph.neighbors_directed(n, Direction::Outgoing) {
-                if let Some(c) = pending.get_mut(&d) {
-                    *c -= 1;
-                    if *c == 0 {
-                        ready.insert(d);
-                    }
-                }
-            }
-            pending.remove(&n);
         }
     });
 
@@ -120,16 +135,40 @@ pub fn run(
     conclude(plan, store, &nodes, outcomes)
 }
 
-/// Runs one instance under its key's lock, storing the artifact on success.
+/// Resolves the key of an instance whose inputs are all settled (afresh: an input may
+/// have been computed again); true if that key is already cached.
+fn resolve_ready(plan: &Plan, store: &Store, n: NodeIndex) -> bool {
+    if plan.graph[n].inputs.is_empty() {
+        return false;
+    }
+    plan.unresolve(n);
+    plan.resolve(n, store)
+        .is_some_and(|k| store.is_complete(&k))
+}
+
+/// Runs one instance under its key's lock, storing the artifact on success; with a remote
+/// cache, pulls it first if the remote has it, and pushes it once computed.
 fn run_instance(
     plan: &Plan,
     store: &Store,
+    remote: Option<&Remote>,
     n: NodeIndex,
     threads: usize,
     observer: &dyn Observer,
 ) -> Outcome {
+    if let Some(r) = remote
+        && plan.graph[n].key().is_some()
+        && super::pull_missing(plan, store, r, &[n], observer).contains(&n)
+    {
+        return Outcome::Cached;
+    }
     let kind = plan.spec.stages[plan.graph[n].stage].kind;
-    compute_instance(&InstanceJob::of(plan, n), kind, store, threads, &mut |h| {
+    let mut job = InstanceJob::of(plan, n);
+    let outcome = compute_instance(&mut job, kind, store, threads, &mut |h| {
         observer.event(plan, Event::Waiting(n, h))
-    })
+    });
+    if let (Some(r), Outcome::Executed { .. }) = (remote, &outcome) {
+        super::push_done(plan, store, r, n, observer);
+    }
+    outcome
 }

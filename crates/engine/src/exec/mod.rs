@@ -139,21 +139,14 @@ pub fn selected(plan: &Plan, only: &[String]) -> Vec<NodeIndex> {
         .collect()
 }
 
-/// The keys an instance stores: its own and its parts' (checkpoints).
+/// The keys an instance stores: its own and its parts' (checkpoints); none while its key
+/// is not known.
 pub fn stored_keys(plan: &Plan, n: NodeIndex) -> Vec<String> {
-    let inst = &plan.graph[n];
-    let input_keys: Vec<(String, String)> = inst
-        .inputs
-        .iter()
-        .map(|(slot, up)| (slot.clone(), plan.graph[*up].key.clone()))
-        .collect();
-    let kind = plan.spec.stages[inst.stage].kind;
-    let mut keys = vec![inst.key.clone()];
-    keys.extend(
-        kind.parts(&inst.params, &input_keys)
-            .into_iter()
-            .map(|p| p.key),
-    );
+    let Some(key) = plan.key(n) else {
+        return Vec::new();
+    };
+    let mut keys = vec![key];
+    keys.extend(plan.parts(n).unwrap_or_default().into_iter().map(|p| p.key));
     keys
 }
 
@@ -228,7 +221,7 @@ fn pull_one(
             },
         );
     }
-    store.is_complete(&plan.graph[n].key)
+    plan.key(n).is_some_and(|k| store.is_complete(&k))
 }
 
 /// Pushes an instance's artifact and parts to the remote cache; reports a failure as a
@@ -299,7 +292,10 @@ pub fn recheck_inputs(
                     },
                 );
             }
-            let _ = store.remove(&plan.graph[up].key);
+            if let Some(k) = plan.key(up) {
+                let _ = store.remove(&k);
+            }
+            plan.forget_digest(up);
             outcomes.remove(&up);
             to_run.push(up);
             queue.push(up);
@@ -323,19 +319,35 @@ pub struct Triage {
 pub fn triage(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Observer) -> Triage {
     let nodes = selected(plan, &opts.only);
     let mut outcomes = std::collections::HashMap::new();
+    plan.resolve_all(store);
     let mut to_run = Vec::new();
     for &n in &nodes {
-        if store.is_complete(&plan.graph[n].key) {
+        if plan.key(n).is_some_and(|k| store.is_complete(&k)) {
             outcomes.insert(n, Outcome::Cached);
         } else {
             to_run.push(n);
         }
     }
     if let Some(remote) = &opts.remote {
-        let pulled = pull_missing(plan, store, remote, &to_run, observer);
-        to_run.retain(|n| !pulled.contains(n));
-        for n in pulled {
-            outcomes.insert(n, Outcome::Cached);
+        // Pulling an artifact can make its dependents' keys known: pull in waves.
+        let mut tried = std::collections::HashSet::new();
+        loop {
+            let wave: Vec<NodeIndex> = to_run
+                .iter()
+                .copied()
+                .filter(|&n| plan.resolve(n, store).is_some() && tried.insert(n))
+                .collect();
+            if wave.is_empty() {
+                break;
+            }
+            let pulled = pull_missing(plan, store, remote, &wave, observer);
+            if pulled.is_empty() {
+                break;
+            }
+            to_run.retain(|n| !pulled.contains(n));
+            for n in pulled {
+                outcomes.insert(n, Outcome::Cached);
+            }
         }
     }
     recheck_inputs(plan, store, &mut outcomes, &mut to_run, observer);

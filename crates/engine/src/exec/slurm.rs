@@ -4,8 +4,12 @@
 //! file in the shared cache with [`compute_instance`](super::job::compute_instance), exactly as a local run
 //! does. Progress comes from one `squeue` call per poll interval for the whole run.
 //!
-//! Each run keeps its files in `CACHE/runs/RUN/`: `run.json` (the job ids), `jobs/KEY.json`
-//! (the job), `jobs/KEY.outcome.json` (written by the job), `logs/KEY.out` (Slurm's log).
+//! Each run keeps its files in `CACHE/runs/RUN/`: `run.json` (the job ids), `jobs/RECIPE.json`
+//! (the job), `jobs/RECIPE.outcome.json` (written by the job, with the key it resolved),
+//! `logs/RECIPE.out` (Slurm's log). A job whose key planning could not know (an input's
+//! content was not known yet) resolves it on its node once its inputs exist, from its
+//! inputs' manifests and, for inputs computed in the same run, their outcome files; if that
+//! key is cached it exits at once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,8 +45,9 @@ pub struct SlurmOptions {
 /// One submitted job.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobRecord {
-    /// The instance's key.
-    pub key: String,
+    /// The instance's recipe ([`crate::plan::Instance::recipe`]).
+    #[serde(alias = "key")]
+    pub recipe: String,
     /// `stage[point]`.
     pub label: String,
     /// Slurm's job id.
@@ -77,6 +82,15 @@ pub struct JobOutcome {
     pub bad_data: bool,
     /// Seconds the stage ran.
     pub seconds: f64,
+    /// The key the job resolved, if it got that far.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// The key a job resolved, from its outcome file (once it has ended).
+pub fn resolved_key(job_file: &Path) -> Option<String> {
+    let bytes = std::fs::read(outcome_path(job_file)).ok()?;
+    serde_json::from_slice::<JobOutcome>(&bytes).ok()?.key
 }
 
 impl JobOutcome {
@@ -88,12 +102,14 @@ impl JobOutcome {
                 message: None,
                 bad_data: false,
                 seconds: *seconds,
+                key: None,
             },
             Outcome::Cached => JobOutcome {
                 outcome: "cached".into(),
                 message: None,
                 bad_data: false,
                 seconds: 0.0,
+                key: None,
             },
             Outcome::Failed {
                 message, bad_data, ..
@@ -102,12 +118,14 @@ impl JobOutcome {
                 message: Some(message.clone()),
                 bad_data: *bad_data,
                 seconds: 0.0,
+                key: None,
             },
             Outcome::Skipped { reason } => JobOutcome {
                 outcome: "skipped".into(),
                 message: Some(reason.clone()),
                 bad_data: false,
                 seconds: 0.0,
+                key: None,
             },
         }
     }
@@ -190,10 +208,10 @@ pub struct LiveJob {
     pub reason: String,
 }
 
-/// The queued or running jobs, by key, of unfinished runs that compute one of `keys`
-/// (one `squeue` call). Runs none of whose jobs is queued or running any more are marked
+/// The queued or running jobs, by recipe, of unfinished runs that compute one of
+/// `recipes` (one `squeue` call). Runs none of whose jobs is queued or running any more are marked
 /// finished.
-pub fn live_jobs(store: &Store, keys: &HashSet<&str>) -> HashMap<String, LiveJob> {
+pub fn live_jobs(store: &Store, recipes: &HashSet<&str>) -> HashMap<String, LiveJob> {
     let mut out = HashMap::new();
     let open: Vec<RunRecord> = records(store).into_iter().filter(|r| !r.finished).collect();
     if open.is_empty() {
@@ -213,9 +231,9 @@ pub fn live_jobs(store: &Store, keys: &HashSet<&str>) -> HashMap<String, LiveJob
                 continue;
             };
             active = true;
-            if keys.contains(j.key.as_str()) {
+            if recipes.contains(j.recipe.as_str()) {
                 out.insert(
-                    j.key.clone(),
+                    j.recipe.clone(),
                     LiveJob {
                         run: r.id.clone(),
                         job_id: j.job_id.clone(),
@@ -439,15 +457,19 @@ impl SlurmRun<'_> {
         let mut job = InstanceJob::of(plan, n);
         job.base_dir = base_dir.to_path_buf();
         job.remote = self.opts.remote.as_ref().map(|r| r.url().to_string());
-        job.parts = super::stored_keys(plan, n).split_off(1);
-        let job_file = self.dir.join("jobs").join(format!("{}.json", inst.key));
+        for (input, (_, up)) in job.inputs.iter_mut().zip(&inst.inputs) {
+            if input.key.is_none() {
+                input.job = self.live.get(up).map(|l| l.job_file.clone());
+            }
+        }
+        let job_file = self.dir.join("jobs").join(format!("{}.json", inst.recipe));
         let text = serde_json::to_vec_pretty(&job).unwrap_or_default();
         write_atomic(&job_file, &text).map_err(|e| Error::io(&job_file, e))?;
         let res = stage
             .kind
             .resources(&inst.params)
             .overridden_by(&stage.resources);
-        let slurm_log = self.dir.join("logs").join(format!("{}.out", inst.key));
+        let slurm_log = self.dir.join("logs").join(format!("{}.out", inst.recipe));
         let cpus = res.cpus.unwrap_or(1).max(1);
         let mut args: Vec<String> = vec![
             "--parsable".into(),
@@ -473,7 +495,7 @@ impl SlurmRun<'_> {
         ));
         let job_id = self.sbatch(n, &args)?;
         self.record.jobs.push(JobRecord {
-            key: inst.key.clone(),
+            recipe: inst.recipe.clone(),
             label: plan.label(n),
             job_id: job_id.clone(),
             slurm_log: slurm_log.clone(),
@@ -581,8 +603,8 @@ impl SlurmRun<'_> {
     /// or running (reporting its start), else how it ended. A job the queue has forgotten
     /// has ended when its artifact is in the cache, or after three polls.
     fn check(&mut self, n: NodeIndex, states: &HashMap<String, QueueState>) -> Option<Outcome> {
+        let key = self.key_now(n);
         let l = self.live.get_mut(&n).expect("live job");
-        let key = &self.plan.graph[n].key;
         match states.get(&l.job_id) {
             Some(q) if q.state == "PENDING" && q.reason.contains("DependencyNeverSatisfied") => {
                 let _ = cancel(&[l.job_id.as_str()]);
@@ -603,14 +625,26 @@ impl SlurmRun<'_> {
                     reason: "an input's job failed".into(),
                 })
             }
-            Some(q) => Some(finished(self.store, key, l, &q.state)),
+            Some(q) => Some(finished(self.store, key.as_deref(), l, &q.state)),
             None => {
                 // Forgotten by Slurm (or not yet visible): the cache decides.
                 l.misses += 1;
-                (self.store.is_complete(key) || l.misses >= 3)
-                    .then(|| finished(self.store, key, l, "gone from the queue"))
+                (key.as_deref().is_some_and(|k| self.store.is_complete(k)) || l.misses >= 3)
+                    .then(|| finished(self.store, key.as_deref(), l, "gone from the queue"))
             }
         }
+    }
+
+    /// Instance `n`'s key: known at planning, or resolved once its inputs are in the
+    /// cache (as its job resolves it), or the one its job's outcome file records.
+    fn key_now(&self, n: NodeIndex) -> Option<String> {
+        if let Some(k) = self.plan.key(n) {
+            return Some(k);
+        }
+        if let Some(k) = self.plan.resolve(n, self.store) {
+            return Some(k);
+        }
+        self.live.get(&n).and_then(|l| resolved_key(&l.job_file))
     }
 
     /// Records the outcomes of jobs that ended (each instance once); after a failure,
@@ -619,6 +653,11 @@ impl SlurmRun<'_> {
         for (n, outcome) in ended {
             if self.live.remove(&n).is_none() {
                 continue;
+            }
+            if matches!(outcome, Outcome::Executed { .. } | Outcome::Cached) {
+                // Its key (and its dependents') now follow from what is in the cache.
+                self.plan.unresolve(n);
+                self.plan.resolve(n, self.store);
             }
             let failed = matches!(outcome, Outcome::Failed { .. });
             self.observer.event(self.plan, Event::Finished(n, &outcome));
@@ -688,17 +727,22 @@ fn report(nodes: &[NodeIndex], mut outcomes: HashMap<NodeIndex, Outcome>) -> Run
 }
 
 /// The outcome of a job that left the queue, from its outcome file and the cache.
-fn finished(store: &Store, key: &str, l: &Live, state: &str) -> Outcome {
+fn finished(store: &Store, key: Option<&str>, l: &Live, state: &str) -> Outcome {
     let recorded: Option<JobOutcome> = std::fs::read(outcome_path(&l.job_file))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let key = key
+        .map(str::to_string)
+        .or_else(|| recorded.as_ref().and_then(|r| r.key.clone()))
+        .unwrap_or_default();
+    let key = key.as_str();
     let instance_log = store.log_path(key);
-    let log = if instance_log.exists() {
+    let log = if !key.is_empty() && instance_log.exists() {
         instance_log
     } else {
         l.slurm_log.clone()
     };
-    if store.is_complete(key) {
+    if !key.is_empty() && store.is_complete(key) {
         return match recorded {
             Some(r) if r.outcome == "cached" => Outcome::Cached,
             Some(r) => Outcome::Executed { seconds: r.seconds },

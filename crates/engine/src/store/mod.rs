@@ -65,6 +65,10 @@ pub struct Manifest {
     pub declared_files: BTreeMap<String, String>,
     /// The artifact's files.
     pub files: Vec<FileEntry>,
+    /// The instance's parts (name -> key), as its kind keyed them: what a dependent that
+    /// reads only some parts is keyed on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, String>,
     /// Unix time the run started, in seconds.
     pub started: f64,
     /// Wall-clock seconds the stage ran.
@@ -73,6 +77,17 @@ pub struct Manifest {
     pub pipe_version: String,
     /// Host it ran on.
     pub host: String,
+}
+
+impl Manifest {
+    /// The content digest of the artifact's files ([`crate::key::content_digest`]).
+    pub fn digest(&self) -> String {
+        crate::key::content_digest(
+            self.files
+                .iter()
+                .map(|f| (f.path.as_str(), f.blake3.as_str(), f.size)),
+        )
+    }
 }
 
 /// A damaged artifact found by [`Store::verify`].
@@ -221,16 +236,25 @@ impl Store {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// The content digest of a complete artifact, `None` if it is not complete.
+    pub fn digest(&self, key: &str) -> Option<String> {
+        self.complete_manifest(key).map(|m| m.digest())
+    }
+
     /// Whether the key's artifact is present with every file at its recorded size.
     pub fn is_complete(&self, key: &str) -> bool {
-        let Some(m) = self.manifest(key) else {
-            return false;
-        };
+        self.complete_manifest(key).is_some()
+    }
+
+    /// The manifest of a complete artifact (see [`Store::is_complete`]).
+    pub fn complete_manifest(&self, key: &str) -> Option<Manifest> {
+        let m = self.manifest(key)?;
         let dir = self.artifact_dir(key);
-        m.key == key
+        let complete = m.key == key
             && m.files.iter().all(|f| {
                 fs::metadata(dir.join(&f.path)).is_ok_and(|md| md.is_file() && md.len() == f.size)
-            })
+            });
+        complete.then_some(m)
     }
 
     /// Takes the per-key lock, waiting (and calling `on_wait` once) while another process holds it.
@@ -433,6 +457,7 @@ mod tests {
             inputs: BTreeMap::new(),
             declared_files: BTreeMap::new(),
             files: Vec::new(),
+            parts: BTreeMap::new(),
             started: 0.0,
             seconds: 0.0,
             pipe_version: "test".into(),

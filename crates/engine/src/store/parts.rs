@@ -55,6 +55,7 @@ impl Parts {
         m.key = key.to_string();
         m.kind = kind.to_string();
         m.params = params.clone();
+        m.parts.clear();
         m.started = super::unix_now() - clock.elapsed().as_secs_f64();
         m.seconds = clock.elapsed().as_secs_f64();
         store.commit(&tmp, m)?;
