@@ -103,7 +103,7 @@ impl Progress {
                 format!("[{}/{total}] done   {label} ({seconds:.2}s)", *done)
             }
             Outcome::Cached => format!(
-                "[{}/{total}] cached {label} (computed by another run)",
+                "[{}/{total}] cached {label} (its inputs were known, its key was in the cache)",
                 *done
             ),
             Outcome::Failed { message, .. } => {

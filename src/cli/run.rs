@@ -157,8 +157,10 @@ fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i3
     let (cached, rest): (Vec<NodeIndex>, Vec<NodeIndex>) = nodes
         .into_iter()
         .partition(|&n| plan.key(n).is_some_and(|k| store.is_complete(&k)));
-    let (todo, may): (Vec<NodeIndex>, Vec<NodeIndex>) =
-        rest.into_iter().partition(|&n| plan.key(n).is_some());
+    let index = store.read_index(&plan.spec.name);
+    let (may, todo): (Vec<NodeIndex>, Vec<NodeIndex>) = rest
+        .into_iter()
+        .partition(|&n| crate::status::may_run(plan, &index, n));
     if json {
         print_json(&RunJson {
             cached: Item::list(plan, &cached),
@@ -173,7 +175,7 @@ fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i3
         })?;
     } else {
         for &n in &nodes_in_order(plan, &todo, &may) {
-            if plan.key(n).is_some() {
+            if !may.contains(&n) {
                 outln!("would run  {}  {}", plan.short_key(n), plan.label(n));
             } else {
                 outln!(

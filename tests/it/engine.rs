@@ -13,10 +13,26 @@ fn sweep_expands_and_shares_unswept_stages() {
     p.write("p.toml", BASIC);
     let (code, r) = p.run("p.toml", &[]);
     assert_eq!(code, 0, "{r}");
-    // 1 dataset shared by the 2 x 2 points, 4 corrupt, 4 exec.
+    // 1 dataset shared by the 2 x 2 points, 4 corrupt, 4 exec; at noise 0.0 both seeds
+    // leave every label alone, so the two counts read identical bytes with identical
+    // parameters and share one artifact: 3 computed, 1 found cached.
     assert_eq!(of_stage(&r, "executed", "data").len(), 1);
     assert_eq!(of_stage(&r, "executed", "corrupt").len(), 4);
-    assert_eq!(of_stage(&r, "executed", "count").len(), 4);
+    assert_eq!(of_stage(&r, "executed", "count").len(), 3);
+    assert_eq!(of_stage(&r, "cached", "count").len(), 1);
+    let count_keys = |noise: f64| -> Vec<Json> {
+        r["executed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(r["cached"].as_array().unwrap())
+            .filter(|i| i["stage"] == "count" && i["point"]["noise"] == noise)
+            .map(|i| i["key"].clone())
+            .collect()
+    };
+    assert_eq!(count_keys(0.0).len(), 2);
+    assert_eq!(count_keys(0.0)[0], count_keys(0.0)[1]);
+    assert_ne!(count_keys(0.5)[0], count_keys(0.5)[1]);
     assert_eq!(
         of_stage(&r, "executed", "data")[0]["point"],
         serde_json::json!({})
@@ -33,7 +49,7 @@ fn sweep_expands_and_shares_unswept_stages() {
             );
         }
     }
-    assert_eq!(p.artifacts().len(), 9);
+    assert_eq!(p.artifacts().len(), 8);
     assert_no_partial_artifacts(&p.cache());
 }
 
@@ -70,8 +86,15 @@ fn changing_one_parameter_reruns_exactly_its_dependents_and_status_says_why() {
                 assert_eq!(s["reason"], "param mode changed \"permute\" -> \"uniform\"");
             }
             "count" => {
-                assert_eq!(s["state"], "stale");
-                assert_eq!(s["reason"], "input corrupt changed");
+                // Its key depends on what corrupt will write.
+                assert_eq!(s["state"], "may-run");
+                assert_eq!(s["key"], Json::Null);
+                let corrupt = format!(
+                    "corrupt[noise={},seed={}]",
+                    if s["point"]["noise"] == 0.0 { "0.0" } else { "0.5" },
+                    s["point"]["seed"]
+                );
+                assert_eq!(s["reason"], format!("depends on {corrupt}'s output"));
             }
             other => panic!("unexpected stage {other}"),
         }
@@ -81,7 +104,16 @@ fn changing_one_parameter_reruns_exactly_its_dependents_and_status_says_why() {
     assert_eq!(of_stage(&r, "executed", "data").len(), 0);
     assert_eq!(of_stage(&r, "cached", "data").len(), 1);
     assert_eq!(of_stage(&r, "executed", "corrupt").len(), 4);
-    assert_eq!(of_stage(&r, "executed", "count").len(), 4);
+    // Early cutoff: at noise 0.0 no label is chosen, so the new mode writes the same
+    // bytes and the counts there stay cached; at 0.5 the labels differ and they rerun.
+    assert_eq!(of_stage(&r, "executed", "count").len(), 2);
+    assert!(
+        of_stage(&r, "executed", "count")
+            .iter()
+            .all(|i| i["point"]["noise"] == 0.5),
+        "{r}"
+    );
+    assert_eq!(of_stage(&r, "cached", "count").len(), 2);
 
     // A --set override is reported the same way, with old and new numbers.
     let st = p.status("p.toml", &["--set", "stage.data.train_size=30"]);
@@ -180,7 +212,9 @@ fn failing_exec_stops_only_its_branch() {
             .all(|i| i["point"]["seed"] == 2)
     );
     assert_eq!(of_stage(&r, "skipped", "after").len(), 2);
-    assert_eq!(of_stage(&r, "executed", "after").len(), 2);
+    // Both seed-1 counts wrote the same bytes, so their `after`s share one artifact.
+    assert_eq!(of_stage(&r, "executed", "after").len(), 1);
+    assert_eq!(of_stage(&r, "cached", "after").len(), 1);
     assert_eq!(of_stage(&r, "executed", "corrupt").len(), 4);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("exited with status 1"), "{stderr}");
@@ -198,7 +232,7 @@ fn failing_exec_stops_only_its_branch() {
     assert!(log.contains("boom"), "{log}");
     // No partial artifact: the failed instances' half-written files are nowhere in the store.
     assert_no_partial_artifacts(&p.cache());
-    assert_eq!(p.artifacts().len(), 1 + 4 + 2 + 2);
+    assert_eq!(p.artifacts().len(), 1 + 4 + 2 + 1);
     assert_eq!(std::fs::read_dir(p.cache().join("tmp")).unwrap().count(), 0);
 }
 
@@ -509,7 +543,7 @@ fn verify_rehashes_and_fix_removes_damaged_artifacts() {
     let out = p.pipe(&["verify", "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let v: Json = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["checked"], 9);
+    assert_eq!(v["checked"], 8);
     assert_eq!(v["damaged"].as_array().unwrap().len(), 0);
     // Flip one byte of a labels file (same size: only a rehash sees it).
     let corrupt_key = p
@@ -538,7 +572,7 @@ fn verify_rehashes_and_fix_removes_damaged_artifacts() {
             .contains("labels.parquet")
     );
     assert_eq!(p.pipe(&["verify", "--fix"]).status.code(), Some(0));
-    assert_eq!(p.artifacts().len(), 8);
+    assert_eq!(p.artifacts().len(), 7);
     // The next run recomputes exactly the removed one.
     let (code, r) = p.run("p.toml", &[]);
     assert_eq!(code, 0);

@@ -19,7 +19,9 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
     assert_eq!(code, 0, "{r}");
     assert_eq!(of_stage(&r, "executed", "data").len(), 1);
     assert_eq!(of_stage(&r, "executed", "corrupt").len(), 4);
-    assert_eq!(of_stage(&r, "executed", "summary").len(), 4);
+    // At noise 0.0 both seeds' labels are the same bytes: one summary serves both.
+    assert_eq!(of_stage(&r, "executed", "summary").len(), 3);
+    assert_eq!(of_stage(&r, "cached", "summary").len(), 1);
     assert_eq!(of_stage(&r, "executed", "train").len(), 4);
     for stage in ["activations", "probe", "gradnorm", "rollback"] {
         assert_eq!(of_stage(&r, "executed", stage).len(), 4, "{stage}");

@@ -171,6 +171,7 @@ fn damaged_artifacts_are_reported_and_recomputed_before_anything_reads_them() {
     p.write("p.toml", &text);
     assert_eq!(p.run("p.toml", &[]).0, 0);
     let corrupt = keys_of(&p, "p.toml", "corrupt");
+    let count = keys_of(&p, "p.toml", "count");
     let dir = |k: &str| p.cache().join("artifacts").join(k);
     let good = std::fs::read(dir(&corrupt[2].1).join("labels.parquet")).unwrap();
     // A flipped byte, a truncated file, a deleted file.
@@ -185,7 +186,6 @@ fn damaged_artifacts_are_reported_and_recomputed_before_anything_reads_them() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let count = keys_of(&p, "p.toml", "count");
     std::fs::remove_file(dir(&count[0].1).join("listing.txt")).unwrap();
 
     let v = p.pipe(&["verify", "--json"]);

@@ -20,8 +20,9 @@ pub enum State {
     Missing,
     /// Computed before, but something it depends on has changed since.
     Stale,
-    /// Its key is not known yet: an input it reads whole must be computed first, and it
-    /// runs only if that input's content turns out different from what it last read.
+    /// It was computed before, and its key is not known yet: an input it reads whole must
+    /// be computed first, and it runs only if that input's content turns out different
+    /// from what it last read. (Never computed with an unknown key is `Missing`.)
     #[serde(rename = "may-run")]
     MayRun,
 }
@@ -61,6 +62,16 @@ pub fn parts(plan: &Plan, store: &Store, node: NodeIndex) -> Vec<(Part, bool)> {
             (p, cached)
         })
         .collect()
+}
+
+/// Whether instance `node`'s key is unknown while it was computed before (see
+/// [`State::MayRun`]).
+pub fn may_run(plan: &Plan, index: &Index, node: NodeIndex) -> bool {
+    let inst = &plan.graph[node];
+    inst.key().is_none()
+        && index
+            .entries
+            .contains_key(&entry_id(plan.stage_name(node), &inst.point))
 }
 
 /// Why an instance's key is not known: `depends on corrupt[seed=1]'s output` for each
@@ -170,13 +181,17 @@ fn state(
     inst: &Instance,
 ) -> InstanceStatus {
     let key = plan.resolve(node, store);
+    let stage = &plan.spec.stages[inst.stage];
+    let last = index.entries.get(&entry_id(&stage.name, &inst.point));
     let (state, reason) = if key.as_ref().is_some_and(|k| store.is_complete(k)) {
         (State::Cached, String::new())
     } else if key.is_none() {
-        (State::MayRun, may_run_reason(plan, store, node))
+        match last {
+            None => (State::Missing, "never run".to_string()),
+            Some(_) => (State::MayRun, may_run_reason(plan, store, node)),
+        }
     } else {
-        let stage = &plan.spec.stages[inst.stage];
-        match index.entries.get(&entry_id(&stage.name, &inst.point)) {
+        match last {
             None => (State::Missing, "never run".to_string()),
             Some(last) if Some(&last.key) == key.as_ref() => (
                 State::Missing,
