@@ -13,6 +13,7 @@
 mod common;
 
 mod analysis;
+mod cutoff;
 mod engine;
 mod outputs;
 mod reliability;

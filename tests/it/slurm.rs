@@ -171,6 +171,40 @@ fn a_failing_job_stops_only_its_branch_and_names_its_slurm_log() {
     );
 }
 
+#[test]
+fn jobs_resolve_their_keys_on_the_node_and_exit_at_once_on_identical_input() {
+    require_slurm();
+    let p = Project::new();
+    p.write("p.toml", BASIC);
+    let slurm = ["--executor", "slurm", "--poll", "0.3"];
+    let (code, r) = p.run("p.toml", &slurm);
+    assert_eq!(code, 0, "{r}");
+    // Another corruption mode: corrupt reruns; each count's key depends on what corrupt
+    // writes, so its job resolves it on the node. At noise 0.0 the labels are the same
+    // bytes: those jobs find their key cached and exit; at 0.5 they compute.
+    let mode = ["--set", "stage.corrupt.mode=\"uniform\""];
+    let (code, r) = p.run("p.toml", &[&slurm[..], &mode[..]].concat());
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["submitted"], 8, "{r}");
+    assert_eq!(of_stage(&r, "executed", "corrupt").len(), 4);
+    let counts = of_stage(&r, "executed", "count");
+    assert_eq!(counts.len(), 2, "{r}");
+    assert!(counts.iter().all(|i| i["point"]["noise"] == 0.5), "{r}");
+    let cached = of_stage(&r, "cached", "count");
+    assert_eq!(cached.len(), 2, "{r}");
+    assert!(cached.iter().all(|i| i["point"]["noise"] == 0.0), "{r}");
+    // The keys the nodes resolved are the ones a local plan now computes.
+    let st = p.status("p.toml", &mode);
+    assert!(st.iter().all(|s| s["state"] == "cached"), "{st:?}");
+    for c in counts.iter().chain(&cached) {
+        let s = st
+            .iter()
+            .find(|s| s["stage"] == "count" && s["point"] == c["point"])
+            .unwrap();
+        assert_eq!(s["key"], c["key"]);
+    }
+}
+
 const SLOW: &str = r#"
 [pipeline]
 name = "slow"
