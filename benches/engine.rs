@@ -201,6 +201,7 @@ fn key_hash_peer(plan: &Plan, runs: usize) -> Res<Duration> {
             let resolved = inst.resolved.get().unwrap_or_else(|| pipe::plan::Resolved {
                 key: String::new(),
                 input_ids: Vec::new(),
+                input_parts: Vec::new(),
             });
             (
                 stage.kind.name(),

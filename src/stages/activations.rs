@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
+use crate::plan::compute_key;
+use crate::stage::{CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
 use crate::stages::trained::{
     EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
 };
@@ -23,6 +24,26 @@ crate::stage_params! {
         layers: Layers, default "\"all\"", "\"all\" or a list of layer names";
         seed: i64, default "0", "seeds the probe set and the projections";
         ..worker: WorkerParams;
+    }
+}
+
+/// The kind recorded in the manifests of the per-epoch parts.
+pub const EPOCH_PART_KIND: &str = "activations-epoch";
+
+/// The code version of `activations` (and of its per-epoch parts).
+pub const VERSION: u32 = 1;
+
+/// The part of one epoch: its layers' files, and `layers.json` (the stored layers).
+pub const LAYERS_FILE: &str = "layers.json";
+
+impl ActivationsParams {
+    /// The key of the part holding the features at one checkpoint: the parameters but
+    /// `epochs`, and that checkpoint's key (which fixes the network and its data, so the
+    /// probe set too). Adding an epoch adds one part; the others are reused.
+    pub fn epoch_part_key(&self, keys: &KeyInputs<'_>, checkpoint_key: &str) -> String {
+        let mut p = keys.key_params(ActivationsParams::specs(), &["epochs"]);
+        p.insert("checkpoint".into(), checkpoint_key.into());
+        compute_key(EPOCH_PART_KIND, VERSION, &p, &[], &[])
     }
 }
 
@@ -60,7 +81,7 @@ pub struct Activations;
 impl Kind for Activations {
     type Params = ActivationsParams;
     const NAME: &'static str = NAME;
-    const VERSION: u32 = 1;
+    const VERSION: u32 = VERSION;
     const ABOUT: &'static str = "every layer's features of a fixed probe set (clean and corrupted examples) at chosen checkpoints";
 
     fn inputs(&self) -> Inputs {
@@ -77,6 +98,16 @@ impl Kind for Activations {
     }
     fn reads(&self, p: &ActivationsParams, _slot: &str, up: &InputInfo<'_>) -> Option<Vec<String>> {
         checkpoint_parts(&p.epochs, up)
+    }
+    /// One part per checkpoint read, named like it (`epoch 5`).
+    fn parts(&self, p: &ActivationsParams, keys: &KeyInputs<'_>) -> Vec<Part> {
+        keys.parts_of("train")
+            .iter()
+            .map(|(name, checkpoint)| Part {
+                name: name.clone(),
+                key: p.epoch_part_key(keys, checkpoint),
+            })
+            .collect()
     }
     crate::worker::worker_kind_methods!(ActivationsParams);
 }

@@ -2,7 +2,8 @@
 //! examples. The work needs libtorch and runs in the worker (`torch/src/stages/gradnorm.rs`);
 //! see science.md for the measurement.
 
-use crate::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
+use crate::plan::compute_key;
+use crate::stage::{CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
 use crate::stages::trained::{
     EpochRef, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
 };
@@ -21,13 +22,29 @@ crate::stage_params! {
     }
 }
 
+/// The code version of `gradnorm` and its per-epoch parts.
+pub const VERSION: u32 = 1;
+
+/// The kind recorded in the manifests of the per-epoch parts.
+pub const EPOCH_PART_KIND: &str = "gradnorm-epoch";
+
+impl GradNormParams {
+    /// The key of the part holding one checkpoint's rows of `gradnorm.parquet`: the
+    /// parameters but `epochs`, and that checkpoint's key.
+    pub fn epoch_part_key(&self, keys: &KeyInputs<'_>, checkpoint_key: &str) -> String {
+        let mut p = keys.key_params(GradNormParams::specs(), &["epochs"]);
+        p.insert("checkpoint".into(), checkpoint_key.into());
+        compute_key(EPOCH_PART_KIND, VERSION, &p, &[], &[])
+    }
+}
+
 /// The `gradnorm` stage kind.
 pub struct GradNorm;
 
 impl Kind for GradNorm {
     type Params = GradNormParams;
     const NAME: &'static str = NAME;
-    const VERSION: u32 = 1;
+    const VERSION: u32 = VERSION;
     const ABOUT: &'static str = "per layer and epoch: norms and cosine of the loss gradients from clean and from corrupted examples";
 
     fn inputs(&self) -> Inputs {
@@ -41,6 +58,16 @@ impl Kind for GradNorm {
     }
     fn reads(&self, p: &GradNormParams, _slot: &str, up: &InputInfo<'_>) -> Option<Vec<String>> {
         checkpoint_parts(&p.epochs, up)
+    }
+    /// One part per checkpoint read, named like it (`epoch 5`).
+    fn parts(&self, p: &GradNormParams, keys: &KeyInputs<'_>) -> Vec<Part> {
+        keys.parts_of("train")
+            .iter()
+            .map(|(name, checkpoint)| Part {
+                name: name.clone(),
+                key: p.epoch_part_key(keys, checkpoint),
+            })
+            .collect()
     }
     fn tables(&self, _p: &GradNormParams) -> Vec<String> {
         vec!["gradnorm".into()]

@@ -6,6 +6,11 @@
 //! Output: `probe.parquet` (one row per epoch, layer and labeling) and
 //! `probe_manifolds.parquet` (one row per manifold). Runs in the `pipe` process (no
 //! libtorch), parallel across manifolds with the instance's threads.
+//!
+//! Each epoch is analysed into a part of its own (both tables for that epoch), keyed on
+//! the activations' part of that epoch, and the output joins the parts: when activations
+//! gain an epoch, only that epoch is analysed. An epoch's random streams depend on the
+//! epoch and layer only, never on which other epochs are analysed.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,8 +19,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::geometry;
-use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
+use crate::plan::compute_key;
+use crate::stage::{
+    CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
+};
 use crate::stages::activations::ActivationsInfo;
+use crate::stages::train::checkpoint_part;
 use crate::table::{Column, Table};
 use crate::tables::{self, Features, ProbeManifolds, ProbeSet};
 
@@ -31,6 +40,22 @@ crate::stage_params! {
         linear_probe: bool, default "true", "also fit a linear classifier per layer";
         seed: i64, default "0", "seeds the t vectors, the center-subspace search and the probe split";
         threads: i64, default "2", not_in_key, "threads for the analysis (not in the key)";
+    }
+}
+
+/// The code version of `probe` and its per-epoch parts.
+pub const VERSION: u32 = 2;
+
+/// The kind recorded in the manifests of the per-epoch parts.
+pub const EPOCH_PART_KIND: &str = "probe-epoch";
+
+impl ProbeParams {
+    /// The key of the part analysing one epoch: the parameters in the key and the key of
+    /// the activations' part of that epoch.
+    pub fn epoch_part_key(&self, keys: &KeyInputs<'_>, activations_part: &str) -> String {
+        let mut p = keys.key_params(ProbeParams::specs(), &[]);
+        p.insert("activations".into(), activations_part.into());
+        compute_key(EPOCH_PART_KIND, VERSION, &p, &[], &[])
     }
 }
 
@@ -179,7 +204,7 @@ impl Analysis<'_> {
 impl Kind for Probe {
     type Params = ProbeParams;
     const NAME: &'static str = NAME;
-    const VERSION: u32 = 1;
+    const VERSION: u32 = VERSION;
     const ABOUT: &'static str = "manifold capacity, radius, dimension (MFTMA) and a linear probe per epoch, layer and labeling";
 
     fn inputs(&self) -> Inputs {
@@ -206,6 +231,16 @@ impl Kind for Probe {
     fn tables(&self, _p: &ProbeParams) -> Vec<String> {
         vec!["probe".into(), "probe_manifolds".into()]
     }
+    /// One part per epoch of the activations, named like it (`epoch 5`).
+    fn parts(&self, p: &ProbeParams, keys: &KeyInputs<'_>) -> Vec<Part> {
+        keys.parts_of("activations")
+            .iter()
+            .map(|(name, part)| Part {
+                name: name.clone(),
+                key: p.epoch_part_key(keys, part),
+            })
+            .collect()
+    }
     fn threads(&self, p: &ProbeParams) -> usize {
         p.threads.max(1) as usize
     }
@@ -221,32 +256,77 @@ impl Kind for Probe {
                 .num_threads(ctx.threads)
                 .build()?,
         };
-        let mut rows: Vec<Row> = Vec::new();
-        let mut salt = 0u64;
+        let (ids, seen) = ctx.input_identities();
+        let keys = KeyInputs {
+            values: ctx.params,
+            input_keys: &ids,
+            input_parts: &seen,
+        };
+        let (mut probe, mut manifolds) = (tables::Probe::default(), ProbeManifolds::default());
         for &epoch in &info.epochs {
-            for layer in &info.layers {
-                let features = Features::read(
-                    &dir.join(format!("epoch={epoch}"))
-                        .join(format!("{}.parquet", layer.name)),
-                )?;
-                let n = features.features.rows();
-                if n != set.true_label.len() {
-                    anyhow::bail!(
-                        "epoch {epoch} layer {}: {n} rows for {} probe examples",
-                        layer.name,
-                        set.true_label.len()
-                    );
+            let analyse = |log: &mut std::fs::File| -> Result<Vec<Row>> {
+                let mut rows = Vec::new();
+                for (li, layer) in info.layers.iter().enumerate() {
+                    let features = Features::read(
+                        &dir.join(format!("epoch={epoch}"))
+                            .join(format!("{}.parquet", layer.name)),
+                    )?;
+                    let n = features.features.rows();
+                    if n != set.true_label.len() {
+                        anyhow::bail!(
+                            "epoch {epoch} layer {}: {n} rows for {} probe examples",
+                            layer.name,
+                            set.true_label.len()
+                        );
+                    }
+                    // Random streams of (epoch, layer, labeling), whatever else is analysed.
+                    let mut salt = ((epoch as u64) << 16) | ((li as u64) << 4);
+                    rows.extend(analysis.layer(epoch, &layer.name, &features, &mut salt, log)?);
                 }
-                rows.extend(analysis.layer(epoch, &layer.name, &features, &mut salt, ctx.log)?);
-            }
+                Ok(rows)
+            };
+            let part = keys.input_part("activations", &checkpoint_part(epoch));
+            let Some(key) = part.map(|a| p.epoch_part_key(&keys, a)) else {
+                // An activations artifact without parts: analyse into the output alone.
+                let (pr, m) = row_tables(&analyse(ctx.log)?, p.n_t);
+                probe.append(pr);
+                manifolds.append(m);
+                continue;
+            };
+            let (part_dir, how) = match ctx.parts.get(&key) {
+                Some(d) => (d, "reused"),
+                None => {
+                    let rows = analyse(ctx.log)?;
+                    let params = serde_json::json!({"epoch": epoch});
+                    let d = ctx
+                        .parts
+                        .put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
+                            write_tables(tmp, &rows, p.n_t)
+                        })?;
+                    (d, "computed")
+                }
+            };
+            writeln!(ctx.log, "epoch {epoch}: {how} (part {})", &key[..12])?;
+            probe.append(tables::Probe::read(&part_dir.join("probe.parquet"))?);
+            manifolds.append(ProbeManifolds::read(
+                &part_dir.join("probe_manifolds.parquet"),
+            )?);
         }
-        write_tables(ctx.out, &rows, p.n_t)
+        probe.write(&ctx.out.join("probe.parquet"))?;
+        manifolds.write(&ctx.out.join("probe_manifolds.parquet"))
     }
 }
 
 /// Writes `probe.parquet` and `probe_manifolds.parquet`.
 fn write_tables(out: &Path, rows: &[Row], n_t: i64) -> Result<()> {
-    tables::Probe {
+    let (probe, manifolds) = row_tables(rows, n_t);
+    probe.write(&out.join("probe.parquet"))?;
+    manifolds.write(&out.join("probe_manifolds.parquet"))
+}
+
+/// The two tables of some analysed rows.
+fn row_tables(rows: &[Row], n_t: i64) -> (tables::Probe, ProbeManifolds) {
+    let probe = tables::Probe {
         epoch: rows.iter().map(|r| r.epoch).collect(),
         layer: rows.iter().map(|r| r.layer.clone()).collect(),
         labeling: rows.iter().map(|r| r.labeling.to_string()).collect(),
@@ -259,8 +339,7 @@ fn write_tables(out: &Path, rows: &[Row], n_t: i64) -> Result<()> {
         m: rows.iter().map(|r| r.result.m.round() as i64).collect(),
         n_t: vec![n_t; rows.len()],
         linear_probe_acc: rows.iter().map(|r| r.linear).collect(),
-    }
-    .write(&out.join("probe.parquet"))?;
+    };
     let mut m = ProbeManifolds::default();
     for r in rows {
         for (j, label) in r.labels.iter().enumerate() {
@@ -273,5 +352,5 @@ fn write_tables(out: &Path, rows: &[Row], n_t: i64) -> Result<()> {
             m.dimension.push(r.result.dimensions[j]);
         }
     }
-    m.write(&out.join("probe_manifolds.parquet"))
+    (probe, m)
 }

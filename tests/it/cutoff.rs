@@ -66,16 +66,24 @@ fn training_longer_reruns_only_what_reads_the_new_checkpoints() {
     );
     // The train instance resumed from epoch 4 of the first run's checkpoints (it kept
     // 0, 1, 2, 4): it trained epochs 5-8 only.
-    let train = of_stage(&r, "executed", "train")[0]["key"].as_str().unwrap();
+    let train = of_stage(&r, "executed", "train")[0]["key"]
+        .as_str()
+        .unwrap();
     let log = String::from_utf8(p.pipe(&["log", train]).stdout).unwrap();
-    assert!(log.contains("resumed from the checkpoint of epoch 4"), "{log}");
+    assert!(
+        log.contains("resumed from the checkpoint of epoch 4"),
+        "{log}"
+    );
 }
 
 #[test]
 fn labels_rewritten_identically_keep_training_and_analyses_cached() {
     let p = Project::new();
     p.write_idx("data", 200, 40);
-    let text = with_values(TINY_STUDY, &[("sweep.noise", "[0.0]"), ("sweep.seed", "[1]")]);
+    let text = with_values(
+        TINY_STUDY,
+        &[("sweep.noise", "[0.0]"), ("sweep.seed", "[1]")],
+    );
     p.write("p.toml", &text);
     let (code, r) = p.run("p.toml", &[]);
     assert_eq!(code, 0, "{r}");
@@ -92,7 +100,8 @@ fn labels_rewritten_identically_keep_training_and_analyses_cached() {
     let text_out = p.pipe(&[&["run", "p.toml", "--dry-run"][..], &mode[..]].concat());
     let text_out = String::from_utf8(text_out.stdout).unwrap();
     assert!(
-        text_out.contains("train[noise=0.0,seed=1] (depends on corrupt[noise=0.0,seed=1]'s output)"),
+        text_out
+            .contains("train[noise=0.0,seed=1] (depends on corrupt[noise=0.0,seed=1]'s output)"),
         "{text_out}"
     );
     let (code, r) = p.run("p.toml", &mode);
@@ -101,4 +110,104 @@ fn labels_rewritten_identically_keep_training_and_analyses_cached() {
     assert_eq!(count(&r, "cached"), 6);
     let st = p.status("p.toml", &mode);
     assert!(st.iter().all(|s| s["state"] == "cached"), "{st:?}");
+}
+
+/// The log of the instance of `stage` in a run report.
+fn log_of(p: &Project, r: &Json, stage: &str) -> String {
+    let key = of_stage(r, "executed", stage)[0]["key"].as_str().unwrap();
+    String::from_utf8(p.pipe(&["log", key]).stdout).unwrap()
+}
+
+/// The epochs a log says were `computed` or `reused` (lines `epoch E: computed ...`).
+fn epochs_in(log: &str, how: &str) -> Vec<i64> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("epoch ")?;
+            let (e, tail) = rest.split_once(": ")?;
+            tail.starts_with(how).then(|| e.trim().parse().ok())?
+        })
+        .collect()
+}
+
+#[test]
+fn an_added_epoch_is_the_only_one_computed_and_a_removed_one_costs_nothing() {
+    let p = Project::new();
+    let file = study(&p);
+    let (code, first) = p.run(&file, &[]);
+    assert_eq!(code, 0, "{first}");
+    for stage in ["activations", "probe"] {
+        assert_eq!(epochs_in(&log_of(&p, &first, stage), "computed"), [0, 1, 2]);
+    }
+    assert_eq!(
+        epochs_in(&log_of(&p, &first, "gradnorm"), "computed"),
+        [0, 2]
+    );
+
+    let more = [
+        "--set",
+        "stage.activations.epochs=[0,1,2,4]",
+        "--set",
+        "stage.gradnorm.epochs=[0,2,4]",
+    ];
+    let (code, r) = p.run(&file, &more);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(stages(&r, "executed"), ["activations", "gradnorm", "probe"]);
+    for stage in ["activations", "probe"] {
+        let log = log_of(&p, &r, stage);
+        assert_eq!(epochs_in(&log, "computed"), [4], "{stage}: {log}");
+        assert_eq!(epochs_in(&log, "reused"), [0, 1, 2], "{stage}: {log}");
+    }
+    let log = log_of(&p, &r, "gradnorm");
+    assert_eq!(epochs_in(&log, "computed"), [4], "{log}");
+    // The reused epochs' numbers are the first run's, to the bit (an epoch's analysis
+    // does not depend on which other epochs are analysed).
+    let probe = |r: &Json| {
+        let key = of_stage(r, "executed", "probe")[0]["key"].as_str().unwrap();
+        p.cache().join("artifacts").join(key).join("probe.parquet")
+    };
+    let same = python(&format!(
+        "import polars as pl, json\n\
+         a = pl.read_parquet('{}')\n\
+         b = pl.read_parquet('{}').filter(pl.col('epoch') <= 2)\n\
+         print(json.dumps([a.height, a.equals(b)]))",
+        probe(&first).display(),
+        probe(&r).display()
+    ));
+    assert_eq!(
+        same,
+        serde_json::json!([27, true]),
+        "3 epochs x 3 layers x 3 labelings"
+    );
+    // status lists each analysis's per-epoch parts, as it lists checkpoints.
+    let st = p.status(&file, &more);
+    let parts = |stage: &str| -> Vec<(String, bool)> {
+        st.iter().find(|s| s["stage"] == stage).unwrap()["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["name"].as_str().unwrap().to_string(),
+                    x["cached"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let all = |names: &[&str]| -> Vec<(String, bool)> {
+        names.iter().map(|n| (n.to_string(), true)).collect()
+    };
+    let four = ["epoch 0", "epoch 1", "epoch 2", "epoch 4"];
+    assert_eq!(parts("activations"), all(&four));
+    assert_eq!(parts("probe"), all(&four));
+    assert_eq!(parts("gradnorm"), all(&["epoch 0", "epoch 2", "epoch 4"]));
+
+    // Fewer epochs: the new instances are made of cached parts alone.
+    let (code, r) = p.run(&file, &["--set", "stage.activations.epochs=[0,2]"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(stages(&r, "executed"), ["activations", "probe"]);
+    for stage in ["activations", "probe"] {
+        let log = log_of(&p, &r, stage);
+        assert_eq!(epochs_in(&log, "computed"), Vec::<i64>::new(), "{log}");
+        assert_eq!(epochs_in(&log, "reused"), [0, 2], "{log}");
+    }
 }

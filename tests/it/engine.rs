@@ -91,7 +91,11 @@ fn changing_one_parameter_reruns_exactly_its_dependents_and_status_says_why() {
                 assert_eq!(s["key"], Json::Null);
                 let corrupt = format!(
                     "corrupt[noise={},seed={}]",
-                    if s["point"]["noise"] == 0.0 { "0.0" } else { "0.5" },
+                    if s["point"]["noise"] == 0.0 {
+                        "0.0"
+                    } else {
+                        "0.5"
+                    },
                     s["point"]["seed"]
                 );
                 assert_eq!(s["reason"], format!("depends on {corrupt}'s output"));

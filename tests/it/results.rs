@@ -138,7 +138,11 @@ fn show_log_and_ls_take_unique_key_prefixes() {
         .iter()
         .map(|a| a["key"].as_str().unwrap())
         .collect();
-    assert_eq!(keys.len(), 8, "the two counts at noise 0.0 share one artifact");
+    assert_eq!(
+        keys.len(),
+        8,
+        "the two counts at noise 0.0 share one artifact"
+    );
     // With 17 artifacts (five seeds), two keys share a first digit.
     assert_eq!(p.run("p.toml", &["--set", "sweep.seed=[1,2,3,4,5]"]).0, 0);
     let all: Json = serde_json::from_slice(&p.pipe(&["ls", "--json"]).stdout).unwrap();

@@ -69,6 +69,9 @@ pub struct Resolved {
     pub key: String,
     /// Slot -> what the key took from that input (its content digest or parts identity).
     pub input_ids: Vec<(String, String)>,
+    /// Slot -> the upstream parts the instance sees: those it reads, or all of an input
+    /// read whole.
+    pub input_parts: Vec<crate::stage::InputParts>,
 }
 
 /// One stage at one sweep point: the unit that runs and is cached.
@@ -305,6 +308,7 @@ impl Plan {
                     resolved.set(Resolved {
                         key: recipe.clone(),
                         input_ids: Vec::new(),
+                        input_parts: Vec::new(),
                     });
                 }
                 let threads = stage.kind.threads(&params).max(1);
@@ -356,12 +360,25 @@ impl Plan {
             return Some(r.key);
         }
         let mut ids = Vec::with_capacity(inst.inputs.len());
+        let mut input_parts = Vec::with_capacity(inst.inputs.len());
         for ((slot, up), reads) in inst.inputs.iter().zip(&inst.reads) {
-            let id = match reads {
-                Some(names) => self.parts_id(*up, names)?,
-                None => self.digest(*up, store)?,
+            let (id, seen) = match reads {
+                Some(names) => {
+                    let seen = self.named_parts(*up, names)?;
+                    (crate::key::parts_id(&seen), seen)
+                }
+                None => {
+                    let digest = self.digest(*up, store)?;
+                    let all: Vec<(String, String)> = self
+                        .parts(*up)?
+                        .into_iter()
+                        .map(|p| (p.name, p.key))
+                        .collect();
+                    (digest, all)
+                }
             };
             ids.push((slot.clone(), id));
+            input_parts.push((slot.clone(), seen));
         }
         let stage = &self.spec.stages[inst.stage];
         let key = compute_key(
@@ -374,6 +391,7 @@ impl Plan {
         inst.resolved.set(Resolved {
             key: key.clone(),
             input_ids: ids,
+            input_parts,
         });
         Some(key)
     }
@@ -415,11 +433,12 @@ impl Plan {
         let inst = &self.graph[n];
         let r = inst.resolved.get()?;
         let kind = self.spec.stages[inst.stage].kind;
-        Some(kind.parts(&inst.params, &r.input_ids))
+        Some(kind.parts(&inst.params, &r.input_ids, &r.input_parts))
     }
 
-    /// The identity of the parts `names` of `n`, if its key is known.
-    fn parts_id(&self, n: NodeIndex, names: &[String]) -> Option<String> {
+    /// The parts `names` of `n` (name -> key; an unknown name gets an empty key), if its
+    /// key is known.
+    fn named_parts(&self, n: NodeIndex, names: &[String]) -> Option<Vec<(String, String)>> {
         let parts = self.parts(n)?;
         let chosen: Vec<(String, String)> = names
             .iter()
@@ -431,7 +450,7 @@ impl Plan {
                 (name.clone(), key)
             })
             .collect();
-        Some(crate::key::parts_id(&chosen))
+        Some(chosen)
     }
 
     /// The stage name of an instance.

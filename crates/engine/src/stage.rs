@@ -474,6 +474,9 @@ pub struct InputArtifact {
     /// What the instance's key took from it: the input's content digest, or the identity
     /// of the parts it reads ([`StageKind::reads`]). Parts are keyed on these.
     pub id: String,
+    /// The upstream parts the instance sees through this slot (name -> key).
+    #[serde(default)]
+    pub parts: Vec<(String, String)>,
     /// Its (complete, read-only) directory.
     pub dir: PathBuf,
 }
@@ -516,6 +519,20 @@ pub struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
+    /// Each input's identity in the key and the upstream parts it shows (slot first), as
+    /// [`KeyInputs`] wants them: what a kind keys its parts on while it runs.
+    pub fn input_identities(&self) -> (Vec<(String, String)>, Vec<InputParts>) {
+        self.inputs
+            .iter()
+            .map(|i| {
+                (
+                    (i.slot.clone(), i.id.clone()),
+                    (i.slot.clone(), i.parts.clone()),
+                )
+            })
+            .unzip()
+    }
+
     /// The artifact directory filling an input slot.
     pub fn input(&self, slot: &str) -> anyhow::Result<&Path> {
         self.inputs
@@ -546,7 +563,17 @@ pub trait StageKind: Send + Sync {
     fn files(&self, params: &Params, env: &CheckEnv<'_>) -> Vec<DeclaredFile>;
     /// Further artifacts an instance produces (checkpoints), keyed from its parameters and
     /// input keys (slot -> key) alone, so that `status` can list them before anything runs.
-    fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part>;
+    ///
+    /// `input_parts` gives, for each input slot, the upstream parts the instance sees (name
+    /// -> key): those it reads ([`StageKind::reads`]), or all of an input read whole. A
+    /// kind that works part by part (one analysis per checkpoint) keys its own parts on
+    /// them, so adding a checkpoint computes one new part and reuses the others.
+    fn parts(
+        &self,
+        params: &Params,
+        input_keys: &[(String, String)],
+        input_parts: &[InputParts],
+    ) -> Vec<Part>;
     /// The parts of the input filling `slot` that an instance reads (names as the upstream
     /// kind's [`StageKind::parts`] gives them), or `None` when it reads the whole artifact.
     /// An instance that reads only parts is keyed on those parts' keys, not on the input's
@@ -571,6 +598,32 @@ pub struct KeyInputs<'a> {
     pub values: &'a Params,
     /// Each input slot's identity in the key.
     pub input_keys: &'a [(String, String)],
+    /// Each input slot's upstream parts the instance sees (see [`StageKind::parts`]).
+    pub input_parts: &'a [InputParts],
+}
+
+/// One input slot's upstream parts, name -> key.
+pub type InputParts = (String, Vec<(String, String)>);
+
+impl KeyInputs<'_> {
+    /// The key of the upstream part `name` seen through `slot`.
+    pub fn input_part(&self, slot: &str, name: &str) -> Option<&str> {
+        self.input_parts
+            .iter()
+            .find(|(s, _)| s == slot)?
+            .1
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.as_str())
+    }
+
+    /// The upstream parts seen through `slot` (name -> key), in order.
+    pub fn parts_of(&self, slot: &str) -> &[(String, String)] {
+        self.input_parts
+            .iter()
+            .find(|(s, _)| s == slot)
+            .map_or(&[], |(_, p)| p.as_slice())
+    }
 }
 
 impl KeyInputs<'_> {
@@ -677,10 +730,16 @@ impl<K: Kind> StageKind for K {
     fn files(&self, params: &Params, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
         typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::files(self, &p, env))
     }
-    fn parts(&self, params: &Params, input_keys: &[(String, String)]) -> Vec<Part> {
+    fn parts(
+        &self,
+        params: &Params,
+        input_keys: &[(String, String)],
+        input_parts: &[InputParts],
+    ) -> Vec<Part> {
         let keys = KeyInputs {
             values: params,
             input_keys,
+            input_parts,
         };
         typed_params::<K>(params).map_or_else(|_| Vec::new(), |p| Kind::parts(self, &p, &keys))
     }

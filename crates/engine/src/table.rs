@@ -57,6 +57,8 @@ pub trait Column: Sized {
     fn from_array(array: &dyn Array) -> Option<Self>;
     /// Its number of rows.
     fn rows(&self) -> usize;
+    /// Appends `other`'s rows (of the same width, for fixed-size rows).
+    fn append(&mut self, other: Self);
     /// The Arrow type other numeric or text arrays are cast to before reading, so that a
     /// table written by another tool (int32 epochs, float32 values) reads as declared.
     fn cast_to() -> Option<DataType> {
@@ -82,6 +84,9 @@ macro_rules! primitive_column {
             fn rows(&self) -> usize {
                 self.len()
             }
+            fn append(&mut self, other: Self) {
+                self.extend(other);
+            }
             fn cast_to() -> Option<DataType> {
                 Some($dt)
             }
@@ -100,6 +105,9 @@ macro_rules! primitive_column {
             }
             fn rows(&self) -> usize {
                 self.len()
+            }
+            fn append(&mut self, other: Self) {
+                self.extend(other);
             }
             fn cast_to() -> Option<DataType> {
                 Some($dt)
@@ -130,6 +138,9 @@ impl Column for Vec<String> {
     }
     fn rows(&self) -> usize {
         self.len()
+    }
+    fn append(&mut self, other: Self) {
+        self.extend(other);
     }
     fn cast_to() -> Option<DataType> {
         Some(DataType::Utf8)
@@ -187,6 +198,12 @@ macro_rules! fixed_rows_column {
             fn rows(&self) -> usize {
                 self.values.len().checked_div(self.width).unwrap_or(0)
             }
+            fn append(&mut self, other: Self) {
+                if self.values.is_empty() {
+                    self.width = other.width;
+                }
+                self.values.extend(other.values);
+            }
         }
     };
 }
@@ -206,6 +223,8 @@ pub trait Table: Sized {
     fn from_batch(batch: &RecordBatch) -> Result<Self>;
     /// Its number of rows.
     fn rows(&self) -> usize;
+    /// Appends `other`'s rows (tables of one kind from several parts make one table).
+    fn append(&mut self, other: Self);
     /// Writes it as a Parquet file.
     fn write(&self, path: &Path) -> Result<()> {
         write_parquet(path, &self.to_batch()?)
@@ -284,6 +303,9 @@ macro_rules! table {
             fn rows(&self) -> usize {
                 use $crate::table::Column;
                 [$(self.$col.rows()),*].into_iter().next().unwrap_or(0)
+            }
+            fn append(&mut self, other: Self) {
+                $($crate::table::Column::append(&mut self.$col, other.$col);)*
             }
         }
     };

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pipe_engine::exec::{Outcome, RunOptions, Silent, local};
 use pipe_engine::plan::{FileHasher, Plan};
 use pipe_engine::stage::{
-    InputInfo, Inputs, Kind, KeyInputs, Part, Registry, RunContext, Slot, StageKind,
+    InputInfo, Inputs, KeyInputs, Kind, Part, Registry, RunContext, Slot, StageKind,
 };
 use pipe_engine::status::{self, State};
 use pipe_engine::store::{Parts, Store};
@@ -43,13 +43,7 @@ fn source_parts(p: &SourceParams, keys: &KeyInputs<'_>) -> Vec<Part> {
             params.insert("n".into(), serde_json::json!(n));
             Part {
                 name: format!("part {n}"),
-                key: pipe_engine::key::compute_key(
-                    "source-part",
-                    1,
-                    &params,
-                    keys.input_keys,
-                    &[],
-                ),
+                key: pipe_engine::key::compute_key("source-part", 1, &params, keys.input_keys, &[]),
             }
         })
         .collect()
@@ -64,12 +58,16 @@ fn write_parts(p: &SourceParams, parts: &Parts, ctx: &RunContext<'_>) -> anyhow:
     let keys = KeyInputs {
         values: ctx.params,
         input_keys: &[],
+        input_parts: &[],
     };
     for part in source_parts(p, &keys) {
         let name = part.name.clone();
-        parts.put(&part.key, "source-part", &serde_json::json!({}), &mut |dir: &Path| {
-            Ok(std::fs::write(dir.join("part.txt"), &name)?)
-        })?;
+        parts.put(
+            &part.key,
+            "source-part",
+            &serde_json::json!({}),
+            &mut |dir: &Path| Ok(std::fs::write(dir.join("part.txt"), &name)?),
+        )?;
     }
     Ok(())
 }
@@ -172,8 +170,7 @@ only = [1]
 "#;
 
 #[test]
-fn a_version_bump_with_identical_output_reruns_nothing_below_and_parts_readers_keep_their_keys()
-{
+fn a_version_bump_with_identical_output_reruns_nothing_below_and_parts_readers_keep_their_keys() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(dir.path().join("cache"));
     let text = PIPELINE.replace("PARTS", "[1]");

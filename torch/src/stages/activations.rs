@@ -4,13 +4,19 @@
 //! Output: `probe_set.parquet` (`example, index, true_label, train_label, corrupted`),
 //! `epoch=E/LAYER.parquet` (`example`, `features` = fixed-size list of f32) and
 //! `activations.json` (epochs, layers with their widths, P, M).
+//!
+//! Each epoch's layers are first stored as a part of their own (keyed on the checkpoint,
+//! see `ActivationsParams::epoch_part_key`), then linked into the output: an epoch whose
+//! part is cached is not computed again.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use pipe::stage::{BadData, RunContext};
-use pipe::stages::activations::{ActivationsInfo, ActivationsParams, LayerFeatures};
+use pipe::stage::{BadData, KeyInputs, RunContext};
+use pipe::stages::activations::{
+    ActivationsInfo, ActivationsParams, EPOCH_PART_KIND, LAYERS_FILE, LayerFeatures,
+};
 use pipe::table::{FixedRows, Table};
 use pipe::tables::{Features, ProbeSet};
 use rand::SeedableRng;
@@ -165,6 +171,20 @@ fn store_epoch(
     Ok(())
 }
 
+/// Puts an epoch part's layer files into the output folder `dir`: hard links (the part
+/// and the output then share the bytes), or copies where links are not possible.
+fn link_epoch(part: &Path, dir: &Path, layers: &[LayerFeatures]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for l in layers {
+        let name = format!("{}.parquet", l.name);
+        let (from, to) = (part.join(&name), dir.join(&name));
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs one `activations` instance.
 pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
     tch::set_num_threads(ctx.threads as i32);
@@ -211,20 +231,47 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let x = run.data.train.x.index_select(0, &idx);
     let mut epochs = Vec::new();
     let mut layers_info: Vec<LayerFeatures> = Vec::new();
+    let (ids, seen) = ctx.input_identities();
+    let keys = KeyInputs {
+        values: ctx.params,
+        input_keys: &ids,
+        input_parts: &seen,
+    };
     for which in &p.epochs {
         let ck = run.checkpoint(which)?;
         if epochs.contains(&ck.epoch) {
             continue;
         }
         epochs.push(ck.epoch);
-        let net = run.net_at(&ck)?;
-        let dir = ctx.out.join(format!("epoch={}", ck.epoch));
-        store_epoch(p, &net, &x, &dir, &mut layers_info)?;
+        let key = p.epoch_part_key(&keys, &ck.key);
+        let (part, how) = match ctx.parts.get(&key) {
+            Some(dir) => (dir, "reused"),
+            None => {
+                let net = run.net_at(&ck)?;
+                let params = serde_json::json!({"epoch": ck.epoch, "checkpoint": ck.key});
+                let dir = ctx.parts.put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
+                    let mut layers = Vec::new();
+                    store_epoch(p, &net, &x, tmp, &mut layers)?;
+                    std::fs::write(tmp.join(LAYERS_FILE), serde_json::to_vec_pretty(&layers)?)?;
+                    Ok(())
+                })?;
+                (dir, "computed")
+            }
+        };
+        let layers: Vec<LayerFeatures> =
+            serde_json::from_slice(&std::fs::read(part.join(LAYERS_FILE))?)?;
+        link_epoch(&part, &ctx.out.join(format!("epoch={}", ck.epoch)), &layers)?;
+        for l in layers {
+            if !layers_info.iter().any(|k| k.name == l.name) {
+                layers_info.push(l);
+            }
+        }
         writeln!(
             ctx.log,
-            "epoch {}: {} layers stored",
+            "epoch {}: {how} ({} layers, part {})",
             ck.epoch,
-            layers_info.len()
+            layers_info.len(),
+            &key[..12]
         )?;
     }
     let info = ActivationsInfo {

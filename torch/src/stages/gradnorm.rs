@@ -9,10 +9,11 @@
 //! `gradnorm_examples.parquet` lists the examples used (`index`, `corrupted`).
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::Result;
-use pipe::stage::RunContext;
-use pipe::stages::gradnorm::GradNormParams;
+use pipe::stage::{KeyInputs, RunContext};
+use pipe::stages::gradnorm::{EPOCH_PART_KIND, GradNormParams};
 use pipe::table::Table;
 use pipe::tables::{GradNorm, GradNormExamples};
 use rand::SeedableRng;
@@ -189,7 +190,13 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
         index: chosen,
     }
     .write(&ctx.out.join("gradnorm_examples.parquet"))?;
-    let mut rows: Vec<GradRow> = Vec::new();
+    let (ids, seen) = ctx.input_identities();
+    let keys = KeyInputs {
+        values: ctx.params,
+        input_keys: &ids,
+        input_parts: &seen,
+    };
+    let mut table = GradNorm::default();
     let mut done = Vec::new();
     for which in &p.epochs {
         let ck = run.checkpoint(which)?;
@@ -197,11 +204,30 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
             continue;
         }
         done.push(ck.epoch);
-        let net = run.net_at(&ck)?;
-        let data = (&run.data.train.x, &run.data.train.y);
-        rows.extend(epoch_rows(&net, ck.epoch, data, &clean_idx, &cor_idx));
-        writeln!(ctx.log, "epoch {} done", ck.epoch)?;
+        // Each epoch's rows are a part keyed on its checkpoint: computed once.
+        let key = p.epoch_part_key(&keys, &ck.key);
+        let (part, how) = match ctx.parts.get(&key) {
+            Some(dir) => (dir, "reused"),
+            None => {
+                let net = run.net_at(&ck)?;
+                let data = (&run.data.train.x, &run.data.train.y);
+                let rows = epoch_rows(&net, ck.epoch, data, &clean_idx, &cor_idx);
+                let t = rows_table(&rows, clean_idx.len(), cor_idx.len());
+                let params = serde_json::json!({"epoch": ck.epoch, "checkpoint": ck.key});
+                let dir = ctx.parts.put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
+                    t.write(&tmp.join("gradnorm.parquet"))
+                })?;
+                (dir, "computed")
+            }
+        };
+        writeln!(ctx.log, "epoch {}: {how} (part {})", ck.epoch, &key[..12])?;
+        table.append(GradNorm::read(&part.join("gradnorm.parquet"))?);
     }
+    table.write(&ctx.out.join("gradnorm.parquet"))
+}
+
+/// The `gradnorm.parquet` rows of some gradient measurements.
+fn rows_table(rows: &[GradRow], n_clean: usize, n_corrupted: usize) -> GradNorm {
     GradNorm {
         epoch: rows.iter().map(|r| r.epoch).collect(),
         layer: rows.iter().map(|r| r.layer.clone()).collect(),
@@ -212,8 +238,7 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
         cosine: rows.iter().map(|r| r.cosine).collect(),
         clean_example_grad_norm: rows.iter().map(|r| r.clean_example).collect(),
         corrupted_example_grad_norm: rows.iter().map(|r| r.corrupted_example).collect(),
-        n_clean: vec![clean_idx.len() as i64; rows.len()],
-        n_corrupted: vec![cor_idx.len() as i64; rows.len()],
+        n_clean: vec![n_clean as i64; rows.len()],
+        n_corrupted: vec![n_corrupted as i64; rows.len()],
     }
-    .write(&ctx.out.join("gradnorm.parquet"))
 }

@@ -75,6 +75,7 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let keys = KeyInputs {
         values: ctx.params,
         input_keys: &input_keys,
+        input_parts: &[],
     };
     let key_of = |e: i64| p.checkpoint_key(&keys, e);
     let mut trainer = Trainer::new(cfg.clone(), &data);

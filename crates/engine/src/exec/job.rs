@@ -34,6 +34,9 @@ pub struct JobInput {
     /// What the key takes from this input, once resolved ([`InstanceJob::resolve`]).
     #[serde(default)]
     pub id: Option<String>,
+    /// The upstream parts the instance sees, once resolved (name -> key).
+    #[serde(default)]
+    pub parts: Vec<(String, String)>,
     /// The upstream instance, for messages (`stage[point]`).
     pub label: String,
 }
@@ -103,6 +106,7 @@ impl InstanceJob {
                     job: None,
                     reads: reads.clone(),
                     id: None,
+                    parts: Vec::new(),
                     label: plan.label(*up),
                 })
                 .collect(),
@@ -141,8 +145,8 @@ impl InstanceJob {
                     &key[..key.len().min(12)]
                 )
             })?;
-            input.id = Some(match &input.reads {
-                None => manifest.digest(),
+            let (id, seen) = match &input.reads {
+                None => (manifest.digest(), manifest.parts.into_iter().collect()),
                 Some(names) => {
                     let chosen: Vec<(String, String)> = names
                         .iter()
@@ -153,9 +157,11 @@ impl InstanceJob {
                             )
                         })
                         .collect();
-                    crate::key::parts_id(&chosen)
+                    (crate::key::parts_id(&chosen), chosen)
                 }
-            });
+            };
+            input.id = Some(id);
+            input.parts = seen;
         }
         let ids = self.input_ids();
         let key = crate::key::compute_key(
@@ -186,10 +192,18 @@ impl InstanceJob {
             .collect()
     }
 
+    /// Slot -> the upstream parts each input shows (empty before [`InstanceJob::resolve`]).
+    pub fn input_parts(&self) -> Vec<crate::stage::InputParts> {
+        self.inputs
+            .iter()
+            .map(|i| (i.slot.clone(), i.parts.clone()))
+            .collect()
+    }
+
     /// The keys of the job's parts (once resolved).
     pub fn part_keys(&self, kind: &dyn StageKind) -> Vec<String> {
         let params = Params::new(self.params.clone());
-        kind.parts(&params, &self.input_ids())
+        kind.parts(&params, &self.input_ids(), &self.input_parts())
             .into_iter()
             .map(|p| p.key)
             .collect()
@@ -213,7 +227,7 @@ impl InstanceJob {
             declared_files: self.files.iter().cloned().collect(),
             files: Vec::new(),
             parts: kind
-                .parts(params, &self.input_ids())
+                .parts(params, &self.input_ids(), &self.input_parts())
                 .into_iter()
                 .map(|p| (p.name, p.key))
                 .collect(),
@@ -518,6 +532,7 @@ fn input_artifacts(job: &InstanceJob, store: &Store) -> Result<Vec<InputArtifact
         inputs.push(InputArtifact {
             slot: input.slot.clone(),
             id: input.id.clone().unwrap_or_default(),
+            parts: input.parts.clone(),
             dir: store.artifact_dir(&key),
             key,
         });
