@@ -211,3 +211,43 @@ fn an_added_epoch_is_the_only_one_computed_and_a_removed_one_costs_nothing() {
         assert_eq!(epochs_in(&log, "reused"), [0, 2], "{log}");
     }
 }
+
+#[test]
+fn parts_sealed_before_a_crash_are_reused_by_the_next_run() {
+    // What `kill -9` leaves while an analysis works through its epochs: some parts sealed,
+    // the instance itself absent (the reliability suite kills real runs at random).
+    let p = Project::new();
+    let file = study(&p);
+    let (code, first) = p.run(&file, &[]);
+    assert_eq!(code, 0, "{first}");
+    for stage in ["activations", "probe"] {
+        let key = of_stage(&first, "executed", stage)[0]["key"]
+            .as_str()
+            .unwrap();
+        std::fs::remove_dir_all(p.cache().join("artifacts").join(key)).unwrap();
+    }
+    let st = p.status(&file, &[]);
+    let act = st.iter().find(|s| s["stage"] == "activations").unwrap();
+    assert_eq!(act["state"], "missing");
+    assert!(
+        act["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["cached"] == true)
+    );
+    let (code, r) = p.run(&file, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(stages(&r, "executed"), ["activations", "probe"]);
+    for stage in ["activations", "probe"] {
+        let log = log_of(&p, &r, stage);
+        assert_eq!(epochs_in(&log, "computed"), Vec::<i64>::new(), "{log}");
+        assert_eq!(epochs_in(&log, "reused"), [0, 1, 2], "{log}");
+        // The same artifact as before the crash.
+        assert_eq!(
+            of_stage(&r, "executed", stage)[0]["key"],
+            of_stage(&first, "executed", stage)[0]["key"]
+        );
+    }
+    assert_no_partial_artifacts(&p.cache());
+}
