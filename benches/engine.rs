@@ -128,7 +128,7 @@ fn populate(plan: &Plan, store: &Store) -> Res<()> {
             stage: stage.name.clone(),
             pipeline: plan.spec.name.clone(),
             point: inst.point.clone(),
-            params: serde_json::Value::Object(inst.key_params.clone()),
+            params: serde_json::Value::Object(plan.key_params(inst)),
             inputs: inst
                 .inputs
                 .iter()
@@ -206,7 +206,7 @@ fn key_hash_peer(plan: &Plan, runs: usize) -> Res<Duration> {
             (
                 stage.kind.name(),
                 stage.kind.version(),
-                &inst.key_params,
+                plan.key_params(inst),
                 resolved.input_ids,
                 &inst.files,
                 resolved.key,
@@ -241,7 +241,7 @@ fn blake3_peer(plan: &Plan, runs: usize) -> Res<Duration> {
             doc.insert("schema".into(), Json::from(pipe::plan::KEY_SCHEMA));
             doc.insert("kind".into(), Json::from(stage.kind.name()));
             doc.insert("version".into(), Json::from(stage.kind.version()));
-            doc.insert("params".into(), Json::Object(inst.key_params.clone()));
+            doc.insert("params".into(), Json::Object(plan.key_params(inst)));
             let ids = inst.resolved.get().map(|r| r.input_ids).unwrap_or_default();
             let inputs = ids.into_iter().map(|(s, id)| (s, Json::from(id)));
             doc.insert("inputs".into(), Json::Object(inputs.collect()));

@@ -78,6 +78,7 @@ fn with_point(
         .collect();
     let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
     let taken = |name: &str, fields: &[Field]| fields.iter().any(|f| f.name() == name);
+    let point = plan.point_of(inst);
     for var in &plan.spec.sweep.vars {
         let ty = var_type(var);
         let name = if taken(&var.name, &fields) {
@@ -85,7 +86,7 @@ fn with_point(
         } else {
             var.name.clone()
         };
-        cols.push(constant_column(&ty, inst.point.get(&var.name), n));
+        cols.push(constant_column(&ty, point.get(&var.name), n));
         fields.push(Field::new(name, ty, true));
     }
     let key = inst.key().unwrap_or_default();

@@ -152,7 +152,7 @@ fn command(args: &[&str]) -> Command {
 pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
     let job = WorkerJob {
         kind: kind.to_string(),
-        params: ctx.params.values().clone(),
+        params: ctx.params.values(),
         inputs: ctx.inputs.to_vec(),
         out: std::path::absolute(ctx.out)?,
         log: std::path::absolute(ctx.log_path)?,

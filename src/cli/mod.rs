@@ -452,7 +452,7 @@ struct Item<'a> {
     /// The instance's key (`null` while an input's output is not known).
     key: Option<String>,
     /// Its sweep point.
-    point: &'a Json,
+    point: Json,
     /// Its stage's name.
     stage: &'a str,
 }
@@ -463,7 +463,7 @@ impl<'a> Item<'a> {
         let inst = &plan.graph[n];
         Item {
             key: inst.key(),
-            point: &inst.point,
+            point: plan.point_of(inst),
             stage: plan.stage_name(n),
         }
     }

@@ -27,7 +27,7 @@ struct StatusJson<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     parts: Vec<PartJson<'a>>,
     /// Its sweep point.
-    point: &'a Json,
+    point: Json,
     /// Why it is missing or stale (empty when cached).
     reason: &'a str,
     /// Its stage's name.
@@ -105,7 +105,7 @@ fn view<'a>(
                 name: &p.name,
             })
             .collect(),
-        point: &inst.point,
+        point: plan.point_of(inst),
         reason: &s.reason,
         stage: plan.stage_name(s.node),
         state: s.state,

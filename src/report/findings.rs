@@ -59,7 +59,7 @@ impl FigureData<'_> {
 
     /// The instance's sweep point without the averaged variables, e.g. `noise=0.4`.
     fn group(&self, node: NodeIndex) -> String {
-        let point = match &self.plan.graph[node].point {
+        let point = match self.plan.point(node) {
             Json::Object(m) => Json::Object(
                 m.iter()
                     .filter(|(k, _)| !self.over.contains(k))

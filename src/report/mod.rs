@@ -116,7 +116,7 @@ fn run_rows(plan: &Plan, store: &Store) -> Vec<html::RunRow> {
             let m = key.as_deref().and_then(|k| store.complete_manifest(k));
             html::RunRow {
                 stage: plan.stage_name(n).to_string(),
-                point: point_label(&inst.point),
+                point: point_label(&plan.point_of(inst)),
                 kind: plan.spec.stages[inst.stage].kind.name().to_string(),
                 key: key.unwrap_or_default(),
                 cached: m.is_some(),

@@ -79,12 +79,12 @@ pub struct Resolved {
 pub struct Instance {
     /// Index of the stage in [`Spec::stages`].
     pub stage: usize,
-    /// The values of the sweep variables the instance depends on (a JSON object).
-    pub point: Json,
+    /// The sweep variables the instance depends on, as (variable, value) indices into the
+    /// spec's sweep; [`Plan::point`] gives them as a JSON object. (Compact: a large sweep
+    /// holds one per instance.)
+    pub point: Box<[(u32, u32)]>,
     /// All resolved parameters.
     pub params: Params,
-    /// The parameters that go into the key.
-    pub key_params: serde_json::Map<String, Json>,
     /// Input slot -> upstream instance.
     pub inputs: Vec<(String, NodeIndex)>,
     /// For each input (in `inputs` order): the upstream parts it reads, or `None` for the
@@ -142,16 +142,44 @@ impl FileHasher {
     }
 }
 
+/// A point projected on some sweep variables, as a map key: one number (the value indices
+/// in mixed radix) unless that could overflow, then the indices themselves.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum ProjKey {
+    /// The value indices in mixed radix.
+    Radix(u128),
+    /// The value indices.
+    Long(Vec<usize>),
+}
+
+impl ProjKey {
+    /// The key of `point` projected on the variables `vars`.
+    fn of(vars: &[usize], point: &[usize], sweep: &crate::spec::Sweep) -> ProjKey {
+        let mut k: u128 = 0;
+        for &v in vars {
+            let size = sweep.vars[v].values.len() as u128;
+            match k
+                .checked_mul(size)
+                .and_then(|x| x.checked_add(point[v] as u128))
+            {
+                Some(x) => k = x,
+                None => return ProjKey::Long(vars.iter().map(|&v| point[v]).collect()),
+            }
+        }
+        ProjKey::Radix(k)
+    }
+}
+
 /// The index entry that a successful run of `inst` leaves.
 pub fn index_entry(plan: &Plan, inst: &Instance) -> (String, IndexEntry) {
     let stage = &plan.spec.stages[inst.stage];
     (
-        entry_id(&stage.name, &inst.point),
+        entry_id(&stage.name, &plan.point_of(inst)),
         IndexEntry {
             key: inst.key().unwrap_or_default(),
             kind: stage.kind.name().to_string(),
             version: stage.kind.version(),
-            params: inst.key_params.clone(),
+            params: plan.key_params(inst),
             inputs: inst
                 .inputs
                 .iter()
@@ -185,22 +213,41 @@ impl Plan {
     /// Expands a spec into instances, resolving and checking every parameter.
     pub fn build(spec: Spec, hasher: &mut FileHasher) -> Result<Plan, Error> {
         let sweep = &spec.sweep;
-        let mut graph: DiGraph<Instance, ()> = DiGraph::new();
-        let mut order = Vec::new();
+        // The sweep variables each stage depends on: its own and its inputs'.
         let mut deps: Vec<Vec<usize>> = Vec::with_capacity(spec.stages.len());
-        let mut by_point: Vec<HashMap<Vec<usize>, NodeIndex>> =
-            Vec::with_capacity(spec.stages.len());
-        let mut defaults: HashMap<&'static str, Json> = HashMap::new();
-
-        for (si, stage) in spec.stages.iter().enumerate() {
+        for stage in &spec.stages {
             let mut d: BTreeSet<usize> = stage.vars.clone();
             for r in &stage.inputs {
                 d.extend(deps[r.index].iter().copied());
             }
-            let d: Vec<usize> = d.into_iter().collect();
-            let mut map: HashMap<Vec<usize>, NodeIndex> = HashMap::new();
+            deps.push(d.into_iter().collect());
+        }
+        // At most this many instances: sized once, a large sweep's nodes are not copied
+        // (and doubled) as they grow.
+        let counts: Vec<usize> = deps
+            .iter()
+            .map(|d| {
+                d.iter()
+                    .map(|&v| sweep.vars[v].values.len())
+                    .try_fold(1usize, usize::checked_mul)
+                    .unwrap_or(usize::MAX)
+                    .min(sweep.points.len())
+            })
+            .collect();
+        let bound = counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
+        let edges = spec.stages.iter().zip(&counts).fold(0usize, |a, (s, &c)| {
+            a.saturating_add(s.inputs.len().saturating_mul(c))
+        });
+        let mut graph: DiGraph<Instance, ()> = DiGraph::with_capacity(bound, edges);
+        let mut order = Vec::with_capacity(bound);
+        let mut by_point: Vec<HashMap<ProjKey, NodeIndex>> = Vec::with_capacity(spec.stages.len());
+        let mut defaults: HashMap<&'static str, Json> = HashMap::new();
+
+        for (si, stage) in spec.stages.iter().enumerate() {
+            let d = deps[si].clone();
+            let mut map: HashMap<ProjKey, NodeIndex> = HashMap::with_capacity(counts[si]);
             for point in &sweep.points {
-                let proj: Vec<usize> = d.iter().map(|&v| point[v]).collect();
+                let proj = ProjKey::of(&d, point, sweep);
                 if map.contains_key(&proj) {
                     continue;
                 }
@@ -208,14 +255,9 @@ impl Plan {
                     let v = sweep.var_index(name)?;
                     Some(sweep.vars[v].values[point[v]].clone())
                 };
-                let mut point_json = serde_json::Map::new();
-                for &v in &d {
-                    point_json.insert(
-                        sweep.vars[v].name.clone(),
-                        sweep.vars[v].values[point[v]].clone(),
-                    );
-                }
-                let mut params = serde_json::Map::new();
+                let point_ids: Box<[(u32, u32)]> =
+                    d.iter().map(|&v| (v as u32, point[v] as u32)).collect();
+                let mut params: Vec<(&'static str, Json)> = Vec::with_capacity(stage.params.len());
                 let mut key_params = serde_json::Map::new();
                 for (p, given) in &stage.params {
                     let path = format!("stage.{}.{}", stage.name, p.name);
@@ -239,17 +281,16 @@ impl Plan {
                     if p.in_key {
                         key_params.insert(p.name.to_string(), v.clone());
                     }
-                    params.insert(p.name.to_string(), v);
+                    params.push((p.name, v));
                 }
                 let mut inputs = Vec::with_capacity(stage.inputs.len());
                 let mut input_recipes = Vec::with_capacity(stage.inputs.len());
                 for r in &stage.inputs {
-                    let up_proj: Vec<usize> = deps[r.index].iter().map(|&v| point[v]).collect();
-                    let up = by_point[r.index][&up_proj];
+                    let up = by_point[r.index][&ProjKey::of(&deps[r.index], point, sweep)];
                     input_recipes.push((r.slot.clone(), graph[up].recipe.clone()));
                     inputs.push((r.slot.clone(), up));
                 }
-                let params = Params::new(params);
+                let params = Params::declared(params);
                 let upstream: Vec<InputInfo<'_>> = stage
                     .inputs
                     .iter()
@@ -266,10 +307,10 @@ impl Plan {
                 };
                 stage.kind.check(&params, &env).map_err(|e| {
                     let (loc, path) = param_loc(stage, e.param);
-                    let at_point = if point_json.is_empty() {
+                    let at_point = if point_ids.is_empty() {
                         String::new()
                     } else {
-                        format!(" (at {})", point_label(&Json::Object(point_json.clone())))
+                        format!(" (at {})", point_label(&sweep.point_json(&point_ids)))
                     };
                     Error::at(&loc, &path, format!("{}{at_point}", e.message))
                 })?;
@@ -314,9 +355,8 @@ impl Plan {
                 let threads = stage.kind.threads(&params).max(1);
                 let idx = graph.add_node(Instance {
                     stage: si,
-                    point: Json::Object(point_json),
+                    point: point_ids,
                     params,
-                    key_params,
                     inputs: inputs.clone(),
                     reads,
                     files,
@@ -331,10 +371,20 @@ impl Plan {
                 order.push(idx);
                 map.insert(proj, idx);
             }
-            deps.push(d);
             by_point.push(map);
         }
         Ok(Plan { spec, graph, order })
+    }
+
+    /// The parameters of `inst` that go into its key (computed from its parameters and its
+    /// kind's declarations, not stored: a large sweep would hold them twice).
+    pub fn key_params(&self, inst: &Instance) -> serde_json::Map<String, Json> {
+        let kind = self.spec.stages[inst.stage].kind;
+        kind.params()
+            .iter()
+            .filter(|s| s.in_key)
+            .filter_map(|s| Some((s.name.to_string(), inst.params.get(s.name)?.clone())))
+            .collect()
     }
 
     /// Instance `n`'s key, if known.
@@ -384,7 +434,7 @@ impl Plan {
         let key = compute_key(
             stage.kind.name(),
             stage.kind.version(),
-            &inst.key_params,
+            &self.key_params(inst),
             &ids,
             &inst.files,
         );
@@ -461,12 +511,24 @@ impl Plan {
     /// `stage[noise=0.4,seed=1]`: how an instance is named in messages.
     pub fn label(&self, i: NodeIndex) -> String {
         let inst = &self.graph[i];
-        match &inst.point {
-            Json::Object(m) if !m.is_empty() => {
-                format!("{}[{}]", self.stage_name(i), point_label(&inst.point))
-            }
-            _ => self.stage_name(i).to_string(),
+        if inst.point.is_empty() {
+            return self.stage_name(i).to_string();
         }
+        format!(
+            "{}[{}]",
+            self.stage_name(i),
+            point_label(&self.point_of(inst))
+        )
+    }
+
+    /// The sweep values instance `n` depends on, as a JSON object (`{"noise": 0.4}`).
+    pub fn point(&self, n: NodeIndex) -> Json {
+        self.point_of(&self.graph[n])
+    }
+
+    /// The sweep values `inst` depends on, as a JSON object.
+    pub fn point_of(&self, inst: &Instance) -> Json {
+        self.spec.sweep.point_json(&inst.point)
     }
 
     /// Every instance that (transitively) uses `i`.

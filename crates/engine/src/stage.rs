@@ -178,9 +178,13 @@ pub enum Inputs {
 
 /// Resolved parameters of one instance: every declared parameter that has a value
 /// (defaults filled in), and the kind's typed view of them, parsed once on first use.
+///
+/// The values are a flat list, names borrowed from the kind's declarations where they come
+/// from a plan: a large sweep holds one `Params` per instance, and a map costs several times
+/// more.
 #[derive(Clone, Default)]
 pub struct Params {
-    values: serde_json::Map<String, Json>,
+    values: Box<[(std::borrow::Cow<'static, str>, Json)]>,
     typed: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
 }
 
@@ -188,13 +192,33 @@ impl Params {
     /// Parameters with these resolved values.
     pub fn new(values: serde_json::Map<String, Json>) -> Params {
         Params {
-            values,
+            values: values
+                .into_iter()
+                .map(|(k, v)| (std::borrow::Cow::Owned(k), v))
+                .collect(),
+            typed: Arc::default(),
+        }
+    }
+    /// Parameters with these resolved values, named as the kind declares them.
+    pub fn declared(values: Vec<(&'static str, Json)>) -> Params {
+        Params {
+            values: values
+                .into_iter()
+                .map(|(k, v)| (std::borrow::Cow::Borrowed(k), v))
+                .collect(),
             typed: Arc::default(),
         }
     }
     /// The resolved values, by name (for keys, the index and the worker's job file).
-    pub fn values(&self) -> &serde_json::Map<String, Json> {
-        &self.values
+    pub fn values(&self) -> serde_json::Map<String, Json> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+    /// The value of one parameter, if it has one.
+    pub fn get(&self, name: &str) -> Option<&Json> {
+        self.values.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
     /// The typed view of the parameters, parsed on the first call and shared afterwards.
     /// Fails only when `T` does not describe these values (a kind's declaration and its
@@ -204,9 +228,9 @@ impl Params {
             if let Ok(t) = Arc::clone(cached).downcast::<T>() {
                 return Ok(t);
             }
-            return T::parse(&self.values).map(Arc::new);
+            return T::parse(&self.values()).map(Arc::new);
         }
-        let parsed = Arc::new(T::parse(&self.values)?);
+        let parsed = Arc::new(T::parse(&self.values())?);
         let _ = self.typed.set(parsed.clone());
         Ok(parsed)
     }
@@ -636,12 +660,7 @@ impl KeyInputs<'_> {
         specs
             .iter()
             .filter(|s| s.in_key && !leave_out.contains(&s.name))
-            .filter_map(|s| {
-                Some((
-                    s.name.to_string(),
-                    self.values.values().get(s.name)?.clone(),
-                ))
-            })
+            .filter_map(|s| Some((s.name.to_string(), self.values.get(s.name)?.clone())))
             .collect()
     }
 }

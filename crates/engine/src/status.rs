@@ -71,7 +71,7 @@ pub fn may_run(plan: &Plan, index: &Index, node: NodeIndex) -> bool {
     inst.key().is_none()
         && index
             .entries
-            .contains_key(&entry_id(plan.stage_name(node), &inst.point))
+            .contains_key(&entry_id(plan.stage_name(node), &plan.point_of(inst)))
 }
 
 /// Why an instance's key is not known: `depends on corrupt[seed=1]'s output` for each
@@ -119,11 +119,12 @@ pub fn explain(plan: &Plan, inst: &Instance, last: &IndexEntry) -> String {
             stage.kind.version()
         ));
     }
-    let mut names: Vec<&String> = inst.key_params.keys().chain(last.params.keys()).collect();
+    let key_params = plan.key_params(inst);
+    let mut names: Vec<&String> = key_params.keys().chain(last.params.keys()).collect();
     names.sort();
     names.dedup();
     for n in names {
-        let (old, new) = (last.params.get(n), inst.key_params.get(n));
+        let (old, new) = (last.params.get(n), key_params.get(n));
         if old != new {
             why.push(format!("param {n} changed {} -> {}", show(old), show(new)));
         }
@@ -182,7 +183,9 @@ fn state(
 ) -> InstanceStatus {
     let key = plan.resolve(node, store);
     let stage = &plan.spec.stages[inst.stage];
-    let last = index.entries.get(&entry_id(&stage.name, &inst.point));
+    let last = index
+        .entries
+        .get(&entry_id(&stage.name, &plan.point_of(inst)));
     let (state, reason) = if key.as_ref().is_some_and(|k| store.is_complete(k)) {
         (State::Cached, String::new())
     } else if key.is_none() {

@@ -93,9 +93,9 @@ impl InstanceJob {
             version: stage.kind.version(),
             key: inst.key(),
             recipe: inst.recipe.clone(),
-            point: inst.point.clone(),
-            params: inst.params.values().clone(),
-            key_params: inst.key_params.clone(),
+            point: plan.point_of(inst),
+            params: inst.params.values(),
+            key_params: plan.key_params(inst),
             inputs: inst
                 .inputs
                 .iter()

@@ -59,6 +59,18 @@ impl ValueKey {
 }
 
 impl Sweep {
+    /// A point given as (variable, value) indices, as a JSON object `{"noise": 0.4}`.
+    pub fn point_json(&self, ids: &[(u32, u32)]) -> Json {
+        Json::Object(
+            ids.iter()
+                .map(|&(v, i)| {
+                    let var = &self.vars[v as usize];
+                    (var.name.clone(), var.values[i as usize].clone())
+                })
+                .collect(),
+        )
+    }
+
     /// Parses the `[sweep]` table; no table means a single point with no variables.
     pub fn parse(node: Option<&Node>) -> Result<Sweep, Error> {
         let Some(node) = node else {
