@@ -11,7 +11,9 @@
 //! the engine's overhead reads as a ratio independent of the machine.
 //!
 //! The binary end-to-end measurement needs the release binary (`target/release/pipe`,
-//! which `cargo bench` builds); it is skipped with a note when the binary is absent.
+//! which `cargo bench` builds); it is skipped with a note when the binary is absent. With
+//! Snakemake installed (`scripts/bench-peers`), the same run compares the two tools on the
+//! same workflows (`peers/snakemake.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,9 @@ use pipe::status::{self, State};
 use pipe::store::{MANIFEST, Manifest, Store};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[path = "peers/snakemake.rs"]
+mod snakemake;
 
 /// One line of the table.
 struct Row {
@@ -120,14 +125,14 @@ fn populate(plan: &Plan, store: &Store) -> Res<()> {
             .resolve(n, store)
             .ok_or("populate: an input's key is unknown")?;
         let tmp = store.begin(&key)?;
-        fs::write(tmp.join("out.txt"), inst.point.to_string())?;
+        fs::write(tmp.join("out.txt"), plan.point(n).to_string())?;
         let draft = Manifest {
             key,
             kind: stage.kind.name().to_string(),
             version: stage.kind.version(),
             stage: stage.name.clone(),
             pipeline: plan.spec.name.clone(),
-            point: inst.point.clone(),
+            point: plan.point(n),
             params: serde_json::Value::Object(plan.key_params(inst)),
             inputs: inst
                 .inputs
@@ -659,6 +664,19 @@ fn main() -> Res<()> {
             });
             notes.push(format!("binary: {}", bin.display()));
             notes.extend(binary_planning(&bin, dir.path(), inner(100_000))?);
+            match snakemake::find() {
+                Some(sm) => notes.extend(snakemake::compare(
+                    &bin,
+                    &sm,
+                    dir.path(),
+                    inner(1_000),
+                    inner(100_000),
+                )?),
+                None => notes.push(
+                    "skipped the Snakemake comparison: no snakemake (scripts/bench-peers installs it)"
+                        .to_string(),
+                ),
+            }
         }
         None => notes.push(format!(
             "skipped the binary end-to-end run: {} does not exist (run `cargo build --release`)",
