@@ -62,7 +62,9 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// The keys of every instance and part of the given pipelines, at their current sweep.
+/// The keys of every instance and part of the given pipelines, at their current sweep. An
+/// instance whose key waits for an input's output keeps what it last computed (and that
+/// artifact's parts): the next run may find it unchanged and reuse it.
 fn reachable(args: &GcArgs, store: &Store) -> Result<HashSet<String>, Error> {
     let mut keys = HashSet::new();
     for f in &args.files {
@@ -71,10 +73,22 @@ fn reachable(args: &GcArgs, store: &Store) -> Result<HashSet<String>, Error> {
             set: Vec::new(),
             cache: args.cache.clone(),
         })?;
+        let index = store.read_index(&plan.spec.name);
         for &n in &plan.order {
             keys.extend(plan.key(n));
             for (part, _) in status::parts(&plan, store, n) {
                 keys.insert(part.key);
+            }
+            if plan.key(n).is_none()
+                && let Some(last) = index.entries.get(&crate::store::index::entry_id(
+                    plan.stage_name(n),
+                    &plan.point(n),
+                ))
+            {
+                keys.insert(last.key.clone());
+                if let Some(m) = store.manifest(&last.key) {
+                    keys.extend(m.parts.into_values());
+                }
             }
         }
     }

@@ -230,3 +230,54 @@ fn a_bad_remote_url_is_a_usage_error() {
     );
     assert!(p.artifacts().is_empty());
 }
+
+#[test]
+fn a_key_known_only_after_its_input_reran_is_pulled_not_computed() {
+    let s = start_server();
+    let a = Project::new();
+    a.write("p.toml", TINY_TRAIN);
+    let remote = ["--remote", "s3://pipe-cache/cutoff"];
+    let (code, r, err) = run(
+        &a,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote[..]].concat(),
+    );
+    assert_eq!(code, 0, "{r} {err}");
+
+    // Another machine, another corruption mode: corrupt reruns there (its key is new). At
+    // noise 0.0 the labels come out the same bytes, so training there has the key machine
+    // A pushed: known only once corrupt has run, then pulled instead of trained.
+    let b = Project::new();
+    b.write("p.toml", TINY_TRAIN);
+    let args = [
+        &[
+            "run",
+            "p.toml",
+            "--json",
+            "--set",
+            "stage.corrupt.mode=\"uniform\"",
+        ][..],
+        &remote[..],
+    ]
+    .concat();
+    let (code, r, err) = run(&b, &s, &args);
+    assert_eq!(code, 0, "{r} {err}");
+    let at = |list: &str, stage: &str| -> Vec<f64> {
+        of_stage(&r, list, stage)
+            .iter()
+            .map(|i| i["point"]["noise"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(at("executed", "corrupt").len(), 2, "{r}");
+    assert_eq!(at("executed", "train"), [0.5], "{r}");
+    assert_eq!(at("cached", "train"), [0.0], "{r}");
+    assert_eq!(at("cached", "rollback"), [0.0], "{r}");
+    assert!(err.contains("train[noise=0.0]: pulled"), "{err}");
+    let keys_a: Vec<Json> = a
+        .status("p.toml", &[])
+        .into_iter()
+        .filter(|i| i["stage"] == "train" && i["point"]["noise"] == 0.0)
+        .map(|i| i["key"].clone())
+        .collect();
+    assert_eq!(of_stage(&r, "cached", "train")[0]["key"], keys_a[0]);
+}

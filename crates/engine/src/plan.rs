@@ -50,6 +50,10 @@ impl<T: Clone> Late<T> {
     pub fn set(&self, v: T) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
     }
+    /// Applies `f` to the value (if known) without cloning it.
+    pub fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        f(self.0.read().unwrap_or_else(|e| e.into_inner()).as_ref())
+    }
     /// Forgets the value.
     pub fn clear(&self) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = None;
@@ -205,7 +209,7 @@ pub fn point_label(point: &Json) -> String {
 impl Instance {
     /// Its key, if known.
     pub fn key(&self) -> Option<String> {
-        self.resolved.get().map(|r| r.key)
+        self.resolved.with(|r| r.map(|r| r.key.clone()))
     }
 }
 
@@ -406,8 +410,8 @@ impl Plan {
     /// Returns the key, or `None` while an input's output is not known yet.
     pub fn resolve(&self, n: NodeIndex, store: &Store) -> Option<String> {
         let inst = &self.graph[n];
-        if let Some(r) = inst.resolved.get() {
-            return Some(r.key);
+        if let Some(key) = inst.key() {
+            return Some(key);
         }
         let mut ids = Vec::with_capacity(inst.inputs.len());
         let mut input_parts = Vec::with_capacity(inst.inputs.len());
@@ -481,9 +485,9 @@ impl Plan {
     /// The parts of `n` (name -> key), if its key is known.
     pub fn parts(&self, n: NodeIndex) -> Option<Vec<crate::stage::Part>> {
         let inst = &self.graph[n];
-        let r = inst.resolved.get()?;
         let kind = self.spec.stages[inst.stage].kind;
-        Some(kind.parts(&inst.params, &r.input_ids, &r.input_parts))
+        inst.resolved
+            .with(|r| r.map(|r| kind.parts(&inst.params, &r.input_ids, &r.input_parts)))
     }
 
     /// The parts `names` of `n` (name -> key; an unknown name gets an empty key), if its
