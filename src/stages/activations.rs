@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::compute_key;
 use crate::stage::{CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
 use crate::stages::trained::{
     EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
@@ -41,9 +40,8 @@ impl ActivationsParams {
     /// `epochs`, and that checkpoint's key (which fixes the network and its data, so the
     /// probe set too). Adding an epoch adds one part; the others are reused.
     pub fn epoch_part_key(&self, keys: &KeyInputs<'_>, checkpoint_key: &str) -> String {
-        let mut p = keys.key_params(ActivationsParams::specs(), &["epochs"]);
-        p.insert("checkpoint".into(), checkpoint_key.into());
-        compute_key(EPOCH_PART_KIND, VERSION, &p, &[], &[])
+        let specs = ActivationsParams::specs();
+        keys.derived_part_key(EPOCH_PART_KIND, VERSION, specs, &["epochs"], checkpoint_key)
     }
 }
 
@@ -100,14 +98,9 @@ impl Kind for Activations {
         checkpoint_parts(&p.epochs, up)
     }
     /// One part per checkpoint read, named like it (`epoch 5`).
-    fn parts(&self, p: &ActivationsParams, keys: &KeyInputs<'_>) -> Vec<Part> {
-        keys.parts_of("train")
-            .iter()
-            .map(|(name, checkpoint)| Part {
-                name: name.clone(),
-                key: p.epoch_part_key(keys, checkpoint),
-            })
-            .collect()
+    fn parts(&self, _p: &ActivationsParams, keys: &KeyInputs<'_>) -> Vec<Part> {
+        let specs = ActivationsParams::specs();
+        keys.parts_per_input_part("train", EPOCH_PART_KIND, VERSION, specs, &["epochs"])
     }
     crate::worker::worker_kind_methods!(ActivationsParams);
 }

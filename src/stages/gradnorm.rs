@@ -2,7 +2,6 @@
 //! examples. The work needs libtorch and runs in the worker (`torch/src/stages/gradnorm.rs`);
 //! see science.md for the measurement.
 
-use crate::plan::compute_key;
 use crate::stage::{CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
 use crate::stages::trained::{
     EpochRef, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
@@ -32,9 +31,8 @@ impl GradNormParams {
     /// The key of the part holding one checkpoint's rows of `gradnorm.parquet`: the
     /// parameters but `epochs`, and that checkpoint's key.
     pub fn epoch_part_key(&self, keys: &KeyInputs<'_>, checkpoint_key: &str) -> String {
-        let mut p = keys.key_params(GradNormParams::specs(), &["epochs"]);
-        p.insert("checkpoint".into(), checkpoint_key.into());
-        compute_key(EPOCH_PART_KIND, VERSION, &p, &[], &[])
+        let specs = GradNormParams::specs();
+        keys.derived_part_key(EPOCH_PART_KIND, VERSION, specs, &["epochs"], checkpoint_key)
     }
 }
 
@@ -60,14 +58,9 @@ impl Kind for GradNorm {
         checkpoint_parts(&p.epochs, up)
     }
     /// One part per checkpoint read, named like it (`epoch 5`).
-    fn parts(&self, p: &GradNormParams, keys: &KeyInputs<'_>) -> Vec<Part> {
-        keys.parts_of("train")
-            .iter()
-            .map(|(name, checkpoint)| Part {
-                name: name.clone(),
-                key: p.epoch_part_key(keys, checkpoint),
-            })
-            .collect()
+    fn parts(&self, _p: &GradNormParams, keys: &KeyInputs<'_>) -> Vec<Part> {
+        let specs = GradNormParams::specs();
+        keys.parts_per_input_part("train", EPOCH_PART_KIND, VERSION, specs, &["epochs"])
     }
     fn tables(&self, _p: &GradNormParams) -> Vec<String> {
         vec!["gradnorm".into()]

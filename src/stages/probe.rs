@@ -19,7 +19,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::geometry;
-use crate::plan::compute_key;
 use crate::stage::{
     CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
 };
@@ -53,9 +52,8 @@ impl ProbeParams {
     /// The key of the part analysing one epoch: the parameters in the key and the key of
     /// the activations' part of that epoch.
     pub fn epoch_part_key(&self, keys: &KeyInputs<'_>, activations_part: &str) -> String {
-        let mut p = keys.key_params(ProbeParams::specs(), &[]);
-        p.insert("activations".into(), activations_part.into());
-        compute_key(EPOCH_PART_KIND, VERSION, &p, &[], &[])
+        let specs = ProbeParams::specs();
+        keys.derived_part_key(EPOCH_PART_KIND, VERSION, specs, &[], activations_part)
     }
 }
 
@@ -232,14 +230,9 @@ impl Kind for Probe {
         vec!["probe".into(), "probe_manifolds".into()]
     }
     /// One part per epoch of the activations, named like it (`epoch 5`).
-    fn parts(&self, p: &ProbeParams, keys: &KeyInputs<'_>) -> Vec<Part> {
-        keys.parts_of("activations")
-            .iter()
-            .map(|(name, part)| Part {
-                name: name.clone(),
-                key: p.epoch_part_key(keys, part),
-            })
-            .collect()
+    fn parts(&self, _p: &ProbeParams, keys: &KeyInputs<'_>) -> Vec<Part> {
+        let specs = ProbeParams::specs();
+        keys.parts_per_input_part("activations", EPOCH_PART_KIND, VERSION, specs, &[])
     }
     fn threads(&self, p: &ProbeParams) -> usize {
         p.threads.max(1) as usize
@@ -256,12 +249,8 @@ impl Kind for Probe {
                 .num_threads(ctx.threads)
                 .build()?,
         };
-        let (ids, seen) = ctx.input_identities();
-        let keys = KeyInputs {
-            values: ctx.params,
-            input_keys: &ids,
-            input_parts: &seen,
-        };
+        let identities = ctx.input_identities();
+        let keys = identities.keys(ctx.params);
         let (mut probe, mut manifolds) = (tables::Probe::default(), ProbeManifolds::default());
         for &epoch in &info.epochs {
             let analyse = |log: &mut std::fs::File| -> Result<Vec<Row>> {

@@ -131,27 +131,22 @@ fn show_log_and_ls_take_unique_key_prefixes() {
         serde_json::from_slice(&p.pipe(&["ls", "--json", "--stage", "corrupt"]).stdout).unwrap();
     assert_eq!(ls.as_array().unwrap().len(), 4);
     // A prefix shared by two keys is ambiguous; one matching nothing is unknown: both exit 2.
-    let all: Json = serde_json::from_slice(&p.pipe(&["ls", "--json"]).stdout).unwrap();
-    let keys: Vec<&str> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["key"].as_str().unwrap())
-        .collect();
+    let ls_keys = || -> Vec<String> {
+        let all: Json = serde_json::from_slice(&p.pipe(&["ls", "--json"]).stdout).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["key"].as_str().unwrap().to_string())
+            .collect()
+    };
     assert_eq!(
-        keys.len(),
+        ls_keys().len(),
         8,
         "the two counts at noise 0.0 share one artifact"
     );
     // With 17 artifacts (five seeds), two keys share a first digit.
     assert_eq!(p.run("p.toml", &["--set", "sweep.seed=[1,2,3,4,5]"]).0, 0);
-    let all: Json = serde_json::from_slice(&p.pipe(&["ls", "--json"]).stdout).unwrap();
-    let keys: Vec<&str> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["key"].as_str().unwrap())
-        .collect();
+    let keys = ls_keys();
     assert_eq!(keys.len(), 1 + 10 + 6);
     let shared = (0..16)
         .map(|d| format!("{d:x}"))

@@ -543,10 +543,11 @@ pub struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
-    /// Each input's identity in the key and the upstream parts it shows (slot first), as
-    /// [`KeyInputs`] wants them: what a kind keys its parts on while it runs.
-    pub fn input_identities(&self) -> (Vec<(String, String)>, Vec<InputParts>) {
-        self.inputs
+    /// Each input's identity in the key and the upstream parts it shows: what a kind keys
+    /// its parts on while it runs (`ctx.input_identities().keys(ctx.params)`).
+    pub fn input_identities(&self) -> InputIdentities {
+        let (ids, parts) = self
+            .inputs
             .iter()
             .map(|i| {
                 (
@@ -554,7 +555,8 @@ impl RunContext<'_> {
                     (i.slot.clone(), i.parts.clone()),
                 )
             })
-            .unzip()
+            .unzip();
+        InputIdentities { ids, parts }
     }
 
     /// The artifact directory filling an input slot.
@@ -647,6 +649,62 @@ impl KeyInputs<'_> {
             .iter()
             .find(|(s, _)| s == slot)
             .map_or(&[], |(_, p)| p.as_slice())
+    }
+
+    /// The key of a part made from one upstream part (an analysis of one checkpoint): the
+    /// kind's parameters in the key but `leave_out` (the list of epochs, say), `part_kind`,
+    /// its `version`, and the upstream part's key. It depends on nothing else, so the same
+    /// work on the same upstream part has the same key in any instance.
+    pub fn derived_part_key(
+        &self,
+        part_kind: &str,
+        version: u32,
+        specs: &[ParamSpec],
+        leave_out: &[&str],
+        upstream_part: &str,
+    ) -> String {
+        let mut p = self.key_params(specs, leave_out);
+        p.insert("input_part".into(), upstream_part.into());
+        crate::key::compute_key(part_kind, version, &p, &[], &[])
+    }
+
+    /// One part per upstream part seen through `slot`, named like it and keyed by
+    /// [`KeyInputs::derived_part_key`]: per-epoch work stored per epoch.
+    pub fn parts_per_input_part(
+        &self,
+        slot: &str,
+        part_kind: &str,
+        version: u32,
+        specs: &[ParamSpec],
+        leave_out: &[&str],
+    ) -> Vec<Part> {
+        self.parts_of(slot)
+            .iter()
+            .map(|(name, upstream)| Part {
+                name: name.clone(),
+                key: self.derived_part_key(part_kind, version, specs, leave_out, upstream),
+            })
+            .collect()
+    }
+}
+
+/// What a running instance's key took from its inputs, owned (see
+/// [`RunContext::input_identities`]); [`InputIdentities::keys`] views it as [`KeyInputs`].
+pub struct InputIdentities {
+    /// Each slot's identity in the key.
+    pub ids: Vec<(String, String)>,
+    /// Each slot's upstream parts.
+    pub parts: Vec<InputParts>,
+}
+
+impl InputIdentities {
+    /// The [`KeyInputs`] of these identities and the instance's parameters.
+    pub fn keys<'a>(&'a self, values: &'a Params) -> KeyInputs<'a> {
+        KeyInputs {
+            values,
+            input_keys: &self.ids,
+            input_parts: &self.parts,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use pipe::stage::{BadData, KeyInputs, RunContext};
+use pipe::stage::{BadData, RunContext};
 use pipe::stages::activations::{
     ActivationsInfo, ActivationsParams, EPOCH_PART_KIND, LAYERS_FILE, LayerFeatures,
 };
@@ -231,12 +231,8 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let x = run.data.train.x.index_select(0, &idx);
     let mut epochs = Vec::new();
     let mut layers_info: Vec<LayerFeatures> = Vec::new();
-    let (ids, seen) = ctx.input_identities();
-    let keys = KeyInputs {
-        values: ctx.params,
-        input_keys: &ids,
-        input_parts: &seen,
-    };
+    let identities = ctx.input_identities();
+    let keys = identities.keys(ctx.params);
     for which in &p.epochs {
         let ck = run.checkpoint(which)?;
         if epochs.contains(&ck.epoch) {

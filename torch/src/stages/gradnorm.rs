@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
-use pipe::stage::{KeyInputs, RunContext};
+use pipe::stage::RunContext;
 use pipe::stages::gradnorm::{EPOCH_PART_KIND, GradNormParams};
 use pipe::table::Table;
 use pipe::tables::{GradNorm, GradNormExamples};
@@ -190,12 +190,8 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
         index: chosen,
     }
     .write(&ctx.out.join("gradnorm_examples.parquet"))?;
-    let (ids, seen) = ctx.input_identities();
-    let keys = KeyInputs {
-        values: ctx.params,
-        input_keys: &ids,
-        input_parts: &seen,
-    };
+    let identities = ctx.input_identities();
+    let keys = identities.keys(ctx.params);
     let mut table = GradNorm::default();
     let mut done = Vec::new();
     for which in &p.epochs {
