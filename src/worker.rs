@@ -2,15 +2,17 @@
 //!
 //! Stage kinds that need libtorch (training and the analyses on trained networks) run in a
 //! separate binary, `pipe-torch`, so that `pipe` itself starts in milliseconds instead of
-//! loading libtorch, and so that each instance gets its own libtorch thread pool. The
-//! parent sends the instance as a [`WorkerJob`] on the worker's stdin; the worker writes into
-//! the same temp folder and store that a local run would use.
+//! loading libtorch. The parent sends each instance as a [`WorkerJob`] line on the stdin of a
+//! `pipe-torch serve` process and reads a [`WorkerReply`] line back; the worker writes into
+//! the same temp folder and store that a local run would use. A worker serves one instance
+//! at a time and the next ones of the same `pipe` process afterwards, so libtorch starts
+//! once per worker, not once per instance; workers die with `pipe`.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock, mpsc};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -148,7 +150,110 @@ fn command(args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs an instance of `kind` in the worker and waits for it.
+/// A worker's answer to one job of `pipe-torch serve` (one JSON line).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerReply {
+    /// Whether the job succeeded.
+    pub ok: bool,
+    /// What went wrong, if it failed.
+    #[serde(default)]
+    pub message: String,
+    /// Whether the user's data was at fault ([`BadData`]).
+    #[serde(default)]
+    pub bad_data: bool,
+}
+
+impl WorkerReply {
+    /// A job that succeeded.
+    pub fn done() -> WorkerReply {
+        WorkerReply {
+            ok: true,
+            message: String::new(),
+            bad_data: false,
+        }
+    }
+    /// A job that failed.
+    pub fn failed(message: String, bad_data: bool) -> WorkerReply {
+        WorkerReply {
+            ok: false,
+            message,
+            bad_data,
+        }
+    }
+}
+
+/// A running `pipe-torch serve` process.
+struct Served {
+    /// The process.
+    child: Child,
+    /// Where jobs go.
+    jobs: ChildStdin,
+    /// Its reply lines, read by a thread.
+    replies: mpsc::Receiver<String>,
+}
+
+/// Workers between jobs, reused by the next libtorch instance of this process.
+static IDLE: Mutex<Vec<Served>> = Mutex::new(Vec::new());
+
+/// A request to start a worker, answered on the channel it carries.
+type SpawnRequest = mpsc::Sender<std::io::Result<Child>>;
+
+/// Starts `pipe-torch serve` processes from one thread that lives as long as `pipe`:
+/// a worker is killed when the thread that started it ends (PR_SET_PDEATHSIG), so it must
+/// not be an instance's thread if it is to serve the next instance, and must die with pipe.
+fn spawn_served() -> Result<Served> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::spawn(move || {
+            for reply in rx {
+                let child = command(&["serve"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn();
+                let _ = reply.send(child);
+            }
+        });
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(tx)
+        .map_err(|_| anyhow::anyhow!("the worker starter thread is gone"))?;
+    let mut child = rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the worker starter thread is gone"))?
+        .with_context(|| {
+            format!(
+                "cannot start the worker {} (build it with `cargo build --release --workspace`)",
+                worker_path().display()
+            )
+        })?;
+    let (Some(jobs), Some(out)) = (child.stdin.take(), child.stdout.take()) else {
+        bail!("the worker's pipes are missing");
+    };
+    let (tx, replies) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Served {
+        child,
+        jobs,
+        replies,
+    })
+}
+
+/// Runs an instance of `kind` in a worker and waits for it (up to the instance's
+/// deadline). A worker that is idle is reused; one is started otherwise, and kept for the
+/// next instance unless it died or was killed at the deadline.
 pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
     let job = WorkerJob {
         kind: kind.to_string(),
@@ -166,43 +271,60 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
         },
     };
     ctx.log.flush()?;
-    let mut child = command(&["run"])
-        .stdin(Stdio::piped())
-        .stdout(ctx.log.try_clone()?)
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start the worker {} (build it with `cargo build --release --workspace`)",
-                worker_path().display()
-            )
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&serde_json::to_vec(&job)?)?;
-    }
-    let reader = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = e.read_to_string(&mut text);
-            text
-        })
-    });
-    let status = crate::stage::wait_until(&mut child, ctx.deadline, false)?;
-    let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
-    ctx.log.write_all(stderr.as_bytes())?;
-    if status.success() {
+    let line = serde_json::to_string(&job)? + "\n";
+    // An idle worker may have died meanwhile: then its job line cannot be written, and a
+    // fresh one takes the job.
+    let mut worker = loop {
+        let idle = IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reused = idle.is_some();
+        let mut w = match idle {
+            Some(w) => w,
+            None => spawn_served()?,
+        };
+        match w
+            .jobs
+            .write_all(line.as_bytes())
+            .and_then(|_| w.jobs.flush())
+        {
+            Ok(()) => break w,
+            Err(e) => {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+                if !reused {
+                    bail!("cannot send the job to the worker: {e}");
+                }
+            }
+        }
+    };
+    let reply = loop {
+        let wait = match ctx.deadline {
+            Some(d) => d.saturating_duration_since(std::time::Instant::now()),
+            None => std::time::Duration::from_secs(3600),
+        };
+        match worker.replies.recv_timeout(wait) {
+            Ok(line) => break line,
+            Err(mpsc::RecvTimeoutError::Timeout) if ctx.deadline.is_some() => {
+                let _ = worker.child.kill();
+                let _ = worker.child.wait();
+                return Err(anyhow::Error::new(crate::stage::TimedOut));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = worker.child.wait()?;
+                bail!("the worker exited with {status}");
+            }
+        }
+    };
+    let reply: WorkerReply =
+        serde_json::from_str(&reply).with_context(|| format!("the worker's reply {reply:?}"))?;
+    IDLE.lock().unwrap_or_else(|e| e.into_inner()).push(worker);
+    if reply.ok {
         return Ok(());
     }
-    let message = stderr
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("pipe-torch: error: "))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("the worker exited with {status}"));
-    if status.code() == Some(EXIT_BAD_DATA) {
-        return Err(anyhow::Error::new(BadData(message)));
+    if reply.bad_data {
+        return Err(anyhow::Error::new(BadData(reply.message)));
     }
-    bail!("{message}")
+    bail!("{}", reply.message)
 }
 
 /// Number of CUDA devices libtorch sees on this machine (asks the worker once).

@@ -10,6 +10,7 @@ pub mod device;
 pub mod models;
 pub mod optim;
 pub mod score;
+pub mod serve;
 pub mod stages;
 pub mod trained_run;
 pub mod trainer;

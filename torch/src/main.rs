@@ -1,6 +1,7 @@
 //! `pipe-torch`: the worker that runs libtorch stage kinds for `pipe`.
 //!
-//! `pipe-torch run` reads a job (JSON) on stdin and runs it; `pipe-torch devices` prints
+//! `pipe-torch run` reads a job (JSON) on stdin and runs it; `pipe-torch serve` runs one job
+//! per stdin line, replying on stdout (see `pipe_torch::serve`); `pipe-torch devices` prints
 //! the devices libtorch sees. Errors end with a line `pipe-torch: error: MESSAGE` on stderr
 //! and exit code 1, or 3 when the user's data is at fault.
 
@@ -31,6 +32,7 @@ fn main() {
                 }
             }
         }
+        Some("serve") => pipe_torch::serve::serve(),
         Some("devices") => {
             let cuda = if tch::Cuda::is_available() {
                 tch::Cuda::device_count()
@@ -42,7 +44,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: pipe-torch run < job.json | pipe-torch devices\n(pipe starts this worker itself)"
+                "usage: pipe-torch run < job.json | pipe-torch serve | pipe-torch devices\n(pipe starts this worker itself)"
             );
             2
         }
