@@ -334,3 +334,89 @@ fn cifar10_vgg16_pipeline_plans_against_cifar_files() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("data_batch_1.bin"));
 }
+
+/// The worker process and job number a libtorch instance's log names.
+fn worker_of(p: &Project, key: &str) -> (u32, u64) {
+    let log = String::from_utf8(p.pipe(&["log", key]).stdout).unwrap();
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("# worker "))
+        .unwrap_or_else(|| panic!("no worker line in {log}"));
+    let (pid, rest) = line.split_once(": job ").unwrap();
+    let job = rest.split_whitespace().next().unwrap();
+    (pid.parse().unwrap(), job.parse().unwrap())
+}
+
+#[test]
+fn a_run_starts_libtorch_once_per_worker_and_a_timeout_replaces_the_worker() {
+    let p = Project::new();
+    p.write_idx("data", 200, 40);
+    let text = with_values(
+        TINY_STUDY,
+        &[("sweep.noise", "[0.5]"), ("sweep.seed", "[1]")],
+    );
+    p.write("p.toml", &text);
+    let (code, r) = p.run("p.toml", &["--jobs", "1"]);
+    assert_eq!(code, 0, "{r}");
+    // train, activations, gradnorm, rollback: one after another on one worker.
+    let mut seen: Vec<(u32, u64)> = ["train", "activations", "gradnorm", "rollback"]
+        .iter()
+        .map(|s| worker_of(&p, of_stage(&r, "executed", s)[0]["key"].as_str().unwrap()))
+        .collect();
+    seen.sort_by_key(|(_, job)| *job);
+    assert!(seen.iter().all(|(pid, _)| *pid == seen[0].0), "{seen:?}");
+    assert_eq!(
+        seen.iter().map(|(_, j)| *j).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // No worker outlives the run (it is killed with pipe: gone, or a zombie for a moment).
+    let status = format!("/proc/{}/status", seen[0].0);
+    let running = || {
+        std::fs::read_to_string(&status).is_ok_and(|s| {
+            !s.lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+    };
+    let t = std::time::Instant::now();
+    while running() && t.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!running(), "worker {} still runs", seen[0].0);
+
+    // A train instance past its timeout: its worker is killed; the next instance in the
+    // same run gets a fresh worker and succeeds.
+    // (Declared before `train`, so that it runs first.)
+    let slow = text
+        .replace("epochs = 4", "epochs = 5")
+        .replace("[0, 1, 2, 4]", "[0, 1, 2, 5]")
+        .replace(
+            "[stage.train]",
+            "[stage.slow]\nkind = \"train\"\ninputs = [\"data\", \"corrupt\"]\nmodel = \"mlp\"\n\
+             hidden = [64]\nepochs = 100000\nlr = 0.05\ndevice = \"cpu\"\ntimeout = \"1s\"\n\
+             [stage.train]",
+        );
+    p.write("slow.toml", &slow);
+    let (code, r) = p.run(
+        "slow.toml",
+        &["--jobs", "1", "--only", "slow", "--only", "train"],
+    );
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(of_stage(&r, "failed", "slow").len(), 1, "{r}");
+    let train = of_stage(&r, "executed", "train")[0]["key"]
+        .as_str()
+        .unwrap();
+    let slow_log = std::fs::read_to_string(p.cache().join("logs").join(format!(
+        "{}.log",
+        of_stage(&r, "failed", "slow")[0]["key"].as_str().unwrap()
+    )))
+    .unwrap();
+    assert!(slow_log.contains("timed out"), "{slow_log}");
+    let killed = slow_log
+        .lines()
+        .find_map(|l| l.strip_prefix("# worker "))
+        .and_then(|l| l.split(':').next())
+        .unwrap()
+        .to_string();
+    let (pid, _) = worker_of(&p, train);
+    assert_ne!(pid.to_string(), killed);
+}

@@ -26,6 +26,7 @@ fn redirect_output(fd: i32) {
 
 /// Runs jobs from stdin until it closes; returns the exit code.
 pub fn serve() -> i32 {
+    let mut served = 0u64;
     // SAFETY: dup(1) gives a new descriptor this process owns, wrapped once.
     let proto = unsafe { libc::dup(1) };
     if proto < 0 {
@@ -43,7 +44,8 @@ pub fn serve() -> i32 {
         if line.trim().is_empty() {
             continue;
         }
-        let (reply, fatal) = run_line(&line);
+        served += 1;
+        let (reply, fatal) = run_line(&line, served);
         redirect_output(null.as_raw_fd());
         let text = serde_json::to_string(&reply).unwrap_or_default();
         if writeln!(replies, "{text}")
@@ -59,7 +61,7 @@ pub fn serve() -> i32 {
 
 /// Runs one job line with its output in the job's log; the reply, and whether the worker
 /// must stop (the job panicked).
-fn run_line(line: &str) -> (WorkerReply, bool) {
+fn run_line(line: &str, served: u64) -> (WorkerReply, bool) {
     let job: WorkerJob = match serde_json::from_str(line) {
         Ok(j) => j,
         Err(e) => return (WorkerReply::failed(format!("not a job: {e}"), false), false),
@@ -72,6 +74,10 @@ fn run_line(line: &str) -> (WorkerReply, bool) {
         }
     };
     redirect_output(log.as_raw_fd());
+    eprintln!(
+        "# worker {}: job {served} of this process",
+        std::process::id()
+    );
     let result = std::panic::catch_unwind(|| crate::run_worker_job(job));
     let _ = std::io::stdout().flush();
     match result {
