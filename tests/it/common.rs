@@ -220,6 +220,18 @@ pub fn with_values(pipeline: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
+/// The tiny study at one sweep point (`noise`, seed 1) with some more values replaced (as
+/// in [`with_values`]), written to `p.toml` beside its generated data set; returns the text.
+pub fn tiny_study_at(p: &Project, noise: &str, values: &[(&str, &str)]) -> String {
+    p.write_idx("data", 200, 40);
+    let noise = format!("[{noise}]");
+    let mut all = vec![("sweep.noise", noise.as_str()), ("sweep.seed", "[1]")];
+    all.extend_from_slice(values);
+    let text = with_values(TINY_STUDY, &all);
+    p.write("p.toml", &text);
+    text
+}
+
 /// `--set` overrides that make the shipped quick pipeline small enough for tests that run it
 /// many times or through Slurm (every stage kind still runs).
 pub const QUICK_SMALL: &[&str] = &[

@@ -7,17 +7,11 @@ use serde_json::Value as Json;
 
 /// The tiny study at one point, its analyses on epochs 0, 1 and 2 only.
 fn study(p: &Project) -> String {
-    p.write_idx("data", 200, 40);
-    let text = with_values(
-        TINY_STUDY,
-        &[
-            ("sweep.noise", "[0.5]"),
-            ("sweep.seed", "[1]"),
-            ("stage.activations.epochs", "[0, 1, 2]"),
-            ("stage.gradnorm.epochs", "[0, 2]"),
-        ],
-    );
-    p.write("p.toml", &text);
+    let epochs = [
+        ("stage.activations.epochs", "[0, 1, 2]"),
+        ("stage.gradnorm.epochs", "[0, 2]"),
+    ];
+    tiny_study_at(p, "0.5", &epochs);
     "p.toml".into()
 }
 
@@ -79,12 +73,7 @@ fn training_longer_reruns_only_what_reads_the_new_checkpoints() {
 #[test]
 fn labels_rewritten_identically_keep_training_and_analyses_cached() {
     let p = Project::new();
-    p.write_idx("data", 200, 40);
-    let text = with_values(
-        TINY_STUDY,
-        &[("sweep.noise", "[0.0]"), ("sweep.seed", "[1]")],
-    );
-    p.write("p.toml", &text);
+    tiny_study_at(&p, "0.0", &[]);
     let (code, r) = p.run("p.toml", &[]);
     assert_eq!(code, 0, "{r}");
     // Another corruption mode: at noise 0.0 no label is chosen, the labels are the same

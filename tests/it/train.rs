@@ -350,12 +350,7 @@ fn worker_of(p: &Project, key: &str) -> (u32, u64) {
 #[test]
 fn a_run_starts_libtorch_once_per_worker_and_a_timeout_replaces_the_worker() {
     let p = Project::new();
-    p.write_idx("data", 200, 40);
-    let text = with_values(
-        TINY_STUDY,
-        &[("sweep.noise", "[0.5]"), ("sweep.seed", "[1]")],
-    );
-    p.write("p.toml", &text);
+    let text = tiny_study_at(&p, "0.5", &[]);
     let (code, r) = p.run("p.toml", &["--jobs", "1"]);
     assert_eq!(code, 0, "{r}");
     // train, activations, gradnorm, rollback: one after another on one worker.
