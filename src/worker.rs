@@ -96,9 +96,6 @@ pub fn check_device(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The worker's exit code for "the user's data is at fault" (maps to [`BadData`]).
-pub const EXIT_BAD_DATA: i32 = 3;
-
 /// Everything the worker process needs to run one instance (sent on its stdin).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerJob {

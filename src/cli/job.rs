@@ -30,8 +30,9 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
         .max(1);
     // Resolve the key first: with the remote cache, a key it has is pulled, not computed.
     let remote = job.remote.as_deref().map(Remote::open);
+    let mut keys: Vec<String> = Vec::new();
     if let (Some(Ok(r)), Ok(())) = (&remote, job.resolve(&store, kind)) {
-        let keys: Vec<String> = std::iter::once(job.key().to_string())
+        keys = std::iter::once(job.key().to_string())
             .chain(job.part_keys(kind))
             .collect();
         for key in keys.iter().filter(|k| !store.is_complete(k)) {
@@ -46,9 +47,11 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
         errln!("waiting for {h}, which computes the same artifact of {stage}");
     });
     if let (Some(Ok(r)), Outcome::Executed { .. }) = (&remote, &outcome) {
-        let keys: Vec<String> = std::iter::once(job.key().to_string())
-            .chain(job.part_keys(kind))
-            .collect();
+        if keys.is_empty() {
+            keys = std::iter::once(job.key().to_string())
+                .chain(job.part_keys(kind))
+                .collect();
+        }
         if let Err(e) = r.push_all(&store, keys.iter().map(String::as_str)) {
             errln!("warning: {e}");
         }

@@ -158,9 +158,14 @@ fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i3
         .into_iter()
         .partition(|&n| plan.key(n).is_some_and(|k| store.is_complete(&k)));
     let index = store.read_index(&plan.spec.name);
-    let (may, todo): (Vec<NodeIndex>, Vec<NodeIndex>) = rest
+    // Each instance left, in plan order, with whether it may run (else it will).
+    let rest: Vec<(NodeIndex, bool)> = rest
         .into_iter()
-        .partition(|&n| crate::status::may_run(plan, &index, n));
+        .map(|n| (n, crate::status::may_run(plan, &index, n)))
+        .collect();
+    let of =
+        |may: bool| -> Vec<NodeIndex> { rest.iter().filter(|r| r.1 == may).map(|r| r.0).collect() };
+    let (may, todo) = (of(true), of(false));
     if json {
         print_json(&RunJson {
             cached: Item::list(plan, &cached),
@@ -174,8 +179,8 @@ fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i3
             may_run: Some(Item::list(plan, &may)),
         })?;
     } else {
-        for &n in &nodes_in_order(plan, &todo, &may) {
-            if !may.contains(&n) {
+        for &(n, may_run) in &rest {
+            if !may_run {
                 outln!("would run  {}  {}", plan.short_key(n), plan.label(n));
             } else {
                 outln!(
@@ -194,16 +199,6 @@ fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i3
         outln!("{} to run{may_text}, {} cached", todo.len(), cached.len());
     }
     Ok(0)
-}
-
-/// `a` and `b` merged in plan order.
-fn nodes_in_order(plan: &Plan, a: &[NodeIndex], b: &[NodeIndex]) -> Vec<NodeIndex> {
-    let chosen: std::collections::HashSet<NodeIndex> = a.iter().chain(b).copied().collect();
-    plan.order
-        .iter()
-        .copied()
-        .filter(|n| chosen.contains(n))
-        .collect()
 }
 
 /// Runs the plan with the local or the Slurm executor, then reports; returns the exit code.

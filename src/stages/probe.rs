@@ -282,19 +282,14 @@ impl Kind for Probe {
                 manifolds.append(m);
                 continue;
             };
-            let (part_dir, how) = match ctx.parts.get(&key) {
-                Some(d) => (d, "reused"),
-                None => {
-                    let rows = analyse(ctx.log)?;
-                    let params = serde_json::json!({"epoch": epoch});
-                    let d = ctx
-                        .parts
-                        .put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
-                            write_tables(tmp, &rows, p.n_t)
-                        })?;
-                    (d, "computed")
-                }
-            };
+            let params = serde_json::json!({"epoch": epoch});
+            let log = &mut *ctx.log;
+            let (part_dir, computed) =
+                ctx.parts
+                    .get_or_put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
+                        write_tables(tmp, &analyse(log)?, p.n_t)
+                    })?;
+            let how = if computed { "computed" } else { "reused" };
             writeln!(ctx.log, "epoch {epoch}: {how} (part {})", &key[..12])?;
             probe.append(tables::Probe::read(&part_dir.join("probe.parquet"))?);
             manifolds.append(ProbeManifolds::read(

@@ -4,7 +4,7 @@
 //!
 //! Protocol: one [`WorkerJob`] per line on stdin; after each, one [`WorkerReply`] line on
 //! the process's original stdout. While a job runs, its stdout and stderr go to the
-//! instance's log (as with `pipe-torch run`); between jobs, to /dev/null. A job that
+//! instance's log; between jobs, to /dev/null. A job that
 //! panics is answered, then the process exits: libtorch's state is not trusted after it.
 
 use std::fs::OpenOptions;

@@ -100,6 +100,39 @@ impl TrainedRun {
         Ok(net)
     }
 
+    /// An analysis's part for each distinct checkpoint `refs` name, in order: the part keyed
+    /// `key_of(checkpoint key)` when cached, else the one `write` makes (given the network at
+    /// that checkpoint, loaded only then). Each comes with whether it was made now.
+    pub fn epoch_parts(
+        &self,
+        refs: &[EpochRef],
+        parts: &pipe::store::Parts,
+        part_kind: &str,
+        key_of: impl Fn(&str) -> String,
+        mut write: impl FnMut(&CheckpointRef, &Net, &std::path::Path) -> Result<()>,
+    ) -> Result<Vec<EpochPart>> {
+        let mut out: Vec<EpochPart> = Vec::new();
+        for which in refs {
+            let checkpoint = self.checkpoint(which)?;
+            if out.iter().any(|p| p.checkpoint.epoch == checkpoint.epoch) {
+                continue;
+            }
+            let key = key_of(&checkpoint.key);
+            let params =
+                serde_json::json!({"epoch": checkpoint.epoch, "checkpoint": checkpoint.key});
+            let (dir, computed) = parts.get_or_put(&key, part_kind, &params, &mut |tmp| {
+                write(&checkpoint, &self.net_at(&checkpoint)?, tmp)
+            })?;
+            out.push(EpochPart {
+                checkpoint,
+                key,
+                dir,
+                computed,
+            });
+        }
+        Ok(out)
+    }
+
     /// The weights of a checkpoint as named tensors on the device.
     pub fn weights(&self, c: &CheckpointRef) -> Result<Vec<(String, Tensor)>> {
         let file = self.checkpoint_dir(c)?.join("weights.safetensors");
@@ -108,6 +141,25 @@ impl TrainedRun {
             .into_iter()
             .map(|(n, t)| (n, t.to_device(self.device)))
             .collect())
+    }
+}
+
+/// One checkpoint's part of an analysis ([`TrainedRun::epoch_parts`]).
+pub struct EpochPart {
+    /// The checkpoint analysed.
+    pub checkpoint: CheckpointRef,
+    /// The part's key.
+    pub key: String,
+    /// The part's folder in the cache.
+    pub dir: PathBuf,
+    /// Whether it was made now (else it was cached).
+    pub computed: bool,
+}
+
+impl EpochPart {
+    /// `computed` or `reused`, for the log.
+    pub fn how(&self) -> &'static str {
+        if self.computed { "computed" } else { "reused" }
     }
 }
 

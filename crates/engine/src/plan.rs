@@ -174,6 +174,19 @@ impl ProjKey {
     }
 }
 
+/// The parameters of `kind` marked in the key, with their values in `params`.
+fn key_params_of(
+    kind: &dyn crate::stage::StageKind,
+    params: &Params,
+) -> serde_json::Map<String, Json> {
+    let keys = crate::stage::KeyInputs {
+        values: params,
+        input_keys: &[],
+        input_parts: &[],
+    };
+    keys.key_params(kind.params(), &[])
+}
+
 /// The index entry that a successful run of `inst` leaves.
 pub fn index_entry(plan: &Plan, inst: &Instance) -> (String, IndexEntry) {
     let stage = &plan.spec.stages[inst.stage];
@@ -248,10 +261,10 @@ impl Plan {
         let mut defaults: HashMap<&'static str, Json> = HashMap::new();
 
         for (si, stage) in spec.stages.iter().enumerate() {
-            let d = deps[si].clone();
+            let d = &deps[si];
             let mut map: HashMap<ProjKey, NodeIndex> = HashMap::with_capacity(counts[si]);
             for point in &sweep.points {
-                let proj = ProjKey::of(&d, point, sweep);
+                let proj = ProjKey::of(d, point, sweep);
                 if map.contains_key(&proj) {
                     continue;
                 }
@@ -262,7 +275,6 @@ impl Plan {
                 let point_ids: Box<[(u32, u32)]> =
                     d.iter().map(|&v| (v as u32, point[v] as u32)).collect();
                 let mut params: Vec<(&'static str, Json)> = Vec::with_capacity(stage.params.len());
-                let mut key_params = serde_json::Map::new();
                 for (p, given) in &stage.params {
                     let path = format!("stage.{}.{}", stage.name, p.name);
                     let (raw, loc) = match (given, p.presence) {
@@ -282,9 +294,6 @@ impl Plan {
                         (None, _) => continue,
                     };
                     let v = p.ty.coerce(raw).map_err(|m| Error::at(&loc, &path, m))?;
-                    if p.in_key {
-                        key_params.insert(p.name.to_string(), v.clone());
-                    }
                     params.push((p.name, v));
                 }
                 let mut inputs = Vec::with_capacity(stage.inputs.len());
@@ -343,7 +352,7 @@ impl Plan {
                 let recipe = compute_key(
                     stage.kind.name(),
                     stage.kind.version(),
-                    &key_params,
+                    &key_params_of(stage.kind, &params),
                     &input_recipes,
                     &files,
                 );
@@ -383,12 +392,7 @@ impl Plan {
     /// The parameters of `inst` that go into its key (computed from its parameters and its
     /// kind's declarations, not stored: a large sweep would hold them twice).
     pub fn key_params(&self, inst: &Instance) -> serde_json::Map<String, Json> {
-        let kind = self.spec.stages[inst.stage].kind;
-        kind.params()
-            .iter()
-            .filter(|s| s.in_key)
-            .filter_map(|s| Some((s.name.to_string(), inst.params.get(s.name)?.clone())))
-            .collect()
+        key_params_of(self.spec.stages[inst.stage].kind, &inst.params)
     }
 
     /// Instance `n`'s key, if known.

@@ -233,30 +233,24 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let mut layers_info: Vec<LayerFeatures> = Vec::new();
     let identities = ctx.input_identities();
     let keys = identities.keys(ctx.params);
-    for which in &p.epochs {
-        let ck = run.checkpoint(which)?;
-        if epochs.contains(&ck.epoch) {
-            continue;
-        }
-        epochs.push(ck.epoch);
-        let key = p.epoch_part_key(&keys, &ck.key);
-        let (part, how) = match ctx.parts.get(&key) {
-            Some(dir) => (dir, "reused"),
-            None => {
-                let net = run.net_at(&ck)?;
-                let params = serde_json::json!({"epoch": ck.epoch, "checkpoint": ck.key});
-                let dir = ctx.parts.put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
-                    let mut layers = Vec::new();
-                    store_epoch(p, &net, &x, tmp, &mut layers)?;
-                    std::fs::write(tmp.join(LAYERS_FILE), serde_json::to_vec_pretty(&layers)?)?;
-                    Ok(())
-                })?;
-                (dir, "computed")
-            }
-        };
+    let parts = run.epoch_parts(
+        &p.epochs,
+        ctx.parts,
+        EPOCH_PART_KIND,
+        |checkpoint| p.epoch_part_key(&keys, checkpoint),
+        |_, net, tmp| {
+            let mut layers = Vec::new();
+            store_epoch(p, net, &x, tmp, &mut layers)?;
+            std::fs::write(tmp.join(LAYERS_FILE), serde_json::to_vec_pretty(&layers)?)?;
+            Ok(())
+        },
+    )?;
+    for part in &parts {
+        let epoch = part.checkpoint.epoch;
+        epochs.push(epoch);
         let layers: Vec<LayerFeatures> =
-            serde_json::from_slice(&std::fs::read(part.join(LAYERS_FILE))?)?;
-        link_epoch(&part, &ctx.out.join(format!("epoch={}", ck.epoch)), &layers)?;
+            serde_json::from_slice(&std::fs::read(part.dir.join(LAYERS_FILE))?)?;
+        link_epoch(&part.dir, &ctx.out.join(format!("epoch={epoch}")), &layers)?;
         for l in layers {
             if !layers_info.iter().any(|k| k.name == l.name) {
                 layers_info.push(l);
@@ -264,10 +258,10 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
         }
         writeln!(
             ctx.log,
-            "epoch {}: {how} ({} layers, part {})",
-            ck.epoch,
+            "epoch {epoch}: {} ({} layers, part {})",
+            part.how(),
             layers_info.len(),
-            &key[..12]
+            &part.key[..12]
         )?;
     }
     let info = ActivationsInfo {

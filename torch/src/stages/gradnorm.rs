@@ -9,7 +9,6 @@
 //! `gradnorm_examples.parquet` lists the examples used (`index`, `corrupted`).
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::Result;
 use pipe::stage::RunContext;
@@ -193,31 +192,22 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let identities = ctx.input_identities();
     let keys = identities.keys(ctx.params);
     let mut table = GradNorm::default();
-    let mut done = Vec::new();
-    for which in &p.epochs {
-        let ck = run.checkpoint(which)?;
-        if done.contains(&ck.epoch) {
-            continue;
-        }
-        done.push(ck.epoch);
-        // Each epoch's rows are a part keyed on its checkpoint: computed once.
-        let key = p.epoch_part_key(&keys, &ck.key);
-        let (part, how) = match ctx.parts.get(&key) {
-            Some(dir) => (dir, "reused"),
-            None => {
-                let net = run.net_at(&ck)?;
-                let data = (&run.data.train.x, &run.data.train.y);
-                let rows = epoch_rows(&net, ck.epoch, data, &clean_idx, &cor_idx);
-                let t = rows_table(&rows, clean_idx.len(), cor_idx.len());
-                let params = serde_json::json!({"epoch": ck.epoch, "checkpoint": ck.key});
-                let dir = ctx.parts.put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
-                    t.write(&tmp.join("gradnorm.parquet"))
-                })?;
-                (dir, "computed")
-            }
-        };
-        writeln!(ctx.log, "epoch {}: {how} (part {})", ck.epoch, &key[..12])?;
-        table.append(GradNorm::read(&part.join("gradnorm.parquet"))?);
+    // Each epoch's rows are a part keyed on its checkpoint: computed once.
+    let parts = run.epoch_parts(
+        &p.epochs,
+        ctx.parts,
+        EPOCH_PART_KIND,
+        |checkpoint| p.epoch_part_key(&keys, checkpoint),
+        |ck, net, tmp| {
+            let data = (&run.data.train.x, &run.data.train.y);
+            let rows = epoch_rows(net, ck.epoch, data, &clean_idx, &cor_idx);
+            rows_table(&rows, clean_idx.len(), cor_idx.len()).write(&tmp.join("gradnorm.parquet"))
+        },
+    )?;
+    for part in &parts {
+        let (epoch, how) = (part.checkpoint.epoch, part.how());
+        writeln!(ctx.log, "epoch {epoch}: {how} (part {})", &part.key[..12])?;
+        table.append(GradNorm::read(&part.dir.join("gradnorm.parquet"))?);
     }
     table.write(&ctx.out.join("gradnorm.parquet"))
 }

@@ -128,6 +128,9 @@ impl InstanceJob {
     /// manifest), then the job's key. Every input must be complete in the cache. A key
     /// known at planning must come out the same.
     pub fn resolve(&mut self, store: &Store, kind: &dyn StageKind) -> Result<(), String> {
+        if self.key.is_some() && self.inputs.iter().all(|i| i.id.is_some()) {
+            return Ok(());
+        }
         for input in &mut self.inputs {
             if input.key.is_none() {
                 input.key = input.job.as_deref().and_then(super::slurm::resolved_key);

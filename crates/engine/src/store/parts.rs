@@ -37,13 +37,26 @@ impl Parts {
         params: &Json,
         write: &mut dyn FnMut(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<PathBuf> {
+        self.get_or_put(key, kind, params, write)
+            .map(|(dir, _)| dir)
+    }
+
+    /// Like [`Parts::put`], also saying whether `write` made the part now (`false`: it was
+    /// cached and `write` did not run, so work done inside `write` is done only when needed).
+    pub fn get_or_put(
+        &self,
+        key: &str,
+        kind: &str,
+        params: &Json,
+        write: &mut dyn FnMut(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(PathBuf, bool)> {
         let store = Store::new(&self.cache);
         if store.is_complete(key) {
-            return Ok(store.artifact_dir(key));
+            return Ok((store.artifact_dir(key), false));
         }
         let _lock = store.lock(key, &mut |_| {})?;
         if store.is_complete(key) {
-            return Ok(store.artifact_dir(key));
+            return Ok((store.artifact_dir(key), false));
         }
         let tmp = store.begin(key)?;
         let clock = Instant::now();
@@ -59,6 +72,6 @@ impl Parts {
         m.started = super::unix_now() - clock.elapsed().as_secs_f64();
         m.seconds = clock.elapsed().as_secs_f64();
         store.commit(&tmp, m)?;
-        Ok(store.artifact_dir(key))
+        Ok((store.artifact_dir(key), true))
     }
 }
