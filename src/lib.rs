@@ -9,7 +9,7 @@
 pub use pipe_engine::{
     error, exec, key, param_enum, plan, resources, spec, stage, stage_params, status, store, table,
 };
-pub use pipe_science::{datasets, geometry};
+pub use pipe_science::{datasets, embedding, geometry};
 
 pub mod cli;
 pub mod export;

@@ -29,8 +29,11 @@ table! {
         true_label: Vec<i64>,
         /// The label it is trained on.
         train_label: Vec<i64>,
-        /// Whether it was chosen for corruption.
-        corrupted: Vec<bool>,
+        /// Whether it was chosen for corruption (`fraction` of the examples are).
+        chosen: Vec<bool>,
+        /// Whether its label changed (`train_label != true_label`): the corrupted examples.
+        /// Under `permute`, about 1/C of the chosen examples keep their own label.
+        changed: Vec<bool>,
     }
 }
 
@@ -46,11 +49,11 @@ table! {
         train_loss: Vec<f64>,
         /// Accuracy on the training set against the training labels.
         train_acc: Vec<f64>,
-        /// Accuracy on the clean training examples.
+        /// Accuracy on the clean training examples (those not chosen for corruption).
         clean_acc: Vec<f64>,
-        /// Accuracy on the corrupted examples against their training labels.
+        /// Accuracy on the corrupted examples (label changed) against their training labels.
         corrupted_train_acc: Vec<Option<f64>>,
-        /// Accuracy on the corrupted examples against their true labels.
+        /// Accuracy on the corrupted examples (label changed) against their true labels.
         corrupted_true_acc: Vec<Option<f64>>,
         /// Mean loss on the test set.
         test_loss: Vec<f64>,
@@ -71,7 +74,7 @@ table! {
         true_label: Vec<i64>,
         /// The label it was trained on.
         train_label: Vec<i64>,
-        /// Whether it was corrupted.
+        /// Whether it is corrupted (its label changed); otherwise it is clean (not chosen).
         corrupted: Vec<bool>,
     }
 }
@@ -142,36 +145,50 @@ table! {
     pub struct GradNormExamples {
         /// Index in the training set.
         index: Vec<i64>,
-        /// Whether it was corrupted.
-        corrupted: Vec<bool>,
+        /// `clean`, `corrupted` or `unchanged`.
+        group: Vec<String>,
     }
 }
 
 table! {
-    /// `gradnorm.parquet` of a `gradnorm` artifact: one row per epoch and layer.
+    /// `gradnorm.parquet` of a `gradnorm` artifact: one row per epoch, layer and group, the
+    /// norms of the group's mean gradient and of its two centered parts (science.md, Eq. 25).
     pub struct GradNorm {
         /// The epoch.
         epoch: Vec<i64>,
         /// The layer.
         layer: Vec<String>,
-        /// Norm of the clean examples' mean gradient.
-        clean_grad_norm: Vec<f64>,
-        /// Norm of the corrupted examples' mean gradient.
-        corrupted_grad_norm: Vec<Option<f64>>,
-        /// Norm of all chosen examples' mean gradient.
-        total_grad_norm: Vec<f64>,
-        /// The corrupted examples' share of the gradient.
-        corrupted_share: Vec<Option<f64>>,
-        /// Cosine between the clean and corrupted mean gradients.
-        cosine: Vec<Option<f64>>,
-        /// Mean norm of one clean example's gradient.
-        clean_example_grad_norm: Vec<f64>,
-        /// Mean norm of one corrupted example's gradient.
-        corrupted_example_grad_norm: Vec<Option<f64>>,
-        /// Clean examples used.
-        n_clean: Vec<i64>,
-        /// Corrupted examples used.
-        n_corrupted: Vec<i64>,
+        /// `clean`, `corrupted` or `unchanged`.
+        group: Vec<String>,
+        /// Examples in the group.
+        n: Vec<i64>,
+        /// |G_dep| = |(1/n) sum_i J_i^T (y_i - 1/C)|.
+        label_dependent: Vec<f64>,
+        /// |G_ind| = |(1/n) sum_i J_i^T (p_i - 1/C)|.
+        label_independent: Vec<f64>,
+        /// |G_ind - G_dep|: the norm of the group's mean cross-entropy gradient.
+        total: Vec<f64>,
+    }
+}
+
+table! {
+    /// `gradnorm_per_example.parquet` of a `gradnorm` artifact (with `per_example = true`):
+    /// one row per epoch, layer and example, the same three norms for one example.
+    pub struct GradNormPerExample {
+        /// The epoch.
+        epoch: Vec<i64>,
+        /// The layer.
+        layer: Vec<String>,
+        /// Index in the training set.
+        index: Vec<i64>,
+        /// `clean`, `corrupted` or `unchanged`.
+        group: Vec<String>,
+        /// |J_i^T (y_i - 1/C)|.
+        label_dependent: Vec<f64>,
+        /// |J_i^T (p_i - 1/C)|.
+        label_independent: Vec<f64>,
+        /// |J_i^T (p_i - y_i)|.
+        total: Vec<f64>,
     }
 }
 
@@ -195,5 +212,34 @@ table! {
         corrupted_train_acc: Vec<Option<f64>>,
         /// Accuracy on the corrupted examples against their true labels.
         corrupted_true_acc: Vec<Option<f64>>,
+    }
+}
+
+table! {
+    /// `embedding.parquet` of an `embed` artifact: one row per epoch, layer, method and
+    /// probe-set example: its 2-D coordinates and how many of its neighbours share its labels.
+    pub struct Embedding {
+        /// The epoch.
+        epoch: Vec<i64>,
+        /// The layer.
+        layer: Vec<String>,
+        /// `pca` or `tsne`.
+        method: Vec<String>,
+        /// Index in the training set.
+        index: Vec<i64>,
+        /// First coordinate.
+        x: Vec<f64>,
+        /// Second coordinate.
+        y: Vec<f64>,
+        /// Its label in the data set.
+        true_label: Vec<i64>,
+        /// The label it was trained on.
+        train_label: Vec<i64>,
+        /// `clean` or `corrupted`.
+        group: Vec<String>,
+        /// Share of its nearest neighbours in 2-D, among its group, with its training label.
+        train_label_agreement: Vec<f64>,
+        /// Share of its nearest neighbours in 2-D, among its group, with its true label.
+        true_label_agreement: Vec<f64>,
     }
 }

@@ -246,6 +246,9 @@ pub struct ReportArgs {
     /// Sweep variable to average over (repeatable) [default: seed].
     #[arg(long, value_name = "VAR")]
     pub over: Vec<String>,
+    /// The layer whose 2-D embedding is drawn [default: the last layer embedded].
+    #[arg(long, value_name = "LAYER")]
+    pub embed_layer: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

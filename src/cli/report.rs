@@ -18,7 +18,7 @@ struct ReportJson<'a> {
     index: &'a Path,
     /// Instances with tables that are not cached (left out).
     missing: Vec<Item<'a>>,
-    /// Findings (1 to 4) with no figure.
+    /// Findings (1 to 5) with no figure.
     without_figure: &'a [usize],
 }
 
@@ -33,7 +33,7 @@ pub fn report(args: ReportArgs, verbosity: Verbosity) -> Result<i32, Error> {
         vec!["seed".to_string()]
     };
     let over = crate::report::check_over(&plan, &over, explicit)?;
-    let w = crate::report::report(&plan, &store, &args.out, &over)?;
+    let w = crate::report::report(&plan, &store, &args.out, &over, args.embed_layer.as_deref())?;
     if args.json {
         print_json(&ReportJson {
             figures: &w.figures,

@@ -112,29 +112,128 @@ fn range(lo: f64, hi: f64) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// A figure of panels in a grid of `columns`, with a title.
+/// The font size (px) at which `text` fits in `width` pixels, at most `max`.
+///
+/// Sans-serif glyphs average about 0.56 em; the estimate errs towards smaller text.
+pub fn fitted_font(text: &str, width: u32, max: u32) -> u32 {
+    let chars = text.chars().count().max(1) as f64;
+    ((width as f64 * 0.92 / (0.58 * chars)).floor() as u32).clamp(9, max)
+}
+
+/// The figure's series names in first-seen order: series `i` is drawn in `COLORS[i]` in
+/// every panel, so a name keeps its color across panels.
+fn series_names(panels: &[Panel]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for l in panels.iter().flat_map(|p| &p.lines) {
+        if !names.contains(&l.name) {
+            names.push(l.name.clone());
+        }
+    }
+    names
+}
+
+/// Height of a legend strip of `entries` names, laid out in rows across `width`.
+fn legend_rows(names: &[String], width: u32) -> Vec<Vec<usize>> {
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    let mut used = width;
+    for (i, n) in names.iter().enumerate() {
+        let w = 40 + 7 * n.chars().count() as u32;
+        if used + w > width.saturating_sub(20) || rows.is_empty() {
+            rows.push(Vec::new());
+            used = 20;
+        }
+        used += w;
+        if let Some(r) = rows.last_mut() {
+            r.push(i);
+        }
+    }
+    rows
+}
+
+/// Draws a legend strip: one swatch and name per series, in rows.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    names: &[String],
+    rows: &[Vec<usize>],
+    swatch: impl Fn(usize) -> (RGBColor, bool),
+) -> Result<()> {
+    for (r, row) in rows.iter().enumerate() {
+        let y = 12 + 20 * r as i32;
+        let mut x = 20;
+        for &i in row {
+            let (color, dot) = swatch(i);
+            if dot {
+                area.draw(&Circle::new((x + 9, y), 5, color.filled()))
+                    .map_err(err)?;
+            } else {
+                area.draw(&PathElement::new(
+                    vec![(x, y), (x + 18, y)],
+                    color.stroke_width(3),
+                ))
+                .map_err(err)?;
+            }
+            area.draw(&Text::new(
+                names[i].clone(),
+                (x + 24, y),
+                ("sans-serif", 13)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(err)?;
+            x += 40 + 7 * names[i].chars().count() as i32;
+        }
+    }
+    Ok(())
+}
+
+/// A figure of panels in a grid of `columns`, with a title that fits its width and one
+/// legend under the panels (each series one color in every panel).
 pub fn panels_svg(title: &str, panels: &[Panel], columns: usize) -> Result<String> {
     let columns = columns.clamp(1, panels.len().max(1));
     let rows = panels.len().div_ceil(columns).max(1);
-    let size = (440 * columns as u32, 50 + 330 * rows as u32);
+    let width = 440 * columns as u32;
+    let names = series_names(panels);
+    let legend = legend_rows(&names, width);
+    let legend_h = if names.is_empty() {
+        0
+    } else {
+        8 + 20 * legend.len() as u32
+    };
+    let size = (width, 50 + 330 * rows as u32 + legend_h);
+    let color_of = |name: &str| {
+        let i = names.iter().position(|n| n == name).unwrap_or(0);
+        COLORS[i % COLORS.len()]
+    };
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let body = root.titled(title, ("sans-serif", 22)).map_err(err)?;
-        for (panel, area) in panels.iter().zip(body.split_evenly((rows, columns))) {
-            draw_panel(&area, panel)?;
+        let body = root
+            .titled(title, ("sans-serif", fitted_font(title, width, 22)))
+            .map_err(err)?;
+        let (grid, strip) = body.split_vertically(330 * rows as u32);
+        for (panel, area) in panels.iter().zip(grid.split_evenly((rows, columns))) {
+            draw_panel(&area, panel, &color_of)?;
         }
+        draw_legend(&strip, &names, &legend, |i| {
+            (COLORS[i % COLORS.len()], false)
+        })?;
         root.present().map_err(err)?;
     }
     Ok(svg)
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result<()> {
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    color_of: &dyn Fn(&str) -> RGBColor,
+) -> Result<()> {
     let xs = p
         .lines
         .iter()
         .flat_map(|l| l.points.iter().map(|(x, _)| *x));
+    let integer_x = xs.clone().all(|x| x.fract() == 0.0);
     let (xlo, xhi) = match &p.x_names {
         Some(names) => (-0.5, names.len() as f64 - 0.5),
         None => range(
@@ -150,21 +249,28 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
         ys.clone().fold(f64::INFINITY, f64::min),
         ys.fold(f64::NEG_INFINITY, f64::max),
     );
+    let caption = (
+        "sans-serif",
+        fitted_font(&p.title, area.dim_in_pixel().0, 16),
+    );
     let mut chart = ChartBuilder::on(area)
-        .caption(&p.title, ("sans-serif", 16))
+        .caption(&p.title, caption)
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(58)
         .build_cartesian_2d(xlo..xhi, ylo..yhi)
         .map_err(err)?;
+    // Integer axes (epochs, layers) are labelled at integers only.
     let name_of = |x: &f64| -> String {
         let i = x.round();
+        let on_integer = (x - i).abs() < 1e-9;
         match &p.x_names {
-            Some(names) if (x - i).abs() < 1e-9 && i >= 0.0 => {
+            Some(names) if on_integer && i >= 0.0 => {
                 names.get(i as usize).cloned().unwrap_or_default()
             }
             Some(_) => String::new(),
-            None if (x - i).abs() < 1e-9 => format!("{i:.0}"),
+            None if on_integer => format!("{i:.0}"),
+            None if integer_x => String::new(),
             None => format!("{x:.2}"),
         }
     };
@@ -176,10 +282,13 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
     mesh.x_label_formatter(&name_of);
     if let Some(names) = &p.x_names {
         mesh.x_labels(names.len().max(1));
+    } else if integer_x {
+        // At most one label per integer.
+        mesh.x_labels(((xhi - xlo).floor() as usize + 1).clamp(2, 10));
     }
     mesh.draw().map_err(err)?;
-    for (i, line) in p.lines.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+    for line in &p.lines {
+        let color = color_of(&line.name);
         if line.points.iter().any(|(_, s)| s.sd > 0.0) {
             let mut band: Vec<(f64, f64)> =
                 line.points.iter().map(|(x, s)| (*x, s.high())).collect();
@@ -196,11 +305,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
                 line.points.iter().map(|(x, s)| (*x, s.mean)),
                 color.stroke_width(2),
             ))
-            .map_err(err)?
-            .label(line.name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+            .map_err(err)?;
         if line.points.len() <= 12 {
             chart
                 .draw_series(
@@ -211,17 +316,93 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> R
                 .map_err(err)?;
         }
     }
-    if !p.lines.is_empty() {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 12))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(err)?;
-    }
     Ok(())
+}
+
+/// A grid of scatter plots sharing one color legend: `cells[row][col]` holds points
+/// `(x, y, class)`, each panel on its own axes.
+#[derive(Debug, Clone)]
+pub struct ScatterGrid {
+    /// Caption of the figure.
+    pub title: String,
+    /// Row captions (e.g. epochs), top to bottom.
+    pub rows: Vec<String>,
+    /// Column captions (e.g. labelings), left to right.
+    pub cols: Vec<String>,
+    /// Points per cell.
+    pub cells: Vec<Vec<Vec<(f64, f64, usize)>>>,
+    /// Legend names of the classes, by class.
+    pub classes: Vec<String>,
+}
+
+/// Draws a [`ScatterGrid`]: one panel per cell, dots colored by class, one legend.
+pub fn scatter_svg(g: &ScatterGrid) -> Result<String> {
+    let (ncols, nrows) = (g.cols.len().max(1), g.rows.len().max(1));
+    let width = 330 * ncols as u32;
+    let legend = legend_rows(&g.classes, width);
+    let size = (
+        width,
+        50 + 300 * nrows as u32 + 8 + 20 * legend.len() as u32,
+    );
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let body = root
+            .titled(&g.title, ("sans-serif", fitted_font(&g.title, width, 22)))
+            .map_err(err)?;
+        let (grid, strip) = body.split_vertically(300 * nrows as u32);
+        let areas = grid.split_evenly((nrows, ncols));
+        for (k, area) in areas.iter().enumerate() {
+            let (r, c) = (k / ncols, k % ncols);
+            let points = g.cells.get(r).and_then(|row| row.get(c));
+            let points = points.map_or(&[][..], Vec::as_slice);
+            let caption = format!(
+                "{}, {}",
+                g.rows.get(r).map_or("", String::as_str),
+                g.cols.get(c).map_or("", String::as_str)
+            );
+            let (xlo, xhi) = range(
+                points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
+                points.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max),
+            );
+            let (ylo, yhi) = range(
+                points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+                points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+            );
+            let font = fitted_font(&caption, area.dim_in_pixel().0, 15);
+            let mut chart = ChartBuilder::on(area)
+                .caption(&caption, ("sans-serif", font))
+                .margin(10)
+                .build_cartesian_2d(xlo..xhi, ylo..yhi)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .disable_x_axis()
+                .disable_y_axis()
+                .draw()
+                .map_err(err)?;
+            area.draw(&Rectangle::new(
+                [(0, 0), {
+                    let (w, h) = area.dim_in_pixel();
+                    (w as i32 - 1, h as i32 - 1)
+                }],
+                BLACK.mix(0.15).stroke_width(1),
+            ))
+            .map_err(err)?;
+            chart
+                .draw_series(points.iter().map(|&(x, y, class)| {
+                    Circle::new((x, y), 2, COLORS[class % COLORS.len()].mix(0.8).filled())
+                }))
+                .map_err(err)?;
+        }
+        draw_legend(&strip, &g.classes, &legend, |i| {
+            (COLORS[i % COLORS.len()], true)
+        })?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
 }
 
 /// A heat map with every cell's mean written in it.
@@ -258,7 +439,7 @@ pub fn heat_svg(h: &Heat) -> Result<String> {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(&h.title, ("sans-serif", 18))
+            .caption(&h.title, ("sans-serif", fitted_font(&h.title, size.0, 18)))
             .margin(14)
             .x_label_area_size(48)
             .y_label_area_size(64)
@@ -343,6 +524,36 @@ mod tests {
         assert_eq!(viridis(1.0), RGBColor(253, 231, 37));
         assert_eq!(viridis(0.5), RGBColor(33, 145, 140));
         assert_eq!(viridis(f64::NAN), RGBColor(68, 1, 84));
+    }
+
+    #[test]
+    fn titles_shrink_to_fit_and_series_keep_their_color_across_panels() {
+        assert_eq!(fitted_font("Short title", 440, 22), 22);
+        // 60 characters in 440 px: 440 * 0.92 / (0.58 * 60) = 11.6.
+        assert_eq!(fitted_font(&"x".repeat(60), 440, 22), 11);
+        assert_eq!(fitted_font(&"x".repeat(500), 440, 22), 9);
+        let s = |m| Stat::of(&[m]).unwrap();
+        let line = |name: &str| Line {
+            name: name.into(),
+            points: vec![(0.0, s(0.1)), (1.0, s(0.5))],
+        };
+        let panel = |lines| Panel {
+            title: "p".into(),
+            x_label: "epoch".into(),
+            y_label: "v".into(),
+            x_names: None,
+            lines,
+        };
+        let svg = panels_svg(
+            "t",
+            &[panel(vec![line("a"), line("b")]), panel(vec![line("b")])],
+            2,
+        )
+        .unwrap();
+        // "b" is the second series: orange (#FF7F0E) in both panels, and in the legend.
+        let orange = svg.matches("stroke=\"#FF7F0E\"").count();
+        assert!(orange >= 3, "{orange}");
+        assert_eq!(svg.matches("\nb\n</text>").count(), 1, "one legend entry");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The four findings of science.md as figures: which table rows go into which line,
+//! The findings of science.md as figures: which table rows go into which line,
 //! averaged over the seed-like sweep variables. Tables are read as their types in
 //! [`crate::tables`], so no column is named here but as a label.
 
@@ -16,13 +16,31 @@ use super::stats::Stat;
 use crate::export::Gathered;
 use crate::plan::{Plan, point_label};
 use crate::table::Table;
-use crate::tables::{GradNorm, Metrics, Probe, Rollback};
+use crate::tables::{Embedding, GradNorm, Metrics, Probe, Rollback};
+
+/// What a figure's numbers say about its finding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// Whether the data show the finding.
+    pub shown: bool,
+    /// The measured result, with its numbers (e.g. "rolling back fc2 and logits to
+    /// epoch 2: test accuracy 0.645 -> 0.730").
+    pub text: String,
+}
+
+impl Claim {
+    fn new(shown: bool, text: String) -> Option<Claim> {
+        Some(Claim { shown, text })
+    }
+}
 
 /// One figure of the report, with the numbers behind it.
 #[derive(Debug, Clone)]
 pub struct Figure {
-    /// Which finding (1 to 4) it shows.
+    /// Which finding (1 to 5) it shows.
     pub finding: usize,
+    /// What its numbers say about the finding, when they can say something.
+    pub claim: Option<Claim>,
     /// File stem under `figures/` (`.svg` and `.csv` are added).
     pub stem: String,
     /// Heading on the page.
@@ -44,6 +62,8 @@ pub struct FigureData<'a> {
     pub gathered: &'a Gathered,
     /// Sweep variables averaged over (the seeds).
     pub over: &'a [String],
+    /// The layer the embedding figure shows (default: the last layer embedded).
+    pub embed_layer: Option<&'a str>,
 }
 
 impl FigureData<'_> {
@@ -212,6 +232,7 @@ pub fn accuracy(data: &FigureData<'_>) -> Result<Vec<Figure>> {
         let title = format!("Accuracy during training: stage {stage}");
         figures.push(Figure {
             finding: 1,
+            claim: late_memorization(&accs[0], &accs[1]),
             stem: format!("1-accuracy-{}", slug(&stage)),
             svg: chart::panels_svg(&title, &panels, 3)?,
             title,
@@ -304,6 +325,7 @@ pub fn geometry(data: &FigureData<'_>) -> Result<Vec<Figure>> {
         let title = format!("Manifold geometry per layer: stage {stage}, {group}");
         figures.push(Figure {
             finding: 2,
+            claim: deep_memorization(&rows, early, last, &group),
             stem: format!("2-geometry-{}-{}", slug(&stage), slug(&group)),
             svg: chart::panels_svg(&title, &panels, shown.len())?,
             title,
@@ -313,35 +335,154 @@ pub fn geometry(data: &FigureData<'_>) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// Finding 3: the corrupted examples' share of the gradient norm against epoch, a line per
-/// layer; groups without corrupted examples are left out.
-pub fn gradients(data: &FigureData<'_>) -> Result<Vec<Figure>> {
-    let mut by: IndexMap<(String, String), Acc> = IndexMap::new();
+/// Finding 3's values of one (stage, group).
+#[derive(Default)]
+struct GradientRows {
+    /// Layers in the order first seen.
+    layers: Vec<String>,
+    /// Per layer: "GROUP label-dependent" / "GROUP label-independent" -> epoch -> values.
+    norms: Vec<Acc>,
+    /// corrupted/clean ratio of the label-dependent norm: layer -> epoch -> values
+    /// (one per instance, so seeds average ratios).
+    dep_ratio: Acc,
+    /// The same for the label-independent norm.
+    ind_ratio: Acc,
+}
+
+/// Collects the `gradnorm` tables by (stage, group).
+fn gradient_rows(data: &FigureData<'_>) -> Result<IndexMap<(String, String), GradientRows>> {
+    let mut by: IndexMap<(String, String), GradientRows> = IndexMap::new();
     for (node, g) in data.tables::<GradNorm>("gradnorm")? {
-        let acc = by.entry(data.stage_and_group(node)).or_default();
-        for ((&e, layer), &share) in g.epoch.iter().zip(&g.layer).zip(&g.corrupted_share) {
-            push(acc, layer, e, share);
+        let rows = by.entry(data.stage_and_group(node)).or_default();
+        let mut by_key: HashMap<(i64, &str, &str), (f64, f64)> = HashMap::new();
+        for i in 0..g.epoch.len() {
+            let layer = &g.layer[i];
+            let l = match rows.layers.iter().position(|x| x == layer) {
+                Some(l) => l,
+                None => {
+                    rows.layers.push(layer.clone());
+                    rows.norms.push(Acc::new());
+                    rows.layers.len() - 1
+                }
+            };
+            let group = g.group[i].as_str();
+            if group == "unchanged" {
+                continue;
+            }
+            let acc = &mut rows.norms[l];
+            let (e, dep, ind) = (g.epoch[i], g.label_dependent[i], g.label_independent[i]);
+            push(acc, &format!("{group} label-dependent"), e, Some(dep));
+            push(acc, &format!("{group} label-independent"), e, Some(ind));
+            by_key.insert((e, layer.as_str(), group), (dep, ind));
+        }
+        for (&(e, layer, group), &(dep_k, ind_k)) in &by_key {
+            if group != "corrupted" {
+                continue;
+            }
+            if let Some(&(dep_c, ind_c)) = by_key.get(&(e, layer, "clean")) {
+                push(&mut rows.dep_ratio, layer, e, Some(dep_k / dep_c));
+                push(&mut rows.ind_ratio, layer, e, Some(ind_k / ind_c));
+            }
         }
     }
+    for rows in by.values_mut() {
+        // Layers in network order, whatever order the hash map gave the ratios in.
+        for acc in [&mut rows.dep_ratio, &mut rows.ind_ratio] {
+            let layers = &rows.layers;
+            acc.sort_by_cached_key(|name, _| layers.iter().position(|l| l == name));
+        }
+    }
+    Ok(by)
+}
+
+/// The smallest and largest mean of the ratio lines at `epoch`.
+fn ratio_span(acc: &Acc, epoch: i64) -> Option<(f64, f64)> {
+    let means: Vec<f64> = acc
+        .values()
+        .filter_map(|xs| xs.get(&epoch).and_then(|v| Stat::of(v)).map(|s| s.mean))
+        .collect();
+    let lo = means.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = means.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (!means.is_empty()).then_some((lo, hi))
+}
+
+/// "0.29" or "0.29-0.32".
+fn span_text((lo, hi): (f64, f64)) -> String {
+    if (hi - lo).abs() < 0.005 {
+        format!("{lo:.2}")
+    } else {
+        format!("{lo:.2}-{hi:.2}")
+    }
+}
+
+/// The ratio below which a group's label-dependent gradient counts as small.
+const SMALL_GRADIENT_RATIO: f64 = 0.5;
+
+/// Finding 3 (the paper's Fig. A.1): the label-dependent and label-independent gradient
+/// norms of clean and corrupted examples against epoch, one panel per layer, and the
+/// corrupted/clean ratios.
+pub fn gradients(data: &FigureData<'_>) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    for ((stage, group), acc) in by {
-        if acc.is_empty() {
+    for ((stage, group), rows) in gradient_rows(data)? {
+        if rows.dep_ratio.is_empty() {
             continue;
         }
         let mut csv = CSV_HEADER.to_string();
-        csv_rows(&mut csv, "corrupted_share", &acc, |x| x.to_string());
-        let title = format!("Corrupted examples' share of the gradient: stage {stage}, {group}");
-        let panel = Panel {
-            title: "share of the gradient norm from corrupted examples".into(),
-            x_label: "epoch".into(),
-            y_label: "corrupted share".into(),
-            x_names: None,
-            lines: lines(&acc),
-        };
+        let mut panels = Vec::new();
+        for (layer, acc) in rows.layers.iter().zip(&rows.norms) {
+            csv_rows(&mut csv, layer, acc, |x| x.to_string());
+            panels.push(Panel {
+                title: format!("{layer}: gradient norms"),
+                x_label: "epoch".into(),
+                y_label: "norm of the mean gradient".into(),
+                x_names: None,
+                lines: lines(acc),
+            });
+        }
+        for (name, acc, title) in [
+            (
+                "label-dependent ratio",
+                &rows.dep_ratio,
+                "corrupted / clean, label-dependent",
+            ),
+            (
+                "label-independent ratio",
+                &rows.ind_ratio,
+                "corrupted / clean, label-independent",
+            ),
+        ] {
+            csv_rows(&mut csv, name, acc, |x| x.to_string());
+            panels.push(Panel {
+                title: title.into(),
+                x_label: "epoch".into(),
+                y_label: "ratio".into(),
+                x_names: None,
+                lines: lines(acc),
+            });
+        }
+        let first = rows
+            .dep_ratio
+            .values()
+            .flat_map(|xs| xs.keys().copied())
+            .min();
+        let claim = first.and_then(|e| {
+            let dep = ratio_span(&rows.dep_ratio, e)?;
+            let ind = ratio_span(&rows.ind_ratio, e)?;
+            let text = format!(
+                "{group}, epoch {e}: the corrupted examples' label-dependent gradient is {} of the clean examples' across layers ({}); label-independent ratio {}",
+                span_text(dep),
+                rows.layers.join(", "),
+                span_text(ind)
+            );
+            Claim::new(dep.1 < SMALL_GRADIENT_RATIO, text)
+        });
+        let title = format!("Gradient decomposition (Fig. A.1): stage {stage}, {group}");
+        let columns = panels.len().min(4);
         figures.push(Figure {
             finding: 3,
+            claim,
             stem: format!("3-gradients-{}-{}", slug(&stage), slug(&group)),
-            svg: chart::panels_svg(&title, &[panel], 1)?,
+            svg: chart::panels_svg(&title, &panels, columns)?,
             title,
             csv,
         });
@@ -409,6 +550,7 @@ pub fn rollback(data: &FigureData<'_>) -> Result<Vec<Figure>> {
         if let Some((_, s)) = &reference {
             let _ = writeln!(csv, ",no rollback,{},{},{}", s.mean, s.sd, s.n);
         }
+        let claim = rollback_claim(&rows, &group);
         let title = format!("Test accuracy after rollback: stage {stage}, {group}");
         let heat = Heat {
             title: title.clone(),
@@ -421,6 +563,7 @@ pub fn rollback(data: &FigureData<'_>) -> Result<Vec<Figure>> {
         };
         figures.push(Figure {
             finding: 4,
+            claim,
             stem: format!("4-rollback-{}-{}", slug(&stage), slug(&group)),
             svg: chart::heat_svg(&heat)?,
             title,
@@ -430,9 +573,429 @@ pub fn rollback(data: &FigureData<'_>) -> Result<Vec<Figure>> {
     Ok(figures)
 }
 
+/// The three labelings of the embedding figure: which group's examples, colored by which label.
+const VIEWS: [(&str, &str, bool); 3] = [
+    ("unpermuted", "clean", true),
+    ("permuted", "corrupted", false),
+    ("restored", "corrupted", true),
+];
+
+/// The share of neighbours (training label, among corrupted examples) above which the
+/// permuted clusters count as formed.
+const CLUSTERED: f64 = 0.5;
+
+/// Finding 5 (the study's Figure 1): for one layer, rows = epochs, columns = the three
+/// labelings, each dot a probe-set example colored by class; t-SNE where computed, else
+/// PCA. Dots are one instance's (the first of the averaged group); the agreement numbers
+/// are means over the group.
+pub fn embeddings(data: &FigureData<'_>) -> Result<Vec<Figure>> {
+    let tables = data.tables::<Embedding>("embedding")?;
+    let mut layers: Vec<String> = Vec::new();
+    for (_, t) in &tables {
+        for l in &t.layer {
+            if !layers.contains(l) {
+                layers.push(l.clone());
+            }
+        }
+    }
+    let layer = match data.embed_layer {
+        Some(l) if layers.iter().any(|x| x == l) => l.to_string(),
+        Some(l) if !layers.is_empty() => anyhow::bail!(
+            "--embed-layer {l}: no embedding of layer `{l}`; embedded layers: {}",
+            layers.join(", ")
+        ),
+        _ => match layers.last() {
+            Some(l) => l.clone(),
+            None => return Ok(Vec::new()),
+        },
+    };
+    // (stage, group) -> (the first instance's table, agreement: series -> epoch -> values).
+    let mut by: IndexMap<(String, String), (Embedding, Acc, String)> = IndexMap::new();
+    for (node, t) in tables {
+        let method = if t.method.iter().any(|m| m == "tsne") {
+            "tsne"
+        } else {
+            "pca"
+        };
+        let entry = by
+            .entry(data.stage_and_group(node))
+            .or_insert_with(|| (t.clone(), Acc::new(), method.to_string()));
+        let mut sums: BTreeMap<(i64, &str), (f64, usize)> = BTreeMap::new();
+        for i in 0..t.epoch.len() {
+            if t.layer[i] != layer || t.method[i] != entry.2 {
+                continue;
+            }
+            let e = t.epoch[i];
+            let mut add = |series: &'static str, v: f64| {
+                let s = sums.entry((e, series)).or_default();
+                s.0 += v;
+                s.1 += 1;
+            };
+            if t.group[i] == "clean" {
+                add("unpermuted", t.true_label_agreement[i]);
+            } else {
+                add("permuted", t.train_label_agreement[i]);
+                add("restored", t.true_label_agreement[i]);
+            }
+        }
+        for ((e, series), (sum, n)) in sums {
+            push(&mut entry.1, series, e, Some(sum / n as f64));
+        }
+    }
+    let mut figures = Vec::new();
+    for ((stage, group), (t, agreement, method)) in by {
+        let epochs: BTreeSet<i64> = (0..t.epoch.len())
+            .filter(|&i| t.layer[i] == layer && t.method[i] == method)
+            .map(|i| t.epoch[i])
+            .collect();
+        if epochs.is_empty() {
+            continue;
+        }
+        let classes = t
+            .true_label
+            .iter()
+            .chain(&t.train_label)
+            .copied()
+            .max()
+            .unwrap_or(0);
+        // Without corrupted examples only the unpermuted view has points.
+        let has_corrupted = t.group.iter().any(|g| g == "corrupted");
+        let views: Vec<_> = VIEWS
+            .iter()
+            .filter(|v| has_corrupted || v.1 == "clean")
+            .collect();
+        let mut cells = Vec::new();
+        for &e in &epochs {
+            let mut row = Vec::new();
+            for &&(_, wanted, by_true) in &views {
+                let points: Vec<(f64, f64, usize)> = (0..t.epoch.len())
+                    .filter(|&i| {
+                        t.epoch[i] == e
+                            && t.layer[i] == layer
+                            && t.method[i] == method
+                            && t.group[i] == wanted
+                    })
+                    .map(|i| {
+                        let label = if by_true {
+                            t.true_label[i]
+                        } else {
+                            t.train_label[i]
+                        };
+                        (t.x[i], t.y[i], label.max(0) as usize)
+                    })
+                    .collect();
+                row.push(points);
+            }
+            cells.push(row);
+        }
+        let method_name = if method == "tsne" { "t-SNE" } else { "PCA" };
+        let mut csv = CSV_HEADER.to_string();
+        csv_rows(&mut csv, "neighbour agreement", &agreement, |x| {
+            x.to_string()
+        });
+        let claim = has_corrupted
+            .then(|| permuted_clusters(&agreement, &layer, method_name, &group))
+            .flatten();
+        let title = format!("{method_name} of layer {layer}: stage {stage}, {group}");
+        let grid = chart::ScatterGrid {
+            title: title.clone(),
+            rows: epochs.iter().map(|e| format!("epoch {e}")).collect(),
+            cols: views.iter().map(|v| v.0.to_string()).collect(),
+            cells,
+            classes: (0..=classes).map(|c| format!("class {c}")).collect(),
+        };
+        figures.push(Figure {
+            finding: 5,
+            claim,
+            stem: format!("5-embedding-{}-{}", slug(&stage), slug(&group)),
+            svg: chart::scatter_svg(&grid)?,
+            title,
+            csv,
+        });
+    }
+    Ok(figures)
+}
+
+/// Finding 5 from the neighbour agreement of one (stage, group): the first epoch at which
+/// corrupted examples' neighbours mostly share their training label.
+fn permuted_clusters(agreement: &Acc, layer: &str, method: &str, group: &str) -> Option<Claim> {
+    let permuted = agreement.get("permuted")?;
+    let means: Vec<(i64, f64)> = permuted
+        .iter()
+        .filter_map(|(e, v)| Stat::of(v).map(|s| (*e, s.mean)))
+        .collect();
+    let (&(first_e, first), &(last_e, last)) = (means.first()?, means.last()?);
+    let restored = |e: i64| mean_at(agreement, "restored", e).unwrap_or(f64::NAN);
+    let numbers = format!(
+        "in {layer} ({method}){}, corrupted examples' neighbours sharing their training label {first:.2} (epoch {first_e}) -> {last:.2} (epoch {last_e}), their true label {:.2} -> {:.2}",
+        at_group(group),
+        restored(first_e),
+        restored(last_e)
+    );
+    match means.iter().find(|(_, m)| *m >= CLUSTERED) {
+        Some(&(e, m)) if e > first_e => Claim::new(
+            true,
+            format!("permuted clusters appear at epoch {e} (agreement {m:.2}): {numbers}"),
+        ),
+        Some(_) => Claim::new(
+            false,
+            format!(
+                "the corrupted examples cluster by training label from the first epoch shown: {numbers}"
+            ),
+        ),
+        None => Claim::new(
+            false,
+            format!("no permuted clusters (agreement stays below {CLUSTERED}): {numbers}"),
+        ),
+    }
+}
+
+/// The mean of `acc`'s line `series` at `x`.
+fn mean_at(acc: &Acc, series: &str, x: i64) -> Option<f64> {
+    acc.get(series)
+        .and_then(|xs| xs.get(&x))
+        .and_then(|v| Stat::of(v))
+        .map(|s| s.mean)
+}
+
+/// " at noise=0.4" for a group, nothing for the whole run.
+fn at_group(group: &str) -> String {
+    if group == "all" {
+        String::new()
+    } else {
+        format!(" at {group}")
+    }
+}
+
+/// The drop in test accuracy from its peak that counts as memorization.
+const MIN_DROP: f64 = 0.01;
+
+/// Finding 1 from the test-accuracy and corrupted-vs-training-label lines of one stage: the
+/// group whose test accuracy falls most after its peak, and how far the corrupted examples
+/// were fitted meanwhile.
+fn late_memorization(test: &Acc, memorized: &Acc) -> Option<Claim> {
+    let mut best: Option<(String, i64, f64, i64, f64)> = None;
+    for (group, xs) in test {
+        let means: Vec<(i64, f64)> = xs
+            .iter()
+            .filter_map(|(x, v)| Stat::of(v).map(|s| (*x, s.mean)))
+            .collect();
+        let (&(peak_e, peak), &(last_e, last)) = (
+            means.iter().max_by(|a, b| a.1.total_cmp(&b.1))?,
+            means.last()?,
+        );
+        if memorized.get(group).is_none_or(|m| m.is_empty()) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| peak - last > b.2 - b.4) {
+            best = Some((group.clone(), peak_e, peak, last_e, last));
+        }
+    }
+    let (group, peak_e, peak, last_e, last) = best?;
+    let fitted = match (
+        mean_at(memorized, &group, peak_e),
+        mean_at(memorized, &group, last_e),
+    ) {
+        (Some(a), Some(b)) => {
+            format!("; the corrupted examples' accuracy on their training labels {a:.3} -> {b:.3}")
+        }
+        _ => String::new(),
+    };
+    let shown = peak - last >= MIN_DROP && peak_e < last_e;
+    let text = if shown {
+        format!(
+            "test accuracy{} peaks at {peak:.3} (epoch {peak_e}) and falls to {last:.3} by epoch {last_e}{fitted}",
+            at_group(&group)
+        )
+    } else {
+        format!(
+            "test accuracy{} does not fall after its peak ({peak:.3} at epoch {peak_e}, {last:.3} at epoch {last_e}){fitted}",
+            at_group(&group)
+        )
+    };
+    Claim::new(shown, text)
+}
+
+/// Finding 2 from one (stage, group)'s geometry: how the permuted labeling's capacity grows
+/// from the early epoch to the last in the last layer, next to the first layer.
+fn deep_memorization(rows: &GeometryRows, early: i64, last: i64, group: &str) -> Option<Claim> {
+    if early == last || rows.layers.len() < 2 {
+        return None;
+    }
+    let capacity = |e: i64, layer: usize| mean_at(rows.acc.get(&(0, e))?, "permuted", layer as i64);
+    // The first layer with weights: the input's geometry does not change with training.
+    let first = rows.layers.iter().position(|l| l != "input").unwrap_or(0);
+    let deep = rows.layers.len() - 1;
+    if first >= deep {
+        return None;
+    }
+    let (f0, f1) = (capacity(early, first)?, capacity(last, first)?);
+    let (d0, d1) = (capacity(early, deep)?, capacity(last, deep)?);
+    let (growth_first, growth_deep) = (f1 / f0, d1 / d0);
+    let shown = growth_deep > 1.1 && growth_deep > growth_first * 1.1;
+    let text = format!(
+        "permuted-label capacity{} from epoch {early} to {last}: {} {d0:.3} -> {d1:.3} (x{growth_deep:.2}), {} {f0:.3} -> {f1:.3} (x{growth_first:.2})",
+        at_group(group),
+        rows.layers[deep],
+        rows.layers[first],
+    );
+    Claim::new(shown, text)
+}
+
+/// "fc2", "fc2 and logits", "conv3, fc1 and logits".
+fn and_list(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// The gain in test accuracy that counts as restoring.
+const MIN_GAIN: f64 = 0.01;
+
+/// Finding 4 from one (stage, group)'s rollback cells: the best rollback that keeps the
+/// first layer (the study rolls back the last layers only) against no rollback, with the
+/// whole network's best for comparison.
+fn rollback_claim(rows: &RollbackRows, group: &str) -> Option<Claim> {
+    let base = Stat::of(&rows.baseline)?.mean;
+    let first = rows.cutoffs.values().copied().min()?;
+    let best_of = |partial: bool| {
+        rows.cells
+            .iter()
+            .filter(|((_, c), _)| !partial || rows.cutoffs.get(c).is_some_and(|&k| k > first))
+            .filter_map(|(k, v)| Stat::of(v).map(|s| (k, s.mean)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let whole = best_of(false)?;
+    let ((epoch, cutoff), best) = best_of(true).unwrap_or(whole);
+    let mut cols: Vec<(&String, &i64)> = rows.cutoffs.iter().collect();
+    cols.sort_by_key(|(name, k)| (**k, (*name).clone()));
+    let from = rows.cutoffs.get(cutoff).copied().unwrap_or(0);
+    let rolled: Vec<String> = cols
+        .iter()
+        .filter(|(_, k)| **k >= from)
+        .map(|(n, _)| (*n).clone())
+        .collect();
+    let all = if rolled.len() < cols.len() {
+        format!(" (every layer, to epoch {}: {:.3})", whole.0.0, whole.1)
+    } else {
+        String::new()
+    };
+    let shown = best - base >= MIN_GAIN;
+    let text = if shown {
+        format!(
+            "rolling back {} to epoch {epoch}{}: test accuracy {base:.3} -> {best:.3}{all}",
+            and_list(&rolled),
+            at_group(group)
+        )
+    } else {
+        format!(
+            "no rollback of the last layers raises test accuracy{} by {MIN_GAIN} or more (final {base:.3}; best {best:.3}, {} to epoch {epoch}){all}",
+            at_group(group),
+            and_list(&rolled)
+        )
+    };
+    Claim::new(shown, text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An accumulator with one value per (series, x).
+    fn acc(lines: &[(&str, &[(i64, f64)])]) -> Acc {
+        let mut a = Acc::new();
+        for (name, points) in lines {
+            for &(x, v) in *points {
+                push(&mut a, name, x, Some(v));
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn late_memorization_states_peak_and_fall_or_says_it_is_absent() {
+        let test = acc(&[
+            ("noise=0.0", &[(0, 0.1), (5, 0.80), (10, 0.81)]),
+            ("noise=0.4", &[(0, 0.1), (5, 0.75), (10, 0.65)]),
+        ]);
+        let mem = acc(&[
+            ("noise=0.0", &[]),
+            ("noise=0.4", &[(0, 0.1), (5, 0.2), (10, 0.95)]),
+        ]);
+        let c = late_memorization(&test, &mem).unwrap();
+        assert!(c.shown);
+        assert_eq!(
+            c.text,
+            "test accuracy at noise=0.4 peaks at 0.750 (epoch 5) and falls to 0.650 by epoch 10; \
+             the corrupted examples' accuracy on their training labels 0.200 -> 0.950"
+        );
+        let flat = acc(&[("noise=0.4", &[(0, 0.1), (5, 0.75), (10, 0.745)])]);
+        let c = late_memorization(&flat, &mem).unwrap();
+        assert!(!c.shown);
+        assert!(c.text.starts_with("test accuracy at noise=0.4 does not fall after its peak (0.750 at epoch 5, 0.745 at epoch 10)"), "{}", c.text);
+    }
+
+    #[test]
+    fn rollback_claim_names_the_layers_rolled_back() {
+        let mut rows = RollbackRows::default();
+        for (name, k) in [("fc1", 0), ("fc2", 1), ("logits", 2)] {
+            rows.cutoffs.insert(name.to_string(), k);
+        }
+        rows.baseline = vec![0.64, 0.65];
+        for (e, c, v) in [
+            (2, "fc1", 0.75),
+            (2, "fc2", 0.73),
+            (2, "logits", 0.70),
+            (5, "fc2", 0.70),
+        ] {
+            rows.cells.insert((e, c.to_string()), vec![v]);
+        }
+        let c = rollback_claim(&rows, "noise=0.4").unwrap();
+        assert!(c.shown);
+        assert_eq!(
+            c.text,
+            "rolling back fc2 and logits to epoch 2 at noise=0.4: test accuracy 0.645 -> 0.730 (every layer, to epoch 2: 0.750)"
+        );
+        rows.cells.retain(|(_, c), _| c == "fc1");
+        rows.cells.insert((2, "logits".into()), vec![0.646]);
+        let c = rollback_claim(&rows, "all").unwrap();
+        assert!(!c.shown);
+        assert!(c.text.starts_with("no rollback of the last layers raises test accuracy by 0.01 or more (final 0.645; best 0.646, logits to epoch 2)"), "{}", c.text);
+    }
+
+    #[test]
+    fn permuted_clusters_appear_at_the_first_epoch_past_half() {
+        let a = acc(&[
+            ("permuted", &[(0, 0.1), (10, 0.35), (40, 0.62), (80, 0.9)]),
+            ("restored", &[(0, 0.4), (80, 0.2)]),
+        ]);
+        let c = permuted_clusters(&a, "logits", "t-SNE", "noise=0.4").unwrap();
+        assert!(c.shown);
+        assert_eq!(
+            c.text,
+            "permuted clusters appear at epoch 40 (agreement 0.62): in logits (t-SNE) at noise=0.4, \
+             corrupted examples' neighbours sharing their training label 0.10 (epoch 0) -> 0.90 (epoch 80), \
+             their true label 0.40 -> 0.20"
+        );
+        let never = acc(&[("permuted", &[(0, 0.1), (80, 0.3)])]);
+        let c = permuted_clusters(&never, "fc1", "PCA", "all").unwrap();
+        assert!(
+            !c.shown
+                && c.text
+                    .starts_with("no permuted clusters (agreement stays below 0.5)")
+        );
+    }
+
+    #[test]
+    fn gradient_ratio_span_and_text() {
+        let a = acc(&[("fc1", &[(0, 0.29), (5, 0.2)]), ("logits", &[(0, 0.32)])]);
+        assert_eq!(ratio_span(&a, 0), Some((0.29, 0.32)));
+        assert_eq!(span_text((0.29, 0.32)), "0.29-0.32");
+        assert_eq!(span_text((0.991, 0.993)), "0.99");
+        assert_eq!(ratio_span(&a, 7), None);
+    }
 
     #[test]
     fn slugs_and_csv_fields() {

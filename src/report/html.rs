@@ -42,31 +42,54 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// What each finding shows, in the words of the study.
-const FINDINGS: [(&str, &str); 4] = [
+/// Each finding: the study's claim and what its figures show.
+const FINDINGS: [(&str, &str); 5] = [
     (
-        "1. Memorization comes late",
-        "Test accuracy and the accuracy on corrupted training examples, scored against their \
-         (noisy) training labels and against their true labels, per epoch. With label noise, \
-         test accuracy peaks early and falls as the network fits the corrupted labels.",
+        "Memorization comes late",
+        "Test accuracy and the accuracy on corrupted training examples (label changed), scored \
+         against their (noisy) training labels and against their true labels, per epoch. With \
+         label noise, test accuracy peaks early and falls as the network fits the corrupted labels.",
     ),
     (
-        "2. Memorization lives in the deeper layers",
+        "Memorization lives in the deeper layers",
         "Manifold capacity, radius and dimension per layer for the three labelings of the probe \
          set (unpermuted: clean examples by label; permuted: corrupted examples by training label; \
          restored: the same examples by true label), early in training and at the end.",
     ),
     (
-        "3. It is not vanishing gradients",
-        "The corrupted examples' share of the gradient norm per layer and epoch: early in \
-         training it is small next to the clean examples' share.",
+        "It is not vanishing gradients",
+        "The mean cross-entropy gradient of equally many clean and corrupted examples, split into \
+         its label-dependent part (1/n) sum J^T (y - 1/C) and label-independent part \
+         (1/n) sum J^T (p - 1/C) (the paper's Eq. 25 and Fig. A.1), per layer and epoch. Early \
+         in training the corrupted examples' label-dependent part is small next to the clean \
+         examples', while the label-independent parts are alike.",
     ),
     (
-        "4. It can be undone",
+        "It can be undone",
         "Test accuracy of the final weights with the layers from a cut-off on rolled back to an \
          earlier epoch's weights. The outlined column is the final accuracy without rollback.",
     ),
+    (
+        "The three labelings, seen",
+        "A 2-D view (t-SNE or PCA) of one layer's representation of the probe set per epoch, each \
+         dot an example colored by class: unpermuted (clean examples, their label), permuted \
+         (corrupted examples, their training label) and restored (the same examples, their true \
+         label). Neighbour agreement is the share of an example's 10 nearest neighbours in 2-D \
+         that carry its label.",
+    ),
 ];
+
+/// The heading of finding `i` (1-based): the claim with the measured result of the first
+/// figure that shows it, or a plain statement that the run does not show it.
+pub fn heading(i: usize, name: &str, figures: &[&Figure]) -> String {
+    let claims: Vec<&super::findings::Claim> =
+        figures.iter().filter_map(|f| f.claim.as_ref()).collect();
+    match (claims.iter().find(|c| c.shown), claims.first()) {
+        (Some(c), _) => format!("{i}. {name}: {}", c.text),
+        (None, Some(c)) => format!("{i}. {name}? Not shown by this run: {}", c.text),
+        (None, None) => format!("{i}. {name}"),
+    }
+}
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}\
 h1{margin-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #ccc}\
@@ -101,9 +124,10 @@ pub fn page(
             escape(&over.join(", "))
         },
     );
-    for (i, (title, text)) in FINDINGS.iter().enumerate() {
-        let _ = write!(h, "<h2>{}</h2>\n<p>{}</p>\n", escape(title), escape(text));
+    for (i, (name, text)) in FINDINGS.iter().enumerate() {
         let mine: Vec<&Figure> = figures.iter().filter(|f| f.finding == i + 1).collect();
+        let title = heading(i + 1, name, &mine);
+        let _ = write!(h, "<h2>{}</h2>\n<p>{}</p>\n", escape(&title), escape(text));
         if mine.is_empty() {
             let _ = writeln!(
                 h,
@@ -111,12 +135,16 @@ pub fn page(
             );
         }
         for f in mine {
+            let claim = f.claim.as_ref().map_or(String::new(), |c| {
+                format!(". {}{}", if c.shown { "" } else { "Not shown: " }, c.text)
+            });
             let _ = write!(
                 h,
                 "<figure>\n<img src=\"figures/{s}.svg\" alt=\"{t}\">\n\
-                 <figcaption>{t} (<a href=\"figures/{s}.csv\">data</a>)</figcaption>\n</figure>\n",
+                 <figcaption>{t}{c} (<a href=\"figures/{s}.csv\">data</a>)</figcaption>\n</figure>\n",
                 s = escape(&f.stem),
                 t = escape(&f.title),
+                c = escape(&claim),
             );
         }
     }
@@ -188,6 +216,38 @@ mod tests {
         assert_eq!(utc(11_017.0 * 86_400.0 + 3_661.0), "2000-03-01 01:01:01");
         assert_eq!(utc(951_782_399.0), "2000-02-28 23:59:59");
         assert_eq!(utc(1_798_761_600.0), "2027-01-01 00:00:00");
+    }
+
+    #[test]
+    fn headings_state_the_first_shown_result_or_say_it_is_not_shown() {
+        use super::super::findings::Claim;
+        let fig = |claim: Option<(bool, &str)>| Figure {
+            finding: 4,
+            claim: claim.map(|(shown, text)| Claim {
+                shown,
+                text: text.to_string(),
+            }),
+            stem: String::new(),
+            title: String::new(),
+            svg: String::new(),
+            csv: String::new(),
+        };
+        let (a, b) = (
+            fig(Some((false, "x at noise=0.0"))),
+            fig(Some((true, "y at noise=0.4"))),
+        );
+        assert_eq!(
+            heading(4, "It can be undone", &[&a, &b]),
+            "4. It can be undone: y at noise=0.4"
+        );
+        assert_eq!(
+            heading(4, "It can be undone", &[&a]),
+            "4. It can be undone? Not shown by this run: x at noise=0.0"
+        );
+        assert_eq!(
+            heading(4, "It can be undone", &[&fig(None)]),
+            "4. It can be undone"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `pipe report`: a static page with figures of the four findings of science.md (mean and
+//! `pipe report`: a static page with figures of the findings of science.md (mean and
 //! spread over seeds) and a table of the run, built from the cached tables of a pipeline.
 //!
 //! Layout of the output folder: `index.html`, and `figures/NAME.svg` with the numbers
@@ -28,7 +28,7 @@ pub struct Written {
     pub index: PathBuf,
     /// The figure files (SVG), in page order.
     pub figures: Vec<PathBuf>,
-    /// Findings (1 to 4) with no figure, for want of cached tables.
+    /// Findings (1 to 5) with no figure, for want of cached tables.
     pub without_figure: Vec<usize>,
     /// Instances with tables that are not in the cache (left out).
     pub missing: Vec<NodeIndex>,
@@ -63,13 +63,21 @@ pub fn check_over(plan: &Plan, over: &[String], explicit: bool) -> Result<Vec<St
     Ok(kept)
 }
 
-/// Writes the report of `plan` into `out`, averaging over the sweep variables `over`.
-pub fn report(plan: &Plan, store: &Store, out: &Path, over: &[String]) -> Result<Written, Error> {
+/// Writes the report of `plan` into `out`, averaging over the sweep variables `over`;
+/// the embedding figure shows `embed_layer` (default: the last layer embedded).
+pub fn report(
+    plan: &Plan,
+    store: &Store,
+    out: &Path,
+    over: &[String],
+    embed_layer: Option<&str>,
+) -> Result<Written, Error> {
     let gathered = gather(plan, store)?;
     let data = findings::FigureData {
         plan,
         gathered: &gathered,
         over,
+        embed_layer,
     };
     let mut figures = Vec::new();
     for build in [
@@ -77,6 +85,7 @@ pub fn report(plan: &Plan, store: &Store, out: &Path, over: &[String]) -> Result
         findings::geometry,
         findings::gradients,
         findings::rollback,
+        findings::embeddings,
     ] {
         figures.extend(build(&data).map_err(|e| Error::usage(format!("{e:#}")))?);
     }
@@ -99,7 +108,7 @@ pub fn report(plan: &Plan, store: &Store, out: &Path, over: &[String]) -> Result
             .iter()
             .map(|f| dir.join(format!("{}.svg", f.stem)))
             .collect(),
-        without_figure: (1..=4)
+        without_figure: (1..=5)
             .filter(|i| !figures.iter().any(|f| f.finding == *i))
             .collect(),
         missing: gathered.missing,

@@ -30,7 +30,7 @@ crate::stage_params! {
 pub const EPOCH_PART_KIND: &str = "activations-epoch";
 
 /// The code version of `activations` (and of its per-epoch parts).
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The part of one epoch: its layers' files, and `layers.json` (the stored layers).
 pub const LAYERS_FILE: &str = "layers.json";

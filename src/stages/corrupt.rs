@@ -3,7 +3,10 @@
 //! Exactly `round(fraction * n)` examples are chosen. `permute` (the paper's choice)
 //! shuffles the labels among the chosen examples, so a few may keep their own label by
 //! chance; `uniform` draws each chosen example's label uniformly from the other classes,
-//! so it always differs. Output `labels.parquet`: `index, true_label, train_label, corrupted`.
+//! so it always differs. Output `labels.parquet`: `index, true_label, train_label, chosen,
+//! changed`. Only `changed` examples are corrupted: every analysis groups examples as clean
+//! (not chosen), corrupted (changed) and, where a table has groups, unchanged (chosen but
+//! kept their own label).
 
 use std::io::Write;
 
@@ -48,7 +51,56 @@ pub struct Corruption {
     /// The label each example is trained on.
     pub train_labels: Vec<i64>,
     /// Whether each example was chosen for corruption.
-    pub corrupted: Vec<bool>,
+    pub chosen: Vec<bool>,
+}
+
+impl Corruption {
+    /// Whether each example's label changed, given the true labels.
+    pub fn changed(&self, true_labels: &[i64]) -> Vec<bool> {
+        self.train_labels
+            .iter()
+            .zip(true_labels)
+            .map(|(a, b)| a != b)
+            .collect()
+    }
+}
+
+/// The group a training example belongs to in every analysis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExampleGroup {
+    /// Not chosen for corruption: trained on its true label.
+    Clean,
+    /// Chosen, and its label changed.
+    Corrupted,
+    /// Chosen, but the permutation gave it back its own label.
+    Unchanged,
+}
+
+impl ExampleGroup {
+    /// The group of an example from its `chosen` and `changed` flags.
+    pub fn of(chosen: bool, changed: bool) -> ExampleGroup {
+        match (chosen, changed) {
+            (_, true) => ExampleGroup::Corrupted,
+            (true, false) => ExampleGroup::Unchanged,
+            (false, false) => ExampleGroup::Clean,
+        }
+    }
+    /// Every example's group, from the `chosen` and `changed` columns.
+    pub fn all(chosen: &[bool], changed: &[bool]) -> Vec<ExampleGroup> {
+        chosen
+            .iter()
+            .zip(changed)
+            .map(|(&h, &c)| ExampleGroup::of(h, c))
+            .collect()
+    }
+    /// The name written in tables' `group` columns: `clean`, `corrupted`, `unchanged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExampleGroup::Clean => "clean",
+            ExampleGroup::Corrupted => "corrupted",
+            ExampleGroup::Unchanged => "unchanged",
+        }
+    }
 }
 
 /// Number of examples `fraction` of `n` corrupts: `round(fraction * n)`.
@@ -72,9 +124,9 @@ pub fn corrupt(
     let mut chosen = order[..k].to_vec();
     chosen.sort_unstable();
     let mut train_labels = labels.to_vec();
-    let mut corrupted = vec![false; n];
+    let mut chosen_mask = vec![false; n];
     for &i in &chosen {
-        corrupted[i] = true;
+        chosen_mask[i] = true;
     }
     if uniform {
         for &i in &chosen {
@@ -91,14 +143,14 @@ pub fn corrupt(
     }
     Corruption {
         train_labels,
-        corrupted,
+        chosen: chosen_mask,
     }
 }
 
 impl Kind for Corrupt {
     type Params = CorruptParams;
     const NAME: &'static str = NAME;
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "gives a seeded fraction of the training examples random labels (permuted or uniform)";
 
@@ -133,23 +185,21 @@ impl Kind for Corrupt {
             bail!("uniform corruption needs at least 2 classes");
         }
         let c = corrupt(&labels, info.classes, p.fraction, p.seed as u64, uniform);
-        let changed = c
-            .train_labels
-            .iter()
-            .zip(&labels)
-            .filter(|(a, b)| a != b)
-            .count();
-        let chosen = c.corrupted.iter().filter(|&&x| x).count();
+        let changed = c.changed(&labels);
+        let n_changed = changed.iter().filter(|&&x| x).count();
+        let n_chosen = c.chosen.iter().filter(|&&x| x).count();
         writeln!(
             ctx.log,
-            "{chosen} of {} examples corrupted, {changed} of them now carry a wrong label",
-            labels.len()
+            "{n_chosen} of {} examples chosen, {n_changed} of them corrupted (label changed), {} kept their own label",
+            labels.len(),
+            n_chosen - n_changed
         )?;
         Labels {
             index: (0..labels.len() as i64).collect(),
             true_label: labels,
             train_label: c.train_labels,
-            corrupted: c.corrupted,
+            chosen: c.chosen,
+            changed,
         }
         .write(&ctx.out.join("labels.parquet"))
     }
@@ -173,11 +223,11 @@ mod tests {
             for uniform in [false, true] {
                 let c = corrupt(&labels, 10, fraction, 3, uniform);
                 assert_eq!(
-                    c.corrupted.iter().filter(|&&x| x).count(),
+                    c.chosen.iter().filter(|&&x| x).count(),
                     want,
                     "fraction {fraction}"
                 );
-                for ((&was, &now), &hit) in labels.iter().zip(&c.train_labels).zip(&c.corrupted) {
+                for ((&was, &now), &hit) in labels.iter().zip(&c.train_labels).zip(&c.chosen) {
                     if !hit {
                         assert_eq!(now, was);
                     } else if uniform {
@@ -194,19 +244,25 @@ mod tests {
         let labels: Vec<i64> = (0..500).map(|i| (i * 7) % 10).collect();
         let c = corrupt(&labels, 10, 0.4, 11, false);
         let mut before: Vec<i64> = (0..500)
-            .filter(|&i| c.corrupted[i])
+            .filter(|&i| c.chosen[i])
             .map(|i| labels[i])
             .collect();
         let mut after: Vec<i64> = (0..500)
-            .filter(|&i| c.corrupted[i])
+            .filter(|&i| c.chosen[i])
             .map(|i| c.train_labels[i])
             .collect();
         before.sort();
         after.sort();
         assert_eq!(before, after);
-        // A random permutation leaves about 1/10 in place; most labels must move.
+        // A random permutation of 200 labels, 20 per class, leaves 200 * 20/200 = 20 in
+        // place on average (sd about 4): `changed` counts the other 180.
+        let changed = c.changed(&labels);
         let moved = (0..500).filter(|&i| c.train_labels[i] != labels[i]).count();
-        assert!(moved > 150, "{moved}");
+        assert_eq!(changed.iter().filter(|&&x| x).count(), moved);
+        assert!((165..=195).contains(&moved), "{moved}");
+        for (&changed, &chosen) in changed.iter().zip(&c.chosen) {
+            assert!(!changed || chosen, "only chosen examples change");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! `gradnorm`: per layer and epoch, the loss gradients from clean and from corrupted
-//! examples. The work needs libtorch and runs in the worker (`torch/src/stages/gradnorm.rs`);
-//! see science.md for the measurement.
+//! `gradnorm`: per layer and epoch, the cross-entropy gradient of clean and of corrupted
+//! examples split into a label-dependent and a label-independent part (the paper's
+//! appendix, Eq. 25). The work needs libtorch and runs in the worker
+//! (`torch/src/stages/gradnorm.rs`), which documents the measurement.
 
 use crate::stage::{CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
 use crate::stages::trained::{
@@ -15,14 +16,15 @@ crate::stage_params! {
     /// The parameters of `gradnorm`.
     pub struct GradNormParams {
         epochs: Vec<EpochRef>, required, "checkpoints to analyse: epochs or \"final\"";
-        subset: i64, default "100", "how many clean and how many corrupted training examples";
+        max_examples: Option<i64>, optional, "examples per group (default: all of the smaller of clean and corrupted; both groups get the same number)";
+        per_example: bool, default "false", "also write every example's gradient norms (gradnorm_per_example.parquet)";
         seed: i64, default "0", "seeds the choice of examples";
         ..worker: WorkerParams;
     }
 }
 
 /// The code version of `gradnorm` and its per-epoch parts.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The kind recorded in the manifests of the per-epoch parts.
 pub const EPOCH_PART_KIND: &str = "gradnorm-epoch";
@@ -43,7 +45,7 @@ impl Kind for GradNorm {
     type Params = GradNormParams;
     const NAME: &'static str = NAME;
     const VERSION: u32 = VERSION;
-    const ABOUT: &'static str = "per layer and epoch: norms and cosine of the loss gradients from clean and from corrupted examples";
+    const ABOUT: &'static str = "per layer and epoch: label-dependent and label-independent gradient norms of clean and corrupted examples";
 
     fn inputs(&self) -> Inputs {
         Inputs::Slots(TRAIN_INPUT)
@@ -51,7 +53,7 @@ impl Kind for GradNorm {
     fn check(&self, p: &GradNormParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
         let train = train_params(env)?;
         check_epochs(&p.epochs, "epochs", &train)?;
-        at_least(Some(p.subset), "subset", 1)?;
+        at_least(p.max_examples, "max_examples", 1)?;
         p.worker.check()
     }
     fn reads(&self, p: &GradNormParams, _slot: &str, up: &InputInfo<'_>) -> Option<Vec<String>> {
@@ -62,8 +64,12 @@ impl Kind for GradNorm {
         let specs = GradNormParams::specs();
         keys.parts_per_input_part("train", EPOCH_PART_KIND, VERSION, specs, &["epochs"])
     }
-    fn tables(&self, _p: &GradNormParams) -> Vec<String> {
-        vec!["gradnorm".into()]
+    fn tables(&self, p: &GradNormParams) -> Vec<String> {
+        let mut t = vec!["gradnorm".into(), "gradnorm_examples".into()];
+        if p.per_example {
+            t.push("gradnorm_per_example".into());
+        }
+        t
     }
     crate::worker::worker_kind_methods!(GradNormParams);
 }

@@ -6,6 +6,7 @@
 pub mod activations;
 pub mod corrupt;
 pub mod dataset;
+pub mod embed;
 pub mod exec;
 pub mod gradnorm;
 pub mod probe;
@@ -26,5 +27,6 @@ pub fn registry() -> Registry {
         &gradnorm::GradNorm,
         &rollback::Rollback,
         &probe::Probe,
+        &embed::Embed,
     ])
 }

@@ -27,7 +27,7 @@ pub struct Rollback;
 impl Kind for Rollback {
     type Params = RollbackParams;
     const NAME: &'static str = NAME;
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "accuracy of the final weights with the last layers rolled back to an earlier epoch's";
 

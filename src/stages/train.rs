@@ -21,7 +21,7 @@ use crate::worker::WorkerParams;
 pub const NAME: &str = "train";
 
 /// Code version of `train` and of its checkpoints.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The kind recorded in checkpoint manifests (and hashed into their keys).
 pub const CHECKPOINT_KIND: &str = "train.checkpoint";

@@ -20,11 +20,14 @@ kind = "probe"
 inputs = ["activations"]
 n_t = 100
 seed = 1
+[stage.embed]
+kind = "embed"
+inputs = ["activations"]
 [stage.gradnorm]
 kind = "gradnorm"
 inputs = ["train"]
 epochs = [0, 1, "final"]
-subset = 60
+max_examples = 60
 [stage.rollback]
 kind = "rollback"
 inputs = ["train"]
@@ -65,6 +68,13 @@ fn analysis_stages_measure_what_science_md_defines() {
         q,
         serde_json::json!([[false, 200, 10, 20], [true, 200, 10, 20]])
     );
+    // Corrupted means the label changed; clean examples were never chosen.
+    let q = query(&format!(
+        "SELECT count(*) FROM '{}/probe_set.parquet' p JOIN '{}/labels.parquet' l USING (index) WHERE p.corrupted <> l.changed OR (NOT p.corrupted AND l.chosen) OR l.changed <> (l.train_label <> l.true_label)",
+        acts.display(),
+        dir_of(&p, &r, "corrupt").display()
+    ));
+    assert_eq!(q, serde_json::json!([[0]]));
 
     // The `input` layer's features are the standardized pixels of the chosen examples.
     let q = python(&format!(
@@ -122,67 +132,131 @@ fn analysis_stages_measure_what_science_md_defines() {
         "but not at initialization"
     );
 
-    // Gradnorm: recomputed independently in PyTorch from the final checkpoint's weights and
-    // the recorded examples: the logits layer's mean-gradient norms and the share formula.
+    // Gradnorm: the decomposition of Eq. 25 recomputed independently in PyTorch from the
+    // checkpoints' weights and the recorded examples; `total` against PyTorch's own
+    // cross-entropy gradient.
     let gn = dir_of(&p, &r, "gradnorm");
     let g = query(&format!(
-        "SELECT epoch, layer, clean_grad_norm, corrupted_grad_norm, corrupted_share, cosine, n_clean, n_corrupted FROM '{}/gradnorm.parquet' ORDER BY epoch, layer",
+        "SELECT epoch, layer, \"group\", n, label_dependent, label_independent, total FROM '{}/gradnorm.parquet' ORDER BY epoch, layer, \"group\"",
         gn.display()
     ));
-    assert_eq!(g.as_array().unwrap().len(), 3 * 3, "{g}");
-    for row in g.as_array().unwrap() {
-        assert_eq!((row[6].as_i64(), row[7].as_i64()), (Some(60), Some(60)));
-        assert!((-1.0..=1.0).contains(&row[5].as_f64().unwrap()));
-        let (c, k) = (row[2].as_f64().unwrap(), row[3].as_f64().unwrap());
-        assert!(
-            (row[4].as_f64().unwrap() - k / (c + k)).abs() < 1e-12,
-            "share = |g_k| / (|g_c| + |g_k|) for equal groups"
-        );
+    let rows = g.as_array().unwrap();
+    let groups: Vec<&str> = rows.iter().map(|r| r[2].as_str().unwrap()).collect();
+    assert!(rows.len() >= 3 * 3 * 2, "{g}");
+    for row in rows {
+        let n = row[3].as_i64().unwrap();
+        match row[2].as_str().unwrap() {
+            "clean" | "corrupted" => assert_eq!(n, 60, "{row}"),
+            "unchanged" => assert!((1..=60).contains(&n), "{row}"),
+            other => panic!("group {other}"),
+        }
     }
+    assert!(groups.contains(&"corrupted") && groups.contains(&"clean"));
     let cks: Vec<Json> =
         serde_json::from_slice(&std::fs::read(train.join("checkpoints.json")).unwrap()).unwrap();
-    let final_ck = p
-        .cache()
-        .join("artifacts")
-        .join(cks.last().unwrap()["key"].as_str().unwrap());
+    let ck_dir = |epoch: i64| {
+        let ck = cks.iter().find(|c| c["epoch"] == epoch).unwrap();
+        p.cache()
+            .join("artifacts")
+            .join(ck["key"].as_str().unwrap())
+    };
     let labels = dir_of(&p, &r, "corrupt");
-    let py = python(&format!(
-        "import json, numpy as np, torch, pyarrow.parquet as pq\n\
-         from safetensors.torch import load_file\n\
-         t = pq.read_table('{d}/train.parquet')\n\
-         x = torch.tensor(np.stack(t.column('image').to_numpy(zero_copy_only=False)).astype(np.float32) / 255)\n\
-         x = (x - x.mean()) / x.std(unbiased=False)\n\
-         y = torch.tensor(pq.read_table('{l}/labels.parquet').column('train_label').to_numpy())\n\
-         ex = pq.read_table('{g}/gradnorm_examples.parquet').to_pydict()\n\
-         w = {{k: v.requires_grad_() for k, v in load_file('{c}/weights.safetensors').items()}}\n\
-         def grad(idx):\n\
-         \x20   for v in w.values(): v.grad = None\n\
-         \x20   h = torch.relu(x[idx] @ w['fc1.weight'].T + w['fc1.bias'])\n\
-         \x20   h = torch.relu(h @ w['fc2.weight'].T + w['fc2.bias'])\n\
-         \x20   torch.nn.functional.cross_entropy(h @ w['logits.weight'].T + w['logits.bias'], y[idx]).backward()\n\
-         \x20   return torch.cat([w['logits.bias'].grad.flatten(), w['logits.weight'].grad.flatten()]).double()\n\
-         clean = [i for i, k in zip(ex['index'], ex['corrupted']) if not k]\n\
-         cor = [i for i, k in zip(ex['index'], ex['corrupted']) if k]\n\
-         gc, gk = grad(clean), grad(cor)\n\
-         print(json.dumps([gc.norm().item(), gk.norm().item(), (gc @ gk / gc.norm() / gk.norm()).item()]))",
-        d = data.display(),
-        l = labels.display(),
-        g = gn.display(),
-        c = final_ck.display()
-    ));
-    let ours = g
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r[0] == 30 && r[1] == "logits")
-        .unwrap();
-    for (mine, theirs) in [(&ours[2], &py[0]), (&ours[3], &py[1]), (&ours[5], &py[2])] {
-        let (a, b) = (mine.as_f64().unwrap(), theirs.as_f64().unwrap());
-        assert!(
-            (a - b).abs() <= 1e-4 * b.abs().max(1e-3),
-            "ours {a} vs PyTorch {b}"
-        );
+    for epoch in [0i64, 30] {
+        let py = python(&format!(
+            "import json, numpy as np, torch, pyarrow.parquet as pq\n\
+             from safetensors.torch import load_file\n\
+             torch.set_default_dtype(torch.float64)\n\
+             t = pq.read_table('{d}/train.parquet')\n\
+             x = torch.tensor(np.stack(t.column('image').to_numpy(zero_copy_only=False)).astype(np.float32) / 255)\n\
+             x = ((x - x.mean()) / x.std(unbiased=False)).double()\n\
+             lab = pq.read_table('{l}/labels.parquet').to_pydict()\n\
+             y = torch.tensor(lab['train_label'])\n\
+             ex = pq.read_table('{g}/gradnorm_examples.parquet').to_pydict()\n\
+             w = {{k: v.double().requires_grad_() for k, v in load_file('{c}/weights.safetensors').items()}}\n\
+             layers = ['fc1', 'fc2', 'logits']\n\
+             def logits(idx):\n\
+             \x20   h = torch.relu(x[idx] @ w['fc1.weight'].T + w['fc1.bias'])\n\
+             \x20   h = torch.relu(h @ w['fc2.weight'].T + w['fc2.bias'])\n\
+             \x20   return h @ w['logits.weight'].T + w['logits.bias']\n\
+             def norms(scalar):\n\
+             \x20   keys = [l + s for l in layers for s in ['.weight', '.bias']]\n\
+             \x20   gs = dict(zip(keys, torch.autograd.grad(scalar, [w[k] for k in keys], retain_graph=True)))\n\
+             \x20   return {{l: torch.cat([gs[l + '.weight'].flatten(), gs[l + '.bias'].flatten()]) for l in layers}}\n\
+             out = {{}}\n\
+             for group in ['clean', 'corrupted']:\n\
+             \x20   idx = [i for i, k in zip(ex['index'], ex['group']) if k == group]\n\
+             \x20   ok = all((lab['train_label'][i] != lab['true_label'][i]) == (group == 'corrupted') for i in idx)\n\
+             \x20   z = logits(idx)\n\
+             \x20   yc = torch.nn.functional.one_hot(y[idx], 10).double() - 0.1\n\
+             \x20   dep = norms((yc * z).sum() / len(idx))\n\
+             \x20   ind = norms((torch.logsumexp(z, 1) - z.mean(1)).sum() / len(idx))\n\
+             \x20   tot = norms(torch.nn.functional.cross_entropy(z, y[idx]))\n\
+             \x20   out[group] = {{l: [dep[l].norm().item(), ind[l].norm().item(), tot[l].norm().item(), ok] for l in layers}}\n\
+             print(json.dumps(out))",
+            d = data.display(),
+            l = labels.display(),
+            g = gn.display(),
+            c = ck_dir(epoch).display()
+        ));
+        for row in rows.iter().filter(|r| r[0] == epoch && r[2] != "unchanged") {
+            let (layer, group) = (row[1].as_str().unwrap(), row[2].as_str().unwrap());
+            let theirs = &py[group][layer];
+            assert_eq!(theirs[3], true, "{group} examples are {group}");
+            for (col, k) in [(4, 0), (5, 1), (6, 2)] {
+                let (a, b) = (row[col].as_f64().unwrap(), theirs[k].as_f64().unwrap());
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1e-6),
+                    "epoch {epoch} {layer} {group} column {col}: ours {a} vs PyTorch {b}"
+                );
+            }
+        }
     }
+
+    // Embed: PCA and neighbour agreement recomputed in NumPy from the stored features.
+    let emb = dir_of(&p, &r, "embed");
+    let q = python(&format!(
+        "import json, numpy as np, polars as pl\n\
+         e = pl.read_parquet('{e}/embedding.parquet')\n\
+         counts = e.group_by(['epoch', 'layer', 'method']).len().sort(['epoch', 'layer', 'method'])\n\
+         f = np.stack(pl.read_parquet('{a}/epoch=30/logits.parquet')['features'].to_numpy()).astype(np.float64)\n\
+         f = f - f.mean(0)\n\
+         u, sv, vt = np.linalg.svd(f, full_matrices=False)\n\
+         want = f @ vt[:2].T\n\
+         pca = e.filter((pl.col('epoch') == 30) & (pl.col('layer') == 'logits') & (pl.col('method') == 'pca'))\n\
+         got = pca.select(['x', 'y']).to_numpy()\n\
+         pca_err = float(min(np.abs(got[:, j] - s * want[:, j]).max() for j in [0, 1] for s in [1, -1]) / np.abs(want).max())\n\
+         t = e.filter((pl.col('epoch') == 30) & (pl.col('layer') == 'logits') & (pl.col('method') == 'tsne'))\n\
+         agree_err = 0.0\n\
+         for g in ['clean', 'corrupted']:\n\
+         \x20   s = t.filter(pl.col('group') == g)\n\
+         \x20   xy = s.select(['x', 'y']).to_numpy()\n\
+         \x20   d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)\n\
+         \x20   np.fill_diagonal(d, np.inf)\n\
+         \x20   nn = np.argsort(d, axis=1, kind='stable')[:, :10]\n\
+         \x20   for col, lab in [('train_label_agreement', 'train_label'), ('true_label_agreement', 'true_label')]:\n\
+         \x20       l = s[lab].to_numpy()\n\
+         \x20       agree_err = max(agree_err, float(np.abs((l[nn] == l[:, None]).mean(1) - s[col].to_numpy()).max()))\n\
+         late = t.filter(pl.col('group') == 'corrupted')['train_label_agreement'].mean()\n\
+         early = e.filter((pl.col('epoch') == 0) & (pl.col('layer') == 'logits') & (pl.col('method') == 'tsne') & (pl.col('group') == 'corrupted'))['train_label_agreement'].mean()\n\
+         print(json.dumps({{'counts': counts['len'].to_list(), 'groups': len(counts), 'pca_err': pca_err, 'agree_err': agree_err, 'early': early, 'late': late}}))",
+        e = emb.display(),
+        a = acts.display()
+    ));
+    assert_eq!(
+        q["groups"],
+        3 * 4 * 2,
+        "3 epochs x 4 layers x 2 methods: {q}"
+    );
+    assert!(
+        q["counts"].as_array().unwrap().iter().all(|c| c == 400),
+        "{q}"
+    );
+    assert!(q["pca_err"].as_f64().unwrap() < 1e-5, "{q}");
+    assert!(q["agree_err"].as_f64().unwrap() < 1e-12, "{q}");
+    assert!(
+        q["late"].as_f64().unwrap() > q["early"].as_f64().unwrap() + 0.2,
+        "corrupted examples cluster by training label late: {q}"
+    );
 
     // Rollback: the untouched final weights score what training measured at the final epoch,
     // and rolling every layer back to epoch 2 scores what training measured at epoch 2.
@@ -254,6 +328,18 @@ fn bad_analysis_parameters_exit_2() {
             "unknown layer \"input\"",
         ),
         ("stage.probe.n_t=0", "`stage.probe.n_t`"),
+        (
+            "stage.embed.methods=[\"tnse\"]",
+            "unknown method \"tnse\" (did you mean `tsne`?)",
+        ),
+        (
+            "stage.embed.perplexity=0",
+            "`stage.embed.perplexity`: must be positive",
+        ),
+        (
+            "stage.gradnorm.max_examples=0",
+            "`stage.gradnorm.max_examples`: must be at least 1",
+        ),
     ] {
         let out = p.pipe(&["run", "a.toml", "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -252,7 +252,7 @@ pub const QUICK_SMALL: &[&str] = &[
     "--set",
     "stage.gradnorm.epochs=[0,3]",
     "--set",
-    "stage.gradnorm.subset=30",
+    "stage.gradnorm.max_examples=30",
     "--set",
     "stage.rollback.from_epochs=[1]",
 ];

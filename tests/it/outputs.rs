@@ -23,7 +23,7 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
     assert_eq!(of_stage(&r, "executed", "summary").len(), 3);
     assert_eq!(of_stage(&r, "cached", "summary").len(), 1);
     assert_eq!(of_stage(&r, "executed", "train").len(), 4);
-    for stage in ["activations", "probe", "gradnorm", "rollback"] {
+    for stage in ["activations", "probe", "embed", "gradnorm", "rollback"] {
         assert_eq!(of_stage(&r, "executed", stage).len(), 4, "{stage}");
     }
 
@@ -50,16 +50,18 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
         let want = (noise * 2000.0).round() as i64;
         let q = python(&format!(
             "import duckdb, polars as pl, json\n\
-             d = duckdb.sql(\"SELECT count(*), sum(corrupted::INT), sum((true_label <> train_label)::INT), \
-               sum(((NOT corrupted) AND true_label <> train_label)::INT) FROM '{f}'\").fetchall()[0]\n\
+             d = duckdb.sql(\"SELECT count(*), sum(chosen::INT), sum((true_label <> train_label)::INT), \
+               sum(((NOT chosen) AND true_label <> train_label)::INT), sum((changed <> (true_label <> train_label))::INT) FROM '{f}'\").fetchall()[0]\n\
              df = pl.read_parquet('{f}')\n\
-             print(json.dumps({{'duckdb': d, 'polars_rows': df.height, 'polars_corrupted': int(df['corrupted'].sum()), \
-               'polars_fraction': float(df['corrupted'].mean()), 'columns': df.columns}}))",
+             print(json.dumps({{'duckdb': d, 'polars_rows': df.height, 'polars_corrupted': int(df['chosen'].sum()), \
+               'polars_changed': int(df['changed'].sum()), 'polars_fraction': float(df['chosen'].mean()), 'columns': df.columns}}))",
             f = labels.display()
         ));
         assert_eq!(q["duckdb"][0], 2000);
         assert_eq!(q["duckdb"][1], want, "noise {noise}");
         assert_eq!(q["duckdb"][3], 0, "clean examples keep their label");
+        assert_eq!(q["duckdb"][4], 0, "changed = train_label <> true_label");
+        assert_eq!(q["polars_changed"], q["duckdb"][2]);
         if noise > 0.0 {
             // Permuting 800 labels over 10 balanced classes leaves ~10% in place.
             let changed = q["duckdb"][2].as_i64().unwrap();
@@ -70,7 +72,7 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
         assert!((q["polars_fraction"].as_f64().unwrap() - noise).abs() < 1e-12);
         assert_eq!(
             q["columns"],
-            serde_json::json!(["index", "true_label", "train_label", "corrupted"])
+            serde_json::json!(["index", "true_label", "train_label", "chosen", "changed"])
         );
     }
 
@@ -82,7 +84,12 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
         )
         .unwrap();
         assert_eq!(s["examples"], 2000);
-        assert_eq!(s["corrupted"], (noise * 2000.0).round() as i64);
+        assert_eq!(s["chosen"], (noise * 2000.0).round() as i64);
+        let (corrupted, unchanged) = (
+            s["corrupted"].as_i64().unwrap(),
+            s["unchanged"].as_i64().unwrap(),
+        );
+        assert_eq!(corrupted + unchanged, s["chosen"].as_i64().unwrap());
     }
 
     // Training shows finding 1 of the study: with noise, test accuracy peaks early and falls
@@ -112,11 +119,82 @@ fn quick_pipeline_on_fashion_mnist_reads_back_in_duckdb_and_polars() {
         }
     }
 
+    // Finding 3 as the paper's appendix measures it (science.md: ratio 0.29-0.32 at
+    // initialization): the corrupted examples' label-dependent gradient is below half the
+    // clean examples' in every layer at epoch 0, their label-independent one alike (ratio
+    // near 1), and both groups hold the same number of examples: every changed label.
+    for item in of_stage(&r, "executed", "gradnorm") {
+        if item["point"]["noise"] != 0.4 {
+            continue;
+        }
+        let dir = artifact(&p.cache(), &item["key"]);
+        let q = python(&format!(
+            "import polars as pl, json\n\
+             g = pl.read_parquet('{d}/gradnorm.parquet').filter(pl.col('epoch') == 0)\n\
+             k = g.filter(pl.col('group') == 'corrupted').sort('layer')\n\
+             c = g.filter(pl.col('group') == 'clean').sort('layer')\n\
+             print(json.dumps({{'layers': k['layer'].to_list(), 'dep': (k['label_dependent'] / c['label_dependent']).to_list(), \
+               'ind': (k['label_independent'] / c['label_independent']).to_list(), 'n': [k['n'][0], c['n'][0]]}}))",
+            d = dir.display()
+        ));
+        assert_eq!(q["layers"], serde_json::json!(["fc1", "fc2", "logits"]));
+        for (dep, ind) in q["dep"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(q["ind"].as_array().unwrap())
+        {
+            let (dep, ind) = (dep.as_f64().unwrap(), ind.as_f64().unwrap());
+            assert!(dep < 0.5, "label-dependent ratio at initialization: {q}");
+            assert!((0.9..1.1).contains(&ind), "label-independent ratio: {q}");
+        }
+        assert_eq!(q["n"][0], q["n"][1]);
+        let labels = artifact(
+            &p.cache(),
+            &of_stage(&r, "executed", "corrupt")
+                .iter()
+                .find(|c| c["point"] == item["point"])
+                .unwrap()["key"],
+        );
+        let changed = python(&format!(
+            "import duckdb, json\nprint(json.dumps(duckdb.sql(\"SELECT sum(changed::INT), sum((chosen AND NOT changed)::INT) FROM '{}/labels.parquet'\").fetchall()[0]))",
+            labels.display()
+        ));
+        assert_eq!(
+            q["n"][0], changed[0],
+            "all corrupted examples, as many clean ones"
+        );
+    }
+
+    // The study's Figure 1 in numbers: in the last layer, corrupted examples' 2-D
+    // neighbours carry their random training label only late in training.
+    for item in of_stage(&r, "executed", "embed") {
+        if item["point"]["noise"] != 0.4 {
+            continue;
+        }
+        let q = python(&format!(
+            "import duckdb, json\nprint(json.dumps(duckdb.sql(\"SELECT epoch, avg(train_label_agreement), count(*) FROM '{}/embedding.parquet' WHERE layer = 'logits' AND method = 'tsne' AND \\\"group\\\" = 'corrupted' GROUP BY ALL ORDER BY ALL\").fetchall()))",
+            artifact(&p.cache(), &item["key"]).display()
+        ));
+        let rows = q.as_array().unwrap();
+        assert_eq!(rows.len(), 4, "epochs 0, 2, 10, 80: {q}");
+        let agreement = |i: usize| rows[i][1].as_f64().unwrap();
+        assert!(
+            agreement(0) < 0.25,
+            "chance is about 0.1 at initialization: {q}"
+        );
+        assert!(
+            agreement(3) > 0.6,
+            "memorized labels cluster at the end: {q}"
+        );
+        assert!(rows.iter().all(|r| r[2] == 500), "{q}");
+    }
+
     // Rerun: nothing to do.
     let (code, r) = p.run(file, &[]);
     assert_eq!(code, 0);
     assert_eq!(count(&r, "executed"), 0);
-    assert_eq!(count(&r, "cached"), 29);
+    assert_eq!(count(&r, "cached"), 33);
 }
 
 #[test]

@@ -30,7 +30,12 @@ fn csv(path: &Path) -> Vec<(String, String, String, f64, f64, u64)> {
 fn report_figures_match_duckdb_and_render_in_chromium() {
     let p = Project::new();
     p.write_idx("data", 200, 40);
-    p.write("r.toml", TINY_STUDY);
+    p.write(
+        "r.toml",
+        &format!(
+            "{TINY_STUDY}[stage.embed]\nkind = \"embed\"\ninputs = [\"activations\"]\nperplexity = 5.0\niterations = 300\n"
+        ),
+    );
     let (code, r) = p.run("r.toml", &[]);
     assert_eq!(code, 0, "{r}");
     let out = p.pipe(&["report", "r.toml", "--out", "report", "--json"]);
@@ -65,6 +70,8 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
             "3-gradients-gradnorm-noise-0.5.svg",
             "4-rollback-rollback-noise-0.0.svg",
             "4-rollback-rollback-noise-0.5.svg",
+            "5-embedding-embed-noise-0.0.svg",
+            "5-embedding-embed-noise-0.5.svg",
         ]
     );
 
@@ -75,7 +82,7 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
     let q = python(&format!(
         "import duckdb, json\n\
          m = duckdb.sql(\"SELECT noise, epoch, avg(test_acc), stddev_samp(test_acc), count(*) FROM '{d}/metrics.parquet' GROUP BY ALL ORDER BY ALL\").fetchall()\n\
-         g = duckdb.sql(\"SELECT layer, epoch, avg(corrupted_share), count(*) FROM '{d}/gradnorm.parquet' WHERE noise = 0.5 GROUP BY ALL ORDER BY ALL\").fetchall()\n\
+         g = duckdb.sql(\"SELECT k.layer, k.epoch, avg(k.label_dependent / c.label_dependent), count(*) FROM '{d}/gradnorm.parquet' k JOIN '{d}/gradnorm.parquet' c USING (noise, seed, layer, epoch) WHERE k.group = 'corrupted' AND c.group = 'clean' AND k.noise = 0.5 GROUP BY ALL ORDER BY ALL\").fetchall()\n\
          b = duckdb.sql(\"SELECT r.noise, avg(r.test_acc), avg(m.test_acc) FROM '{d}/rollback.parquet' r JOIN '{d}/metrics.parquet' m ON r.noise = m.noise AND r.seed = m.seed AND m.epoch = 4 WHERE r.cutoff_index < 0 GROUP BY ALL ORDER BY ALL\").fetchall()\n\
          print(json.dumps({{'m': [list(x) for x in m], 'g': [list(x) for x in g], 'b': [list(x) for x in b]}}))",
         d = p.path("results").display()
@@ -98,7 +105,10 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
         );
         assert_eq!(row.5, 2, "two seeds");
     }
-    let grad = csv(&figs.join("3-gradients-gradnorm-noise-0.5.csv"));
+    let grad: Vec<_> = csv(&figs.join("3-gradients-gradnorm-noise-0.5.csv"))
+        .into_iter()
+        .filter(|r| r.0 == "label-dependent ratio")
+        .collect();
     let g = q["g"].as_array().unwrap();
     assert_eq!(grad.len(), g.len());
     for want in g {
@@ -128,6 +138,42 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
 
     // The run table lists every instance with its key.
     let page = std::fs::read_to_string(p.path("report/index.html")).unwrap();
+    // Each finding's heading states a measured number, or says the run does not show it.
+    let headings: Vec<&str> = page
+        .split("<h2>")
+        .skip(1)
+        .filter_map(|h| h.split("</h2>").next())
+        .collect();
+    assert_eq!(headings.len(), 6, "{headings:?}");
+    for (i, h) in headings[..5].iter().enumerate() {
+        assert!(h.starts_with(&format!("{}. ", i + 1)), "{h}");
+        let (_, said) = h
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("no result in {h}"));
+        assert!(said.chars().any(|c| c.is_ascii_digit()), "{h}");
+        assert!(
+            !h.contains('?') || h.contains("? Not shown by this run: "),
+            "{h}"
+        );
+    }
+    // The embedding at noise 0.0 has only clean examples: one view per epoch.
+    let svg = std::fs::read_to_string(figs.join("5-embedding-embed-noise-0.0.svg")).unwrap();
+    assert!(svg.contains("unpermuted") && !svg.contains("restored"));
+    let svg = std::fs::read_to_string(figs.join("5-embedding-embed-noise-0.5.svg")).unwrap();
+    assert!(svg.contains("permuted") && svg.contains("restored") && svg.contains("class 9"));
+    let out = p.pipe(&["report", "r.toml", "--out", "other", "--embed-layer", "fc9"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--embed-layer fc9") && err.contains("input, fc1, logits"),
+        "{err}"
+    );
+    assert!(!p.path("other").exists());
+    let out = p.pipe(&["report", "r.toml", "--out", "other", "--embed-layer", "fc1"]);
+    assert!(out.status.success());
+    let svg =
+        std::fs::read_to_string(p.path("other/figures/5-embedding-embed-noise-0.5.svg")).unwrap();
+    assert!(svg.contains("layer fc1"));
     let status = p.status("r.toml", &[]);
     for s in &status {
         assert!(page.contains(s["key"].as_str().unwrap()), "{s}");

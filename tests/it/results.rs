@@ -38,7 +38,7 @@ fn export_gathers_tables_with_sweep_columns_and_matches_the_artifacts() {
     // DuckDB: per sweep point, exactly the requested fraction; 40 rows per instance.
     let q = python(&format!(
         "import duckdb, json\n\
-         r = duckdb.sql(\"SELECT noise, seed, count(*), avg(corrupted::INT), count(DISTINCT key), min(stage) FROM '{d}/labels.parquet' GROUP BY ALL ORDER BY ALL\").fetchall()\n\
+         r = duckdb.sql(\"SELECT noise, seed, count(*), avg(chosen::INT), count(DISTINCT key), min(stage) FROM '{d}/labels.parquet' GROUP BY ALL ORDER BY ALL\").fetchall()\n\
          s = duckdb.sql(\"SELECT noise, seed, n, corrupted_rows FROM '{d}/summary.parquet' ORDER BY ALL\").fetchall()\n\
          print(json.dumps({{'labels': [list(x) for x in r], 'summary': [list(x) for x in s]}}))",
         d = results.display()

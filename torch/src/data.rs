@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
 
+use crate::trained_run::to_bool;
+use pipe::stages::corrupt::ExampleGroup;
 use pipe::stages::dataset::DatasetInfo;
 use pipe::table::Table;
 use pipe::tables::{Images, Labels};
@@ -25,8 +27,10 @@ pub struct TrainData {
     pub train: Split,
     /// The true labels of the training images.
     pub train_true: Tensor,
-    /// Which training examples were corrupted (`[n]`, bool).
-    pub corrupted: Tensor,
+    /// Which training examples were chosen for corruption (`[n]`, bool).
+    pub chosen: Tensor,
+    /// Which training examples are corrupted: their label changed (`[n]`, bool).
+    pub changed: Tensor,
     /// Test images with true labels.
     pub test: Split,
 }
@@ -52,6 +56,18 @@ pub fn read_images(file: &Path, info: &DatasetInfo) -> Result<(Tensor, Vec<i64>)
     Ok((x, images.label))
 }
 
+impl TrainData {
+    /// The clean training examples: those not chosen for corruption (`[n]`, bool).
+    pub fn clean(&self) -> Tensor {
+        self.chosen.logical_not()
+    }
+    /// Every training example's group (clean, corrupted, unchanged).
+    pub fn groups(&self) -> Result<Vec<ExampleGroup>> {
+        let (chosen, changed) = (to_bool(&self.chosen)?, to_bool(&self.changed)?);
+        Ok(ExampleGroup::all(&chosen, &changed))
+    }
+}
+
 /// Loads training and test data; `labels_dir` holds the corrupt stage's `labels.parquet`.
 pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<TrainData> {
     let info: DatasetInfo =
@@ -68,6 +84,15 @@ pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<Tra
             "labels.parquet does not describe this data set's training split (rows or true labels differ)"
         );
     }
+    let consistent = (0..labels.index.len()).all(|i| {
+        let changed = labels.train_label[i] != labels.true_label[i];
+        labels.changed[i] == changed && (!changed || labels.chosen[i])
+    });
+    if !consistent {
+        bail!(
+            "labels.parquet: `changed` must be `train_label != true_label`, and only chosen examples may change"
+        );
+    }
     // Standardize per channel with the training set's mean and standard deviation.
     let xf = train_u8.to_kind(Kind::Float) / 255.0;
     let mean = xf.mean_dim([0i64, 2, 3].as_slice(), true, Kind::Float);
@@ -81,7 +106,8 @@ pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<Tra
             y: Tensor::from_slice(&labels.train_label).to_device(device),
         },
         train_true: Tensor::from_slice(&true_labels).to_device(device),
-        corrupted: Tensor::from_slice(&labels.corrupted).to_device(device),
+        chosen: Tensor::from_slice(&labels.chosen).to_device(device),
+        changed: Tensor::from_slice(&labels.changed).to_device(device),
         test: Split {
             x: norm(&test_u8),
             y: Tensor::from_slice(&test_labels).to_device(device),

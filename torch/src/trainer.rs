@@ -128,15 +128,15 @@ impl<'a> Trainer<'a> {
         let d = self.data;
         let (train_loss, train_pred) = self.predict(&d.train.x, &d.train.y);
         let (test_loss, test_pred) = self.predict(&d.test.x, &d.test.y);
-        let clean = d.corrupted.logical_not();
+        let clean = d.clean();
         EpochMetrics {
             epoch,
             lr,
             train_loss,
             train_acc: accuracy(&train_pred, &d.train.y, None).unwrap_or(f64::NAN),
             clean_acc: accuracy(&train_pred, &d.train.y, Some(&clean)).unwrap_or(f64::NAN),
-            corrupted_train_acc: accuracy(&train_pred, &d.train.y, Some(&d.corrupted)),
-            corrupted_true_acc: accuracy(&train_pred, &d.train_true, Some(&d.corrupted)),
+            corrupted_train_acc: accuracy(&train_pred, &d.train.y, Some(&d.changed)),
+            corrupted_true_acc: accuracy(&train_pred, &d.train_true, Some(&d.changed)),
             test_loss,
             test_acc: accuracy(&test_pred, &d.test.y, None).unwrap_or(f64::NAN),
             seconds: clock.elapsed().as_secs_f64(),

@@ -2,7 +2,10 @@
 //!
 //! [`geometry`] computes manifold capacity, radius and dimension (MFTMA), NNLS and linear
 //! probes on plain matrices; [`datasets`] reads IDX (MNIST, Fashion-MNIST) and CIFAR
-//! binary files. Nothing here knows the engine (pipelines, keys, the store) or libtorch.
+//! binary files; [`embedding`] draws a point set in 2-D (PCA, exact t-SNE) and scores how
+//! well a drawing keeps labels together. Nothing here knows the engine (pipelines, keys,
+//! the store) or libtorch.
 
 pub mod datasets;
+pub mod embedding;
 pub mod geometry;

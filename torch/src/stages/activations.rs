@@ -26,34 +26,37 @@ use tch::{Device, Kind, Tensor};
 
 use crate::device;
 use crate::models::Net;
-use crate::trained_run::{TrainedRun, to_bool, to_i64};
+use crate::trained_run::{TrainedRun, to_i64};
+use pipe::stages::corrupt::ExampleGroup;
 
 /// Chooses the probe set: for each of the first P classes, M clean examples of that class
-/// and M corrupted examples whose training label is that class (none without corruption).
+/// and M corrupted examples (label changed) whose training label is that class (none
+/// without corruption). Chosen examples that kept their own label are left out.
 pub fn choose_probe_set(
-    true_labels: &[i64],
     train_labels: &[i64],
-    corrupted: &[bool],
+    groups: &[ExampleGroup],
     classes: usize,
     per_class: usize,
     seed: u64,
 ) -> Result<Vec<usize>, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let any_corrupted = corrupted.iter().any(|&c| c);
+    let any_corrupted = groups.contains(&ExampleGroup::Corrupted);
     let mut out = Vec::new();
-    for (group, wanted) in [(false, true), (true, any_corrupted)] {
+    for (group, wanted) in [
+        (ExampleGroup::Clean, true),
+        (ExampleGroup::Corrupted, any_corrupted),
+    ] {
         if !wanted {
             continue;
         }
         for c in 0..classes as i64 {
-            let mut pool: Vec<usize> = (0..true_labels.len())
-                .filter(|&i| corrupted[i] == group && train_labels[i] == c)
+            let mut pool: Vec<usize> = (0..train_labels.len())
+                .filter(|&i| groups[i] == group && train_labels[i] == c)
                 .collect();
             if pool.len() < per_class {
-                let what = if group {
-                    "corrupted examples with training label"
-                } else {
-                    "clean examples of class"
+                let what = match group {
+                    ExampleGroup::Clean => "clean examples of class",
+                    _ => "corrupted examples (label changed) with training label",
                 };
                 return Err(format!(
                     "per_class = {per_class}, but there are only {} {what} {c}; lower per_class",
@@ -200,11 +203,14 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let per_class = p.per_class as usize;
     let true_labels = to_i64(&run.data.train_true)?;
     let train_labels = to_i64(&run.data.train.y)?;
-    let corrupted = to_bool(&run.data.corrupted)?;
+    let groups = run.data.groups()?;
+    let corrupted: Vec<bool> = groups
+        .iter()
+        .map(|&g| g == ExampleGroup::Corrupted)
+        .collect();
     let chosen = choose_probe_set(
-        &true_labels,
         &train_labels,
-        &corrupted,
+        &groups,
         classes,
         per_class,
         p.seed as u64,
@@ -288,16 +294,20 @@ mod tests {
         let n = 400;
         let truth: Vec<i64> = (0..n).map(|i| i % 4).collect();
         let corrupted: Vec<bool> = (0..n).map(|i| i % 5 == 0).collect();
+        // Every 10th of the chosen keeps its label: those never enter the probe set.
+        let groups: Vec<ExampleGroup> = (0..n)
+            .map(|i| ExampleGroup::of(i % 5 == 0, i % 5 == 0 && i % 50 != 0))
+            .collect();
         let train: Vec<i64> = (0..n)
             .map(|i| {
-                if i % 5 == 0 {
+                if i % 5 == 0 && i % 50 != 0 {
                     (truth[i as usize] + 1) % 4
                 } else {
                     truth[i as usize]
                 }
             })
             .collect();
-        let chosen = choose_probe_set(&truth, &train, &corrupted, 3, 5, 1).unwrap();
+        let chosen = choose_probe_set(&train, &groups, 3, 5, 1).unwrap();
         assert_eq!(chosen.len(), 2 * 3 * 5);
         for c in 0..3 {
             assert_eq!(
@@ -315,7 +325,8 @@ mod tests {
                 5
             );
         }
-        assert!(choose_probe_set(&truth, &train, &corrupted, 3, 50, 1).is_err());
+        assert!(chosen.iter().all(|&i| i % 50 != 0), "unchanged left out");
+        assert!(choose_probe_set(&train, &groups, 3, 50, 1).is_err());
         // Projection: same seed, same matrix; the scale keeps norms about equal.
         let x = Tensor::randn([4, 3000], (Kind::Float, Device::Cpu));
         let a = project(&x, 1000, 9);

@@ -1,20 +1,33 @@
-//! The `gradnorm` stage's work: per checkpoint and layer, the loss gradient from clean and
-//! from corrupted examples.
+//! The `gradnorm` stage's work: per checkpoint, layer and group of examples, the mean
+//! cross-entropy gradient split into a label-dependent and a label-independent part (the
+//! paper's appendix, Eq. 25; science.md).
 //!
-//! Gradients are taken in evaluation mode (BatchNorm uses its running statistics), so an
-//! example's gradient does not depend on the others. For each layer, g_clean and g_corrupted
-//! are the mean gradients (over the layer's trainable parameters, flattened) of the two
-//! groups; the total is the mean over both. `corrupted_share` is
-//! |n_k g_k| / (|n_c g_c| + |n_k g_k|): the corrupted examples' part of the summed gradient.
-//! `gradnorm_examples.parquet` lists the examples used (`index`, `corrupted`).
+//! For logits z, softmax p, one-hot y and C classes, dL/dz = p - y = (p - 1/C) - (y - 1/C).
+//! Softmax ignores the all-ones direction of z, so both parts are centered: without the
+//! centering, the label-dependent part would carry the gradient of the mean logit, which
+//! every example shares whatever its label, and would hide the finding. For a group of n
+//! examples with logit Jacobians J_i (w.r.t. one layer's parameters):
+//! - label-dependent: G_dep = (1/n) sum_i J_i^T (y_i - 1/C), the gradient of the scalar
+//!   (1/n) sum_i (y_i - 1/C) . z_i;
+//! - label-independent: G_ind = (1/n) sum_i J_i^T (p_i - 1/C), the gradient of
+//!   (1/n) sum_i [logsumexp(z_i) - mean_c z_ic];
+//! - total: G_ind - G_dep, the group's mean cross-entropy gradient.
+//!
+//! Each is one backward pass (per chunk of examples, summed). Gradients are taken in
+//! evaluation mode (BatchNorm uses its running statistics), so an example's gradient does
+//! not depend on the others. Groups: clean (not chosen) and corrupted (label changed)
+//! examples, the same number n in both (all of the smaller group, or `max_examples`), and
+//! the chosen examples that kept their label (`unchanged`). `gradnorm_examples.parquet`
+//! records the examples; `per_example = true` adds every example's own three norms.
 
 use std::io::Write;
 
 use anyhow::Result;
 use pipe::stage::RunContext;
+use pipe::stages::corrupt::ExampleGroup;
 use pipe::stages::gradnorm::{EPOCH_PART_KIND, GradNormParams};
 use pipe::table::Table;
-use pipe::tables::{GradNorm, GradNormExamples};
+use pipe::tables::{GradNorm, GradNormExamples, GradNormPerExample};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -22,152 +35,205 @@ use tch::{Kind, Tensor};
 
 use crate::device;
 use crate::models::Net;
-use crate::trained_run::{TrainedRun, to_bool};
+use crate::trained_run::TrainedRun;
 
-/// One row of `gradnorm.parquet`.
-#[derive(Clone, Debug)]
-pub struct GradRow {
-    /// Epoch of the checkpoint.
-    pub epoch: i64,
-    /// Layer name.
-    pub layer: String,
-    /// |mean gradient of the clean examples|.
-    pub clean: f64,
-    /// |mean gradient of the corrupted examples|.
-    pub corrupted: Option<f64>,
-    /// |mean gradient of all chosen examples|.
-    pub total: f64,
-    /// The corrupted examples' share of the summed gradient.
-    pub corrupted_share: Option<f64>,
-    /// cos(g_clean, g_corrupted).
-    pub cosine: Option<f64>,
-    /// Mean per-example gradient norm of the clean examples.
-    pub clean_example: f64,
-    /// Mean per-example gradient norm of the corrupted examples.
-    pub corrupted_example: Option<f64>,
+/// Examples per forward and backward pass.
+const CHUNK: usize = 256;
+
+/// The per-epoch part's files.
+const GROUPS_FILE: &str = "gradnorm.parquet";
+const PER_EXAMPLE_FILE: &str = "gradnorm_per_example.parquet";
+
+/// The examples of each group, in the order groups are reported.
+pub struct Groups(pub Vec<(ExampleGroup, Vec<i64>)>);
+
+/// Picks each group's examples: clean and corrupted get the same number (the smaller
+/// group's size, at most `max`); unchanged ones all (at most `max`). Seeded; indices sorted.
+pub fn pick_examples(groups: &[ExampleGroup], max: Option<usize>, seed: u64) -> Groups {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let pool = |g: ExampleGroup| -> Vec<i64> {
+        (0..groups.len())
+            .filter(|&i| groups[i] == g)
+            .map(|i| i as i64)
+            .collect()
+    };
+    let (clean, corrupted, unchanged) = (
+        pool(ExampleGroup::Clean),
+        pool(ExampleGroup::Corrupted),
+        pool(ExampleGroup::Unchanged),
+    );
+    let cap = max.unwrap_or(usize::MAX);
+    let paired = if corrupted.is_empty() {
+        clean.len().min(cap)
+    } else {
+        clean.len().min(corrupted.len()).min(cap)
+    };
+    let mut out = Vec::new();
+    for (g, mut pool, n) in [
+        (ExampleGroup::Clean, clean, paired),
+        (ExampleGroup::Corrupted, corrupted, paired),
+        (ExampleGroup::Unchanged, unchanged, cap),
+    ] {
+        if pool.is_empty() {
+            continue;
+        }
+        pool.shuffle(&mut rng);
+        pool.truncate(n);
+        pool.sort_unstable();
+        out.push((g, pool));
+    }
+    Groups(out)
 }
 
-/// Per-layer gradient (flattened, in the layer's variable order) of the mean loss over `idx`.
-fn layer_grads(
-    net: &Net,
-    params: &[(String, Tensor)],
-    layers: &[String],
-    x: &Tensor,
-    y: &Tensor,
-    idx: &[i64],
-) -> Vec<Tensor> {
-    for (_, p) in params {
-        p.shallow_clone().zero_grad();
-    }
-    let i = Tensor::from_slice(idx).to_device(x.device());
-    let loss = net
-        .forward_t(&x.index_select(0, &i), false)
-        .cross_entropy_for_logits(&y.index_select(0, &i));
-    loss.backward();
-    layers
-        .iter()
-        .map(|l| {
-            let parts: Vec<Tensor> = params
-                .iter()
-                .filter(|(n, _)| net.layer_of(n) == Some(l.as_str()))
-                .map(|(_, p)| p.grad().to_kind(Kind::Double).flatten(0, -1))
+/// The trainable parameters of the layers that have some, grouped by layer.
+struct LayerParams {
+    names: Vec<String>,
+    /// For each layer, the positions of its tensors in `tensors`.
+    members: Vec<Vec<usize>>,
+    tensors: Vec<Tensor>,
+}
+
+impl LayerParams {
+    fn of(net: &Net) -> LayerParams {
+        let params: Vec<(String, Tensor)> = net
+            .parameters()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        let mut names = Vec::new();
+        let mut members = Vec::new();
+        for layer in net.layer_names() {
+            let m: Vec<usize> = (0..params.len())
+                .filter(|&i| net.layer_of(&params[i].0) == Some(layer.as_str()))
                 .collect();
-            Tensor::cat(&parts, 0)
-        })
-        .collect()
+            if !m.is_empty() {
+                names.push(layer);
+                members.push(m);
+            }
+        }
+        let tensors = params.into_iter().map(|(_, t)| t).collect();
+        LayerParams {
+            names,
+            members,
+            tensors,
+        }
+    }
+
+    /// Per layer, the flattened gradient (double) assembled from per-tensor gradients.
+    fn per_layer(&self, grads: &[Tensor]) -> Vec<Tensor> {
+        self.members
+            .iter()
+            .map(|m| Tensor::cat(&m.iter().map(|&i| grads[i].flatten(0, -1)).collect::<Vec<_>>(), 0))
+            .collect()
+    }
+}
+
+/// The two scalars whose gradients are G_dep and G_ind for the examples `idx`, each
+/// divided by `n`: (sum_i (y_i - 1/C) . z_i / n, sum_i [logsumexp(z_i) - mean z_i] / n).
+fn scalars(net: &Net, x: &Tensor, y: &Tensor, idx: &[i64], n: f64) -> (Tensor, Tensor) {
+    let i = Tensor::from_slice(idx).to_device(x.device());
+    let z = net.forward_t(&x.index_select(0, &i), false).to_kind(Kind::Double);
+    let c = z.size()[1];
+    let centered_y = y.index_select(0, &i).one_hot(c).to_kind(Kind::Double) - 1.0 / c as f64;
+    let dep = (centered_y * &z).sum(Kind::Double) / n;
+    let ind = (z.logsumexp([1i64].as_slice(), false) - z.mean_dim([1i64].as_slice(), false, Kind::Double))
+        .sum(Kind::Double)
+        / n;
+    (dep, ind)
+}
+
+/// Per layer, (G_dep, G_ind) of the examples `idx` (flattened, double).
+fn group_parts(lp: &LayerParams, net: &Net, x: &Tensor, y: &Tensor, idx: &[i64]) -> Vec<(Tensor, Tensor)> {
+    let n = idx.len() as f64;
+    let mut dep: Option<Vec<Tensor>> = None;
+    let mut ind: Option<Vec<Tensor>> = None;
+    let add = |sum: &mut Option<Vec<Tensor>>, g: Vec<Tensor>| {
+        let g: Vec<Tensor> = g.into_iter().map(|t| t.to_kind(Kind::Double)).collect();
+        *sum = Some(match sum.take() {
+            None => g,
+            Some(s) => s.iter().zip(&g).map(|(a, b)| a + b).collect(),
+        });
+    };
+    for chunk in idx.chunks(CHUNK) {
+        let (d, i) = scalars(net, x, y, chunk, n);
+        add(&mut dep, Tensor::run_backward(&[d], &lp.tensors, true, false));
+        add(&mut ind, Tensor::run_backward(&[i], &lp.tensors, false, false));
+    }
+    let (dep, ind) = (dep.unwrap_or_default(), ind.unwrap_or_default());
+    lp.per_layer(&dep).into_iter().zip(lp.per_layer(&ind)).collect()
 }
 
 fn norm(t: &Tensor) -> f64 {
     t.norm().double_value(&[])
 }
 
-/// Picks `subset` clean and `subset` corrupted examples (fewer when there are fewer).
-fn pick_examples(corrupted: &[bool], subset: usize, seed: u64) -> (Vec<i64>, Vec<i64>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut pick = |flag: bool| -> Vec<i64> {
-        let mut pool: Vec<i64> = (0..corrupted.len())
-            .filter(|&i| corrupted[i] == flag)
-            .map(|i| i as i64)
-            .collect();
-        pool.shuffle(&mut rng);
-        pool.truncate(subset);
-        pool
-    };
-    let clean = pick(false);
-    let cor = pick(true);
-    (clean, cor)
-}
-
-/// The rows of one checkpoint: per layer with trainable parameters, the two groups'
-/// gradients and how they compare.
-fn epoch_rows(
+/// One checkpoint's rows: per layer and group, the three norms; per example too when asked.
+fn epoch_tables(
     net: &Net,
     epoch: i64,
     (x, y): (&Tensor, &Tensor),
-    clean_idx: &[i64],
-    cor_idx: &[i64],
-) -> Vec<GradRow> {
-    let params = net.parameters();
-    let layers: Vec<String> = net
-        .layer_names()
-        .into_iter()
-        .filter(|l| {
-            params
-                .iter()
-                .any(|(n, _)| net.layer_of(n) == Some(l.as_str()))
-        })
-        .collect();
-    let g_clean = layer_grads(net, &params, &layers, x, y, clean_idx);
-    let g_cor = (!cor_idx.is_empty()).then(|| layer_grads(net, &params, &layers, x, y, cor_idx));
-    let per_example = |idx: &[i64]| -> Vec<f64> {
-        let mut sums = vec![0.0; layers.len()];
-        for &i in idx {
-            for (s, g) in sums
-                .iter_mut()
-                .zip(layer_grads(net, &params, &layers, x, y, &[i]))
-            {
-                *s += norm(&g);
+    groups: &Groups,
+    per_example: bool,
+) -> (GradNorm, Option<GradNormPerExample>) {
+    let lp = LayerParams::of(net);
+    let mut t = GradNorm::default();
+    let mut parts = Vec::new();
+    for (_, idx) in &groups.0 {
+        parts.push(group_parts(&lp, net, x, y, idx));
+    }
+    for (li, layer) in lp.names.iter().enumerate() {
+        for ((g, idx), p) in groups.0.iter().zip(&parts) {
+            let (dep, ind) = &p[li];
+            t.epoch.push(epoch);
+            t.layer.push(layer.clone());
+            t.group.push(g.as_str().to_string());
+            t.n.push(idx.len() as i64);
+            t.label_dependent.push(norm(dep));
+            t.label_independent.push(norm(ind));
+            t.total.push(norm(&(ind - dep)));
+        }
+    }
+    let examples = per_example.then(|| {
+        let mut e = GradNormPerExample::default();
+        for (g, idx) in &groups.0 {
+            for &i in idx {
+                for (layer, (dep, ind)) in lp.names.iter().zip(group_parts(&lp, net, x, y, &[i])) {
+                    e.epoch.push(epoch);
+                    e.layer.push(layer.clone());
+                    e.index.push(i);
+                    e.group.push(g.as_str().to_string());
+                    e.label_dependent.push(norm(&dep));
+                    e.label_independent.push(norm(&ind));
+                    e.total.push(norm(&(ind - dep)));
+                }
             }
         }
-        sums.into_iter()
-            .map(|s| s / idx.len().max(1) as f64)
-            .collect()
+        e
+    });
+    (t, examples)
+}
+
+/// The corrupted/clean ratio of the label-dependent norm per layer, for the log.
+fn ratios(t: &GradNorm) -> String {
+    let find = |layer: &str, group: &str| {
+        (0..t.layer.len())
+            .find(|&i| t.layer[i] == layer && t.group[i] == group)
+            .map(|i| t.label_dependent[i])
     };
-    let ex_clean = per_example(clean_idx);
-    let ex_cor = (!cor_idx.is_empty()).then(|| per_example(cor_idx));
-    let (nc, nk) = (clean_idx.len() as f64, cor_idx.len() as f64);
-    let mut rows = Vec::new();
-    for (li, layer) in layers.iter().enumerate() {
-        let gc = &g_clean[li];
-        let (corrupted_norm, total, share, cosine) = match &g_cor {
-            Some(gk) => {
-                let gk = &gk[li];
-                let total = (gc * nc + gk * nk) / (nc + nk);
-                let (a, b) = (norm(gc) * nc, norm(gk) * nk);
-                let cos =
-                    gc.dot(gk).double_value(&[]) / (norm(gc) * norm(gk)).max(f64::MIN_POSITIVE);
-                (
-                    Some(norm(gk)),
-                    norm(&total),
-                    Some(b / (a + b).max(f64::MIN_POSITIVE)),
-                    Some(cos),
-                )
-            }
-            None => (None, norm(gc), None, None),
-        };
-        rows.push(GradRow {
-            epoch,
-            layer: layer.clone(),
-            clean: norm(gc),
-            corrupted: corrupted_norm,
-            total,
-            corrupted_share: share,
-            cosine,
-            clean_example: ex_clean[li],
-            corrupted_example: ex_cor.as_ref().map(|v| v[li]),
-        });
+    let mut layers: Vec<&String> = Vec::new();
+    for l in &t.layer {
+        if !layers.contains(&l) {
+            layers.push(l);
+        }
     }
-    rows
+    layers
+        .iter()
+        .filter_map(|l| {
+            let (k, c) = (find(l, "corrupted")?, find(l, "clean")?);
+            Some(format!("{l} {:.3}", k / c.max(f64::MIN_POSITIVE)))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs one `gradnorm` instance.
@@ -175,23 +241,25 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
     tch::set_num_threads(ctx.threads as i32);
     let device = device::resolve(&p.worker.device).map_err(anyhow::Error::msg)?;
     let run = TrainedRun::load(ctx, device)?;
-    let corrupted = to_bool(&run.data.corrupted)?;
-    let (clean_idx, cor_idx) = pick_examples(&corrupted, p.subset as usize, p.seed as u64);
-    writeln!(
-        ctx.log,
-        "{} clean and {} corrupted examples",
-        clean_idx.len(),
-        cor_idx.len()
-    )?;
-    let chosen: Vec<i64> = clean_idx.iter().chain(&cor_idx).copied().collect();
-    GradNormExamples {
-        corrupted: chosen.iter().map(|&i| corrupted[i as usize]).collect(),
-        index: chosen,
+    let groups = pick_examples(
+        &run.data.groups()?,
+        p.max_examples.map(|m| m as usize),
+        p.seed as u64,
+    );
+    let counts: Vec<String> = groups
+        .0
+        .iter()
+        .map(|(g, idx)| format!("{} {}", idx.len(), g.as_str()))
+        .collect();
+    writeln!(ctx.log, "examples: {}", counts.join(", "))?;
+    let mut examples = GradNormExamples::default();
+    for (g, idx) in &groups.0 {
+        examples.index.extend_from_slice(idx);
+        examples.group.extend(idx.iter().map(|_| g.as_str().to_string()));
     }
-    .write(&ctx.out.join("gradnorm_examples.parquet"))?;
+    examples.write(&ctx.out.join("gradnorm_examples.parquet"))?;
     let identities = ctx.input_identities();
     let keys = identities.keys(ctx.params);
-    let mut table = GradNorm::default();
     // Each epoch's rows are a part keyed on its checkpoint: computed once.
     let parts = run.epoch_parts(
         &p.epochs,
@@ -200,31 +268,58 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
         |checkpoint| p.epoch_part_key(&keys, checkpoint),
         |ck, net, tmp| {
             let data = (&run.data.train.x, &run.data.train.y);
-            let rows = epoch_rows(net, ck.epoch, data, &clean_idx, &cor_idx);
-            rows_table(&rows, clean_idx.len(), cor_idx.len()).write(&tmp.join("gradnorm.parquet"))
+            let (rows, per) = epoch_tables(net, ck.epoch, data, &groups, p.per_example);
+            rows.write(&tmp.join(GROUPS_FILE))?;
+            per.map_or(Ok(()), |e| e.write(&tmp.join(PER_EXAMPLE_FILE)))
         },
     )?;
+    let mut table = GradNorm::default();
+    let mut per = GradNormPerExample::default();
     for part in &parts {
         let (epoch, how) = (part.checkpoint.epoch, part.how());
-        writeln!(ctx.log, "epoch {epoch}: {how} (part {})", &part.key[..12])?;
-        table.append(GradNorm::read(&part.dir.join("gradnorm.parquet"))?);
+        let rows = GradNorm::read(&part.dir.join(GROUPS_FILE))?;
+        writeln!(
+            ctx.log,
+            "epoch {epoch}: {how} (part {}); label-dependent corrupted/clean: {}",
+            &part.key[..12],
+            ratios(&rows)
+        )?;
+        table.append(rows);
+        if p.per_example {
+            per.append(GradNormPerExample::read(&part.dir.join(PER_EXAMPLE_FILE))?);
+        }
     }
-    table.write(&ctx.out.join("gradnorm.parquet"))
+    table.write(&ctx.out.join(GROUPS_FILE))?;
+    if p.per_example {
+        per.write(&ctx.out.join(PER_EXAMPLE_FILE))?;
+    }
+    Ok(())
 }
 
-/// The `gradnorm.parquet` rows of some gradient measurements.
-fn rows_table(rows: &[GradRow], n_clean: usize, n_corrupted: usize) -> GradNorm {
-    GradNorm {
-        epoch: rows.iter().map(|r| r.epoch).collect(),
-        layer: rows.iter().map(|r| r.layer.clone()).collect(),
-        clean_grad_norm: rows.iter().map(|r| r.clean).collect(),
-        corrupted_grad_norm: rows.iter().map(|r| r.corrupted).collect(),
-        total_grad_norm: rows.iter().map(|r| r.total).collect(),
-        corrupted_share: rows.iter().map(|r| r.corrupted_share).collect(),
-        cosine: rows.iter().map(|r| r.cosine).collect(),
-        clean_example_grad_norm: rows.iter().map(|r| r.clean_example).collect(),
-        corrupted_example_grad_norm: rows.iter().map(|r| r.corrupted_example).collect(),
-        n_clean: vec![n_clean as i64; rows.len()],
-        n_corrupted: vec![n_corrupted as i64; rows.len()],
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_paired_and_capped() {
+        use ExampleGroup::*;
+        // 10 clean, 4 corrupted, 2 unchanged.
+        let mut g = vec![Clean; 10];
+        g.extend([Corrupted; 4]);
+        g.extend([Unchanged; 2]);
+        let all = pick_examples(&g, None, 1);
+        let sizes: Vec<(ExampleGroup, usize)> = all.0.iter().map(|(k, v)| (*k, v.len())).collect();
+        assert_eq!(sizes, [(Clean, 4), (Corrupted, 4), (Unchanged, 2)]);
+        for (k, idx) in &all.0 {
+            assert!(idx.iter().all(|&i| g[i as usize] == *k));
+            assert!(idx.windows(2).all(|w| w[0] < w[1]));
+        }
+        let capped = pick_examples(&g, Some(3), 1);
+        let sizes: Vec<usize> = capped.0.iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(sizes, [3, 3, 2]);
+        // Without corruption every clean example is used.
+        let clean_only = pick_examples(&[Clean; 7], None, 1);
+        assert_eq!(clean_only.0.len(), 1);
+        assert_eq!(clean_only.0[0].1.len(), 7);
     }
 }

@@ -45,12 +45,12 @@ fn evaluate(net: &Net, run: &TrainedRun) -> Scores {
     let d = &run.data;
     let test = accuracy(&predict(net, &d.test.x), &d.test.y, None).unwrap_or(f64::NAN);
     let pred = predict(net, &d.train.x);
-    let clean_mask = d.corrupted.logical_not();
+    let clean_mask = d.clean();
     (
         test,
         accuracy(&pred, &d.train.y, Some(&clean_mask)).unwrap_or(f64::NAN),
-        accuracy(&pred, &d.train.y, Some(&d.corrupted)),
-        accuracy(&pred, &d.train_true, Some(&d.corrupted)),
+        accuracy(&pred, &d.train.y, Some(&d.changed)),
+        accuracy(&pred, &d.train_true, Some(&d.changed)),
     )
 }
 
