@@ -137,7 +137,7 @@ fn analysis_stages_measure_what_science_md_defines() {
     // cross-entropy gradient.
     let gn = dir_of(&p, &r, "gradnorm");
     let g = query(&format!(
-        "SELECT epoch, layer, \"group\", n, label_dependent, label_independent, total FROM '{}/gradnorm.parquet' ORDER BY epoch, layer, \"group\"",
+        "SELECT epoch, layer, \"group\", n, label_dependent, label_independent, total FROM '{}/gradnorm.parquet' ORDER BY epoch, layer, \"group\" ASC",
         gn.display()
     ));
     let rows = g.as_array().unwrap();
