@@ -8,7 +8,9 @@
 //! that carry its training label and its true label. Clusters by training label among the
 //! corrupted examples are the memorized random labels.
 //!
-//! t-SNE is seeded and deterministic, with the same perplexity for every epoch and layer.
+//! t-SNE is seeded and deterministic, with the same perplexity for every epoch and layer
+//! (lowered, with a warning in the log, when the probe set has too few examples for it:
+//! [`usable_perplexity`]).
 //! Each epoch is embedded into a part of its own, keyed on the activations' part of that
 //! epoch, like `probe`. Runs in the `pipe` process (no libtorch).
 
@@ -87,8 +89,17 @@ fn embed_layer(
             "pca" => embedding::pca_2d(x, n, d)
                 .map_err(|m| BadData(format!("PCA of epoch {epoch}, layer {layer}: {m}")))?,
             _ => {
+                let perplexity = usable_perplexity(p.perplexity, n);
+                if perplexity < p.perplexity {
+                    writeln!(
+                        log,
+                        "warning: perplexity {} needs more than {} points; {n} probe examples use {perplexity:.3}",
+                        p.perplexity,
+                        (3.0 * p.perplexity).ceil()
+                    )?;
+                }
                 let options = embedding::TsneOptions {
-                    perplexity: p.perplexity,
+                    perplexity,
                     iterations: p.iterations as usize,
                     seed: p.seed as u64,
                     ..Default::default()
@@ -125,6 +136,18 @@ fn embed_layer(
         )?;
     }
     Ok(())
+}
+
+/// The perplexity t-SNE uses for `n` points: the one asked for, or, when `n` is too small
+/// for it (t-SNE needs n - 1 >= 3 x perplexity), just under the largest that `n` allows,
+/// (n - 1) / 3. It depends on `n` alone, so every epoch of an instance uses the same.
+pub fn usable_perplexity(asked: f64, n: usize) -> f64 {
+    let room = n.saturating_sub(1) as f64;
+    if room >= 3.0 * asked {
+        asked
+    } else {
+        (room / 3.0 * (1.0 - 1e-9)).max(f64::MIN_POSITIVE)
+    }
 }
 
 /// Each example's neighbour agreement by training and by true label, among its own group.
@@ -299,5 +322,27 @@ impl Kind for Embed {
             table.append(Embedding::read(&part_dir.join("embedding.parquet"))?);
         }
         table.write(&ctx.out.join("embedding.parquet"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perplexity_is_lowered_only_for_small_probe_sets() {
+        assert_eq!(usable_perplexity(30.0, 1000), 30.0);
+        assert_eq!(usable_perplexity(30.0, 91), 30.0, "n - 1 = 3 x 30 is enough");
+        // 50 points: (50 - 1) / 3 = 16.33, just under.
+        let p = usable_perplexity(30.0, 50);
+        assert!((p - 49.0 / 3.0).abs() < 1e-6 && p < 49.0 / 3.0);
+        assert!(49.0 >= 3.0 * p);
+        let x: Vec<f32> = (0..50 * 3).map(|i| ((i * 37) % 11) as f32).collect();
+        let options = embedding::TsneOptions {
+            perplexity: p,
+            iterations: 10,
+            ..Default::default()
+        };
+        assert!(embedding::tsne_2d(&x, 50, 3, &options).is_ok());
     }
 }

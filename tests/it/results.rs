@@ -9,7 +9,7 @@ fn with_table_stage() -> String {
         "{BASIC}\n[stage.table]\nkind = \"exec\"\ninputs = {{ labels = \"corrupt\" }}\ntables = [\"summary\"]\n\
          cmd = [\"python3\", \"-c\", \"import os, pyarrow as pa, pyarrow.parquet as pq; \
          t = pq.read_table(os.environ['PIPE_INPUT_LABELS'] + '/labels.parquet'); \
-         pq.write_table(pa.table({{'n': [t.num_rows], 'corrupted_rows': [sum(t.column('corrupted').to_pylist())]}}), \
+         pq.write_table(pa.table({{'n': [t.num_rows], 'chosen_rows': [sum(t.column('chosen').to_pylist())]}}), \
          os.environ['PIPE_OUT'] + '/summary.parquet')\"]\n"
     )
 }
@@ -39,7 +39,7 @@ fn export_gathers_tables_with_sweep_columns_and_matches_the_artifacts() {
     let q = python(&format!(
         "import duckdb, json\n\
          r = duckdb.sql(\"SELECT noise, seed, count(*), avg(chosen::INT), count(DISTINCT key), min(stage) FROM '{d}/labels.parquet' GROUP BY ALL ORDER BY ALL\").fetchall()\n\
-         s = duckdb.sql(\"SELECT noise, seed, n, corrupted_rows FROM '{d}/summary.parquet' ORDER BY ALL\").fetchall()\n\
+         s = duckdb.sql(\"SELECT noise, seed, n, chosen_rows FROM '{d}/summary.parquet' ORDER BY ALL\").fetchall()\n\
          print(json.dumps({{'labels': [list(x) for x in r], 'summary': [list(x) for x in s]}}))",
         d = results.display()
     ));
@@ -77,7 +77,8 @@ fn export_gathers_tables_with_sweep_columns_and_matches_the_artifacts() {
             "index",
             "true_label",
             "train_label",
-            "corrupted",
+            "chosen",
+            "changed",
             "noise",
             "seed",
             "stage",

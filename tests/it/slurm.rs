@@ -84,12 +84,12 @@ fn quick_pipeline_through_slurm_equals_a_local_run_and_is_not_resubmitted() {
     assert_eq!(code, 0, "{sr}");
     let executed = keys(&sr, "executed");
     assert_eq!(executed, keys(&lr, "executed"), "the same keys");
-    // 29 jobs; one (a summary at noise 0.0, whose labels are the same bytes for both
+    // 33 jobs; one (a summary at noise 0.0, whose labels are the same bytes for both
     // seeds) resolves on its node to the key its twin computed and exits at once.
-    assert_eq!(executed.len(), 28);
+    assert_eq!(executed.len(), 32);
     assert_eq!(keys(&sr, "cached").len(), 1);
     assert_eq!(keys(&sr, "cached"), keys(&lr, "cached"));
-    assert_eq!(sr["submitted"], 29);
+    assert_eq!(sr["submitted"], 33);
     // Every job ran on the node through `pipe job`, its Slurm log in the run's folder.
     for j in sr["jobs"].as_array().unwrap() {
         assert!(Path::new(j["slurm_log"].as_str().unwrap()).exists(), "{j}");
@@ -106,7 +106,7 @@ fn quick_pipeline_through_slurm_equals_a_local_run_and_is_not_resubmitted() {
     // A second Slurm run finds everything cached and submits nothing.
     let (code, again) = slurm.run(file, &args);
     assert_eq!(code, 0, "{again}");
-    assert_eq!(keys(&again, "cached").len(), 29);
+    assert_eq!(keys(&again, "cached").len(), 33);
     assert!(again["executed"].as_array().unwrap().is_empty());
     assert_eq!(again["submitted"], 0, "{again}");
     assert_eq!(
