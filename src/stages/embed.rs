@@ -332,7 +332,11 @@ mod tests {
     #[test]
     fn perplexity_is_lowered_only_for_small_probe_sets() {
         assert_eq!(usable_perplexity(30.0, 1000), 30.0);
-        assert_eq!(usable_perplexity(30.0, 91), 30.0, "n - 1 = 3 x 30 is enough");
+        assert_eq!(
+            usable_perplexity(30.0, 91),
+            30.0,
+            "n - 1 = 3 x 30 is enough"
+        );
         // 50 points: (50 - 1) / 3 = 16.33, just under.
         let p = usable_perplexity(30.0, 50);
         assert!((p - 49.0 / 3.0).abs() < 1e-6 && p < 49.0 / 3.0);

@@ -28,6 +28,7 @@ kind = "gradnorm"
 inputs = ["train"]
 epochs = [0, 1, "final"]
 max_examples = 60
+per_example = true
 [stage.rollback]
 kind = "rollback"
 inputs = ["train"]
@@ -192,12 +193,36 @@ fn analysis_stages_measure_what_science_md_defines() {
              \x20   ind = norms((torch.logsumexp(z, 1) - z.mean(1)).sum() / len(idx))\n\
              \x20   tot = norms(torch.nn.functional.cross_entropy(z, y[idx]))\n\
              \x20   out[group] = {{l: [dep[l].norm().item(), ind[l].norm().item(), tot[l].norm().item(), ok] for l in layers}}\n\
+             i = [ex['index'][0]]\n\
+             z = logits(i)\n\
+             one = [norms(((torch.nn.functional.one_hot(y[i], 10).double() - 0.1) * z).sum()), norms(torch.logsumexp(z, 1).sum() - z.mean()), norms(torch.nn.functional.cross_entropy(z, y[i]))]\n\
+             out['one'] = {{'index': i[0], **{{l: [v[l].norm().item() for v in one] for l in layers}}}}\n\
              print(json.dumps(out))",
             d = data.display(),
             l = labels.display(),
             g = gn.display(),
             c = ck_dir(epoch).display()
         ));
+        // One example's own three norms, per layer.
+        let one = &py["one"];
+        let mine = query(&format!(
+            "SELECT layer, label_dependent, label_independent, total FROM '{}/gradnorm_per_example.parquet' WHERE epoch = {epoch} AND index = {} ORDER BY layer",
+            gn.display(),
+            one["index"]
+        ));
+        assert_eq!(mine.as_array().unwrap().len(), 3, "{mine}");
+        for row in mine.as_array().unwrap() {
+            for k in 0..3 {
+                let (a, b) = (
+                    row[k + 1].as_f64().unwrap(),
+                    one[row[0].as_str().unwrap()][k].as_f64().unwrap(),
+                );
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1e-6),
+                    "one example, epoch {epoch}: ours {a} vs PyTorch {b}"
+                );
+            }
+        }
         for row in rows.iter().filter(|r| r[0] == epoch && r[2] != "unchanged") {
             let (layer, group) = (row[1].as_str().unwrap(), row[2].as_str().unwrap());
             let theirs = &py[group][layer];

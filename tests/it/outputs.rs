@@ -312,10 +312,12 @@ fn nightly_sweep_plans_every_branch() {
         "train_cnn",
         "activations_mlp",
         "probe_mlp",
+        "embed_mlp",
         "gradnorm_mlp",
         "rollback_mlp",
         "activations_cnn",
         "probe_cnn",
+        "embed_cnn",
         "gradnorm_cnn",
         "rollback_cnn",
     ] {
