@@ -104,3 +104,42 @@ impl Kind for Activations {
     }
     crate::worker::worker_kind_methods!(ActivationsParams);
 }
+
+/// Runs an analysis of an `activations` artifact (`ctx`'s `activations` input) epoch by
+/// epoch, each epoch's output a part of its own: keyed by `key_of` on the activations'
+/// part of that epoch, written by `write` (given the epoch, a folder and the log) only when
+/// not cached, and handed to `read` (given the epoch and the part's folder) in epoch order.
+/// An activations artifact without parts is analysed into a scratch folder in the output.
+/// The log says, per epoch, whether it was computed or reused.
+pub fn for_each_epoch_part(
+    ctx: &mut crate::stage::RunContext<'_>,
+    epochs: &[i64],
+    part_kind: &str,
+    key_of: impl Fn(&KeyInputs<'_>, &str) -> String,
+    mut write: impl FnMut(i64, &std::path::Path, &mut std::fs::File) -> anyhow::Result<()>,
+    mut read: impl FnMut(i64, &std::path::Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let identities = ctx.input_identities();
+    let keys = identities.keys(ctx.params);
+    for &epoch in epochs {
+        let part = keys.input_part("activations", &crate::stages::train::checkpoint_part(epoch));
+        let Some(key) = part.map(|a| key_of(&keys, a)) else {
+            let scratch = ctx.out.join(format!(".epoch-{epoch}"));
+            std::fs::create_dir_all(&scratch)?;
+            write(epoch, &scratch, ctx.log)?;
+            read(epoch, &scratch)?;
+            std::fs::remove_dir_all(&scratch)?;
+            continue;
+        };
+        let params = serde_json::json!({"epoch": epoch});
+        let log = &mut *ctx.log;
+        let (dir, computed) = ctx
+            .parts
+            .get_or_put(&key, part_kind, &params, &mut |tmp| write(epoch, tmp, log))?;
+        let how = if computed { "computed" } else { "reused" };
+        writeln!(ctx.log, "epoch {epoch}: {how} (part {})", &key[..12])?;
+        read(epoch, &dir)?;
+    }
+    Ok(())
+}

@@ -15,7 +15,6 @@
 //! epoch, like `probe`. Runs in the `pipe` process (no libtorch).
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
@@ -23,8 +22,7 @@ use crate::embedding;
 use crate::stage::{
     BadData, CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
 };
-use crate::stages::activations::{ActivationsInfo, ActivationsParams};
-use crate::stages::train::checkpoint_part;
+use crate::stages::activations::{ActivationsInfo, ActivationsParams, for_each_epoch_part};
 use crate::stages::trained::Layers;
 use crate::table::{Column, Table};
 use crate::tables::{Embedding, Features, ProbeSet};
@@ -283,44 +281,36 @@ impl Kind for Embed {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(ctx.threads)
             .build()?;
-        let identities = ctx.input_identities();
-        let keys = identities.keys(ctx.params);
-        let mut table = Embedding::default();
-        for &epoch in &info.epochs {
-            let embed = |log: &mut std::fs::File| -> Result<Embedding> {
-                let mut t = Embedding::default();
-                for layer in &layers {
-                    let features = Features::read(
-                        &dir.join(format!("epoch={epoch}"))
-                            .join(format!("{layer}.parquet")),
-                    )?;
-                    if features.features.rows() != set.true_label.len() {
-                        bail!(
-                            "epoch {epoch} layer {layer}: {} rows for {} probe examples",
-                            features.features.rows(),
-                            set.true_label.len()
-                        );
-                    }
-                    pool.install(|| embed_layer(p, epoch, layer, &features, &set, &mut t, log))?;
+        let embed = |epoch: i64, log: &mut std::fs::File| -> Result<Embedding> {
+            let mut t = Embedding::default();
+            for layer in &layers {
+                let features = Features::read(
+                    &dir.join(format!("epoch={epoch}"))
+                        .join(format!("{layer}.parquet")),
+                )?;
+                if features.features.rows() != set.true_label.len() {
+                    bail!(
+                        "epoch {epoch} layer {layer}: {} rows for {} probe examples",
+                        features.features.rows(),
+                        set.true_label.len()
+                    );
                 }
-                Ok(t)
-            };
-            let part = keys.input_part("activations", &checkpoint_part(epoch));
-            let Some(key) = part.map(|a| p.epoch_part_key(&keys, a)) else {
-                table.append(embed(ctx.log)?);
-                continue;
-            };
-            let params = serde_json::json!({"epoch": epoch});
-            let log = &mut *ctx.log;
-            let (part_dir, computed) =
-                ctx.parts
-                    .get_or_put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
-                        embed(log)?.write(&tmp.join("embedding.parquet"))
-                    })?;
-            let how = if computed { "computed" } else { "reused" };
-            writeln!(ctx.log, "epoch {epoch}: {how} (part {})", &key[..12])?;
-            table.append(Embedding::read(&part_dir.join("embedding.parquet"))?);
-        }
+                pool.install(|| embed_layer(p, epoch, layer, &features, &set, &mut t, log))?;
+            }
+            Ok(t)
+        };
+        let mut table = Embedding::default();
+        for_each_epoch_part(
+            ctx,
+            &info.epochs,
+            EPOCH_PART_KIND,
+            |keys, part| p.epoch_part_key(keys, part),
+            |epoch, folder, log| embed(epoch, log)?.write(&folder.join("embedding.parquet")),
+            |_, folder| {
+                table.append(Embedding::read(&folder.join("embedding.parquet"))?);
+                Ok(())
+            },
+        )?;
         table.write(&ctx.out.join("embedding.parquet"))
     }
 }

@@ -22,8 +22,7 @@ use crate::geometry;
 use crate::stage::{
     CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
 };
-use crate::stages::activations::ActivationsInfo;
-use crate::stages::train::checkpoint_part;
+use crate::stages::activations::{ActivationsInfo, for_each_epoch_part};
 use crate::table::{Column, Table};
 use crate::tables::{self, Features, ProbeManifolds, ProbeSet};
 
@@ -249,53 +248,42 @@ impl Kind for Probe {
                 .num_threads(ctx.threads)
                 .build()?,
         };
-        let identities = ctx.input_identities();
-        let keys = identities.keys(ctx.params);
         let (mut probe, mut manifolds) = (tables::Probe::default(), ProbeManifolds::default());
-        for &epoch in &info.epochs {
-            let analyse = |log: &mut std::fs::File| -> Result<Vec<Row>> {
-                let mut rows = Vec::new();
-                for (li, layer) in info.layers.iter().enumerate() {
-                    let features = Features::read(
-                        &dir.join(format!("epoch={epoch}"))
-                            .join(format!("{}.parquet", layer.name)),
-                    )?;
-                    let n = features.features.rows();
-                    if n != set.true_label.len() {
-                        anyhow::bail!(
-                            "epoch {epoch} layer {}: {n} rows for {} probe examples",
-                            layer.name,
-                            set.true_label.len()
-                        );
-                    }
-                    // Random streams of (epoch, layer, labeling), whatever else is analysed.
-                    let mut salt = ((epoch as u64) << 16) | ((li as u64) << 4);
-                    rows.extend(analysis.layer(epoch, &layer.name, &features, &mut salt, log)?);
+        let analyse = |epoch: i64, log: &mut std::fs::File| -> Result<Vec<Row>> {
+            let mut rows = Vec::new();
+            for (li, layer) in info.layers.iter().enumerate() {
+                let features = Features::read(
+                    &dir.join(format!("epoch={epoch}"))
+                        .join(format!("{}.parquet", layer.name)),
+                )?;
+                let n = features.features.rows();
+                if n != set.true_label.len() {
+                    anyhow::bail!(
+                        "epoch {epoch} layer {}: {n} rows for {} probe examples",
+                        layer.name,
+                        set.true_label.len()
+                    );
                 }
-                Ok(rows)
-            };
-            let part = keys.input_part("activations", &checkpoint_part(epoch));
-            let Some(key) = part.map(|a| p.epoch_part_key(&keys, a)) else {
-                // An activations artifact without parts: analyse into the output alone.
-                let (pr, m) = row_tables(&analyse(ctx.log)?, p.n_t);
-                probe.append(pr);
-                manifolds.append(m);
-                continue;
-            };
-            let params = serde_json::json!({"epoch": epoch});
-            let log = &mut *ctx.log;
-            let (part_dir, computed) =
-                ctx.parts
-                    .get_or_put(&key, EPOCH_PART_KIND, &params, &mut |tmp: &Path| {
-                        write_tables(tmp, &analyse(log)?, p.n_t)
-                    })?;
-            let how = if computed { "computed" } else { "reused" };
-            writeln!(ctx.log, "epoch {epoch}: {how} (part {})", &key[..12])?;
-            probe.append(tables::Probe::read(&part_dir.join("probe.parquet"))?);
-            manifolds.append(ProbeManifolds::read(
-                &part_dir.join("probe_manifolds.parquet"),
-            )?);
-        }
+                // Random streams of (epoch, layer, labeling), whatever else is analysed.
+                let mut salt = ((epoch as u64) << 16) | ((li as u64) << 4);
+                rows.extend(analysis.layer(epoch, &layer.name, &features, &mut salt, log)?);
+            }
+            Ok(rows)
+        };
+        for_each_epoch_part(
+            ctx,
+            &info.epochs,
+            EPOCH_PART_KIND,
+            |keys, part| p.epoch_part_key(keys, part),
+            |epoch, folder, log| write_tables(folder, &analyse(epoch, log)?, p.n_t),
+            |_, folder| {
+                probe.append(tables::Probe::read(&folder.join("probe.parquet"))?);
+                manifolds.append(ProbeManifolds::read(
+                    &folder.join("probe_manifolds.parquet"),
+                )?);
+                Ok(())
+            },
+        )?;
         probe.write(&ctx.out.join("probe.parquet"))?;
         manifolds.write(&ctx.out.join("probe_manifolds.parquet"))
     }
