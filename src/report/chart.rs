@@ -29,6 +29,8 @@ pub struct Panel {
     pub y_label: String,
     /// Names of the integer x positions 0, 1, ... (layers), or `None` for a numeric axis.
     pub x_names: Option<Vec<String>>,
+    /// A logarithmic x axis (numeric axes only; x values must be positive).
+    pub log_x: bool,
     /// The lines.
     pub lines: Vec<Line>,
 }
@@ -229,11 +231,27 @@ fn draw_panel<DB: DrawingBackend>(
     p: &Panel,
     color_of: &dyn Fn(&str) -> RGBColor,
 ) -> Result<()> {
+    // A log axis is drawn as a linear axis of log10(x), labelled with x.
+    let logged;
+    let p = if p.log_x && p.x_names.is_none() {
+        let mut q = p.clone();
+        for l in &mut q.lines {
+            l.points.retain(|(x, _)| *x > 0.0);
+            for (x, _) in &mut l.points {
+                *x = x.log10();
+            }
+        }
+        logged = q;
+        &logged
+    } else {
+        p
+    };
+    let log_x = p.log_x && p.x_names.is_none();
     let xs = p
         .lines
         .iter()
         .flat_map(|l| l.points.iter().map(|(x, _)| *x));
-    let integer_x = xs.clone().all(|x| x.fract() == 0.0);
+    let integer_x = !log_x && xs.clone().all(|x| x.fract() == 0.0);
     let (xlo, xhi) = match &p.x_names {
         Some(names) => (-0.5, names.len() as f64 - 0.5),
         None => range(
@@ -269,6 +287,14 @@ fn draw_panel<DB: DrawingBackend>(
                 names.get(i as usize).cloned().unwrap_or_default()
             }
             Some(_) => String::new(),
+            None if log_x => {
+                let v = 10f64.powf(*x);
+                if v >= 10.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                }
+            }
             None if on_integer => format!("{i:.0}"),
             None if integer_x => String::new(),
             None => format!("{x:.2}"),
@@ -542,6 +568,7 @@ mod tests {
             x_label: "epoch".into(),
             y_label: "v".into(),
             x_names: None,
+            log_x: false,
             lines,
         };
         let svg = panels_svg(
@@ -566,6 +593,7 @@ mod tests {
                 x_label: "epoch".into(),
                 y_label: "accuracy".into(),
                 x_names: None,
+                log_x: false,
                 lines: vec![Line {
                     name: "noise=0.4".into(),
                     points: vec![(0.0, s(0.1)), (1.0, s(0.5))],

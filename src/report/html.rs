@@ -43,7 +43,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Each finding: the study's claim and what its figures show.
-const FINDINGS: [(&str, &str); 5] = [
+const FINDINGS: [(&str, &str); 6] = [
     (
         "Memorization comes late",
         "Test accuracy and the accuracy on corrupted training examples (label changed), scored \
@@ -77,6 +77,14 @@ const FINDINGS: [(&str, &str); 5] = [
          label). Neighbour agreement is the share of an example's 10 nearest neighbours in 2-D \
          that carry its label.",
     ),
+    (
+        "Double descent with model size",
+        "For a sweep over a variable named `width`: test and train error at the final epoch \
+         against width (log axis), a line per group, and the last probed layer's manifold \
+         capacity, radius and dimension against width. Test error falls, peaks where the \
+         network can just interpolate the training set (train error reaches 0), and falls \
+         again as the network grows; label noise raises the peak.",
+    ),
 ];
 
 /// The heading of finding `i` (1-based): the claim with the measured result of the first
@@ -98,12 +106,13 @@ figcaption{font-size:.9em;color:#555}table{border-collapse:collapse;font-size:.8
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f4f4f4}\
 td.num{text-align:right}code{font-size:.95em}.missing{color:#a33}.note{color:#555}";
 
-/// The whole page.
+/// The whole page, with the sections of the findings numbered in `sections`.
 pub fn page(
     pipeline: &str,
     description: &str,
     generated: &str,
     over: &[String],
+    sections: &[usize],
     figures: &[Figure],
     runs: &[RunRow],
 ) -> String {
@@ -125,6 +134,9 @@ pub fn page(
         },
     );
     for (i, (name, text)) in FINDINGS.iter().enumerate() {
+        if !sections.contains(&(i + 1)) {
+            continue;
+        }
         let mine: Vec<&Figure> = figures.iter().filter(|f| f.finding == i + 1).collect();
         let title = heading(i + 1, name, &mine);
         let _ = write!(h, "<h2>{}</h2>\n<p>{}</p>\n", escape(&title), escape(text));

@@ -28,7 +28,7 @@ pub struct Written {
     pub index: PathBuf,
     /// The figure files (SVG), in page order.
     pub figures: Vec<PathBuf>,
-    /// Findings (1 to 5) with no figure, for want of cached tables.
+    /// Findings (1 to 6) with no figure, for want of cached tables.
     pub without_figure: Vec<usize>,
     /// Instances with tables that are not in the cache (left out).
     pub missing: Vec<NodeIndex>,
@@ -86,9 +86,18 @@ pub fn report(
         findings::gradients,
         findings::rollback,
         findings::embeddings,
+        findings::double_descent,
     ] {
         figures.extend(build(&data).map_err(|e| Error::usage(format!("{e:#}")))?);
     }
+    // Double descent needs a sweep over model size; other pipelines have no such section.
+    let sweeps_size = plan
+        .spec
+        .sweep
+        .vars
+        .iter()
+        .any(|v| v.name == findings::SIZE_VAR);
+    let sections: Vec<usize> = (1..=6).filter(|&i| i != 6 || sweeps_size).collect();
     let page = html::page(
         &plan.spec.name,
         plan.spec.description.as_deref().unwrap_or(""),
@@ -98,6 +107,7 @@ pub fn report(
             plan.spec.path.display()
         ),
         over,
+        &sections,
         &figures,
         &run_rows(plan, store),
     );
@@ -108,7 +118,9 @@ pub fn report(
             .iter()
             .map(|f| dir.join(format!("{}.svg", f.stem)))
             .collect(),
-        without_figure: (1..=5)
+        without_figure: sections
+            .iter()
+            .copied()
             .filter(|i| !figures.iter().any(|f| f.finding == *i))
             .collect(),
         missing: gathered.missing,

@@ -21,7 +21,7 @@ use crate::worker::WorkerParams;
 pub const NAME: &str = "train";
 
 /// Code version of `train` and of its checkpoints.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The kind recorded in checkpoint manifests (and hashed into their keys).
 pub const CHECKPOINT_KIND: &str = "train.checkpoint";
@@ -55,11 +55,35 @@ crate::param_enum! {
     }
 }
 
+crate::param_enum! {
+    /// The training losses.
+    pub enum Loss {
+        /// Softmax cross-entropy on the labels.
+        CrossEntropy = "cross_entropy",
+        /// Squared error between the logits and one-hot targets (mean over all entries).
+        Mse = "mse",
+    }
+}
+
+crate::param_enum! {
+    /// How weights are initialized.
+    pub enum Init {
+        /// He et al.'s uniform for ReLU networks, U(+-sqrt(6 / fan_in)).
+        Kaiming = "kaiming",
+        /// PyTorch's nn.Linear / nn.Conv2d default, U(+-1/sqrt(fan_in)), biases alike.
+        Torch = "torch",
+    }
+}
+
 crate::stage_params! {
     /// The parameters of `train`.
     pub struct TrainParams {
         model: Model, required, "mlp, cnn (28x28), vgg11, vgg16, resnet18, alexnet (CIFAR)";
         hidden: Vec<i64>, default "[512, 512]", "mlp: hidden layer widths";
+        width: Option<f64>, optional, "cnn, vgg, alexnet: channel multiplier (1 = standard widths); resnet18: k, stage widths k, 2k, 4k, 8k (64 = standard)";
+        loss: Loss, default "\"cross_entropy\"", "cross_entropy, or mse (squared error to one-hot targets)";
+        freeze: Vec<String>, default "[]", "layers kept at their initial weights (trained as given, kept in checkpoints)";
+        init: Init, default "\"kaiming\"", "weights: kaiming (U(+-sqrt(6/fan_in))) or torch (PyTorch's default, U(+-1/sqrt(fan_in)))";
         batch_norm: bool, default "false", "vgg: BatchNorm after each conv";
         epochs: i64, required, "training epochs";
         batch_size: i64, default "128", "examples per step";
@@ -97,6 +121,25 @@ impl TrainParams {
         let mut p = keys.key_params(TrainParams::specs(), leave_out);
         p.insert("epoch".into(), serde_json::Value::from(epoch));
         compute_key(CHECKPOINT_KIND, VERSION, &p, keys.input_keys, &[])
+    }
+
+    /// Checks `width` against the model: a positive multiplier, or resnet18's whole k.
+    fn check_width(&self, w: f64) -> Result<(), ParamError> {
+        match self.model {
+            Model::Mlp => Err(ParamError::param(
+                "width",
+                "mlp takes its widths from `hidden`",
+            )),
+            Model::Resnet18 if w < 1.0 || w.fract() != 0.0 => Err(ParamError::param(
+                "width",
+                format!("resnet18: k must be a whole number of channels, at least 1, got {w}"),
+            )),
+            _ if !(w > 0.0 && w.is_finite()) => Err(ParamError::param(
+                "width",
+                format!("must be a positive multiplier, got {w}"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The layer names of the model (`input` first), as the models in `pipe-torch` name
@@ -141,6 +184,24 @@ pub struct ModelInfo {
     pub input: [i64; 3],
     /// Number of classes.
     pub classes: i64,
+    /// The `width` parameter, if given.
+    #[serde(default)]
+    pub width: Option<f64>,
+    /// The training loss.
+    #[serde(default)]
+    pub loss: String,
+    /// The weight initialization.
+    #[serde(default)]
+    pub init: String,
+    /// Layers kept at their initial weights.
+    #[serde(default)]
+    pub frozen: Vec<String>,
+    /// Trainable parameters (frozen layers' included), and those of frozen layers.
+    #[serde(default)]
+    pub parameters: i64,
+    /// Parameters of the frozen layers.
+    #[serde(default)]
+    pub frozen_parameters: i64,
     /// Layers in order (`input` first) with the variables each owns.
     pub layers: Vec<LayerInfo>,
 }
@@ -277,6 +338,28 @@ impl Kind for Train {
         }
         if p.hidden.iter().any(|&w| w < 1) {
             return Err(ParamError::param("hidden", "widths must be at least 1"));
+        }
+        if let Some(w) = p.width {
+            p.check_width(w)?;
+        }
+        let names = p.layer_names();
+        for l in &p.freeze {
+            if l == "input" || !names.contains(l) {
+                return Err(ParamError::param(
+                    "freeze",
+                    format!(
+                        "unknown layer \"{l}\"{}; this model's layers: {}",
+                        crate::error::suggest(l, names.iter().skip(1).map(String::as_str)),
+                        names[1..].join(", ")
+                    ),
+                ));
+            }
+        }
+        if p.freeze.len() == names.len() - 1 {
+            return Err(ParamError::param(
+                "freeze",
+                "freezes every layer: nothing would train",
+            ));
         }
         if let Some(bad) = p.checkpoints.iter().find(|&&e| e < 0 || e > p.epochs) {
             return Err(ParamError::param(

@@ -251,6 +251,82 @@ fn two_runs_give_identical_weights_and_metrics() {
 }
 
 #[test]
+fn frozen_random_features_with_squared_loss_as_pytorch_computes_them() {
+    // Random ReLU features: fc1 frozen at its (PyTorch-style) initialization, the readout
+    // trained by full-batch Adam on squared loss to one-hot targets.
+    let p = Project::new();
+    let mut text = pipeline(&[0.2], 6, "[0, 3]");
+    text = with_values(
+        &text,
+        &[
+            ("stage.train.hidden", "[64]"),
+            ("stage.train.batch_size", "1000"),
+        ],
+    );
+    let text = text.replace(
+        "device = \"cpu\"",
+        "device = \"cpu\"\nfreeze = [\"fc1\"]\nloss = \"mse\"\ninit = \"torch\"\noptimizer = \"adam\"",
+    );
+    p.write("t.toml", &text);
+    let (code, r) = p.run("t.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let train = artifact(&p, &of_stage(&r, "executed", "train")[0]["key"]);
+    let cks: Vec<Json> =
+        serde_json::from_slice(&std::fs::read(train.join("checkpoints.json")).unwrap()).unwrap();
+    let ck = |e: i64| artifact(&p, &cks.iter().find(|c| c["epoch"] == e).unwrap()["key"]);
+    let data = artifact(&p, &of_stage(&r, "executed", "data")[0]["key"]);
+    let labels = artifact(&p, &of_stage(&r, "executed", "corrupt")[0]["key"]);
+    let q = python(&format!(
+        "import json, numpy as np, torch, pyarrow.parquet as pq\n\
+         from safetensors.torch import load_file\n\
+         t = pq.read_table('{d}/train.parquet')\n\
+         x = torch.tensor(np.stack(t.column('image').to_numpy(zero_copy_only=False)).astype(np.float32) / 255)\n\
+         x = ((x - x.mean()) / x.std(unbiased=False)).double()\n\
+         y = torch.tensor(pq.read_table('{l}/labels.parquet').column('train_label').to_numpy())\n\
+         w0, w3, w6 = (load_file(f'{{c}}/weights.safetensors') for c in ['{c0}', '{c3}', '{c6}'])\n\
+         def mse(w):\n\
+         \x20   h = torch.relu(x @ w['fc1.weight'].double().T + w['fc1.bias'].double())\n\
+         \x20   z = h @ w['logits.weight'].double().T + w['logits.bias'].double()\n\
+         \x20   return torch.nn.functional.mse_loss(z, torch.nn.functional.one_hot(y, 10).double()).item()\n\
+         b = 1 / 784 ** 0.5\n\
+         print(json.dumps({{'loss0': mse(w0), 'loss6': mse(w6), 'fc1_same': all(torch.equal(w0[k], w6[k]) for k in ['fc1.weight', 'fc1.bias']), \
+           'logits_moved': not torch.equal(w0['logits.weight'], w3['logits.weight']), \
+           'in_bound': max(w0['fc1.weight'].abs().max().item(), w0['fc1.bias'].abs().max().item()) <= b, \
+           'sd_ratio': w0['fc1.weight'].std().item() / (b / 3 ** 0.5)}}))",
+        d = data.display(),
+        l = labels.display(),
+        c0 = ck(0).display(),
+        c3 = ck(3).display(),
+        c6 = ck(6).display(),
+    ));
+    let m = metrics(&train);
+    let (loss0, loss6) = (m[0][2].as_f64().unwrap(), m[6][2].as_f64().unwrap());
+    assert!(
+        (loss0 - q["loss0"].as_f64().unwrap()).abs() < 1e-5 * loss0,
+        "{q} {loss0}"
+    );
+    assert!(
+        (loss6 - q["loss6"].as_f64().unwrap()).abs() < 1e-5 * loss6,
+        "{q} {loss6}"
+    );
+    assert!(loss6 < loss0, "the readout learns: {loss0} -> {loss6}");
+    assert_eq!(q["fc1_same"], true, "the frozen layer never moves");
+    assert_eq!(q["logits_moved"], true);
+    assert_eq!(q["in_bound"], true, "U(-1/sqrt(784), 1/sqrt(784))");
+    assert!((q["sd_ratio"].as_f64().unwrap() - 1.0).abs() < 0.02, "{q}");
+    let model: Json =
+        serde_json::from_slice(&std::fs::read(train.join("model.json")).unwrap()).unwrap();
+    assert_eq!(model["frozen"], serde_json::json!(["fc1"]));
+    assert_eq!(
+        (model["loss"].as_str(), model["init"].as_str()),
+        (Some("mse"), Some("torch"))
+    );
+    // fc1: 784 x 64 + 64; logits: 64 x 10 + 10.
+    assert_eq!(model["frozen_parameters"], 784 * 64 + 64);
+    assert_eq!(model["parameters"], 784 * 64 + 64 + 64 * 10 + 10);
+}
+
+#[test]
 fn bad_training_parameters_exit_2_before_work() {
     let p = Project::new();
     p.write("t.toml", &pipeline(&[0.0], 5, "[0, 1]"));
@@ -273,6 +349,20 @@ fn bad_training_parameters_exit_2_before_work() {
             "stage.train.epochs=0",
             "`stage.train.epochs`: must be at least 1",
         ),
+        (
+            "stage.train.freeze=[\"fc3\"]",
+            "`stage.train.freeze`: unknown layer \"fc3\" (did you mean `fc1`?); this model's layers: fc1, fc2, logits",
+        ),
+        (
+            "stage.train.freeze=[\"fc1\", \"fc2\", \"logits\"]",
+            "freezes every layer",
+        ),
+        ("stage.train.width=2", "mlp takes its widths from `hidden`"),
+        (
+            "stage.train.loss=\"hinge\"",
+            "expected one of \"cross_entropy\"",
+        ),
+        ("stage.train.init=\"xavier\"", "expected one of \"kaiming\""),
     ];
     for (set, want) in cases {
         let out = p.pipe(&["run", "t.toml", "--set", set]);

@@ -234,7 +234,12 @@ checkpoints = [0]
         let t0 = Instant::now();
         let d = data::load(&data_dir, &labels_dir, tch::Device::Cpu).expect("load");
         let cfg = TrainConfig {
-            arch: Arch::from_name(model, vec![512, 512], false).expect("model"),
+            arch: match model {
+                "mlp" => Arch::Mlp {
+                    hidden: vec![512, 512],
+                },
+                _ => Arch::Cnn { mult: 1.0 },
+            },
             epochs,
             batch_size: batch,
             optimizer: OptimizerConfig::Sgd {
@@ -246,6 +251,9 @@ checkpoints = [0]
             schedule: Schedule::Constant,
             augment: false,
             seed: 0,
+            loss: pipe::stages::train::Loss::CrossEntropy,
+            init: pipe_torch::models::WeightInit::Kaiming,
+            freeze: Vec::new(),
             device: tch::Device::Cpu,
         };
         let mut t = Trainer::new(cfg, &d);

@@ -6,6 +6,7 @@
 //! (`fc1.weight`, `layer2.1.bn1.running_mean`), so rollback and gradient analyses know
 //! which parameters belong to which layer.
 
+use pipe::stages::train::{Init, Model, TrainParams};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
@@ -17,54 +18,96 @@ pub enum Arch {
         /// Hidden layer widths.
         hidden: Vec<i64>,
     },
-    /// Two conv blocks and one hidden fully connected layer, for 28x28 inputs.
-    Cnn,
+    /// Two conv blocks (32, 64 channels) and one hidden fully connected layer (128), times
+    /// a width multiplier.
+    Cnn {
+        /// Multiplies every width (1 = the standard net).
+        mult: f64,
+    },
     /// VGG-11 or VGG-16, CIFAR style (3x3 convs, 5 poolings, one linear classifier).
     Vgg {
         /// 11 or 16.
         depth: u32,
         /// BatchNorm after each conv.
         batch_norm: bool,
+        /// Multiplies every width (1 = 64 .. 512 channels).
+        mult: f64,
     },
-    /// ResNet-18, CIFAR style (3x3 stem, no initial pooling).
-    Resnet18,
+    /// ResNet-18, CIFAR style (3x3 stem, no initial pooling), stages of k, 2k, 4k, 8k
+    /// channels.
+    Resnet18 {
+        /// k (64 = the standard net).
+        k: i64,
+    },
     /// The small AlexNet used for CIFAR by Zhang et al. (2017), without local response norm.
-    Alexnet,
+    Alexnet {
+        /// Multiplies every width (1 = 64, 64 channels, 384, 192 units).
+        mult: f64,
+    },
+}
+
+/// How the weights of linear and convolution layers are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightInit {
+    /// He et al.'s uniform for ReLU networks, U(+-sqrt(6 / fan_in)), biases of linear layers
+    /// U(+-1/sqrt(fan_in)), of convolutions 0 (libtorch's Rust defaults).
+    Kaiming,
+    /// PyTorch's `nn.Linear` and `nn.Conv2d` default: weights and biases U(+-1/sqrt(fan_in)).
+    Torch,
+}
+
+impl WeightInit {
+    /// The `init` parameter's choice.
+    pub fn from_params(p: &TrainParams) -> WeightInit {
+        match p.init {
+            Init::Kaiming => WeightInit::Kaiming,
+            Init::Torch => WeightInit::Torch,
+        }
+    }
+}
+
+/// `base` channels times `mult`, rounded, at least 1.
+pub fn scaled(base: i64, mult: f64) -> i64 {
+    ((base as f64 * mult).round() as i64).max(1)
 }
 
 impl Arch {
-    /// The architecture for a `model` name; `hidden` and `batch_norm` as the params give them.
-    pub fn from_name(name: &str, hidden: Vec<i64>, batch_norm: bool) -> Option<Arch> {
-        Some(match name {
-            "mlp" => Arch::Mlp { hidden },
-            "cnn" => Arch::Cnn,
-            "vgg11" => Arch::Vgg {
-                depth: 11,
-                batch_norm,
+    /// The architecture a train instance's parameters describe.
+    pub fn from_params(p: &TrainParams) -> Arch {
+        let mult = p.width.unwrap_or(1.0);
+        match p.model {
+            Model::Mlp => Arch::Mlp {
+                hidden: p.hidden.clone(),
             },
-            "vgg16" => Arch::Vgg {
-                depth: 16,
-                batch_norm,
+            Model::Cnn => Arch::Cnn { mult },
+            Model::Vgg11 | Model::Vgg16 => Arch::Vgg {
+                depth: if p.model == Model::Vgg11 { 11 } else { 16 },
+                batch_norm: p.batch_norm,
+                mult,
             },
-            "resnet18" => Arch::Resnet18,
-            "alexnet" => Arch::Alexnet,
-            _ => return None,
-        })
+            Model::Resnet18 => Arch::Resnet18 {
+                k: p.width.map_or(64, |k| k as i64),
+            },
+            Model::Alexnet => Arch::Alexnet { mult },
+        }
     }
 
-    /// Checks that the architecture fits an input of `channels x height x width`.
-    pub fn check_input(&self, channels: i64, height: i64, width: i64) -> Result<(), String> {
-        match self {
-            Arch::Mlp { .. } => Ok(()),
-            Arch::Cnn if height == 28 && width == 28 => Ok(()),
-            Arch::Cnn => Err(format!(
-                "model cnn is for 28x28 inputs, the data set has {height}x{width}"
-            )),
-            _ if height == 32 && width == 32 && channels == 3 => Ok(()),
-            _ => Err(format!(
-                "this model is for 3x32x32 (CIFAR) inputs, the data set has {channels}x{height}x{width}"
-            )),
+    /// Checks that the architecture fits an input of `channels x height x width`: any size
+    /// at least as large as the poolings need (pooling before the classifier adapts to it).
+    pub fn check_input(&self, _channels: i64, height: i64, width: i64) -> Result<(), String> {
+        let (least, name) = match self {
+            Arch::Mlp { .. } => (1, "mlp"),
+            Arch::Cnn { .. } => (4, "cnn"),
+            Arch::Vgg { .. } => (32, "vgg"),
+            Arch::Resnet18 { .. } => (8, "resnet18"),
+            Arch::Alexnet { .. } => (4, "alexnet"),
+        };
+        if height < least || width < least {
+            return Err(format!(
+                "model {name} needs images of at least {least}x{least}, the data set has {height}x{width}"
+            ));
         }
+        Ok(())
     }
 }
 
@@ -93,12 +136,44 @@ impl Net {
         let root = vs.root();
         let layers = match arch {
             Arch::Mlp { hidden } => mlp(&root, input, hidden, classes),
-            Arch::Cnn => cnn(&root, input[0], classes),
-            Arch::Vgg { depth, batch_norm } => vgg(&root, *depth, *batch_norm, classes),
-            Arch::Resnet18 => resnet18(&root, classes),
-            Arch::Alexnet => alexnet(&root, classes),
+            Arch::Cnn { mult } => cnn(&root, input[0], *mult, classes),
+            Arch::Vgg {
+                depth,
+                batch_norm,
+                mult,
+            } => vgg(&root, input[0], *depth, *batch_norm, *mult, classes),
+            Arch::Resnet18 { k } => resnet18(&root, input[0], *k, classes),
+            Arch::Alexnet { mult } => alexnet(&root, input[0], *mult, classes),
         };
         Net { vs, layers }
+    }
+
+    /// Redraws the weights as `init` says (the layers are built with [`WeightInit::Kaiming`]).
+    /// Draws from libtorch's global generator, like [`Net::new`].
+    pub fn initialize(&self, init: WeightInit) {
+        if init == WeightInit::Kaiming {
+            return;
+        }
+        let vars = self.variables();
+        tch::no_grad(|| {
+            for (name, w) in &vars {
+                let Some(prefix) = name.strip_suffix(".weight") else {
+                    continue;
+                };
+                let size = w.size();
+                // Linear and convolution weights; BatchNorm's are 1-D and stay at 1.
+                if size.len() < 2 {
+                    continue;
+                }
+                let fan_in = size[1..].iter().product::<i64>() as f64;
+                let bound = 1.0 / fan_in.sqrt();
+                let _ = w.shallow_clone().uniform_(-bound, bound);
+                let bias = format!("{prefix}.bias");
+                if let Some((_, b)) = vars.iter().find(|(n, _)| *n == bias) {
+                    let _ = b.shallow_clone().uniform_(-bound, bound);
+                }
+            }
+        });
     }
 
     /// The logits for a batch.
@@ -106,6 +181,23 @@ impl Net {
         self.layers
             .iter()
             .fold(x.shallow_clone(), |h, l| l.module.forward_t(&h, train))
+    }
+
+    /// The output of layers `from..to` (indices into [`Net::layers`]) for their input `x`.
+    pub fn forward_range(&self, x: &Tensor, from: usize, to: usize, train: bool) -> Tensor {
+        self.layers[from..to]
+            .iter()
+            .fold(x.shallow_clone(), |h, l| l.module.forward_t(&h, train))
+    }
+
+    /// Whether a layer (index into [`Net::layers`]) holds BatchNorm statistics, so that
+    /// training and evaluation differ in it.
+    pub fn has_batch_norm(&self, layer: usize) -> bool {
+        let name = &self.layers[layer].name;
+        self.vs
+            .variables()
+            .keys()
+            .any(|v| self.layer_of(v) == Some(name.as_str()) && v.contains("running_"))
     }
 
     /// The input and every layer's output for a batch (evaluation mode), in layer order.
@@ -202,10 +294,12 @@ fn mlp(root: &nn::Path, input: [i64; 3], hidden: &[i64], classes: i64) -> Vec<La
     layers
 }
 
-/// Flatten, then a linear layer and ReLU: the first fully connected block after convs.
-fn flat_dense_relu(p: nn::Path, cin: i64, cout: i64) -> nn::SequentialT {
+/// Average-pool to a `grid` x `grid` map (the identity when the map has that size, as for
+/// the standard input), flatten, then a linear layer and ReLU: the first fully connected
+/// block after convs, for inputs of any size.
+fn flat_dense_relu(p: nn::Path, grid: i64, cin: i64, cout: i64) -> nn::SequentialT {
     nn::seq_t()
-        .add_fn(|x| x.flatten(1, -1))
+        .add_fn(move |x| x.adaptive_avg_pool2d([grid, grid]).flatten(1, -1))
         .add(nn::linear(p, cin, cout, Default::default()))
         .add_fn(|x| x.relu())
 }
@@ -223,34 +317,37 @@ fn conv3(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
     )
 }
 
-fn cnn(root: &nn::Path, channels: i64, classes: i64) -> Vec<Layer> {
+fn cnn(root: &nn::Path, channels: i64, mult: f64, classes: i64) -> Vec<Layer> {
+    let (c1, c2, f) = (scaled(32, mult), scaled(64, mult), scaled(128, mult));
     vec![
         layer(
             "conv1",
             nn::seq_t()
-                .add(conv3(root / "conv1", channels, 32))
+                .add(conv3(root / "conv1", channels, c1))
                 .add_fn(|x| x.relu().max_pool2d_default(2)),
         ),
         layer(
             "conv2",
             nn::seq_t()
-                .add(conv3(root / "conv2", 32, 64))
+                .add(conv3(root / "conv2", c1, c2))
                 .add_fn(|x| x.relu().max_pool2d_default(2)),
         ),
-        layer("fc1", flat_dense_relu(root / "fc1", 64 * 7 * 7, 128)),
+        layer("fc1", flat_dense_relu(root / "fc1", 7, c2 * 7 * 7, f)),
         layer(
             "logits",
-            nn::seq_t().add(nn::linear(
-                root / "logits",
-                128,
-                classes,
-                Default::default(),
-            )),
+            nn::seq_t().add(nn::linear(root / "logits", f, classes, Default::default())),
         ),
     ]
 }
 
-fn vgg(root: &nn::Path, depth: u32, batch_norm: bool, classes: i64) -> Vec<Layer> {
+fn vgg(
+    root: &nn::Path,
+    channels: i64,
+    depth: u32,
+    batch_norm: bool,
+    mult: f64,
+    classes: i64,
+) -> Vec<Layer> {
     // Output channels per conv; `true` = a 2x2 max-pool follows.
     let cfg: &[(i64, bool)] = if depth == 11 {
         &[
@@ -281,8 +378,9 @@ fn vgg(root: &nn::Path, depth: u32, batch_norm: bool, classes: i64) -> Vec<Layer
         ]
     };
     let mut layers = Vec::new();
-    let mut cin = 3;
-    for (i, &(cout, pool)) in cfg.iter().enumerate() {
+    let mut cin = channels;
+    for (i, &(base, pool)) in cfg.iter().enumerate() {
+        let cout = scaled(base, mult);
         let name = format!("conv{}", i + 1);
         let p = root / name.as_str();
         let mut seq = nn::seq_t().add(conv3(&p / "conv", cin, cout));
@@ -299,14 +397,17 @@ fn vgg(root: &nn::Path, depth: u32, batch_norm: bool, classes: i64) -> Vec<Layer
         layers.push(layer(name, seq));
         cin = cout;
     }
+    // Global average pooling: a 32x32 input is 1x1 here already; larger ones are averaged.
     layers.push(layer(
         "logits",
-        nn::seq_t().add_fn(|x| x.flatten(1, -1)).add(nn::linear(
-            root / "logits",
-            512,
-            classes,
-            Default::default(),
-        )),
+        nn::seq_t()
+            .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+            .add(nn::linear(
+                root / "logits",
+                cin,
+                classes,
+                Default::default(),
+            )),
     ));
     layers
 }
@@ -364,15 +465,15 @@ impl ModuleT for BasicBlock {
     }
 }
 
-fn resnet18(root: &nn::Path, classes: i64) -> Vec<Layer> {
+fn resnet18(root: &nn::Path, channels: i64, k: i64, classes: i64) -> Vec<Layer> {
     let stem = root / "conv1";
     let mut layers = vec![layer(
         "conv1",
         nn::seq_t()
             .add(nn::conv2d(
                 &stem / "conv",
-                3,
-                64,
+                channels,
+                k,
                 3,
                 nn::ConvConfig {
                     padding: 1,
@@ -380,11 +481,11 @@ fn resnet18(root: &nn::Path, classes: i64) -> Vec<Layer> {
                     ..Default::default()
                 },
             ))
-            .add(nn::batch_norm2d(&stem / "bn", 64, Default::default()))
+            .add(nn::batch_norm2d(&stem / "bn", k, Default::default()))
             .add_fn(|x| x.relu()),
     )];
-    let mut cin = 64;
-    for (stage, cout) in [64i64, 128, 256, 512].into_iter().enumerate() {
+    let mut cin = k;
+    for (stage, cout) in [k, 2 * k, 4 * k, 8 * k].into_iter().enumerate() {
         for b in 0..2 {
             let name = format!("layer{}.{b}", stage + 1);
             let stride = if stage > 0 && b == 0 { 2 } else { 1 };
@@ -404,7 +505,7 @@ fn resnet18(root: &nn::Path, classes: i64) -> Vec<Layer> {
             .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
             .add(nn::linear(
                 root / "logits",
-                512,
+                cin,
                 classes,
                 Default::default(),
             )),
@@ -412,7 +513,8 @@ fn resnet18(root: &nn::Path, classes: i64) -> Vec<Layer> {
     layers
 }
 
-fn alexnet(root: &nn::Path, classes: i64) -> Vec<Layer> {
+fn alexnet(root: &nn::Path, channels: i64, mult: f64, classes: i64) -> Vec<Layer> {
+    let (c, f1, f2) = (scaled(64, mult), scaled(384, mult), scaled(192, mult));
     let conv5 = |p: nn::Path, cin, cout| {
         nn::conv2d(
             p,
@@ -429,27 +531,24 @@ fn alexnet(root: &nn::Path, classes: i64) -> Vec<Layer> {
     vec![
         layer(
             "conv1",
-            nn::seq_t().add(conv5(root / "conv1", 3, 64)).add_fn(pool),
+            nn::seq_t()
+                .add(conv5(root / "conv1", channels, c))
+                .add_fn(pool),
         ),
         layer(
             "conv2",
-            nn::seq_t().add(conv5(root / "conv2", 64, 64)).add_fn(pool),
+            nn::seq_t().add(conv5(root / "conv2", c, c)).add_fn(pool),
         ),
-        layer("fc1", flat_dense_relu(root / "fc1", 64 * 8 * 8, 384)),
+        layer("fc1", flat_dense_relu(root / "fc1", 8, c * 8 * 8, f1)),
         layer(
             "fc2",
             nn::seq_t()
-                .add(nn::linear(root / "fc2", 384, 192, Default::default()))
+                .add(nn::linear(root / "fc2", f1, f2, Default::default()))
                 .add_fn(|x| x.relu()),
         ),
         layer(
             "logits",
-            nn::seq_t().add(nn::linear(
-                root / "logits",
-                192,
-                classes,
-                Default::default(),
-            )),
+            nn::seq_t().add(nn::linear(root / "logits", f2, classes, Default::default())),
         ),
     ]
 }
@@ -491,11 +590,11 @@ mod tests {
                 ("logits".into(), vec![2, 10])
             ]
         );
-        let s = shapes(Arch::Cnn, [1, 28, 28]);
+        let s = shapes(Arch::Cnn { mult: 1.0 }, [1, 28, 28]);
         let names: Vec<&str> = s.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["input", "conv1", "conv2", "fc1", "logits"]);
         assert_eq!(s[2].1, vec![2, 64, 7, 7]);
-        let s = shapes(Arch::Resnet18, [3, 32, 32]);
+        let s = shapes(Arch::Resnet18 { k: 64 }, [3, 32, 32]);
         assert_eq!(s.len(), 1 + 1 + 8 + 1);
         assert_eq!(s[9].0, "layer4.1");
         assert_eq!(s[9].1, vec![2, 512, 4, 4]);
@@ -503,6 +602,7 @@ mod tests {
             Arch::Vgg {
                 depth: 16,
                 batch_norm: true,
+                mult: 1.0,
             },
             [3, 32, 32],
         );
@@ -512,11 +612,12 @@ mod tests {
             Arch::Vgg {
                 depth: 11,
                 batch_norm: false,
+                mult: 1.0,
             },
             [3, 32, 32],
         );
         assert_eq!(s.len(), 1 + 8 + 1);
-        let s = shapes(Arch::Alexnet, [3, 32, 32]);
+        let s = shapes(Arch::Alexnet { mult: 1.0 }, [3, 32, 32]);
         assert_eq!(s.last().unwrap().1, vec![2, 10]);
     }
 
@@ -537,7 +638,7 @@ mod tests {
                     .unwrap(),
             )
             .unwrap();
-            let arch = Arch::from_name(model, vec![7, 5, 3], false).unwrap();
+            let arch = Arch::from_params(&params);
             let net = {
                 let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
                 Net::new(&arch, input, 10, Device::Cpu)
@@ -546,11 +647,150 @@ mod tests {
         }
     }
 
+    fn count(arch: Arch, input: [i64; 3]) -> i64 {
+        let net = {
+            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            Net::new(&arch, input, 10, Device::Cpu)
+        };
+        net.parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+
+    /// A 3x3 (or `k` x `k`) convolution's weights and bias.
+    fn conv(k: i64, cin: i64, cout: i64) -> i64 {
+        k * k * cin * cout + cout
+    }
+
+    fn dense(cin: i64, cout: i64) -> i64 {
+        cin * cout + cout
+    }
+
+    #[test]
+    fn parameter_counts_follow_the_width_formulas() {
+        // cnn: conv(1->32m), conv(32m->64m), fc(64m*7*7 -> 128m), fc(128m -> 10).
+        for m in [0.25, 0.5, 1.0, 2.0] {
+            let (c1, c2, f) = (scaled(32, m), scaled(64, m), scaled(128, m));
+            let want = conv(3, 1, c1) + conv(3, c1, c2) + dense(c2 * 49, f) + dense(f, 10);
+            assert_eq!(count(Arch::Cnn { mult: m }, [1, 28, 28]), want, "cnn x{m}");
+        }
+        assert_eq!(count(Arch::Cnn { mult: 1.0 }, [1, 28, 28]), 421_642);
+        // VGG-16 (CIFAR, no BatchNorm): 13 convs and one 512 -> 10 classifier.
+        let vgg16 = [
+            64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512,
+        ];
+        for m in [0.125, 1.0] {
+            let mut cin = 3;
+            let mut want = 0;
+            for base in vgg16 {
+                let cout = scaled(base, m);
+                want += conv(3, cin, cout);
+                cin = cout;
+            }
+            want += dense(cin, 10);
+            let arch = Arch::Vgg {
+                depth: 16,
+                batch_norm: false,
+                mult: m,
+            };
+            assert_eq!(count(arch, [3, 32, 32]), want, "vgg16 x{m}");
+        }
+        // ResNet-18 with stage widths k, 2k, 4k, 8k: a bias-free 3x3 stem with BatchNorm,
+        // eight basic blocks (two 3x3 convs with BatchNorm; a 1x1 projection with BatchNorm
+        // where the width or stride changes), a linear classifier.
+        let resnet = |k: i64| {
+            let mut n = 9 * 3 * k + 2 * k;
+            let mut cin = k;
+            for (stage, cout) in [k, 2 * k, 4 * k, 8 * k].into_iter().enumerate() {
+                for b in 0..2 {
+                    n += 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout;
+                    if cin != cout || (stage > 0 && b == 0) {
+                        n += cin * cout + 2 * cout;
+                    }
+                    cin = cout;
+                }
+            }
+            n + dense(8 * k, 10)
+        };
+        assert_eq!(resnet(64), 11_173_962, "the standard CIFAR ResNet-18");
+        for k in [4, 16, 64] {
+            assert_eq!(
+                count(Arch::Resnet18 { k }, [3, 32, 32]),
+                resnet(k),
+                "k = {k}"
+            );
+        }
+        // AlexNet (small): two 5x5 convs, fc(c*8*8 -> 384m), fc(384m -> 192m), fc(-> 10).
+        for m in [0.5, 1.0] {
+            let (c, f1, f2) = (scaled(64, m), scaled(384, m), scaled(192, m));
+            let want =
+                conv(5, 3, c) + conv(5, c, c) + dense(c * 64, f1) + dense(f1, f2) + dense(f2, 10);
+            assert_eq!(
+                count(Arch::Alexnet { mult: m }, [3, 32, 32]),
+                want,
+                "alexnet x{m}"
+            );
+        }
+    }
+
+    #[test]
+    fn torch_init_draws_uniform_within_one_over_root_fan_in() {
+        let net = {
+            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(3);
+            let net = Net::new(&Arch::Cnn { mult: 1.0 }, [1, 28, 28], 10, Device::Cpu);
+            net.initialize(WeightInit::Torch);
+            net
+        };
+        let vars = net.variables();
+        let get = |n: &str| &vars.iter().find(|(v, _)| v == n).unwrap().1;
+        // fc1: fan_in 64 * 7 * 7 = 3136; conv2: 32 * 3 * 3 = 288. U(-b, b) has sd b / sqrt(3).
+        for (w, b, fan_in) in [
+            ("fc1.weight", "fc1.bias", 3136.0),
+            ("conv2.weight", "conv2.bias", 288.0),
+        ] {
+            let bound = 1.0 / f64::sqrt(fan_in);
+            for t in [get(w), get(b)] {
+                assert!(t.abs().max().double_value(&[]) <= bound);
+            }
+            let sd = get(w).std(true).double_value(&[]);
+            assert!((sd / (bound / 3f64.sqrt()) - 1.0).abs() < 0.05, "{w}: {sd}");
+        }
+    }
+
+    #[test]
+    fn models_take_any_image_size_at_least_their_minimum() {
+        for (arch, input) in [
+            (Arch::Cnn { mult: 0.5 }, [3, 40, 36]),
+            (Arch::Resnet18 { k: 4 }, [3, 64, 64]),
+            (Arch::Alexnet { mult: 0.25 }, [1, 20, 20]),
+            (
+                Arch::Vgg {
+                    depth: 11,
+                    batch_norm: true,
+                    mult: 0.125,
+                },
+                [3, 64, 48],
+            ),
+        ] {
+            assert!(arch.check_input(input[0], input[1], input[2]).is_ok());
+            let s = shapes(arch, input);
+            assert_eq!(s.last().unwrap().1, vec![2, 10], "{input:?}");
+        }
+        let vgg = Arch::Vgg {
+            depth: 16,
+            batch_norm: false,
+            mult: 1.0,
+        };
+        assert_eq!(
+            vgg.check_input(1, 28, 28).unwrap_err(),
+            "model vgg needs images of at least 32x32, the data set has 28x28"
+        );
+    }
+
     #[test]
     fn every_variable_belongs_to_one_layer() {
         let net = {
             let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-            Net::new(&Arch::Resnet18, [3, 32, 32], 10, Device::Cpu)
+            Net::new(&Arch::Resnet18 { k: 64 }, [3, 32, 32], 10, Device::Cpu)
         };
         for (name, _) in net.variables() {
             let l = net

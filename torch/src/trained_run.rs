@@ -52,12 +52,7 @@ impl TrainedRun {
             })
         };
         let data = data::load(&input("dataset")?, &input("labels")?, device)?;
-        let arch = Arch::from_name(
-            params.model.as_str(),
-            params.hidden.clone(),
-            params.batch_norm,
-        )
-        .with_context(|| format!("unknown model {}", params.model.as_str()))?;
+        let arch = Arch::from_params(&params);
         Ok(TrainedRun {
             params,
             arch,

@@ -8,9 +8,10 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 pub use pipe::stages::train::EpochMetrics;
+use pipe::stages::train::Loss;
 
 use crate::data::TrainData;
-use crate::models::{Arch, Net};
+use crate::models::{Arch, Net, WeightInit};
 use crate::optim::{Optimizer, OptimizerConfig, Schedule};
 use crate::score::accuracy;
 
@@ -33,8 +34,24 @@ pub struct TrainConfig {
     pub augment: bool,
     /// Seeds initialization, data order and augmentation.
     pub seed: u64,
+    /// The training loss (and the loss `metrics.parquet` reports).
+    pub loss: Loss,
+    /// How the weights are drawn.
+    pub init: WeightInit,
+    /// Layers kept at their initial weights.
+    pub freeze: Vec<String>,
     /// Where to train.
     pub device: Device,
+}
+
+/// The outputs of a frozen first block of layers for the training and test images, computed
+/// once: when the first `layers` layers are frozen, hold no BatchNorm and see no
+/// augmentation, they map every image to the same features in every epoch, so training and
+/// evaluation start from these.
+struct FrozenPrefix {
+    layers: usize,
+    train: Tensor,
+    test: Tensor,
 }
 
 /// A model being trained, with its optimizer and the metrics so far.
@@ -47,6 +64,10 @@ pub struct Trainer<'a> {
     pub net: Net,
     /// Trainable parameters in a fixed order.
     pub params: Vec<(String, Tensor)>,
+    /// The frozen layers' parameters (kept at their initial values), in a fixed order.
+    pub frozen: Vec<(String, Tensor)>,
+    /// Features of the frozen first layers, once computed (see [`FrozenPrefix`]).
+    prefix: Option<FrozenPrefix>,
     /// The optimizer and its state.
     pub opt: Optimizer,
     /// One row per epoch done so far, starting at epoch 0.
@@ -68,8 +89,20 @@ impl<'a> Trainer<'a> {
             // libtorch's generator is global: seed and draw the initial weights under a lock.
             let _guard = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(cfg.seed as i64);
-            Net::new(&cfg.arch, input, info.classes as i64, cfg.device)
+            let net = Net::new(&cfg.arch, input, info.classes as i64, cfg.device);
+            net.initialize(cfg.init);
+            net
         };
+        let mut frozen = Vec::new();
+        for (name, t) in net.parameters() {
+            if net
+                .layer_of(&name)
+                .is_some_and(|l| cfg.freeze.iter().any(|f| f == l))
+            {
+                let _ = t.shallow_clone().set_requires_grad(false);
+                frozen.push((name, t));
+            }
+        }
         let params = net.parameters();
         let opt = Optimizer::new(cfg.optimizer.clone(), &params);
         Trainer {
@@ -77,8 +110,65 @@ impl<'a> Trainer<'a> {
             data,
             net,
             params,
+            frozen,
+            prefix: None,
             opt,
             metrics: Vec::new(),
+        }
+    }
+
+    /// How many first layers are frozen and can be computed once (see [`FrozenPrefix`]).
+    fn frozen_prefix_len(&self) -> usize {
+        if self.cfg.augment {
+            return 0;
+        }
+        self.net
+            .layers
+            .iter()
+            .enumerate()
+            .take_while(|(i, l)| self.cfg.freeze.contains(&l.name) && !self.net.has_batch_norm(*i))
+            .count()
+            .min(self.net.layers.len() - 1)
+    }
+
+    /// The frozen first layers' features, computed on first use.
+    fn prefix(&mut self) -> Option<&FrozenPrefix> {
+        let layers = self.frozen_prefix_len();
+        if layers == 0 {
+            return None;
+        }
+        if self.prefix.is_none() {
+            let run = |x: &Tensor| {
+                tch::no_grad(|| {
+                    let n = x.size()[0];
+                    let parts: Vec<Tensor> = (0..n)
+                        .step_by(1000)
+                        .map(|s| {
+                            let len = 1000.min(n - s);
+                            self.net
+                                .forward_range(&x.narrow(0, s, len), 0, layers, false)
+                        })
+                        .collect();
+                    Tensor::cat(&parts, 0)
+                })
+            };
+            self.prefix = Some(FrozenPrefix {
+                layers,
+                train: run(&self.data.train.x),
+                test: run(&self.data.test.x),
+            });
+        }
+        self.prefix.as_ref()
+    }
+
+    /// The loss of a batch's logits against labels `y`, as the configuration says.
+    fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
+        match self.cfg.loss {
+            Loss::CrossEntropy => logits.cross_entropy_for_logits(y),
+            Loss::Mse => {
+                let target = y.one_hot(logits.size()[1]).to_kind(logits.kind());
+                logits.mse_loss(&target, tch::Reduction::Mean)
+            }
         }
     }
 
@@ -97,14 +187,20 @@ impl<'a> Trainer<'a> {
         let mut order: Vec<i64> = (0..n).collect();
         order.shuffle(&mut rng);
         let device = self.cfg.device;
+        let (start, source) = match self.prefix() {
+            Some(p) => (p.layers, p.train.shallow_clone()),
+            None => (0, self.data.train.x.shallow_clone()),
+        };
+        let end = self.net.layers.len();
         for chunk in order.chunks(self.cfg.batch_size as usize) {
             let idx = Tensor::from_slice(chunk).to_device(device);
-            let mut x = self.data.train.x.index_select(0, &idx);
+            let mut x = source.index_select(0, &idx);
             if self.cfg.augment {
                 x = augment(&x, &mut rng);
             }
             let y = self.data.train.y.index_select(0, &idx);
-            let loss = self.net.forward_t(&x, true).cross_entropy_for_logits(&y);
+            let logits = self.net.forward_range(&x, start, end, true);
+            let loss = self.loss(&logits, &y);
             for (_, p) in &self.params {
                 p.shallow_clone().zero_grad();
             }
@@ -124,10 +220,14 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    fn evaluate(&self, epoch: i64, lr: f64, clock: Instant) -> EpochMetrics {
+    fn evaluate(&mut self, epoch: i64, lr: f64, clock: Instant) -> EpochMetrics {
         let d = self.data;
-        let (train_loss, train_pred) = self.predict(&d.train.x, &d.train.y);
-        let (test_loss, test_pred) = self.predict(&d.test.x, &d.test.y);
+        let (start, train_x, test_x) = match self.prefix() {
+            Some(p) => (p.layers, p.train.shallow_clone(), p.test.shallow_clone()),
+            None => (0, d.train.x.shallow_clone(), d.test.x.shallow_clone()),
+        };
+        let (train_loss, train_pred) = self.predict(&train_x, &d.train.y, start);
+        let (test_loss, test_pred) = self.predict(&test_x, &d.test.y, start);
         let clean = d.clean();
         EpochMetrics {
             epoch,
@@ -144,7 +244,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// Mean cross-entropy and predicted classes over a split, in evaluation mode.
-    fn predict(&self, x: &Tensor, y: &Tensor) -> (f64, Tensor) {
+    /// `x` is the input of layer `from` (0: the images).
+    fn predict(&self, x: &Tensor, y: &Tensor, from: usize) -> (f64, Tensor) {
         tch::no_grad(|| {
             let n = x.size()[0];
             let mut loss = 0.0;
@@ -153,12 +254,25 @@ impl<'a> Trainer<'a> {
             let mut start = 0;
             while start < n {
                 let len = step.min(n - start);
-                let logits = self.net.forward_t(&x.narrow(0, start, len), false);
+                let logits = self.net.forward_range(
+                    &x.narrow(0, start, len),
+                    from,
+                    self.net.layers.len(),
+                    false,
+                );
                 let yb = y.narrow(0, start, len);
-                loss += logits
-                    .to_kind(Kind::Double)
-                    .cross_entropy_loss::<Tensor>(&yb, None, tch::Reduction::Sum, -100, 0.0)
-                    .double_value(&[]);
+                let z = logits.to_kind(Kind::Double);
+                loss += match self.cfg.loss {
+                    Loss::CrossEntropy => {
+                        z.cross_entropy_loss::<Tensor>(&yb, None, tch::Reduction::Sum, -100, 0.0)
+                    }
+                    // Per example the mean over classes, summed here, averaged below.
+                    Loss::Mse => (z - yb.one_hot(logits.size()[1]).to_kind(Kind::Double))
+                        .square()
+                        .mean_dim([1i64].as_slice(), false, Kind::Double)
+                        .sum(Kind::Double),
+                }
+                .double_value(&[]);
                 preds.push(logits.argmax(1, false));
                 start += len;
             }

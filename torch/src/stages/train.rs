@@ -11,15 +11,14 @@ use pipe::stages::train::{
 };
 
 use crate::checkpoint;
-use crate::models::Arch;
+use crate::models::{Arch, WeightInit};
 use crate::optim::{self, OptimizerConfig};
 use crate::trainer::{TrainConfig, Trainer};
 use crate::{data, device};
 
 /// The training loop's configuration from the train parameters.
 pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
-    let arch = Arch::from_name(p.model.as_str(), p.hidden.clone(), p.batch_norm)
-        .ok_or_else(|| format!("unknown model {}", p.model.as_str()))?;
+    let arch = Arch::from_params(p);
     let optimizer = match p.optimizer {
         Optimizer::Adam => OptimizerConfig::Adam {
             beta1: 0.9,
@@ -51,6 +50,9 @@ pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
         schedule,
         augment: p.augment,
         seed: p.seed as u64,
+        loss: p.loss,
+        init: WeightInit::from_params(p),
+        freeze: p.freeze.clone(),
         device,
     })
 }
@@ -166,10 +168,19 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
             name,
         })
         .collect();
+    let count = |list: &[(String, tch::Tensor)]| -> i64 {
+        list.iter().map(|(_, t)| t.numel() as i64).sum()
+    };
     let info = ModelInfo {
         model,
         input: [info.channels as i64, info.height as i64, info.width as i64],
         classes: info.classes as i64,
+        width: p.width,
+        loss: p.loss.as_str().to_string(),
+        init: p.init.as_str().to_string(),
+        frozen: p.freeze.clone(),
+        parameters: count(&trainer.params) + count(&trainer.frozen),
+        frozen_parameters: count(&trainer.frozen),
         layers,
     };
     std::fs::write(
