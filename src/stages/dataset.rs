@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::datasets::{DataError, ImageSet, cifar, idx};
+use crate::datasets::{DataError, ImageSet, cifar, idx, images};
 use crate::stage::{BadData, CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext};
 use crate::table::{FixedRows, Table};
 use crate::tables::Images;
@@ -30,17 +30,22 @@ crate::param_enum! {
         Idx = "idx",
         Cifar10 = "cifar10",
         Cifar100 = "cifar100",
+        /// `path/train/CLASS/*.png|jpg` and `path/test/CLASS/...`.
+        Folder = "folder",
+        /// `path/train.parquet` and `path/test.parquet` with `image` and `label` columns.
+        Parquet = "parquet",
     }
 }
 
 crate::stage_params! {
     /// The parameters of `dataset`.
     pub struct DatasetParams {
-        source: DataSource, required, "which data set: fashion-mnist, idx (MNIST layout), cifar10, cifar100";
+        source: DataSource, required, "which data set: fashion-mnist, idx (MNIST layout), cifar10, cifar100, folder (a folder per class), parquet";
         path: Option<String>, optional, "folder with the files (fashion-mnist defaults to /usr/share/datasets/fashion-mnist)";
         train_size: Option<i64>, optional, "class-balanced subset size of the training split (default: all)";
         test_size: Option<i64>, optional, "class-balanced subset size of the test split (default: all)";
         seed: i64, default "0", "seed of the subset draw";
+        shape: Option<Vec<i64>>, optional, "parquet with raw pixels: [channels, height, width] of the `image` lists (CHW order)";
     }
 }
 
@@ -106,13 +111,138 @@ fn variant(source: DataSource) -> Option<cifar::Variant> {
     match source {
         DataSource::Cifar10 => Some(cifar::Variant::Cifar10),
         DataSource::Cifar100 => Some(cifar::Variant::Cifar100),
-        DataSource::FashionMnist | DataSource::Idx => None,
+        _ => None,
+    }
+}
+
+/// The Parquet files of a `parquet` source.
+fn parquet_files(dir: &Path) -> [PathBuf; 2] {
+    [dir.join("train.parquet"), dir.join("test.parquet")]
+}
+
+/// Reads one split of a `parquet` source: `label` (integers 0..=255) and `image`, either
+/// encoded PNG/JPEG bytes or lists of `shape` = [channels, height, width] raw bytes (CHW).
+fn read_parquet_split(path: &Path, shape: Option<&[i64]>) -> Result<ImageSet, DataError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, UInt8Type};
+    let batch =
+        crate::table::read_parquet(path).map_err(|e| DataError::new(path, format!("{e:#}")))?;
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| DataError::new(path, format!("has no `{name}` column")))
+    };
+    let labels = arrow::compute::cast(column("label")?, &DataType::Int64)
+        .map_err(|_| DataError::new(path, "`label` must be an integer column"))?;
+    let labels = labels.as_primitive::<arrow::datatypes::Int64Type>();
+    let mut label_bytes = Vec::with_capacity(labels.len());
+    for (row, l) in labels.iter().enumerate() {
+        match l {
+            Some(l @ 0..=255) => label_bytes.push(l as u8),
+            other => {
+                return Err(DataError::new(
+                    path,
+                    format!("row {row}: label {other:?} is not in 0..=255"),
+                ));
+            }
+        }
+    }
+    let image = column("image")?;
+    let rows = image.len();
+    match image.data_type() {
+        DataType::Binary | DataType::LargeBinary => {
+            let bytes: Vec<Vec<u8>> = match image.data_type() {
+                DataType::Binary => image
+                    .as_binary::<i32>()
+                    .iter()
+                    .map(|b| b.unwrap_or_default().to_vec())
+                    .collect(),
+                _ => image
+                    .as_binary::<i64>()
+                    .iter()
+                    .map(|b| b.unwrap_or_default().to_vec())
+                    .collect(),
+            };
+            images::decode_set(bytes.into_iter().zip(label_bytes).enumerate().map(
+                |(row, (b, l))| {
+                    (
+                        b,
+                        l,
+                        PathBuf::from(format!("{}, row {row}", path.display())),
+                    )
+                },
+            ))
+        }
+        DataType::FixedSizeList(_, _) | DataType::List(_) | DataType::LargeList(_) => {
+            let Some(&[c, h, w]) = shape else {
+                return Err(DataError::new(
+                    path,
+                    "`image` holds raw pixels: give the dataset `shape = [channels, height, width]`",
+                ));
+            };
+            let per = (c * h * w) as usize;
+            let flat = arrow::compute::cast(
+                image,
+                &DataType::List(std::sync::Arc::new(
+                    arrow::datatypes::Field::new_list_field(DataType::UInt8, true),
+                )),
+            )
+            .map_err(|_| DataError::new(path, "`image` lists must hold bytes (0..=255)"))?;
+            let lists = flat.as_list::<i32>();
+            let mut pixels = Vec::with_capacity(rows * per);
+            for row in 0..rows {
+                let v = lists.value(row);
+                let v = v.as_primitive::<UInt8Type>();
+                if v.len() != per {
+                    return Err(DataError::new(
+                        path,
+                        format!(
+                            "row {row}: {} pixel values, shape {c}x{h}x{w} needs {per}",
+                            v.len()
+                        ),
+                    ));
+                }
+                pixels.extend(v.values().iter().copied());
+            }
+            Ok(ImageSet {
+                height: h as usize,
+                width: w as usize,
+                channels: c as usize,
+                pixels,
+                labels: label_bytes,
+            })
+        }
+        other => Err(DataError::new(
+            path,
+            format!("`image` is {other}; expected encoded PNG/JPEG bytes or lists of bytes"),
+        )),
     }
 }
 
 /// The data files a dataset instance reads (checked to exist and look right).
 fn data_files(params: &DatasetParams, base: &Path) -> Result<Vec<PathBuf>, DataError> {
     let dir = folder(params, base);
+    if params.source == DataSource::Folder {
+        let classes = images::class_names(&dir.join("train"))?;
+        let mut all = Vec::new();
+        for split in ["train", "test"] {
+            all.extend(
+                images::folder_files(&dir.join(split), &classes)?
+                    .into_iter()
+                    .map(|(f, _)| f),
+            );
+        }
+        return Ok(all);
+    }
+    if params.source == DataSource::Parquet {
+        let files = parquet_files(&dir);
+        for f in &files {
+            if !f.is_file() {
+                return Err(DataError::new(f, "cannot open: no such file"));
+            }
+        }
+        return Ok(files.to_vec());
+    }
     match variant(params.source) {
         Some(v) => {
             let (train, test) = v.files(&dir);
@@ -189,6 +319,35 @@ fn split_table(set: &ImageSet, chosen: &[usize]) -> Images {
 
 /// Reads both splits of a data set: (train, test, classes, class names).
 fn read_sets(p: &DatasetParams, dir: &Path) -> Result<(ImageSet, ImageSet, usize, Vec<String>)> {
+    let count = |a: &ImageSet, b: &ImageSet| {
+        a.labels
+            .iter()
+            .chain(&b.labels)
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1)
+    };
+    match p.source {
+        DataSource::Folder => {
+            let names = images::class_names(&dir.join("train")).map_err(bad)?;
+            let train = images::read_folder(&dir.join("train"), &names).map_err(bad)?;
+            let test = images::read_folder(&dir.join("test"), &names).map_err(bad)?;
+            return Ok((train, test, names.len(), names));
+        }
+        DataSource::Parquet => {
+            let [tr, te] = parquet_files(dir);
+            let train = read_parquet_split(&tr, p.shape.as_deref()).map_err(bad)?;
+            let test = read_parquet_split(&te, p.shape.as_deref()).map_err(bad)?;
+            let classes = count(&train, &test);
+            return Ok((
+                train,
+                test,
+                classes,
+                (0..classes).map(|i| i.to_string()).collect(),
+            ));
+        }
+        _ => {}
+    }
     if let Some(v) = variant(p.source) {
         let (tr, te) = v.files(dir);
         let train = cifar::read_set(&tr, v).map_err(bad)?;
@@ -209,13 +368,7 @@ fn read_sets(p: &DatasetParams, dir: &Path) -> Result<(ImageSet, ImageSet, usize
     let f = idx::IdxFiles::locate(dir).map_err(bad)?;
     let train = idx::read_set(&f.train_images, &f.train_labels).map_err(bad)?;
     let test = idx::read_set(&f.test_images, &f.test_labels).map_err(bad)?;
-    let classes = train
-        .labels
-        .iter()
-        .chain(&test.labels)
-        .copied()
-        .max()
-        .map_or(0, |m| m as usize + 1);
+    let classes = count(&train, &test);
     let names = if p.source == DataSource::FashionMnist && classes == 10 {
         FASHION_NAMES.iter().map(|s| s.to_string()).collect()
     } else {
@@ -232,7 +385,7 @@ impl Kind for Dataset {
     type Params = DatasetParams;
     const NAME: &'static str = NAME;
     const VERSION: u32 = 1;
-    const ABOUT: &'static str = "loads Fashion-MNIST, MNIST-layout IDX or CIFAR-10/100 into Parquet, optionally a class-balanced subset";
+    const ABOUT: &'static str = "loads Fashion-MNIST, MNIST-layout IDX, CIFAR-10/100, image folders or Parquet images into Parquet, optionally a class-balanced subset";
 
     fn inputs(&self) -> Inputs {
         Inputs::Slots(&[])
@@ -243,6 +396,14 @@ impl Kind for Dataset {
                 "source \"{}\" needs `path`, the folder with its files",
                 p.source.as_str()
             )));
+        }
+        if let Some(shape) = &p.shape
+            && (shape.len() != 3 || shape.iter().any(|&d| d < 1))
+        {
+            return Err(ParamError::param(
+                "shape",
+                "must be [channels, height, width], each at least 1",
+            ));
         }
         for (name, size) in [("train_size", p.train_size), ("test_size", p.test_size)] {
             if size.is_some_and(|n| n < 1) {

@@ -14,6 +14,8 @@ mod common;
 
 mod analysis;
 mod cutoff;
+mod datasets;
+mod double_descent;
 mod engine;
 mod outputs;
 mod reliability;

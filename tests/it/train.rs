@@ -380,11 +380,12 @@ fn bad_training_parameters_exit_2_before_work() {
     assert!(!p.cache().exists(), "nothing ran");
 }
 
-#[test]
-fn cifar10_vgg16_pipeline_plans_against_cifar_files() {
-    let p = Project::new();
-    let dir = p.path("cifar-10-batches-bin");
-    std::fs::create_dir_all(&dir).unwrap();
+/// Tiny CIFAR-10 and CIFAR-100 binary files (20 records per CIFAR-10 batch: 100 train and
+/// 20 test images; 200 CIFAR-100 records each, of fine classes 0-3), with varied pixels.
+fn write_cifar(p: &Project) -> (PathBuf, PathBuf) {
+    let pixels = |i: u32| (0..3072u32).map(move |j| ((i * 31 + j * 7) % 251) as u8);
+    let c10 = p.path("cifar-10-batches-bin");
+    std::fs::create_dir_all(&c10).unwrap();
     for name in [
         "data_batch_1.bin",
         "data_batch_2.bin",
@@ -394,26 +395,94 @@ fn cifar10_vgg16_pipeline_plans_against_cifar_files() {
         "test_batch.bin",
     ] {
         let bytes: Vec<u8> = (0..20u32)
-            .flat_map(|i| std::iter::once((i % 10) as u8).chain(std::iter::repeat_n(1u8, 3072)))
+            .flat_map(|i| std::iter::once((i % 10) as u8).chain(pixels(i)))
             .collect();
-        std::fs::write(dir.join(name), bytes).unwrap();
+        std::fs::write(c10.join(name), bytes).unwrap();
     }
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/cifar10-vgg16.toml");
-    let set = format!("stage.data.path={:?}", dir.display().to_string());
-    let (code, r) = p.run(file.to_str().unwrap(), &["--dry-run", "--set", &set]);
-    assert_eq!(code, 0, "{r}");
-    let would: Vec<&str> = r["would_run"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["stage"].as_str().unwrap())
-        .collect();
-    assert_eq!(would.iter().filter(|s| **s == "data").count(), 1);
-    assert!(
-        would.iter().filter(|s| **s == "train").count() >= 2,
-        "{would:?}"
-    );
+    let c100 = p.path("cifar-100-binary");
+    std::fs::create_dir_all(&c100).unwrap();
+    for name in ["train.bin", "test.bin"] {
+        let bytes: Vec<u8> = (0..200u32)
+            .flat_map(|i| [(i % 20) as u8, (i % 4) as u8].into_iter().chain(pixels(i)))
+            .collect();
+        std::fs::write(c100.join(name), bytes).unwrap();
+    }
+    (c10, c100)
+}
+
+#[test]
+fn paper_pipelines_plan_against_cifar_files_and_run_at_toy_size() {
+    let stages = [
+        "data",
+        "corrupt",
+        "train",
+        "activations",
+        "probe",
+        "embed",
+        "gradnorm",
+        "rollback",
+    ];
+    for (name, cifar100, width) in [
+        ("cifar10-vgg16", false, "0.0625"),
+        ("cifar100-vgg16", true, "0.0625"),
+        ("cifar10-resnet18", false, "4"),
+    ] {
+        let p = Project::new();
+        let (c10, c100) = write_cifar(&p);
+        let dir = if cifar100 { &c100 } else { &c10 };
+        let file = repo().join(format!("pipelines/{name}.toml"));
+        let file = file.to_str().unwrap();
+        let path = format!("stage.data.path={:?}", dir.display().to_string());
+        // As shipped: 5 noise levels x 3 seeds of every analysis, planned without running.
+        let (code, r) = p.run(file, &["--dry-run", "--set", &path]);
+        assert_eq!(code, 0, "{name}: {r}");
+        let would = r["would_run"].as_array().unwrap();
+        for stage in stages {
+            let n = would.iter().filter(|i| i["stage"] == stage).count();
+            let want = if stage == "data" { 1 } else { 15 };
+            assert_eq!(n, want, "{name}: {stage}");
+        }
+        // At toy size, end to end on the CPU.
+        let sets = [
+            path.as_str(),
+            "sweep.noise=[0.5]",
+            "sweep.seed=[1]",
+            "stage.train.epochs=1",
+            "stage.train.checkpoints=[0, 1]",
+            "stage.train.batch_size=25",
+            "stage.train.device=\"cpu\"",
+            "stage.train.threads=1",
+            &format!("stage.train.width={width}"),
+            "stage.activations.epochs=[0, 1]",
+            "stage.activations.classes=2",
+            "stage.activations.per_class=2",
+            "stage.activations.device=\"cpu\"",
+            "stage.probe.n_t=20",
+            "stage.probe.threads=1",
+            "stage.embed.iterations=100",
+            "stage.embed.threads=1",
+            "stage.gradnorm.epochs=[0, 1]",
+            "stage.gradnorm.device=\"cpu\"",
+            "stage.rollback.from_epochs=[0]",
+            "stage.rollback.device=\"cpu\"",
+        ];
+        let mut args = vec![];
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        let (code, r) = p.run(file, &args);
+        assert_eq!(code, 0, "{name}: {r}");
+        for stage in stages {
+            assert_eq!(
+                of_stage(&r, "executed", stage).len(),
+                1,
+                "{name}: {stage} {r}"
+            );
+        }
+    }
     // Without the files, planning fails with exit 2 and names the missing file.
+    let p = Project::new();
+    let file = repo().join("pipelines/cifar10-vgg16.toml");
     let out = p.pipe(&[
         "run",
         file.to_str().unwrap(),

@@ -1,13 +1,15 @@
 //! Readers for image classification data sets in their standard file formats.
 //!
 //! - IDX (MNIST, Fashion-MNIST), plain or gzip-compressed: [`idx`];
-//! - CIFAR-10 / CIFAR-100 binary version: [`cifar`].
+//! - CIFAR-10 / CIFAR-100 binary version: [`cifar`];
+//! - PNG and JPEG images, in class folders or from a list: [`images`].
 //!
 //! Every reader checks magic numbers, dimensions and lengths and reports malformed files
 //! as [`DataError`]s naming the file, never by panicking.
 
 pub mod cifar;
 pub mod idx;
+pub mod images;
 
 use std::fmt;
 use std::io::Read;
