@@ -160,6 +160,7 @@ fn run_options() -> RunOptions {
         fail_fast: false,
         only: Vec::new(),
         remote: None,
+        gpus: Vec::new(),
     }
 }
 

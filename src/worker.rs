@@ -43,12 +43,18 @@ impl WorkerParams {
     pub fn threads(&self) -> usize {
         self.threads.max(1) as usize
     }
-    /// Cluster resources: the threads as CPUs, and one GPU when `device` names a CUDA
-    /// device (`auto` asks for none).
+    /// Resources: the threads as CPUs, and one GPU when `device` names a CUDA device, or
+    /// is `auto` on a machine with one (a cluster's nodes are asked for what the submitting
+    /// machine has; `--gpus` places such instances on the GPUs it names).
     pub fn resources(&self) -> Resources {
+        let gpu = match self.device.as_str() {
+            "cpu" => false,
+            "auto" => cuda_devices().unwrap_or(0) > 0,
+            _ => true,
+        };
         Resources {
             cpus: Some(self.threads() as u32),
-            gpus: Some(u32::from(self.device.starts_with("cuda"))),
+            gpus: Some(u32::from(gpu)),
             ..Default::default()
         }
     }
@@ -189,22 +195,32 @@ struct Served {
     replies: mpsc::Receiver<String>,
 }
 
-/// Workers between jobs, reused by the next libtorch instance of this process.
-static IDLE: Mutex<Vec<Served>> = Mutex::new(Vec::new());
+/// Workers between jobs, each with the `CUDA_VISIBLE_DEVICES` it was started with (`None`:
+/// inherited), reused by the next libtorch instance of this process that wants the same.
+static IDLE: Mutex<Vec<(Option<String>, Served)>> = Mutex::new(Vec::new());
 
-/// A request to start a worker, answered on the channel it carries.
-type SpawnRequest = mpsc::Sender<std::io::Result<Child>>;
+/// A request to start a worker (with this `CUDA_VISIBLE_DEVICES`, if any), answered on the
+/// channel it carries.
+type SpawnRequest = (Option<String>, mpsc::Sender<std::io::Result<Child>>);
 
 /// Starts `pipe-torch serve` processes from one thread that lives as long as `pipe`:
 /// a worker is killed when the thread that started it ends (PR_SET_PDEATHSIG), so it must
 /// not be an instance's thread if it is to serve the next instance, and must die with pipe.
-fn spawn_served() -> Result<Served> {
+fn spawn_served(visible_gpus: Option<&str>) -> Result<Served> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
         std::thread::spawn(move || {
-            for reply in rx {
-                let child = command(&["serve"])
+            for (visible, reply) in rx {
+                let mut cmd = command(&["serve"]);
+                if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+                    // cuBLAS's deterministic workspaces (no effect without a GPU).
+                    cmd.env("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+                }
+                if let Some(v) = visible {
+                    cmd.env("CUDA_VISIBLE_DEVICES", v);
+                }
+                let child = cmd
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())
@@ -218,7 +234,7 @@ fn spawn_served() -> Result<Served> {
     spawner
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .send(tx)
+        .send((visible_gpus.map(str::to_string), tx))
         .map_err(|_| anyhow::anyhow!("the worker starter thread is gone"))?;
     let mut child = rx
         .recv()
@@ -271,12 +287,17 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
     let line = serde_json::to_string(&job)? + "\n";
     // An idle worker may have died meanwhile: then its job line cannot be written, and a
     // fresh one takes the job.
+    let visible = ctx.visible_gpus.map(str::to_string);
     let mut worker = loop {
-        let idle = IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = {
+            let mut pool = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+            let at = pool.iter().rposition(|(v, _)| *v == visible);
+            at.map(|i| pool.remove(i).1)
+        };
         let reused = idle.is_some();
         let mut w = match idle {
             Some(w) => w,
-            None => spawn_served()?,
+            None => spawn_served(ctx.visible_gpus)?,
         };
         match w
             .jobs
@@ -314,7 +335,9 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
     };
     let reply: WorkerReply =
         serde_json::from_str(&reply).with_context(|| format!("the worker's reply {reply:?}"))?;
-    IDLE.lock().unwrap_or_else(|e| e.into_inner()).push(worker);
+    IDLE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((visible, worker));
     if reply.ok {
         return Ok(());
     }

@@ -159,6 +159,9 @@ pub struct RunArgs {
     /// Remote cache, `s3://BUCKET/PREFIX` [default: the pipeline's `[cache] remote`].
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
+    /// Place GPU instances on these GPUs, one at a time each (`--gpus 0,1`; local executor).
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub gpus: Vec<u32>,
 }
 
 /// Arguments of `pipe cancel`.

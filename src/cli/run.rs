@@ -86,6 +86,7 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     if jobs == 0 {
         return Err(Error::usage("--jobs must be at least 1"));
     }
+    check_gpus(&args.gpus)?;
     if args.dry_run {
         return dry_run(&plan, &store, &args.only, args.json);
     }
@@ -99,6 +100,7 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
         fail_fast: args.fail_fast,
         only: args.only.clone(),
         remote,
+        gpus: args.gpus.clone(),
     };
     let slurm = slurm_options(args)?;
     execute(&plan, &store, opts, slurm, json, level)
@@ -116,6 +118,31 @@ fn check_flags(args: &RunArgs) -> Result<(), Error> {
     }
     if !(args.poll.is_finite() && args.poll > 0.0) {
         return Err(Error::usage("--poll must be a positive number of seconds"));
+    }
+    if args.executor == ExecutorKind::Slurm && !args.gpus.is_empty() {
+        return Err(Error::usage(
+            "--gpus places instances on this machine's GPUs (local executor); on Slurm, give the stage `resources = { gpus = 1 }` or `device = \"cuda\"`",
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects `--gpus` naming a GPU this machine lacks, or one twice.
+fn check_gpus(gpus: &[u32]) -> Result<(), Error> {
+    if gpus.is_empty() {
+        return Ok(());
+    }
+    let count = crate::worker::cuda_devices().map_err(Error::usage)?;
+    for (i, g) in gpus.iter().enumerate() {
+        if *g as usize >= count {
+            return Err(Error::usage(format!(
+                "--gpus {g}: this machine has {count} CUDA device{}",
+                if count == 1 { "" } else { "s" }
+            )));
+        }
+        if gpus[..i].contains(g) {
+            return Err(Error::usage(format!("--gpus names GPU {g} twice")));
+        }
     }
     Ok(())
 }

@@ -101,6 +101,9 @@ impl Kind for Exec {
         for input in ctx.inputs {
             cmd.env(input_var(&input.slot), std::path::absolute(&input.dir)?);
         }
+        if let Some(v) = ctx.visible_gpus {
+            cmd.env("CUDA_VISIBLE_DEVICES", v);
+        }
         for (k, v) in &p.env {
             cmd.env(k, template::display(&v.0));
         }

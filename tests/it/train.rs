@@ -327,6 +327,31 @@ fn frozen_random_features_with_squared_loss_as_pytorch_computes_them() {
 }
 
 #[test]
+fn gpus_must_exist_and_run_locally() {
+    let p = Project::new();
+    p.write("t.toml", &pipeline(&[0.0], 1, "[0]"));
+    for (args, want) in [
+        (vec!["--gpus", "99"], "--gpus 99: this machine has"),
+        (vec!["--gpus", "0,0", "--dry-run"], "GPU 0 twice"),
+        (
+            vec!["--gpus", "0", "--executor", "slurm"],
+            "--gpus places instances on this machine's GPUs",
+        ),
+    ] {
+        let mut a = vec!["run", "t.toml"];
+        a.extend(args);
+        let out = p.pipe(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(want) || (want.contains("twice") && err.contains("CUDA device")),
+            "{err}"
+        );
+    }
+    assert!(!p.cache().exists());
+}
+
+#[test]
 fn bad_training_parameters_exit_2_before_work() {
     let p = Project::new();
     p.write("t.toml", &pipeline(&[0.0], 5, "[0, 1]"));

@@ -1,4 +1,10 @@
 //! The `device` parameter: `auto`, `cpu`, `cuda` or `cuda:N`.
+//!
+//! On a GPU, cuDNN's benchmark mode is off (it picks convolution algorithms by timing them,
+//! so two runs could differ); `pipe` starts workers with `CUBLAS_WORKSPACE_CONFIG=:4096:8`
+//! (cuBLAS's deterministic workspaces). The Rust binding exposes no switch for PyTorch's
+//! deterministic algorithms, so a GPU run may still differ from another in the last bits
+//! where kernels add with atomics (some convolution backward passes).
 
 use tch::{Cuda, Device};
 
@@ -6,7 +12,7 @@ use tch::{Cuda, Device};
 pub fn resolve(name: &str) -> Result<Device, String> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::cuda_if_available()),
+        "auto" => Ok(gpu_settings(Device::cuda_if_available())),
         _ => {
             let index = if name == "cuda" {
                 Some(0)
@@ -30,7 +36,15 @@ pub fn resolve(name: &str) -> Result<Device, String> {
                     if count == 1 { "" } else { "s" }
                 ));
             }
-            Ok(Device::Cuda(n))
+            Ok(gpu_settings(Device::Cuda(n)))
         }
     }
+}
+
+/// Turns cuDNN's benchmark mode off for a CUDA device (see the module docs).
+fn gpu_settings(device: Device) -> Device {
+    if device.is_cuda() {
+        Cuda::cudnn_set_benchmark(false);
+    }
+    device
 }

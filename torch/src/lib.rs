@@ -42,6 +42,7 @@ pub fn run_worker_job(job: WorkerJob) -> Result<()> {
         key: &job.key,
         point: &job.point,
         deadline: None,
+        visible_gpus: None,
     };
     stages::run(&job.kind, &mut ctx)
 }

@@ -540,6 +540,10 @@ pub struct RunContext<'a> {
     /// When the stage must have ended (its `timeout`), if ever: kinds that run a process
     /// wait for it with [`wait_until`], which kills it then.
     pub deadline: Option<std::time::Instant>,
+    /// When the executor places instances on GPUs (`--gpus`), the `CUDA_VISIBLE_DEVICES`
+    /// that processes the kind starts must get: the instance's GPU, or `""` (none) for a CPU
+    /// instance. `None`: leave the environment as it is.
+    pub visible_gpus: Option<&'a str>,
 }
 
 impl RunContext<'_> {

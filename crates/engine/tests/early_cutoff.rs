@@ -136,6 +136,7 @@ fn run(plan: &Plan, dir: &Path) -> Vec<(String, Outcome)> {
         fail_fast: false,
         only: Vec::new(),
         remote: None,
+        gpus: Vec::new(),
     };
     let report = local::run(plan, &Store::new(dir.join("cache")), &opts, &Silent).unwrap();
     report

@@ -79,6 +79,10 @@ pub struct InstanceJob {
     /// The stage's `retries`.
     #[serde(default)]
     pub retries: u32,
+    /// What `CUDA_VISIBLE_DEVICES` the instance's processes get, when the local executor
+    /// places instances on GPUs (`--gpus`): its GPU, or `""` for a CPU instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible_gpus: Option<String>,
 }
 
 impl InstanceJob {
@@ -115,6 +119,7 @@ impl InstanceJob {
             remote: None,
             timeout: stage.timeout.map(|t| t.as_secs_f64()),
             retries: stage.retries,
+            visible_gpus: None,
         }
     }
 
@@ -481,6 +486,7 @@ impl<'a> Ready<'a> {
                 key: job.key(),
                 point: &job.point,
                 deadline: timeout.map(|t| clock + t),
+                visible_gpus: job.visible_gpus.as_deref(),
             };
             let kind = self.kind;
             std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx)))

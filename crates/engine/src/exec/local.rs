@@ -45,33 +45,49 @@ pub fn run(
     let mut running = 0usize;
     let mut threads_in_use = 0usize;
     let mut stop = false;
-    let (tx, rx) = mpsc::channel::<(NodeIndex, usize, Outcome)>();
+    let mut gpus = GpuSlots::new(&opts.gpus);
+    let (tx, rx) = mpsc::channel::<(NodeIndex, usize, Option<u32>, Outcome)>();
 
     // Outcomes to settle: from finished threads, or found at once (an instance whose
     // key, known once its inputs are, is already cached: early cutoff).
-    let mut settled: Vec<(NodeIndex, usize, Outcome)> = Vec::new();
+    let mut settled: Vec<(NodeIndex, usize, Option<u32>, Outcome)> = Vec::new();
 
     std::thread::scope(|scope| {
         loop {
-            while let Some(&n) = ready.first().filter(|_| !stop) {
+            // The first ready instance that can start (a GPU instance waits for a free GPU
+            // without holding back the CPU instances behind it).
+            while let Some(n) = ready
+                .iter()
+                .copied()
+                .find(|&n| !gpus.placing() || !wants_gpu(plan, n) || gpus.any_free())
+                .filter(|_| !stop)
+            {
                 if resolve_ready(plan, store, n) {
-                    ready.pop_first();
-                    settled.push((n, 0, Outcome::Cached));
+                    ready.remove(&n);
+                    settled.push((n, 0, None, Outcome::Cached));
                     continue;
                 }
                 let want = plan.graph[n].threads.min(jobs);
                 if threads_in_use + want > jobs {
                     break;
                 }
-                ready.pop_first();
+                ready.remove(&n);
+                let gpu = if gpus.placing() && wants_gpu(plan, n) {
+                    gpus.take()
+                } else {
+                    None
+                };
+                let visible = gpus
+                    .placing()
+                    .then(|| gpu.map_or(String::new(), |g| g.to_string()));
                 threads_in_use += want;
                 running += 1;
                 let tx = tx.clone();
                 observer.event(plan, Event::Started(n, want));
                 let remote = opts.remote.as_deref();
                 scope.spawn(move || {
-                    let outcome = run_instance(plan, store, remote, n, want, observer);
-                    let _ = tx.send((n, want, outcome));
+                    let outcome = run_instance(plan, store, remote, n, want, visible, observer);
+                    let _ = tx.send((n, want, gpu, outcome));
                 });
             }
             if settled.is_empty() {
@@ -84,8 +100,9 @@ pub fn run(
                 running -= 1;
                 settled.push(done);
             }
-            for (n, used, outcome) in std::mem::take(&mut settled) {
+            for (n, used, gpu, outcome) in std::mem::take(&mut settled) {
                 threads_in_use -= used;
+                gpus.give_back(gpu);
                 if matches!(outcome, Outcome::Executed { .. }) {
                     plan.forget_digest(n);
                 }
@@ -135,6 +152,55 @@ pub fn run(
     conclude(plan, store, &nodes, outcomes)
 }
 
+/// The GPUs of a run (`--gpus`), each held by at most one instance at a time.
+#[derive(Debug)]
+pub struct GpuSlots {
+    /// Free GPUs; the lowest index is taken first.
+    free: BTreeSet<u32>,
+    /// Whether the run places instances on GPUs at all.
+    placing: bool,
+}
+
+impl GpuSlots {
+    /// Slots for these GPUs (none: no placement).
+    pub fn new(gpus: &[u32]) -> GpuSlots {
+        GpuSlots {
+            free: gpus.iter().copied().collect(),
+            placing: !gpus.is_empty(),
+        }
+    }
+    /// Whether the run places instances on GPUs.
+    pub fn placing(&self) -> bool {
+        self.placing
+    }
+    /// Whether a GPU is free.
+    pub fn any_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+    /// Takes the free GPU with the lowest index.
+    pub fn take(&mut self) -> Option<u32> {
+        self.free.pop_first()
+    }
+    /// Frees a GPU an instance held.
+    pub fn give_back(&mut self, gpu: Option<u32>) {
+        if let Some(g) = gpu {
+            self.free.insert(g);
+        }
+    }
+}
+
+/// Whether an instance's resources (its kind's, overridden by the stage's `resources`)
+/// ask for a GPU.
+fn wants_gpu(plan: &Plan, n: NodeIndex) -> bool {
+    let inst = &plan.graph[n];
+    let stage = &plan.spec.stages[inst.stage];
+    let res = stage
+        .kind
+        .resources(&inst.params)
+        .overridden_by(&stage.resources);
+    res.gpus.unwrap_or(0) > 0
+}
+
 /// Resolves the key of an instance whose inputs are all settled (afresh: an input may
 /// have been computed again); true if that key is already cached.
 fn resolve_ready(plan: &Plan, store: &Store, n: NodeIndex) -> bool {
@@ -154,6 +220,7 @@ fn run_instance(
     remote: Option<&Remote>,
     n: NodeIndex,
     threads: usize,
+    visible_gpus: Option<String>,
     observer: &dyn Observer,
 ) -> Outcome {
     if let Some(r) = remote
@@ -164,6 +231,7 @@ fn run_instance(
     }
     let kind = plan.spec.stages[plan.graph[n].stage].kind;
     let mut job = InstanceJob::of(plan, n);
+    job.visible_gpus = visible_gpus;
     let outcome = compute_instance(&mut job, kind, store, threads, &mut |h| {
         observer.event(plan, Event::Waiting(n, h))
     });
@@ -171,4 +239,23 @@ fn run_instance(
         super::push_done(plan, store, r, n, observer);
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_are_held_one_instance_at_a_time_lowest_first() {
+        let mut g = GpuSlots::new(&[3, 1]);
+        assert!(g.placing() && g.any_free());
+        assert_eq!(g.take(), Some(1));
+        assert_eq!(g.take(), Some(3));
+        assert!(!g.any_free());
+        assert_eq!(g.take(), None);
+        g.give_back(Some(3));
+        g.give_back(None);
+        assert_eq!(g.take(), Some(3));
+        assert!(!GpuSlots::new(&[]).placing());
+    }
 }

@@ -94,6 +94,10 @@ pub struct RunOptions {
     pub only: Vec<String>,
     /// The remote cache: pull missing artifacts before computing, push what was computed.
     pub remote: Option<std::sync::Arc<Remote>>,
+    /// GPUs to place instances on (local executor): an instance whose resources ask for a
+    /// GPU runs on one of these, one instance per GPU at a time, and sees only it
+    /// (`CUDA_VISIBLE_DEVICES`); the others see none. Empty: no placement.
+    pub gpus: Vec<u32>,
 }
 
 /// The outcome of every instance the run looked at, in plan order.
