@@ -23,6 +23,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
+use crate::simd::clear_upper_vector_state;
+
 /// The most points [`tsne_2d`] accepts: it is exact, with an `n x n` matrix in memory
 /// and `O(n^2)` work per iteration.
 pub const TSNE_MAX_POINTS: usize = 5000;
@@ -42,29 +44,6 @@ const GRAM_BLOCK: usize = 64;
 /// Independent accumulators per sum in the t-SNE gradient (lets the loop vectorize while
 /// keeping a fixed summation order).
 const LANES: usize = 4;
-
-/// Marks the upper halves of the thread's vector registers clean (`vzeroupper`).
-///
-/// faer's x86 matrix-product kernels (crate `private-gemm-x86`, hand-written AVX and
-/// AVX-512 assembly) return without `vzeroupper`. Until something clears them, every SSE
-/// instruction the thread runs pays for the dirty upper halves (on the Xeon this was
-/// written on, the bandwidth search after a faer product ran 29 times slower). Called after
-/// faer's work and at the start of each parallel task, since rayon's threads may have run
-/// faer for someone else. Changes no value.
-fn clear_upper_vector_state() {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has AVX, checked just above.
-        unsafe { zero_upper() }
-    }
-}
-
-/// `vzeroupper`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn zero_upper() {
-    std::arch::x86_64::_mm256_zeroupper();
-}
 
 /// The points' coordinates on their top two principal components.
 ///

@@ -9,3 +9,4 @@
 pub mod datasets;
 pub mod embedding;
 pub mod geometry;
+mod simd;
