@@ -304,6 +304,22 @@ fn flat_dense_relu(p: nn::Path, grid: i64, cin: i64, cout: i64) -> nn::Sequentia
         .add_fn(|x| x.relu())
 }
 
+/// Global average pooling, then the linear classifier: the `logits` layer of the networks
+/// whose last conv block has `cin` channels (a 32x32 VGG input is 1x1 there already).
+fn pooled_logits(root: &nn::Path, cin: i64, classes: i64) -> Layer {
+    layer(
+        "logits",
+        nn::seq_t()
+            .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+            .add(nn::linear(
+                root / "logits",
+                cin,
+                classes,
+                Default::default(),
+            )),
+    )
+}
+
 fn conv3(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
     nn::conv2d(
         p,
@@ -397,18 +413,7 @@ fn vgg(
         layers.push(layer(name, seq));
         cin = cout;
     }
-    // Global average pooling: a 32x32 input is 1x1 here already; larger ones are averaged.
-    layers.push(layer(
-        "logits",
-        nn::seq_t()
-            .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
-            .add(nn::linear(
-                root / "logits",
-                cin,
-                classes,
-                Default::default(),
-            )),
-    ));
+    layers.push(pooled_logits(root, cin, classes));
     layers
 }
 
@@ -499,17 +504,7 @@ fn resnet18(root: &nn::Path, channels: i64, k: i64, classes: i64) -> Vec<Layer> 
             cin = cout;
         }
     }
-    layers.push(layer(
-        "logits",
-        nn::seq_t()
-            .add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
-            .add(nn::linear(
-                root / "logits",
-                cin,
-                classes,
-                Default::default(),
-            )),
-    ));
+    layers.push(pooled_logits(root, cin, classes));
     layers
 }
 
