@@ -37,6 +37,8 @@ pub struct ExportReport {
     pub tables: Vec<ExportedTable>,
     /// Instances with tables whose artifacts are not in the cache (not exported).
     pub missing: Vec<NodeIndex>,
+    /// Tables that could not be read, left out: what and why.
+    pub unreadable: Vec<String>,
 }
 
 /// The Arrow type of a sweep variable's column.
@@ -109,9 +111,13 @@ pub struct Gathered {
     pub tables: BTreeMap<String, Vec<(NodeIndex, RecordBatch)>>,
     /// Instances with tables whose artifacts are not in the cache.
     pub missing: Vec<NodeIndex>,
+    /// Tables that could not be read (a codec or type this build cannot read, a damaged
+    /// file), each as "table `NAME` of STAGE[POINT]: why": left out, not fatal.
+    pub unreadable: Vec<String>,
 }
 
-/// Reads the tables of every cached instance of the plan.
+/// Reads the tables of every cached instance of the plan; a table that cannot be read is
+/// left out and named in [`Gathered::unreadable`].
 pub fn gather(plan: &Plan, store: &Store) -> Result<Gathered, Error> {
     let mut gathered = Gathered::default();
     for &node in &plan.order {
@@ -128,19 +134,58 @@ pub fn gather(plan: &Plan, store: &Store) -> Result<Gathered, Error> {
         let dir = store.artifact_dir(&key);
         for t in tables {
             let file = dir.join(format!("{t}.parquet"));
-            let batch = read_parquet(&file)
-                .map_err(|e| Error::usage(format!("{}: {e:#}", plan.label(node))))?;
-            gathered.tables.entry(t).or_default().push((node, batch));
+            match read_parquet(&file) {
+                Ok(batch) => gathered.tables.entry(t).or_default().push((node, batch)),
+                Err(e) => gathered
+                    .unreadable
+                    .push(format!("table `{t}` of {}: {e:#}", plan.label(node))),
+            }
         }
     }
     Ok(gathered)
 }
 
-/// Exports every table of every cached instance of the plan into `out`.
+/// The file that marks a folder as an export of `pipe export` (which may replace it).
+pub const EXPORT_MARK: &str = ".pipe-export";
+
+/// Whether `out` may be replaced by an export: it does not exist, is empty, holds an
+/// earlier export (its mark), or holds nothing but Parquet files.
+fn replaceable(out: &Path) -> Result<bool, Error> {
+    if !out.exists() {
+        return Ok(true);
+    }
+    if !out.is_dir() {
+        return Ok(false);
+    }
+    if out.join(EXPORT_MARK).is_file() {
+        return Ok(true);
+    }
+    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io(out, e))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(e.path().is_file() && name.ends_with(".parquet")) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Exports every table of every cached instance of the plan into `out`, which afterwards
+/// holds exactly this export: the tables are written to a fresh folder beside it, which
+/// then replaces it. A folder holding anything but an earlier export is refused.
 pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Error> {
+    if !replaceable(out)? {
+        return Err(Error::usage(format!(
+            "--out {}: the folder holds files that are not an earlier export; give a new or empty folder",
+            out.display()
+        )));
+    }
     let gathered = gather(plan, store)?;
     let mut report = ExportReport {
         missing: gathered.missing,
+        unreadable: gathered.unreadable,
         ..Default::default()
     };
     let mut by_table: BTreeMap<String, Vec<(NodeIndex, RecordBatch)>> = BTreeMap::new();
@@ -153,7 +198,41 @@ pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Er
         }
         by_table.insert(name, with);
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let base = out
+        .file_name()
+        .map_or_else(|| "export".into(), |n| n.to_string_lossy().into_owned());
+    let fresh = parent.join(format!(".{base}.new.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&fresh);
+    std::fs::create_dir_all(&fresh).map_err(|e| Error::io(&fresh, e))?;
+    std::fs::write(fresh.join(EXPORT_MARK), b"").map_err(|e| Error::io(&fresh, e))?;
+    let written = write_tables(plan, by_table, &fresh, out, &mut report);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&fresh);
+        return Err(e);
+    }
+    // Swap the fresh folder in: the old one moves aside first, then goes.
+    let old = parent.join(format!(".{base}.old.{}", std::process::id()));
+    if out.exists() {
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&fresh, out).map_err(|e| Error::io(out, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(report)
+}
+
+/// Writes one Parquet file per table into `dir` (reported under their final folder `out`).
+fn write_tables(
+    plan: &Plan,
+    by_table: BTreeMap<String, Vec<(NodeIndex, RecordBatch)>>,
+    dir: &Path,
+    out: &Path,
+    report: &mut ExportReport,
+) -> Result<(), Error> {
     for (name, parts) in by_table {
         let schema = parts[0].1.schema();
         if let Some((node, b)) = parts
@@ -179,16 +258,14 @@ pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Er
         let batches: Vec<RecordBatch> = parts.iter().map(|(_, b)| b.clone()).collect();
         let all = arrow::compute::concat_batches(&schema, &batches)
             .map_err(|e| Error::usage(format!("table `{name}`: {e}")))?;
-        let path = out.join(format!("{name}.parquet"));
-        let tmp = out.join(format!(".{name}.parquet.tmp.{}", std::process::id()));
-        write_parquet(&tmp, &all).map_err(|e| Error::io(&tmp, format!("{e:#}")))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        let file = dir.join(format!("{name}.parquet"));
+        write_parquet(&file, &all).map_err(|e| Error::io(&file, format!("{e:#}")))?;
         report.tables.push(ExportedTable {
+            path: out.join(format!("{name}.parquet")),
             name,
-            path,
             rows: all.num_rows(),
             instances: parts.len(),
         });
     }
-    Ok(report)
+    Ok(())
 }

@@ -17,6 +17,8 @@ struct ExportJson<'a> {
     missing: Vec<Item<'a>>,
     /// The files written.
     tables: Vec<TableJson<'a>>,
+    /// Tables left out because they could not be read, with the reason.
+    unreadable: &'a [String],
 }
 
 /// One written table in `pipe export --json`.
@@ -53,6 +55,7 @@ pub fn export(args: &ExportArgs) -> Result<i32, Error> {
         print_json(&ExportJson {
             missing: Item::list(&plan, &report.missing),
             tables: report.tables.iter().map(TableJson::of).collect(),
+            unreadable: &report.unreadable,
         })?;
     } else {
         for t in &report.tables {
@@ -68,5 +71,8 @@ pub fn export(args: &ExportArgs) -> Result<i32, Error> {
         }
     }
     note_left_out(&plan, &report.missing);
+    for u in &report.unreadable {
+        eprintln!("warning: left out {u}");
+    }
     Ok(0)
 }

@@ -423,6 +423,9 @@ fn cache_dir(arg: &Option<PathBuf>) -> PathBuf {
 fn load_plan(args: &PipelineArgs) -> Result<Plan, Error> {
     let registry = stages::registry();
     let spec = Spec::load(&args.file, &args.set, &registry)?;
+    for w in &spec.unused_vars {
+        errln!("warning: {w}");
+    }
     let plan = Plan::build(spec, &mut FileHasher::default())?;
     plan.resolve_all(&crate::store::Store::new(cache_dir(&args.cache)));
     Ok(plan)

@@ -50,6 +50,9 @@ pub fn report(args: ReportArgs, verbosity: Verbosity) -> Result<i32, Error> {
         );
     }
     note_left_out(&plan, &w.missing);
+    for u in &w.unreadable {
+        eprintln!("warning: left out {u}");
+    }
     Ok(0)
 }
 

@@ -32,6 +32,8 @@ pub struct Written {
     pub without_figure: Vec<usize>,
     /// Instances with tables that are not in the cache (left out).
     pub missing: Vec<NodeIndex>,
+    /// Tables that could not be read (left out), with the reason.
+    pub unreadable: Vec<String>,
 }
 
 /// Checks the variables to average over against the sweep: each must be a sweep variable,
@@ -124,6 +126,7 @@ pub fn report(
             .filter(|i| !figures.iter().any(|f| f.finding == *i))
             .collect(),
         missing: gathered.missing,
+        unreadable: gathered.unreadable,
     })
 }
 

@@ -346,7 +346,38 @@ fn set_values_are_checked_like_file_values() {
     let out = p.pipe(&["run", "p.toml", "--only", "corupt"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `corrupt`"));
+    // A malformed value is an error, not a string; a bare word is a string; a stage the
+    // pipeline lacks is named with the nearest one.
+    for (set, want) in [
+        (
+            "stage.corrupt.fraction=0.1.2",
+            "`0.1.2` is not a TOML value",
+        ),
+        (
+            "stage.corupt.seed=3",
+            "the pipeline has no stage `corupt` (did you mean `corrupt`?); its stages: data, corrupt, count",
+        ),
+        (
+            "stage.corrupt.mode=permutte",
+            "`stage.corrupt.mode`: expected one of",
+        ),
+    ] {
+        let out = p.pipe(&["run", "p.toml", "--set", set]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set}: {stderr}");
+        assert!(stderr.contains(want), "{set}: {stderr}");
+    }
     assert!(!p.cache().exists());
+    // A sweep variable no stage uses is named in a warning.
+    let out = p.pipe(&["status", "p.toml", "--set", "sweep.extra=[1, 2]"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: --set sweep.extra=[1, 2]:1:7: `sweep.extra`: no stage uses `${extra}`"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

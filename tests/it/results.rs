@@ -280,3 +280,91 @@ fn a_closed_output_pipe_ends_every_command_quietly() {
         assert_eq!(out.status.code(), Some(code), "{args:?}");
     }
 }
+
+#[test]
+fn export_reads_every_parquet_codec_skips_unreadable_tables_and_replaces_its_folder() {
+    let p = Project::new();
+    // Polars writes zstd by default; pyarrow writes the other codecs on request; one more
+    // "table" is not Parquet at all.
+    p.write(
+        "p.toml",
+        &format!(
+            "{BASIC}\n[stage.tables]\nkind = \"exec\"\ninputs = {{ labels = \"corrupt\" }}\n\
+             tables = [\"polars\", \"lz4\", \"gzip\", \"brotli\", \"broken\"]\n\
+             cmd = [\"python3\", \"-c\", \"import os, polars as pl, pyarrow as pa, pyarrow.parquet as pq; \
+             o = os.environ['PIPE_OUT']; \
+             pl.DataFrame({{'n': [1, 2, 3]}}).write_parquet(o + '/polars.parquet'); \
+             [pq.write_table(pa.table({{'n': [4, 5]}}), o + '/' + c + '.parquet', compression=c) for c in ['lz4', 'gzip', 'brotli']]; \
+             open(o + '/broken.parquet', 'w').write('not parquet')\"]\n"
+        ),
+    );
+    let sets = ["--set", "sweep.noise=[0.0, 0.5]"];
+    let (code, r) = p.run("p.toml", &sets);
+    assert_eq!(code, 0, "{r}");
+    // An earlier export with a table this one will not have.
+    std::fs::create_dir_all(p.path("results")).unwrap();
+    std::fs::write(p.path("results/stale.parquet"), b"old").unwrap();
+    let out = p.pipe(&[
+        "export",
+        "p.toml",
+        "--out",
+        "results",
+        "--set",
+        "sweep.noise=[0.0, 0.5]",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: left out table `broken` of tables[noise=0.0,seed=1]"),
+        "{err}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(p.path("results"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "brotli.parquet",
+            "gzip.parquet",
+            "labels.parquet",
+            "lz4.parquet",
+            "polars.parquet"
+        ],
+        "the stale table is gone"
+    );
+    let q = python(&format!(
+        "import duckdb, json\nprint(json.dumps([duckdb.sql(f\"SELECT sum(n), count(*) FROM '{d}/{{t}}.parquet'\").fetchall()[0] for t in ['polars', 'lz4', 'gzip', 'brotli']]))",
+        d = p.path("results").display()
+    ));
+    // Four instances (2 noise x 2 seeds) each.
+    assert_eq!(q, serde_json::json!([[24, 12], [36, 8], [36, 8], [36, 8]]));
+    // A smaller sweep exported into the same folder: only its rows remain.
+    let out = p.pipe(&[
+        "export",
+        "p.toml",
+        "--out",
+        "results",
+        "--set",
+        "sweep.noise=[0.5]",
+    ]);
+    assert!(out.status.success());
+    let q = python(&format!(
+        "import duckdb, json\nprint(json.dumps(duckdb.sql(\"SELECT DISTINCT noise FROM '{}/labels.parquet'\").fetchall()))",
+        p.path("results").display()
+    ));
+    assert_eq!(q, serde_json::json!([[0.5]]));
+    // A folder holding other files is not replaced.
+    std::fs::write(p.path("notes.txt"), b"mine").unwrap();
+    let out = p.pipe(&["export", "p.toml", "--out", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an earlier export"));
+    assert!(p.path("notes.txt").exists());
+}

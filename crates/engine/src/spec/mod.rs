@@ -45,6 +45,9 @@ pub struct Spec {
     pub stages: Vec<StageSpec>,
     /// `[cache] remote = "s3://bucket/prefix"`: the remote cache, if any.
     pub remote: Option<String>,
+    /// Sweep variables no stage references (they only repeat instances under more names),
+    /// each as a located message for a warning.
+    pub unused_vars: Vec<String>,
 }
 
 /// One `[stage.NAME]` table.
@@ -171,6 +174,22 @@ fn build(
         .map(|(sname, (skey, snode))| stage_table::parse(sname, skey, snode, registry, &sweep))
         .collect::<Result<Vec<_>, _>>()?;
     let stages = order::dependency_order(inputs::connect(raws)?)?;
+    // A variable no stage references only repeats instances under more names: worth a
+    // warning (a `--set` may have replaced its only use on purpose), not an error.
+    let unused_vars = sweep
+        .vars
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !stages.iter().any(|s| s.vars.contains(i)))
+        .map(|(_, var)| {
+            Error::at(
+                &var.loc,
+                &format!("sweep.{}", var.name),
+                format!("no stage uses `${{{}}}`", var.name),
+            )
+            .to_string()
+        })
+        .collect();
     Ok(Spec {
         path: PathBuf::from(&source.name),
         base_dir: base_dir.to_path_buf(),
@@ -179,5 +198,6 @@ fn build(
         remote,
         sweep,
         stages,
+        unused_vars,
     })
 }

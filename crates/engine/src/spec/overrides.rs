@@ -9,7 +9,9 @@ use indexmap::IndexMap;
 use super::node::{self, KeyNode, Node, Value};
 use crate::error::{Error, Loc, Source};
 
-/// Applies one `--set key.path=VALUE` (VALUE parsed as TOML, or taken as a string if it is not TOML).
+/// Applies one `--set key.path=VALUE`: VALUE parsed as TOML, or, when it is a bare word
+/// that is not TOML (`mlp`, `cuda:1`, `../data/x`), taken as a string. Anything else that
+/// is not TOML (`0.1.2`, `[1, 2`) is an error.
 pub(super) fn apply_set(doc: &mut Node, arg: &str) -> Result<(), Error> {
     let Some(eq) = arg.find('=') else {
         return Err(Error::usage(format!(
@@ -23,13 +25,58 @@ pub(super) fn apply_set(doc: &mut Node, arg: &str) -> Result<(), Error> {
             "--set {arg}: the key must be a dotted path such as stage.train.epochs"
         )));
     }
+    check_stage_named(doc, key, arg)?;
+    let value = arg[eq + 1..].trim();
     let overlay = match node::parse_document(&source) {
         Ok(n) => n,
-        // Not TOML: take VALUE as a plain string, so `--set stage.train.model=mlp` works.
-        Err(_) => string_overlay(&source, key, eq),
+        // Not TOML: take a bare word as a plain string, so `--set stage.train.model=mlp` works.
+        Err(_) if bare_word(value) => string_overlay(&source, key, eq),
+        Err(_) => {
+            return Err(Error::usage(format!(
+                "--set {arg}: `{value}` is not a TOML value (a number, boolean, string, array or table); \
+                 to mean the text, quote it: --set '{key}=\"{value}\"'"
+            )));
+        }
     };
     merge(doc, overlay);
     Ok(())
+}
+
+/// Refuses `--set stage.NAME.KEY=...` for a stage the pipeline lacks (unless it sets the
+/// new stage's `kind`), suggesting the nearest name.
+fn check_stage_named(doc: &Node, key: &str, arg: &str) -> Result<(), Error> {
+    let mut parts = key.split('.').map(str::trim);
+    let (Some("stage"), Some(name), rest) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    let stages: Vec<&str> = match &doc.value {
+        Value::Table(top) => match top.get("stage").map(|(_, n)| &n.value) {
+            Some(Value::Table(t)) => t.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    if stages.contains(&name) || rest == Some("kind") || rest.is_none() {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "--set {arg}: the pipeline has no stage `{name}`{}; its stages: {}",
+        crate::error::suggest(name, stages.iter().copied()),
+        stages.join(", ")
+    )))
+}
+
+/// Whether `value` reads as a word meant as text: it starts with a letter, `_`, `.`, `/`
+/// or `~` and holds no space, quote, bracket, brace, comma or `=` (so `0.1.2`, `-x` or
+/// `[1, 2` are not words but broken values).
+fn bare_word(value: &str) -> bool {
+    let Some(first) = value.chars().next() else {
+        return false;
+    };
+    (first.is_alphabetic() || "_./~".contains(first))
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || "\"'[]{},=#".contains(c))
 }
 
 /// The document `key = "VALUE"` for an argument `KEY=VALUE` (its `=` at byte `eq`) whose
