@@ -134,12 +134,17 @@ fn series_names(panels: &[Panel]) -> Vec<String> {
     names
 }
 
-/// Height of a legend strip of `entries` names, laid out in rows across `width`.
+/// Pixels a legend entry takes: its swatch, a gap and its name (about 7 px a character).
+fn legend_entry_width(name: &str) -> u32 {
+    40 + 7 * name.chars().count() as u32
+}
+
+/// The rows of a legend strip across `width`: the indices of `names` on each row.
 fn legend_rows(names: &[String], width: u32) -> Vec<Vec<usize>> {
     let mut rows: Vec<Vec<usize>> = Vec::new();
     let mut used = width;
     for (i, n) in names.iter().enumerate() {
-        let w = 40 + 7 * n.chars().count() as u32;
+        let w = legend_entry_width(n);
         if used + w > width.saturating_sub(20) || rows.is_empty() {
             rows.push(Vec::new());
             used = 20;
@@ -183,7 +188,7 @@ fn draw_legend<DB: DrawingBackend>(
                     .pos(Pos::new(HPos::Left, VPos::Center)),
             ))
             .map_err(err)?;
-            x += 40 + 7 * names[i].chars().count() as i32;
+            x += legend_entry_width(&names[i]) as i32;
         }
     }
     Ok(())

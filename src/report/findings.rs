@@ -79,10 +79,16 @@ impl FigureData<'_> {
 
     /// The instance's sweep point without the averaged variables, e.g. `noise=0.4`.
     fn group(&self, node: NodeIndex) -> String {
+        self.group_without(node, None)
+    }
+
+    /// [`group`](Self::group) without the variable `also` as well (e.g. the size variable
+    /// a figure puts on its x axis).
+    fn group_without(&self, node: NodeIndex, also: Option<&str>) -> String {
         let point = match self.plan.point(node) {
             Json::Object(m) => Json::Object(
                 m.iter()
-                    .filter(|(k, _)| !self.over.contains(k))
+                    .filter(|(k, _)| !self.over.contains(k) && Some(k.as_str()) != also)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             ),
@@ -602,20 +608,6 @@ fn size_of(data: &FigureData<'_>, node: NodeIndex) -> Option<f64> {
     data.plan.point(node).get(SIZE_VAR)?.as_f64()
 }
 
-/// The instance's group without the size variable: `noise=0.2`, or `all`.
-fn group_without_size(data: &FigureData<'_>, node: NodeIndex) -> String {
-    let g = data.group(node);
-    let kept: Vec<&str> = g
-        .split(',')
-        .filter(|p| !p.starts_with(&format!("{SIZE_VAR}=")))
-        .collect();
-    if kept.is_empty() || g == "all" {
-        "all".to_string()
-    } else {
-        kept.join(",")
-    }
-}
-
 /// The smallest rise of the test-error peak above both ends that counts as double descent.
 const MIN_PEAK: f64 = 0.02;
 
@@ -676,7 +668,7 @@ pub fn double_descent(data: &FigureData<'_>) -> Result<Vec<Figure>> {
         let Some(last) = (0..m.epoch.len()).max_by_key(|&i| m.epoch[i]) else {
             continue;
         };
-        let group = group_without_size(data, node);
+        let group = data.group_without(node, Some(SIZE_VAR));
         let accs = errors
             .entry(data.plan.stage_name(node).to_string())
             .or_default();
@@ -705,7 +697,7 @@ pub fn double_descent(data: &FigureData<'_>) -> Result<Vec<Figure>> {
         let (Some(&last_epoch), Some(last_layer)) = (p.epoch.iter().max(), p.layer.last()) else {
             continue;
         };
-        let group = group_without_size(data, node);
+        let group = data.group_without(node, Some(SIZE_VAR));
         for i in 0..p.epoch.len() {
             if p.epoch[i] != last_epoch || &p.layer[i] != last_layer {
                 continue;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pipe::stage::{KindParams, RunContext};
+use pipe::stage::{KeyInputs, KindParams, RunContext};
 use pipe::stages::train::{CheckpointRef, TrainParams};
 use pipe::stages::trained::{EpochRef, find_checkpoint};
 use pipe::store::Manifest;
@@ -96,23 +96,27 @@ impl TrainedRun {
     }
 
     /// An analysis's part for each distinct checkpoint `refs` name, in order: the part keyed
-    /// `key_of(checkpoint key)` when cached, else the one `write` makes (given the network at
-    /// that checkpoint, loaded only then). Each comes with whether it was made now.
+    /// `key_of(the instance's key inputs, checkpoint key)` when cached, else the one `write`
+    /// makes (given the network at that checkpoint, loaded only then) among `ctx`'s parts.
+    /// Each comes with whether it was made now.
     pub fn epoch_parts(
         &self,
         refs: &[EpochRef],
-        parts: &pipe::store::Parts,
+        ctx: &RunContext<'_>,
         part_kind: &str,
-        key_of: impl Fn(&str) -> String,
+        key_of: impl Fn(&KeyInputs<'_>, &str) -> String,
         mut write: impl FnMut(&CheckpointRef, &Net, &std::path::Path) -> Result<()>,
     ) -> Result<Vec<EpochPart>> {
+        let identities = ctx.input_identities();
+        let keys = identities.keys(ctx.params);
+        let parts = ctx.parts;
         let mut out: Vec<EpochPart> = Vec::new();
         for which in refs {
             let checkpoint = self.checkpoint(which)?;
             if out.iter().any(|p| p.checkpoint.epoch == checkpoint.epoch) {
                 continue;
             }
-            let key = key_of(&checkpoint.key);
+            let key = key_of(&keys, &checkpoint.key);
             let params =
                 serde_json::json!({"epoch": checkpoint.epoch, "checkpoint": checkpoint.key});
             let (dir, computed) = parts.get_or_put(&key, part_kind, &params, &mut |tmp| {

@@ -66,12 +66,28 @@ pub struct Trainer<'a> {
     pub params: Vec<(String, Tensor)>,
     /// The frozen layers' parameters (kept at their initial values), in a fixed order.
     pub frozen: Vec<(String, Tensor)>,
-    /// Features of the frozen first layers, once computed (see [`FrozenPrefix`]).
+    /// How many first layers are frozen and computed once (see [`FrozenPrefix`]).
+    prefix_layers: usize,
+    /// Their features, once computed.
     prefix: Option<FrozenPrefix>,
     /// The optimizer and its state.
     pub opt: Optimizer,
     /// One row per epoch done so far, starting at epoch 0.
     pub metrics: Vec<EpochMetrics>,
+}
+
+/// How many first layers of `net` are frozen and can be computed once (see
+/// [`FrozenPrefix`]): frozen, without BatchNorm, not seeing augmentation; never the last.
+fn frozen_prefix_len(net: &Net, cfg: &TrainConfig) -> usize {
+    if cfg.augment {
+        return 0;
+    }
+    net.layers
+        .iter()
+        .enumerate()
+        .take_while(|(i, l)| cfg.freeze.contains(&l.name) && !net.has_batch_norm(*i))
+        .count()
+        .min(net.layers.len() - 1)
 }
 
 /// Seed of the data order and augmentation of one epoch: a pure function of (seed, epoch),
@@ -105,35 +121,23 @@ impl<'a> Trainer<'a> {
         }
         let params = net.parameters();
         let opt = Optimizer::new(cfg.optimizer.clone(), &params);
+        let prefix_layers = frozen_prefix_len(&net, &cfg);
         Trainer {
             cfg,
             data,
             net,
             params,
             frozen,
+            prefix_layers,
             prefix: None,
             opt,
             metrics: Vec::new(),
         }
     }
 
-    /// How many first layers are frozen and can be computed once (see [`FrozenPrefix`]).
-    fn frozen_prefix_len(&self) -> usize {
-        if self.cfg.augment {
-            return 0;
-        }
-        self.net
-            .layers
-            .iter()
-            .enumerate()
-            .take_while(|(i, l)| self.cfg.freeze.contains(&l.name) && !self.net.has_batch_norm(*i))
-            .count()
-            .min(self.net.layers.len() - 1)
-    }
-
     /// The frozen first layers' features, computed on first use.
     fn prefix(&mut self) -> Option<&FrozenPrefix> {
-        let layers = self.frozen_prefix_len();
+        let layers = self.prefix_layers;
         if layers == 0 {
             return None;
         }

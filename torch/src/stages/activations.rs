@@ -237,13 +237,11 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let x = run.data.train.x.index_select(0, &idx);
     let mut epochs = Vec::new();
     let mut layers_info: Vec<LayerFeatures> = Vec::new();
-    let identities = ctx.input_identities();
-    let keys = identities.keys(ctx.params);
     let parts = run.epoch_parts(
         &p.epochs,
-        ctx.parts,
+        ctx,
         EPOCH_PART_KIND,
-        |checkpoint| p.epoch_part_key(&keys, checkpoint),
+        |keys, checkpoint| p.epoch_part_key(keys, checkpoint),
         |_, net, tmp| {
             let mut layers = Vec::new();
             store_epoch(p, net, &x, tmp, &mut layers)?;

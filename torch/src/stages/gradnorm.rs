@@ -258,14 +258,12 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
         examples.group.extend(idx.iter().map(|_| g.as_str().to_string()));
     }
     examples.write(&ctx.out.join("gradnorm_examples.parquet"))?;
-    let identities = ctx.input_identities();
-    let keys = identities.keys(ctx.params);
     // Each epoch's rows are a part keyed on its checkpoint: computed once.
     let parts = run.epoch_parts(
         &p.epochs,
-        ctx.parts,
+        ctx,
         EPOCH_PART_KIND,
-        |checkpoint| p.epoch_part_key(&keys, checkpoint),
+        |keys, checkpoint| p.epoch_part_key(keys, checkpoint),
         |ck, net, tmp| {
             let data = (&run.data.train.x, &run.data.train.y);
             let (rows, per) = epoch_tables(net, ck.epoch, data, &groups, p.per_example);

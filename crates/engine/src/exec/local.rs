@@ -46,6 +46,16 @@ pub fn run(
     let mut threads_in_use = 0usize;
     let mut stop = false;
     let mut gpus = GpuSlots::new(&opts.gpus);
+    // Which instances hold a GPU while they run (asked once, not at every scheduling step).
+    let on_gpu: BTreeSet<NodeIndex> = if gpus.placing() {
+        to_run
+            .iter()
+            .copied()
+            .filter(|&n| wants_gpu(plan, n))
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
     let (tx, rx) = mpsc::channel::<(NodeIndex, usize, Option<u32>, Outcome)>();
 
     // Outcomes to settle: from finished threads, or found at once (an instance whose
@@ -59,7 +69,7 @@ pub fn run(
             while let Some(n) = ready
                 .iter()
                 .copied()
-                .find(|&n| !gpus.placing() || !wants_gpu(plan, n) || gpus.any_free())
+                .find(|&n| !on_gpu.contains(&n) || gpus.any_free())
                 .filter(|_| !stop)
             {
                 if resolve_ready(plan, store, n) {
@@ -72,7 +82,7 @@ pub fn run(
                     break;
                 }
                 ready.remove(&n);
-                let gpu = if gpus.placing() && wants_gpu(plan, n) {
+                let gpu = if on_gpu.contains(&n) {
                     gpus.take()
                 } else {
                     None
