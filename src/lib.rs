@@ -7,7 +7,8 @@
 //! ARCHITECTURE.md for the crate graph.
 
 pub use pipe_engine::{
-    error, exec, key, param_enum, plan, resources, spec, stage, stage_params, status, store, table,
+    error, exec, key, param_enum, plan, resources, runs, select, spec, stage, stage_params, status,
+    store, table,
 };
 pub use pipe_science::{datasets, embedding, geometry};
 

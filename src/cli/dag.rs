@@ -1,13 +1,13 @@
 //! `pipe dag`: prints the instance DAG as text, Graphviz dot or Mermaid.
 
-use super::{DagArgs, load_plan};
+use super::{DagArgs, load};
 use crate::cli::out;
 use crate::error::Error;
 use crate::render;
 
 /// Runs `pipe dag`; returns its exit code.
 pub fn dag(args: &DagArgs) -> Result<i32, Error> {
-    let plan = load_plan(&args.pipeline)?;
+    let plan = load(&args.pipeline, false)?.plan;
     out!("{}", render::dag(&plan, args.format));
     Ok(0)
 }

@@ -5,10 +5,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{ExportArgs, Item, cache_dir, load_plan, note_left_out, print_json};
+use super::{ExportArgs, Item, load, note_left_out, print_json};
 use crate::error::Error;
 use crate::export::ExportedTable;
-use crate::store::Store;
 
 /// `pipe export --json`.
 #[derive(Serialize)]
@@ -48,8 +47,8 @@ impl<'a> TableJson<'a> {
 
 /// Runs `pipe export`; returns its exit code.
 pub fn export(args: &ExportArgs) -> Result<i32, Error> {
-    let plan = load_plan(&args.pipeline)?;
-    let store = Store::new(cache_dir(&args.pipeline.cache));
+    let loaded = load(&args.pipeline, true)?;
+    let (plan, store) = (loaded.plan, loaded.store);
     let report = crate::export::export(&plan, &store, &args.out)?;
     if args.json {
         print_json(&ExportJson {

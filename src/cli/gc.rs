@@ -1,14 +1,20 @@
-//! `pipe gc`: removes the artifacts no given pipeline reaches, older than `--keep-days`.
+//! `pipe gc`: removes the artifacts that nothing keeps. Kept are: what the given pipelines
+//! reach (as written, and with their last run's overrides), what any run of the last
+//! `--keep-days` (default 30) read or wrote, whatever pipeline file or overrides it used,
+//! what a live run holds, and every artifact younger than the cut-off.
 
-use crate::cli::outln;
+use crate::cli::{errln, outln};
 use std::collections::HashSet;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{GcArgs, PipelineArgs, cache_dir, load_plan, print_json};
+use super::{GcArgs, PipelineArgs, cache_dir, load, pipeline_cache, print_json};
 use crate::error::Error;
+use crate::plan::point_label;
+use crate::runs::{self, RunRecord};
 use crate::status;
-use crate::store::Store;
+use crate::store::{GcPolicy, Removed, Store};
 
 /// `pipe gc --json`.
 #[derive(Serialize)]
@@ -17,77 +23,162 @@ struct GcJson<'a> {
     dry_run: bool,
     /// Bytes the removed artifacts held.
     freed_bytes: u64,
-    /// Unreachable artifacts kept (too recent, or locked by a run).
+    /// Artifacts nothing named but kept (too recent, locked, or made since a live run began).
     kept: usize,
-    /// Keys removed (or that would be).
-    removed: &'a [String],
+    /// Days of runs and artifacts kept.
+    keep_days: f64,
+    /// The artifacts removed (or that would be).
+    removed: &'a [Removed],
+    /// The runs whose keys were kept.
+    runs_kept: usize,
 }
 
 /// Runs `pipe gc`; returns its exit code.
 pub fn gc(args: &GcArgs) -> Result<i32, Error> {
-    if args.files.is_empty() && args.keep_days.is_none() {
-        return Err(Error::usage(
-            "pipe gc: name the pipelines whose artifacts to keep (pipe gc pipelines/*.toml), or give --keep-days N to remove everything older",
-        ));
+    let keep_days = args.keep_days;
+    if !(keep_days.is_finite() && keep_days >= 0.0) {
+        return Err(Error::usage(format!(
+            "--keep-days {keep_days}: give a number of days, 0 or more"
+        )));
     }
-    let store = Store::new(cache_dir(&args.cache));
-    let reachable = reachable(args, &store)?;
+    let dir = match args.files.first() {
+        Some(f) => pipeline_cache(&args.cache, f),
+        None => cache_dir(&args.cache),
+    };
+    let store = Store::new(dir);
+    let keep_secs = keep_days * 86_400.0;
+    let mut keep = reachable(args, &store)?;
+    let all = runs::records(&store);
+    let mut runs_kept = 0;
+    let mut pinned_since: Option<f64> = None;
+    for r in &all {
+        let live = runs::is_live(&store, r);
+        if live {
+            pinned_since = Some(pinned_since.map_or(r.submitted, |t| t.min(r.submitted)));
+        }
+        if live || !r.older_than(keep_secs) {
+            runs_kept += 1;
+            keep.extend(r.keys.iter().cloned());
+        }
+    }
+    for id in &args.run {
+        let r: RunRecord = runs::find_record(&store, id)?;
+        keep.extend(r.keys);
+    }
+    let policy = GcPolicy {
+        keep,
+        keep_secs,
+        pinned_since,
+    };
     let dry_run = args.dry_run;
     let report = store
-        .gc(
-            &reachable,
-            args.keep_days.unwrap_or(0.0) * 86_400.0,
-            dry_run,
-        )
+        .gc(&policy, dry_run)
         .map_err(|e| Error::io(store.root(), e))?;
     if args.json {
         print_json(&GcJson {
             dry_run,
             freed_bytes: report.freed_bytes,
             kept: report.kept,
+            keep_days,
             removed: &report.removed,
+            runs_kept,
         })?;
-    } else {
-        for k in &report.removed {
-            outln!("{} {k}", if dry_run { "would remove" } else { "removed" });
-        }
+        return Ok(0);
+    }
+    for r in &report.removed {
+        let label = if r.stage.is_empty() {
+            "(no manifest)".to_string()
+        } else {
+            format!("{}[{}]", r.stage, point_label(&r.point))
+        };
         outln!(
-            "{} {} artifacts, {:.1} MB; kept {} unreachable (too recent or in use)",
-            if dry_run { "would free" } else { "freed" },
-            report.removed.len(),
-            report.freed_bytes as f64 / 1e6,
-            report.kept
+            "{} {label:<40} {:<16} {:>9} {:>10}  {}",
+            if dry_run { "would remove" } else { "removed" },
+            r.pipeline,
+            age(r.age_secs),
+            size(r.size),
+            &r.key[..12.min(r.key.len())]
         );
+    }
+    outln!(
+        "{} {} artifacts, {}; kept what {runs_kept} runs of the last {keep_days} days used and {} other artifacts (younger, locked or in use by a live run)",
+        if dry_run { "would free" } else { "freed" },
+        report.removed.len(),
+        size(report.freed_bytes),
+        report.kept
+    );
+    if report.removed.is_empty() && keep_days > 0.0 && !dry_run {
+        errln!("note: `--keep-days 0` also removes what recent runs used");
     }
     Ok(0)
 }
 
-/// The keys of every instance and part of the given pipelines, at their current sweep. An
-/// instance whose key waits for an input's output keeps what it last computed (and that
-/// artifact's parts): the next run may find it unchanged and reuse it.
+/// An age in words: `3.2 d`, `5.0 h`, `12 min`.
+fn age(secs: f64) -> String {
+    if !secs.is_finite() {
+        "?".into()
+    } else if secs >= 86_400.0 {
+        format!("{:.1} d", secs / 86_400.0)
+    } else if secs >= 3_600.0 {
+        format!("{:.1} h", secs / 3_600.0)
+    } else {
+        format!("{:.0} min", secs / 60.0)
+    }
+}
+
+/// A size in words: `1.2 MB`, `340 kB`, `12 B`.
+fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.0} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// The keys of every instance and part of the given pipelines at their current sweep, as
+/// written and with their last run's overrides. An instance whose key waits for an input's
+/// output keeps what it last computed (and that artifact's parts): the next run may find
+/// it unchanged and reuse it.
 fn reachable(args: &GcArgs, store: &Store) -> Result<HashSet<String>, Error> {
     let mut keys = HashSet::new();
+    let all = runs::records(store);
     for f in &args.files {
-        let plan = load_plan(&PipelineArgs {
-            file: f.clone(),
-            set: Vec::new(),
-            cache: args.cache.clone(),
-        })?;
-        let index = store.read_index(&plan.spec.name);
-        for &n in &plan.order {
-            keys.extend(plan.key(n));
-            for (part, _) in status::parts(&plan, store, n) {
-                keys.insert(part.key);
-            }
-            if plan.key(n).is_none()
-                && let Some(last) = index.entries.get(&crate::store::index::entry_id(
-                    plan.stage_name(n),
-                    &plan.point(n),
-                ))
-            {
-                keys.insert(last.key.clone());
-                if let Some(m) = store.manifest(&last.key) {
-                    keys.extend(m.parts.into_values());
+        let mut variants = vec![Vec::new()];
+        if let Some(r) = runs::last_of(&all, f).filter(|r| !r.overrides.is_empty()) {
+            variants.push(r.overrides.clone());
+        }
+        for set in variants {
+            let plan = load(
+                &PipelineArgs {
+                    file: Some(PathBuf::from(f)),
+                    set,
+                    cache: Some(store.root().to_path_buf()),
+                    run: Some("none".into()),
+                },
+                false,
+            )?
+            .plan;
+            let index = store.read_index(&plan.spec.name);
+            for &n in &plan.order {
+                keys.extend(plan.key(n));
+                for (part, _) in status::parts(&plan, store, n) {
+                    keys.insert(part.key);
+                }
+                if plan.key(n).is_none()
+                    && let Some(last) = index.entries.get(&crate::store::index::entry_id(
+                        plan.stage_name(n),
+                        &plan.point(n),
+                    ))
+                {
+                    keys.insert(last.key.clone());
+                    if let Some(m) = store.manifest(&last.key) {
+                        keys.extend(m.parts.into_values());
+                    }
                 }
             }
         }

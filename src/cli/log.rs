@@ -1,11 +1,13 @@
-//! `pipe log`: the log of an instance, failed ones included.
+//! `pipe log`: the log of an instance, failed ones included; `-f` follows a running one.
 
 use crate::cli::out;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{LogArgs, cache_dir, print_json};
+use super::{LogArgs, print_json};
 use crate::error::Error;
 use crate::store::Store;
 
@@ -22,9 +24,18 @@ struct LogJson<'a> {
 
 /// Runs `pipe log`; returns its exit code.
 pub fn log(args: &LogArgs) -> Result<i32, Error> {
-    let store = Store::new(cache_dir(&args.cache));
-    let key = store.resolve_key(&args.key, true).map_err(Error::usage)?;
+    let (store, found) = super::target::resolve(
+        &args.key,
+        args.file.as_ref(),
+        args.point.as_deref(),
+        &args.cache,
+        true,
+    )?;
+    let key = super::target::one(&args.key, found)?.key;
     let path = store.log_path(&key);
+    if args.follow {
+        return follow(&store, &key, &path);
+    }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     if args.json {
         print_json(&LogJson {
@@ -36,4 +47,32 @@ pub fn log(args: &LogArgs) -> Result<i32, Error> {
         out!("{text}");
     }
     Ok(0)
+}
+
+/// Prints the log, then what is appended to it, until no process computes `key` any more
+/// (its lock is released) and the log has stopped growing. Waits for the log to appear.
+fn follow(store: &Store, key: &str, path: &Path) -> Result<i32, Error> {
+    let lock = store.root().join("locks").join(format!("{key}.lock"));
+    let mut at = 0u64;
+    loop {
+        let live = crate::store::lock::is_held(&lock, store.host());
+        if let Ok(mut f) = std::fs::File::open(path) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < at {
+                at = 0; // a new attempt emptied the log
+            }
+            if len > at {
+                let mut buf = Vec::new();
+                f.seek(SeekFrom::Start(at))
+                    .map_err(|e| Error::io(path, e))?;
+                f.read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+                at += buf.len() as u64;
+                out!("{}", String::from_utf8_lossy(&buf));
+            }
+        }
+        if !live && (at > 0 || !path.exists()) {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

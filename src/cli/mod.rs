@@ -16,12 +16,15 @@ mod log;
 mod ls;
 mod progress;
 mod report;
+mod rm;
 mod run;
+mod runs;
 mod show;
 mod status;
+mod target;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use petgraph::graph::NodeIndex;
@@ -76,14 +79,18 @@ pub enum ExecutorKind {
 /// Options every pipeline command shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PipelineArgs {
-    /// The pipeline file (TOML).
-    pub file: PathBuf,
+    /// The pipeline file (TOML) [default: the file of `--run`].
+    pub file: Option<PathBuf>,
     /// Override a value: `--set stage.train.epochs=40`, `--set sweep.noise=[0.0,0.5]` (VALUE is TOML).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    /// The cache directory [default: $PIPE_CACHE, else the file's `[cache] dir`, else found from the file's folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+    /// Use the pipeline file and overrides of a recorded run: an id (or prefix), `last`, or
+    /// `none` (the file alone, without its last run's overrides).
+    #[arg(long, value_name = "ID|last|none")]
+    pub run: Option<String>,
 }
 
 /// The subcommands.
@@ -91,6 +98,8 @@ pub struct PipelineArgs {
 pub enum Command {
     /// Run every instance whose artifact is not cached.
     Run(RunArgs),
+    /// List the recorded runs, newest first: file, overrides, state, counts.
+    Runs(RunsArgs),
     /// Cancel the Slurm jobs of a run (`scancel`).
     Cancel(CancelArgs),
     /// Compute one instance from a job file (what a Slurm job runs on its node).
@@ -110,9 +119,11 @@ pub enum Command {
     Show(ShowArgs),
     /// Print the log of an instance (failed ones included).
     Log(LogArgs),
+    /// Remove the artifacts (and parts) of instances: `pipe rm 'train[noise=0.4]' sweep.toml`.
+    Rm(RmArgs),
     /// List the artifacts in the cache.
     Ls(LsArgs),
-    /// Remove artifacts that none of the given pipelines reaches and that are older than N days.
+    /// Remove artifacts that no given pipeline, recent run or live run uses (keeps 30 days by default).
     Gc(GcArgs),
     /// List the stage kinds and their parameters.
     Kinds,
@@ -132,9 +143,17 @@ pub struct RunArgs {
     /// Show what would run, run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Run only this stage and what it needs (repeatable).
-    #[arg(long, value_name = "STAGE")]
+    /// Run only this stage, or `stage[var=value,...]`, and what it needs (repeatable).
+    #[arg(long, value_name = "STAGE[POINT]")]
     pub only: Vec<String>,
+    /// Run only the instances at this point and what they need: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// Compute these instances again although cached (`train[noise=0.4]`; repeatable):
+    /// their artifacts and parts are removed first, and dependents rerun only if the new
+    /// output differs.
+    #[arg(long, value_name = "STAGE[POINT]")]
+    pub force: Vec<String>,
     /// Stop starting instances after the first failure.
     #[arg(long)]
     pub fail_fast: bool,
@@ -164,12 +183,28 @@ pub struct RunArgs {
     pub gpus: Vec<u32>,
 }
 
+/// Arguments of `pipe runs`.
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    /// Only the runs of this pipeline file.
+    pub file: Option<PathBuf>,
+    /// Show at most N runs.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub limit: Option<usize>,
+    /// The cache directory [default: $PIPE_CACHE, else the file's, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Arguments of `pipe cancel`.
 #[derive(clap::Args, Debug)]
 pub struct CancelArgs {
     /// The run id `pipe run --executor slurm` printed, or a unique prefix of it.
     pub run: String,
-    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
     /// Print `{"run", "cancelled": [job ids], "jobs"}` as JSON.
@@ -193,6 +228,9 @@ pub struct StatusArgs {
     /// Pipeline, overrides, cache.
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// Only the instances at this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
     /// Print a JSON array.
     #[arg(long)]
     pub json: bool,
@@ -212,7 +250,7 @@ pub struct DagArgs {
 /// Arguments of `pipe verify`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
     /// Remove damaged artifacts (they are recomputed by the next run).
@@ -260,9 +298,14 @@ pub struct ReportArgs {
 /// Arguments of `pipe show`.
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
-    /// The key, or a unique prefix of it.
+    /// A key (or unique prefix), or `stage[var=value,...]`.
     pub key: String,
-    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    /// The pipeline file to look `stage[point]` up in [default: the cache's manifests].
+    pub file: Option<PathBuf>,
+    /// Narrow `stage` to this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
     /// Print the manifest as JSON.
@@ -273,14 +316,43 @@ pub struct ShowArgs {
 /// Arguments of `pipe log`.
 #[derive(clap::Args, Debug)]
 pub struct LogArgs {
-    /// The key, or a unique prefix of it.
+    /// A key (or unique prefix), or `stage[var=value,...]`.
     pub key: String,
-    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    /// The pipeline file to look `stage[point]` up in [default: the cache's manifests and indexes].
+    pub file: Option<PathBuf>,
+    /// Narrow `stage` to this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// Keep printing what is appended to the log until the instance ends (like `tail -f`).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
     /// Print `{"key", "path", "text"}` as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `pipe rm`.
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    /// A key (or unique prefix), or `stage` / `stage[var=value,...]`: every instance it names.
+    pub target: String,
+    /// The pipeline file to look the stage up in [default: the cache's manifests].
+    pub file: Option<PathBuf>,
+    /// Narrow to this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// Keep the instances' parts (checkpoints), so a rerun resumes from them.
+    #[arg(long)]
+    pub keep_parts: bool,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The cache directory [default: $PIPE_CACHE, else found from the file or working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
 }
 
 /// Arguments of `pipe ls`.
@@ -289,7 +361,7 @@ pub struct LsArgs {
     /// Only artifacts made by this stage name.
     #[arg(long)]
     pub stage: Option<String>,
-    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
     /// Print JSON.
@@ -300,15 +372,25 @@ pub struct LsArgs {
 /// Arguments of `pipe gc`.
 #[derive(clap::Args, Debug)]
 pub struct GcArgs {
-    /// Pipelines whose artifacts (at their current sweep) are kept.
+    /// Pipelines whose artifacts (at their current sweep, as written and with their last
+    /// run's overrides) are kept whatever their age.
     pub files: Vec<PathBuf>,
-    /// Keep unreachable artifacts younger than this many days.
-    #[arg(long, value_name = "N")]
-    pub keep_days: Option<f64>,
+    /// Keep what any run of the last N days read or wrote, and every artifact younger
+    /// than N days; `--keep-days 0` keeps only what the pipelines reach and live runs hold.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 30.0,
+        allow_negative_numbers = true
+    )]
+    pub keep_days: f64,
+    /// Also keep what this run read or wrote (an id or prefix, or `last`; repeatable).
+    #[arg(long, value_name = "ID|last")]
+    pub run: Vec<String>,
     /// Say what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// The cache directory [default: $PIPE_CACHE, else ./cache].
+    /// The cache directory [default: $PIPE_CACHE, else the first file's, else found from the working folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
     /// Print JSON.
@@ -395,6 +477,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
     };
     match cli.command {
         Command::Run(args) => run::run(args, verbosity),
+        Command::Runs(args) => runs::runs(&args),
         Command::Cancel(args) => cancel::cancel(&args, verbosity),
         Command::Job(args) => job::job(&args),
         Command::Status(args) => status::status(&args),
@@ -404,6 +487,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Report(args) => report::report(args, verbosity),
         Command::Show(args) => show::show(&args),
         Command::Log(args) => log::log(&args),
+        Command::Rm(args) => rm::rm(&args),
         Command::Ls(args) => ls::ls(&args),
         Command::Gc(args) => gc::gc(&args),
         Command::Kinds => Ok(kinds::kinds()),
@@ -411,24 +495,174 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
     }
 }
 
-/// The cache directory: `--cache`, else `$PIPE_CACHE`, else `./cache`.
+/// The cache directory of a command that names no pipeline file: `--cache`, else
+/// `$PIPE_CACHE`, else the one found from the working folder ([`find_cache`]).
 fn cache_dir(arg: &Option<PathBuf>) -> PathBuf {
     arg.clone()
         .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("cache"))
+        .unwrap_or_else(|| find_cache(Path::new(".")))
 }
 
-/// Loads the pipeline with its overrides and plans it, with every key that the cache
-/// allows resolved.
-fn load_plan(args: &PipelineArgs) -> Result<Plan, Error> {
+/// The cache directory of a pipeline file: `--cache`, else `$PIPE_CACHE`, else the file's
+/// `[cache] dir`, else the one found from the file's folder ([`find_cache`]), so every
+/// command finds the same cache wherever it is run from.
+fn pipeline_cache(arg: &Option<PathBuf>, file: &Path) -> PathBuf {
+    arg.clone()
+        .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
+        .or_else(|| crate::spec::cache_dir_of(file))
+        .unwrap_or_else(|| find_cache(file.parent().unwrap_or(Path::new("."))))
+}
+
+/// The default cache seen from folder `start`: the nearest `cache/` folder holding
+/// `artifacts/` in `start` or a folder above it; else `cache/` in the nearest folder above
+/// that is a project root (holds `.git`); else `start/cache`.
+pub fn find_cache(start: &Path) -> PathBuf {
+    let start = if start.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        start
+    };
+    let abs = std::fs::canonicalize(start).unwrap_or_else(|_| start.to_path_buf());
+    for dir in abs.ancestors() {
+        if dir.join("cache").join("artifacts").is_dir() {
+            return relative_to_cwd(dir.join("cache"));
+        }
+        if dir.join(".git").exists() {
+            return relative_to_cwd(dir.join("cache"));
+        }
+    }
+    relative_to_cwd(abs.join("cache"))
+}
+
+/// `path` relative to the working folder when it lies under it (messages stay short).
+pub(crate) fn relative_to_cwd(path: PathBuf) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(&cwd).ok().map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(path)
+}
+
+/// A pipeline loaded for a command: the plan, its cache, and the run it was taken from.
+struct Loaded {
+    /// The plan, with every key the cache allows resolved.
+    plan: Plan,
+    /// The cache.
+    store: crate::store::Store,
+    /// The pipeline file.
+    file: PathBuf,
+    /// The overrides applied.
+    set: Vec<String>,
+    /// The recorded run whose file and overrides were used, if any.
+    run: Option<crate::runs::RunRecord>,
+}
+
+/// Which pipeline file and overrides a command uses: those given; with `--run ID|last`,
+/// the run's; with `implicit` and a file without `--set`, the overrides of that file's last
+/// run (said on stderr), unless `--run none`.
+fn select(
+    args: &PipelineArgs,
+    implicit: bool,
+) -> Result<
+    (
+        PathBuf,
+        Vec<String>,
+        PathBuf,
+        Option<crate::runs::RunRecord>,
+    ),
+    Error,
+> {
+    use crate::runs;
+    let cache = |file: Option<&Path>| match file {
+        Some(f) => pipeline_cache(&args.cache, f),
+        None => cache_dir(&args.cache),
+    };
+    match args.run.as_deref() {
+        Some("none") => {
+            let file = args
+                .file
+                .clone()
+                .ok_or_else(|| Error::usage("--run none: name the pipeline file"))?;
+            let dir = cache(Some(&file));
+            Ok((file, args.set.clone(), dir, None))
+        }
+        Some(id) => {
+            if !args.set.is_empty() {
+                return Err(Error::usage(format!(
+                    "--run {id} takes the run's overrides; drop --set, or drop --run"
+                )));
+            }
+            let dir = cache(args.file.as_deref());
+            let store = crate::store::Store::new(&dir);
+            let r = runs::find_run(&store, id, args.file.as_deref())?;
+            let Some(file) = r.file.clone() else {
+                return Err(Error::usage(format!(
+                    "run {} did not record its pipeline file",
+                    r.id
+                )));
+            };
+            if let Some(given) = &args.file
+                && std::fs::canonicalize(given).ok().as_ref() != Some(&file)
+            {
+                return Err(Error::usage(format!(
+                    "run {} ran {}, not {}",
+                    r.id,
+                    file.display(),
+                    given.display()
+                )));
+            }
+            let set = r.overrides.clone();
+            Ok((file, set, dir, Some(r)))
+        }
+        None => {
+            let file = args
+                .file
+                .clone()
+                .ok_or_else(|| Error::usage("name the pipeline file, or give --run ID|last"))?;
+            let dir = cache(Some(&file));
+            if !implicit || !args.set.is_empty() {
+                return Ok((file, args.set.clone(), dir, None));
+            }
+            let store = crate::store::Store::new(&dir);
+            let all = runs::records(&store);
+            match runs::last_of(&all, &file) {
+                Some(r) if !r.overrides.is_empty() => {
+                    errln!(
+                        "note: using the overrides of run {}, this file's last: {} (--run none for the file alone)",
+                        r.id,
+                        r.overrides
+                            .iter()
+                            .map(|o| format!("--set '{o}'"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    );
+                    Ok((file, r.overrides.clone(), dir, Some(r.clone())))
+                }
+                r => Ok((file, Vec::new(), dir, r.cloned())),
+            }
+        }
+    }
+}
+
+/// Loads the pipeline that `args` select ([`select`]) and plans it, with every key that
+/// the cache allows resolved.
+fn load(args: &PipelineArgs, implicit: bool) -> Result<Loaded, Error> {
+    let (file, set, dir, run) = select(args, implicit)?;
     let registry = stages::registry();
-    let spec = Spec::load(&args.file, &args.set, &registry)?;
+    let spec = Spec::load(&file, &set, &registry)?;
     for w in &spec.unused_vars {
         errln!("warning: {w}");
     }
     let plan = Plan::build(spec, &mut FileHasher::default())?;
-    plan.resolve_all(&crate::store::Store::new(cache_dir(&args.cache)));
-    Ok(plan)
+    let store = crate::store::Store::new(dir);
+    plan.resolve_all(&store);
+    Ok(Loaded {
+        plan,
+        store,
+        file,
+        set,
+        run,
+    })
 }
 
 /// Prints `value` on stdout as one line of JSON.
@@ -481,4 +715,43 @@ impl<'a> Item<'a> {
     fn list(plan: &'a Plan, nodes: &[NodeIndex]) -> Vec<Item<'a>> {
         nodes.iter().map(|&n| Item::of(plan, n)).collect()
     }
+}
+
+/// The selectors of `--only` (stages or `stage[point]`) narrowed by `--point`, checked
+/// against the plan; empty when neither is given (everything).
+fn selectors(
+    plan: &Plan,
+    only: &[String],
+    point: Option<&str>,
+) -> Result<Vec<crate::select::Selector>, Error> {
+    use crate::select::Selector;
+    let point = match point {
+        Some(p) => {
+            let s = Selector::parse(p).map_err(|e| Error::usage(format!("--point: {e}")))?;
+            if s.stage.is_some() || s.point.is_empty() {
+                return Err(Error::usage(format!(
+                    "--point {p}: write VARIABLE=VALUE,... (a stage goes in --only)"
+                )));
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    let mut out = Vec::new();
+    for o in only {
+        let s = Selector::parse(o).map_err(|e| Error::usage(format!("--only: {e}")))?;
+        out.push(match &point {
+            Some(p) => s.with_point(p),
+            None => s,
+        });
+    }
+    if out.is_empty()
+        && let Some(p) = point
+    {
+        out.push(p);
+    }
+    for s in &out {
+        s.check(plan).map_err(Error::usage)?;
+    }
+    Ok(out)
 }

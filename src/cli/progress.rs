@@ -3,7 +3,9 @@
 
 use crate::cli::errln;
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,11 +25,80 @@ pub struct Progress {
     done: Mutex<usize>,
     /// Instances to run.
     total: Mutex<usize>,
+    /// The running instances' labels and logs, for the live line under the bar.
+    running: Arc<Mutex<Vec<(NodeIndex, String, PathBuf)>>>,
+    /// Where logs are: the cache's `logs/` folder.
+    logs: PathBuf,
+    /// Set when the run ends, to stop the thread that follows the logs.
+    stop: Arc<AtomicBool>,
+}
+
+/// How often the live line is refreshed from the running instances' logs.
+const FOLLOW: Duration = Duration::from_millis(500);
+
+/// A log line made short for the live line: a training epoch becomes
+/// `epoch 3/10 loss 0.512 test acc 0.812`; other lines are kept as they are.
+pub fn compact(line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |a: &str, b: &str| {
+        words
+            .windows(3)
+            .find(|w| w[0] == a && w[1] == b)
+            .map(|w| w[2])
+    };
+    match (words.first(), words.get(1)) {
+        (Some(&"epoch"), Some(e)) => {
+            let mut s = format!("epoch {e}");
+            if let Some(l) = after("train", "loss") {
+                s.push_str(&format!(" loss {l}"));
+            }
+            let test_acc = words
+                .windows(5)
+                .find(|w| w[0] == "test" && w[1] == "loss" && w[3] == "acc")
+                .map(|w| w[4]);
+            if let Some(a) = test_acc {
+                s.push_str(&format!(" test acc {a}"));
+            }
+            s
+        }
+        _ => line.trim().to_string(),
+    }
+}
+
+/// Every [`FOLLOW`], shows the last line of each running instance's log on the bar.
+fn follow(
+    bar: ProgressBar,
+    running: Arc<Mutex<Vec<(NodeIndex, String, PathBuf)>>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(FOLLOW);
+        let now: Vec<(String, PathBuf)> = running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, l, p)| (l.clone(), p.clone()))
+            .collect();
+        let parts: Vec<String> = now
+            .iter()
+            .map(|(label, log)| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                match crate::status::last_line(&text) {
+                    Some(l) => format!("{label}: {}", compact(&l)),
+                    None => label.clone(),
+                }
+            })
+            .collect();
+        if !parts.is_empty() {
+            bar.set_message(parts.join(" | "));
+        }
+    }
 }
 
 impl Progress {
-    /// A display for a run at `level`: a bar if stderr is a terminal, lines otherwise.
-    pub fn new(level: Verbosity) -> Progress {
+    /// A display for a run at `level` on cache `cache`: a bar if stderr is a terminal
+    /// (with the running instances' last log lines), lines otherwise.
+    pub fn new(level: Verbosity, cache: &std::path::Path) -> Progress {
         let terminal = std::io::stderr().is_terminal() && level != Verbosity::Quiet;
         let bar = terminal.then(|| {
             let b = ProgressBar::new(0);
@@ -40,16 +111,26 @@ impl Progress {
             b.enable_steady_tick(Duration::from_millis(200));
             b
         });
+        let running = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        if let Some(b) = &bar {
+            let (b, r, s) = (b.clone(), running.clone(), stop.clone());
+            std::thread::spawn(move || follow(b, r, s));
+        }
         Progress {
             bar,
             level,
             done: Mutex::new(0),
             total: Mutex::new(0),
+            running,
+            logs: cache.join("logs"),
+            stop,
         }
     }
 
     /// Removes the bar, if there is one, before the summary is printed.
     pub fn finish(&self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
@@ -79,6 +160,12 @@ impl Progress {
     fn started(&self, plan: &Plan, n: NodeIndex, threads: usize) {
         if let Some(b) = &self.bar {
             b.set_message(plan.label(n));
+            if let Some(key) = plan.key(n) {
+                self.running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((n, plan.label(n), self.logs.join(format!("{key}.log"))));
+            }
         }
         if self.bar.is_none() || self.level == Verbosity::Verbose {
             self.say(format!(
@@ -91,6 +178,10 @@ impl Progress {
 
     /// An instance ended: counts it and says how, except for successes under a bar.
     fn finished(&self, plan: &Plan, n: NodeIndex, outcome: &Outcome) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| r.0 != n);
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         *done += 1;
         let total = *self.total.lock().unwrap_or_else(|e| e.into_inner());

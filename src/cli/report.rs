@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{Item, ReportArgs, Verbosity, cache_dir, load_plan, note_left_out, print_json};
+use super::{Item, ReportArgs, Verbosity, load, note_left_out, print_json};
 use crate::error::Error;
-use crate::store::Store;
 
 /// `pipe report --json`.
 #[derive(Serialize)]
@@ -24,8 +23,9 @@ struct ReportJson<'a> {
 
 /// Runs `pipe report`; returns its exit code.
 pub fn report(args: ReportArgs, verbosity: Verbosity) -> Result<i32, Error> {
-    let plan = load_plan(&args.pipeline)?;
-    let store = Store::new(cache_dir(&args.pipeline.cache));
+    let loaded = load(&args.pipeline, true)?;
+    let source = super::runs::describe(loaded.run.as_ref(), &loaded.set);
+    let (plan, store) = (loaded.plan, loaded.store);
     let explicit = !args.over.is_empty();
     let over = if explicit {
         args.over
@@ -33,7 +33,14 @@ pub fn report(args: ReportArgs, verbosity: Verbosity) -> Result<i32, Error> {
         vec!["seed".to_string()]
     };
     let over = crate::report::check_over(&plan, &over, explicit)?;
-    let w = crate::report::report(&plan, &store, &args.out, &over, args.embed_layer.as_deref())?;
+    let w = crate::report::report(
+        &plan,
+        &store,
+        &args.out,
+        &over,
+        args.embed_layer.as_deref(),
+        &source,
+    )?;
     if args.json {
         print_json(&ReportJson {
             figures: &w.figures,

@@ -11,11 +11,12 @@ use petgraph::graph::NodeIndex;
 use serde::Serialize;
 
 use super::progress::Progress;
-use super::{ExecutorKind, Item, RunArgs, Verbosity, cache_dir, load_plan, print_json};
-use crate::error::{Error, suggest};
-use crate::exec::slurm::{JobRecord, RunRecord, SlurmOptions};
+use super::{ExecutorKind, Item, RunArgs, Verbosity, load, print_json};
+use crate::error::Error;
+use crate::exec::slurm::{JobRecord, SlurmOptions};
 use crate::exec::{self, Outcome, RunOptions, RunReport};
 use crate::plan::Plan;
+use crate::runs::{self, RunRecord};
 use crate::store::Store;
 use crate::store::remote::Remote;
 
@@ -77,9 +78,14 @@ impl<'a> JobJson<'a> {
 /// Runs `pipe run`; returns its exit code.
 pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     check_flags(&args)?;
-    let plan = load_plan(&args.pipeline)?;
-    check_only(&plan, &args.only)?;
-    let store = Store::new(cache_dir(&args.pipeline.cache));
+    let mut loaded = load(&args.pipeline, false)?;
+    if !args.force.is_empty() && !args.dry_run {
+        force(&loaded.plan, &loaded.store, &args.force, level)?;
+        // Plan again: the keys of what reads a forced instance's output are not known now.
+        loaded = load(&args.pipeline, false)?;
+    }
+    let (plan, store) = (loaded.plan, loaded.store);
+    let only = super::selectors(&plan, &args.only, args.point.as_deref())?;
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -88,7 +94,7 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     }
     check_gpus(&args.gpus)?;
     if args.dry_run {
-        return dry_run(&plan, &store, &args.only, args.json);
+        return dry_run(&plan, &store, &only, args.json);
     }
     let remote = match args.remote.clone().or_else(|| plan.spec.remote.clone()) {
         Some(url) => Some(Arc::new(Remote::open(&url).map_err(Error::usage)?)),
@@ -98,12 +104,28 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     let opts = RunOptions {
         jobs,
         fail_fast: args.fail_fast,
-        only: args.only.clone(),
+        only: only.clone(),
         remote,
         gpus: args.gpus.clone(),
     };
+    let mut record = RunRecord::begin(&plan.spec.name, Some(&loaded.file), &loaded.set);
+    record.only = only.iter().map(|s| s.to_string()).collect();
     let slurm = slurm_options(args)?;
-    execute(&plan, &store, opts, slurm, json, level)
+    if slurm.is_some() {
+        record.executor = "slurm".into();
+    }
+    execute(&plan, &store, opts, slurm, record, json, level)
+}
+
+/// Every key instances `nodes` of the plan read or write that is known now: theirs and
+/// their parts'.
+fn known_keys(plan: &Plan, nodes: &[NodeIndex]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for &n in nodes {
+        keys.extend(plan.key(n));
+        keys.extend(plan.parts(n).unwrap_or_default().into_iter().map(|p| p.key));
+    }
+    keys
 }
 
 /// Rejects Slurm options without `--executor slurm`, and a poll interval that is not a
@@ -147,16 +169,32 @@ fn check_gpus(gpus: &[u32]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Rejects an `--only` stage the pipeline does not have.
-fn check_only(plan: &Plan, only: &[String]) -> Result<(), Error> {
-    for s in only {
-        if plan.spec.stage(s).is_none() {
-            let names: Vec<&str> = plan.spec.stages.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::usage(format!(
-                "--only {s}: no such stage{}; stages: {}",
-                suggest(s, names.iter().copied()),
-                names.join(", ")
-            )));
+/// `--force`: removes the cached artifacts (and parts) of the selected instances, so that
+/// the run computes them again.
+fn force(plan: &Plan, store: &Store, force: &[String], level: Verbosity) -> Result<(), Error> {
+    for f in force {
+        let sel =
+            crate::select::Selector::parse(f).map_err(|e| Error::usage(format!("--force: {e}")))?;
+        sel.check(plan).map_err(Error::usage)?;
+        for &n in &plan.order {
+            if !sel.matches(plan, n) {
+                continue;
+            }
+            let keys = exec::stored_keys(plan, n);
+            let mut removed = 0;
+            for k in &keys {
+                if store.is_complete(k) {
+                    store.remove(k).map_err(|e| Error::io(store.root(), e))?;
+                    removed += 1;
+                }
+            }
+            if level > Verbosity::Quiet && removed > 0 {
+                errln!(
+                    "force: removed {} ({removed} artifact{}), computing it again",
+                    plan.label(n),
+                    if removed == 1 { "" } else { "s" }
+                );
+            }
         }
     }
     Ok(())
@@ -179,7 +217,12 @@ fn slurm_options(args: RunArgs) -> Result<Option<SlurmOptions>, Error> {
 }
 
 /// `--dry-run`: lists what would run (or prints it as JSON); runs nothing.
-fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i32, Error> {
+fn dry_run(
+    plan: &Plan,
+    store: &Store,
+    only: &[crate::select::Selector],
+    json: bool,
+) -> Result<i32, Error> {
     let nodes = exec::selected(plan, only);
     let (cached, rest): (Vec<NodeIndex>, Vec<NodeIndex>) = nodes
         .into_iter()
@@ -229,26 +272,45 @@ fn dry_run(plan: &Plan, store: &Store, only: &[String], json: bool) -> Result<i3
 }
 
 /// Runs the plan with the local or the Slurm executor, then reports; returns the exit code.
+/// The run is recorded (`runs/RUN/run.json`) and holds a lease while it runs, so that `gc`
+/// keeps everything it reads or writes.
 fn execute(
     plan: &Plan,
     store: &Store,
     opts: RunOptions,
     slurm: Option<SlurmOptions>,
+    mut record: RunRecord,
     json: bool,
     level: Verbosity,
 ) -> Result<i32, Error> {
     let clock = Instant::now();
-    let progress = Progress::new(level);
-    let (report, record, interrupted) = match &slurm {
+    store.prepare().map_err(|e| Error::io(store.root(), e))?;
+    let nodes = exec::selected(plan, &opts.only);
+    record.counts.planned = nodes.len();
+    record.add_keys(known_keys(plan, &nodes));
+    let lease = runs::lease(store, &record.id).map_err(|e| Error::io(store.root(), e))?;
+    runs::save_record(store, &record)?;
+    let progress = Progress::new(level, store.root());
+    let (report, interrupted) = match &slurm {
         None => {
-            let report = exec::local::run(plan, store, &opts, &progress)
-                .map_err(|e| Error::io(store.root(), e))?;
-            (report, None, false)
+            let report = exec::local::run(plan, store, &opts, &progress);
+            let report = match report {
+                Ok(r) => r,
+                Err(e) => {
+                    end_record(store, &mut record, plan, &nodes, None, 1);
+                    return Err(Error::io(store.root(), e));
+                }
+            };
+            (report, false)
         }
         Some(s) => {
-            let (report, record, interrupted) = run_slurm(plan, store, &opts, s, &progress)?;
+            let (report, rec, interrupted) =
+                run_slurm(plan, store, &opts, s, &progress, record.clone())?;
+            record = rec;
             if s.detach && !json && level > Verbosity::Quiet {
                 progress.finish();
+                end_record(store, &mut record, plan, &nodes, Some(&report), 0);
+                drop(lease);
                 outln!(
                     "run {}: submitted {} jobs ({} cached); `pipe status` shows them, `pipe cancel {}` cancels them",
                     record.id,
@@ -261,13 +323,11 @@ fn execute(
             if interrupted {
                 errln!("interrupted: cancelled the jobs of run {}", record.id);
             }
-            (report, Some(record), interrupted)
+            (report, interrupted)
         }
     };
     progress.finish();
-    summarize(plan, &report, record.as_ref(), json, level, clock)?;
-    print_failures(plan, &report, level);
-    Ok(if interrupted {
+    let code = if interrupted {
         130
     } else if report.any_bad_data() {
         2
@@ -275,7 +335,39 @@ fn execute(
         1
     } else {
         0
-    })
+    };
+    end_record(store, &mut record, plan, &nodes, Some(&report), code);
+    drop(lease);
+    summarize(plan, &report, &record, json, level, clock)?;
+    print_failures(plan, &report, level);
+    Ok(code)
+}
+
+/// Completes a run's record: end time, exit code, counts, and the keys known now.
+fn end_record(
+    store: &Store,
+    record: &mut RunRecord,
+    plan: &Plan,
+    nodes: &[NodeIndex],
+    report: Option<&RunReport>,
+    code: i32,
+) {
+    record.add_keys(known_keys(plan, nodes));
+    if let Some(report) = report {
+        let count = |f: fn(&Outcome) -> bool| report.outcomes.iter().filter(|(_, o)| f(o)).count();
+        record.counts.executed = count(|o| matches!(o, Outcome::Executed { .. }));
+        record.counts.cached = count(|o| matches!(o, Outcome::Cached));
+        record.counts.failed = count(|o| matches!(o, Outcome::Failed { .. }));
+        record.counts.skipped = count(|o| matches!(o, Outcome::Skipped { .. }));
+    }
+    record.ended = Some(crate::store::unix_now());
+    record.exit = Some(code);
+    if record.executor != "slurm" {
+        record.finished = true;
+    }
+    if let Err(e) = runs::save_record(store, record) {
+        errln!("warning: cannot record the run: {e}");
+    }
 }
 
 /// Runs the plan as Slurm jobs, cancelling them on Ctrl-C; also says whether it was
@@ -286,11 +378,13 @@ fn run_slurm(
     opts: &RunOptions,
     slurm: &SlurmOptions,
     progress: &Progress,
+    record: RunRecord,
 ) -> Result<(RunReport, RunRecord, bool), Error> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    let (report, record) = exec::slurm::run(plan, store, opts, slurm, progress, &interrupted)?;
+    let (report, record) =
+        exec::slurm::run(plan, store, opts, slurm, progress, &interrupted, record)?;
     Ok((report, record, interrupted.load(Ordering::SeqCst)))
 }
 
@@ -308,7 +402,7 @@ fn nodes_where(report: &RunReport, f: fn(&Outcome) -> bool) -> Vec<NodeIndex> {
 fn summarize(
     plan: &Plan,
     report: &RunReport,
-    record: Option<&RunRecord>,
+    record: &RunRecord,
     json: bool,
     level: Verbosity,
     clock: Instant,
@@ -322,43 +416,50 @@ fn summarize(
             cached: Item::list(plan, &cached),
             executed: Item::list(plan, &executed),
             failed: Item::list(plan, &failed),
-            jobs: record.map(|r| r.jobs.iter().map(JobJson::of).collect()),
-            run: record.map(|r| r.id.as_str()),
+            jobs: (record.executor == "slurm")
+                .then(|| record.jobs.iter().map(JobJson::of).collect()),
+            run: Some(record.id.as_str()),
             skipped: Item::list(plan, &skipped),
-            submitted: record.map(|r| r.jobs.len()),
+            submitted: (record.executor == "slurm").then_some(record.jobs.len()),
             would_run: None,
             may_run: None,
         })?;
     } else if level != Verbosity::Quiet {
         outln!(
-            "{} executed, {} cached, {} failed, {} skipped in {:.1}s",
+            "{} executed, {} cached, {} failed, {} skipped in {:.1}s (run {})",
             executed.len(),
             cached.len(),
             failed.len(),
             skipped.len(),
-            clock.elapsed().as_secs_f64()
+            clock.elapsed().as_secs_f64(),
+            record.id
         );
     }
     Ok(())
 }
 
-/// Prints every failure with its log's path on stderr; verbose, also the log's last 20 lines.
+/// Prints every failure on stderr: the message, the last lines of its log (a Python
+/// traceback, say; 40 with `--verbose`, none with `--quiet`) and the log's path.
 fn print_failures(plan: &Plan, report: &RunReport, level: Verbosity) {
+    let keep = match level {
+        Verbosity::Quiet => 0,
+        Verbosity::Normal => 12,
+        Verbosity::Verbose => 40,
+    };
     for (n, o) in &report.outcomes {
         if let Outcome::Failed { message, log, .. } = o {
             errln!(
-                "failed: {} (key {}): {message}\n  log: {}",
+                "failed: {} (key {}): {message}",
                 plan.label(*n),
-                plan.short_key(*n),
-                log.display()
+                plan.short_key(*n)
             );
-            if level == Verbosity::Verbose {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                for line in &lines[lines.len().saturating_sub(20)..] {
-                    errln!("  | {line}");
-                }
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            // The log's own header and footer lines (`# ...`) say nothing the message does not.
+            let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("# ")).collect();
+            for line in &lines[lines.len().saturating_sub(keep)..] {
+                errln!("  | {line}");
             }
+            errln!("  log: {}", log.display());
         }
     }
 }

@@ -1,14 +1,26 @@
 //! `pipe show`: an artifact's manifest, in words or as stored (JSON).
 
-use super::{ShowArgs, cache_dir};
+use super::ShowArgs;
 use crate::cli::outln;
 use crate::error::Error;
 use crate::store::{Manifest, Store};
 
 /// Runs `pipe show`; returns its exit code.
 pub fn show(args: &ShowArgs) -> Result<i32, Error> {
-    let store = Store::new(cache_dir(&args.cache));
-    let key = store.resolve_key(&args.key, false).map_err(Error::usage)?;
+    let (store, found) = super::target::resolve(
+        &args.key,
+        args.file.as_ref(),
+        args.point.as_deref(),
+        &args.cache,
+        false,
+    )?;
+    let key = super::target::one(&args.key, found)?.key;
+    if !store.is_complete(&key) {
+        return Err(Error::usage(format!(
+            "{} is not in the cache (`pipe status` says why)",
+            &key[..12]
+        )));
+    }
     let m = store.manifest(&key).ok_or_else(|| {
         Error::usage(format!(
             "artifact {key} has no readable manifest; `pipe verify` checks the cache"

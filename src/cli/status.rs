@@ -7,13 +7,12 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{StatusArgs, cache_dir, load_plan, print_json};
+use super::{StatusArgs, load, print_json};
 use crate::error::Error;
 use crate::exec::slurm::{LiveJob, live_jobs};
 use crate::plan::Plan;
 use crate::stage::Part;
 use crate::status::{self, InstanceStatus, State};
-use crate::store::Store;
 
 /// One instance in `pipe status --json`.
 #[derive(Serialize)]
@@ -62,10 +61,14 @@ struct PartJson<'a> {
 
 /// Runs `pipe status`; returns its exit code.
 pub fn status(args: &StatusArgs) -> Result<i32, Error> {
-    let plan = load_plan(&args.pipeline)?;
-    let store = Store::new(cache_dir(&args.pipeline.cache));
+    let loaded = load(&args.pipeline, true)?;
+    let (plan, store) = (loaded.plan, loaded.store);
     let index = store.read_index(&plan.spec.name);
-    let states = status::status(&plan, &store, &index);
+    let only = super::selectors(&plan, &[], args.point.as_deref())?;
+    let states: Vec<InstanceStatus> = status::status(&plan, &store, &index)
+        .into_iter()
+        .filter(|s| only.iter().all(|o| o.matches(&plan, s.node)))
+        .collect();
     let pending: HashSet<&str> = states
         .iter()
         .filter(|s| s.state != State::Cached)
@@ -145,10 +148,17 @@ fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, Liv
         }
     }
     let count = |st| states.iter().filter(|s| s.state == st).count();
-    let may = match count(State::MayRun) {
-        0 => String::new(),
-        n => format!(", {n} may run"),
-    };
+    let mut may = String::new();
+    for (st, word) in [
+        (State::MayRun, "may run"),
+        (State::Running, "running"),
+        (State::Failed, "failed"),
+    ] {
+        let n = count(st);
+        if n > 0 {
+            may.push_str(&format!(", {n} {word}"));
+        }
+    }
     let _ = writeln!(
         out,
         "{} instances: {} cached, {} missing, {} stale{may}",

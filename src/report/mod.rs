@@ -66,13 +66,15 @@ pub fn check_over(plan: &Plan, over: &[String], explicit: bool) -> Result<Vec<St
 }
 
 /// Writes the report of `plan` into `out`, averaging over the sweep variables `over`;
-/// the embedding figure shows `embed_layer` (default: the last layer embedded).
+/// the embedding figure shows `embed_layer` (default: the last layer embedded). `source`
+/// names the run and overrides the plan was made with (`run 2026... with --set ...`).
 pub fn report(
     plan: &Plan,
     store: &Store,
     out: &Path,
     over: &[String],
     embed_layer: Option<&str>,
+    source: &str,
 ) -> Result<Written, Error> {
     let gathered = gather(plan, store)?;
     let data = findings::FigureData {
@@ -104,9 +106,14 @@ pub fn report(
         &plan.spec.name,
         plan.spec.description.as_deref().unwrap_or(""),
         &format!(
-            "{} UTC from {}",
+            "{} UTC from {}{}",
             html::utc(unix_now()),
-            plan.spec.path.display()
+            plan.spec.path.display(),
+            if source.is_empty() {
+                String::new()
+            } else {
+                format!(", {source}")
+            }
         ),
         over,
         &sections,

@@ -10,6 +10,8 @@ pub mod exec;
 pub mod key;
 pub mod plan;
 pub mod resources;
+pub mod runs;
+pub mod select;
 pub mod spec;
 pub mod stage;
 pub mod status;

@@ -25,6 +25,10 @@ pub enum State {
     /// from what it last read. (Never computed with an unknown key is `Missing`.)
     #[serde(rename = "may-run")]
     MayRun,
+    /// A live process is computing it now (its key's lock is held).
+    Running,
+    /// Its last attempt failed (its log ends with the failure), and it is not cached.
+    Failed,
 }
 
 impl State {
@@ -35,6 +39,8 @@ impl State {
             State::Missing => "missing",
             State::Stale => "stale",
             State::MayRun => "may run",
+            State::Running => "running",
+            State::Failed => "failed",
         }
     }
 }
@@ -186,21 +192,30 @@ fn state(
     let last = index
         .entries
         .get(&entry_id(&stage.name, &plan.point_of(inst)));
-    let (state, reason) = if key.as_ref().is_some_and(|k| store.is_complete(k)) {
-        (State::Cached, String::new())
-    } else if key.is_none() {
-        match last {
+    let id = entry_id(&stage.name, &plan.point_of(inst));
+    let (state, reason) = match &key {
+        Some(k) if store.is_complete(k) => (State::Cached, String::new()),
+        None => match last {
             None => (State::Missing, "never run".to_string()),
             Some(_) => (State::MayRun, may_run_reason(plan, store, node)),
-        }
-    } else {
-        match last {
-            None => (State::Missing, "never run".to_string()),
-            Some(last) if Some(&last.key) == key.as_ref() => (
-                State::Missing,
-                "artifact is no longer in the cache (removed or damaged)".to_string(),
-            ),
-            Some(last) => (State::Stale, explain(plan, inst, last)),
+        },
+        Some(k) => {
+            if let Some(what) = running(store, k) {
+                (State::Running, what)
+            } else if let Some(error) = failure(store, k) {
+                (State::Failed, error)
+            } else if index.all(&id).any(|e| &e.key == k) {
+                (
+                    State::Missing,
+                    "deleted from the cache (it was computed before)".to_string(),
+                )
+            } else {
+                // Against what is cached for this stage and point, else what ran last.
+                match index.all(&id).find(|e| store.is_complete(&e.key)).or(last) {
+                    None => (State::Missing, "never run".to_string()),
+                    Some(e) => (State::Stale, explain(plan, inst, e)),
+                }
+            }
         }
     };
     InstanceStatus {
@@ -209,4 +224,46 @@ fn state(
         reason,
         parts: Vec::new(),
     }
+}
+
+/// The last line of a log that is not pipe's own (`# ...`), trimmed to 100 characters.
+pub fn last_line(text: &str) -> Option<String> {
+    let line = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("# "))?;
+    Some(match line.char_indices().nth(100) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_string(),
+    })
+}
+
+/// Who is computing key `k` now (`pid 12 on host: epoch 3/10 ...`), if a live process
+/// holds its lock.
+pub fn running(store: &Store, k: &str) -> Option<String> {
+    let lock = store.root().join("locks").join(format!("{k}.lock"));
+    if !crate::store::lock::is_held(&lock, store.host()) {
+        return None;
+    }
+    let holder = crate::store::lock::read_holder(&lock)?;
+    let log = std::fs::read_to_string(store.log_path(k)).unwrap_or_default();
+    Some(match last_line(&log) {
+        Some(l) => format!("{holder}: {l}"),
+        None => holder.to_string(),
+    })
+}
+
+/// Why key `k` failed last, if its log ends with a failure: the footer's message and the
+/// log's last line before it (a traceback's last line, say).
+pub fn failure(store: &Store, k: &str) -> Option<String> {
+    let log = std::fs::read_to_string(store.log_path(k)).ok()?;
+    let footer = log.lines().rev().find(|l| l.starts_with("# "))?;
+    let message = footer.strip_prefix("# failed after ")?;
+    let message = message.split_once(": ").map_or(message, |(_, m)| m);
+    let before = &log[..log.rfind(footer).unwrap_or(0)];
+    Some(match last_line(before) {
+        Some(l) if !message.contains(&l) => format!("last run failed: {message}: {l}"),
+        _ => format!("last run failed: {message}"),
+    })
 }

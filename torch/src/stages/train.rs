@@ -122,7 +122,7 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
         let m = trainer.train_epoch().clone();
         writeln!(
             ctx.log,
-            "epoch {:>4}  lr {:.5}  train loss {:.4} acc {:.4}  clean {:.4}  corrupted(train) {}  corrupted(true) {}  test loss {:.4} acc {:.4}  {:.2}s",
+            "epoch {:>3}/{epochs}  lr {:.5}  train loss {:.4} acc {:.4}  clean {:.4}  corrupted(train) {}  corrupted(true) {}  test loss {:.4} acc {:.4}  {:.2}s",
             m.epoch,
             m.lr,
             m.train_loss,

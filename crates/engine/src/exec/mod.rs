@@ -91,7 +91,7 @@ pub struct RunOptions {
     /// Stop starting instances after the first failure.
     pub fail_fast: bool,
     /// Run only these stages (and what they need); empty means all.
-    pub only: Vec<String>,
+    pub only: Vec<crate::select::Selector>,
     /// The remote cache: pull missing artifacts before computing, push what was computed.
     pub remote: Option<std::sync::Arc<Remote>>,
     /// GPUs to place instances on (local executor): an instance whose resources ask for a
@@ -123,24 +123,9 @@ impl RunReport {
     }
 }
 
-/// The instances a run covers: all, or the `only` stages and everything they need.
-pub fn selected(plan: &Plan, only: &[String]) -> Vec<NodeIndex> {
-    if only.is_empty() {
-        return plan.order.clone();
-    }
-    let mut keep = vec![false; plan.graph.node_count()];
-    for &n in &plan.order {
-        if only.iter().any(|s| s == plan.stage_name(n)) {
-            for a in plan.ancestors_and_self(n) {
-                keep[a.index()] = true;
-            }
-        }
-    }
-    plan.order
-        .iter()
-        .copied()
-        .filter(|n| keep[n.index()])
-        .collect()
+/// The instances a run covers: all, or those `only` selects and everything they need.
+pub fn selected(plan: &Plan, only: &[crate::select::Selector]) -> Vec<NodeIndex> {
+    crate::select::closure(plan, only)
 }
 
 /// The keys an instance stores: its own and its parts' (checkpoints); none while its key

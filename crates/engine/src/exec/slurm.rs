@@ -25,7 +25,8 @@ use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, t
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::resources::Resources;
-use crate::store::{Store, unix_now, write_atomic};
+pub use crate::runs::{RunRecord, find_record, records, runs_dir, save_record};
+use crate::store::{Store, write_atomic};
 
 /// Options of a Slurm run.
 #[derive(Clone, Debug)]
@@ -54,21 +55,6 @@ pub struct JobRecord {
     pub job_id: String,
     /// Slurm's log of the job.
     pub slurm_log: PathBuf,
-}
-
-/// A run's record, `runs/RUN/run.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// The run id (also in every job name: `pipe-RUN-STAGE`).
-    pub id: String,
-    /// Pipeline name.
-    pub pipeline: String,
-    /// Unix time of submission.
-    pub submitted: f64,
-    /// The jobs, in submission order.
-    pub jobs: Vec<JobRecord>,
-    /// Whether the run has ended (every job done, failed or cancelled).
-    pub finished: bool,
 }
 
 /// What a job writes when it ends, `jobs/KEY.outcome.json`.
@@ -131,68 +117,9 @@ impl JobOutcome {
     }
 }
 
-/// Where the runs' files live.
-pub fn runs_dir(store: &Store) -> PathBuf {
-    store.root().join("runs")
-}
-
 /// Where a job's outcome goes, beside its job file.
 pub fn outcome_path(job_file: &Path) -> PathBuf {
     job_file.with_extension("outcome.json")
-}
-
-/// Where a run's record is, `runs/RUN/run.json`.
-fn record_path(store: &Store, id: &str) -> PathBuf {
-    runs_dir(store).join(id).join("run.json")
-}
-
-/// Saves a run record atomically.
-pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
-    let path = record_path(store, &r.id);
-    let text = serde_json::to_vec_pretty(r).unwrap_or_default();
-    write_atomic(&path, &text).map_err(|e| Error::io(&path, e))
-}
-
-/// Every run record in the cache, oldest first.
-pub fn records(store: &Store) -> Vec<RunRecord> {
-    let mut out: Vec<RunRecord> = std::fs::read_dir(runs_dir(store))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("run.json")).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect();
-    out.sort_by(|a: &RunRecord, b| a.submitted.total_cmp(&b.submitted));
-    out
-}
-
-/// The run with this id or unique id prefix.
-pub fn find_record(store: &Store, id: &str) -> Result<RunRecord, Error> {
-    let all = records(store);
-    let hits: Vec<&RunRecord> = all.iter().filter(|r| r.id.starts_with(id)).collect();
-    match hits.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(Error::usage(format!(
-            "no Slurm run `{id}` in {}; runs: {}",
-            runs_dir(store).display(),
-            if all.is_empty() {
-                "none".to_string()
-            } else {
-                all.iter()
-                    .map(|r| r.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        ))),
-        many => Err(Error::usage(format!(
-            "`{id}` names {} runs ({}); give more of the id",
-            many.len(),
-            many.iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
 }
 
 /// A job of an unfinished run, as `pipe status` shows it.
@@ -318,20 +245,6 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// A new run id: 10 hex digits of a hash of the time, the process id and the host.
-fn new_run_id() -> String {
-    let h = blake3::hash(
-        format!(
-            "{} {} {}",
-            unix_now(),
-            std::process::id(),
-            crate::store::lock::host_name()
-        )
-        .as_bytes(),
-    );
-    h.to_hex()[..10].to_string()
-}
-
 /// Slurm states in which a job will still run or is running.
 fn is_active(state: &str) -> bool {
     matches!(
@@ -359,7 +272,8 @@ struct Live {
 }
 
 /// Submits the plan's missing instances as Slurm jobs and (unless detached) waits for
-/// them. Returns each instance's outcome and the run's record.
+/// them. `record` is the run's record, begun by the caller; the jobs are added to it.
+/// Returns each instance's outcome and the run's record.
 pub fn run(
     plan: &Plan,
     store: &Store,
@@ -367,6 +281,7 @@ pub fn run(
     slurm: &SlurmOptions,
     observer: &dyn Observer,
     interrupted: &AtomicBool,
+    mut record: RunRecord,
 ) -> Result<(RunReport, RunRecord), Error> {
     store.prepare().map_err(|e| Error::io(store.root(), e))?;
     let root = std::fs::canonicalize(store.root()).map_err(|e| Error::io(store.root(), e))?;
@@ -377,13 +292,7 @@ pub fn run(
         outcomes,
         to_run,
     } = triage(plan, store, opts, observer);
-    let record = RunRecord {
-        id: new_run_id(),
-        pipeline: plan.spec.name.clone(),
-        submitted: unix_now(),
-        jobs: Vec::new(),
-        finished: to_run.is_empty(),
-    };
+    record.finished = to_run.is_empty();
     if to_run.is_empty() {
         let report =
             conclude(plan, store, &nodes, outcomes).map_err(|e| Error::io(store.root(), e))?;

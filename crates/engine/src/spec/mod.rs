@@ -45,9 +45,20 @@ pub struct Spec {
     pub stages: Vec<StageSpec>,
     /// `[cache] remote = "s3://bucket/prefix"`: the remote cache, if any.
     pub remote: Option<String>,
+    /// `[cache] dir = "PATH"`: the local cache folder, resolved against `base_dir`.
+    pub cache_dir: Option<PathBuf>,
     /// Sweep variables no stage references (they only repeat instances under more names),
     /// each as a located message for a warning.
     pub unused_vars: Vec<String>,
+}
+
+/// The `[cache] dir` of the pipeline file at `path`, resolved against the file's folder,
+/// read without validating the rest of the file (which loading does, with located errors).
+pub fn cache_dir_of(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc: toml::Table = toml::from_str(&text).ok()?;
+    let dir = doc.get("cache")?.get("dir")?.as_str()?;
+    Some(path.parent().unwrap_or(Path::new(".")).join(dir))
 }
 
 /// One `[stage.NAME]` table.
@@ -167,7 +178,7 @@ fn build(
     top_level::check_keys(top)?;
     let start = Loc::new(source, 0..0);
     let (name, description) = top_level::pipeline(top, &start)?;
-    let remote = top_level::cache_remote(top)?;
+    let cache = top_level::cache(top)?;
     let sweep = Sweep::parse(top.get("sweep").map(|(_, n)| n))?;
     let raws = top_level::stages(top, &start)?
         .iter()
@@ -195,7 +206,8 @@ fn build(
         base_dir: base_dir.to_path_buf(),
         name,
         description,
-        remote,
+        remote: cache.remote,
+        cache_dir: cache.dir.map(|d| base_dir.join(d)),
         sweep,
         stages,
         unused_vars,

@@ -60,9 +60,18 @@ pub(super) fn pipeline(top: &Table, start: &Loc) -> Result<(String, Option<Strin
     Ok((name, description))
 }
 
-/// `[cache] remote = "s3://BUCKET/PREFIX"`: the remote cache, if the file names one.
-pub(super) fn cache_remote(top: &Table) -> Result<Option<String>, Error> {
-    let mut remote = None;
+/// The `[cache]` table: `remote = "s3://BUCKET/PREFIX"` and `dir = "PATH"`.
+#[derive(Default)]
+pub(super) struct CacheTable {
+    /// The remote cache, if the file names one.
+    pub remote: Option<String>,
+    /// The local cache folder, as written (relative to the file's folder).
+    pub dir: Option<String>,
+}
+
+/// The `[cache]` table, checked.
+pub(super) fn cache(top: &Table) -> Result<CacheTable, Error> {
+    let mut out = CacheTable::default();
     if let Some((_, cache)) = top.get("cache") {
         for (k, (key, v)) in cache.as_table("cache")? {
             match k.as_str() {
@@ -75,13 +84,20 @@ pub(super) fn cache_remote(top: &Table) -> Result<Option<String>, Error> {
                             format!("\"{url}\" is not a remote cache; write s3://BUCKET/PREFIX"),
                         ));
                     }
-                    remote = Some(url.to_string());
+                    out.remote = Some(url.to_string());
                 }
-                _ => return Err(unknown_key(key, &format!("cache.{k}"), &["remote"])),
+                "dir" => {
+                    let dir = v.as_str("cache.dir")?;
+                    if dir.is_empty() || dir.contains('\0') {
+                        return Err(Error::at(&v.loc, "cache.dir", "name a folder"));
+                    }
+                    out.dir = Some(dir.to_string());
+                }
+                _ => return Err(unknown_key(key, &format!("cache.{k}"), &["dir", "remote"])),
             }
         }
     }
-    Ok(remote)
+    Ok(out)
 }
 
 /// The `[stage]` table, which must hold at least one stage. `start` is where an error

@@ -34,6 +34,23 @@ pub struct IndexEntry {
 pub struct Index {
     /// Entries by [`entry_id`].
     pub entries: HashMap<String, IndexEntry>,
+    /// Earlier entries by [`entry_id`], newest first (at most [`HISTORY`] each, distinct
+    /// keys): what a runs with other overrides computed before the last entry.
+    #[serde(default)]
+    pub history: HashMap<String, Vec<IndexEntry>>,
+}
+
+/// How many earlier entries the index keeps per (stage, point).
+pub const HISTORY: usize = 16;
+
+impl Index {
+    /// Every entry known for an id, newest first: the last, then the earlier ones.
+    pub fn all(&self, id: &str) -> impl Iterator<Item = &IndexEntry> {
+        self.entries
+            .get(id)
+            .into_iter()
+            .chain(self.history.get(id).into_iter().flatten())
+    }
 }
 
 /// The id of a (stage, point) in the index.
@@ -83,7 +100,16 @@ impl Store {
         let mut changed = false;
         for (id, e) in updates {
             if index.entries.get(&id) != Some(&e) {
-                index.entries.insert(id, e);
+                if let Some(old) = index.entries.insert(id.clone(), e.clone())
+                    && old.key != e.key
+                {
+                    let h = index.history.entry(id).or_default();
+                    h.retain(|x| x.key != old.key && x.key != e.key);
+                    h.insert(0, old);
+                    h.truncate(HISTORY);
+                } else if let Some(h) = index.history.get_mut(&id) {
+                    h.retain(|x| x.key != e.key);
+                }
                 changed = true;
             }
         }

@@ -100,6 +100,15 @@ pub fn is_alive(holder: &Holder, this_host: &str) -> bool {
     }
 }
 
+/// Whether the lock file at `path` is held: its process runs (this host), or its heartbeat
+/// is recent (another host).
+pub fn is_held(path: &Path, this_host: &str) -> bool {
+    read_holder(path).is_some_and(|h| {
+        is_alive(&h, this_host)
+            && (h.host == this_host || age(path).is_some_and(|a| a <= stale_after()))
+    })
+}
+
 /// This process, as a lock holder.
 pub fn me(host: &str) -> Holder {
     let pid = std::process::id();

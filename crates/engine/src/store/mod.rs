@@ -526,15 +526,44 @@ mod tests {
     }
 }
 
-/// What [`Store::gc`] removed (or would remove).
-#[derive(Debug, Default, Serialize)]
+/// What [`Store::gc`] removed (or would remove), and what it kept.
+#[derive(Debug, Default)]
 pub struct GcReport {
-    /// Keys removed.
-    pub removed: Vec<String>,
+    /// The artifacts removed, in key order.
+    pub removed: Vec<Removed>,
     /// Bytes they held.
     pub freed_bytes: u64,
-    /// Unreachable keys kept because they are newer than the cut-off or locked by a run.
+    /// Artifacts kept although nothing named them: newer than the cut-off, locked, or
+    /// made since a live run started.
     pub kept: usize,
+}
+
+/// One artifact [`Store::gc`] removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Removed {
+    /// Its key.
+    pub key: String,
+    /// The stage that made it (empty when its manifest is unreadable).
+    pub stage: String,
+    /// The pipeline that made it.
+    pub pipeline: String,
+    /// Its sweep point.
+    pub point: Json,
+    /// Seconds since it was made.
+    pub age_secs: f64,
+    /// Bytes its files hold.
+    pub size: u64,
+}
+
+/// What [`Store::gc`] must keep.
+#[derive(Debug, Default)]
+pub struct GcPolicy {
+    /// Keys kept whatever their age (reached by a pipeline, used by a recent or live run).
+    pub keep: std::collections::HashSet<String>,
+    /// Artifacts made less than this many seconds ago are kept.
+    pub keep_secs: f64,
+    /// Artifacts made at or after this Unix time are kept (the start of the oldest live run).
+    pub pinned_since: Option<f64>,
 }
 
 impl Store {
@@ -587,45 +616,53 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Removes every artifact not in `reachable` whose manifest is older than `keep_secs`
-    /// (never one whose key a live process has locked). With `dry_run`, removes nothing.
-    pub fn gc(
-        &self,
-        reachable: &std::collections::HashSet<String>,
-        keep_secs: f64,
-        dry_run: bool,
-    ) -> io::Result<GcReport> {
+    /// Removes every artifact that `policy` does not keep (never one whose key a live
+    /// process has locked). With `dry_run`, removes nothing.
+    pub fn gc(&self, policy: &GcPolicy, dry_run: bool) -> io::Result<GcReport> {
         let mut report = GcReport::default();
         let now = unix_now();
         for key in self.keys()? {
-            if reachable.contains(&key) {
+            if policy.keep.contains(&key) {
                 continue;
             }
-            let age = self
-                .manifest(&key)
-                .map(|m| now - (m.started + m.seconds))
+            let manifest = self.manifest(&key);
+            let made = manifest
+                .as_ref()
+                .map(|m| m.started + m.seconds)
                 .or_else(|| {
-                    fs::metadata(self.artifact_dir(&key))
+                    let t = fs::metadata(self.artifact_dir(&key))
                         .ok()?
                         .modified()
-                        .ok()?
-                        .elapsed()
-                        .ok()
-                        .map(|d| d.as_secs_f64())
-                })
-                .unwrap_or(f64::INFINITY);
+                        .ok()?;
+                    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+                });
+            let age = made.map_or(f64::INFINITY, |t| now - t);
             let locked = lock::read_holder(&self.root.join("locks").join(format!("{key}.lock")))
                 .is_some_and(|h| lock::is_alive(&h, &self.host));
-            if age < keep_secs || locked {
+            let pinned = policy
+                .pinned_since
+                .is_some_and(|since| made.is_none_or(|t| t >= since));
+            if age < policy.keep_secs || locked || pinned {
                 report.kept += 1;
                 continue;
             }
-            report.freed_bytes += self.size(&key);
+            let size = self.size(&key);
+            report.freed_bytes += size;
             if !dry_run {
                 self.remove(&key)?;
                 let _ = fs::remove_file(self.log_path(&key));
             }
-            report.removed.push(key);
+            let (stage, pipeline, point) = manifest
+                .map(|m| (m.stage, m.pipeline, m.point))
+                .unwrap_or_default();
+            report.removed.push(Removed {
+                key,
+                stage,
+                pipeline,
+                point,
+                age_secs: age,
+                size,
+            });
         }
         Ok(report)
     }

@@ -1,0 +1,283 @@
+//! Run records: every `pipe run` leaves `CACHE/runs/RUN/run.json`, saying which pipeline
+//! file (and its hash) it ran with which overrides, when, where, with what outcome, and the
+//! keys its plan read or wrote. `pipe runs` lists them; `status`, `export`, `report` and
+//! `gc` take `--run`; `gc` keeps what recent runs used and never what a live run holds.
+//!
+//! A run in progress holds a lease, `locks/run-RUN.lock` (a [`KeyLock`]: host, pid, process
+//! start, heartbeat), so any process sharing the cache can tell a live run from one that
+//! died. A Slurm run that was detached is live until its jobs have ended.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::exec::slurm::JobRecord;
+use crate::store::{KeyLock, Store, lock, unix_now, write_atomic};
+
+/// Counts of a run's instances by outcome.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Instances the run planned (after `--only`).
+    pub planned: usize,
+    /// Computed.
+    pub executed: usize,
+    /// Found in the cache.
+    pub cached: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Not run because something they need failed.
+    pub skipped: usize,
+}
+
+/// A run's record, `runs/RUN/run.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The run id: UTC start time and a few hex digits, `20261203-074228-3fa9`.
+    pub id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Unix time the run started (for a Slurm run, when it submitted).
+    pub submitted: f64,
+    /// A Slurm run's jobs, in submission order.
+    #[serde(default)]
+    pub jobs: Vec<JobRecord>,
+    /// Whether the run has ended (for Slurm, every job done, failed or cancelled).
+    pub finished: bool,
+    /// The pipeline file, absolute.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// blake3 of the pipeline file's bytes when the run started.
+    #[serde(default)]
+    pub file_hash: String,
+    /// The `--set` overrides, as given.
+    #[serde(default)]
+    pub overrides: Vec<String>,
+    /// The `--only` stages, as given.
+    #[serde(default)]
+    pub only: Vec<String>,
+    /// `local` or `slurm`.
+    #[serde(default)]
+    pub executor: String,
+    /// Host the run was started on.
+    #[serde(default)]
+    pub host: String,
+    /// Its process id.
+    #[serde(default)]
+    pub pid: u32,
+    /// Unix time the run ended (`None` while it runs, or if it died).
+    #[serde(default)]
+    pub ended: Option<f64>,
+    /// Its exit code (`None` while it runs, or if it died).
+    #[serde(default)]
+    pub exit: Option<i32>,
+    /// Instances by outcome.
+    #[serde(default)]
+    pub counts: RunCounts,
+    /// Every key the run's plan read or wrote (instances and their parts), sorted.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+impl RunRecord {
+    /// A new record for a run of `pipeline` started now by this process.
+    pub fn begin(pipeline: &str, file: Option<&Path>, overrides: &[String]) -> RunRecord {
+        let now = unix_now();
+        let file = file.map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf()));
+        let file_hash = file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .map(|b| blake3::hash(&b).to_hex().to_string())
+            .unwrap_or_default();
+        RunRecord {
+            id: new_run_id(now),
+            pipeline: pipeline.to_string(),
+            submitted: now,
+            jobs: Vec::new(),
+            finished: false,
+            file,
+            file_hash,
+            overrides: overrides.to_vec(),
+            only: Vec::new(),
+            executor: "local".into(),
+            host: lock::host_name(),
+            pid: std::process::id(),
+            ended: None,
+            exit: None,
+            counts: RunCounts::default(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Adds keys to the record (kept sorted and unique).
+    pub fn add_keys(&mut self, keys: impl IntoIterator<Item = String>) {
+        let mut all: BTreeSet<String> = std::mem::take(&mut self.keys).into_iter().collect();
+        all.extend(keys);
+        self.keys = all.into_iter().collect();
+    }
+
+    /// The run's state in words: `running`, `ok`, `failed (exit 1)`, `died` (its process is
+    /// gone without ending it), `submitted` (a detached Slurm run not finished).
+    pub fn state(&self, store: &Store) -> String {
+        match self.exit {
+            Some(0) if !self.finished => "submitted".into(),
+            Some(0) => "ok".into(),
+            Some(130) => "interrupted".into(),
+            Some(c) => format!("failed (exit {c})"),
+            None if is_live(store, self) => "running".into(),
+            None => "died".into(),
+        }
+    }
+
+    /// Whether the run's pipeline file differs now from when it ran (`None`: unreadable).
+    pub fn file_changed(&self) -> Option<bool> {
+        let bytes = std::fs::read(self.file.as_ref()?).ok()?;
+        Some(blake3::hash(&bytes).to_hex().as_str() != self.file_hash)
+    }
+
+    /// Whether the run has ended (or died) more than `secs` seconds ago; a live run never has.
+    pub fn older_than(&self, secs: f64) -> bool {
+        unix_now() - self.ended.unwrap_or(self.submitted) > secs
+    }
+}
+
+/// Whether a run may still read or write its keys: its lease is held by a live process,
+/// or it is a detached Slurm run whose jobs have not all ended.
+pub fn is_live(store: &Store, r: &RunRecord) -> bool {
+    if r.executor == "slurm" && !r.finished && r.exit == Some(0) {
+        return true;
+    }
+    lock::is_held(&lease_path(store, &r.id), store.host())
+}
+
+/// Where a run's lease is.
+fn lease_path(store: &Store, id: &str) -> PathBuf {
+    store.root().join("locks").join(format!("run-{id}.lock"))
+}
+
+/// Takes a run's lease, held until the returned lock is dropped.
+pub fn lease(store: &Store, id: &str) -> std::io::Result<KeyLock> {
+    KeyLock::acquire(&lease_path(store, id), store.host(), &mut |_| {})
+}
+
+/// Where the runs' files live.
+pub fn runs_dir(store: &Store) -> PathBuf {
+    store.root().join("runs")
+}
+
+/// Where a run's record is, `runs/RUN/run.json`.
+fn record_path(store: &Store, id: &str) -> PathBuf {
+    runs_dir(store).join(id).join("run.json")
+}
+
+/// Saves a run record atomically.
+pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
+    let path = record_path(store, &r.id);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let text = serde_json::to_vec_pretty(r).unwrap_or_default();
+    write_atomic(&path, &text).map_err(|e| Error::io(&path, e))
+}
+
+/// Every run record in the cache, oldest first (records that do not parse are skipped).
+pub fn records(store: &Store) -> Vec<RunRecord> {
+    let mut out: Vec<RunRecord> = std::fs::read_dir(runs_dir(store))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("run.json")).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    out.sort_by(|a: &RunRecord, b| a.submitted.total_cmp(&b.submitted).then(a.id.cmp(&b.id)));
+    out
+}
+
+/// The run `id` names: `last` (the latest run, of `file` if given), or an id or unique
+/// prefix of one.
+pub fn find_record(store: &Store, id: &str) -> Result<RunRecord, Error> {
+    find_run(store, id, None)
+}
+
+/// [`find_record`], where `last` means the latest run of `file` when a file is given.
+pub fn find_run(store: &Store, id: &str, file: Option<&Path>) -> Result<RunRecord, Error> {
+    let all = records(store);
+    if id == "last" {
+        return match file {
+            Some(f) => last_of(&all, f).cloned().ok_or_else(|| {
+                Error::usage(format!(
+                    "--run last: no run of {} in {}",
+                    f.display(),
+                    runs_dir(store).display()
+                ))
+            }),
+            None => all.last().cloned().ok_or_else(|| {
+                Error::usage(format!(
+                    "--run last: no runs in {}",
+                    runs_dir(store).display()
+                ))
+            }),
+        };
+    }
+    let hits: Vec<&RunRecord> = all.iter().filter(|r| r.id.starts_with(id)).collect();
+    match hits.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::usage(format!(
+            "no run `{id}` in {}; `pipe runs` lists them (latest: {})",
+            runs_dir(store).display(),
+            all.last().map_or("none", |r| r.id.as_str())
+        ))),
+        many => Err(Error::usage(format!(
+            "`{id}` names {} runs ({}); give more of the id",
+            many.len(),
+            many.iter()
+                .take(5)
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The latest run of pipeline file `file` among `all` (oldest first).
+pub fn last_of<'a>(all: &'a [RunRecord], file: &Path) -> Option<&'a RunRecord> {
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    all.iter()
+        .rev()
+        .find(|r| r.file.as_deref() == Some(file.as_path()))
+}
+
+/// A new run id: the UTC start time, then 4 hex digits of a hash of the time, the process
+/// id and the host, so ids sort by time and two runs started in one second differ.
+fn new_run_id(now: f64) -> String {
+    let h = blake3::hash(format!("{now} {} {}", std::process::id(), lock::host_name()).as_bytes());
+    let time = chrono::DateTime::from_timestamp(now as i64, 0)
+        .map(|t| t.format("%Y%m%d-%H%M%S").to_string())
+        .unwrap_or_default();
+    format!("{time}-{}", &h.to_hex()[..4])
+}
+
+/// A Unix time as local `YYYY-MM-DD HH:MM`.
+pub fn local_time(t: f64) -> String {
+    chrono::DateTime::from_timestamp(t as i64, 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time() {
+        let a = new_run_id(1_700_000_000.0);
+        let b = new_run_id(1_700_000_001.0);
+        assert!(a.starts_with("20231114-221320-"), "{a}");
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,173 @@
+//! `pipe runs`: the recorded runs, newest first: id, start, duration, state, pipeline file,
+//! overrides and counts.
+
+use crate::cli::outln;
+
+use serde::Serialize;
+
+use super::{RunsArgs, cache_dir, pipeline_cache, print_json};
+use crate::error::Error;
+use crate::runs::{self, RunCounts, RunRecord, local_time};
+use crate::store::Store;
+
+/// One run in `pipe runs --json`.
+#[derive(Serialize)]
+struct RunJson<'a> {
+    /// Instances by outcome.
+    counts: &'a RunCounts,
+    /// Unix time it ended (`null` while running or if it died).
+    ended: Option<f64>,
+    /// Its exit code.
+    exit: Option<i32>,
+    /// `local` or `slurm`.
+    executor: &'a str,
+    /// The pipeline file.
+    file: Option<&'a std::path::Path>,
+    /// blake3 of the file when the run started.
+    file_hash: &'a str,
+    /// Whether the file has changed since (`null` if it cannot be read).
+    file_changed: Option<bool>,
+    /// Host it ran on.
+    host: &'a str,
+    /// The run id.
+    id: &'a str,
+    /// How many keys it read or wrote.
+    keys: usize,
+    /// `--only` stages.
+    only: &'a [String],
+    /// The `--set` overrides.
+    overrides: &'a [String],
+    /// Its process id.
+    pid: u32,
+    /// The pipeline's name.
+    pipeline: &'a str,
+    /// Unix time it started.
+    started: f64,
+    /// `ok`, `failed (exit 1)`, `running`, `died`, `interrupted`, `submitted`.
+    state: String,
+}
+
+/// Runs `pipe runs`; returns its exit code.
+pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
+    let dir = match &args.file {
+        Some(f) => pipeline_cache(&args.cache, f),
+        None => cache_dir(&args.cache),
+    };
+    let store = Store::new(dir);
+    let all = runs::records(&store);
+    let file = args
+        .file
+        .as_ref()
+        .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()));
+    let mut shown: Vec<&RunRecord> = all
+        .iter()
+        .rev()
+        .filter(|r| file.is_none() || r.file == file)
+        .collect();
+    if let Some(n) = args.limit {
+        shown.truncate(n);
+    }
+    if args.json {
+        let items: Vec<RunJson> = shown
+            .iter()
+            .map(|r| RunJson {
+                counts: &r.counts,
+                ended: r.ended,
+                exit: r.exit,
+                executor: &r.executor,
+                file: r.file.as_deref(),
+                file_hash: &r.file_hash,
+                file_changed: r.file_changed(),
+                host: &r.host,
+                id: &r.id,
+                keys: r.keys.len(),
+                only: &r.only,
+                overrides: &r.overrides,
+                pid: r.pid,
+                pipeline: &r.pipeline,
+                started: r.submitted,
+                state: r.state(&store),
+            })
+            .collect();
+        return print_json(&items).map(|_| 0);
+    }
+    if shown.is_empty() {
+        outln!("no runs recorded in {}", store.root().display());
+        return Ok(0);
+    }
+    outln!(
+        "{:<20}  {:<16}  {:>7}  {:<14}  {:<28}  {:<24}  overrides",
+        "run",
+        "started",
+        "took",
+        "state",
+        "file",
+        "executed/cached/failed"
+    );
+    for r in shown {
+        let took = r
+            .ended
+            .map_or_else(|| "-".to_string(), |e| duration(e - r.submitted));
+        let file = r.file.as_ref().map_or_else(String::new, |f| {
+            let short = super::relative_to_cwd(f.clone()).display().to_string();
+            if r.file_changed() == Some(true) {
+                format!("{short} (changed)")
+            } else {
+                short
+            }
+        });
+        let c = &r.counts;
+        outln!(
+            "{:<20}  {:<16}  {:>7}  {:<14}  {:<28}  {:<24}  {}",
+            r.id,
+            local_time(r.submitted),
+            took,
+            r.state(&store),
+            file,
+            format!("{}/{}/{} of {}", c.executed, c.cached, c.failed, c.planned),
+            overrides(&r.overrides)
+        );
+    }
+    Ok(0)
+}
+
+/// Overrides as `--set` arguments, or `-`.
+pub fn overrides(set: &[String]) -> String {
+    if set.is_empty() {
+        return "-".into();
+    }
+    set.iter()
+        .map(|o| format!("--set '{o}'"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Which run and overrides a plan was made with, in words, for a report's header:
+/// `run 20261203-074228-3fa9 with --set 'sweep.noise=[0.6]'`, or empty.
+pub fn describe(run: Option<&RunRecord>, set: &[String]) -> String {
+    let with = if set.is_empty() {
+        "without overrides".to_string()
+    } else {
+        format!("with {}", overrides(set))
+    };
+    match run {
+        Some(r) if r.overrides == set => format!("run {} {with}", r.id),
+        _ if set.is_empty() => String::new(),
+        _ => with,
+    }
+}
+
+/// Seconds in words: `42.0s`, `3m 05s`, `2h 10m`.
+fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
