@@ -97,7 +97,7 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
             r.pipeline,
             age(r.age_secs),
             size(r.size),
-            &r.key[..12.min(r.key.len())]
+            crate::key::short(&r.key, 12)
         );
     }
     outln!(

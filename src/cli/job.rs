@@ -19,6 +19,24 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
     let text = std::fs::read(file).map_err(|e| Error::io(file, e))?;
     let mut job: InstanceJob = serde_json::from_slice(&text)
         .map_err(|e| Error::usage(format!("{}: not a job file: {e}", file.display())))?;
+    let keys = job
+        .key
+        .iter()
+        .chain(job.inputs.iter().filter_map(|i| i.key.as_ref()))
+        .chain(
+            job.inputs
+                .iter()
+                .flat_map(|i| i.parts.iter().map(|(_, k)| k)),
+        );
+    for k in keys {
+        if !crate::key::is_key(k) {
+            return Err(Error::usage(format!(
+                "{}: {:?} is not a key (64 hex digits)",
+                file.display(),
+                crate::key::short(k, 70)
+            )));
+        }
+    }
     let registry = stages::registry();
     let kind = registry
         .get(&job.kind)

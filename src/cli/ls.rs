@@ -59,7 +59,7 @@ pub fn ls(args: &LsArgs) -> Result<i32, Error> {
         for m in &rows {
             outln!(
                 "{}  {:<18} {:<16} {:<28} {:>10} bytes {:>8.2}s",
-                &m.key[..12],
+                crate::key::short(&m.key, 12),
                 m.kind,
                 m.stage,
                 crate::plan::point_label(&m.point),

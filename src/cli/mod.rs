@@ -8,6 +8,7 @@
 mod cancel;
 mod completions;
 mod dag;
+mod diff;
 mod export;
 mod gc;
 mod job;
@@ -21,6 +22,7 @@ mod run;
 mod runs;
 mod show;
 mod status;
+mod table;
 mod target;
 mod verify;
 
@@ -119,6 +121,10 @@ pub enum Command {
     Show(ShowArgs),
     /// Print the log of an instance (failed ones included).
     Log(LogArgs),
+    /// The results, one row per train instance: point, final and best test accuracy, fit of the corrupted labels.
+    Table(TableArgs),
+    /// Compare two instances or two runs: parameters and final metrics side by side.
+    Diff(DiffArgs),
     /// Remove the artifacts (and parts) of instances: `pipe rm 'train[noise=0.4]' sweep.toml`.
     Rm(RmArgs),
     /// List the artifacts in the cache.
@@ -334,6 +340,44 @@ pub struct LogArgs {
     pub json: bool,
 }
 
+/// Arguments of `pipe table`.
+#[derive(clap::Args, Debug)]
+pub struct TableArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Only rows at this point (`--where noise=0.4`; repeatable, all must hold).
+    #[arg(long = "where", value_name = "VAR=VALUE,...")]
+    pub filter: Vec<String>,
+    /// Sort by a column or sweep variable; `-COLUMN` sorts descending.
+    #[arg(long, value_name = "COLUMN", allow_hyphen_values = true)]
+    pub sort: Option<String>,
+    /// Print a JSON array.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// Arguments of `pipe diff`.
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    /// An instance (key or prefix, or `stage[point]`) or a run (`run:ID`, `run:last`).
+    pub a: String,
+    /// The other one, of the same sort.
+    pub b: String,
+    /// The pipeline file to look `stage[point]` up in [default: the cache's manifests].
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Arguments of `pipe rm`.
 #[derive(clap::Args, Debug)]
 pub struct RmArgs {
@@ -487,6 +531,8 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Report(args) => report::report(args, verbosity),
         Command::Show(args) => show::show(&args),
         Command::Log(args) => log::log(&args),
+        Command::Table(args) => table::table(&args),
+        Command::Diff(args) => diff::diff(&args),
         Command::Rm(args) => rm::rm(&args),
         Command::Ls(args) => ls::ls(&args),
         Command::Gc(args) => gc::gc(&args),

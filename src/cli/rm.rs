@@ -38,7 +38,7 @@ pub fn rm(args: &RmArgs) -> Result<i32, Error> {
                 "removed"
             },
             t.label,
-            &t.key[..12.min(t.key.len())],
+            crate::key::short(&t.key, 12),
             present.len(),
             if present.len() == 1 { "" } else { "s" }
         );

@@ -18,7 +18,7 @@ pub fn show(args: &ShowArgs) -> Result<i32, Error> {
     if !store.is_complete(&key) {
         return Err(Error::usage(format!(
             "{} is not in the cache (`pipe status` says why)",
-            &key[..12]
+            crate::key::short(&key, 12)
         )));
     }
     let m = store.manifest(&key).ok_or_else(|| {

@@ -44,7 +44,7 @@ pub fn resolve(
             Ok(key) => {
                 let m = store.manifest(&key);
                 let label = m.as_ref().map_or_else(
-                    || key[..12.min(key.len())].to_string(),
+                    || crate::key::short(&key, 12).to_string(),
                     |m| format!("{}[{}]", m.stage, point_label(&m.point)),
                 );
                 let parts = m
@@ -100,12 +100,12 @@ fn resolve_selector(
 /// selects.
 fn by_plan(
     sel: &Selector,
-    file: &PathBuf,
+    file: &std::path::Path,
     cache: &Option<PathBuf>,
 ) -> Result<(Store, Vec<Target>), Error> {
     let loaded = load(
         &PipelineArgs {
-            file: Some(file.clone()),
+            file: Some(file.to_path_buf()),
             set: Vec::new(),
             cache: cache.clone(),
             run: None,
@@ -223,7 +223,7 @@ pub fn one(target: &str, targets: Vec<Target>) -> Result<Target, Error> {
         targets
             .iter()
             .take(6)
-            .map(|t| format!("{} ({})", t.label, &t.key[..12.min(t.key.len())]))
+            .map(|t| format!("{} ({})", t.label, crate::key::short(&t.key, 12)))
             .collect::<Vec<_>>()
             .join(", "),
         if targets.len() > 6 { ", ..." } else { "" }

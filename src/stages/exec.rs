@@ -21,9 +21,9 @@ crate::stage_params! {
     /// The parameters of `exec`.
     pub struct ExecParams {
         cmd: Vec<Scalar>, required, "the command and its arguments, e.g. [\"python3\", \"fit.py\", \"--noise\", \"${noise}\"]";
-        files: Vec<String>, default "[]", "files (relative to the pipeline file) whose content goes into the key: scripts, configs";
+        files: Vec<String>, default "[]", "files, folders or glob patterns (relative to the pipeline file) whose content goes into the key: scripts, configs, src/**/*.py";
         env: BTreeMap<String, Scalar>, default "{}", "extra environment variables for the command";
-        tables: Vec<String>, default "[]", "Parquet tables the command writes (NAME for $PIPE_OUT/NAME.parquet) that `pipe export` gathers";
+        tables: Vec<String>, default "[]", not_in_key, "Parquet tables the command must write (NAME for $PIPE_OUT/NAME.parquet) that `pipe export` gathers (not in the key)";
         threads: i64, default "1", not_in_key, "threads the command uses (scheduling only; not in the key)";
     }
 }
@@ -69,15 +69,45 @@ impl Kind for Exec {
         if p.threads < 1 {
             return Err(ParamError::param("threads", "must be at least 1"));
         }
+        for t in &p.tables {
+            if !is_table_name(t) {
+                return Err(ParamError::param(
+                    "tables",
+                    format!(
+                        "\"{t}\" is not a table name: use letters, digits, `_` and `-` (the file is $PIPE_OUT/NAME.parquet)"
+                    ),
+                ));
+            }
+        }
+        for (k, v) in &p.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(ParamError::param(
+                    "env",
+                    format!("{k:?} is not a variable name"),
+                ));
+            }
+            if k.starts_with("PIPE_") {
+                return Err(ParamError::param(
+                    "env",
+                    format!("{k} is set by pipe itself; name your variable otherwise"),
+                ));
+            }
+            if template::display(&v.0).contains('\0') {
+                return Err(ParamError::param(
+                    "env",
+                    format!("the value of {k} holds a NUL byte"),
+                ));
+            }
+        }
+        if let Some(a) = p.argv().iter().find(|a| a.contains('\0')) {
+            return Err(ParamError::param("cmd", format!("{a:?} holds a NUL byte")));
+        }
         Ok(())
     }
     fn files(&self, p: &ExecParams, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
         p.files
             .iter()
-            .map(|f| DeclaredFile {
-                path: env.base_dir.join(f),
-                name: f.clone(),
-            })
+            .flat_map(|f| declared(env.base_dir, f))
             .collect()
     }
     fn tables(&self, p: &ExecParams) -> Vec<String> {
@@ -132,6 +162,71 @@ impl Kind for Exec {
                 ),
             }
         }
+        let missing: Vec<&str> = p
+            .tables
+            .iter()
+            .filter(|t| !ctx.out.join(format!("{t}.parquet")).is_file())
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "the command declared table(s) {} but wrote no {} in $PIPE_OUT",
+                missing.join(", "),
+                missing
+                    .iter()
+                    .map(|t| format!("{t}.parquet"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         Ok(())
     }
+}
+
+/// Whether `t` can name a table: letters, digits, `_` and `-`, not starting with `-`.
+fn is_table_name(t: &str) -> bool {
+    !t.is_empty()
+        && !t.starts_with('-')
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The files one `files` entry declares: the file itself; every file under a folder (sorted,
+/// named by their path from the pipeline's folder); every file a glob pattern matches.
+/// A pattern that matches nothing is declared as written, so that planning says it is
+/// missing.
+fn declared(base: &std::path::Path, entry: &str) -> Vec<DeclaredFile> {
+    let path = base.join(entry);
+    let one = |name: String, path: std::path::PathBuf| DeclaredFile { name, path };
+    let name_of = |p: &std::path::Path| {
+        p.strip_prefix(base)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    if path.is_dir() {
+        let mut files: Vec<DeclaredFile> = walkdir::WalkDir::new(&path)
+            .sort_by_file_name()
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| one(name_of(e.path()), e.path().to_path_buf()))
+            .collect();
+        if files.is_empty() {
+            files.push(one(format!("{entry} (empty folder)"), path));
+        }
+        return files;
+    }
+    let is_pattern = entry.contains(['*', '?', '[']);
+    if !is_pattern {
+        return vec![one(entry.to_string(), path)];
+    }
+    let mut found: Vec<std::path::PathBuf> = glob::glob(&path.to_string_lossy())
+        .map(|paths| paths.flatten().filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    found.sort();
+    if found.is_empty() {
+        return vec![one(entry.to_string(), path)];
+    }
+    found.into_iter().map(|p| one(name_of(&p), p)).collect()
 }

@@ -14,6 +14,7 @@ mod common;
 
 mod analysis;
 mod cutoff;
+mod daily;
 mod datasets;
 mod double_descent;
 mod engine;

@@ -114,6 +114,23 @@ pub fn float(x: f64) -> Option<Json> {
     serde_json::Number::from_f64(x).map(Json::Number)
 }
 
+/// The first `n` characters of `s` (a key, a hash), for messages: never splits a
+/// character, so text read from a damaged or hostile manifest cannot make it panic.
+pub fn short(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Whether `s` is a key (or a content hash): 64 lowercase hex digits. Every key read from a
+/// file (a manifest, a job file, a remote) is checked with this before it names a path.
+pub fn is_key(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

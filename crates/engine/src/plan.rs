@@ -130,6 +130,12 @@ impl FileHasher {
         if meta.is_dir() {
             return Err(std::io::Error::other("is a directory, not a file"));
         }
+        if !meta.is_file() {
+            // A FIFO or a device (`/dev/zero`) would block or never end.
+            return Err(std::io::Error::other(
+                "is not a regular file (a FIFO, socket or device)",
+            ));
+        }
         let mtime = meta.modified().ok();
         if let Some((len, t, h)) = self.memo.get(path)
             && *len == meta.len()

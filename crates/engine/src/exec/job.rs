@@ -150,7 +150,7 @@ impl InstanceJob {
                 format!(
                     "input {} ({}) is missing or damaged in the cache",
                     input.label,
-                    &key[..key.len().min(12)]
+                    crate::key::short(key, 12)
                 )
             })?;
             let (id, seen) = match &input.reads {
@@ -182,8 +182,8 @@ impl InstanceJob {
         match &self.key {
             Some(k) if *k != key => Err(format!(
                 "its inputs in the cache are not what the run planned with (key {} planned, {} now); run again",
-                &k[..k.len().min(12)],
-                &key[..12]
+                crate::key::short(k, 12),
+                crate::key::short(&key, 12)
             )),
             _ => {
                 self.key = Some(key);
@@ -279,7 +279,10 @@ pub fn compute_instance(
         Ok(l) => l,
         Err(e) => {
             return failed(
-                format!("cannot take the lock for key {}: {e}", &key[..12]),
+                format!(
+                    "cannot take the lock for key {}: {e}",
+                    crate::key::short(key, 12)
+                ),
                 log_path,
             );
         }
@@ -535,7 +538,7 @@ fn input_artifacts(job: &InstanceJob, store: &Store) -> Result<Vec<InputArtifact
             return Err(format!(
                 "input {} ({}) is missing or damaged in the cache",
                 input.label,
-                &key[..key.len().min(12)]
+                crate::key::short(&key, 12)
             ));
         }
         inputs.push(InputArtifact {

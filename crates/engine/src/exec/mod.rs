@@ -275,7 +275,7 @@ pub fn recheck_inputs(
                         node: up,
                         message: format!(
                             "cached artifact {} is damaged ({problem}); removed, computing it again",
-                            &key[..12]
+                            crate::key::short(key, 12)
                         ),
                         warning: true,
                     },

@@ -80,6 +80,43 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Checks a manifest read from outside this process (a remote, a job's node) before
+    /// any of its names becomes a path: keys and hashes are 64 hex digits, file paths stay
+    /// inside the artifact.
+    pub fn check_names(&self) -> Result<(), String> {
+        let bad_key =
+            |what: &str, k: &str| format!("{what} {:?} is not a key", crate::key::short(k, 70));
+        if !crate::key::is_key(&self.key) {
+            return Err(bad_key("its key", &self.key));
+        }
+        for (slot, k) in &self.inputs {
+            if !crate::key::is_key(k) {
+                return Err(bad_key(&format!("input {slot}:"), k));
+            }
+        }
+        for (name, k) in &self.parts {
+            if !crate::key::is_key(k) {
+                return Err(bad_key(&format!("part {name}:"), k));
+            }
+        }
+        for f in &self.files {
+            if !remote::is_inside(&f.path) || f.path == MANIFEST {
+                return Err(format!(
+                    "file {:?} is not a path inside the artifact",
+                    f.path
+                ));
+            }
+            if !crate::key::is_key(&f.blake3) {
+                return Err(format!(
+                    "file {:?}: blake3 {:?} is not a hash",
+                    f.path,
+                    crate::key::short(&f.blake3, 70)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The content digest of the artifact's files ([`crate::key::content_digest`]).
     pub fn digest(&self) -> String {
         crate::key::content_digest(
@@ -596,7 +633,7 @@ impl Store {
                 many.len(),
                 many.iter()
                     .take(3)
-                    .map(|k| &k[..16.min(k.len())])
+                    .map(|k| crate::key::short(k, 16))
                     .collect::<Vec<_>>()
                     .join(", ")
             )),

@@ -165,10 +165,13 @@ impl Remote {
             .map_err(|e| format!("remote artifact {key}: unreadable manifest: {e}"))?;
         if manifest.key != key {
             return Err(format!(
-                "remote artifact {key}: its manifest is that of {}",
-                manifest.key
+                "remote artifact {key}: its manifest is that of {:?}",
+                crate::key::short(&manifest.key, 70)
             ));
         }
+        manifest
+            .check_names()
+            .map_err(|e| format!("remote artifact {key}: its manifest is refused: {e}"))?;
         let _lock = store
             .lock(key, &mut |_| {})
             .map_err(|e| format!("cannot lock {key}: {e}"))?;
@@ -199,9 +202,9 @@ impl Remote {
                         "remote artifact {key}: file {} is damaged ({} bytes, blake3 {}; the manifest says {} bytes, {})",
                         f.path,
                         bytes.len(),
-                        &hash[..12],
+                        crate::key::short(&hash, 12),
                         f.size,
-                        &f.blake3[..f.blake3.len().min(12)]
+                        crate::key::short(&f.blake3, 12)
                     ));
                 }
                 let path = tmp.join(&f.path);

@@ -1,0 +1,288 @@
+//! `pipe diff A B`: two instances (keys, or `stage[point]`) or two runs (`run:ID`,
+//! `run:last`): what differs in their parameters, inputs and files, and their final
+//! metrics side by side.
+
+use crate::cli::outln;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::{DiffArgs, cache_dir, print_json};
+use crate::error::Error;
+use crate::plan::point_label;
+use crate::runs::{self, RunRecord};
+use crate::spec::template;
+use crate::stages::train::read_metrics;
+use crate::store::{Manifest, Store};
+
+/// One line of a diff: a name and the two sides (`null` where a side has none).
+#[derive(Serialize)]
+struct Line {
+    /// What differs (`param lr`, `final_test_acc train[noise=0.4]`).
+    what: String,
+    /// The first side's value.
+    a: Json,
+    /// The second side's value.
+    b: Json,
+}
+
+/// `pipe diff --json`.
+#[derive(Serialize)]
+struct DiffJson<'a> {
+    /// The first side, as named.
+    a: &'a str,
+    /// The second side, as named.
+    b: &'a str,
+    /// Parameter, input, file and setting differences.
+    differences: &'a [Line],
+    /// Final metrics of both sides.
+    metrics: &'a [Line],
+}
+
+/// Runs `pipe diff`; returns its exit code.
+pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
+    let runs_asked = [&args.a, &args.b].map(|s| s.strip_prefix("run:"));
+    let (differences, metrics) = match runs_asked {
+        [Some(a), Some(b)] => {
+            let store = Store::new(cache_dir(&args.cache));
+            let ra = runs::find_record(&store, a)?;
+            let rb = runs::find_record(&store, b)?;
+            diff_runs(&store, &ra, &rb)
+        }
+        [None, None] => {
+            let (store, ma) = manifest(&args.a, args)?;
+            let (_, mb) = manifest(&args.b, args)?;
+            diff_instances(&store, &ma, &mb)
+        }
+        _ => {
+            return Err(Error::usage(
+                "compare two instances or two runs (run:ID, run:last), not one of each",
+            ));
+        }
+    };
+    if args.json {
+        return print_json(&DiffJson {
+            a: &args.a,
+            b: &args.b,
+            differences: &differences,
+            metrics: &metrics,
+        })
+        .map(|_| 0);
+    }
+    let width = differences
+        .iter()
+        .chain(&metrics)
+        .map(|l| l.what.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let show = |v: &Json| match v {
+        Json::Null => "-".to_string(),
+        Json::String(s) => s.clone(),
+        Json::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+        v => template::display(v),
+    };
+    outln!("{:<width$}  {:<24}  {}", "", args.a, args.b);
+    if differences.is_empty() {
+        outln!("{:<width$}  (same parameters, inputs and files)", "");
+    }
+    for l in differences.iter().chain(&metrics) {
+        let delta = match (l.a.as_f64(), l.b.as_f64()) {
+            (Some(x), Some(y)) if l.what.starts_with("final") || l.what.starts_with("best") => {
+                format!("  ({:+.4})", y - x)
+            }
+            _ => String::new(),
+        };
+        outln!(
+            "{:<width$}  {:<24}  {}{delta}",
+            l.what,
+            show(&l.a),
+            show(&l.b)
+        );
+    }
+    Ok(0)
+}
+
+/// The manifest of the one cached instance `target` names.
+fn manifest(target: &str, args: &DiffArgs) -> Result<(Store, Manifest), Error> {
+    let (store, found) =
+        super::target::resolve(target, args.file.as_ref(), None, &args.cache, false)?;
+    let t = super::target::one(target, found)?;
+    let m = store.complete_manifest(&t.key).ok_or_else(|| {
+        Error::usage(format!(
+            "{} ({}) is not in the cache",
+            t.label,
+            crate::key::short(&t.key, 12)
+        ))
+    })?;
+    Ok((store, m))
+}
+
+/// Pushes a line when the two values differ.
+fn differ(out: &mut Vec<Line>, what: String, a: Option<&Json>, b: Option<&Json>) {
+    if a != b {
+        out.push(Line {
+            what,
+            a: a.cloned().unwrap_or(Json::Null),
+            b: b.cloned().unwrap_or(Json::Null),
+        });
+    }
+}
+
+/// Differences between two artifacts' manifests, and their final metrics.
+fn diff_instances(store: &Store, a: &Manifest, b: &Manifest) -> (Vec<Line>, Vec<Line>) {
+    let mut out = Vec::new();
+    let s = |x: &str| Json::String(x.to_string());
+    differ(
+        &mut out,
+        "kind".into(),
+        Some(&s(&a.kind)),
+        Some(&s(&b.kind)),
+    );
+    differ(
+        &mut out,
+        "stage".into(),
+        Some(&s(&a.stage)),
+        Some(&s(&b.stage)),
+    );
+    differ(
+        &mut out,
+        "point".into(),
+        Some(&s(&point_label(&a.point))),
+        Some(&s(&point_label(&b.point))),
+    );
+    let empty = serde_json::Map::new();
+    let (pa, pb) = (
+        a.params.as_object().unwrap_or(&empty),
+        b.params.as_object().unwrap_or(&empty),
+    );
+    let names: std::collections::BTreeSet<&String> = pa.keys().chain(pb.keys()).collect();
+    for n in names {
+        differ(&mut out, format!("param {n}"), pa.get(n), pb.get(n));
+    }
+    let slots: std::collections::BTreeSet<&String> =
+        a.inputs.keys().chain(b.inputs.keys()).collect();
+    for slot in slots {
+        let short = |m: &Manifest| m.inputs.get(slot).map(|k| s(crate::key::short(k, 12)));
+        differ(
+            &mut out,
+            format!("input {slot}"),
+            short(a).as_ref(),
+            short(b).as_ref(),
+        );
+    }
+    let files: std::collections::BTreeSet<&String> = a
+        .declared_files
+        .keys()
+        .chain(b.declared_files.keys())
+        .collect();
+    for f in files {
+        let h = |m: &Manifest| {
+            m.declared_files
+                .get(f)
+                .map(|h| s(crate::key::short(h, 12)))
+        };
+        differ(&mut out, format!("file {f}"), h(a).as_ref(), h(b).as_ref());
+    }
+    let mut metrics = Vec::new();
+    let (fa, fb) = (final_metrics(store, a), final_metrics(store, b));
+    let names: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    for n in names {
+        metrics.push(Line {
+            what: n.clone(),
+            a: fa.get(n).cloned().unwrap_or(Json::Null),
+            b: fb.get(n).cloned().unwrap_or(Json::Null),
+        });
+    }
+    (out, metrics)
+}
+
+/// A train artifact's final metrics by name (empty for other kinds).
+fn final_metrics(store: &Store, m: &Manifest) -> BTreeMap<String, Json> {
+    let mut out = BTreeMap::new();
+    let Ok(rows) = read_metrics(&store.artifact_dir(&m.key).join("metrics.parquet")) else {
+        return out;
+    };
+    let Some(last) = rows.last() else {
+        return out;
+    };
+    let best = rows
+        .iter()
+        .filter(|r| r.epoch > 0)
+        .map(|r| r.test_acc)
+        .fold(f64::NAN, f64::max);
+    out.insert("final_test_acc".into(), Json::from(last.test_acc));
+    out.insert("best_test_acc".into(), Json::from(best));
+    if let Some(c) = last.corrupted_train_acc {
+        out.insert("final_corrupted_fit".into(), Json::from(c));
+    }
+    out.insert("final_clean_acc".into(), Json::from(last.clean_acc));
+    out.insert("final_train_loss".into(), Json::from(last.train_loss));
+    out
+}
+
+/// Differences between two runs' settings, and the final test accuracy of the train
+/// instances each produced or read, by `stage[point]`.
+fn diff_runs(store: &Store, a: &RunRecord, b: &RunRecord) -> (Vec<Line>, Vec<Line>) {
+    let mut out = Vec::new();
+    let s = |x: String| Json::String(x);
+    let file = |r: &RunRecord| {
+        s(r.file
+            .as_ref()
+            .map_or(String::new(), |f| f.display().to_string()))
+    };
+    differ(&mut out, "file".into(), Some(&file(a)), Some(&file(b)));
+    let hash = |r: &RunRecord| s(r.file_hash.chars().take(12).collect());
+    differ(
+        &mut out,
+        "file content".into(),
+        Some(&hash(a)),
+        Some(&hash(b)),
+    );
+    let set = |r: &RunRecord| s(super::runs::overrides(&r.overrides));
+    differ(&mut out, "overrides".into(), Some(&set(a)), Some(&set(b)));
+    differ(
+        &mut out,
+        "state".into(),
+        Some(&s(a.state(store))),
+        Some(&s(b.state(store))),
+    );
+    let counts = |r: &RunRecord| {
+        s(format!(
+            "{} executed, {} cached, {} failed of {}",
+            r.counts.executed, r.counts.cached, r.counts.failed, r.counts.planned
+        ))
+    };
+    differ(
+        &mut out,
+        "counts".into(),
+        Some(&counts(a)),
+        Some(&counts(b)),
+    );
+    let finals = |r: &RunRecord| -> BTreeMap<String, Json> {
+        r.keys
+            .iter()
+            .filter_map(|k| store.complete_manifest(k))
+            .filter(|m| m.kind == crate::stages::train::NAME)
+            .filter_map(|m| {
+                let acc = final_metrics(store, &m).remove("final_test_acc")?;
+                Some((
+                    format!("final_test_acc {}[{}]", m.stage, point_label(&m.point)),
+                    acc,
+                ))
+            })
+            .collect()
+    };
+    let (fa, fb) = (finals(a), finals(b));
+    let names: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    let metrics = names
+        .into_iter()
+        .map(|n| Line {
+            what: n.clone(),
+            a: fa.get(n).cloned().unwrap_or(Json::Null),
+            b: fb.get(n).cloned().unwrap_or(Json::Null),
+        })
+        .collect();
+    (out, metrics)
+}

@@ -1,0 +1,261 @@
+//! `pipe table`: the results in the terminal, one row per `train` instance: its sweep
+//! point, final and best test accuracy, how much of the corrupted labels it fits, epochs
+//! and state. `--where`, `--sort`, `--json`, `--csv`.
+
+use crate::cli::outln;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::{TableArgs, load, print_json};
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::select::Selector;
+use crate::stages::train::read_metrics;
+use crate::status::{self, State};
+
+/// One row: a train instance.
+#[derive(Serialize, Clone)]
+struct Row {
+    /// Its stage.
+    stage: String,
+    /// Its sweep point.
+    point: Json,
+    /// Its key (`null` while unknown).
+    key: Option<String>,
+    /// `cached`, `missing`, `stale`, `running`, `failed`, `may-run`.
+    state: State,
+    /// Epochs trained (the last row of its metrics).
+    epochs: Option<i64>,
+    /// Test accuracy after the last epoch.
+    final_test_acc: Option<f64>,
+    /// Best test accuracy over epochs.
+    best_test_acc: Option<f64>,
+    /// The epoch of the best test accuracy.
+    best_epoch: Option<i64>,
+    /// After the last epoch: fraction of corrupted examples predicted as their (wrong)
+    /// training label: how much noise the network has memorized.
+    corrupted_fit: Option<f64>,
+    /// After the last epoch: accuracy on the clean training examples.
+    clean_acc: Option<f64>,
+}
+
+/// The columns, in order, as printed.
+const COLUMNS: &[&str] = &[
+    "final_test_acc",
+    "best_test_acc",
+    "best_epoch",
+    "corrupted_fit",
+    "clean_acc",
+    "epochs",
+    "state",
+];
+
+/// Runs `pipe table`; returns its exit code.
+pub fn table(args: &TableArgs) -> Result<i32, Error> {
+    let loaded = load(&args.pipeline, true)?;
+    let (plan, store) = (&loaded.plan, &loaded.store);
+    let filters = args
+        .filter
+        .iter()
+        .map(|w| Selector::parse(w).map_err(|e| Error::usage(format!("--where: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    for f in &filters {
+        if f.stage.is_some() {
+            return Err(Error::usage(format!(
+                "--where {f}: write VARIABLE=VALUE,... (no stage)"
+            )));
+        }
+        f.check(plan).map_err(Error::usage)?;
+    }
+    let index = store.read_index(&plan.spec.name);
+    let states = status::status(plan, store, &index);
+    let mut rows: Vec<Row> = states
+        .iter()
+        .filter(|s| {
+            plan.spec.stages[plan.graph[s.node].stage].kind.name() == crate::stages::train::NAME
+        })
+        .filter(|s| filters.iter().all(|f| f.matches(plan, s.node)))
+        .map(|s| row(plan, store, s.node, s.state))
+        .collect();
+    if let Some(col) = &args.sort {
+        let (col, desc) = match col.strip_prefix('-') {
+            Some(c) => (c, true),
+            None => (col.as_str(), false),
+        };
+        let vars: Vec<&str> = plan
+            .spec
+            .sweep
+            .vars
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        if !COLUMNS.contains(&col) && !vars.contains(&col) {
+            return Err(Error::usage(format!(
+                "--sort {col}: sort by one of {} or a sweep variable ({})",
+                COLUMNS.join(", "),
+                vars.join(", ")
+            )));
+        }
+        rows.sort_by(|a, b| {
+            let o = sort_value(a, col).total_cmp(&sort_value(b, col));
+            if desc { o.reverse() } else { o }
+        });
+    }
+    if rows.is_empty() {
+        return Err(Error::usage(format!(
+            "{} has no train instance{}",
+            plan.spec.path.display(),
+            if filters.is_empty() {
+                ""
+            } else {
+                " where asked"
+            }
+        )));
+    }
+    if args.json {
+        return print_json(&rows).map(|_| 0);
+    }
+    let vars: Vec<String> = vars_of(&rows);
+    let cells = |r: &Row| -> Vec<String> {
+        let mut c: Vec<String> = vars
+            .iter()
+            .map(|v| {
+                r.point
+                    .get(v)
+                    .map_or(String::new(), crate::spec::template::display)
+            })
+            .collect();
+        c.extend([
+            num(r.final_test_acc),
+            num(r.best_test_acc),
+            r.best_epoch.map_or(String::new(), |e| e.to_string()),
+            num(r.corrupted_fit),
+            num(r.clean_acc),
+            r.epochs.map_or(String::new(), |e| e.to_string()),
+            r.state.word().to_string(),
+        ]);
+        c
+    };
+    let mut header: Vec<String> = vec!["stage".into()];
+    header.extend(vars.iter().cloned());
+    header.extend(COLUMNS.iter().map(|c| c.to_string()));
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut c = vec![r.stage.clone()];
+            c.extend(cells(r));
+            c
+        })
+        .collect();
+    if args.csv {
+        outln!("{}", header.join(","));
+        for b in &body {
+            outln!(
+                "{}",
+                b.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",")
+            );
+        }
+        return Ok(0);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            body.iter()
+                .map(|b| b[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    outln!("{}", line(&header));
+    for b in &body {
+        outln!("{}", line(b));
+    }
+    Ok(0)
+}
+
+/// The sweep variables the rows have, in order of first appearance.
+fn vars_of(rows: &[Row]) -> Vec<String> {
+    let mut vars: Vec<String> = Vec::new();
+    for r in rows {
+        if let Json::Object(m) = &r.point {
+            for k in m.keys() {
+                if !vars.contains(k) {
+                    vars.push(k.clone());
+                }
+            }
+        }
+    }
+    vars
+}
+
+/// A value for sorting (missing values last).
+fn sort_value(r: &Row, col: &str) -> f64 {
+    let v = match col {
+        "final_test_acc" => r.final_test_acc,
+        "best_test_acc" => r.best_test_acc,
+        "best_epoch" => r.best_epoch.map(|e| e as f64),
+        "corrupted_fit" => r.corrupted_fit,
+        "clean_acc" => r.clean_acc,
+        "epochs" => r.epochs.map(|e| e as f64),
+        "state" => Some(r.state as u8 as f64),
+        var => r.point.get(var).and_then(Json::as_f64),
+    };
+    v.unwrap_or(f64::INFINITY)
+}
+
+/// A number with 4 decimals, or empty.
+fn num(v: Option<f64>) -> String {
+    v.map_or(String::new(), |v| format!("{v:.4}"))
+}
+
+/// A CSV cell, quoted when it holds a comma or a quote.
+fn csv_cell(c: &str) -> String {
+    if c.contains([',', '"', '\n']) {
+        format!("\"{}\"", c.replace('"', "\"\""))
+    } else {
+        c.to_string()
+    }
+}
+
+/// The row of train instance `n`.
+fn row(
+    plan: &Plan,
+    store: &crate::store::Store,
+    n: petgraph::graph::NodeIndex,
+    state: State,
+) -> Row {
+    let key = plan.key(n);
+    let metrics = key
+        .as_ref()
+        .filter(|k| store.is_complete(k))
+        .and_then(|k| read_metrics(&store.artifact_dir(k).join("metrics.parquet")).ok())
+        .unwrap_or_default();
+    let last = metrics.last();
+    let best = metrics
+        .iter()
+        .filter(|m| m.epoch > 0)
+        .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc));
+    Row {
+        stage: plan.stage_name(n).to_string(),
+        point: plan.point(n),
+        key,
+        state,
+        epochs: last.map(|m| m.epoch),
+        final_test_acc: last.map(|m| m.test_acc),
+        best_test_acc: best.map(|m| m.test_acc),
+        best_epoch: best.map(|m| m.epoch),
+        corrupted_fit: last.and_then(|m| m.corrupted_train_acc),
+        clean_acc: last.map(|m| m.clean_acc),
+    }
+}
