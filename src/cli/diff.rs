@@ -178,11 +178,7 @@ fn diff_instances(store: &Store, a: &Manifest, b: &Manifest) -> (Vec<Line>, Vec<
         .chain(b.declared_files.keys())
         .collect();
     for f in files {
-        let h = |m: &Manifest| {
-            m.declared_files
-                .get(f)
-                .map(|h| s(crate::key::short(h, 12)))
-        };
+        let h = |m: &Manifest| m.declared_files.get(f).map(|h| s(crate::key::short(h, 12)));
         differ(&mut out, format!("file {f}"), h(a).as_ref(), h(b).as_ref());
     }
     let mut metrics = Vec::new();

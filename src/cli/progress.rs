@@ -104,7 +104,7 @@ impl Progress {
             let b = ProgressBar::new(0);
             b.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len}\n  {wide_msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );

@@ -107,7 +107,8 @@ fn gc_keeps_recent_runs_work_whatever_file_or_overrides_and_lists_what_it_remove
     p.write(
         "other.toml",
         &TWO.replace("name = \"two\"", "name = \"other\"")
-            .replace("echo", "printf '%s\\n'"),
+            .replace("echo", "printf '%s\\n'")
+            .replace("y.txt", "z.txt"),
     );
     assert_eq!(p.run("p.toml", &[]).0, 0);
     assert_eq!(p.run("p.toml", &["--set", "sweep.noise=[0.6]"]).0, 0);
@@ -127,7 +128,9 @@ fn gc_keeps_recent_runs_work_whatever_file_or_overrides_and_lists_what_it_remove
     assert!(out.contains("would remove a[noise=0.1]"), "{out}");
     assert!(!out.contains("[noise=0.6]"), "{out}");
     assert_eq!(
-        out.lines().filter(|l| l.contains(" other ")).count(),
+        out.lines()
+            .filter(|l| l.starts_with("would remove") && l.contains(" other "))
+            .count(),
         4,
         "{out}"
     );
@@ -246,7 +249,7 @@ fn status_reasons_compare_with_the_cache_and_show_running_and_failed() {
 name = "f"
 [stage.bad]
 kind = "exec"
-cmd = ["sh", "-c", "echo 'ValueError: bad shape' >&2; exit 3"]
+cmd = ["sh", "-c", "printf 'ValueError: %s\\n' 'bad shape' >&2; exit 3"]
 [stage.slow]
 kind = "exec"
 cmd = ["sh", "-c", "echo 'epoch 1/3 loss 0.5'; sleep 3"]
@@ -267,7 +270,7 @@ cmd = ["sh", "-c", "echo 'epoch 1/3 loss 0.5'; sleep 3"]
     assert_eq!(bad["state"], "failed");
     assert_eq!(
         bad["reason"],
-        "last run failed: command `sh -c echo 'ValueError: bad shape' >&2; exit 3` exited with status 3: ValueError: bad shape"
+        "last run failed: command `sh -c printf 'ValueError: %s\\n' 'bad shape' >&2; exit 3` exited with status 3: ValueError: bad shape"
     );
     let slow = st.iter().find(|s| s["stage"] == "slow").unwrap();
     assert_eq!(slow["state"], "running", "{slow}");

@@ -120,7 +120,17 @@ impl Selector {
                 ));
             }
         }
-        if !plan.order.iter().any(|&n| self.matches(plan, n)) {
+        // Something must have every named variable at the named value (a dataset that
+        // matches any point does not count).
+        let strict = Selector {
+            stage: Some(String::new()),
+            point: self.point.clone(),
+        };
+        if !plan
+            .order
+            .iter()
+            .any(|&n| self.matches(plan, n) && strict.matches_point("", &plan.point(n)))
+        {
             return Err(format!(
                 "`{self}` matches no instance of pipeline {}",
                 plan.spec.name

@@ -210,10 +210,17 @@ fn state(
                     "deleted from the cache (it was computed before)".to_string(),
                 )
             } else {
-                // Against what is cached for this stage and point, else what ran last.
-                match index.all(&id).find(|e| store.is_complete(&e.key)).or(last) {
-                    None => (State::Missing, "never run".to_string()),
-                    Some(e) => (State::Stale, explain(plan, inst, e)),
+                // Against the closest of what is cached for this stage and point (fewest
+                // differences, newest first), else against what ran last.
+                let closest = index
+                    .all(&id)
+                    .filter(|e| store.is_complete(&e.key))
+                    .map(|e| explain(plan, inst, e))
+                    .min_by_key(|why| why.matches("; ").count());
+                match (closest, last) {
+                    (Some(why), _) => (State::Stale, why),
+                    (None, Some(e)) => (State::Stale, explain(plan, inst, e)),
+                    (None, None) => (State::Missing, "never run".to_string()),
                 }
             }
         }
