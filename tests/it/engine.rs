@@ -173,7 +173,7 @@ files = ["fit.sh"]
         st[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("no longer in the cache")
+            .contains("deleted from the cache")
     );
 }
 

@@ -182,20 +182,38 @@ fn gc_keeps_what_pipelines_reach_and_dry_run_changes_nothing() {
     // 0.0 the new labels are the same bytes, so the counts there are reused).
     assert_eq!(p.artifacts().len(), 1 + 8 + 3 + 2);
     let before = p.artifacts();
-    let dry: Json =
-        serde_json::from_slice(&p.pipe(&["gc", "p.toml", "--dry-run", "--json"]).stdout).unwrap();
-    assert_eq!(dry["removed"].as_array().unwrap().len(), 6);
-    assert!(dry["freed_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(p.artifacts(), before, "--dry-run removes nothing");
-    // Recent artifacts survive a --keep-days cut-off.
-    let kept: Json = serde_json::from_slice(
-        &p.pipe(&["gc", "p.toml", "--keep-days", "1", "--json"])
+    // By default gc keeps what any run of the last 30 days used: everything here.
+    let kept: Json = serde_json::from_slice(&p.pipe(&["gc", "p.toml", "--json"]).stdout).unwrap();
+    assert_eq!(kept["removed"].as_array().unwrap().len(), 0);
+    assert_eq!(kept["runs_kept"], 2);
+    let dry: Json = serde_json::from_slice(
+        &p.pipe(&["gc", "p.toml", "--keep-days", "0", "--dry-run", "--json"])
             .stdout,
     )
     .unwrap();
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 6);
+    assert!(dry["freed_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(p.artifacts(), before, "--dry-run removes nothing");
+    // Recent artifacts survive a --keep-days cut-off even when no recent run used them.
+    let kept: Json = serde_json::from_slice(
+        &p.pipe(&[
+            "gc",
+            "p.toml",
+            "--keep-days",
+            "1",
+            "--run",
+            "last",
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
     assert_eq!(kept["removed"].as_array().unwrap().len(), 0);
-    assert_eq!(kept["kept"], 6);
-    let done: Json = serde_json::from_slice(&p.pipe(&["gc", "p.toml", "--json"]).stdout).unwrap();
+    let done: Json = serde_json::from_slice(
+        &p.pipe(&["gc", "p.toml", "--keep-days", "0", "--json"])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(done["removed"].as_array().unwrap().len(), 6);
     assert_eq!(p.artifacts().len(), 8);
     // Everything the pipeline reaches is still there.
@@ -203,8 +221,8 @@ fn gc_keeps_what_pipelines_reach_and_dry_run_changes_nothing() {
     assert_eq!(code, 0);
     assert_eq!(count(&r, "executed"), 0);
     assert_no_partial_artifacts(&p.cache());
-    // gc with neither pipelines nor --keep-days refuses.
-    assert_eq!(p.pipe(&["gc"]).status.code(), Some(2));
+    // A number of days that is not one is refused.
+    assert_eq!(p.pipe(&["gc", "--keep-days=-2"]).status.code(), Some(2));
 }
 
 #[test]
