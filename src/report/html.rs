@@ -160,6 +160,28 @@ pub fn page(
             );
         }
     }
+    if sections.contains(&0) {
+        let _ = write!(
+            h,
+            "<h2>The pipeline's plots</h2>\n<p>The figures its <code>[[report.plot]]</code> tables ask for.</p>\n"
+        );
+        let mine: Vec<&Figure> = figures.iter().filter(|f| f.finding == 0).collect();
+        if mine.is_empty() {
+            let _ = writeln!(
+                h,
+                "<p class=\"missing\">No figure: no cached instance has the tables they name.</p>"
+            );
+        }
+        for f in mine {
+            let _ = write!(
+                h,
+                "<figure>\n<img src=\"figures/{s}.svg\" alt=\"{t}\">\n\
+                 <figcaption>{t} (<a href=\"figures/{s}.csv\">data</a>)</figcaption>\n</figure>\n",
+                s = escape(&f.stem),
+                t = escape(&f.title),
+            );
+        }
+    }
     let cached = runs.iter().filter(|r| r.cached).count();
     let seconds: f64 = runs.iter().filter_map(|r| r.seconds).sum();
     let _ = write!(
@@ -179,7 +201,7 @@ pub fn page(
             escape(&r.stage),
             escape(&r.point),
             escape(&r.kind),
-            escape(&r.key[..r.key.len().min(16)]),
+            escape(crate::key::short(&r.key, 16)),
             if r.cached {
                 "cached"
             } else {

@@ -7,6 +7,7 @@
 mod chart;
 mod findings;
 mod html;
+mod plots;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,7 @@ pub fn report(
         findings::rollback,
         findings::embeddings,
         findings::double_descent,
+        plots::plots,
     ] {
         figures.extend(build(&data).map_err(|e| Error::usage(format!("{e:#}")))?);
     }
@@ -101,7 +103,10 @@ pub fn report(
         .vars
         .iter()
         .any(|v| v.name == findings::SIZE_VAR);
-    let sections: Vec<usize> = (1..=6).filter(|&i| i != 6 || sweeps_size).collect();
+    let mut sections: Vec<usize> = (1..=6).filter(|&i| i != 6 || sweeps_size).collect();
+    if !plan.spec.plots.is_empty() {
+        sections.push(0);
+    }
     let page = html::page(
         &plan.spec.name,
         plan.spec.description.as_deref().unwrap_or(""),
@@ -130,7 +135,7 @@ pub fn report(
         without_figure: sections
             .iter()
             .copied()
-            .filter(|i| !figures.iter().any(|f| f.finding == *i))
+            .filter(|i| *i != 0 && !figures.iter().any(|f| f.finding == *i))
             .collect(),
         missing: gathered.missing,
         unreadable: gathered.unreadable,

@@ -583,3 +583,64 @@ cmd = ["sh", "-c", "for e in 1 2 3; do echo \"epoch $e/3  lr 0.1  train loss 0.$
         "the live line shows the epoch, loss and test accuracy: {text}"
     );
 }
+
+#[test]
+fn report_plots_the_tables_exec_stages_write() {
+    let p = Project::new();
+    let pipeline = r#"
+[pipeline]
+name = "gaps"
+[sweep]
+noise = [0.0, 0.4]
+seed = [1, 2]
+[stage.fit]
+kind = "exec"
+cmd = ["python3", "-c", "import polars as pl, os; e=list(range(1,6)); pl.DataFrame({'epoch': e, 'gap': [${noise}*x + 0.01*${seed} for x in e]}).write_parquet(os.environ['PIPE_OUT'] + '/gap.parquet')"]
+tables = ["gap"]
+[[report.plot]]
+table = "gap"
+x = "epoch"
+y = "gap"
+series = "noise"
+title = "Generalization gap by noise"
+"#;
+    p.write("p.toml", pipeline);
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    let (code, _, err) = pipe(&p, &["report", "p.toml", "--out", "rep"]);
+    assert_eq!(code, 0, "{err}");
+    let html = std::fs::read_to_string(p.path("rep/index.html")).unwrap();
+    assert!(html.contains("The pipeline's plots") && html.contains("Generalization gap by noise"));
+    let csv = std::fs::read_to_string(p.path("rep/figures/plot-1-Generalization-gap-by-noise.csv"))
+        .unwrap();
+    // gap = noise * epoch + 0.01 * seed: the mean over seeds 1 and 2 adds 0.015, and
+    // their sample sd is 0.01 / sqrt(2).
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 10);
+    for r in &rows {
+        let noise: f64 = r[1].trim_start_matches("noise = ").parse().unwrap();
+        let x: f64 = r[2].parse().unwrap();
+        let (mean, sd): (f64, f64) = (r[3].parse().unwrap(), r[4].parse().unwrap());
+        assert!((mean - (noise * x + 0.015)).abs() < 1e-12, "{r:?}");
+        assert!((sd - 0.01 / 2f64.sqrt()).abs() < 1e-12, "{r:?}");
+        assert_eq!(r[5], "2");
+    }
+    // A misspelt key or column is an error that names the file and line.
+    p.write("p.toml", &pipeline.replace("series = ", "serie = "));
+    let (code, _, err) = pipe(&p, &["status", "p.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("p.toml:15:1") && err.contains("did you mean `series`"),
+        "{err}"
+    );
+    p.write("p.toml", &pipeline.replace("y = \"gap\"", "y = \"gapp\""));
+    let (code, _, err) = pipe(&p, &["report", "p.toml", "--out", "rep"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("report.plot[0]") && err.contains("no column `gapp` (columns: epoch, gap)"),
+        "{err}"
+    );
+}

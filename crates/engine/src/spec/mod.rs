@@ -11,7 +11,7 @@ pub mod resources;
 mod stage_table;
 pub mod sweep;
 pub mod template;
-mod top_level;
+pub mod top_level;
 
 pub use crate::resources::Resources;
 
@@ -47,6 +47,8 @@ pub struct Spec {
     pub remote: Option<String>,
     /// `[cache] dir = "PATH"`: the local cache folder, resolved against `base_dir`.
     pub cache_dir: Option<PathBuf>,
+    /// `[[report.plot]]`: figures of the stages' tables for `pipe report`.
+    pub plots: Vec<top_level::PlotSpec>,
     /// Sweep variables no stage references (they only repeat instances under more names),
     /// each as a located message for a warning.
     pub unused_vars: Vec<String>,
@@ -179,6 +181,7 @@ fn build(
     let start = Loc::new(source, 0..0);
     let (name, description) = top_level::pipeline(top, &start)?;
     let cache = top_level::cache(top)?;
+    let plots = top_level::report(top)?;
     let sweep = Sweep::parse(top.get("sweep").map(|(_, n)| n))?;
     let raws = top_level::stages(top, &start)?
         .iter()
@@ -208,6 +211,7 @@ fn build(
         description,
         remote: cache.remote,
         cache_dir: cache.dir.map(|d| base_dir.join(d)),
+        plots,
         sweep,
         stages,
         unused_vars,

@@ -1,11 +1,12 @@
 //! The top level of a pipeline file: which keys may appear there, the `[pipeline]` and
 //! `[cache]` tables, and the `[stage]` table that holds the stages.
 
+use super::node::Value;
 use super::{Table, unknown_key, valid_name};
 use crate::error::{Error, Loc};
 
 /// The keys a pipeline file may have at the top.
-const TOP_KEYS: &[&str] = &["pipeline", "sweep", "stage", "cache"];
+const TOP_KEYS: &[&str] = &["pipeline", "sweep", "stage", "cache", "report"];
 
 /// Rejects the first top-level key that is not one of [`TOP_KEYS`].
 pub(super) fn check_keys(top: &Table) -> Result<(), Error> {
@@ -119,4 +120,84 @@ pub(super) fn stages<'a>(top: &'a Table, start: &Loc) -> Result<&'a Table, Error
         ));
     }
     Ok(stage_table)
+}
+
+/// One `[[report.plot]]`: a figure of a table the stages write (an `exec` stage's
+/// `tables`), `y` against `x`, a line per value of `series`.
+#[derive(Clone, Debug)]
+pub struct PlotSpec {
+    /// The table's name (`gap` for `gap.parquet`).
+    pub table: String,
+    /// The column (or sweep variable) on the x axis.
+    pub x: String,
+    /// The column plotted.
+    pub y: String,
+    /// The column or sweep variable whose values are the lines, if any.
+    pub series: Option<String>,
+    /// The figure's title [default: `y against x`].
+    pub title: Option<String>,
+    /// Where the plot's table starts.
+    pub loc: Loc,
+}
+
+/// The keys of one `[[report.plot]]`.
+const PLOT_KEYS: &[&str] = &["table", "x", "y", "series", "title"];
+
+/// The `[report]` table: `[[report.plot]]` entries, each checked for its keys and types.
+pub(super) fn report(top: &Table) -> Result<Vec<PlotSpec>, Error> {
+    let Some((_, report)) = top.get("report") else {
+        return Ok(Vec::new());
+    };
+    let mut plots = Vec::new();
+    for (k, (key, v)) in report.as_table("report")? {
+        if k != "plot" {
+            return Err(unknown_key(key, &format!("report.{k}"), &["plot"]));
+        }
+        let Value::Array(items) = &v.value else {
+            return Err(Error::at(
+                &v.loc,
+                "report.plot",
+                "write each plot as a `[[report.plot]]` table",
+            ));
+        };
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("report.plot[{i}]");
+            let t = item.as_table(&path)?;
+            for (name, (key, _)) in t {
+                if !PLOT_KEYS.contains(&name.as_str()) {
+                    return Err(unknown_key(key, &format!("{path}.{name}"), PLOT_KEYS));
+                }
+            }
+            let get = |name: &str| -> Result<Option<String>, Error> {
+                match t.get(name) {
+                    Some((_, n)) => {
+                        let s = n.as_str(&format!("{path}.{name}"))?;
+                        if s.trim().is_empty() {
+                            return Err(Error::at(&n.loc, &format!("{path}.{name}"), "is empty"));
+                        }
+                        Ok(Some(s.to_string()))
+                    }
+                    None => Ok(None),
+                }
+            };
+            let need = |name: &str| -> Result<String, Error> {
+                get(name)?.ok_or_else(|| {
+                    Error::at(
+                        &item.loc,
+                        &path,
+                        format!("missing `{name}`: a plot names table, x and y"),
+                    )
+                })
+            };
+            plots.push(PlotSpec {
+                table: need("table")?,
+                x: need("x")?,
+                y: need("y")?,
+                series: get("series")?,
+                title: get("title")?,
+                loc: item.loc.clone(),
+            });
+        }
+    }
+    Ok(plots)
 }

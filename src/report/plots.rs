@@ -1,0 +1,210 @@
+//! The pipeline's own figures: each `[[report.plot]]` draws `y` against `x` from a table
+//! the stages write (an `exec` stage's `tables`), one line per value of `series`, the mean
+//! over the rows that share a series and x (the seeds, say) with a band of ±1 sd.
+//!
+//! A name is looked up first among the table's columns, then among the instance's sweep
+//! variables, so `series = "noise"` works whether or not the command wrote a noise column.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::array_value_to_string;
+use indexmap::IndexMap;
+use serde_json::Value as Json;
+
+use super::chart::{self, Line, Panel};
+use super::findings::{Figure, FigureData, slug};
+use super::stats::Stat;
+use crate::spec::template;
+use crate::spec::top_level::PlotSpec;
+
+/// The figures of the pipeline's `[[report.plot]]` entries (finding 0 on the page).
+pub fn plots(data: &FigureData<'_>) -> Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    for (i, plot) in data.plan.spec.plots.iter().enumerate() {
+        let what = format!("{}: report.plot[{i}]", plot.loc);
+        out.extend(figure(data, plot, i).with_context(|| what)?);
+    }
+    Ok(out)
+}
+
+/// One column (or sweep variable) of one instance's table, row by row.
+enum Values {
+    /// The column's values.
+    Column(ArrayRef),
+    /// The instance's sweep variable: the same on every row.
+    Var(Json),
+}
+
+impl Values {
+    /// Finds `name` in `batch`, else in the instance's `point`.
+    fn find(name: &str, batch: &RecordBatch, point: &Json) -> Option<Values> {
+        if let Some(col) = batch.column_by_name(name) {
+            return Some(Values::Column(col.clone()));
+        }
+        point.get(name).cloned().map(Values::Var)
+    }
+
+    /// Row `i` as a number (null, text or a non-finite value: `None`).
+    fn number(&self, i: usize) -> Option<f64> {
+        let v = match self {
+            Values::Column(c) => {
+                if c.is_null(i) {
+                    return None;
+                }
+                let c = arrow::compute::cast(&c.slice(i, 1), &DataType::Float64).ok()?;
+                let c = c.as_any().downcast_ref::<Float64Array>()?;
+                (!c.is_null(0)).then(|| c.value(0))?
+            }
+            Values::Var(v) => v.as_f64()?,
+        };
+        v.is_finite().then_some(v)
+    }
+
+    /// Row `i` as text (a line's name).
+    fn text(&self, i: usize) -> String {
+        match self {
+            Values::Column(c) => array_value_to_string(c, i).unwrap_or_default(),
+            Values::Var(v) => template::display(v),
+        }
+    }
+}
+
+/// The figure of one plot (none when no cached instance has its table).
+fn figure(data: &FigureData<'_>, plot: &PlotSpec, i: usize) -> Result<Option<Figure>> {
+    let Some(parts) = data.gathered.tables.get(&plot.table) else {
+        let declared = data.plan.order.iter().any(|&n| {
+            let inst = &data.plan.graph[n];
+            data.plan.spec.stages[inst.stage]
+                .kind
+                .tables(&inst.params)
+                .contains(&plot.table)
+        });
+        if !declared {
+            bail!(
+                "no stage writes a table `{}` (declare it in an exec stage's `tables`)",
+                plot.table
+            );
+        }
+        return Ok(None);
+    };
+    // series -> x (as ordered bits) -> values.
+    let mut acc: IndexMap<String, BTreeMap<OrderedX, Vec<f64>>> = IndexMap::new();
+    for (node, batch) in parts {
+        let point = data.plan.point(*node);
+        let find = |name: &str| {
+            Values::find(name, batch, &point).with_context(|| {
+                format!(
+                    "table `{}` of {} has no column `{name}` (columns: {}) and the instance no such sweep variable",
+                    plot.table,
+                    data.plan.label(*node),
+                    batch
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        };
+        let (xs, ys) = (find(&plot.x)?, find(&plot.y)?);
+        let series = plot.series.as_deref().map(find).transpose()?;
+        for row in 0..batch.num_rows() {
+            let (Some(x), Some(y)) = (xs.number(row), ys.number(row)) else {
+                continue;
+            };
+            let name = series.as_ref().map_or_else(
+                || plot.y.clone(),
+                |s| format!("{} = {}", plot.series.as_deref().unwrap_or(""), s.text(row)),
+            );
+            acc.entry(name)
+                .or_default()
+                .entry(OrderedX(x))
+                .or_default()
+                .push(y);
+        }
+    }
+    if acc.is_empty() {
+        bail!(
+            "no row of table `{}` has numbers in both `{}` and `{}`",
+            plot.table,
+            plot.x,
+            plot.y
+        );
+    }
+    let title = plot
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("{} against {}", plot.y, plot.x));
+    let mut csv = String::from("panel,series,x,mean,sd,n\n");
+    let lines: Vec<Line> = acc
+        .iter()
+        .map(|(name, xs)| Line {
+            name: name.clone(),
+            points: xs
+                .iter()
+                .filter_map(|(x, v)| {
+                    let s = Stat::of(v)?;
+                    let _ = writeln!(
+                        csv,
+                        "{},{},{},{},{},{}",
+                        field(&title),
+                        field(name),
+                        x.0,
+                        s.mean,
+                        s.sd,
+                        s.n
+                    );
+                    Some((x.0, s))
+                })
+                .collect(),
+        })
+        .collect();
+    let panel = Panel {
+        title: format!("table {}: mean ± sd of rows sharing x", plot.table),
+        x_label: plot.x.clone(),
+        y_label: plot.y.clone(),
+        x_names: None,
+        log_x: false,
+        lines,
+    };
+    Ok(Some(Figure {
+        finding: 0,
+        claim: None,
+        stem: format!("plot-{}-{}", i + 1, slug(&title)),
+        title: title.clone(),
+        svg: chart::panels_svg(&title, &[panel], 1)?,
+        csv,
+    }))
+}
+
+/// An x value usable as a map key, in numeric order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct OrderedX(f64);
+
+impl Eq for OrderedX {}
+
+impl PartialOrd for OrderedX {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedX {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// A CSV field, quoted when needed.
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
