@@ -77,13 +77,20 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
         .max()
         .unwrap_or(0)
         .max(4);
-    let show = |v: &Json| match v {
-        Json::Null => "-".to_string(),
-        Json::String(s) => s.clone(),
-        Json::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
-        v => template::display(v),
+    // Long values (a command line) are cut to 60 characters here; `--json` has them whole.
+    let show = |v: &Json| {
+        let text = match v {
+            Json::Null => "-".to_string(),
+            Json::String(s) => s.clone(),
+            Json::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+            v => template::display(v),
+        };
+        match text.char_indices().nth(60) {
+            Some((i, _)) => format!("{}...", &text[..i]),
+            None => text,
+        }
     };
-    outln!("{:<width$}  {:<24}  {}", "", args.a, args.b);
+    outln!("{:<width$}  {:<63}  {}", "", args.a, args.b);
     if differences.is_empty() {
         outln!("{:<width$}  (same parameters, inputs and files)", "");
     }
@@ -95,7 +102,7 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
             _ => String::new(),
         };
         outln!(
-            "{:<width$}  {:<24}  {}{delta}",
+            "{:<width$}  {:<63}  {}{delta}",
             l.what,
             show(&l.a),
             show(&l.b)
