@@ -76,7 +76,7 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
         .map(|l| l.what.len())
         .max()
         .unwrap_or(0)
-        .max(4);
+        .clamp(4, 120);
     // Long values (a command line) are cut to 60 characters here; `--json` has them whole.
     let show = |v: &Json| {
         let text = match v {

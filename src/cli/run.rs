@@ -293,6 +293,20 @@ fn execute(
     let progress = Progress::new(level, store.root());
     let (report, interrupted) = match &slurm {
         None => {
+            // Ctrl-C or SIGTERM: kill every running command's process group, remove this
+            // run's temp folders and locks, record the run as interrupted.
+            let (root, rec) = (store.root().to_path_buf(), record.clone());
+            let _ = ctrlc::set_handler(move || {
+                crate::stage::kill_live_groups();
+                let store = Store::new(&root);
+                store.release_mine();
+                let mut rec = rec.clone();
+                rec.ended = Some(crate::store::unix_now());
+                rec.exit = Some(130);
+                rec.finished = true;
+                let _ = runs::save_record(&store, &rec);
+                std::process::exit(130);
+            });
             let report = exec::local::run(plan, store, &opts, &progress);
             let report = match report {
                 Ok(r) => r,

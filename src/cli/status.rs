@@ -115,6 +115,10 @@ fn view<'a>(
     }
 }
 
+/// The widest a padded column gets (longer labels are printed whole, unpadded; a width
+/// over 65,535 is out of range for formatting).
+const MAX_WIDTH: usize = 120;
+
 /// Prints one line per instance (and one for its parts), then the counts.
 fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, LiveJob>) {
     let mut out = std::io::stdout().lock();
@@ -123,7 +127,8 @@ fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, Liv
         .iter()
         .map(|&n| plan.label(n).len())
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .min(MAX_WIDTH);
     for s in states {
         let state = s.state.word();
         let job = jobs

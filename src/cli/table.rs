@@ -165,6 +165,7 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
                 .chain([header[i].len()])
                 .max()
                 .unwrap_or(0)
+                .min(120)
         })
         .collect();
     let line = |cells: &[String]| {

@@ -281,3 +281,125 @@ fn a_key_known_only_after_its_input_reran_is_pulled_not_computed() {
         .collect();
     assert_eq!(of_stage(&r, "cached", "train")[0]["key"], keys_a[0]);
 }
+
+#[test]
+fn hostile_remote_manifests_are_refused_and_signed_remotes_refuse_unsigned_ones() {
+    let s = start_server();
+    let a = Project::new();
+    a.write("p.toml", BASIC);
+    let remote = ["--remote", "s3://pipe-cache/hostile"];
+    let (code, r, err) = run(
+        &a,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote].concat(),
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    let pushed = s.data.path().join("pipe-cache/hostile/artifacts");
+    let data_key = a
+        .status("p.toml", &[])
+        .into_iter()
+        .find(|i| i["stage"] == "data")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The reported crash: a file hash that is not hex, with non-ASCII characters.
+    let manifest = pushed.join(&data_key).join("manifest.json");
+    let mut m: Json = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["files"][0]["blake3"] = Json::from("aéééééé");
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let b = Project::new();
+    b.write("p.toml", BASIC);
+    let (code, r, err) = run(
+        &b,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote].concat(),
+    );
+    assert_eq!(
+        code, 0,
+        "no panic, the data set is computed here: {r} {err}"
+    );
+    assert!(err.contains("is not a hash"), "{err}");
+    assert_eq!(of_stage(&r, "executed", "data").len(), 1, "{r}");
+    // A part key that would name a path outside the cache.
+    m["files"][0]["blake3"] = Json::from("ef".repeat(32));
+    m["parts"] = serde_json::json!({"epoch 1": "../../victim"});
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let c = Project::new();
+    c.write("p.toml", BASIC);
+    let (code, _, err) = run(
+        &c,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote].concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("is not a key"), "{err}");
+
+    // Signed: pushes sign, pulls check; unsigned or wrongly signed manifests are refused.
+    let signed = ["--remote", "s3://pipe-cache/signed"];
+    let with_key = |p: &Project, key: &str| {
+        let out = p
+            .command(&[&["run", "p.toml", "--json"][..], &signed].concat())
+            .env("AWS_ACCESS_KEY_ID", "test-access-key")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s.port))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("PIPE_REMOTE_KEY", key)
+            .output()
+            .unwrap();
+        let json: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+        (json, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let d = Project::new();
+    d.write("p.toml", BASIC);
+    let (r, err) = with_key(&d, "team secret");
+    let n = count(&r, "executed");
+    assert!(n >= 8, "{r} {err}");
+    assert!(
+        s.data
+            .path()
+            .join("pipe-cache/signed/artifacts")
+            .join(&data_key)
+            .join("manifest.json.sig")
+            .exists()
+    );
+    let e = Project::new();
+    e.write("p.toml", BASIC);
+    let (r, err) = with_key(&e, "team secret");
+    assert_eq!(
+        count(&r, "executed"),
+        0,
+        "the right key pulls everything: {err}"
+    );
+    let f = Project::new();
+    f.write("p.toml", BASIC);
+    let (r, err) = with_key(&f, "another secret");
+    assert_eq!(
+        count(&r, "executed"),
+        n,
+        "a wrong key trusts nothing: {err}"
+    );
+    assert!(err.contains("signature does not match"), "{err}");
+    // The unsigned remote of the first half, read with a key: refused.
+    let h = Project::new();
+    h.write("p.toml", BASIC);
+    let out = h
+        .command(&[
+            "run",
+            "p.toml",
+            "--json",
+            "--remote",
+            "s3://pipe-cache/hostile",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test-access-key")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s.port))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("PIPE_REMOTE_KEY", "team secret")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not signed"), "{err}");
+}

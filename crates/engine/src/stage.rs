@@ -919,6 +919,46 @@ pub fn wait_until(
     deadline: Option<std::time::Instant>,
     group: bool,
 ) -> anyhow::Result<std::process::ExitStatus> {
+    let pgid = child.id() as i32;
+    if group {
+        live_groups().push(pgid);
+    }
+    let status = wait_for(child, deadline, group);
+    if group {
+        // What the command left running in its group (`sleep 1000 &`) must not outlive it:
+        // it could write into the artifact after it is sealed.
+        // SAFETY: kill(2) on our own child's process group; no memory is touched.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        live_groups().retain(|g| *g != pgid);
+    }
+    status
+}
+
+/// The process groups of the commands running now (see [`kill_live_groups`]).
+fn live_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    static GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills every process group of a command still running (on SIGINT or SIGTERM, before
+/// `pipe` exits), so that no command or its background children outlive it.
+pub fn kill_live_groups() {
+    for g in live_groups().iter() {
+        // SAFETY: kill(2) on a process group this process started; no memory is touched.
+        unsafe {
+            libc::kill(-g, libc::SIGKILL);
+        }
+    }
+}
+
+/// Waits for `child`, killing it (and with `group` its process group) at `deadline`.
+fn wait_for(
+    child: &mut std::process::Child,
+    deadline: Option<std::time::Instant>,
+    group: bool,
+) -> anyhow::Result<std::process::ExitStatus> {
     let Some(deadline) = deadline else {
         return Ok(child.wait()?);
     };

@@ -105,7 +105,8 @@ pub fn is_alive(holder: &Holder, this_host: &str) -> bool {
 pub fn is_held(path: &Path, this_host: &str) -> bool {
     read_holder(path).is_some_and(|h| {
         is_alive(&h, this_host)
-            && (h.host == this_host || age(path).is_some_and(|a| a <= stale_after()))
+            && ((h.host == this_host && h.start != 0)
+                || age(path).is_some_and(|a| a <= stale_after()))
     })
 }
 
@@ -170,8 +171,10 @@ impl KeyLock {
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let text = std::fs::read_to_string(path).unwrap_or_default();
-                    let abandoned =
-                        |h: &Holder| h.host != host && age(path).is_some_and(|a| a > stale_after());
+                    let abandoned = |h: &Holder| {
+                        (h.host != host || h.start == 0)
+                            && age(path).is_some_and(|a| a > stale_after())
+                    };
                     match parse_holder(&text) {
                         Some(h) if !is_alive(&h, host) || abandoned(&h) => {
                             // Stale: move it aside under a unique name, then retry.

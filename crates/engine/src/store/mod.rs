@@ -144,6 +144,32 @@ pub struct Store {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Reads a file only if it is a regular file: a FIFO or a device put where a file should be
+/// would block or never end.
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let meta = fs::symlink_metadata(path)?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    fs::read(path)
+}
+
+/// Who made a temp folder `KEY.HOST.PID.N` (or `KEY.removed.HOST.PID.N`, an artifact
+/// being removed): the host may hold dots, the key does not.
+pub fn tmp_owner(name: &str) -> Option<Holder> {
+    let (_, rest) = name.split_once('.')?;
+    let rest = rest.strip_prefix("removed.").unwrap_or(rest);
+    let mut parts = rest.rsplitn(3, '.');
+    let _n = parts.next()?;
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let host = parts.next()?;
+    Some(Holder {
+        host: host.to_string(),
+        pid,
+        start: 0,
+    })
+}
+
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -209,6 +235,9 @@ fn walk_files(dir: &Path) -> io::Result<Vec<String>> {
 }
 
 fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    if !fs::symlink_metadata(path)?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
     let mut hasher = blake3::Hasher::new();
     let f = File::open(path)?;
     hasher.update_reader(&f)?;
@@ -237,24 +266,37 @@ impl Store {
         if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                // KEY.HOST.PID.N: host may contain dots, so parse from the right.
-                let parts: Vec<&str> = name.rsplitn(3, '.').collect();
-                if parts.len() == 3 {
-                    let pid: u32 = parts[1].parse().unwrap_or(0);
-                    if let Some((_, host)) = parts[2].split_once('.') {
-                        let h = Holder {
-                            host: host.to_string(),
-                            pid,
-                            start: 0,
-                        };
-                        if !lock::is_alive(&h, &self.host) {
-                            let _ = fs::remove_dir_all(e.path());
-                        }
-                    }
+                if let Some(h) = tmp_owner(&name)
+                    && !lock::is_alive(&h, &self.host)
+                {
+                    let _ = fs::remove_dir_all(e.path());
                 }
             }
         }
         Ok(())
+    }
+
+    /// Removes the temp folders and lock files of this process: what a run interrupted by
+    /// a signal leaves (its commands are killed first).
+    pub fn release_mine(&self) {
+        let me = lock::me(&self.host);
+        if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if tmp_owner(&name).is_some_and(|h| h.host == me.host && h.pid == me.pid) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(self.root.join("locks")) {
+            for e in entries.flatten() {
+                if lock::read_holder(&e.path())
+                    .is_some_and(|h| h.host == me.host && h.pid == me.pid)
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     /// Directory of a key's artifact (which may not exist).
@@ -267,9 +309,10 @@ impl Store {
         self.root.join("logs").join(format!("{key}.log"))
     }
 
-    /// The manifest of a key, if the artifact exists and its manifest parses.
+    /// The manifest of a key, if the artifact exists and its manifest parses (a manifest
+    /// that is not a regular file, a FIFO say, is never opened).
     pub fn manifest(&self, key: &str) -> Option<Manifest> {
-        let bytes = fs::read(self.artifact_dir(key).join(MANIFEST)).ok()?;
+        let bytes = read_regular(&self.artifact_dir(key).join(MANIFEST)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -337,6 +380,10 @@ impl Store {
                 let p = tmp.join(&name);
                 let (blake3, size) = hash_file(&p)?;
                 File::open(&p)?.sync_all()?;
+                // Sealed: read-only, so a stray writer gets an error instead of changing it.
+                let mut perm = fs::metadata(&p)?.permissions();
+                perm.set_readonly(true);
+                fs::set_permissions(&p, perm)?;
                 files.push(FileEntry {
                     path: name,
                     blake3,
@@ -425,8 +472,11 @@ impl Store {
     /// Rehashes one artifact against its manifest: `Err` says what is wrong.
     pub fn check(&self, key: &str) -> Result<(), String> {
         let dir = self.artifact_dir(key);
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err("not a folder: a stray file in artifacts/".to_string());
+        }
         let bytes =
-            fs::read(dir.join(MANIFEST)).map_err(|e| format!("manifest unreadable: {e}"))?;
+            read_regular(&dir.join(MANIFEST)).map_err(|e| format!("manifest unreadable: {e}"))?;
         let m: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| format!("manifest does not parse: {e}"))?;
         if m.key != key {
@@ -466,7 +516,8 @@ impl Store {
         let aside = self.begin(&format!("{key}.removed"))?;
         fs::remove_dir(&aside)?;
         match fs::rename(&dir, &aside) {
-            Ok(()) => fs::remove_dir_all(&aside),
+            Ok(()) if aside.is_dir() => fs::remove_dir_all(&aside),
+            Ok(()) => fs::remove_file(&aside),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }

@@ -25,6 +25,37 @@ pub struct Remote {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     runtime: tokio::runtime::Runtime,
+    /// The key manifests are signed with and checked against ([`SIGNING_KEY_VAR`]).
+    signing: Option<[u8; 32]>,
+}
+
+/// The environment variable holding the secret that signs pushed manifests; when it is
+/// set, a pull refuses a manifest without a valid signature.
+pub const SIGNING_KEY_VAR: &str = "PIPE_REMOTE_KEY";
+
+/// The signature object beside each manifest.
+const SIGNATURE: &str = "manifest.json.sig";
+
+/// The signature of a manifest's bytes: blake3 keyed with `key`, in hex.
+fn sign(key: &[u8; 32], manifest: &[u8]) -> String {
+    blake3::keyed_hash(key, manifest).to_hex().to_string()
+}
+
+/// Parses a manifest fetched for `key` and checks every name in it before any becomes a
+/// path: never panics, whatever the bytes.
+pub fn parse_manifest(bytes: &[u8], key: &str) -> Result<Manifest, String> {
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| format!("remote artifact {key}: unreadable manifest: {e}"))?;
+    if manifest.key != key {
+        return Err(format!(
+            "remote artifact {key}: its manifest is that of {:?}",
+            crate::key::short(&manifest.key, 70)
+        ));
+    }
+    manifest
+        .check_names()
+        .map_err(|e| format!("remote artifact {key}: its manifest is refused: {e}"))?;
+    Ok(manifest)
 }
 
 /// What a pull found.
@@ -63,11 +94,16 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| format!("remote cache `{url}`: cannot start its runtime: {e}"))?;
+        let signing = std::env::var(SIGNING_KEY_VAR)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(|k| blake3::derive_key("pipe remote cache manifest signature v1", k.as_bytes()));
         Ok(Remote {
             url: url.to_string(),
             store: Arc::new(store),
             prefix: prefix.trim_matches('/').to_string(),
             runtime,
+            signing,
         })
     }
 
@@ -106,10 +142,22 @@ impl Remote {
             .manifest(key)
             .ok_or_else(|| format!("artifact {key} has no readable manifest"))?;
         let mut files: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        if self.signing.is_some() {
+            files.push(SIGNATURE);
+        }
         files.push(MANIFEST);
         for file in files {
-            let bytes = std::fs::read(dir.join(file))
-                .map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+            let bytes = if file == SIGNATURE {
+                let m = super::read_regular(&dir.join(MANIFEST))
+                    .map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
+                self.signing
+                    .as_ref()
+                    .map(|k| sign(k, &m).into_bytes())
+                    .unwrap_or_default()
+            } else {
+                super::read_regular(&dir.join(file))
+                    .map_err(|e| format!("{}: {e}", dir.join(file).display()))?
+            };
             let object = self.object(key, file);
             let put = self.store.put_opts(
                 &object,
@@ -161,17 +209,24 @@ impl Remote {
         let Some(text) = get(MANIFEST)? else {
             return Ok(Pulled::Absent);
         };
-        let manifest: Manifest = serde_json::from_slice(&text)
-            .map_err(|e| format!("remote artifact {key}: unreadable manifest: {e}"))?;
-        if manifest.key != key {
-            return Err(format!(
-                "remote artifact {key}: its manifest is that of {:?}",
-                crate::key::short(&manifest.key, 70)
-            ));
+        if let Some(k) = &self.signing {
+            let sig = get(SIGNATURE)?.ok_or_else(|| {
+                format!(
+                    "remote artifact {key}: its manifest is not signed ({SIGNING_KEY_VAR} is set)"
+                )
+            })?;
+            let expected = blake3::keyed_hash(k, &text);
+            let given = std::str::from_utf8(&sig)
+                .ok()
+                .and_then(|h| blake3::Hash::from_hex(h.trim()).ok());
+            // blake3::Hash compares in constant time.
+            if given != Some(expected) {
+                return Err(format!(
+                    "remote artifact {key}: its manifest's signature does not match ({SIGNING_KEY_VAR})"
+                ));
+            }
         }
-        manifest
-            .check_names()
-            .map_err(|e| format!("remote artifact {key}: its manifest is refused: {e}"))?;
+        let manifest = parse_manifest(&text, key)?;
         let _lock = store
             .lock(key, &mut |_| {})
             .map_err(|e| format!("cannot lock {key}: {e}"))?;
@@ -254,6 +309,94 @@ mod tests {
         for bad in ["../x", "/etc/passwd", "a/../../b", "./a", ""] {
             assert!(!is_inside(bad), "{bad}");
         }
+    }
+
+    /// 10,000 mutations of a valid manifest (bytes flipped, cut, non-ASCII and huge text
+    /// spliced in, fields swapped): each is parsed without a panic, and every one accepted
+    /// names only paths inside the artifact and hex keys.
+    #[test]
+    fn mutated_manifests_never_panic_and_accepted_ones_name_safe_paths() {
+        let key = "ab".repeat(32);
+        let good = format!(
+            r#"{{"key":"{key}","kind":"exec","version":1,"stage":"s","pipeline":"p","point":{{"noise":0.4}},"params":{{}},"inputs":{{"a":"{k2}"}},"files":[{{"path":"x/y.txt","blake3":"{h}","size":3}}],"parts":{{"epoch 1":"{k2}"}},"started":1.0,"seconds":0.5,"pipe_version":"0.1.0","host":"h"}}"#,
+            k2 = "cd".repeat(32),
+            h = "ef".repeat(32)
+        );
+        assert!(parse_manifest(good.as_bytes(), &key).is_ok());
+        let splices: [&str; 10] = [
+            "\"aéééééé\"",
+            "\"../../etc/passwd\"",
+            "\"/abs\"",
+            "null",
+            "-1e400",
+            "\"manifest.json\"",
+            "{}",
+            "[]",
+            "\"\\u0000\"",
+            "\"ééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé\"",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut accepted = 0;
+        for _ in 0..10_000 {
+            let mut bytes = good.clone().into_bytes();
+            match next() % 4 {
+                0 => {
+                    let i = (next() as usize) % bytes.len();
+                    bytes[i] ^= 1 << (next() % 8);
+                }
+                1 => bytes.truncate((next() as usize) % bytes.len()),
+                2 => {
+                    // Replace one string value with a hostile one.
+                    let quotes: Vec<usize> = bytes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| **b == b':')
+                        .map(|(i, _)| i)
+                        .collect();
+                    let at = quotes[(next() as usize) % quotes.len()] + 1;
+                    let end = bytes[at..]
+                        .iter()
+                        .position(|b| *b == b',' || *b == b'}')
+                        .map_or(bytes.len(), |p| at + p);
+                    let splice = splices[(next() as usize) % splices.len()];
+                    bytes.splice(at..end, splice.bytes());
+                }
+                _ => {
+                    let i = (next() as usize) % bytes.len();
+                    bytes.splice(i..i, "é".repeat((next() % 5) as usize).bytes());
+                }
+            }
+            if let Ok(m) = parse_manifest(&bytes, &key) {
+                accepted += 1;
+                assert!(
+                    m.files
+                        .iter()
+                        .all(|f| is_inside(&f.path) && crate::key::is_key(&f.blake3))
+                );
+                assert!(
+                    m.parts
+                        .values()
+                        .chain(m.inputs.values())
+                        .all(|k| crate::key::is_key(k))
+                );
+            }
+        }
+        assert!(accepted < 10_000, "some mutations must be refused");
+    }
+
+    #[test]
+    fn signatures_bind_the_manifest_bytes() {
+        let k = blake3::derive_key("pipe remote cache manifest signature v1", b"secret");
+        let other = blake3::derive_key("pipe remote cache manifest signature v1", b"other");
+        assert_eq!(sign(&k, b"{}"), sign(&k, b"{}"));
+        assert_ne!(sign(&k, b"{}"), sign(&k, b"{ }"));
+        assert_ne!(sign(&k, b"{}"), sign(&other, b"{}"));
     }
 
     #[test]
