@@ -75,6 +75,9 @@ impl<'a> JobJson<'a> {
     }
 }
 
+/// Set by the SIGINT/SIGTERM handler of a local run, which then ends the process.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
 /// Runs `pipe run`; returns its exit code.
 pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     check_flags(&args)?;
@@ -297,6 +300,7 @@ fn execute(
             // run's temp folders and locks, record the run as interrupted.
             let (root, rec) = (store.root().to_path_buf(), record.clone());
             let _ = ctrlc::set_handler(move || {
+                SIGNALLED.store(true, Ordering::SeqCst);
                 crate::stage::kill_live_groups();
                 let store = Store::new(&root);
                 store.release_mine();
@@ -308,6 +312,12 @@ fn execute(
                 std::process::exit(130);
             });
             let report = exec::local::run(plan, store, &opts, &progress);
+            if SIGNALLED.load(Ordering::SeqCst) {
+                // The handler is cleaning up and ends the process with 130.
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
             let report = match report {
                 Ok(r) => r,
                 Err(e) => {

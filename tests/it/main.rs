@@ -12,6 +12,7 @@
 
 mod common;
 
+mod adversary;
 mod analysis;
 mod cutoff;
 mod daily;

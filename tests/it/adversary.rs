@@ -1,0 +1,295 @@
+//! Trying to break it: commands that leave children behind, signals, names that would
+//! become paths, FIFOs and devices where files belong, hostile locks, damaged cache folders.
+//! Every command here runs under `timeout`, so a hang fails the test instead of stalling it.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::common::*;
+
+/// Runs `pipe ARGS` under `timeout 30`; a hang shows as exit code 124.
+fn pipe_t(p: &Project, args: &[&str]) -> Output {
+    let mut c = std::process::Command::new("timeout");
+    c.arg("30")
+        .arg(env!("CARGO_BIN_EXE_pipe"))
+        .args(args)
+        .current_dir(p.dir.path())
+        .env("PIPE_CACHE", p.cache());
+    c.output().unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The pids of processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(marker) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_background_child_cannot_change_a_sealed_artifact_or_outlive_its_command() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "bg"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "(sleep 1.5; echo late > $PIPE_OUT/x.txt; echo late > $PIPE_OUT/late.txt) & echo on-time > $PIPE_OUT/x.txt"]
+"#,
+    );
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(2500));
+    let dir = &p.artifacts()[0];
+    assert_eq!(
+        std::fs::read_to_string(dir.join("x.txt")).unwrap(),
+        "on-time\n"
+    );
+    assert!(!dir.join("late.txt").exists());
+    assert_eq!(code(&pipe_t(&p, &["verify"])), 0);
+    // Sealed files are read-only.
+    let perm = std::fs::metadata(dir.join("x.txt")).unwrap().permissions();
+    assert!(perm.readonly());
+}
+
+#[test]
+fn sigterm_kills_every_command_and_cleans_temp_folders_and_locks() {
+    let p = Project::new();
+    // `exec -a` names each sleep with a marker this test can find in /proc.
+    let marker = format!("pipe-test-sleeper-{}", std::process::id());
+    p.write(
+        "p.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "term"
+[stage.e]
+kind = "exec"
+cmd = ["bash", "-c", "(exec -a {marker} sleep 1000) & exec -a {marker} sleep 1000"]
+"#
+        ),
+    );
+    let mut run = p.command(&["run", "p.toml"]).spawn().unwrap();
+    let t = std::time::Instant::now();
+    while processes_with(&marker).len() < 2 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(processes_with(&marker).len(), 2, "both sleeps started");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGTERM);
+    }
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        processes_with(&marker).is_empty(),
+        "no command outlives pipe"
+    );
+    let left = |d: &str| {
+        std::fs::read_dir(p.cache().join(d))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(left("tmp"), 0, "temp folders removed");
+    assert_eq!(left("locks"), 0, "locks removed");
+    let runs: Json = serde_json::from_slice(&pipe_t(&p, &["runs", "--json"]).stdout).unwrap();
+    assert_eq!(runs[0]["state"], "interrupted");
+}
+
+#[test]
+fn names_that_would_become_paths_are_refused() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("victim")).unwrap();
+    std::fs::write(p.path("victim/keep.txt"), "x").unwrap();
+    std::fs::create_dir_all(p.cache().join("artifacts")).unwrap();
+    let job = serde_json::json!({
+        "pipeline": "p", "stage": "s", "kind": "exec", "version": 1,
+        "key": "../../victim", "recipe": "r", "point": {}, "params": {"cmd": ["true"]},
+        "key_params": {}, "inputs": [], "files": [], "base_dir": p.dir.path(),
+    });
+    p.write("job.json", &job.to_string());
+    let out = pipe_t(
+        &p,
+        &["job", "job.json", "--cache", p.cache().to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a key"), "{}", stderr(&out));
+    assert!(p.path("victim/keep.txt").exists());
+    // NUL bytes in env or cmd are refused where they are written.
+    for (what, extra) in [
+        ("env", "env = { A = \"x\\u0000y\" }"),
+        ("cmd", "cmd = [\"echo\", \"a\\u0000b\"]"),
+        ("env", "env = { \"A=B\" = \"x\" }"),
+    ] {
+        let base = "[pipeline]\nname = \"n\"\n[stage.e]\nkind = \"exec\"\n";
+        let text = if what == "cmd" {
+            format!("{base}{extra}\n")
+        } else {
+            format!("{base}cmd = [\"true\"]\n{extra}\n")
+        };
+        p.write("n.toml", &text);
+        let out = pipe_t(&p, &["status", "n.toml"]);
+        assert_eq!(code(&out), 2, "{extra}: {}", stderr(&out));
+        assert!(stderr(&out).contains("n.toml:"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn fifos_devices_and_hostile_locks_do_not_hang() {
+    let p = Project::new();
+    let fifo = p.path("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for declared in ["fifo", "/dev/zero"] {
+        p.write(
+            "p.toml",
+            &format!("[pipeline]\nname = \"f\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"true\"]\nfiles = [\"{declared}\"]\n"),
+        );
+        for cmd in ["status", "run"] {
+            let out = pipe_t(&p, &[cmd, "p.toml"]);
+            assert_eq!(code(&out), 2, "{cmd} with {declared}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains("not a regular file"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
+    // A manifest replaced by a FIFO: every command answers.
+    p.write("p.toml", BASIC);
+    assert_eq!(code(&pipe_t(&p, &["run", "p.toml"])), 0);
+    let victim = p.artifacts()[0].clone();
+    let manifest = victim.join("manifest.json");
+    std::fs::remove_file(&manifest).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&manifest)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for args in [&["status", "p.toml"][..], &["ls"], &["verify"]] {
+        let out = pipe_t(&p, args);
+        assert_ne!(code(&out), 124, "{args:?} hung");
+        assert_ne!(code(&out), 101, "{args:?} panicked: {}", stderr(&out));
+    }
+    let out = pipe_t(&p, &["verify"]);
+    assert_eq!(code(&out), 1, "damage found: {}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not a regular file"));
+    let out = pipe_t(&p, &["verify", "--fix"]);
+    assert_eq!(code(&out), 0, "removed: {}", stderr(&out));
+    assert_eq!(code(&pipe_t(&p, &["run", "p.toml"])), 0, "recomputed");
+    // A lock naming an unrelated live process (pid 1) with start time 0: stale once its
+    // file is older than PIPE_LOCK_STALE_SECS, not a wait forever.
+    let key = p.status("p.toml", &[])[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = p.cache().join("artifacts").join(&key);
+    let out = pipe_t(&p, &["rm", &key]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!dir.exists());
+    let host = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::write(
+        p.cache().join("locks").join(format!("{key}.lock")),
+        format!("{} 1 0 7\n", host.trim()),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = std::process::Command::new("timeout")
+        .args(["30", env!("CARGO_BIN_EXE_pipe"), "run", "p.toml"])
+        .current_dir(p.dir.path())
+        .env("PIPE_CACHE", p.cache())
+        .env("PIPE_LOCK_STALE_SECS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(dir.exists());
+}
+
+#[test]
+fn damaged_cache_folders_neither_panic_nor_leak() {
+    let p = Project::new();
+    p.write("p.toml", BASIC);
+    assert_eq!(code(&pipe_t(&p, &["run", "p.toml"])), 0);
+    let arts = p.cache().join("artifacts");
+    // Non-ASCII folder names, a stray file, a manifest holding a short key.
+    std::fs::create_dir_all(arts.join("abé")).unwrap();
+    std::fs::create_dir_all(arts.join("ab日本")).unwrap();
+    std::fs::write(arts.join("stray"), "x").unwrap();
+    let short = arts.join("ab");
+    std::fs::create_dir_all(&short).unwrap();
+    std::fs::write(short.join("manifest.json"), r#"{"key":"ab","kind":"exec","version":1,"stage":"s","pipeline":"p","point":{},"params":{},"inputs":{},"files":[],"started":0,"seconds":0,"pipe_version":"x","host":"h"}"#).unwrap();
+    for args in [
+        &["ls"][..],
+        &["show", "ab"],
+        &["show", "abé"],
+        &["verify"],
+        &["gc", "--dry-run", "--keep-days", "0"],
+    ] {
+        let out = pipe_t(&p, args);
+        assert_ne!(code(&out), 101, "{args:?} panicked: {}", stderr(&out));
+        assert_ne!(code(&out), 124, "{args:?} hung");
+    }
+    let out = pipe_t(&p, &["verify", "--fix"]);
+    assert_ne!(code(&out), 101, "{}", stderr(&out));
+    assert!(
+        !arts.join("stray").exists(),
+        "verify --fix removes a stray file"
+    );
+    // A folder left by an interrupted removal (dead pid) is cleaned by the next run.
+    let host = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let left = p.cache().join("tmp").join(format!(
+        "{}.removed.{}.999999.0",
+        "ab".repeat(32),
+        host.trim()
+    ));
+    std::fs::create_dir_all(&left).unwrap();
+    assert_eq!(code(&pipe_t(&p, &["run", "p.toml"])), 0);
+    assert!(!left.exists(), "left-over removal folder cleaned");
+    // A sweep string longer than 65,535 characters.
+    let long = "x".repeat(70_000);
+    p.write(
+        "long.toml",
+        &format!("[pipeline]\nname = \"long\"\n[sweep]\nv = [\"{long}\"]\n[stage.e]\nkind = \"exec\"\ncmd = [\"echo\", \"${{v}}\"]\n"),
+    );
+    let out = pipe_t(&p, &["status", "long.toml"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
