@@ -162,6 +162,7 @@ impl Kind for Exec {
                 ),
             }
         }
+        unlink_shared(ctx.out)?;
         let missing: Vec<&str> = p
             .tables
             .iter()
@@ -181,6 +182,28 @@ impl Kind for Exec {
         }
         Ok(())
     }
+}
+
+/// Replaces every output file that has other hard links (`ln ~/data.bin $PIPE_OUT/`) by a
+/// copy of its own, so that the artifact cannot change when the outside file does.
+fn unlink_shared(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for e in walkdir::WalkDir::new(out).into_iter().flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if meta.is_file() && meta.nlink() > 1 {
+            let copy = path.with_file_name(format!(
+                ".{}.pipe-copy",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+            ));
+            std::fs::copy(path, &copy)
+                .with_context(|| format!("copying the hard-linked output {}", path.display()))?;
+            std::fs::rename(&copy, path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `t` can name a table: letters, digits, `_` and `-`, not starting with `-`.

@@ -69,6 +69,21 @@ cmd = ["sh", "-c", "(sleep 1.5; echo late > $PIPE_OUT/x.txt; echo late > $PIPE_O
     // Sealed files are read-only.
     let perm = std::fs::metadata(dir.join("x.txt")).unwrap().permissions();
     assert!(perm.readonly());
+    // A hard-linked output is copied: changing the outside file leaves the artifact alone.
+    p.write("outside.txt", "original\n");
+    p.write(
+        "h.toml",
+        "[pipeline]\nname = \"h\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"ln outside.txt $PIPE_OUT/linked.txt\"]\n",
+    );
+    let out = pipe_t(&p, &["run", "h.toml"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::fs::write(p.path("outside.txt"), "changed\n").unwrap();
+    let status: Json =
+        serde_json::from_slice(&pipe_t(&p, &["status", "h.toml", "--json"]).stdout).unwrap();
+    let key = status[0]["key"].as_str().unwrap();
+    let linked = p.cache().join("artifacts").join(key).join("linked.txt");
+    assert_eq!(std::fs::read_to_string(linked).unwrap(), "original\n");
+    assert_eq!(code(&pipe_t(&p, &["verify"])), 0);
 }
 
 #[test]

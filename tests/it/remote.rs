@@ -402,4 +402,36 @@ fn hostile_remote_manifests_are_refused_and_signed_remotes_refuse_unsigned_ones(
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not signed"), "{err}");
+
+    // An object far larger than its manifest says is refused from its size, before its
+    // bytes are read: the instance is computed here.
+    let corrupt_key = a
+        .status("p.toml", &[])
+        .into_iter()
+        .find(|i| i["stage"] == "corrupt")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        pushed.join(&corrupt_key).join("labels.parquet"),
+        vec![0u8; 64 << 20],
+    )
+    .unwrap();
+    let i = Project::new();
+    i.write("p.toml", BASIC);
+    let (code, r, err) = run(
+        &i,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote].concat(),
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    assert!(err.contains("is damaged (67108864 bytes"), "{err}");
+    assert!(
+        r["executed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["key"] == corrupt_key.as_str())
+    );
 }

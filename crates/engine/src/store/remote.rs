@@ -249,25 +249,8 @@ impl Remote {
                         f.path
                     ));
                 }
-                let bytes = get(&f.path)?
-                    .ok_or_else(|| format!("remote artifact {key}: file {} is missing", f.path))?;
-                let hash = blake3::hash(&bytes).to_hex().to_string();
-                if bytes.len() as u64 != f.size || hash != f.blake3 {
-                    return Err(format!(
-                        "remote artifact {key}: file {} is damaged ({} bytes, blake3 {}; the manifest says {} bytes, {})",
-                        f.path,
-                        bytes.len(),
-                        crate::key::short(&hash, 12),
-                        f.size,
-                        crate::key::short(&f.blake3, 12)
-                    ));
-                }
-                let path = tmp.join(&f.path);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-                }
-                std::fs::write(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
             }
+            self.fetch_files(key, &manifest.files, &tmp)?;
             let mut draft = manifest.clone();
             draft.files.clear();
             store
@@ -282,6 +265,100 @@ impl Remote {
             }
         }
     }
+}
+
+/// How many files of one artifact are fetched at once.
+const FETCH_CONCURRENCY: usize = 16;
+
+impl Remote {
+    /// Fetches `files` of artifact `key` into `dir`, [`FETCH_CONCURRENCY`] at a time, each
+    /// streamed to its file and hashed on the way, stopping as soon as it exceeds its
+    /// declared size; the first failure cancels the rest.
+    fn fetch_files(&self, key: &str, files: &[super::FileEntry], dir: &Path) -> Result<(), String> {
+        self.runtime.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            let mut todo = files.iter();
+            loop {
+                while set.len() < FETCH_CONCURRENCY {
+                    let Some(f) = todo.next() else { break };
+                    let store = self.store.clone();
+                    let object = self.object(key, &f.path);
+                    let (f, dest) = (f.clone(), dir.join(&f.path));
+                    let (key, url) = (key.to_string(), self.url.clone());
+                    set.spawn(async move { fetch_one(store, object, f, dest, &key, &url).await });
+                }
+                match set.join_next().await {
+                    None => return Ok(()),
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => {
+                        set.abort_all();
+                        return Err(e);
+                    }
+                    Some(Err(e)) => {
+                        set.abort_all();
+                        return Err(format!("remote artifact {key}: a fetch failed: {e}"));
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Streams one remote file to `dest`, hashing it; refuses it as soon as it is longer
+/// than the manifest says, and when its size or hash differ at the end.
+async fn fetch_one(
+    store: Arc<dyn ObjectStore>,
+    object: ObjectPath,
+    f: super::FileEntry,
+    dest: std::path::PathBuf,
+    key: &str,
+    url: &str,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let damaged = |what: String| {
+        format!(
+            "remote artifact {key}: file {} is damaged ({what}; the manifest says {} bytes, {})",
+            f.path,
+            f.size,
+            crate::key::short(&f.blake3, 12)
+        )
+    };
+    let got = match store.get(&object).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(format!("remote artifact {key}: file {} is missing", f.path));
+        }
+        Err(e) => return Err(format!("fetching {key}/{} from {url}: {e}", f.path)),
+    };
+    if got.meta.size != f.size {
+        return Err(damaged(format!("{} bytes", got.meta.size)));
+    }
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let mut file = std::fs::File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut n: u64 = 0;
+    let mut stream = got.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("fetching {key}/{} from {url}: {e}", f.path))?;
+        n += chunk.len() as u64;
+        if n > f.size {
+            return Err(damaged(format!("more than {} bytes", f.size)));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+    }
+    let hash = hasher.finalize().to_hex().to_string();
+    if n != f.size || hash != f.blake3 {
+        return Err(damaged(format!(
+            "{n} bytes, blake3 {}",
+            crate::key::short(&hash, 12)
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a local path names a file inside the artifact (no `..`, not absolute).
