@@ -308,3 +308,28 @@ fn damaged_cache_folders_neither_panic_nor_leak() {
     let out = pipe_t(&p, &["status", "long.toml"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+#[test]
+fn output_names_must_be_utf8_and_empty_folders_are_not_kept() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"u\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"printf x > $PIPE_OUT/$(printf 'bad\\\\377name')\"]\n",
+    );
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("file names must be UTF-8"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(p.artifacts().is_empty());
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"u\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"mkdir -p $PIPE_OUT/empty/inner $PIPE_OUT/full; echo 1 > $PIPE_OUT/full/a\"]\n",
+    );
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let dir = &p.artifacts()[0];
+    assert!(dir.join("full/a").exists() && !dir.join("empty").exists());
+}

@@ -22,6 +22,9 @@ pub struct KeyLock {
     _heartbeat: mpsc::Sender<()>,
 }
 
+/// How often a process waiting for a lock says again what it waits for.
+pub const WAIT_NOTICE: Duration = Duration::from_secs(60);
+
 /// How often a holder refreshes its lock file's modification time.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
 
@@ -153,7 +156,7 @@ impl KeyLock {
             me.start,
             NONCE.fetch_add(1, Ordering::Relaxed)
         );
-        let mut waited = false;
+        let mut last_said: Option<std::time::Instant> = None;
         let mut delay = Duration::from_millis(10);
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {
@@ -189,9 +192,12 @@ impl KeyLock {
                             continue;
                         }
                         Some(h) => {
-                            if !waited {
+                            // Say who is waited for at once, then every minute.
+                            if last_said
+                                .is_none_or(|t: std::time::Instant| t.elapsed() >= WAIT_NOTICE)
+                            {
                                 on_wait(&h);
-                                waited = true;
+                                last_said = Some(std::time::Instant::now());
                             }
                         }
                         None => {

@@ -212,7 +212,17 @@ fn walk_files(dir: &Path) -> io::Result<Vec<String>> {
     while let Some((d, prefix)) = stack.pop() {
         for entry in fs::read_dir(&d)? {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let name = entry.file_name().into_string().map_err(|raw| {
+                io::Error::other(format!(
+                    "{}{}: file names must be UTF-8 (this one is not)",
+                    if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{prefix}/")
+                    },
+                    raw.to_string_lossy()
+                ))
+            })?;
             let rel = if prefix.is_empty() {
                 name
             } else {
@@ -232,6 +242,21 @@ fn walk_files(dir: &Path) -> io::Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Removes every empty folder under `dir` (not `dir` itself), deepest first.
+fn prune_empty_dirs(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let sub = entry.path();
+            prune_empty_dirs(&sub)?;
+            if fs::read_dir(&sub)?.next().is_none() {
+                fs::remove_dir(&sub)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn hash_file(path: &Path) -> io::Result<(String, u64)> {
@@ -369,6 +394,9 @@ impl Store {
     /// If the key already exists (another process finished first) the temp dir is dropped.
     pub fn commit(&self, tmp: &Path, mut draft: Manifest) -> io::Result<Manifest> {
         let result = (|| {
+            // An artifact is its files: empty folders are not kept (a manifest could not
+            // bring them back from a remote).
+            prune_empty_dirs(tmp)?;
             let names = walk_files(tmp)?;
             if names.iter().any(|n| n == MANIFEST) {
                 return Err(io::Error::other(format!(
