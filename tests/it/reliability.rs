@@ -434,6 +434,18 @@ const TOKENS: &[&str] = &[
     "9999999999999999999999",
     "[sweep]",
     "[pipeline]",
+    // Names that would become paths, and hostile keys.
+    "tables = [\"/../../x\"]",
+    "tables = [\"ok\", \"a/b\"]",
+    "env = { PIPE_OUT = \"/tmp\" }",
+    "env = { \"A=B\" = \"x\" }",
+    "files = [\"/dev/zero\"]",
+    "files = [\"**/*\"]",
+    "[[report.plot]]",
+    "[report]",
+    "table = \"../x\"",
+    "[cache]\ndir = \"\"",
+    "ééééééééééééé",
 ];
 
 fn mutate(text: &str, rng: &mut Rng) -> String {
@@ -490,7 +502,20 @@ fn generated_pipelines_and_sweeps_never_panic_and_errors_exit_2() {
         let text = mutate(&corpus[case % corpus.len()], &mut rng);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let spec = pipe::spec::Spec::parse("gen.toml", &text, p.dir.path(), &[], &registry)?;
-            pipe::plan::Plan::build(spec, &mut pipe::plan::FileHasher::default()).map(|_| ())
+            let plan = pipe::plan::Plan::build(spec, &mut pipe::plan::FileHasher::default())?;
+            // Whatever was accepted names no table that would leave an artifact's folder.
+            for &n in &plan.order {
+                let inst = &plan.graph[n];
+                for t in plan.spec.stages[inst.stage].kind.tables(&inst.params) {
+                    assert!(
+                        !t.is_empty()
+                            && t.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                        "case {case}: table name {t:?} accepted"
+                    );
+                }
+            }
+            Ok::<(), pipe::error::Error>(())
         }));
         match result {
             Ok(Ok(())) => accepted += 1,
