@@ -83,13 +83,7 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
             Some(c) => (c, true),
             None => (col.as_str(), false),
         };
-        let vars: Vec<&str> = plan
-            .spec
-            .sweep
-            .vars
-            .iter()
-            .map(|v| v.name.as_str())
-            .collect();
+        let vars: Vec<&str> = plan.spec.sweep.var_names();
         if !COLUMNS.contains(&col) && !vars.contains(&col) {
             return Err(Error::usage(format!(
                 "--sort {col}: sort by one of {} or a sweep variable ({})",

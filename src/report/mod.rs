@@ -40,13 +40,7 @@ pub struct Written {
 /// Checks the variables to average over against the sweep: each must be a sweep variable,
 /// except the default `seed`, which may be absent.
 pub fn check_over(plan: &Plan, over: &[String], explicit: bool) -> Result<Vec<String>, Error> {
-    let names: Vec<&str> = plan
-        .spec
-        .sweep
-        .vars
-        .iter()
-        .map(|v| v.name.as_str())
-        .collect();
+    let names: Vec<&str> = plan.spec.sweep.var_names();
     let mut kept = Vec::new();
     for o in over {
         if names.contains(&o.as_str()) {

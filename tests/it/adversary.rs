@@ -20,6 +20,12 @@ fn pipe_t(p: &Project, args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// This machine's host name, as `pipe` writes it in lock files and temp folder names.
+fn hostname() -> String {
+    let out = std::process::Command::new("hostname").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
@@ -229,16 +235,10 @@ fn fifos_devices_and_hostile_locks_do_not_hang() {
     let out = pipe_t(&p, &["rm", &key]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!dir.exists());
-    let host = String::from_utf8(
-        std::process::Command::new("hostname")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let host = hostname();
     std::fs::write(
         p.cache().join("locks").join(format!("{key}.lock")),
-        format!("{} 1 0 7\n", host.trim()),
+        format!("{} 1 0 7\n", host),
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
@@ -284,18 +284,11 @@ fn damaged_cache_folders_neither_panic_nor_leak() {
         "verify --fix removes a stray file"
     );
     // A folder left by an interrupted removal (dead pid) is cleaned by the next run.
-    let host = String::from_utf8(
-        std::process::Command::new("hostname")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let left = p.cache().join("tmp").join(format!(
-        "{}.removed.{}.999999.0",
-        "ab".repeat(32),
-        host.trim()
-    ));
+    let host = hostname();
+    let left = p
+        .cache()
+        .join("tmp")
+        .join(format!("{}.removed.{}.999999.0", "ab".repeat(32), host));
     std::fs::create_dir_all(&left).unwrap();
     assert_eq!(code(&pipe_t(&p, &["run", "p.toml"])), 0);
     assert!(!left.exists(), "left-over removal folder cleaned");

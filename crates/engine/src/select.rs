@@ -102,13 +102,7 @@ impl Selector {
         }
         for (k, _) in &self.point {
             if !plan.spec.sweep.vars.iter().any(|v| &v.name == k) {
-                let vars: Vec<&str> = plan
-                    .spec
-                    .sweep
-                    .vars
-                    .iter()
-                    .map(|v| v.name.as_str())
-                    .collect();
+                let vars: Vec<&str> = plan.spec.sweep.var_names();
                 return Err(format!(
                     "`{self}`: no sweep variable {k}{}; variables: {}",
                     crate::error::suggest(k, vars.iter().copied()),

@@ -59,6 +59,11 @@ impl ValueKey {
 }
 
 impl Sweep {
+    /// The variables' names, in declaration order.
+    pub fn var_names(&self) -> Vec<&str> {
+        self.vars.iter().map(|v| v.name.as_str()).collect()
+    }
+
     /// A point given as (variable, value) indices, as a JSON object `{"noise": 0.4}`.
     pub fn point_json(&self, ids: &[(u32, u32)]) -> Json {
         Json::Object(
