@@ -10,7 +10,7 @@ pub use pipe_engine::{
     error, exec, key, param_enum, plan, resources, runs, select, spec, stage, stage_params, status,
     store, table,
 };
-pub use pipe_science::{datasets, embedding, geometry};
+pub use pipe_science::{datasets, detection, embedding, geometry};
 
 pub mod cli;
 pub mod export;
