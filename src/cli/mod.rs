@@ -53,7 +53,7 @@ pub struct Cli {
     /// Print only errors and failures (no progress, no summary).
     #[arg(long, short, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// Print more: every start, lock waits, and the end of each failed instance's log.
+    /// Print more: every start, lock waits, and 40 (not 12) last lines of each failed instance's log.
     #[arg(long, short, global = true)]
     pub verbose: bool,
 }
@@ -107,7 +107,7 @@ pub enum Command {
     /// Compute one instance from a job file (what a Slurm job runs on its node).
     #[command(hide = true)]
     Job(JobArgs),
-    /// Say for every instance whether it is cached, missing or stale, and why.
+    /// Say for every instance whether it is cached, missing, stale, running or failed, and why.
     Status(StatusArgs),
     /// Print the instance DAG.
     Dag(DagArgs),
@@ -115,7 +115,7 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Gather each table kind across the sweep into one Parquet file per kind.
     Export(ExportArgs),
-    /// Write a static HTML report: figures of the four findings and a table of the run.
+    /// Write a static HTML report: figures of the study's findings, the pipeline's own plots, the run.
     Report(ReportArgs),
     /// Show an artifact's manifest: kind, parameters, inputs, files.
     Show(ShowArgs),
