@@ -465,6 +465,7 @@ mod tests {
             }
         }
         assert!(accepted < 10_000, "some mutations must be refused");
+        eprintln!("remote manifests: 10000 mutations, {accepted} accepted, 0 panics");
     }
 
     #[test]
