@@ -154,8 +154,23 @@ pub struct ParamSpec {
     pub presence: Presence,
     /// Whether the value can change the output; `false` keeps it out of the key.
     pub in_key: bool,
+    /// In the key only when it differs from its default, so that adding an option to a
+    /// kind keeps the keys of every instance that does not use it.
+    pub key_omits_default: bool,
     /// One line for the docs and `--help`.
     pub doc: &'static str,
+}
+
+impl ParamSpec {
+    /// Whether `value` is this parameter's declared default.
+    pub fn is_default(&self, value: &Json) -> bool {
+        match self.presence {
+            Presence::Default(lit) => default_literal(lit)
+                .and_then(|d| self.ty.coerce(d))
+                .is_ok_and(|d| &d == value),
+            _ => false,
+        }
+    }
 }
 
 /// An input slot a stage kind takes.
@@ -365,7 +380,8 @@ macro_rules! param_enum {
 /// parameter, and its [`KindParams::specs`] (the schema `pipe kinds` prints and the spec
 /// checks) from the same lines. Each line is `name: Type, PRESENCE, "doc";` where
 /// PRESENCE is `required`, `optional` (the type is then `Option<_>`) or `default "TOML"`,
-/// optionally followed by `not_in_key`; `name as "key": ...` names a parameter whose key is
+/// optionally followed by `not_in_key` or `key_unless_default` (in the key only when it
+/// differs from its default: an option added to a kind keeps older keys); `name as "key": ...` names a parameter whose key is
 /// not a Rust identifier (`final`). The [`ParamType`] comes from the Rust type
 /// ([`ParamValue`]). `..field: Type;` at the end includes another declared struct's
 /// parameters (shared groups such as a worker's `device` and `threads`).
@@ -406,6 +422,7 @@ macro_rules! stage_params {
                                 ty: <$ty as $crate::stage::ParamValue>::TYPE,
                                 presence: $crate::stage_params!(@presence $ty, $presence $($default)?),
                                 in_key: $crate::stage_params!(@in_key $($nik)?),
+                                key_omits_default: $crate::stage_params!(@omits_default $($nik)?),
                                 doc: $doc,
                             },
                         )*];
@@ -426,6 +443,10 @@ macro_rules! stage_params {
     (@name $field:ident $rename:literal) => { $rename };
     (@in_key) => { true };
     (@in_key not_in_key) => { false };
+    (@in_key key_unless_default) => { true };
+    (@omits_default) => { false };
+    (@omits_default not_in_key) => { false };
+    (@omits_default key_unless_default) => { true };
 }
 
 /// A parameter problem found by [`StageKind::check`].
@@ -722,7 +743,10 @@ impl KeyInputs<'_> {
         specs
             .iter()
             .filter(|s| s.in_key && !leave_out.contains(&s.name))
-            .filter_map(|s| Some((s.name.to_string(), self.values.get(s.name)?.clone())))
+            .filter_map(|s| {
+                let v = self.values.get(s.name)?;
+                (!(s.key_omits_default && s.is_default(v))).then(|| (s.name.to_string(), v.clone()))
+            })
             .collect()
     }
 }
@@ -1009,6 +1033,7 @@ mod typed_params_tests {
             mode: Mode, default "\"careful\"", "a mode";
             widths: Vec<i64>, default "[4, 2]", "widths";
             last as "final": Scalar, default "\"final\"", "a keyword name";
+            record: bool, default "false", key_unless_default, "an option added later";
             ..shared: Shared;
         }
     }
@@ -1035,6 +1060,7 @@ mod typed_params_tests {
                 "mode one of \"fast\", \"careful\" default \"careful\" true",
                 "widths an array of integers default [4, 2] true",
                 "final a string, number or boolean default \"final\" true",
+                "record a boolean default false true",
                 "threads an integer default 1 false",
             ]
         );
@@ -1051,6 +1077,7 @@ mod typed_params_tests {
         assert_eq!(p.widths, [4, 2]);
         assert_eq!(p.last, Scalar(json!("final")));
         assert_eq!(p.shared.threads, 1);
+        assert!(!p.record);
         let values = json!({"lr": 1.0, "size": 3, "mode": "fast", "final": 7, "threads": 4});
         let p = Sample::parse(values.as_object().unwrap()).unwrap();
         assert_eq!((p.size, p.mode, p.shared.threads), (Some(3), Mode::Fast, 4));
@@ -1059,6 +1086,32 @@ mod typed_params_tests {
             Sample::parse(&serde_json::Map::new()).is_err(),
             "lr is required"
         );
+    }
+
+    #[test]
+    fn an_option_at_its_default_stays_out_of_the_key() {
+        let key_names = |values: serde_json::Value| -> Vec<String> {
+            let params = Params::new(values.as_object().unwrap().clone());
+            let keys = KeyInputs {
+                values: &params,
+                input_keys: &[],
+                input_parts: &[],
+            };
+            keys.key_params(Sample::specs(), &[])
+                .keys()
+                .cloned()
+                .collect()
+        };
+        // `threads` is never in the key; `record` only when it is not `false`; a defaulted
+        // parameter without the mark is in the key at its default too.
+        let base = json!({"lr": 1.0, "mode": "careful", "threads": 2});
+        assert_eq!(key_names(base.clone()), ["lr", "mode"]);
+        let mut off = base.clone();
+        off["record"] = json!(false);
+        assert_eq!(key_names(off), ["lr", "mode"]);
+        let mut on = base;
+        on["record"] = json!(true);
+        assert_eq!(key_names(on), ["lr", "mode", "record"]);
     }
 
     #[test]
