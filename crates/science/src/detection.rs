@@ -188,6 +188,63 @@ fn mean_over(values: &[Vec<f64>], window: std::ops::Range<usize>) -> Vec<f64> {
         .collect()
 }
 
+/// The ROC curve of `scores` for the examples where `positive` is true: `(fpr, tpr)` at
+/// every distinct score taken as a threshold (flag those scoring at least it), from (0, 0)
+/// to (1, 1), thinned to at most `max_points` (the ends always kept). Empty without at
+/// least one positive and one negative.
+pub fn roc_curve(scores: &[f64], positive: &[bool], max_points: usize) -> Vec<(f64, f64)> {
+    assert_eq!(scores.len(), positive.len(), "one label per score");
+    let n_pos = positive.iter().filter(|p| **p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return Vec::new();
+    }
+    let mut order = sorted_ascending(scores);
+    order.reverse();
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp, mut i) = (0usize, 0usize, 0usize);
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let pos = order[i..=j].iter().filter(|&&e| positive[e]).count();
+        tp += pos;
+        fp += j - i + 1 - pos;
+        points.push((fp as f64 / n_neg as f64, tp as f64 / n_pos as f64));
+        i = j + 1;
+    }
+    let max_points = max_points.max(2);
+    if points.len() <= max_points {
+        return points;
+    }
+    let last = points.len() - 1;
+    (0..max_points)
+        .map(|k| points[k * last / (max_points - 1)])
+        .collect()
+}
+
+/// Each score's rank among `scores` divided by their count, in (0, 1] (ties share their
+/// mean rank): scores of different methods on one scale, for averaging into an ensemble.
+pub fn normalized_ranks(scores: &[f64]) -> Vec<f64> {
+    let n = scores.len();
+    let order = sorted_ascending(scores);
+    let mut ranks = vec![0.0; n];
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let mean_rank = ((i + j) as f64 / 2.0 + 1.0) / n as f64;
+        for &e in &order[i..=j] {
+            ranks[e] = mean_rank;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
 /// Indices of `scores` in ascending order of score (ties by index).
 fn sorted_ascending(scores: &[f64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
@@ -244,6 +301,30 @@ mod tests {
         assert_eq!(estimate_flagged(&[]), 0);
         // Ties are never split: the cut falls between 0 and 3.
         assert_eq!(estimate_flagged(&[0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 3.0]), 4);
+    }
+
+    #[test]
+    fn roc_curve_of_the_reference_example() {
+        // Thresholds 0.8, 0.4, 0.35, 0.1: scikit-learn's roc_curve gives fpr [0, 0, .5, .5, 1]
+        // and tpr [0, .5, .5, 1, 1].
+        assert_eq!(
+            roc_curve(&S, &Y, 100),
+            vec![(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]
+        );
+        // Thinned to 3: the ends and the middle point.
+        assert_eq!(
+            roc_curve(&S, &Y, 3),
+            vec![(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
+        );
+        assert!(roc_curve(&S, &[true; 4], 10).is_empty());
+    }
+
+    #[test]
+    fn ranks_share_ties() {
+        assert_eq!(
+            normalized_ranks(&[3.0, 1.0, 3.0, 2.0]),
+            vec![3.5 / 4.0, 0.25, 3.5 / 4.0, 0.5]
+        );
     }
 
     #[test]
