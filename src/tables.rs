@@ -243,3 +243,91 @@ table! {
         true_label_agreement: Vec<f64>,
     }
 }
+
+table! {
+    /// `examples.parquet` of a `train` artifact recorded with `record_examples = true`
+    /// (and of each of its checkpoints): one row per training example and epoch (0 =
+    /// initialization), from the evaluation pass after the epoch.
+    pub struct Examples {
+        /// Epoch (0 = before training).
+        epoch: Vec<i64>,
+        /// The example's index in the training set.
+        index: Vec<i64>,
+        /// The label it is trained on.
+        label: Vec<i64>,
+        /// Whether its label was corrupted (`train_label != true_label`); never used to score.
+        changed: Vec<bool>,
+        /// Its loss against its training label (the training loss).
+        loss: Vec<f64>,
+        /// The logit of its training label minus the largest other logit.
+        margin: Vec<f64>,
+        /// The class the model predicts.
+        predicted: Vec<i64>,
+        /// Norm of its loss's gradient with respect to the last layer's weights.
+        grad_norm: Vec<f64>,
+        /// Cosine between that gradient and the mean gradient of the examples with the same
+        /// training label (its class's direction, which the clean majority sets).
+        grad_agreement: Vec<f64>,
+    }
+}
+
+table! {
+    /// `scores.parquet` of a `detect` artifact: one row per method and training example.
+    pub struct Scores {
+        /// The scoring method (`aum`, `loss`, ...).
+        method: Vec<String>,
+        /// The example's index in the training set.
+        index: Vec<i64>,
+        /// Higher = more likely mislabeled.
+        score: Vec<f64>,
+        /// Whether the method flags it (among the count the method estimates).
+        flagged: Vec<bool>,
+        /// The label it was trained on.
+        label: Vec<i64>,
+        /// The class the model predicts at the end of the detection window, before it
+        /// memorizes the noise (the label `clean`'s `relabel` gives).
+        predicted: Vec<i64>,
+        /// Whether its label was truly corrupted (for judging only).
+        changed: Vec<bool>,
+    }
+}
+
+table! {
+    /// `detection.parquet` of a `detect` artifact: how well each method finds the corrupted
+    /// examples, one row per method, the default method first.
+    pub struct Detection {
+        /// The scoring method.
+        method: Vec<String>,
+        /// Area under the ROC curve (missing without both clean and corrupted examples).
+        auroc: Vec<Option<f64>>,
+        /// Average precision (missing without corrupted examples).
+        average_precision: Vec<Option<f64>>,
+        /// Of the flagged, the fraction truly corrupted (missing when none is flagged).
+        precision: Vec<Option<f64>>,
+        /// Of the corrupted, the fraction flagged (missing without corrupted examples).
+        recall: Vec<Option<f64>>,
+        /// Harmonic mean of precision and recall.
+        f1: Vec<Option<f64>>,
+        /// How many the method flags.
+        flagged: Vec<i64>,
+        /// The method's estimate of the noise level: flagged / n (the truth is not used).
+        estimated_noise: Vec<f64>,
+        /// Training examples.
+        n: Vec<i64>,
+        /// Of those, the truly corrupted.
+        n_changed: Vec<i64>,
+    }
+}
+
+table! {
+    /// `roc.parquet` of a `detect` artifact: each method's ROC curve, at most 201 points
+    /// a method, from (0, 0) to (1, 1).
+    pub struct Roc {
+        /// The scoring method.
+        method: Vec<String>,
+        /// False-positive rate: the fraction of clean examples scored at least the threshold.
+        fpr: Vec<f64>,
+        /// True-positive rate: the fraction of corrupted examples scored at least the threshold.
+        tpr: Vec<f64>,
+    }
+}

@@ -1,7 +1,8 @@
 //! `train`: trains a network on the corrupted training labels, keeping checkpoints.
 //!
 //! Output: `metrics.parquet` (one row per epoch, 0 = initialization), `checkpoints.json`
-//! (epoch -> checkpoint key) and `model.json` (layers and the variables of each).
+//! (epoch -> checkpoint key), `model.json` (layers and the variables of each) and, with
+//! `record_examples`, `examples.parquet` (one row per training example and epoch).
 //! Each kept epoch is its own artifact (a part, see `StageKind::parts`) whose key leaves
 //! out `epochs` and `checkpoints`, so a longer run resumes from a shorter one's last epoch.
 
@@ -98,6 +99,7 @@ crate::stage_params! {
         augment: bool, default "false", "random crop (pad 4) and horizontal flip";
         seed: i64, default "0", "seeds initialization, data order and augmentation";
         checkpoints: Vec<i64>, default "[0]", "epochs whose weights are kept (0 = initialization); the final epoch always is";
+        record_examples: bool, default "false", key_unless_default, "record every training example's loss, margin, prediction and last-layer gradient after each epoch (examples.parquet, which `detect` reads)";
         ..worker: WorkerParams;
     }
 }
@@ -310,7 +312,7 @@ impl Kind for Train {
             },
             Slot {
                 name: "labels",
-                kinds: &["corrupt"],
+                kinds: &["corrupt", "clean"],
             },
         ])
     }
@@ -378,8 +380,12 @@ impl Kind for Train {
             })
             .collect()
     }
-    fn tables(&self, _p: &TrainParams) -> Vec<String> {
-        vec!["metrics".into()]
+    fn tables(&self, p: &TrainParams) -> Vec<String> {
+        let mut tables = vec!["metrics".to_string()];
+        if p.record_examples {
+            tables.push("examples".into());
+        }
+        tables
     }
     crate::worker::worker_kind_methods!(TrainParams);
 }

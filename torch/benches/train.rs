@@ -255,6 +255,7 @@ checkpoints = [0]
             init: pipe_torch::models::WeightInit::Kaiming,
             freeze: Vec::new(),
             device: tch::Device::Cpu,
+            record_examples: false,
         };
         let mut t = Trainer::new(cfg, &d);
         t.evaluate_initial();

@@ -2,12 +2,15 @@
 //!
 //! A checkpoint folder holds `weights.safetensors` (every variable of the model, named as
 //! in the var store: `fc1.weight`, `conv1.bn.running_mean`), `optimizer.safetensors` (the
-//! optimizer's buffers), `metrics.parquet` (epochs 0..=epoch) and `checkpoint.json`.
+//! optimizer's buffers), `metrics.parquet` (epochs 0..=epoch), `checkpoint.json` and, when
+//! the run records examples, `examples.parquet` (epochs 0..=epoch).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use pipe::stages::train::{CheckpointInfo, read_metrics, write_metrics};
+use pipe::table::Table;
+use pipe::tables::Examples;
 use tch::Tensor;
 
 use crate::trainer::Trainer;
@@ -25,6 +28,9 @@ pub fn save(dir: &Path, t: &Trainer<'_>, model: &str) -> Result<()> {
         dir.join("optimizer.safetensors"),
     )?;
     write_metrics(&dir.join("metrics.parquet"), &t.metrics)?;
+    if t.cfg.record_examples {
+        t.examples.write(&dir.join("examples.parquet"))?;
+    }
     let info = CheckpointInfo {
         epoch: t.epoch(),
         steps: t.opt.steps,
@@ -80,6 +86,17 @@ pub fn restore(dir: &Path, t: &mut Trainer<'_>) -> Result<()> {
         .collect();
     t.opt.load_state(&t.params, &state, info.steps)?;
     t.metrics = read_metrics(&dir.join("metrics.parquet"))?;
+    if t.cfg.record_examples {
+        t.examples = Examples::read(&dir.join("examples.parquet"))?;
+        let last = t.examples.epoch.last().copied();
+        if last != Some(info.epoch) {
+            bail!(
+                "{}: the example records end at epoch {last:?}, the checkpoint is of epoch {}",
+                dir.display(),
+                info.epoch
+            );
+        }
+    }
     if t.epoch() != info.epoch {
         bail!(
             "{}: metrics end at epoch {}, checkpoint says {}",

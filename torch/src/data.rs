@@ -33,6 +33,9 @@ pub struct TrainData {
     pub changed: Tensor,
     /// Test images with true labels.
     pub test: Split,
+    /// Each training example's index in the data set's training split (all of them in
+    /// order, unless a `clean` stage dropped some).
+    pub indices: Vec<i64>,
 }
 
 /// Reads a split's images (`[n, c, h, w]`, u8) and labels.
@@ -68,7 +71,10 @@ impl TrainData {
     }
 }
 
-/// Loads training and test data; `labels_dir` holds the corrupt stage's `labels.parquet`.
+/// Loads training and test data; `labels_dir` holds the `labels.parquet` of a `corrupt`
+/// stage (every training example) or of a `clean` stage (some may be dropped: the rows'
+/// `index` then lists those kept, in increasing order). Images are standardized with the
+/// whole training split's statistics either way.
 pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<TrainData> {
     let info: DatasetInfo =
         serde_json::from_slice(&std::fs::read(dataset_dir.join("dataset.json"))?)
@@ -76,12 +82,20 @@ pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<Tra
     let (train_u8, true_labels) = read_images(&dataset_dir.join("train.parquet"), &info)?;
     let (test_u8, test_labels) = read_images(&dataset_dir.join("test.parquet"), &info)?;
     let labels = Labels::read(&labels_dir.join("labels.parquet"))?;
-    if labels.index.len() != true_labels.len()
-        || labels.index.iter().enumerate().any(|(i, &v)| v != i as i64)
-        || labels.true_label != true_labels
+    let n = true_labels.len() as i64;
+    let increasing = labels.index.windows(2).all(|w| w[0] < w[1]);
+    let in_range = labels.index.iter().all(|&i| (0..n).contains(&i));
+    if labels.index.is_empty()
+        || !increasing
+        || !in_range
+        || labels
+            .index
+            .iter()
+            .zip(&labels.true_label)
+            .any(|(&i, &t)| true_labels[i as usize] != t)
     {
         bail!(
-            "labels.parquet does not describe this data set's training split (rows or true labels differ)"
+            "labels.parquet does not describe this data set's training split (its indices must increase within 0..{n}, and its true labels must be the data set's)"
         );
     }
     let consistent = (0..labels.index.len()).all(|i| {
@@ -100,18 +114,24 @@ pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<Tra
         .std_dim([0i64, 2, 3].as_slice(), false, true)
         .clamp_min(1e-6);
     let norm = |x: &Tensor| ((x.to_kind(Kind::Float) / 255.0 - &mean) / &std).to_device(device);
+    let kept = if labels.index.len() as i64 == n {
+        train_u8
+    } else {
+        train_u8.index_select(0, &Tensor::from_slice(&labels.index))
+    };
     Ok(TrainData {
         train: Split {
-            x: norm(&train_u8),
+            x: norm(&kept),
             y: Tensor::from_slice(&labels.train_label).to_device(device),
         },
-        train_true: Tensor::from_slice(&true_labels).to_device(device),
+        train_true: Tensor::from_slice(&labels.true_label).to_device(device),
         chosen: Tensor::from_slice(&labels.chosen).to_device(device),
         changed: Tensor::from_slice(&labels.changed).to_device(device),
         test: Split {
             x: norm(&test_u8),
             y: Tensor::from_slice(&test_labels).to_device(device),
         },
+        indices: labels.index,
         info,
     })
 }

@@ -14,6 +14,8 @@ use crate::data::TrainData;
 use crate::models::{Arch, Net, WeightInit};
 use crate::optim::{Optimizer, OptimizerConfig, Schedule};
 use crate::score::accuracy;
+use pipe::table::Table;
+use pipe::tables::Examples;
 
 /// Everything that defines a training run.
 #[derive(Clone, Debug)]
@@ -42,6 +44,9 @@ pub struct TrainConfig {
     pub freeze: Vec<String>,
     /// Where to train.
     pub device: Device,
+    /// Record every training example's loss, margin, prediction and last-layer gradient
+    /// after each epoch ([`Trainer::examples`]).
+    pub record_examples: bool,
 }
 
 /// The outputs of a frozen first block of layers for the training and test images, computed
@@ -74,6 +79,8 @@ pub struct Trainer<'a> {
     pub opt: Optimizer,
     /// One row per epoch done so far, starting at epoch 0.
     pub metrics: Vec<EpochMetrics>,
+    /// With `record_examples`: one row per training example and epoch done so far.
+    pub examples: Examples,
 }
 
 /// How many first layers of `net` are frozen and can be computed once (see
@@ -132,6 +139,7 @@ impl<'a> Trainer<'a> {
             prefix: None,
             opt,
             metrics: Vec::new(),
+            examples: Examples::default(),
         }
     }
 
@@ -230,8 +238,13 @@ impl<'a> Trainer<'a> {
             Some(p) => (p.layers, p.train.shallow_clone(), p.test.shallow_clone()),
             None => (0, d.train.x.shallow_clone(), d.test.x.shallow_clone()),
         };
-        let (train_loss, train_pred) = self.predict(&train_x, &d.train.y, start);
-        let (test_loss, test_pred) = self.predict(&test_x, &d.test.y, start);
+        let record = self.cfg.record_examples;
+        let (train_loss, train_pred, last) = self.predict(&train_x, &d.train.y, start, record);
+        if let Some((features, logits)) = last {
+            let rows = self.example_rows(epoch, &features, &logits);
+            self.examples.append(rows);
+        }
+        let (test_loss, test_pred, _) = self.predict(&test_x, &d.test.y, start, false);
         let clean = d.clean();
         EpochMetrics {
             epoch,
@@ -247,23 +260,41 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Mean cross-entropy and predicted classes over a split, in evaluation mode.
-    /// `x` is the input of layer `from` (0: the images).
-    fn predict(&self, x: &Tensor, y: &Tensor, from: usize) -> (f64, Tensor) {
+    /// Mean loss and predicted classes over a split, in evaluation mode, and with `keep`
+    /// the last layer's inputs (flattened, pooled where the layer pools) and the logits of
+    /// every example. `x` is the input of layer `from` (0: the images).
+    fn predict(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        from: usize,
+        keep: bool,
+    ) -> (f64, Tensor, Option<(Tensor, Tensor)>) {
         tch::no_grad(|| {
             let n = x.size()[0];
             let mut loss = 0.0;
             let mut preds = Vec::new();
+            let (mut features, mut all_logits) = (Vec::new(), Vec::new());
             let step = 1000;
             let mut start = 0;
+            let last = self.net.layers.len() - 1;
             while start < n {
                 let len = step.min(n - start);
-                let logits = self.net.forward_range(
-                    &x.narrow(0, start, len),
-                    from,
-                    self.net.layers.len(),
-                    false,
-                );
+                let batch = x.narrow(0, start, len);
+                let logits = if keep {
+                    let h = self.net.forward_range(&batch, from, last, false);
+                    let logits = self.net.forward_range(&h, last, last + 1, false);
+                    let h = if h.dim() == 4 {
+                        h.adaptive_avg_pool2d([1, 1])
+                    } else {
+                        h
+                    };
+                    features.push(h.flatten(1, -1).to_kind(Kind::Double));
+                    all_logits.push(logits.to_kind(Kind::Double));
+                    logits
+                } else {
+                    self.net.forward_range(&batch, from, last + 1, false)
+                };
                 let yb = y.narrow(0, start, len);
                 let z = logits.to_kind(Kind::Double);
                 loss += match self.cfg.loss {
@@ -280,8 +311,90 @@ impl<'a> Trainer<'a> {
                 preds.push(logits.argmax(1, false));
                 start += len;
             }
-            (loss / n as f64, Tensor::cat(&preds, 0))
+            let kept = keep.then(|| (Tensor::cat(&features, 0), Tensor::cat(&all_logits, 0)));
+            (loss / n as f64, Tensor::cat(&preds, 0), kept)
         })
+    }
+
+    /// The [`Examples`] rows of `epoch` from the last layer's inputs `h` (`[n, H]`) and the
+    /// logits `z` (`[n, C]`) of every training example, both double.
+    ///
+    /// With `g = dL/dz` (cross-entropy: `softmax(z) - e_y`; squared error: `2 (z - e_y) / C`)
+    /// an example's last-layer weight gradient is `g h^T`: its norm is `|g| |h|`, and its
+    /// agreement is the cosine with its class's mean gradient `D_y = mean over the examples
+    /// labeled y of g h^T`, that is `g^T D_y h / (|g| |h| |D_y|)`.
+    fn example_rows(&self, epoch: i64, h: &Tensor, z: &Tensor) -> Examples {
+        let d = self.data;
+        let y = d.train.y.to_device(z.device());
+        let classes = z.size()[1];
+        let onehot = y.one_hot(classes).to_kind(Kind::Double);
+        let (loss, g) = match self.cfg.loss {
+            Loss::CrossEntropy => {
+                let log_p = z.log_softmax(1, Kind::Double);
+                let loss =
+                    -(&log_p * &onehot).sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
+                (loss, log_p.exp() - &onehot)
+            }
+            Loss::Mse => {
+                let diff = z - &onehot;
+                let loss = diff
+                    .square()
+                    .mean_dim([1i64].as_slice(), false, Kind::Double);
+                (loss, diff * (2.0 / classes as f64))
+            }
+        };
+        let own = (z * &onehot).sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
+        let others = z.masked_fill(&onehot.to_kind(Kind::Bool), f64::NEG_INFINITY);
+        let margin = own - others.amax([1i64].as_slice(), false);
+        let g_norm = g.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+        let h_norm = h.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+        let grad_norm = &g_norm * &h_norm;
+        let agreement = Tensor::zeros_like(&grad_norm);
+        for c in 0..classes {
+            let members = y.eq(c).nonzero().squeeze_dim(1);
+            let count = members.size()[0];
+            if count == 0 {
+                continue;
+            }
+            let (gc, hc) = (g.index_select(0, &members), h.index_select(0, &members));
+            let direction = gc.transpose(0, 1).matmul(&hc) / count as f64; // [C, H]
+            let along = (gc.matmul(&direction) * &hc).sum_dim_intlist(
+                [1i64].as_slice(),
+                false,
+                Kind::Double,
+            );
+            let scale = grad_norm.index_select(0, &members) * direction.norm();
+            let cosine = along / scale.clamp_min(1e-300);
+            let _ = agreement.shallow_clone().index_copy_(0, &members, &cosine);
+        }
+        let n = z.size()[0];
+        // These are 1-D tensors of the kinds asked for: the conversions cannot fail.
+        let to_f64 = |t: &Tensor| -> Vec<f64> {
+            Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous())
+                .expect("a 1-D double tensor")
+        };
+        let to_i64 = |t: &Tensor| -> Vec<i64> {
+            Vec::<i64>::try_from(t.to_kind(Kind::Int64).to_device(Device::Cpu).contiguous())
+                .expect("a 1-D integer tensor")
+        };
+        let changed = Vec::<bool>::try_from(
+            d.changed
+                .to_kind(Kind::Bool)
+                .to_device(Device::Cpu)
+                .contiguous(),
+        )
+        .expect("a 1-D bool tensor");
+        Examples {
+            epoch: vec![epoch; n as usize],
+            index: d.indices.clone(),
+            label: to_i64(&y),
+            changed,
+            loss: to_f64(&loss),
+            margin: to_f64(&margin),
+            predicted: to_i64(&z.argmax(1, false)),
+            grad_norm: to_f64(&grad_norm),
+            grad_agreement: to_f64(&agreement),
+        }
     }
 }
 

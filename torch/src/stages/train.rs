@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use pipe::table::Table;
 use pipe::stage::{BadData, KeyInputs, RunContext};
 use pipe::stages::train::{
     CHECKPOINT_KIND, CheckpointRef, LayerInfo, ModelInfo, Optimizer, Schedule, TrainParams,
@@ -54,6 +55,7 @@ pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
         init: WeightInit::from_params(p),
         freeze: p.freeze.clone(),
         device,
+        record_examples: p.record_examples,
     })
 }
 
@@ -150,6 +152,11 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
             key: key_of(e),
         })
         .collect();
+    if p.record_examples {
+        trainer
+            .examples
+            .write(&ctx.out.join("examples.parquet"))?;
+    }
     std::fs::write(
         ctx.out.join("checkpoints.json"),
         serde_json::to_vec_pretty(&refs)?,
