@@ -187,24 +187,7 @@ impl Kind for Embed {
         }])
     }
     fn check(&self, p: &EmbedParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        if p.methods.is_empty() {
-            return Err(ParamError::param(
-                "methods",
-                "must name at least one method",
-            ));
-        }
-        for m in &p.methods {
-            if !METHODS.contains(&m.as_str()) {
-                return Err(ParamError::param(
-                    "methods",
-                    format!(
-                        "unknown method \"{m}\"{}; known: {}",
-                        crate::error::suggest(m, METHODS),
-                        METHODS.join(", ")
-                    ),
-                ));
-            }
-        }
+        crate::stages::check_methods("methods", &p.methods, &METHODS)?;
         if !(p.perplexity > 0.0 && p.perplexity.is_finite()) {
             return Err(ParamError::param(
                 "perplexity",

@@ -4,8 +4,10 @@
 //! with the same name constant; see ARCHITECTURE.md, "Adding a stage kind".
 
 pub mod activations;
+pub mod clean;
 pub mod corrupt;
 pub mod dataset;
+pub mod detect;
 pub mod embed;
 pub mod exec;
 pub mod gradnorm;
@@ -14,7 +16,35 @@ pub mod rollback;
 pub mod train;
 pub mod trained;
 
-use crate::stage::Registry;
+use crate::stage::{ParamError, Registry};
+
+/// Checks a list parameter naming methods (`methods = ["pca", "tsne"]`): at least one, each
+/// one of `known` (with a suggestion when misspelt), none twice.
+pub fn check_methods(
+    param: &'static str,
+    given: &[String],
+    known: &[&str],
+) -> Result<(), ParamError> {
+    if given.is_empty() {
+        return Err(ParamError::param(param, "must name at least one method"));
+    }
+    for (i, m) in given.iter().enumerate() {
+        if !known.contains(&m.as_str()) {
+            return Err(ParamError::param(
+                param,
+                format!(
+                    "unknown method \"{m}\"{}; known: {}",
+                    crate::error::suggest(m, known.iter().copied()),
+                    known.join(", ")
+                ),
+            ));
+        }
+        if given[..i].contains(m) {
+            return Err(ParamError::param(param, format!("\"{m}\" is listed twice")));
+        }
+    }
+    Ok(())
+}
 
 /// Every built-in stage kind, in the order `pipe kinds` lists them.
 pub fn registry() -> Registry {
@@ -28,5 +58,7 @@ pub fn registry() -> Registry {
         &rollback::Rollback,
         &probe::Probe,
         &embed::Embed,
+        &detect::Detect,
+        &clean::Clean,
     ])
 }
