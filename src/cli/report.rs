@@ -17,7 +17,7 @@ struct ReportJson<'a> {
     index: &'a Path,
     /// Instances with tables that are not cached (left out).
     missing: Vec<Item<'a>>,
-    /// Findings (1 to 6) with no figure.
+    /// Findings (1 to 7) with no figure.
     without_figure: &'a [usize],
 }
 

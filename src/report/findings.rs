@@ -29,7 +29,8 @@ pub struct Claim {
 }
 
 impl Claim {
-    fn new(shown: bool, text: String) -> Option<Claim> {
+    /// A claim, as an `Option` for the builders' convenience.
+    pub(super) fn new(shown: bool, text: String) -> Option<Claim> {
         Some(Claim { shown, text })
     }
 }
@@ -37,7 +38,7 @@ impl Claim {
 /// One figure of the report, with the numbers behind it.
 #[derive(Debug, Clone)]
 pub struct Figure {
-    /// Which finding (1 to 5) it shows.
+    /// Which finding (1 to 7; 0 for a `[[report.plot]]`) it shows.
     pub finding: usize,
     /// What its numbers say about the finding, when they can say something.
     pub claim: Option<Claim>,
@@ -52,7 +53,7 @@ pub struct Figure {
 }
 
 /// Values collected per line and per x before averaging: series -> x -> values.
-type Acc = IndexMap<String, BTreeMap<i64, Vec<f64>>>;
+pub(super) type Acc = IndexMap<String, BTreeMap<i64, Vec<f64>>>;
 
 /// What the figures are built from: a plan, its gathered tables, the variables averaged over.
 pub struct FigureData<'a> {
@@ -68,7 +69,7 @@ pub struct FigureData<'a> {
 
 impl FigureData<'_> {
     /// Every instance's table `name` (e.g. `metrics`), read as `T`, in plan order.
-    fn tables<T: Table>(&self, name: &str) -> Result<Vec<(NodeIndex, T)>> {
+    pub(super) fn tables<T: Table>(&self, name: &str) -> Result<Vec<(NodeIndex, T)>> {
         let parts = self
             .gathered
             .tables
@@ -78,7 +79,7 @@ impl FigureData<'_> {
     }
 
     /// The instance's sweep point without the averaged variables, e.g. `noise=0.4`.
-    fn group(&self, node: NodeIndex) -> String {
+    pub(super) fn group(&self, node: NodeIndex) -> String {
         self.group_without(node, None)
     }
 
@@ -123,7 +124,7 @@ fn read_tables<T: Table>(
         .collect()
 }
 
-fn push(acc: &mut Acc, series: &str, x: i64, value: Option<f64>) {
+pub(super) fn push(acc: &mut Acc, series: &str, x: i64, value: Option<f64>) {
     if let Some(v) = value.filter(|v| v.is_finite()) {
         acc.entry(series.to_string())
             .or_default()
@@ -133,7 +134,7 @@ fn push(acc: &mut Acc, series: &str, x: i64, value: Option<f64>) {
     }
 }
 
-fn lines(acc: &Acc) -> Vec<Line> {
+pub(super) fn lines(acc: &Acc) -> Vec<Line> {
     acc.iter()
         .map(|(name, xs)| Line {
             name: name.clone(),
@@ -145,7 +146,7 @@ fn lines(acc: &Acc) -> Vec<Line> {
         .collect()
 }
 
-fn csv_rows(csv: &mut String, panel: &str, acc: &Acc, x_name: impl Fn(i64) -> String) {
+pub(super) fn csv_rows(csv: &mut String, panel: &str, acc: &Acc, x_name: impl Fn(i64) -> String) {
     for (series, xs) in acc {
         for (x, v) in xs {
             if let Some(s) = Stat::of(v) {
@@ -165,7 +166,7 @@ fn csv_rows(csv: &mut String, panel: &str, acc: &Acc, x_name: impl Fn(i64) -> St
 }
 
 /// A CSV field, quoted when needed.
-fn field(s: &str) -> String {
+pub(super) fn field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -186,7 +187,7 @@ pub fn slug(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-const CSV_HEADER: &str = "panel,series,x,mean,sd,n\n";
+pub(super) const CSV_HEADER: &str = "panel,series,x,mean,sd,n\n";
 
 /// Finding 1: test accuracy and corrupted-example accuracy against epoch, a line per
 /// noise level (per group), one figure per training stage.
@@ -940,7 +941,7 @@ fn mean_at(acc: &Acc, series: &str, x: i64) -> Option<f64> {
 }
 
 /// " at noise=0.4" for a group, nothing for the whole run.
-fn at_group(group: &str) -> String {
+pub(super) fn at_group(group: &str) -> String {
     if group == "all" {
         String::new()
     } else {

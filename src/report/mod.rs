@@ -5,6 +5,7 @@
 //! behind each figure in `figures/NAME.csv`.
 
 mod chart;
+mod detection;
 mod findings;
 mod html;
 mod plots;
@@ -29,7 +30,7 @@ pub struct Written {
     pub index: PathBuf,
     /// The figure files (SVG), in page order.
     pub figures: Vec<PathBuf>,
-    /// Findings (1 to 6) with no figure, for want of cached tables.
+    /// Findings (1 to 7) with no figure, for want of cached tables.
     pub without_figure: Vec<usize>,
     /// Instances with tables that are not in the cache (left out).
     pub missing: Vec<NodeIndex>,
@@ -86,6 +87,7 @@ pub fn report(
         findings::rollback,
         findings::embeddings,
         findings::double_descent,
+        detection::detection,
         plots::plots,
     ] {
         figures.extend(build(&data).map_err(|e| Error::usage(format!("{e:#}")))?);
@@ -98,6 +100,15 @@ pub fn report(
         .iter()
         .any(|v| v.name == findings::SIZE_VAR);
     let mut sections: Vec<usize> = (1..=6).filter(|&i| i != 6 || sweeps_size).collect();
+    // Finding mislabeled examples, for pipelines that detect them.
+    if plan
+        .spec
+        .stages
+        .iter()
+        .any(|s| s.kind.name() == crate::stages::detect::NAME)
+    {
+        sections.push(detection::FINDING);
+    }
     if !plan.spec.plots.is_empty() {
         sections.push(0);
     }
