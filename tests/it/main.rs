@@ -17,6 +17,7 @@ mod analysis;
 mod cutoff;
 mod daily;
 mod datasets;
+mod detect;
 mod double_descent;
 mod engine;
 mod outputs;
