@@ -27,8 +27,8 @@ retraining on the kept examples, the test accuracies of training on all noisy la
 `train` beside the PyTorch replica, a check that both sides train alike) and on the truly
 clean examples only (pipe's `oracle_train`), and the training compute: example
 passes (epochs x examples trained on) of detection alone and with the retrain, and wall
-seconds of detection's training (pipe's `train` instance, which also records every
-example's dynamics after each epoch, against cleanlab's 5 fits). A summary follows: mean
+seconds of detection's training (pipe's `dynamics` instance, 5 epochs of the same recipe
+that record every example's dynamics after each epoch, against cleanlab's 5 fits of 10). A summary follows: mean
 figures, total compute, and the wall time of pipe's whole pipeline run (every instance is
 recomputed: the run forces all stages) against all of cleanlab's training. Example passes
 are the fair compute measure; wall seconds depend on threads (pipe runs two instances at a
@@ -37,7 +37,7 @@ down many times over when other work shares the cores).
 
 It exits 1 with a message if a printed figure is NaN or infinite or a time is not positive.
 About a minute and a half on 2 otherwise idle CPU cores for seed 0, most of it pipe's run of
-all 121 instances; --seeds 0 1 adds some 15 seconds.
+all 129 instances; --seeds 0 1 adds some 15 seconds.
 
 Run, from the repository root, after `cargo build --release`:
 
@@ -310,7 +310,11 @@ def final_test_accuracy(metrics: pl.DataFrame, stage: str) -> tuple[float, str]:
 
 
 def pipe_side(
-    tables: dict[str, pl.DataFrame], point: Point, cache: Path, recipe: Recipe
+    tables: dict[str, pl.DataFrame],
+    point: Point,
+    cache: Path,
+    recipe: Recipe,
+    dynamics_epochs: int,
 ) -> tuple[str, Side]:
     """The default detection method and pipe's figures for it at one point."""
     detection = tables["detection"].filter(point.rows()).row(0, named=True)
@@ -321,7 +325,8 @@ def pipe_side(
     if abs(recomputed - detection["auroc"]) > 1e-9:
         sys.exit(f"{point}: pipe's AUROC is not the Mann-Whitney AUROC of its own scores")
     metrics = tables["metrics"].filter(point.rows())
-    noisy_acc, train_key = final_test_accuracy(metrics, "train")
+    noisy_acc, _ = final_test_accuracy(metrics, "train")
+    _, dynamics_key = final_test_accuracy(metrics, "dynamics")
     retrain_acc, _ = final_test_accuracy(metrics.filter(pl.col("method") == method), "retrain")
     oracle_acc, _ = final_test_accuracy(metrics, "oracle_train")
     kept = tables["labels"].filter(of_method & (pl.col("stage") == "clean"))
@@ -334,9 +339,9 @@ def pipe_side(
         retrain_acc=retrain_acc,
         noisy_acc=noisy_acc,
         oracle_acc=oracle_acc,
-        detect_passes=recipe.epochs * detection["n"],
+        detect_passes=dynamics_epochs * detection["n"],
         retrain_passes=recipe.epochs * len(kept),
-        detect_seconds=instance_seconds(cache, train_key),
+        detect_seconds=instance_seconds(cache, dynamics_key),
         retrain_seconds=None,
     )
 
@@ -476,6 +481,7 @@ def main() -> None:
     recipe = Recipe(
         stage["hidden"], stage["epochs"], stage["batch_size"], stage["lr"], stage["momentum"]
     )
+    dynamics_epochs = pipeline["stage"]["dynamics"]["epochs"]
     sweep = pipeline["sweep"]
     if not set(args.seeds) <= set(sweep["seed"]):
         sys.exit(f"--seeds must be among the pipeline's seeds {sweep['seed']}")
@@ -492,7 +498,7 @@ def main() -> None:
     for seed, noise, mode in itertools.product(args.seeds, sweep["noise"], sweep["mode"]):
         point = Point(noise, mode, seed)
         labels, changed = corrupted_labels(tables, point, data)
-        method, ours = pipe_side(tables, point, cache, recipe)
+        method, ours = pipe_side(tables, point, cache, recipe, dynamics_epochs)
         theirs = cleanlab_side(data, labels, changed, recipe, seed)
         figures += print_point(point, method, changed, ours, theirs)
         times += [ours.detect_seconds, theirs.detect_seconds, theirs.retrain_seconds]

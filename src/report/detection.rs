@@ -64,12 +64,35 @@ fn role(plan: &Plan, n: NodeIndex, detects: &[NodeIndex]) -> Option<(String, Nod
             };
             Some((name, scores))
         }
-        k if k == corrupt::NAME => detects
-            .iter()
-            .find(|&&d| input(plan, d, "train") == Some(n))
-            .map(|&d| (NOISY.to_string(), d)),
+        k if k == corrupt::NAME => {
+            noisy_detect(plan, n, labels, detects).map(|d| (NOISY.to_string(), d))
+        }
         _ => None,
     }
+}
+
+/// The detect instance whose noisy baseline the train instance `n` (trained on the corrupt
+/// instance `labels`) is: a train on the same labels as the detect's own train, preferring
+/// one that is not the detect's input (a short run that only records the dynamics is not
+/// the baseline when an ordinary run on the same labels exists).
+fn noisy_detect(
+    plan: &Plan,
+    n: NodeIndex,
+    labels: NodeIndex,
+    detects: &[NodeIndex],
+) -> Option<NodeIndex> {
+    detects.iter().copied().find(|&d| {
+        let Some(t) = input(plan, d, "train") else {
+            return false;
+        };
+        if input(plan, t, "labels") != Some(labels) {
+            return false;
+        }
+        let others = plan.order.iter().any(|&o| {
+            o != t && kind_of(plan, o) == train::NAME && input(plan, o, "labels") == Some(labels)
+        });
+        if others { t != n } else { t == n }
+    })
 }
 
 /// `tpr` at `fpr = x` on the curve through `points` (increasing fpr), interpolated linearly;

@@ -355,3 +355,60 @@ fn detect_and_clean_refuse_what_cannot_work_with_exit_2() {
     }
     assert!(p.artifacts().is_empty(), "nothing computed");
 }
+
+/// The report's accuracy panel: the noisy baseline is an ordinary run on the same corrupted
+/// labels as detect's train when one exists (a short run that only records the dynamics is
+/// not the baseline), and detect's own train otherwise.
+#[test]
+fn the_report_takes_the_ordinary_run_as_the_noisy_baseline() {
+    // The report's noisy accuracy, and the final test accuracy of each named train stage.
+    let measure = |text: &str, stages: &[&str]| -> (f64, Vec<f64>) {
+        let p = Project::new();
+        p.write("d.toml", text);
+        let (code, r) = p.run("d.toml", &[]);
+        assert_eq!(code, 0, "{r}");
+        let out = p.pipe(&["report", "d.toml", "--out", "rep"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let csv = std::fs::read_to_string(p.path("rep/figures/7-detection-detect.csv"))
+            .expect("finding 7's numbers");
+        // panel,series,x,mean,sd,n
+        let row: Vec<&str> = csv
+            .lines()
+            .find(|l| l.starts_with("test accuracy,") && l.contains(",noisy,"))
+            .unwrap_or_else(|| panic!("no noisy row in:\n{csv}"))
+            .rsplitn(4, ',')
+            .collect();
+        let finals = stages
+            .iter()
+            .map(|s| {
+                let q = python(&format!(
+                    "import polars as pl\nprint(pl.read_parquet('{}/metrics.parquet').sort('epoch')['test_acc'][-1])",
+                    dir_of(&p, &r, s).display()
+                ));
+                q.as_f64().unwrap()
+            })
+            .collect();
+        (row[2].parse().unwrap(), finals)
+    };
+    // Alone, detect's own train is the baseline.
+    let alone = pipeline(2);
+    let (noisy, finals) = measure(&alone, &["train"]);
+    assert!((noisy - finals[0]).abs() < 1e-12, "{noisy} {finals:?}");
+    // Beside an ordinary 3-epoch run on the same labels, that run is.
+    let with_baseline = format!(
+        "{alone}
+[stage.baseline]
+kind = \"train\"
+inputs = [\"data\", \"corrupt\"]
+model = \"mlp\"
+hidden = [16]
+epochs = 3
+seed = 1
+lr = 0.01
+device = \"cpu\"
+"
+    );
+    let (noisy, finals) = measure(&with_baseline, &["baseline", "train"]);
+    assert!((noisy - finals[0]).abs() < 1e-12, "{noisy} {finals:?}");
+    assert_ne!(finals[0], finals[1], "the two runs end differently");
+}
