@@ -2,6 +2,7 @@
 //! (ROC curves, averaged over the seed-like variables on a common false-positive grid) and
 //! what retraining on the cleaned labels gives next to the noisy and the oracle-clean runs.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use anyhow::Result;
@@ -44,7 +45,12 @@ fn input(plan: &Plan, n: NodeIndex, slot: &str) -> Option<NodeIndex> {
 
 /// What a train instance is to finding 7: its category (`noisy`, a method, `oracle`) and
 /// the detect instance it belongs to; `None` for a run that is neither detected nor cleaned.
-fn role(plan: &Plan, n: NodeIndex, detects: &[NodeIndex]) -> Option<(String, NodeIndex)> {
+/// `baselines` maps noisy baselines to their detect (see [`noisy_baselines`]).
+fn role(
+    plan: &Plan,
+    n: NodeIndex,
+    baselines: &HashMap<NodeIndex, NodeIndex>,
+) -> Option<(String, NodeIndex)> {
     let labels = input(plan, n, "labels")?;
     match kind_of(plan, labels) {
         k if k == clean::NAME => {
@@ -64,35 +70,38 @@ fn role(plan: &Plan, n: NodeIndex, detects: &[NodeIndex]) -> Option<(String, Nod
             };
             Some((name, scores))
         }
-        k if k == corrupt::NAME => {
-            noisy_detect(plan, n, labels, detects).map(|d| (NOISY.to_string(), d))
-        }
+        k if k == corrupt::NAME => baselines.get(&n).map(|&d| (NOISY.to_string(), d)),
         _ => None,
     }
 }
 
-/// The detect instance whose noisy baseline the train instance `n` (trained on the corrupt
-/// instance `labels`) is: a train on the same labels as the detect's own train, preferring
-/// one that is not the detect's input (a short run that only records the dynamics is not
-/// the baseline when an ordinary run on the same labels exists).
-fn noisy_detect(
-    plan: &Plan,
-    n: NodeIndex,
-    labels: NodeIndex,
-    detects: &[NodeIndex],
-) -> Option<NodeIndex> {
-    detects.iter().copied().find(|&d| {
-        let Some(t) = input(plan, d, "train") else {
-            return false;
-        };
-        if input(plan, t, "labels") != Some(labels) {
-            return false;
+/// Each detect instance's noisy baselines, as train instance -> detect instance: the trains
+/// on the same labels as the detect's own train, except that one when others exist (a short
+/// run that only records the dynamics is not the baseline when an ordinary run on the same
+/// labels exists). One pass over the plan.
+fn noisy_baselines(plan: &Plan, detects: &[NodeIndex]) -> HashMap<NodeIndex, NodeIndex> {
+    let mut trains_on: HashMap<NodeIndex, Vec<NodeIndex>> = HashMap::new();
+    for &o in &plan.order {
+        if kind_of(plan, o) == train::NAME
+            && let Some(l) = input(plan, o, "labels")
+        {
+            trains_on.entry(l).or_default().push(o);
         }
-        let others = plan.order.iter().any(|&o| {
-            o != t && kind_of(plan, o) == train::NAME && input(plan, o, "labels") == Some(labels)
-        });
-        if others { t != n } else { t == n }
-    })
+    }
+    let mut baselines = HashMap::new();
+    for &d in detects {
+        let Some(t) = input(plan, d, "train") else {
+            continue;
+        };
+        let Some(on) = input(plan, t, "labels").and_then(|l| trains_on.get(&l)) else {
+            continue;
+        };
+        let others: Vec<NodeIndex> = on.iter().copied().filter(|&o| o != t).collect();
+        for b in if others.is_empty() { vec![t] } else { others } {
+            baselines.entry(b).or_insert(d);
+        }
+    }
+    baselines
 }
 
 /// `tpr` at `fpr = x` on the curve through `points` (increasing fpr), interpolated linearly;
@@ -152,11 +161,12 @@ pub fn detection(data: &FigureData<'_>) -> Result<Vec<Figure>> {
             rows.aurocs.push(a);
         }
     }
+    let baselines = noisy_baselines(plan, &detects);
     for (node, m) in data.tables::<Metrics>("metrics")? {
         if kind_of(plan, node) != train::NAME {
             continue;
         }
-        let Some((category, det)) = role(plan, node, &detects) else {
+        let Some((category, det)) = role(plan, node, &baselines) else {
             continue;
         };
         let Some(last) = (0..m.epoch.len()).max_by_key(|&i| m.epoch[i]) else {
