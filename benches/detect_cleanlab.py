@@ -37,7 +37,7 @@ down many times over when other work shares the cores).
 
 It exits 1 with a message if a printed figure is NaN or infinite or a time is not positive.
 About a minute and a half on 2 otherwise idle CPU cores for seed 0, most of it pipe's run of
-all 129 instances; --seeds 0 1 adds some 15 seconds.
+all 145 instances; --seeds 0 1 adds some 15 seconds.
 
 Run, from the repository root, after `cargo build --release`:
 

@@ -263,11 +263,17 @@ table! {
         margin: Vec<f64>,
         /// The class the model predicts.
         predicted: Vec<i64>,
+        /// Whether the model predicts its training label.
+        correct: Vec<bool>,
         /// Norm of its loss's gradient with respect to the last layer's weights.
         grad_norm: Vec<f64>,
         /// Cosine between that gradient and the mean gradient of the examples with the same
         /// training label (its class's direction, which the clean majority sets).
         grad_agreement: Vec<f64>,
+        /// The same for the gradient's label-dependent part `(e_y - 1/C) h^T` (the study's
+        /// decomposition): the cosine between the example's last-layer input `h` and the
+        /// mean `h` of the examples with its training label.
+        dep_agreement: Vec<f64>,
     }
 }
 

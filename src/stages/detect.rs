@@ -7,7 +7,11 @@
 //! - `forgetting`: forgetting events over the whole run (Toneva et al. 2019);
 //! - `gradient`: minus the mean agreement (cosine) of the example's last-layer gradient with
 //!   its training class's mean gradient, which the clean majority sets (the study's question:
-//!   do the gradients of random labels differ from those of true labels?);
+//!   do the gradients of random labels differ from those of true labels?), over
+//!   `gradient_window`;
+//! - `label_gradient`: the same for the gradient's label-dependent part alone (the study's
+//!   decomposition), which is the cosine of the example's last-layer input with its class's
+//!   mean;
 //! - `ensemble`: the mean of the normalized ranks of `aum`, `gradient` and `loss`.
 //!
 //! Each method flags the examples above its own Otsu threshold (the ensemble: as many as
@@ -29,7 +33,14 @@ use crate::tables::{Detection, Examples, Roc, Scores};
 pub const NAME: &str = "detect";
 
 /// The methods `detect` knows (the default list starts with `ensemble`).
-pub const METHODS: [&str; 5] = ["aum", "gradient", "loss", "forgetting", "ensemble"];
+pub const METHODS: [&str; 6] = [
+    "aum",
+    "gradient",
+    "label_gradient",
+    "loss",
+    "forgetting",
+    "ensemble",
+];
 
 /// The methods the ensemble averages: forgetting events rank too coarsely to help.
 pub const ENSEMBLE: [&str; 3] = ["aum", "gradient", "loss"];
@@ -46,7 +57,7 @@ const ROC_POINTS: usize = 201;
 crate::stage_params! {
     /// The parameters of `detect`.
     pub struct DetectParams {
-        methods: Vec<String>, default "[\"ensemble\", \"aum\", \"gradient\", \"loss\", \"forgetting\"]", "scoring methods; the first is the default (first row of detection.parquet, and what `clean` uses)";
+        methods: Vec<String>, default "[\"ensemble\", \"aum\", \"gradient\", \"label_gradient\", \"loss\", \"forgetting\"]", "scoring methods; the first is the default (first row of detection.parquet, and what `clean` uses)";
         window: Vec<i64>, default "[1, 3]", "[first, last] epochs averaged by aum and loss, early, before the noise is memorized (clipped to the run's epochs); the model's predictions at `last` are what `clean` relabels to";
         gradient_window: Vec<i64>, default "[1, 5]", "[first, last] epochs averaged by gradient, while the clean majority sets each class's direction";
         flag_fraction: Option<f64>, optional, "flag this fraction of the examples with every method, instead of each method's own estimate";
@@ -76,6 +87,7 @@ struct Dynamics {
     loss: Vec<Vec<f64>>,
     margin: Vec<Vec<f64>>,
     agreement: Vec<Vec<f64>>,
+    dep_agreement: Vec<Vec<f64>>,
     correct: Vec<Vec<bool>>,
 }
 
@@ -99,6 +111,7 @@ impl Dynamics {
             loss: Vec::new(),
             margin: Vec::new(),
             agreement: Vec::new(),
+            dep_agreement: Vec::new(),
             correct: Vec::new(),
         };
         for e in 0..epochs {
@@ -113,14 +126,9 @@ impl Dynamics {
             d.loss.push(t.loss[rows.clone()].to_vec());
             d.margin.push(t.margin[rows.clone()].to_vec());
             d.agreement.push(t.grad_agreement[rows.clone()].to_vec());
+            d.dep_agreement.push(t.dep_agreement[rows.clone()].to_vec());
             d.predicted.push(t.predicted[rows.clone()].to_vec());
-            d.correct.push(
-                t.predicted[rows.clone()]
-                    .iter()
-                    .zip(&d.label)
-                    .map(|(p, l)| p == l)
-                    .collect(),
-            );
+            d.correct.push(t.correct[rows.clone()].to_vec());
         }
         Ok(d)
     }
@@ -163,6 +171,9 @@ impl DetectParams {
                 "loss" => detection::mean_loss(&d.loss, window.clone()),
                 // Forgetting over the epochs trained (initialization is no event).
                 "forgetting" => detection::forgetting(&d.correct[1.min(last)..]),
+                "label_gradient" => {
+                    detection::aum(&d.dep_agreement, window_range(&self.gradient_window, last))
+                }
                 _ => detection::aum(&d.agreement, window_range(&self.gradient_window, last)),
             }
         };

@@ -138,16 +138,33 @@ out["final_loss_gap"] = gap(last["loss"], losses)
 out["final_margin_gap"] = gap(last["margin"], (own - others).numpy())
 out["final_grad_norm_gap"] = gap(last["grad_norm"], G.norm(dim=1).numpy())
 out["final_agreement_gap"] = gap(last["grad_agreement"], agree.numpy())
+# The label-dependent part's agreement, from the autograd gradients of the loss's label term
+# alone (-log-softmax's e_y part minus its mean over classes).
+dep = []
+for i in range(n):
+    zi = h[i] @ W.T + w["logits.bias"]
+    part = -(zi[y[i]] - zi.mean())
+    g, = torch.autograd.grad(part, W)
+    dep.append(g.flatten())
+Dg = torch.stack(dep)
+dep_agree = torch.zeros(n, dtype=torch.float64)
+for c in range(10):
+    m = (y == c)
+    d = Dg[m].mean(0)
+    dep_agree[m] = (Dg[m] @ d) / (Dg[m].norm(dim=1) * d.norm())
+out["final_dep_agreement_gap"] = gap(last["dep_agreement"], dep_agree.numpy())
+out["correct_match"] = ex["correct"].to_list() == (ex["predicted"] == ex["label"]).to_list()
 out["final_predicted_match"] = last["predicted"].to_list() == z.argmax(1).tolist()
 
 # Detection recounted: scores, AUROC (Mann-Whitney), Otsu's count, precision and recall.
 changed = lab["changed"].to_numpy()
 M = ex["margin"].to_numpy().reshape(E + 1, n); Lo = ex["loss"].to_numpy().reshape(E + 1, n)
 A = ex["grad_agreement"].to_numpy().reshape(E + 1, n)
+DA = ex["dep_agreement"].to_numpy().reshape(E + 1, n)
 P = ex["predicted"].to_numpy().reshape(E + 1, n); lbl = lab["train_label"].to_numpy()
 right = (P == lbl)[1:]
 forget = np.where(right.any(0), (right[:-1] & ~right[1:]).sum(0), E + 1).astype(float)
-expect = {{"aum": -M[1:4].mean(0), "loss": Lo[1:4].mean(0), "gradient": -A[1:5].mean(0), "forgetting": forget}}
+expect = {{"aum": -M[1:4].mean(0), "loss": Lo[1:4].mean(0), "gradient": -A[1:5].mean(0), "label_gradient": -DA[1:5].mean(0), "forgetting": forget}}
 def auroc(s):
     r = rankdata(s); p = changed.sum(); q = n - p
     return (r[changed].sum() - p * (p + 1) / 2) / (p * q)
@@ -208,6 +225,7 @@ print(json.dumps(out))
         "labels_match",
         "changed_match",
         "final_predicted_match",
+        "correct_match",
         "drop_kept_exactly_unflagged",
         "drop_labels_unchanged",
         "relabel_matches",
@@ -223,12 +241,20 @@ print(json.dumps(out))
         "final_margin_gap",
         "final_grad_norm_gap",
         "final_agreement_gap",
+        "final_dep_agreement_gap",
     ] {
         assert!(q[k].as_f64().unwrap() < 1e-4, "{k}: {q}");
     }
     assert_eq!(
         q["methods"],
-        serde_json::json!(["ensemble", "aum", "gradient", "loss", "forgetting"]),
+        serde_json::json!([
+            "ensemble",
+            "aum",
+            "gradient",
+            "label_gradient",
+            "loss",
+            "forgetting"
+        ]),
         "the default method first"
     );
     for (m, row) in q["per_method"].as_object().unwrap() {

@@ -322,7 +322,10 @@ impl<'a> Trainer<'a> {
     /// With `g = dL/dz` (cross-entropy: `softmax(z) - e_y`; squared error: `2 (z - e_y) / C`)
     /// an example's last-layer weight gradient is `g h^T`: its norm is `|g| |h|`, and its
     /// agreement is the cosine with its class's mean gradient `D_y = mean over the examples
-    /// labeled y of g h^T`, that is `g^T D_y h / (|g| |h| |D_y|)`.
+    /// labeled y of g h^T`, that is `g^T D_y h / (|g| |h| |D_y|)`. The label-dependent part
+    /// of `g` is `-(e_y - 1/C)` (cross-entropy) or `-2 e_y / C` (squared error), the same for
+    /// every example labeled y, so that part's agreement with its class mean is the cosine of
+    /// `h` with the class's mean `h`.
     fn example_rows(&self, epoch: i64, h: &Tensor, z: &Tensor) -> Examples {
         let d = self.data;
         let y = d.train.y.to_device(z.device());
@@ -350,6 +353,7 @@ impl<'a> Trainer<'a> {
         let h_norm = h.norm_scalaropt_dim(2, [1i64].as_slice(), false);
         let grad_norm = &g_norm * &h_norm;
         let agreement = Tensor::zeros_like(&grad_norm);
+        let dep_agreement = Tensor::zeros_like(&grad_norm);
         for c in 0..classes {
             let members = y.eq(c).nonzero().squeeze_dim(1);
             let count = members.size()[0];
@@ -366,7 +370,15 @@ impl<'a> Trainer<'a> {
             let scale = grad_norm.index_select(0, &members) * direction.norm();
             let cosine = along / scale.clamp_min(1e-300);
             let _ = agreement.shallow_clone().index_copy_(0, &members, &cosine);
+            let mean_h = hc.mean_dim([0i64].as_slice(), false, Kind::Double); // [H]
+            let dep_scale = h_norm.index_select(0, &members) * mean_h.norm();
+            let dep = hc.matmul(&mean_h) / dep_scale.clamp_min(1e-300);
+            let _ = dep_agreement.shallow_clone().index_copy_(0, &members, &dep);
         }
+        let predicted = z.argmax(1, false);
+        let correct =
+            Vec::<bool>::try_from(predicted.eq_tensor(&y).to_device(Device::Cpu).contiguous())
+                .expect("a 1-D bool tensor");
         let n = z.size()[0];
         // These are 1-D tensors of the kinds asked for: the conversions cannot fail.
         let to_f64 = |t: &Tensor| -> Vec<f64> {
@@ -391,9 +403,11 @@ impl<'a> Trainer<'a> {
             changed,
             loss: to_f64(&loss),
             margin: to_f64(&margin),
-            predicted: to_i64(&z.argmax(1, false)),
+            predicted: to_i64(&predicted),
+            correct,
             grad_norm: to_f64(&grad_norm),
             grad_agreement: to_f64(&agreement),
+            dep_agreement: to_f64(&dep_agreement),
         }
     }
 }
