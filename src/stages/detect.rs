@@ -230,7 +230,7 @@ impl Kind for Detect {
     type Params = DetectParams;
     const NAME: &'static str = NAME;
     const VERSION: u32 = 2;
-    const ABOUT: &'static str = "scores every training example by how likely its label is wrong, from the recorded training dynamics (aum, gradient, loss, forgetting, ensemble)";
+    const ABOUT: &'static str = "scores every training example by how likely its label is wrong, from the recorded training dynamics (aum, gradient, label_gradient, loss, forgetting, ensemble)";
 
     fn inputs(&self) -> Inputs {
         Inputs::Slots(&[Slot {
