@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pipe::exec::{Outcome, RunOptions, Silent, local};
-use pipe::plan::{FileHasher, Plan, compute_key};
-use pipe::spec::Spec;
-use pipe::stage::Registry;
-use pipe::status::{self, State};
-use pipe::store::{MANIFEST, Manifest, Store};
+use pipe_engine::exec::{Outcome, RunOptions, Silent, local};
+use pipe_engine::plan::{FileHasher, Plan, compute_key};
+use pipe_engine::spec::Spec;
+use pipe_engine::stage::Registry;
+use pipe_engine::status::{self, State};
+use pipe_engine::store::{MANIFEST, Manifest, Store};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -204,11 +204,14 @@ fn key_hash_peer(plan: &Plan, runs: usize) -> Res<Duration> {
         .map(|&n| {
             let inst = &plan.graph[n];
             let stage = &plan.spec.stages[inst.stage];
-            let resolved = inst.resolved.get().unwrap_or_else(|| pipe::plan::Resolved {
-                key: String::new(),
-                input_ids: Vec::new(),
-                input_parts: Vec::new(),
-            });
+            let resolved = inst
+                .resolved
+                .get()
+                .unwrap_or_else(|| pipe_engine::plan::Resolved {
+                    key: String::new(),
+                    input_ids: Vec::new(),
+                    input_parts: Vec::new(),
+                });
             (
                 stage.kind.name(),
                 stage.kind.version(),
@@ -244,7 +247,7 @@ fn blake3_peer(plan: &Plan, runs: usize) -> Res<Duration> {
             let inst = &plan.graph[n];
             let stage = &plan.spec.stages[inst.stage];
             let mut doc = serde_json::Map::new();
-            doc.insert("schema".into(), Json::from(pipe::plan::KEY_SCHEMA));
+            doc.insert("schema".into(), Json::from(pipe_engine::plan::KEY_SCHEMA));
             doc.insert("kind".into(), Json::from(stage.kind.name()));
             doc.insert("version".into(), Json::from(stage.kind.version()));
             doc.insert("params".into(), Json::Object(plan.key_params(inst)));
@@ -257,7 +260,7 @@ fn blake3_peer(plan: &Plan, runs: usize) -> Res<Duration> {
                 .map(|(f, h)| (f.clone(), Json::from(h.as_str())));
             doc.insert("files".into(), Json::Object(files.collect()));
             let mut text = String::new();
-            pipe::plan::canonical_json(&Json::Object(doc), &mut text);
+            pipe_engine::plan::canonical_json(&Json::Object(doc), &mut text);
             text
         })
         .collect();
@@ -525,7 +528,7 @@ fn main() -> Res<()> {
     let scale = scale_from_args()?;
     let inner = |n: usize| ((n as f64 * scale).round() as usize).max(1);
     let dir = tempfile::tempdir()?;
-    let registry = pipe::stages::registry();
+    let registry = pipe_kinds::stages::registry();
     let mut rows: Vec<Row> = Vec::new();
     let row = |name: &str, instances: usize, runs: usize, best: Duration| Row {
         name: name.to_string(),

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pipe::geometry::{
+use pipe_science::geometry::{
     LinearProbeOptions, Mat, MatRef, MftmaOptions, anchor_dimension, linear_probe,
     manifold_analysis, manifold_analysis_with_t,
 };

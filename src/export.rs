@@ -10,12 +10,12 @@ use arrow::datatypes::{DataType, Field, Schema};
 use petgraph::graph::NodeIndex;
 use serde_json::Value as Json;
 
-use crate::error::Error;
-use crate::plan::Plan;
-use crate::spec::sweep::SweepVar;
-use crate::spec::template;
-use crate::store::Store;
-use crate::table::{read_parquet, write_parquet};
+use pipe_engine::error::Error;
+use pipe_engine::plan::Plan;
+use pipe_engine::spec::sweep::SweepVar;
+use pipe_engine::spec::template;
+use pipe_engine::store::Store;
+use pipe_engine::table::{read_parquet, write_parquet};
 
 /// One exported table.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use petgraph::Direction;
 
-use crate::plan::Plan;
+use pipe_engine::plan::Plan;
 
 /// Output formats of `pipe dag`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

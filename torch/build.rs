@@ -3,7 +3,7 @@
 //!   LD_LIBRARY_PATH (torch-sys, a direct dependency for this reason, exports the directory
 //!   it linked against);
 //! - registers the worker's stage kinds: every file `src/stages/NAME.rs` (but `mod.rs`) is
-//!   the worker side of the kind whose `pipe` side is `pipe::stages::NAME`, and gets a
+//!   the worker side of the kind whose `pipe` side is `pipe_kinds::stages::NAME`, and gets a
 //!   module and a dispatch arm in `$OUT_DIR/worker_kinds.rs`. Adding a libtorch kind is
 //!   adding that file; nothing else on this side changes.
 
@@ -41,12 +41,12 @@ fn register_worker_kinds() {
     }
     code.push_str(
         "\n/// Runs an instance of the worker kind `kind` with its typed parameters.\n\
-         pub fn run(kind: &str, ctx: &mut pipe::stage::RunContext<'_>) -> anyhow::Result<()> {\n    match kind {\n",
+         pub fn run(kind: &str, ctx: &mut pipe_engine::stage::RunContext<'_>) -> anyhow::Result<()> {\n    match kind {\n",
     );
     for n in &names {
         let _ = writeln!(
             code,
-            "        pipe::stages::{n}::NAME => with_params(ctx, {n}::run),"
+            "        pipe_kinds::stages::{n}::NAME => with_params(ctx, {n}::run),"
         );
     }
     code.push_str(

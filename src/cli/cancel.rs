@@ -4,9 +4,9 @@ use crate::cli::outln;
 use serde::Serialize;
 
 use super::{CancelArgs, Verbosity, cache_dir, print_json};
-use crate::error::Error;
-use crate::exec::slurm;
-use crate::store::Store;
+use pipe_engine::error::Error;
+use pipe_engine::exec::slurm;
+use pipe_engine::store::Store;
 
 /// `pipe cancel --json`.
 #[derive(Serialize)]

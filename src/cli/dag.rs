@@ -2,8 +2,8 @@
 
 use super::{DagArgs, load};
 use crate::cli::out;
-use crate::error::Error;
 use crate::render;
+use pipe_engine::error::Error;
 
 /// Runs `pipe dag`; returns its exit code.
 pub fn dag(args: &DagArgs) -> Result<i32, Error> {

@@ -9,12 +9,12 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::{DiffArgs, cache_dir, print_json};
-use crate::error::Error;
-use crate::plan::point_label;
-use crate::runs::{self, RunRecord};
-use crate::spec::template;
-use crate::stages::train::read_metrics;
-use crate::store::{Manifest, Store};
+use pipe_engine::error::Error;
+use pipe_engine::plan::point_label;
+use pipe_engine::runs::{self, RunRecord};
+use pipe_engine::spec::template;
+use pipe_engine::store::{Manifest, Store};
+use pipe_kinds::stages::train::read_metrics;
 
 /// One line of a diff: a name and the two sides (`null` where a side has none).
 #[derive(Serialize)]
@@ -120,7 +120,7 @@ fn manifest(target: &str, args: &DiffArgs) -> Result<(Store, Manifest), Error> {
         Error::usage(format!(
             "{} ({}) is not in the cache",
             t.label,
-            crate::key::short(&t.key, 12)
+            pipe_engine::key::short(&t.key, 12)
         ))
     })?;
     Ok((store, m))
@@ -171,7 +171,11 @@ fn diff_instances(store: &Store, a: &Manifest, b: &Manifest) -> (Vec<Line>, Vec<
     let slots: std::collections::BTreeSet<&String> =
         a.inputs.keys().chain(b.inputs.keys()).collect();
     for slot in slots {
-        let short = |m: &Manifest| m.inputs.get(slot).map(|k| s(crate::key::short(k, 12)));
+        let short = |m: &Manifest| {
+            m.inputs
+                .get(slot)
+                .map(|k| s(pipe_engine::key::short(k, 12)))
+        };
         differ(
             &mut out,
             format!("input {slot}"),
@@ -185,7 +189,11 @@ fn diff_instances(store: &Store, a: &Manifest, b: &Manifest) -> (Vec<Line>, Vec<
         .chain(b.declared_files.keys())
         .collect();
     for f in files {
-        let h = |m: &Manifest| m.declared_files.get(f).map(|h| s(crate::key::short(h, 12)));
+        let h = |m: &Manifest| {
+            m.declared_files
+                .get(f)
+                .map(|h| s(pipe_engine::key::short(h, 12)))
+        };
         differ(&mut out, format!("file {f}"), h(a).as_ref(), h(b).as_ref());
     }
     let mut metrics = Vec::new();
@@ -267,7 +275,7 @@ fn diff_runs(store: &Store, a: &RunRecord, b: &RunRecord) -> (Vec<Line>, Vec<Lin
         r.keys
             .iter()
             .filter_map(|k| store.complete_manifest(k))
-            .filter(|m| m.kind == crate::stages::train::NAME)
+            .filter(|m| m.kind == pipe_kinds::stages::train::NAME)
             .filter_map(|m| {
                 let acc = final_metrics(store, &m).remove("final_test_acc")?;
                 Some((

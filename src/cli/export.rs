@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{ExportArgs, Item, load, note_left_out, print_json};
-use crate::error::Error;
 use crate::export::ExportedTable;
+use pipe_engine::error::Error;
 
 /// `pipe export --json`.
 #[derive(Serialize)]

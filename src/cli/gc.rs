@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{GcArgs, PipelineArgs, cache_dir, load, pipeline_cache, print_json};
-use crate::error::Error;
-use crate::plan::point_label;
-use crate::runs::{self, RunRecord};
-use crate::status;
-use crate::store::{GcPolicy, Removed, Store};
+use pipe_engine::error::Error;
+use pipe_engine::plan::point_label;
+use pipe_engine::runs::{self, RunRecord};
+use pipe_engine::status;
+use pipe_engine::store::{GcPolicy, Removed, Store};
 
 /// `pipe gc --json`.
 #[derive(Serialize)]
@@ -97,7 +97,7 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
             r.pipeline,
             age(r.age_secs),
             size(r.size),
-            crate::key::short(&r.key, 12)
+            pipe_engine::key::short(&r.key, 12)
         );
     }
     outln!(
@@ -170,7 +170,7 @@ fn reachable(args: &GcArgs, store: &Store) -> Result<HashSet<String>, Error> {
                     keys.insert(part.key);
                 }
                 if plan.key(n).is_none()
-                    && let Some(last) = index.entries.get(&crate::store::index::entry_id(
+                    && let Some(last) = index.entries.get(&pipe_engine::store::index::entry_id(
                         plan.stage_name(n),
                         &plan.point(n),
                     ))

@@ -5,12 +5,12 @@ use crate::cli::errln;
 use std::path::Path;
 
 use super::JobArgs;
-use crate::error::Error;
-use crate::exec::job::{InstanceJob, compute_instance};
-use crate::exec::{Outcome, slurm};
-use crate::stages;
-use crate::store::Store;
-use crate::store::remote::Remote;
+use pipe_engine::error::Error;
+use pipe_engine::exec::job::{InstanceJob, compute_instance};
+use pipe_engine::exec::{Outcome, slurm};
+use pipe_engine::store::Store;
+use pipe_engine::store::remote::Remote;
+use pipe_kinds::stages;
 
 /// Runs `pipe job`; returns its exit code (0 done or cached, 1 failed, 2 bad data).
 pub fn job(args: &JobArgs) -> Result<i32, Error> {
@@ -29,11 +29,11 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
                 .flat_map(|i| i.parts.iter().map(|(_, k)| k)),
         );
     for k in keys {
-        if !crate::key::is_key(k) {
+        if !pipe_engine::key::is_key(k) {
             return Err(Error::usage(format!(
                 "{}: {:?} is not a key (64 hex digits)",
                 file.display(),
-                crate::key::short(k, 70)
+                pipe_engine::key::short(k, 70)
             )));
         }
     }
@@ -86,7 +86,7 @@ fn write_outcome(file: &Path, outcome: &Outcome, key: Option<String>) -> Result<
     record.key = key;
     let path = slurm::outcome_path(file);
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
-    crate::store::write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))
+    pipe_engine::store::write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))
 }
 
 /// Says how the job ended on stderr; returns the exit code.

@@ -1,8 +1,8 @@
 //! `pipe kinds`: the stage kinds and their parameters.
 
 use crate::cli::outln;
-use crate::stage::Presence;
-use crate::stages;
+use pipe_engine::stage::Presence;
+use pipe_kinds::stages;
 
 /// Runs `pipe kinds`; returns its exit code.
 pub fn kinds() -> i32 {

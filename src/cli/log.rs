@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{LogArgs, print_json};
-use crate::error::Error;
-use crate::store::Store;
+use pipe_engine::error::Error;
+use pipe_engine::store::Store;
 
 /// `pipe log --json`.
 #[derive(Serialize)]
@@ -55,7 +55,7 @@ fn follow(store: &Store, key: &str, path: &Path) -> Result<i32, Error> {
     let lock = store.root().join("locks").join(format!("{key}.lock"));
     let mut at = 0u64;
     loop {
-        let live = crate::store::lock::is_held(&lock, store.host());
+        let live = pipe_engine::store::lock::is_held(&lock, store.host());
         if let Ok(mut f) = std::fs::File::open(path) {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             if len < at {

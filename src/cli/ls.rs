@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::{LsArgs, cache_dir, print_json};
-use crate::error::Error;
-use crate::store::{Manifest, Store};
+use pipe_engine::error::Error;
+use pipe_engine::store::{Manifest, Store};
 
 /// One artifact in `pipe ls --json`.
 #[derive(Serialize)]
@@ -59,10 +59,10 @@ pub fn ls(args: &LsArgs) -> Result<i32, Error> {
         for m in &rows {
             outln!(
                 "{}  {:<18} {:<16} {:<28} {:>10} bytes {:>8.2}s",
-                crate::key::short(&m.key, 12),
+                pipe_engine::key::short(&m.key, 12),
                 m.kind,
                 m.stage,
-                crate::plan::point_label(&m.point),
+                pipe_engine::plan::point_label(&m.point),
                 bytes(m),
                 m.seconds
             );

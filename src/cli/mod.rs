@@ -33,11 +33,11 @@ use petgraph::graph::NodeIndex;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::error::Error;
-use crate::plan::{FileHasher, Plan};
 use crate::render::DagFormat;
-use crate::spec::Spec;
-use crate::stages;
+use pipe_engine::error::Error;
+use pipe_engine::plan::{FileHasher, Plan};
+use pipe_engine::spec::Spec;
+use pipe_kinds::stages;
 
 /// Command-line arguments.
 #[derive(Parser, Debug)]
@@ -555,7 +555,7 @@ fn cache_dir(arg: &Option<PathBuf>) -> PathBuf {
 fn pipeline_cache(arg: &Option<PathBuf>, file: &Path) -> PathBuf {
     arg.clone()
         .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
-        .or_else(|| crate::spec::cache_dir_of(file))
+        .or_else(|| pipe_engine::spec::cache_dir_of(file))
         .unwrap_or_else(|| find_cache(file.parent().unwrap_or(Path::new("."))))
 }
 
@@ -594,13 +594,13 @@ struct Loaded {
     /// The plan, with every key the cache allows resolved.
     plan: Plan,
     /// The cache.
-    store: crate::store::Store,
+    store: pipe_engine::store::Store,
     /// The pipeline file.
     file: PathBuf,
     /// The overrides applied.
     set: Vec<String>,
     /// The recorded run whose file and overrides were used, if any.
-    run: Option<crate::runs::RunRecord>,
+    run: Option<pipe_engine::runs::RunRecord>,
 }
 
 /// Which pipeline file and overrides a command uses: those given; with `--run ID|last`,
@@ -614,11 +614,11 @@ fn select(
         PathBuf,
         Vec<String>,
         PathBuf,
-        Option<crate::runs::RunRecord>,
+        Option<pipe_engine::runs::RunRecord>,
     ),
     Error,
 > {
-    use crate::runs;
+    use pipe_engine::runs;
     let cache = |file: Option<&Path>| match file {
         Some(f) => pipeline_cache(&args.cache, f),
         None => cache_dir(&args.cache),
@@ -639,7 +639,7 @@ fn select(
                 )));
             }
             let dir = cache(args.file.as_deref());
-            let store = crate::store::Store::new(&dir);
+            let store = pipe_engine::store::Store::new(&dir);
             let r = runs::find_run(&store, id, args.file.as_deref())?;
             let Some(file) = r.file.clone() else {
                 return Err(Error::usage(format!(
@@ -669,7 +669,7 @@ fn select(
             if !implicit || !args.set.is_empty() {
                 return Ok((file, args.set.clone(), dir, None));
             }
-            let store = crate::store::Store::new(&dir);
+            let store = pipe_engine::store::Store::new(&dir);
             let all = runs::records(&store);
             match runs::last_of(&all, &file) {
                 Some(r) if !r.overrides.is_empty() => {
@@ -700,7 +700,7 @@ fn load(args: &PipelineArgs, implicit: bool) -> Result<Loaded, Error> {
         errln!("warning: {w}");
     }
     let plan = Plan::build(spec, &mut FileHasher::default())?;
-    let store = crate::store::Store::new(dir);
+    let store = pipe_engine::store::Store::new(dir);
     plan.resolve_all(&store);
     Ok(Loaded {
         plan,
@@ -769,8 +769,8 @@ fn selectors(
     plan: &Plan,
     only: &[String],
     point: Option<&str>,
-) -> Result<Vec<crate::select::Selector>, Error> {
-    use crate::select::Selector;
+) -> Result<Vec<pipe_engine::select::Selector>, Error> {
+    use pipe_engine::select::Selector;
     let point = match point {
         Some(p) => {
             let s = Selector::parse(p).map_err(|e| Error::usage(format!("--point: {e}")))?;

@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use petgraph::graph::NodeIndex;
 
 use super::Verbosity;
-use crate::exec::{Event, Observer, Outcome};
-use crate::plan::Plan;
+use pipe_engine::exec::{Event, Observer, Outcome};
+use pipe_engine::plan::Plan;
 
 /// Turns executor events into a progress bar (terminal) or log lines (otherwise).
 pub struct Progress {
@@ -83,7 +83,7 @@ fn follow(
             .iter()
             .map(|(label, log)| {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
-                match crate::status::last_line(&text) {
+                match pipe_engine::status::last_line(&text) {
                     Some(l) => format!("{label}: {}", compact(&l)),
                     None => label.clone(),
                 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Item, ReportArgs, Verbosity, load, note_left_out, print_json};
-use crate::error::Error;
+use pipe_engine::error::Error;
 
 /// `pipe report --json`.
 #[derive(Serialize)]

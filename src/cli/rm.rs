@@ -3,7 +3,7 @@
 use crate::cli::outln;
 
 use super::RmArgs;
-use crate::error::Error;
+use pipe_engine::error::Error;
 
 /// Runs `pipe rm`; returns its exit code.
 pub fn rm(args: &RmArgs) -> Result<i32, Error> {
@@ -38,7 +38,7 @@ pub fn rm(args: &RmArgs) -> Result<i32, Error> {
                 "removed"
             },
             t.label,
-            crate::key::short(&t.key, 12),
+            pipe_engine::key::short(&t.key, 12),
             present.len(),
             if present.len() == 1 { "" } else { "s" }
         );

@@ -12,13 +12,13 @@ use serde::Serialize;
 
 use super::progress::Progress;
 use super::{ExecutorKind, Item, RunArgs, Verbosity, load, print_json};
-use crate::error::Error;
-use crate::exec::slurm::{JobRecord, SlurmOptions};
-use crate::exec::{self, Outcome, RunOptions, RunReport};
-use crate::plan::Plan;
-use crate::runs::{self, RunRecord};
-use crate::store::Store;
-use crate::store::remote::Remote;
+use pipe_engine::error::Error;
+use pipe_engine::exec::slurm::{JobRecord, SlurmOptions};
+use pipe_engine::exec::{self, Outcome, RunOptions, RunReport};
+use pipe_engine::plan::Plan;
+use pipe_engine::runs::{self, RunRecord};
+use pipe_engine::store::Store;
+use pipe_engine::store::remote::Remote;
 
 /// `pipe run --json` (and `--dry-run --json`): the instances by outcome, and for a Slurm
 /// run its id and jobs.
@@ -157,7 +157,7 @@ fn check_gpus(gpus: &[u32]) -> Result<(), Error> {
     if gpus.is_empty() {
         return Ok(());
     }
-    let count = crate::worker::cuda_devices().map_err(Error::usage)?;
+    let count = pipe_kinds::worker::cuda_devices().map_err(Error::usage)?;
     for (i, g) in gpus.iter().enumerate() {
         if *g as usize >= count {
             return Err(Error::usage(format!(
@@ -176,8 +176,8 @@ fn check_gpus(gpus: &[u32]) -> Result<(), Error> {
 /// the run computes them again.
 fn force(plan: &Plan, store: &Store, force: &[String], level: Verbosity) -> Result<(), Error> {
     for f in force {
-        let sel =
-            crate::select::Selector::parse(f).map_err(|e| Error::usage(format!("--force: {e}")))?;
+        let sel = pipe_engine::select::Selector::parse(f)
+            .map_err(|e| Error::usage(format!("--force: {e}")))?;
         sel.check(plan).map_err(Error::usage)?;
         for &n in &plan.order {
             if !sel.matches(plan, n) {
@@ -223,7 +223,7 @@ fn slurm_options(args: RunArgs) -> Result<Option<SlurmOptions>, Error> {
 fn dry_run(
     plan: &Plan,
     store: &Store,
-    only: &[crate::select::Selector],
+    only: &[pipe_engine::select::Selector],
     json: bool,
 ) -> Result<i32, Error> {
     let nodes = exec::selected(plan, only);
@@ -234,7 +234,7 @@ fn dry_run(
     // Each instance left, in plan order, with whether it may run (else it will).
     let rest: Vec<(NodeIndex, bool)> = rest
         .into_iter()
-        .map(|n| (n, crate::status::may_run(plan, &index, n)))
+        .map(|n| (n, pipe_engine::status::may_run(plan, &index, n)))
         .collect();
     let of =
         |may: bool| -> Vec<NodeIndex> { rest.iter().filter(|r| r.1 == may).map(|r| r.0).collect() };
@@ -260,7 +260,7 @@ fn dry_run(
                     "may run    {}  {} ({})",
                     plan.short_key(n),
                     plan.label(n),
-                    crate::status::may_run_reason(plan, store, n)
+                    pipe_engine::status::may_run_reason(plan, store, n)
                 );
             }
         }
@@ -301,11 +301,11 @@ fn execute(
             let (root, rec) = (store.root().to_path_buf(), record.clone());
             let _ = ctrlc::set_handler(move || {
                 SIGNALLED.store(true, Ordering::SeqCst);
-                crate::stage::kill_live_groups();
+                pipe_engine::stage::kill_live_groups();
                 let store = Store::new(&root);
                 store.release_mine();
                 let mut rec = rec.clone();
-                rec.ended = Some(crate::store::unix_now());
+                rec.ended = Some(pipe_engine::store::unix_now());
                 rec.exit = Some(130);
                 rec.finished = true;
                 let _ = runs::save_record(&store, &rec);
@@ -384,7 +384,7 @@ fn end_record(
         record.counts.failed = count(|o| matches!(o, Outcome::Failed { .. }));
         record.counts.skipped = count(|o| matches!(o, Outcome::Skipped { .. }));
     }
-    record.ended = Some(crate::store::unix_now());
+    record.ended = Some(pipe_engine::store::unix_now());
     record.exit = Some(code);
     if record.executor != "slurm" {
         record.finished = true;

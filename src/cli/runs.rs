@@ -6,9 +6,9 @@ use crate::cli::outln;
 use serde::Serialize;
 
 use super::{RunsArgs, cache_dir, pipeline_cache, print_json};
-use crate::error::Error;
-use crate::runs::{self, RunCounts, RunRecord, local_time};
-use crate::store::Store;
+use pipe_engine::error::Error;
+use pipe_engine::runs::{self, RunCounts, RunRecord, local_time};
+use pipe_engine::store::Store;
 
 /// One run in `pipe runs --json`.
 #[derive(Serialize)]

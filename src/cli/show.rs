@@ -2,8 +2,8 @@
 
 use super::ShowArgs;
 use crate::cli::outln;
-use crate::error::Error;
-use crate::store::{Manifest, Store};
+use pipe_engine::error::Error;
+use pipe_engine::store::{Manifest, Store};
 
 /// Runs `pipe show`; returns its exit code.
 pub fn show(args: &ShowArgs) -> Result<i32, Error> {
@@ -18,7 +18,7 @@ pub fn show(args: &ShowArgs) -> Result<i32, Error> {
     if !store.is_complete(&key) {
         return Err(Error::usage(format!(
             "{} is not in the cache (`pipe status` says why)",
-            crate::key::short(&key, 12)
+            pipe_engine::key::short(&key, 12)
         )));
     }
     let m = store.manifest(&key).ok_or_else(|| {
@@ -42,7 +42,7 @@ fn print_text(store: &Store, key: &str, m: &Manifest) {
         "stage     {} in pipeline {}, point {}",
         m.stage,
         m.pipeline,
-        crate::plan::point_label(&m.point)
+        pipe_engine::plan::point_label(&m.point)
     );
     outln!("params    {}", m.params);
     for (slot, k) in &m.inputs {

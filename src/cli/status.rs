@@ -8,11 +8,11 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::{StatusArgs, load, print_json};
-use crate::error::Error;
-use crate::exec::slurm::{LiveJob, live_jobs};
-use crate::plan::Plan;
-use crate::stage::Part;
-use crate::status::{self, InstanceStatus, State};
+use pipe_engine::error::Error;
+use pipe_engine::exec::slurm::{LiveJob, live_jobs};
+use pipe_engine::plan::Plan;
+use pipe_engine::stage::Part;
+use pipe_engine::status::{self, InstanceStatus, State};
 
 /// One instance in `pipe status --json`.
 #[derive(Serialize)]

@@ -8,11 +8,11 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use super::{TableArgs, load, print_json};
-use crate::error::Error;
-use crate::plan::Plan;
-use crate::select::Selector;
-use crate::stages::train::read_metrics;
-use crate::status::{self, State};
+use pipe_engine::error::Error;
+use pipe_engine::plan::Plan;
+use pipe_engine::select::Selector;
+use pipe_engine::status::{self, State};
+use pipe_kinds::stages::train::read_metrics;
 
 /// One row: a train instance.
 #[derive(Serialize, Clone)]
@@ -73,7 +73,8 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
     let mut rows: Vec<Row> = states
         .iter()
         .filter(|s| {
-            plan.spec.stages[plan.graph[s.node].stage].kind.name() == crate::stages::train::NAME
+            plan.spec.stages[plan.graph[s.node].stage].kind.name()
+                == pipe_kinds::stages::train::NAME
         })
         .filter(|s| filters.iter().all(|f| f.matches(plan, s.node)))
         .map(|s| row(plan, store, s.node, s.state))
@@ -117,7 +118,7 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
             .map(|v| {
                 r.point
                     .get(v)
-                    .map_or(String::new(), crate::spec::template::display)
+                    .map_or(String::new(), pipe_engine::spec::template::display)
             })
             .collect();
         c.extend([
@@ -226,7 +227,7 @@ fn csv_cell(c: &str) -> String {
 /// The row of train instance `n`.
 fn row(
     plan: &Plan,
-    store: &crate::store::Store,
+    store: &pipe_engine::store::Store,
     n: petgraph::graph::NodeIndex,
     state: State,
 ) -> Row {

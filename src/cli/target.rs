@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use super::{PipelineArgs, cache_dir, load};
-use crate::error::Error;
-use crate::plan::point_label;
-use crate::select::Selector;
-use crate::store::Store;
+use pipe_engine::error::Error;
+use pipe_engine::plan::point_label;
+use pipe_engine::select::Selector;
+use pipe_engine::store::Store;
 
 /// One instance a target names.
 pub struct Target {
@@ -44,7 +44,7 @@ pub fn resolve(
             Ok(key) => {
                 let m = store.manifest(&key);
                 let label = m.as_ref().map_or_else(
-                    || crate::key::short(&key, 12).to_string(),
+                    || pipe_engine::key::short(&key, 12).to_string(),
                     |m| format!("{}[{}]", m.stage, point_label(&m.point)),
                 );
                 let parts = m
@@ -223,7 +223,7 @@ pub fn one(target: &str, targets: Vec<Target>) -> Result<Target, Error> {
         targets
             .iter()
             .take(6)
-            .map(|t| format!("{} ({})", t.label, crate::key::short(&t.key, 12)))
+            .map(|t| format!("{} ({})", t.label, pipe_engine::key::short(&t.key, 12)))
             .collect::<Vec<_>>()
             .join(", "),
         if targets.len() > 6 { ", ..." } else { "" }

@@ -4,8 +4,8 @@ use crate::cli::outln;
 use serde::Serialize;
 
 use super::{VerifyArgs, cache_dir, print_json};
-use crate::error::Error;
-use crate::store::{Damage, Store};
+use pipe_engine::error::Error;
+use pipe_engine::store::{Damage, Store};
 
 /// `pipe verify --json`.
 #[derive(Serialize)]

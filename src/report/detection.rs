@@ -14,9 +14,9 @@ use super::findings::{
     Acc, CSV_HEADER, Claim, Figure, FigureData, at_group, csv_rows, lines, push, slug,
 };
 use super::stats::Stat;
-use crate::plan::Plan;
-use crate::stages::{clean, corrupt, detect, train};
-use crate::tables::{Detection, Metrics, Roc};
+use pipe_engine::plan::Plan;
+use pipe_kinds::stages::{clean, corrupt, detect, train};
+use pipe_kinds::tables::{Detection, Metrics, Roc};
 
 /// Steps of the common false-positive-rate grid the ROC curves are averaged on.
 const GRID: i64 = 100;
@@ -220,7 +220,7 @@ pub fn detection(data: &FigureData<'_>) -> Result<Vec<Figure>> {
                 title: "Test accuracy after training on".into(),
                 x_label: "labels: noisy, cleaned by each method, truly clean only".into(),
                 y_label: "final test accuracy".into(),
-                x_names: Some(names),
+                x_names: Some(names.iter().map(|n| tick_name(n)).collect()),
                 log_x: false,
                 lines: lines(&acc),
             });
@@ -248,6 +248,17 @@ fn category_x(category: &str) -> i64 {
             .iter()
             .position(|k| *k == m)
             .map_or(detect::METHODS.len() as i64 + 2, |p| p as i64 + 1),
+    }
+}
+
+/// A category's tick label on the accuracy panel: short enough that eight fit side by side
+/// (the CSV keeps the full names).
+fn tick_name(category: &str) -> String {
+    match category {
+        "gradient" => "grad".into(),
+        "label_gradient" => "label grad".into(),
+        "forgetting" => "forget".into(),
+        other => other.into(),
     }
 }
 

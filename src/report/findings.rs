@@ -1,6 +1,6 @@
 //! The findings of science.md as figures: which table rows go into which line,
 //! averaged over the seed-like sweep variables. Tables are read as their types in
-//! [`crate::tables`], so no column is named here but as a label.
+//! [`pipe_kinds::tables`], so no column is named here but as a label.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -14,9 +14,9 @@ use serde_json::Value as Json;
 use super::chart::{self, Heat, Line, Panel};
 use super::stats::Stat;
 use crate::export::Gathered;
-use crate::plan::{Plan, point_label};
-use crate::table::Table;
-use crate::tables::{Embedding, GradNorm, Metrics, Probe, Rollback};
+use pipe_engine::plan::{Plan, point_label};
+use pipe_engine::table::Table;
+use pipe_kinds::tables::{Embedding, GradNorm, Metrics, Probe, Rollback};
 
 /// What a figure's numbers say about its finding.
 #[derive(Debug, Clone, PartialEq)]

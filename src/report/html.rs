@@ -210,7 +210,7 @@ pub fn page(
             escape(&r.stage),
             escape(&r.point),
             escape(&r.kind),
-            escape(crate::key::short(&r.key, 16)),
+            escape(pipe_engine::key::short(&r.key, 16)),
             if r.cached {
                 "cached"
             } else {

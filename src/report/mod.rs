@@ -18,10 +18,10 @@ use petgraph::graph::NodeIndex;
 pub use findings::Figure;
 pub use stats::Stat;
 
-use crate::error::{Error, suggest};
 use crate::export::gather;
-use crate::plan::{Plan, point_label};
-use crate::store::{Store, unix_now, write_atomic};
+use pipe_engine::error::{Error, suggest};
+use pipe_engine::plan::{Plan, point_label};
+use pipe_engine::store::{Store, unix_now, write_atomic};
 
 /// What a report wrote.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ pub fn report(
         .spec
         .stages
         .iter()
-        .any(|s| s.kind.name() == crate::stages::detect::NAME)
+        .any(|s| s.kind.name() == pipe_kinds::stages::detect::NAME)
     {
         sections.push(detection::FINDING);
     }

@@ -18,8 +18,8 @@ use serde_json::Value as Json;
 use super::chart::{self, Line, Panel};
 use super::findings::{Figure, FigureData, slug};
 use super::stats::Stat;
-use crate::spec::template;
-use crate::spec::top_level::PlotSpec;
+use pipe_engine::spec::template;
+use pipe_engine::spec::top_level::PlotSpec;
 
 /// The figures of the pipeline's `[[report.plot]]` entries (finding 0 on the page).
 pub fn plots(data: &FigureData<'_>) -> Result<Vec<Figure>> {

@@ -39,7 +39,7 @@ impl Project {
 
     /// An MNIST-layout folder of 4x4 images, 10 classes, labels i % 10.
     pub fn write_idx(&self, rel: &str, train: usize, test: usize) {
-        use pipe::datasets::idx::encode;
+        use pipe_science::datasets::idx::encode;
         let d = self.path(rel);
         std::fs::create_dir_all(&d).unwrap();
         for (prefix, n) in [("train", train), ("t10k", test)] {

@@ -493,7 +493,7 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
 #[test]
 fn generated_pipelines_and_sweeps_never_panic_and_errors_exit_2() {
     let p = Project::new();
-    let registry = pipe::stages::registry();
+    let registry = pipe_kinds::stages::registry();
     let cases = env_count("PIPE_FUZZ_CASES", 3000);
     let corpus = corpus();
     let mut rng = Rng(42);
@@ -501,8 +501,12 @@ fn generated_pipelines_and_sweeps_never_panic_and_errors_exit_2() {
     for case in 0..cases {
         let text = mutate(&corpus[case % corpus.len()], &mut rng);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let spec = pipe::spec::Spec::parse("gen.toml", &text, p.dir.path(), &[], &registry)?;
-            let plan = pipe::plan::Plan::build(spec, &mut pipe::plan::FileHasher::default())?;
+            let spec =
+                pipe_engine::spec::Spec::parse("gen.toml", &text, p.dir.path(), &[], &registry)?;
+            let plan = pipe_engine::plan::Plan::build(
+                spec,
+                &mut pipe_engine::plan::FileHasher::default(),
+            )?;
             // Whatever was accepted names no table that would leave an artifact's folder.
             for &n in &plan.order {
                 let inst = &plan.graph[n];
@@ -515,7 +519,7 @@ fn generated_pipelines_and_sweeps_never_panic_and_errors_exit_2() {
                     );
                 }
             }
-            Ok::<(), pipe::error::Error>(())
+            Ok::<(), pipe_engine::error::Error>(())
         }));
         match result {
             Ok(Ok(())) => accepted += 1,
@@ -541,7 +545,7 @@ fn generated_pipelines_and_sweeps_never_panic_and_errors_exit_2() {
 
 #[test]
 fn malformed_idx_and_cifar_files_are_data_errors_never_panics() {
-    use pipe::datasets::{cifar, idx};
+    use pipe_science::datasets::{cifar, idx};
     let p = Project::new();
     let images = idx::encode(&[20, 4, 4], &vec![7u8; 20 * 16]);
     let labels = idx::encode(&[20], &[3u8; 20]);

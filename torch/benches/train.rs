@@ -251,7 +251,7 @@ checkpoints = [0]
             schedule: Schedule::Constant,
             augment: false,
             seed: 0,
-            loss: pipe::stages::train::Loss::CrossEntropy,
+            loss: pipe_kinds::stages::train::Loss::CrossEntropy,
             init: pipe_torch::models::WeightInit::Kaiming,
             freeze: Vec::new(),
             device: tch::Device::Cpu,

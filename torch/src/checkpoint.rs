@@ -8,9 +8,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use pipe::stages::train::{CheckpointInfo, read_metrics, write_metrics};
-use pipe::table::Table;
-use pipe::tables::Examples;
+use pipe_engine::table::Table;
+use pipe_kinds::stages::train::{CheckpointInfo, read_metrics, write_metrics};
+use pipe_kinds::tables::Examples;
 use tch::Tensor;
 
 use crate::trainer::Trainer;

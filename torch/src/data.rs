@@ -6,10 +6,10 @@ use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
 
 use crate::trained_run::to_bool;
-use pipe::stages::corrupt::ExampleGroup;
-use pipe::stages::dataset::DatasetInfo;
-use pipe::table::Table;
-use pipe::tables::{Images, Labels};
+use pipe_engine::table::Table;
+use pipe_kinds::stages::corrupt::ExampleGroup;
+use pipe_kinds::stages::dataset::DatasetInfo;
+use pipe_kinds::tables::{Images, Labels};
 
 /// One split: normalized images and labels, on a device.
 pub struct Split {

@@ -2,7 +2,7 @@
 //! training loop, checkpoints, and the stage implementations the `pipe-torch` worker runs.
 //!
 //! The engine never links this crate: `pipe` hands instances of libtorch stage kinds to the
-//! `pipe-torch` binary (see `pipe::worker`), which calls [`run_worker_job`].
+//! `pipe-torch` binary (see `pipe_kinds::worker`), which calls [`run_worker_job`].
 
 pub mod checkpoint;
 pub mod data;
@@ -16,8 +16,8 @@ pub mod trained_run;
 pub mod trainer;
 
 use anyhow::Result;
-use pipe::stage::{Params, RunContext};
-use pipe::worker::WorkerJob;
+use pipe_engine::stage::{Params, RunContext};
+use pipe_kinds::worker::WorkerJob;
 
 /// Held while seeding libtorch's global generator and drawing from it, so that threads
 /// that build models at the same time each get the weights their seed promises.

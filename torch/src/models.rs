@@ -6,7 +6,7 @@
 //! (`fc1.weight`, `layer2.1.bn1.running_mean`), so rollback and gradient analyses know
 //! which parameters belong to which layer.
 
-use pipe::stages::train::{Init, Model, TrainParams};
+use pipe_kinds::stages::train::{Init, Model, TrainParams};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
@@ -627,7 +627,7 @@ mod tests {
             ("alexnet", [3, 32, 32]),
         ];
         for (model, input) in cases {
-            let params = <pipe::stages::train::TrainParams as pipe::stage::KindParams>::parse(
+            let params = <pipe_kinds::stages::train::TrainParams as pipe_engine::stage::KindParams>::parse(
                 serde_json::json!({"model": model, "hidden": [7, 5, 3], "epochs": 1, "lr": 0.1})
                     .as_object()
                     .unwrap(),

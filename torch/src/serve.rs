@@ -11,7 +11,7 @@ use std::fs::OpenOptions;
 use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 
-use pipe::worker::{WorkerJob, WorkerReply};
+use pipe_kinds::worker::{WorkerJob, WorkerReply};
 
 /// Points fd 1 and 2 at `fd`.
 fn redirect_output(fd: i32) {
@@ -85,7 +85,7 @@ fn run_line(line: &str, served: u64) -> (WorkerReply, bool) {
         Ok(Err(e)) => {
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("pipe-torch: error: {message}");
-            let bad = e.chain().any(|c| c.is::<pipe::stage::BadData>());
+            let bad = e.chain().any(|c| c.is::<pipe_engine::stage::BadData>());
             (WorkerReply::failed(message, bad), false)
         }
         Err(panic) => {

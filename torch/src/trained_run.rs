@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pipe::stage::{KeyInputs, KindParams, RunContext};
-use pipe::stages::train::{CheckpointRef, TrainParams};
-use pipe::stages::trained::{EpochRef, find_checkpoint};
-use pipe::store::Manifest;
+use pipe_engine::stage::{KeyInputs, KindParams, RunContext};
+use pipe_engine::store::Manifest;
+use pipe_kinds::stages::train::{CheckpointRef, TrainParams};
+use pipe_kinds::stages::trained::{EpochRef, find_checkpoint};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::load_weights;
@@ -25,7 +25,7 @@ pub struct TrainedRun {
     /// The train artifact's folder.
     pub dir: PathBuf,
     /// Where checkpoints and inputs are found.
-    parts: pipe::store::Parts,
+    parts: pipe_engine::store::Parts,
     /// The device to analyse on.
     pub device: Device,
 }

@@ -7,15 +7,15 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-pub use pipe::stages::train::EpochMetrics;
-use pipe::stages::train::Loss;
+pub use pipe_kinds::stages::train::EpochMetrics;
+use pipe_kinds::stages::train::Loss;
 
 use crate::data::TrainData;
 use crate::models::{Arch, Net, WeightInit};
 use crate::optim::{Optimizer, OptimizerConfig, Schedule};
 use crate::score::accuracy;
-use pipe::table::Table;
-use pipe::tables::Examples;
+use pipe_engine::table::Table;
+use pipe_kinds::tables::Examples;
 
 /// Everything that defines a training run.
 #[derive(Clone, Debug)]

@@ -13,12 +13,12 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use pipe::stage::{BadData, RunContext};
-use pipe::stages::activations::{
+use pipe_engine::stage::{BadData, RunContext};
+use pipe_kinds::stages::activations::{
     ActivationsInfo, ActivationsParams, EPOCH_PART_KIND, LAYERS_FILE, LayerFeatures,
 };
-use pipe::table::{FixedRows, Table};
-use pipe::tables::{Features, ProbeSet};
+use pipe_engine::table::{FixedRows, Table};
+use pipe_kinds::tables::{Features, ProbeSet};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 use crate::device;
 use crate::models::Net;
 use crate::trained_run::{TrainedRun, to_i64};
-use pipe::stages::corrupt::ExampleGroup;
+use pipe_kinds::stages::corrupt::ExampleGroup;
 
 /// Chooses the probe set: for each of the first P classes, M clean examples of that class
 /// and M corrupted examples (label changed) whose training label is that class (none

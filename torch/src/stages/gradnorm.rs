@@ -23,11 +23,11 @@
 use std::io::Write;
 
 use anyhow::Result;
-use pipe::stage::RunContext;
-use pipe::stages::corrupt::ExampleGroup;
-use pipe::stages::gradnorm::{EPOCH_PART_KIND, GradNormParams};
-use pipe::table::Table;
-use pipe::tables::{GradNorm, GradNormExamples, GradNormPerExample};
+use pipe_engine::stage::RunContext;
+use pipe_kinds::stages::corrupt::ExampleGroup;
+use pipe_kinds::stages::gradnorm::{EPOCH_PART_KIND, GradNormParams};
+use pipe_engine::table::Table;
+use pipe_kinds::tables::{GradNorm, GradNormExamples, GradNormPerExample};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

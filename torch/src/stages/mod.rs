@@ -4,7 +4,7 @@
 //! [`run`] come from it.
 
 use anyhow::Result;
-use pipe::stage::{KindParams, RunContext};
+use pipe_engine::stage::{KindParams, RunContext};
 
 /// Parses the instance's parameters as `P` and runs `work` with them.
 fn with_params<P: KindParams>(

@@ -8,10 +8,10 @@
 use std::io::Write;
 
 use anyhow::Result;
-use pipe::stage::RunContext;
-use pipe::stages::rollback::RollbackParams;
-use pipe::table::Table;
-use pipe::tables::Rollback;
+use pipe_engine::stage::RunContext;
+use pipe_kinds::stages::rollback::RollbackParams;
+use pipe_engine::table::Table;
+use pipe_kinds::tables::Rollback;
 use tch::Tensor;
 
 use crate::device;

@@ -4,9 +4,9 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use pipe::table::Table;
-use pipe::stage::{BadData, KeyInputs, RunContext};
-use pipe::stages::train::{
+use pipe_engine::table::Table;
+use pipe_engine::stage::{BadData, KeyInputs, RunContext};
+use pipe_kinds::stages::train::{
     CHECKPOINT_KIND, CheckpointRef, LayerInfo, ModelInfo, Optimizer, Schedule, TrainParams,
     write_metrics,
 };
@@ -59,7 +59,7 @@ pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
     })
 }
 
-/// Trains one instance (see `pipe::stages::train` for the parameters and outputs).
+/// Trains one instance (see `pipe_kinds::stages::train` for the parameters and outputs).
 pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let cfg = config(p).map_err(anyhow::Error::msg)?;
     tch::set_num_threads(ctx.threads as i32);

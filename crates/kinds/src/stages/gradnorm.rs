@@ -3,16 +3,18 @@
 //! appendix, Eq. 25). The work needs libtorch and runs in the worker
 //! (`torch/src/stages/gradnorm.rs`), which documents the measurement.
 
-use crate::stage::{CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
 use crate::stages::trained::{
     EpochRef, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
 };
 use crate::worker::WorkerParams;
+use pipe_engine::stage::{
+    CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part,
+};
 
 /// The kind's name, as written `kind = "gradnorm"`.
 pub const NAME: &str = "gradnorm";
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `gradnorm`.
     pub struct GradNormParams {
         epochs: Vec<EpochRef>, required, "checkpoints to analyse: epochs or \"final\"";

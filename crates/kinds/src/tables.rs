@@ -3,8 +3,8 @@
 //! report all go through these types, so a column cannot be renamed on one side only.
 //! Column order here is the order in the Parquet file.
 
-use crate::table;
-use crate::table::FixedRows;
+use pipe_engine::table;
+use pipe_engine::table::FixedRows;
 
 table! {
     /// `train.parquet` / `test.parquet` of a `dataset` artifact: one row per image.

@@ -12,10 +12,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::datasets::{DataError, ImageSet, cifar, idx, images};
-use crate::stage::{BadData, CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext};
-use crate::table::{FixedRows, Table};
 use crate::tables::Images;
+use pipe_engine::stage::{BadData, CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext};
+use pipe_engine::table::{FixedRows, Table};
+use pipe_science::datasets::{DataError, ImageSet, cifar, idx, images};
 
 /// The kind's name, as written `kind = "dataset"`.
 pub const NAME: &str = "dataset";
@@ -23,7 +23,7 @@ pub const NAME: &str = "dataset";
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-crate::param_enum! {
+pipe_engine::param_enum! {
     /// The data sets `dataset` reads.
     pub enum DataSource {
         FashionMnist = "fashion-mnist",
@@ -37,7 +37,7 @@ crate::param_enum! {
     }
 }
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `dataset`.
     pub struct DatasetParams {
         source: DataSource, required, "which data set: fashion-mnist, idx (MNIST layout), cifar10, cifar100, folder (a folder per class), parquet";
@@ -125,8 +125,8 @@ fn parquet_files(dir: &Path) -> [PathBuf; 2] {
 fn read_parquet_split(path: &Path, shape: Option<&[i64]>) -> Result<ImageSet, DataError> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{DataType, UInt8Type};
-    let batch =
-        crate::table::read_parquet(path).map_err(|e| DataError::new(path, format!("{e:#}")))?;
+    let batch = pipe_engine::table::read_parquet(path)
+        .map_err(|e| DataError::new(path, format!("{e:#}")))?;
     let column = |name: &str| {
         batch
             .column_by_name(name)

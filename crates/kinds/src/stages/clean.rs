@@ -13,15 +13,15 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
 use crate::stages::detect::DetectParams;
-use crate::table::Table;
 use crate::tables::{Labels, Scores};
+use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
+use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "clean"`.
 pub const NAME: &str = "clean";
 
-crate::param_enum! {
+pipe_engine::param_enum! {
     /// What becomes of a flagged example.
     pub enum Action {
         /// Left out of the training set.
@@ -31,7 +31,7 @@ crate::param_enum! {
     }
 }
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `clean`.
     pub struct CleanParams {
         action: Action, default "\"drop\"", "drop the flagged examples, or relabel them to the model's prediction";
@@ -119,7 +119,7 @@ impl Kind for Clean {
                 format!(
                     "the detect input computes {}, not \"{m}\"{}",
                     detect.methods.join(", "),
-                    crate::error::suggest(m, detect.methods.iter().map(String::as_str))
+                    pipe_engine::error::suggest(m, detect.methods.iter().map(String::as_str))
                 ),
             ));
         }

@@ -18,18 +18,18 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::geometry;
-use crate::stage::{
+use crate::stages::activations::{ActivationsInfo, for_each_epoch_part};
+use crate::tables::{self, Features, ProbeManifolds, ProbeSet};
+use pipe_engine::stage::{
     CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
 };
-use crate::stages::activations::{ActivationsInfo, for_each_epoch_part};
-use crate::table::{Column, Table};
-use crate::tables::{self, Features, ProbeManifolds, ProbeSet};
+use pipe_engine::table::{Column, Table};
+use pipe_science::geometry;
 
 /// The kind's name, as written `kind = "probe"`.
 pub const NAME: &str = "probe";
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `probe`.
     pub struct ProbeParams {
         kappa: f64, default "0.0", "margin kappa of the capacity";

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value as Json;
 
-use crate::stage::{CheckEnv, InputInfo, ParamError, ParamType, ParamValue, Slot};
 use crate::stages::train::{self, CheckpointRef, TrainParams};
+use pipe_engine::stage::{CheckEnv, InputInfo, ParamError, ParamType, ParamValue, Slot};
 
 /// The input slot of every analysis: one `train` instance.
 pub const TRAIN_INPUT: &[Slot] = &[Slot {
@@ -192,7 +192,7 @@ impl Layers {
                             name,
                             format!(
                                 "unknown layer \"{l}\"{}; this model's layers: {}",
-                                crate::error::suggest(l, names.iter().map(String::as_str)),
+                                pipe_engine::error::suggest(l, names.iter().map(String::as_str)),
                                 names.join(", ")
                             ),
                         ));

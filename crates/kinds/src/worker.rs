@@ -18,11 +18,11 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::resources::Resources;
-use crate::stage::{BadData, InputArtifact, ParamError, RunContext};
-use crate::store::Parts;
+use pipe_engine::resources::Resources;
+use pipe_engine::stage::{BadData, InputArtifact, ParamError, RunContext};
+use pipe_engine::store::Parts;
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters every stage kind that runs in the worker takes (flattened into the
     /// kind's own parameters); neither is in the key.
     pub struct WorkerParams {
@@ -60,7 +60,7 @@ impl WorkerParams {
     }
 }
 
-/// The [`Kind`](crate::stage::Kind) methods every worker kind shares, written inside its
+/// The [`Kind`](pipe_engine::stage::Kind) methods every worker kind shares, written inside its
 /// `impl Kind` block: threads and cluster resources from its `worker` parameters, and `run`
 /// handing the instance to the `pipe-torch` worker under the kind's `NAME`.
 macro_rules! worker_kind_methods {
@@ -68,10 +68,14 @@ macro_rules! worker_kind_methods {
         fn threads(&self, p: &$params) -> usize {
             p.worker.threads()
         }
-        fn resources(&self, p: &$params) -> $crate::resources::Resources {
+        fn resources(&self, p: &$params) -> pipe_engine::resources::Resources {
             p.worker.resources()
         }
-        fn run(&self, _p: &$params, ctx: &mut $crate::stage::RunContext<'_>) -> anyhow::Result<()> {
+        fn run(
+            &self,
+            _p: &$params,
+            ctx: &mut pipe_engine::stage::RunContext<'_>,
+        ) -> anyhow::Result<()> {
             $crate::worker::run_in_worker(NAME, ctx)
         }
     };
@@ -324,7 +328,7 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
             Err(mpsc::RecvTimeoutError::Timeout) if ctx.deadline.is_some() => {
                 let _ = worker.child.kill();
                 let _ = worker.child.wait();
-                return Err(anyhow::Error::new(crate::stage::TimedOut));
+                return Err(anyhow::Error::new(pipe_engine::stage::TimedOut));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {

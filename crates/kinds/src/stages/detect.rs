@@ -23,11 +23,11 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use crate::detection;
-use crate::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
 use crate::stages::trained::train_params;
-use crate::table::Table;
 use crate::tables::{Detection, Examples, Roc, Scores};
+use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
+use pipe_engine::table::Table;
+use pipe_science::detection;
 
 /// The kind's name, as written `kind = "detect"`.
 pub const NAME: &str = "detect";
@@ -54,7 +54,7 @@ pub const COUNT_FROM: &str = "loss";
 /// Points kept of each method's ROC curve.
 const ROC_POINTS: usize = 201;
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `detect`.
     pub struct DetectParams {
         methods: Vec<String>, default "[\"ensemble\", \"aum\", \"gradient\", \"label_gradient\", \"loss\", \"forgetting\"]", "scoring methods; the first is the default (first row of detection.parquet, and what `clean` uses)";

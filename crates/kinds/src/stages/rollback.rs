@@ -2,16 +2,16 @@
 //! the accuracies that gives. The work needs libtorch and runs in the worker
 //! (`torch/src/stages/rollback.rs`); see science.md.
 
-use crate::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
 use crate::stages::trained::{
     EpochRef, Layers, TRAIN_INPUT, check_epochs, checkpoint_parts, train_params,
 };
 use crate::worker::WorkerParams;
+use pipe_engine::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
 
 /// The kind's name, as written `kind = "rollback"`.
 pub const NAME: &str = "rollback";
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `rollback`.
     pub struct RollbackParams {
         final_epoch as "final": EpochRef, default "\"final\"", "the weights to start from: an epoch or \"final\"";

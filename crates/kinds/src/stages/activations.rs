@@ -4,16 +4,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
 use crate::stages::trained::{
     EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
 };
 use crate::worker::WorkerParams;
+use pipe_engine::stage::{
+    CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part,
+};
 
 /// The kind's name, as written `kind = "activations"`.
 pub const NAME: &str = "activations";
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `activations`.
     pub struct ActivationsParams {
         epochs: Vec<EpochRef>, required, "checkpoints to analyse: epochs or \"final\"";
@@ -112,7 +114,7 @@ impl Kind for Activations {
 /// An activations artifact without parts is analysed into a scratch folder in the output.
 /// The log says, per epoch, whether it was computed or reused.
 pub fn for_each_epoch_part(
-    ctx: &mut crate::stage::RunContext<'_>,
+    ctx: &mut pipe_engine::stage::RunContext<'_>,
     epochs: &[i64],
     part_kind: &str,
     key_of: impl Fn(&KeyInputs<'_>, &str) -> String,

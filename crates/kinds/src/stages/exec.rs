@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 
-use crate::spec::template;
-use crate::stage::{CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext, Scalar};
+use pipe_engine::spec::template;
+use pipe_engine::stage::{CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext, Scalar};
 
 /// The kind's name, as written `kind = "exec"`.
 pub const NAME: &str = "exec";
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `exec`.
     pub struct ExecParams {
         cmd: Vec<Scalar>, required, "the command and its arguments, e.g. [\"python3\", \"fit.py\", \"--noise\", \"${noise}\"]";
@@ -152,7 +152,7 @@ impl Kind for Exec {
         let mut child = cmd.spawn().with_context(|| {
             format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display())
         })?;
-        let status = crate::stage::wait_until(&mut child, ctx.deadline, true)?;
+        let status = pipe_engine::stage::wait_until(&mut child, ctx.deadline, true)?;
         if !status.success() {
             match status.code() {
                 Some(c) => bail!("command `{}` exited with status {c}", argv.join(" ")),

@@ -16,7 +16,7 @@ pub mod rollback;
 pub mod train;
 pub mod trained;
 
-use crate::stage::{ParamError, Registry};
+use pipe_engine::stage::{ParamError, Registry};
 
 /// Checks a list parameter naming methods (`methods = ["pca", "tsne"]`): at least one, each
 /// one of `known` (with a suggestion when misspelt), none twice.
@@ -34,7 +34,7 @@ pub fn check_methods(
                 param,
                 format!(
                     "unknown method \"{m}\"{}; known: {}",
-                    crate::error::suggest(m, known.iter().copied()),
+                    pipe_engine::error::suggest(m, known.iter().copied()),
                     known.join(", ")
                 ),
             ));

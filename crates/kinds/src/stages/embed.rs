@@ -18,14 +18,14 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
-use crate::embedding;
-use crate::stage::{
-    BadData, CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
-};
 use crate::stages::activations::{ActivationsInfo, ActivationsParams, for_each_epoch_part};
 use crate::stages::trained::Layers;
-use crate::table::{Column, Table};
 use crate::tables::{Embedding, Features, ProbeSet};
+use pipe_engine::stage::{
+    BadData, CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
+};
+use pipe_engine::table::{Column, Table};
+use pipe_science::embedding;
 
 /// The kind's name, as written `kind = "embed"`.
 pub const NAME: &str = "embed";
@@ -39,7 +39,7 @@ pub const EPOCH_PART_KIND: &str = "embed-epoch";
 /// The methods `embed` knows.
 pub const METHODS: [&str; 2] = ["pca", "tsne"];
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `embed`.
     pub struct EmbedParams {
         layers: Layers, default "\"all\"", "\"all\" or a list of the activations' layers to embed";
@@ -216,7 +216,7 @@ impl Kind for Embed {
                         "layers",
                         format!(
                             "the activations keep no layer \"{l}\"{}; they keep: {}",
-                            crate::error::suggest(l, kept.iter().map(String::as_str)),
+                            pipe_engine::error::suggest(l, kept.iter().map(String::as_str)),
                             kept.join(", ")
                         ),
                     ));

@@ -12,11 +12,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::compute_key;
-use crate::stage::{CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, Slot};
-use crate::table::Table;
 use crate::tables::Metrics;
 use crate::worker::WorkerParams;
+use pipe_engine::plan::compute_key;
+use pipe_engine::stage::{CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, Slot};
+use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "train"`.
 pub const NAME: &str = "train";
@@ -27,7 +27,7 @@ pub const VERSION: u32 = 4;
 /// The kind recorded in checkpoint manifests (and hashed into their keys).
 pub const CHECKPOINT_KIND: &str = "train.checkpoint";
 
-crate::param_enum! {
+pipe_engine::param_enum! {
     /// The network architectures.
     pub enum Model {
         Mlp = "mlp",
@@ -39,7 +39,7 @@ crate::param_enum! {
     }
 }
 
-crate::param_enum! {
+pipe_engine::param_enum! {
     /// The optimizers.
     pub enum Optimizer {
         Sgd = "sgd",
@@ -47,7 +47,7 @@ crate::param_enum! {
     }
 }
 
-crate::param_enum! {
+pipe_engine::param_enum! {
     /// The learning-rate schedules.
     pub enum Schedule {
         Constant = "constant",
@@ -56,7 +56,7 @@ crate::param_enum! {
     }
 }
 
-crate::param_enum! {
+pipe_engine::param_enum! {
     /// The training losses.
     pub enum Loss {
         /// Softmax cross-entropy on the labels.
@@ -66,7 +66,7 @@ crate::param_enum! {
     }
 }
 
-crate::param_enum! {
+pipe_engine::param_enum! {
     /// How weights are initialized.
     pub enum Init {
         /// He et al.'s uniform for ReLU networks, U(+-sqrt(6 / fan_in)).
@@ -76,7 +76,7 @@ crate::param_enum! {
     }
 }
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `train`.
     pub struct TrainParams {
         model: Model, required, "mlp, cnn (28x28), vgg11, vgg16, resnet18, alexnet (CIFAR)";
@@ -351,7 +351,7 @@ impl Kind for Train {
                     "freeze",
                     format!(
                         "unknown layer \"{l}\"{}; this model's layers: {}",
-                        crate::error::suggest(l, names.iter().skip(1).map(String::as_str)),
+                        pipe_engine::error::suggest(l, names.iter().skip(1).map(String::as_str)),
                         names[1..].join(", ")
                     ),
                 ));

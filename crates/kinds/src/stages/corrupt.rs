@@ -15,15 +15,15 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
 use crate::stages::dataset::DatasetInfo;
-use crate::table::Table;
 use crate::tables::{Images, Labels};
+use pipe_engine::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
+use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "corrupt"`.
 pub const NAME: &str = "corrupt";
 
-crate::param_enum! {
+pipe_engine::param_enum! {
     /// How the chosen examples get their new labels.
     pub enum Mode {
         /// Shuffle the labels among the chosen examples (the paper's choice).
@@ -33,7 +33,7 @@ crate::param_enum! {
     }
 }
 
-crate::stage_params! {
+pipe_engine::stage_params! {
     /// The parameters of `corrupt`.
     pub struct CorruptParams {
         fraction: f64, required, "fraction of training examples to corrupt, 0 to 1";
