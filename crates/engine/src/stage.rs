@@ -411,6 +411,16 @@ macro_rules! stage_params {
             )?
         }
 
+        /// Each parameter's name as written in pipelines, one constant per field (named as
+        /// the field), for checks and key lists: `ParamError::param(TrainParams::epochs, ..)`.
+        #[allow(non_upper_case_globals, dead_code)]
+        impl $name {
+            $(
+                #[doc = concat!("The name of the parameter `", $crate::stage_params!(@name $field $($rename)?), "`.")]
+                pub const $field: &'static str = $crate::stage_params!(@name $field $($rename)?);
+            )*
+        }
+
         impl $crate::stage::KindParams for $name {
             fn specs() -> &'static [$crate::stage::ParamSpec] {
                 static SPECS: std::sync::LazyLock<Vec<$crate::stage::ParamSpec>> =

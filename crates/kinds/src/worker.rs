@@ -40,7 +40,7 @@ impl WorkerParams {
         check_device(&self.device).map_err(|m| ParamError::param("device", m))
     }
     /// Threads an instance asks for.
-    pub fn threads(&self) -> usize {
+    pub fn thread_count(&self) -> usize {
         self.threads.max(1) as usize
     }
     /// Resources: the threads as CPUs, and one GPU when `device` names a CUDA device, or
@@ -53,7 +53,7 @@ impl WorkerParams {
             _ => true,
         };
         Resources {
-            cpus: Some(self.threads() as u32),
+            cpus: Some(self.thread_count() as u32),
             gpus: Some(u32::from(gpu)),
             ..Default::default()
         }
@@ -66,7 +66,7 @@ impl WorkerParams {
 macro_rules! worker_kind_methods {
     ($params:ty) => {
         fn threads(&self, p: &$params) -> usize {
-            p.worker.threads()
+            p.worker.thread_count()
         }
         fn resources(&self, p: &$params) -> pipe_engine::resources::Resources {
             p.worker.resources()
