@@ -3,6 +3,8 @@
 //! metrics side by side.
 
 use crate::cli::outln;
+use pipe_engine::table::StoredTable;
+use pipe_kinds::tables::Metrics;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -212,7 +214,7 @@ fn diff_instances(store: &Store, a: &Manifest, b: &Manifest) -> (Vec<Line>, Vec<
 /// A train artifact's final metrics by name (empty for other kinds).
 fn final_metrics(store: &Store, m: &Manifest) -> BTreeMap<String, Json> {
     let mut out = BTreeMap::new();
-    let Ok(rows) = read_metrics(&store.artifact_dir(&m.key).join("metrics.parquet")) else {
+    let Ok(rows) = read_metrics(&Metrics::path_in(&store.artifact_dir(&m.key))) else {
         return out;
     };
     let Some(last) = rows.last() else {

@@ -3,6 +3,8 @@
 //! and state. `--where`, `--sort`, `--json`, `--csv`.
 
 use crate::cli::outln;
+use pipe_engine::table::StoredTable;
+use pipe_kinds::tables::Metrics;
 
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -235,7 +237,7 @@ fn row(
     let metrics = key
         .as_ref()
         .filter(|k| store.is_complete(k))
-        .and_then(|k| read_metrics(&store.artifact_dir(k).join("metrics.parquet")).ok())
+        .and_then(|k| read_metrics(&Metrics::path_in(&store.artifact_dir(k))).ok())
         .unwrap_or_default();
     let last = metrics.last();
     let best = metrics

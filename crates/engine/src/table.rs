@@ -236,6 +236,27 @@ pub trait Table: Sized {
     }
 }
 
+/// A table stored under one file name in an artifact (declared with `table! { pub struct
+/// T in "name" { .. } }`): readers and writers name the folder, never the file.
+pub trait StoredTable: Table {
+    /// The table's name, as `pipe export` and `tables = [...]` lists name it (`probe`).
+    const NAME: &'static str;
+    /// Its file in an artifact folder (`probe.parquet`).
+    const FILE: &'static str;
+    /// Its path inside the artifact folder `dir`.
+    fn path_in(dir: &Path) -> std::path::PathBuf {
+        dir.join(Self::FILE)
+    }
+    /// Reads it from the artifact folder `dir`.
+    fn read_in(dir: &Path) -> Result<Self> {
+        Self::read(&Self::path_in(dir))
+    }
+    /// Writes it into the folder `dir` (an instance's output or a part's folder).
+    fn write_in(&self, dir: &Path) -> Result<()> {
+        self.write(&Self::path_in(dir))
+    }
+}
+
 /// Reads one column of a batch as `C` (casting other numeric or text types to the declared
 /// one), or says which column is missing or mistyped.
 pub fn column<C: Column>(batch: &RecordBatch, name: &str) -> Result<C> {
@@ -270,14 +291,22 @@ pub fn column<C: Column>(batch: &RecordBatch, name: &str) -> Result<C> {
 /// Declares an artifact table: a struct with one [`Column`] field per column (in order)
 /// and its [`Table`] implementation, so that the schema, the writer and the reader are one
 /// declaration. `name as "Col": Type` names a column that is not a Rust field name.
+/// `pub struct Probe in "probe" { .. }` also names the file an artifact holds it in
+/// (`probe.parquet`, a [`StoredTable`]), so no other code spells it.
 #[macro_export]
 macro_rules! table {
     (
         $(#[$meta:meta])*
-        pub struct $name:ident {
+        pub struct $name:ident $(in $stem:literal)? {
             $($(#[doc = $d:literal])* $col:ident $(as $rename:literal)? : $ty:ty,)*
         }
     ) => {
+        $(
+            impl $crate::table::StoredTable for $name {
+                const NAME: &'static str = $stem;
+                const FILE: &'static str = concat!($stem, ".parquet");
+            }
+        )?
         $(#[$meta])*
         #[derive(Clone, Debug, Default, PartialEq)]
         pub struct $name {

@@ -6,6 +6,14 @@
 use pipe_engine::table;
 use pipe_engine::table::FixedRows;
 
+/// The files of a `dataset` artifact's two [`Images`] tables.
+impl Images {
+    /// The training set's file.
+    pub const TRAIN_FILE: &str = "train.parquet";
+    /// The test set's file.
+    pub const TEST_FILE: &str = "test.parquet";
+}
+
 table! {
     /// `train.parquet` / `test.parquet` of a `dataset` artifact: one row per image.
     pub struct Images {
@@ -22,7 +30,7 @@ table! {
 
 table! {
     /// `labels.parquet` of a `corrupt` artifact: one row per training example.
-    pub struct Labels {
+    pub struct Labels in "labels" {
         /// The example's index in the training set.
         index: Vec<i64>,
         /// Its label in the data set.
@@ -40,7 +48,7 @@ table! {
 table! {
     /// `metrics.parquet` of a `train` artifact (and of each checkpoint): one row per
     /// epoch, 0 = initialization.
-    pub struct Metrics {
+    pub struct Metrics in "metrics" {
         /// Epoch (0 = before training).
         epoch: Vec<i64>,
         /// Learning rate used during the epoch (0 for epoch 0).
@@ -65,7 +73,7 @@ table! {
 table! {
     /// `probe_set.parquet` of an `activations` artifact: the examples whose features are
     /// stored, in feature-row order.
-    pub struct ProbeSet {
+    pub struct ProbeSet in "probe_set" {
         /// Row in the features files.
         example: Vec<i64>,
         /// Index in the training set.
@@ -92,7 +100,7 @@ table! {
 
 table! {
     /// `probe.parquet` of a `probe` artifact: one row per epoch, layer and labeling.
-    pub struct Probe {
+    pub struct Probe in "probe" {
         /// The epoch.
         epoch: Vec<i64>,
         /// The layer.
@@ -122,7 +130,7 @@ table! {
 
 table! {
     /// `probe_manifolds.parquet` of a `probe` artifact: one row per manifold.
-    pub struct ProbeManifolds {
+    pub struct ProbeManifolds in "probe_manifolds" {
         /// The epoch.
         epoch: Vec<i64>,
         /// The layer.
@@ -142,7 +150,7 @@ table! {
 
 table! {
     /// `gradnorm_examples.parquet` of a `gradnorm` artifact: the examples used.
-    pub struct GradNormExamples {
+    pub struct GradNormExamples in "gradnorm_examples" {
         /// Index in the training set.
         index: Vec<i64>,
         /// `clean`, `corrupted` or `unchanged`.
@@ -153,7 +161,7 @@ table! {
 table! {
     /// `gradnorm.parquet` of a `gradnorm` artifact: one row per epoch, layer and group, the
     /// norms of the group's mean gradient and of its two centered parts (science.md, Eq. 25).
-    pub struct GradNorm {
+    pub struct GradNorm in "gradnorm" {
         /// The epoch.
         epoch: Vec<i64>,
         /// The layer.
@@ -174,7 +182,7 @@ table! {
 table! {
     /// `gradnorm_per_example.parquet` of a `gradnorm` artifact (with `per_example = true`):
     /// one row per epoch, layer and example, the same three norms for one example.
-    pub struct GradNormPerExample {
+    pub struct GradNormPerExample in "gradnorm_per_example" {
         /// The epoch.
         epoch: Vec<i64>,
         /// The layer.
@@ -195,7 +203,7 @@ table! {
 table! {
     /// `rollback.parquet` of a `rollback` artifact: one row per (epoch, cutoff), plus the
     /// final weights as they are (`cutoff = "none"`).
-    pub struct Rollback {
+    pub struct Rollback in "rollback" {
         /// The epoch rolled back to.
         from_epoch: Vec<i64>,
         /// The first layer rolled back, or `none`.
@@ -218,7 +226,7 @@ table! {
 table! {
     /// `embedding.parquet` of an `embed` artifact: one row per epoch, layer, method and
     /// probe-set example: its 2-D coordinates and how many of its neighbours share its labels.
-    pub struct Embedding {
+    pub struct Embedding in "embedding" {
         /// The epoch.
         epoch: Vec<i64>,
         /// The layer.
@@ -248,7 +256,7 @@ table! {
     /// `examples.parquet` of a `train` artifact recorded with `record_examples = true`
     /// (and of each of its checkpoints): one row per training example and epoch (0 =
     /// initialization), from the evaluation pass after the epoch.
-    pub struct Examples {
+    pub struct Examples in "examples" {
         /// Epoch (0 = before training).
         epoch: Vec<i64>,
         /// The example's index in the training set.
@@ -279,7 +287,7 @@ table! {
 
 table! {
     /// `scores.parquet` of a `detect` artifact: one row per method and training example.
-    pub struct Scores {
+    pub struct Scores in "scores" {
         /// The scoring method (`aum`, `loss`, ...).
         method: Vec<String>,
         /// The example's index in the training set.
@@ -301,7 +309,7 @@ table! {
 table! {
     /// `detection.parquet` of a `detect` artifact: how well each method finds the corrupted
     /// examples, one row per method, the default method first.
-    pub struct Detection {
+    pub struct Detection in "detection" {
         /// The scoring method.
         method: Vec<String>,
         /// Area under the ROC curve (missing without both clean and corrupted examples).
@@ -328,7 +336,7 @@ table! {
 table! {
     /// `roc.parquet` of a `detect` artifact: each method's ROC curve, at most 201 points
     /// a method, from (0, 0) to (1, 1).
-    pub struct Roc {
+    pub struct Roc in "roc" {
         /// The scoring method.
         method: Vec<String>,
         /// False-positive rate: the fraction of clean examples scored at least the threshold.

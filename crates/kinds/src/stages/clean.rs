@@ -7,6 +7,7 @@
 //! `oracle = true` the truly corrupted examples are the flagged ones (relabeled to their
 //! true labels): the clean-data baseline. Output: `labels.parquet` and `clean.json`.
 
+use pipe_engine::table::StoredTable;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -132,11 +133,11 @@ impl Kind for Clean {
         Ok(())
     }
     fn tables(&self, _p: &CleanParams) -> Vec<String> {
-        vec!["labels".into()]
+        vec![Labels::NAME.into()]
     }
     fn run(&self, p: &CleanParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        let scores_file = ctx.input("scores")?.join("scores.parquet");
-        let labels_file = ctx.input("labels")?.join("labels.parquet");
+        let scores_file = Scores::path_in(ctx.input("scores")?);
+        let labels_file = Labels::path_in(ctx.input("labels")?);
         let scores = Scores::read(&scores_file)
             .with_context(|| format!("reading {}", scores_file.display()))?;
         let labels = Labels::read(&labels_file)
@@ -213,7 +214,7 @@ impl Kind for Clean {
             ))
             .into());
         }
-        out.write(&ctx.out.join("labels.parquet"))?;
+        out.write_in(&ctx.out)?;
         std::fs::write(
             ctx.out.join("clean.json"),
             serde_json::to_vec_pretty(&summary)?,

@@ -8,6 +8,7 @@
 //! (not chosen), corrupted (changed) and, where a table has groups, unchanged (chosen but
 //! kept their own label).
 
+use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
@@ -173,13 +174,13 @@ impl Kind for Corrupt {
         Ok(())
     }
     fn tables(&self, _p: &CorruptParams) -> Vec<String> {
-        vec!["labels".into()]
+        vec![Labels::NAME.into()]
     }
     fn run(&self, p: &CorruptParams, ctx: &mut RunContext<'_>) -> Result<()> {
         let dir = ctx.input("dataset")?;
         let info: DatasetInfo = serde_json::from_slice(&std::fs::read(dir.join("dataset.json"))?)
             .context("reading dataset.json")?;
-        let labels = Images::read(&dir.join("train.parquet"))?.label;
+        let labels = Images::read(&dir.join(Images::TRAIN_FILE))?.label;
         let uniform = p.mode == Mode::Uniform;
         if uniform && info.classes < 2 {
             bail!("uniform corruption needs at least 2 classes");
@@ -201,7 +202,7 @@ impl Kind for Corrupt {
             chosen: c.chosen,
             changed,
         }
-        .write(&ctx.out.join("labels.parquet"))
+        .write_in(&ctx.out)
     }
 }
 

@@ -117,7 +117,7 @@ fn variant(source: DataSource) -> Option<cifar::Variant> {
 
 /// The Parquet files of a `parquet` source.
 fn parquet_files(dir: &Path) -> [PathBuf; 2] {
-    [dir.join("train.parquet"), dir.join("test.parquet")]
+    [dir.join(Images::TRAIN_FILE), dir.join(Images::TEST_FILE)]
 }
 
 /// Reads one split of a `parquet` source: `label` (integers 0..=255) and `image`, either

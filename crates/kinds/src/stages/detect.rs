@@ -19,6 +19,7 @@
 //! used. The truth (`changed`) only judges the rankings. Output: `scores.parquet`,
 //! `detection.parquet` (one row per method, the default method first) and `roc.parquet`.
 
+use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::{Context, Result};
@@ -273,10 +274,14 @@ impl Kind for Detect {
         Ok(())
     }
     fn tables(&self, _p: &DetectParams) -> Vec<String> {
-        vec!["scores".into(), "detection".into(), "roc".into()]
+        vec![
+            Scores::NAME.into(),
+            Detection::NAME.into(),
+            Roc::NAME.into(),
+        ]
     }
     fn run(&self, p: &DetectParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        let file = ctx.input("train")?.join("examples.parquet");
+        let file = Examples::path_in(ctx.input("train")?);
         let table = Examples::read(&file).with_context(|| format!("reading {}", file.display()))?;
         let d = Dynamics::from_table(table)
             .map_err(|m| anyhow::Error::new(BadData(format!("{}: {m}", file.display()))))?;
@@ -332,9 +337,9 @@ impl Kind for Detect {
                 tpr: curve.iter().map(|c| c.1).collect(),
             });
         }
-        scores.write(&ctx.out.join("scores.parquet"))?;
-        det.write(&ctx.out.join("detection.parquet"))?;
-        roc.write(&ctx.out.join("roc.parquet"))?;
+        scores.write_in(&ctx.out)?;
+        det.write_in(&ctx.out)?;
+        roc.write_in(&ctx.out)?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! Each epoch is embedded into a part of its own, keyed on the activations' part of that
 //! epoch, like `probe`. Runs in the `pipe` process (no libtorch).
 
+use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
@@ -232,7 +233,7 @@ impl Kind for Embed {
         Ok(())
     }
     fn tables(&self, _p: &EmbedParams) -> Vec<String> {
-        vec!["embedding".into()]
+        vec![Embedding::NAME.into()]
     }
     /// One part per epoch of the activations, named like it (`epoch 5`).
     fn parts(&self, _p: &EmbedParams, keys: &KeyInputs<'_>) -> Vec<Part> {
@@ -247,7 +248,7 @@ impl Kind for Embed {
         let info: ActivationsInfo =
             serde_json::from_slice(&std::fs::read(dir.join("activations.json"))?)
                 .context("reading activations.json")?;
-        let set = ProbeSet::read(&dir.join("probe_set.parquet"))?;
+        let set = ProbeSet::read_in(&dir)?;
         let stored: Vec<&str> = info.layers.iter().map(|l| l.name.as_str()).collect();
         let layers: Vec<String> = match p.layers.names() {
             None => stored.iter().map(|s| s.to_string()).collect(),
@@ -288,13 +289,13 @@ impl Kind for Embed {
             &info.epochs,
             EPOCH_PART_KIND,
             |keys, part| p.epoch_part_key(keys, part),
-            |epoch, folder, log| embed(epoch, log)?.write(&folder.join("embedding.parquet")),
+            |epoch, folder, log| embed(epoch, log)?.write_in(folder),
             |_, folder| {
-                table.append(Embedding::read(&folder.join("embedding.parquet"))?);
+                table.append(Embedding::read_in(folder)?);
                 Ok(())
             },
         )?;
-        table.write(&ctx.out.join("embedding.parquet"))
+        table.write_in(&ctx.out)
     }
 }
 

@@ -6,10 +6,12 @@
 use crate::stages::trained::{
     EpochRef, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
 };
+use crate::tables::{GradNormExamples, GradNormPerExample};
 use crate::worker::WorkerParams;
 use pipe_engine::stage::{
     CheckEnv, InputInfo, Inputs, KeyInputs, Kind, KindParams, ParamError, Part,
 };
+use pipe_engine::table::StoredTable;
 
 /// The kind's name, as written `kind = "gradnorm"`.
 pub const NAME: &str = "gradnorm";
@@ -67,9 +69,9 @@ impl Kind for GradNorm {
         keys.parts_per_input_part("train", EPOCH_PART_KIND, VERSION, specs, &["epochs"])
     }
     fn tables(&self, p: &GradNormParams) -> Vec<String> {
-        let mut t = vec!["gradnorm".into(), "gradnorm_examples".into()];
+        let mut t = vec![GradNorm::NAME.into(), GradNormExamples::NAME.into()];
         if p.per_example {
-            t.push("gradnorm_per_example".into());
+            t.push(GradNormPerExample::NAME.into());
         }
         t
     }

@@ -12,6 +12,7 @@
 //! gain an epoch, only that epoch is analysed. An epoch's random streams depend on the
 //! epoch and layer only, never on which other epochs are analysed.
 
+use pipe_engine::table::StoredTable;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -226,7 +227,7 @@ impl Kind for Probe {
         Ok(())
     }
     fn tables(&self, _p: &ProbeParams) -> Vec<String> {
-        vec!["probe".into(), "probe_manifolds".into()]
+        vec![tables::Probe::NAME.into(), ProbeManifolds::NAME.into()]
     }
     /// One part per epoch of the activations, named like it (`epoch 5`).
     fn parts(&self, _p: &ProbeParams, keys: &KeyInputs<'_>) -> Vec<Part> {
@@ -240,7 +241,7 @@ impl Kind for Probe {
         let dir = ctx.input("activations")?.to_path_buf();
         let info: ActivationsInfo =
             serde_json::from_slice(&std::fs::read(dir.join("activations.json"))?)?;
-        let set = ProbeSet::read(&dir.join("probe_set.parquet"))?;
+        let set = ProbeSet::read_in(&dir)?;
         let analysis = Analysis {
             params: p,
             set: &set,
@@ -277,23 +278,21 @@ impl Kind for Probe {
             |keys, part| p.epoch_part_key(keys, part),
             |epoch, folder, log| write_tables(folder, &analyse(epoch, log)?, p.n_t),
             |_, folder| {
-                probe.append(tables::Probe::read(&folder.join("probe.parquet"))?);
-                manifolds.append(ProbeManifolds::read(
-                    &folder.join("probe_manifolds.parquet"),
-                )?);
+                probe.append(tables::Probe::read_in(folder)?);
+                manifolds.append(ProbeManifolds::read_in(folder)?);
                 Ok(())
             },
         )?;
-        probe.write(&ctx.out.join("probe.parquet"))?;
-        manifolds.write(&ctx.out.join("probe_manifolds.parquet"))
+        probe.write_in(&ctx.out)?;
+        manifolds.write_in(&ctx.out)
     }
 }
 
 /// Writes `probe.parquet` and `probe_manifolds.parquet`.
 fn write_tables(out: &Path, rows: &[Row], n_t: i64) -> Result<()> {
     let (probe, manifolds) = row_tables(rows, n_t);
-    probe.write(&out.join("probe.parquet"))?;
-    manifolds.write(&out.join("probe_manifolds.parquet"))
+    probe.write_in(out)?;
+    manifolds.write_in(out)
 }
 
 /// The two tables of some analysed rows.

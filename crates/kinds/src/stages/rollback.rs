@@ -7,6 +7,7 @@ use crate::stages::trained::{
 };
 use crate::worker::WorkerParams;
 use pipe_engine::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
+use pipe_engine::table::StoredTable;
 
 /// The kind's name, as written `kind = "rollback"`.
 pub const NAME: &str = "rollback";
@@ -45,7 +46,7 @@ impl Kind for Rollback {
         checkpoint_parts(std::iter::once(&p.final_epoch).chain(&p.from_epochs), up)
     }
     fn tables(&self, _p: &RollbackParams) -> Vec<String> {
-        vec!["rollback".into()]
+        vec![crate::tables::Rollback::NAME.into()]
     }
     crate::worker::worker_kind_methods!(RollbackParams);
 }

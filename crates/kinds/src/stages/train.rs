@@ -6,6 +6,7 @@
 //! Each kept epoch is its own artifact (a part, see `StageKind::parts`) whose key leaves
 //! out `epochs` and `checkpoints`, so a longer run resumes from a shorter one's last epoch.
 
+use pipe_engine::table::StoredTable;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -381,9 +382,9 @@ impl Kind for Train {
             .collect()
     }
     fn tables(&self, p: &TrainParams) -> Vec<String> {
-        let mut tables = vec!["metrics".to_string()];
+        let mut tables = vec![Metrics::NAME.to_string()];
         if p.record_examples {
-            tables.push("examples".into());
+            tables.push(crate::tables::Examples::NAME.into());
         }
         tables
     }
