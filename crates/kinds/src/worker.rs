@@ -35,9 +35,12 @@ impl WorkerParams {
     /// Checks `threads` and `device` (that a CUDA device exists on this machine).
     pub fn check(&self) -> Result<(), ParamError> {
         if self.threads < 1 {
-            return Err(ParamError::param("threads", "must be at least 1"));
+            return Err(ParamError::param(
+                WorkerParams::threads,
+                "must be at least 1",
+            ));
         }
-        check_device(&self.device).map_err(|m| ParamError::param("device", m))
+        check_device(&self.device).map_err(|m| ParamError::param(WorkerParams::device, m))
     }
     /// Threads an instance asks for.
     pub fn thread_count(&self) -> usize {

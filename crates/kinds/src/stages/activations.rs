@@ -2,6 +2,7 @@
 //! examples) at chosen checkpoints. The work needs libtorch and runs in the worker
 //! (`torch/src/stages/activations.rs`); see science.md for the probe set.
 
+use crate::stages::slots;
 use serde::{Deserialize, Serialize};
 
 use crate::stages::trained::{
@@ -13,7 +14,7 @@ use pipe_engine::stage::{
 };
 
 /// The kind's name, as written `kind = "activations"`.
-pub const NAME: &str = "activations";
+pub const NAME: &str = slots::names::ACTIVATIONS;
 
 pipe_engine::stage_params! {
     /// The parameters of `activations`.
@@ -43,7 +44,13 @@ impl ActivationsParams {
     /// probe set too). Adding an epoch adds one part; the others are reused.
     pub fn epoch_part_key(&self, keys: &KeyInputs<'_>, checkpoint_key: &str) -> String {
         let specs = ActivationsParams::specs();
-        keys.derived_part_key(EPOCH_PART_KIND, VERSION, specs, &["epochs"], checkpoint_key)
+        keys.derived_part_key(
+            EPOCH_PART_KIND,
+            VERSION,
+            specs,
+            &[ActivationsParams::epochs],
+            checkpoint_key,
+        )
     }
 }
 
@@ -90,7 +97,8 @@ impl Kind for Activations {
     fn check(&self, p: &ActivationsParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
         let train = train_params(env)?;
         check_epochs(&p.epochs, "epochs", &train)?;
-        p.layers.check("layers", "all", &train, true)?;
+        p.layers
+            .check(ActivationsParams::layers, "all", &train, true)?;
         at_least(p.classes, "classes", 2)?;
         at_least(Some(p.per_class), "per_class", 2)?;
         at_least(Some(p.max_features), "max_features", 1)?;
@@ -102,7 +110,13 @@ impl Kind for Activations {
     /// One part per checkpoint read, named like it (`epoch 5`).
     fn parts(&self, _p: &ActivationsParams, keys: &KeyInputs<'_>) -> Vec<Part> {
         let specs = ActivationsParams::specs();
-        keys.parts_per_input_part("train", EPOCH_PART_KIND, VERSION, specs, &["epochs"])
+        keys.parts_per_input_part(
+            "train",
+            EPOCH_PART_KIND,
+            VERSION,
+            specs,
+            &[ActivationsParams::epochs],
+        )
     }
     crate::worker::worker_kind_methods!(ActivationsParams);
 }
@@ -125,7 +139,10 @@ pub fn for_each_epoch_part(
     let identities = ctx.input_identities();
     let keys = identities.keys(ctx.params);
     for &epoch in epochs {
-        let part = keys.input_part("activations", &crate::stages::train::checkpoint_part(epoch));
+        let part = keys.input_part(
+            slots::ACTIVATIONS.name,
+            &crate::stages::train::checkpoint_part(epoch),
+        );
         let Some(key) = part.map(|a| key_of(&keys, a)) else {
             let scratch = ctx.out.join(format!(".epoch-{epoch}"));
             std::fs::create_dir_all(&scratch)?;

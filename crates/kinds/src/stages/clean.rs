@@ -7,6 +7,7 @@
 //! `oracle = true` the truly corrupted examples are the flagged ones (relabeled to their
 //! true labels): the clean-data baseline. Output: `labels.parquet` and `clean.json`.
 
+use crate::stages::slots;
 use pipe_engine::table::StoredTable;
 use std::collections::HashMap;
 use std::io::Write;
@@ -16,11 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::stages::detect::DetectParams;
 use crate::tables::{Labels, Scores};
-use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
+use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext};
 use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "clean"`.
-pub const NAME: &str = "clean";
+pub const NAME: &str = slots::names::CLEAN;
 
 pipe_engine::param_enum! {
     /// What becomes of a flagged example.
@@ -94,20 +95,11 @@ impl Kind for Clean {
     const ABOUT: &'static str = "drops or relabels the examples a detect method flags; labels in the corrupt schema for retraining";
 
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[
-            Slot {
-                name: "scores",
-                kinds: &[crate::stages::detect::NAME],
-            },
-            Slot {
-                name: "labels",
-                kinds: &[crate::stages::corrupt::NAME, NAME],
-            },
-        ])
+        Inputs::Slots(&[slots::SCORES, slots::LABELS])
     }
     fn check(&self, p: &CleanParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
         let detect = env
-            .input("scores")
+            .input(slots::SCORES.name)
             .ok_or_else(|| ParamError::stage("needs a `scores` input"))?
             .params
             .typed::<DetectParams>()
@@ -116,7 +108,7 @@ impl Kind for Clean {
             && !detect.methods.contains(m)
         {
             return Err(ParamError::param(
-                "method",
+                CleanParams::method,
                 format!(
                     "the detect input computes {}, not \"{m}\"{}",
                     detect.methods.join(", "),
@@ -126,7 +118,7 @@ impl Kind for Clean {
         }
         if p.oracle && p.method.is_some() {
             return Err(ParamError::param(
-                "method",
+                CleanParams::method,
                 "an oracle flags the truly corrupted examples: leave `method` out",
             ));
         }
@@ -136,8 +128,8 @@ impl Kind for Clean {
         vec![Labels::NAME.into()]
     }
     fn run(&self, p: &CleanParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        let scores_file = Scores::path_in(ctx.input("scores")?);
-        let labels_file = Labels::path_in(ctx.input("labels")?);
+        let scores_file = Scores::path_in(ctx.input(slots::SCORES.name)?);
+        let labels_file = Labels::path_in(ctx.input(slots::LABELS.name)?);
         let scores = Scores::read(&scores_file)
             .with_context(|| format!("reading {}", scores_file.display()))?;
         let labels = Labels::read(&labels_file)

@@ -8,6 +8,7 @@
 //! (not chosen), corrupted (changed) and, where a table has groups, unchanged (chosen but
 //! kept their own label).
 
+use crate::stages::slots;
 use pipe_engine::table::StoredTable;
 use std::io::Write;
 
@@ -18,11 +19,11 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::stages::dataset::DatasetInfo;
 use crate::tables::{Images, Labels};
-use pipe_engine::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
+use pipe_engine::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext};
 use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "corrupt"`.
-pub const NAME: &str = "corrupt";
+pub const NAME: &str = slots::names::CORRUPT;
 
 pipe_engine::param_enum! {
     /// How the chosen examples get their new labels.
@@ -156,20 +157,20 @@ impl Kind for Corrupt {
         "gives a seeded fraction of the training examples random labels (permuted or uniform)";
 
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[Slot {
-            name: "dataset",
-            kinds: &[crate::stages::dataset::NAME],
-        }])
+        Inputs::Slots(&[slots::DATASET])
     }
     fn check(&self, p: &CorruptParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
         if !(0.0..=1.0).contains(&p.fraction) {
             return Err(ParamError::param(
-                "fraction",
+                CorruptParams::fraction,
                 format!("must be between 0 and 1, got {}", p.fraction),
             ));
         }
         if p.seed < 0 {
-            return Err(ParamError::param("seed", "must not be negative"));
+            return Err(ParamError::param(
+                CorruptParams::seed,
+                "must not be negative",
+            ));
         }
         Ok(())
     }
@@ -177,7 +178,7 @@ impl Kind for Corrupt {
         vec![Labels::NAME.into()]
     }
     fn run(&self, p: &CorruptParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        let dir = ctx.input("dataset")?;
+        let dir = ctx.input(slots::DATASET.name)?;
         let info: DatasetInfo = serde_json::from_slice(&std::fs::read(dir.join("dataset.json"))?)
             .context("reading dataset.json")?;
         let labels = Images::read(&dir.join(Images::TRAIN_FILE))?.label;

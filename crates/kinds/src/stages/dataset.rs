@@ -3,6 +3,7 @@
 //! Output: `train.parquet` and `test.parquet` (columns `index`, `source_index`, `label`,
 //! `image` = fixed-size list of u8) and `dataset.json` (shape, classes, sizes).
 
+use crate::stages::slots;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,7 @@ use pipe_engine::table::{FixedRows, Table};
 use pipe_science::datasets::{DataError, ImageSet, cifar, idx, images};
 
 /// The kind's name, as written `kind = "dataset"`.
-pub const NAME: &str = "dataset";
+pub const NAME: &str = slots::names::DATASET;
 
 /// Where Debian's `dataset-fashion-mnist` package puts the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -401,7 +402,7 @@ impl Kind for Dataset {
             && (shape.len() != 3 || shape.iter().any(|&d| d < 1))
         {
             return Err(ParamError::param(
-                "shape",
+                DatasetParams::shape,
                 "must be [channels, height, width], each at least 1",
             ));
         }
@@ -410,7 +411,8 @@ impl Kind for Dataset {
                 return Err(ParamError::param(name, "must be at least 1"));
             }
         }
-        data_files(p, env.base_dir).map_err(|e| ParamError::param("path", e.to_string()))?;
+        data_files(p, env.base_dir)
+            .map_err(|e| ParamError::param(DatasetParams::path, e.to_string()))?;
         Ok(())
     }
     fn files(&self, p: &DatasetParams, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {

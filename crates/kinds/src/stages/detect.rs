@@ -19,6 +19,7 @@
 //! used. The truth (`changed`) only judges the rankings. Output: `scores.parquet`,
 //! `detection.parquet` (one row per method, the default method first) and `roc.parquet`.
 
+use crate::stages::slots;
 use pipe_engine::table::StoredTable;
 use std::io::Write;
 
@@ -26,12 +27,12 @@ use anyhow::{Context, Result};
 
 use crate::stages::trained::train_params;
 use crate::tables::{Detection, Examples, Roc, Scores};
-use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext, Slot};
+use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext};
 use pipe_engine::table::Table;
 use pipe_science::detection;
 
 /// The kind's name, as written `kind = "detect"`.
-pub const NAME: &str = "detect";
+pub const NAME: &str = slots::names::DETECT;
 
 /// The methods `detect` knows (the default list starts with `ensemble`).
 pub const METHODS: [&str; 6] = [
@@ -234,20 +235,17 @@ impl Kind for Detect {
     const ABOUT: &'static str = "scores every training example by how likely its label is wrong, from the recorded training dynamics (aum, gradient, label_gradient, loss, forgetting, ensemble)";
 
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[Slot {
-            name: "train",
-            kinds: &[crate::stages::train::NAME],
-        }])
+        Inputs::Slots(&[slots::TRAIN])
     }
     fn check(&self, p: &DetectParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        crate::stages::check_methods("methods", &p.methods, &METHODS)?;
+        crate::stages::check_methods(DetectParams::methods, &p.methods, &METHODS)?;
         check_window(&p.window, "window")?;
         check_window(&p.gradient_window, "gradient_window")?;
         if let Some(f) = p.flag_fraction
             && !(0.0..=1.0).contains(&f)
         {
             return Err(ParamError::param(
-                "flag_fraction",
+                DetectParams::flag_fraction,
                 format!("must be in [0, 1], got {f}"),
             ));
         }
@@ -281,7 +279,7 @@ impl Kind for Detect {
         ]
     }
     fn run(&self, p: &DetectParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        let file = Examples::path_in(ctx.input("train")?);
+        let file = Examples::path_in(ctx.input(slots::TRAIN.name)?);
         let table = Examples::read(&file).with_context(|| format!("reading {}", file.display()))?;
         let d = Dynamics::from_table(table)
             .map_err(|m| anyhow::Error::new(BadData(format!("{}: {m}", file.display()))))?;

@@ -14,6 +14,7 @@
 //! Each epoch is embedded into a part of its own, keyed on the activations' part of that
 //! epoch, like `probe`. Runs in the `pipe` process (no libtorch).
 
+use crate::stages::slots;
 use pipe_engine::table::StoredTable;
 use std::io::Write;
 
@@ -23,13 +24,13 @@ use crate::stages::activations::{ActivationsInfo, ActivationsParams, for_each_ep
 use crate::stages::trained::Layers;
 use crate::tables::{Embedding, Features, ProbeSet};
 use pipe_engine::stage::{
-    BadData, CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
+    BadData, CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext,
 };
 use pipe_engine::table::{Column, Table};
 use pipe_science::embedding;
 
 /// The kind's name, as written `kind = "embed"`.
-pub const NAME: &str = "embed";
+pub const NAME: &str = slots::names::EMBED;
 
 /// The code version of `embed` and its per-epoch parts.
 pub const VERSION: u32 = 1;
@@ -182,16 +183,13 @@ impl Kind for Embed {
     const ABOUT: &'static str = "2-D views (PCA, t-SNE) of the probe set per epoch and layer, with nearest-neighbour label agreement";
 
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[Slot {
-            name: "activations",
-            kinds: &[crate::stages::activations::NAME],
-        }])
+        Inputs::Slots(&[slots::ACTIVATIONS])
     }
     fn check(&self, p: &EmbedParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        crate::stages::check_methods("methods", &p.methods, &METHODS)?;
+        crate::stages::check_methods(EmbedParams::methods, &p.methods, &METHODS)?;
         if !(p.perplexity > 0.0 && p.perplexity.is_finite()) {
             return Err(ParamError::param(
-                "perplexity",
+                EmbedParams::perplexity,
                 format!("must be positive, got {}", p.perplexity),
             ));
         }
@@ -207,14 +205,14 @@ impl Kind for Embed {
             Layers::Names(names) => {
                 // Where the activations list their layers, these must be among them.
                 let upstream = env
-                    .input("activations")
+                    .input(slots::ACTIVATIONS.name)
                     .and_then(|a| a.params.typed::<ActivationsParams>().ok());
                 let kept = upstream.as_ref().and_then(|a| a.layers.names());
                 if let Some(kept) = kept
                     && let Some(l) = names.iter().find(|l| !kept.contains(l))
                 {
                     return Err(ParamError::param(
-                        "layers",
+                        EmbedParams::layers,
                         format!(
                             "the activations keep no layer \"{l}\"{}; they keep: {}",
                             pipe_engine::error::suggest(l, kept.iter().map(String::as_str)),
@@ -225,7 +223,7 @@ impl Kind for Embed {
             }
             other => {
                 return Err(ParamError::param(
-                    "layers",
+                    EmbedParams::layers,
                     format!("expected \"all\" or a list of layer names, found {other:?}"),
                 ));
             }
@@ -238,13 +236,19 @@ impl Kind for Embed {
     /// One part per epoch of the activations, named like it (`epoch 5`).
     fn parts(&self, _p: &EmbedParams, keys: &KeyInputs<'_>) -> Vec<Part> {
         let specs = EmbedParams::specs();
-        keys.parts_per_input_part("activations", EPOCH_PART_KIND, VERSION, specs, &[])
+        keys.parts_per_input_part(
+            slots::ACTIVATIONS.name,
+            EPOCH_PART_KIND,
+            VERSION,
+            specs,
+            &[],
+        )
     }
     fn threads(&self, p: &EmbedParams) -> usize {
         p.threads.max(1) as usize
     }
     fn run(&self, p: &EmbedParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        let dir = ctx.input("activations")?.to_path_buf();
+        let dir = ctx.input(slots::ACTIVATIONS.name)?.to_path_buf();
         let info: ActivationsInfo =
             serde_json::from_slice(&std::fs::read(dir.join("activations.json"))?)
                 .context("reading activations.json")?;

@@ -4,6 +4,7 @@
 //! into), `PIPE_INPUT_<SLOT>` (each input artifact's folder), `PIPE_THREADS`, `PIPE_KEY`
 //! and `PIPE_POINT` (the sweep point as JSON) set. Its stdout and stderr go to the log.
 
+use crate::stages::slots;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -15,7 +16,7 @@ use pipe_engine::spec::template;
 use pipe_engine::stage::{CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext, Scalar};
 
 /// The kind's name, as written `kind = "exec"`.
-pub const NAME: &str = "exec";
+pub const NAME: &str = slots::names::EXEC;
 
 pipe_engine::stage_params! {
     /// The parameters of `exec`.
@@ -64,15 +65,15 @@ impl Kind for Exec {
     }
     fn check(&self, p: &ExecParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
         if p.argv().first().is_none_or(|a| a.is_empty()) {
-            return Err(ParamError::param("cmd", "the command is empty"));
+            return Err(ParamError::param(ExecParams::cmd, "the command is empty"));
         }
         if p.threads < 1 {
-            return Err(ParamError::param("threads", "must be at least 1"));
+            return Err(ParamError::param(ExecParams::threads, "must be at least 1"));
         }
         for t in &p.tables {
             if !is_table_name(t) {
                 return Err(ParamError::param(
-                    "tables",
+                    ExecParams::tables,
                     format!(
                         "\"{t}\" is not a table name: use letters, digits, `_` and `-` (the file is $PIPE_OUT/NAME.parquet)"
                     ),
@@ -82,25 +83,28 @@ impl Kind for Exec {
         for (k, v) in &p.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(ParamError::param(
-                    "env",
+                    ExecParams::env,
                     format!("{k:?} is not a variable name"),
                 ));
             }
             if k.starts_with("PIPE_") {
                 return Err(ParamError::param(
-                    "env",
+                    ExecParams::env,
                     format!("{k} is set by pipe itself; name your variable otherwise"),
                 ));
             }
             if template::display(&v.0).contains('\0') {
                 return Err(ParamError::param(
-                    "env",
+                    ExecParams::env,
                     format!("the value of {k} holds a NUL byte"),
                 ));
             }
         }
         if let Some(a) = p.argv().iter().find(|a| a.contains('\0')) {
-            return Err(ParamError::param("cmd", format!("{a:?} holds a NUL byte")));
+            return Err(ParamError::param(
+                ExecParams::cmd,
+                format!("{a:?} holds a NUL byte"),
+            ));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! appendix, Eq. 25). The work needs libtorch and runs in the worker
 //! (`torch/src/stages/gradnorm.rs`), which documents the measurement.
 
+use crate::stages::slots;
 use crate::stages::trained::{
     EpochRef, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
 };
@@ -14,7 +15,7 @@ use pipe_engine::stage::{
 use pipe_engine::table::StoredTable;
 
 /// The kind's name, as written `kind = "gradnorm"`.
-pub const NAME: &str = "gradnorm";
+pub const NAME: &str = slots::names::GRADNORM;
 
 pipe_engine::stage_params! {
     /// The parameters of `gradnorm`.
@@ -38,7 +39,13 @@ impl GradNormParams {
     /// parameters but `epochs`, and that checkpoint's key.
     pub fn epoch_part_key(&self, keys: &KeyInputs<'_>, checkpoint_key: &str) -> String {
         let specs = GradNormParams::specs();
-        keys.derived_part_key(EPOCH_PART_KIND, VERSION, specs, &["epochs"], checkpoint_key)
+        keys.derived_part_key(
+            EPOCH_PART_KIND,
+            VERSION,
+            specs,
+            &[GradNormParams::epochs],
+            checkpoint_key,
+        )
     }
 }
 
@@ -66,7 +73,13 @@ impl Kind for GradNorm {
     /// One part per checkpoint read, named like it (`epoch 5`).
     fn parts(&self, _p: &GradNormParams, keys: &KeyInputs<'_>) -> Vec<Part> {
         let specs = GradNormParams::specs();
-        keys.parts_per_input_part("train", EPOCH_PART_KIND, VERSION, specs, &["epochs"])
+        keys.parts_per_input_part(
+            "train",
+            EPOCH_PART_KIND,
+            VERSION,
+            specs,
+            &[GradNormParams::epochs],
+        )
     }
     fn tables(&self, p: &GradNormParams) -> Vec<String> {
         let mut t = vec![GradNorm::NAME.into(), GradNormExamples::NAME.into()];

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod gradnorm;
 pub mod probe;
 pub mod rollback;
+pub mod slots;
 pub mod train;
 pub mod trained;
 

@@ -12,6 +12,7 @@
 //! gain an epoch, only that epoch is analysed. An epoch's random streams depend on the
 //! epoch and layer only, never on which other epochs are analysed.
 
+use crate::stages::slots;
 use pipe_engine::table::StoredTable;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,13 +23,13 @@ use anyhow::{Context, Result};
 use crate::stages::activations::{ActivationsInfo, for_each_epoch_part};
 use crate::tables::{self, Features, ProbeManifolds, ProbeSet};
 use pipe_engine::stage::{
-    CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext, Slot,
+    CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext,
 };
 use pipe_engine::table::{Column, Table};
 use pipe_science::geometry;
 
 /// The kind's name, as written `kind = "probe"`.
-pub const NAME: &str = "probe";
+pub const NAME: &str = slots::names::PROBE;
 
 pipe_engine::stage_params! {
     /// The parameters of `probe`.
@@ -206,23 +207,26 @@ impl Kind for Probe {
     const ABOUT: &'static str = "manifold capacity, radius, dimension (MFTMA) and a linear probe per epoch, layer and labeling";
 
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[Slot {
-            name: "activations",
-            kinds: &[crate::stages::activations::NAME],
-        }])
+        Inputs::Slots(&[slots::ACTIVATIONS])
     }
     fn check(&self, p: &ProbeParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
         if p.n_t < 1 {
             return Err(ParamError::param(
-                "n_t",
+                ProbeParams::n_t,
                 "must be at least 1 (200 is usual)",
             ));
         }
         if p.kappa < 0.0 {
-            return Err(ParamError::param("kappa", "must not be negative"));
+            return Err(ParamError::param(
+                ProbeParams::kappa,
+                "must not be negative",
+            ));
         }
         if p.threads < 1 {
-            return Err(ParamError::param("threads", "must be at least 1"));
+            return Err(ParamError::param(
+                ProbeParams::threads,
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -232,13 +236,19 @@ impl Kind for Probe {
     /// One part per epoch of the activations, named like it (`epoch 5`).
     fn parts(&self, _p: &ProbeParams, keys: &KeyInputs<'_>) -> Vec<Part> {
         let specs = ProbeParams::specs();
-        keys.parts_per_input_part("activations", EPOCH_PART_KIND, VERSION, specs, &[])
+        keys.parts_per_input_part(
+            slots::ACTIVATIONS.name,
+            EPOCH_PART_KIND,
+            VERSION,
+            specs,
+            &[],
+        )
     }
     fn threads(&self, p: &ProbeParams) -> usize {
         p.threads.max(1) as usize
     }
     fn run(&self, p: &ProbeParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        let dir = ctx.input("activations")?.to_path_buf();
+        let dir = ctx.input(slots::ACTIVATIONS.name)?.to_path_buf();
         let info: ActivationsInfo =
             serde_json::from_slice(&std::fs::read(dir.join("activations.json"))?)?;
         let set = ProbeSet::read_in(&dir)?;

@@ -2,6 +2,7 @@
 //! the accuracies that gives. The work needs libtorch and runs in the worker
 //! (`torch/src/stages/rollback.rs`); see science.md.
 
+use crate::stages::slots;
 use crate::stages::trained::{
     EpochRef, Layers, TRAIN_INPUT, check_epochs, checkpoint_parts, train_params,
 };
@@ -10,7 +11,7 @@ use pipe_engine::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
 use pipe_engine::table::StoredTable;
 
 /// The kind's name, as written `kind = "rollback"`.
-pub const NAME: &str = "rollback";
+pub const NAME: &str = slots::names::ROLLBACK;
 
 pipe_engine::stage_params! {
     /// The parameters of `rollback`.
@@ -39,7 +40,8 @@ impl Kind for Rollback {
         let train = train_params(env)?;
         check_epochs(std::slice::from_ref(&p.final_epoch), "final", &train)?;
         check_epochs(&p.from_epochs, "from_epochs", &train)?;
-        p.cutoffs.check("cutoffs", "each-layer", &train, false)?;
+        p.cutoffs
+            .check(RollbackParams::cutoffs, "each-layer", &train, false)?;
         p.worker.check()
     }
     fn reads(&self, p: &RollbackParams, _slot: &str, up: &InputInfo<'_>) -> Option<Vec<String>> {

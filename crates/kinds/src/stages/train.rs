@@ -6,6 +6,7 @@
 //! Each kept epoch is its own artifact (a part, see `StageKind::parts`) whose key leaves
 //! out `epochs` and `checkpoints`, so a longer run resumes from a shorter one's last epoch.
 
+use crate::stages::slots;
 use pipe_engine::table::StoredTable;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -16,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use crate::tables::Metrics;
 use crate::worker::WorkerParams;
 use pipe_engine::plan::compute_key;
-use pipe_engine::stage::{CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, Slot};
+use pipe_engine::stage::{CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
 use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "train"`.
-pub const NAME: &str = "train";
+pub const NAME: &str = slots::names::TRAIN;
 
 /// Code version of `train` and of its checkpoints.
 pub const VERSION: u32 = 4;
@@ -117,9 +118,9 @@ impl TrainParams {
     /// the schedule depends on it) and `checkpoints`, plus the epoch.
     pub fn checkpoint_key(&self, keys: &KeyInputs<'_>, epoch: i64) -> String {
         let leave_out: &[&str] = if self.schedule == Schedule::Cosine {
-            &["checkpoints"]
+            &[TrainParams::checkpoints]
         } else {
-            &["checkpoints", "epochs"]
+            &[TrainParams::checkpoints, TrainParams::epochs]
         };
         let mut p = keys.key_params(TrainParams::specs(), leave_out);
         p.insert("epoch".into(), serde_json::Value::from(epoch));
@@ -130,15 +131,15 @@ impl TrainParams {
     fn check_width(&self, w: f64) -> Result<(), ParamError> {
         match self.model {
             Model::Mlp => Err(ParamError::param(
-                "width",
+                TrainParams::width,
                 "mlp takes its widths from `hidden`",
             )),
             Model::Resnet18 if w < 1.0 || w.fract() != 0.0 => Err(ParamError::param(
-                "width",
+                TrainParams::width,
                 format!("resnet18: k must be a whole number of channels, at least 1, got {w}"),
             )),
             _ if !(w > 0.0 && w.is_finite()) => Err(ParamError::param(
-                "width",
+                TrainParams::width,
                 format!("must be a positive multiplier, got {w}"),
             )),
             _ => Ok(()),
@@ -306,41 +307,44 @@ impl Kind for Train {
     const ABOUT: &'static str = "trains a network on the corrupted labels; per-epoch metrics and checkpoints (each its own artifact)";
 
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[
-            Slot {
-                name: "dataset",
-                kinds: &["dataset"],
-            },
-            Slot {
-                name: "labels",
-                kinds: &["corrupt", "clean"],
-            },
-        ])
+        Inputs::Slots(&[slots::DATASET, slots::LABELS])
     }
     fn check(&self, p: &TrainParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
         if p.epochs < 1 {
-            return Err(ParamError::param("epochs", "must be at least 1"));
+            return Err(ParamError::param(TrainParams::epochs, "must be at least 1"));
         }
         if p.batch_size < 1 {
-            return Err(ParamError::param("batch_size", "must be at least 1"));
+            return Err(ParamError::param(
+                TrainParams::batch_size,
+                "must be at least 1",
+            ));
         }
         if p.lr <= 0.0 {
             return Err(ParamError::param(
-                "lr",
+                TrainParams::lr,
                 format!("must be positive, got {}", p.lr),
             ));
         }
         if !(0.0..1.0).contains(&p.momentum) {
-            return Err(ParamError::param("momentum", "must be in [0, 1)"));
+            return Err(ParamError::param(
+                TrainParams::momentum,
+                "must be in [0, 1)",
+            ));
         }
         if p.weight_decay < 0.0 {
-            return Err(ParamError::param("weight_decay", "must not be negative"));
+            return Err(ParamError::param(
+                TrainParams::weight_decay,
+                "must not be negative",
+            ));
         }
         if p.gamma <= 0.0 {
-            return Err(ParamError::param("gamma", "must be positive"));
+            return Err(ParamError::param(TrainParams::gamma, "must be positive"));
         }
         if p.hidden.iter().any(|&w| w < 1) {
-            return Err(ParamError::param("hidden", "widths must be at least 1"));
+            return Err(ParamError::param(
+                TrainParams::hidden,
+                "widths must be at least 1",
+            ));
         }
         if let Some(w) = p.width {
             p.check_width(w)?;
@@ -349,7 +353,7 @@ impl Kind for Train {
         for l in &p.freeze {
             if l == "input" || !names.contains(l) {
                 return Err(ParamError::param(
-                    "freeze",
+                    TrainParams::freeze,
                     format!(
                         "unknown layer \"{l}\"{}; this model's layers: {}",
                         pipe_engine::error::suggest(l, names.iter().skip(1).map(String::as_str)),
@@ -360,13 +364,13 @@ impl Kind for Train {
         }
         if p.freeze.len() == names.len() - 1 {
             return Err(ParamError::param(
-                "freeze",
+                TrainParams::freeze,
                 "freezes every layer: nothing would train",
             ));
         }
         if let Some(bad) = p.checkpoints.iter().find(|&&e| e < 0 || e > p.epochs) {
             return Err(ParamError::param(
-                "checkpoints",
+                TrainParams::checkpoints,
                 format!("epoch {bad} is outside 0..={}", p.epochs),
             ));
         }

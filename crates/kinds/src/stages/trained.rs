@@ -2,6 +2,7 @@
 //! references (`5` or `"final"`), layer selections, and the checks of both against the
 //! train instance's parameters.
 
+use crate::stages::slots;
 use std::fmt;
 use std::path::Path;
 
@@ -13,14 +14,11 @@ use crate::stages::train::{self, CheckpointRef, TrainParams};
 use pipe_engine::stage::{CheckEnv, InputInfo, ParamError, ParamType, ParamValue, Slot};
 
 /// The input slot of every analysis: one `train` instance.
-pub const TRAIN_INPUT: &[Slot] = &[Slot {
-    name: "train",
-    kinds: &[train::NAME],
-}];
+pub const TRAIN_INPUT: &[Slot] = &[slots::TRAIN];
 
 /// The parameters of the train instance filling the `train` slot.
 pub fn train_params(env: &CheckEnv<'_>) -> Result<std::sync::Arc<TrainParams>, ParamError> {
-    env.input("train")
+    env.input(slots::TRAIN.name)
         .ok_or_else(|| ParamError::stage("needs a `train` input"))?
         .params
         .typed::<TrainParams>()
