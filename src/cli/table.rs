@@ -57,19 +57,7 @@ const COLUMNS: &[&str] = &[
 pub fn table(args: &TableArgs) -> Result<i32, Error> {
     let loaded = load(&args.pipeline, true)?;
     let (plan, store) = (&loaded.plan, &loaded.store);
-    let filters = args
-        .filter
-        .iter()
-        .map(|w| Selector::parse(w).map_err(|e| Error::usage(format!("--where: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    for f in &filters {
-        if f.stage.is_some() {
-            return Err(Error::usage(format!(
-                "--where {f}: write VARIABLE=VALUE,... (no stage)"
-            )));
-        }
-        f.check(plan).map_err(Error::usage)?;
-    }
+    let filters = where_filters(&args.filter, plan)?;
     let index = store.read_index(&plan.spec.name);
     let states = status::status(plan, store, &index);
     let mut rows: Vec<Row> = states
@@ -82,47 +70,80 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
         .map(|s| row(plan, store, s.node, s.state))
         .collect();
     if let Some(col) = &args.sort {
-        let (col, desc) = match col.strip_prefix('-') {
-            Some(c) => (c, true),
-            None => (col.as_str(), false),
-        };
-        let vars: Vec<&str> = plan.spec.sweep.var_names();
-        if !COLUMNS.contains(&col) && !vars.contains(&col) {
-            return Err(Error::usage(format!(
-                "--sort {col}: sort by one of {} or a sweep variable ({})",
-                COLUMNS.join(", "),
-                vars.join(", ")
-            )));
-        }
-        rows.sort_by(|a, b| {
-            let o = sort_value(a, col).total_cmp(&sort_value(b, col));
-            if desc { o.reverse() } else { o }
-        });
+        sort_rows(&mut rows, col, &plan.spec.sweep.var_names())?;
     }
     if rows.is_empty() {
+        let where_asked = if filters.is_empty() { "" } else { " where asked" };
         return Err(Error::usage(format!(
-            "{} has no train instance{}",
+            "{} has no train instance{where_asked}",
             plan.spec.path.display(),
-            if filters.is_empty() {
-                ""
-            } else {
-                " where asked"
-            }
         )));
     }
     if args.json {
         return print_json(&rows).map(|_| 0);
     }
-    let vars: Vec<String> = vars_of(&rows);
+    let (header, body) = text_cells(&rows);
+    if args.csv {
+        outln!("{}", header.join(","));
+        for b in &body {
+            outln!(
+                "{}",
+                b.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",")
+            );
+        }
+    } else {
+        print_aligned(&header, &body);
+    }
+    Ok(0)
+}
+
+/// The `--where VARIABLE=VALUE,...` filters, checked against the plan.
+fn where_filters(given: &[String], plan: &Plan) -> Result<Vec<Selector>, Error> {
+    let filters = given
+        .iter()
+        .map(|w| Selector::parse(w).map_err(|e| Error::usage(format!("--where: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    for f in &filters {
+        if f.stage.is_some() {
+            return Err(Error::usage(format!(
+                "--where {f}: write VARIABLE=VALUE,... (no stage)"
+            )));
+        }
+        f.check(plan).map_err(Error::usage)?;
+    }
+    Ok(filters)
+}
+
+/// Sorts by `--sort COLUMN` (`-COLUMN`: descending), a column or a sweep variable.
+fn sort_rows(rows: &mut [Row], col: &str, vars: &[&str]) -> Result<(), Error> {
+    let (col, desc) = match col.strip_prefix('-') {
+        Some(c) => (c, true),
+        None => (col, false),
+    };
+    if !COLUMNS.contains(&col) && !vars.contains(&col) {
+        return Err(Error::usage(format!(
+            "--sort {col}: sort by one of {} or a sweep variable ({})",
+            COLUMNS.join(", "),
+            vars.join(", ")
+        )));
+    }
+    rows.sort_by(|a, b| {
+        let o = sort_value(a, col).total_cmp(&sort_value(b, col));
+        if desc { o.reverse() } else { o }
+    });
+    Ok(())
+}
+
+/// The header (stage, sweep variables, [`COLUMNS`]) and each row's cells as text.
+fn text_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
+    let vars: Vec<String> = vars_of(rows);
     let cells = |r: &Row| -> Vec<String> {
-        let mut c: Vec<String> = vars
-            .iter()
-            .map(|v| {
-                r.point
-                    .get(v)
-                    .map_or(String::new(), pipe_engine::spec::template::display)
-            })
-            .collect();
+        let mut c = vec![r.stage.clone()];
+        c.extend(vars.iter().map(|v| {
+            r.point
+                .get(v)
+                .map_or(String::new(), pipe_engine::spec::template::display)
+        }));
         c.extend([
             num(r.final_test_acc),
             num(r.best_test_acc),
@@ -137,24 +158,11 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
     let mut header: Vec<String> = vec!["stage".into()];
     header.extend(vars.iter().cloned());
     header.extend(COLUMNS.iter().map(|c| c.to_string()));
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let mut c = vec![r.stage.clone()];
-            c.extend(cells(r));
-            c
-        })
-        .collect();
-    if args.csv {
-        outln!("{}", header.join(","));
-        for b in &body {
-            outln!(
-                "{}",
-                b.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(",")
-            );
-        }
-        return Ok(0);
-    }
+    (header, rows.iter().map(cells).collect())
+}
+
+/// Prints the cells in left-aligned columns (each at most 120 wide), two spaces apart.
+fn print_aligned(header: &[String], body: &[Vec<String>]) {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             body.iter()
@@ -175,11 +183,10 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
             .trim_end()
             .to_string()
     };
-    outln!("{}", line(&header));
-    for b in &body {
+    outln!("{}", line(header));
+    for b in body {
         outln!("{}", line(b));
     }
-    Ok(0)
 }
 
 /// The sweep variables the rows have, in order of first appearance.

@@ -25,7 +25,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Loc};
 pub use crate::key::{KEY_SCHEMA, canonical_json, compute_key};
-use crate::spec::{Spec, template};
+use crate::spec::{Spec, StageSpec, template};
 use crate::stage::{CheckEnv, InputInfo, Params, Presence};
 use crate::store::Store;
 use crate::store::index::{IndexEntry, entry_id};
@@ -235,157 +235,30 @@ impl Instance {
 impl Plan {
     /// Expands a spec into instances, resolving and checking every parameter.
     pub fn build(spec: Spec, hasher: &mut FileHasher) -> Result<Plan, Error> {
-        let sweep = &spec.sweep;
-        // The sweep variables each stage depends on: its own and its inputs'.
-        let mut deps: Vec<Vec<usize>> = Vec::with_capacity(spec.stages.len());
-        for stage in &spec.stages {
-            let mut d: BTreeSet<usize> = stage.vars.clone();
-            for r in &stage.inputs {
-                d.extend(deps[r.index].iter().copied());
-            }
-            deps.push(d.into_iter().collect());
-        }
-        // At most this many instances: sized once, a large sweep's nodes are not copied
-        // (and doubled) as they grow.
-        let counts: Vec<usize> = deps
-            .iter()
-            .map(|d| {
-                d.iter()
-                    .map(|&v| sweep.vars[v].values.len())
-                    .try_fold(1usize, usize::checked_mul)
-                    .unwrap_or(usize::MAX)
-                    .min(sweep.points.len())
-            })
-            .collect();
-        let bound = counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
-        let edges = spec.stages.iter().zip(&counts).fold(0usize, |a, (s, &c)| {
-            a.saturating_add(s.inputs.len().saturating_mul(c))
-        });
+        let deps = stage_deps(&spec);
+        let (counts, bound, edges) = capacity(&spec, &deps);
         let mut graph: DiGraph<Instance, ()> = DiGraph::with_capacity(bound, edges);
         let mut order = Vec::with_capacity(bound);
         let mut by_point: Vec<HashMap<ProjKey, NodeIndex>> = Vec::with_capacity(spec.stages.len());
-        let mut defaults: HashMap<&'static str, Json> = HashMap::new();
-
-        for (si, stage) in spec.stages.iter().enumerate() {
-            let d = &deps[si];
-            let mut map: HashMap<ProjKey, NodeIndex> = HashMap::with_capacity(counts[si]);
-            for point in &sweep.points {
-                let proj = ProjKey::of(d, point, sweep);
+        let mut defaults = Defaults::default();
+        for (si, &count) in counts.iter().enumerate() {
+            let mut map: HashMap<ProjKey, NodeIndex> = HashMap::with_capacity(count);
+            for point in &spec.sweep.points {
+                let proj = ProjKey::of(&deps[si], point, &spec.sweep);
                 if map.contains_key(&proj) {
                     continue;
                 }
-                let lookup = |name: &str| -> Option<Json> {
-                    let v = sweep.var_index(name)?;
-                    Some(sweep.vars[v].values[point[v]].clone())
+                let at = InstanceAt {
+                    spec: &spec,
+                    stage_index: si,
+                    deps: &deps,
+                    point,
                 };
-                let point_ids: Box<[(u32, u32)]> =
-                    d.iter().map(|&v| (v as u32, point[v] as u32)).collect();
-                let mut params: Vec<(&'static str, Json)> = Vec::with_capacity(stage.params.len());
-                for (p, given) in &stage.params {
-                    let path = format!("stage.{}.{}", stage.name, p.name);
-                    let (raw, loc) = match (given, p.presence) {
-                        (Some(n), _) => (template::resolve(n, &lookup, &path)?, n.loc.clone()),
-                        (None, Presence::Default(lit)) => {
-                            let v = match defaults.get(lit) {
-                                Some(v) => v.clone(),
-                                None => {
-                                    let v = crate::stage::default_literal(lit)
-                                        .map_err(|m| Error::at(&stage.loc, &path, m))?;
-                                    defaults.insert(lit, v.clone());
-                                    v
-                                }
-                            };
-                            (v, stage.loc.clone())
-                        }
-                        (None, _) => continue,
-                    };
-                    let v = p.ty.coerce(raw).map_err(|m| Error::at(&loc, &path, m))?;
-                    params.push((p.name, v));
-                }
-                let mut inputs = Vec::with_capacity(stage.inputs.len());
-                let mut input_recipes = Vec::with_capacity(stage.inputs.len());
-                for r in &stage.inputs {
-                    let up = by_point[r.index][&ProjKey::of(&deps[r.index], point, sweep)];
-                    input_recipes.push((r.slot.clone(), graph[up].recipe.clone()));
-                    inputs.push((r.slot.clone(), up));
-                }
-                let params = Params::declared(params);
-                let upstream: Vec<InputInfo<'_>> = stage
-                    .inputs
-                    .iter()
-                    .zip(&inputs)
-                    .map(|(r, (slot, up))| InputInfo {
-                        slot: slot.clone(),
-                        kind: spec.stages[r.index].kind.name(),
-                        params: &graph[*up].params,
-                    })
-                    .collect();
-                let env = CheckEnv {
-                    base_dir: &spec.base_dir,
-                    inputs: &upstream,
-                };
-                stage.kind.check(&params, &env).map_err(|e| {
-                    let (loc, path) = param_loc(stage, e.param);
-                    let at_point = if point_ids.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (at {})", point_label(&sweep.point_json(&point_ids)))
-                    };
-                    Error::at(&loc, &path, format!("{}{at_point}", e.message))
-                })?;
-                let mut files = Vec::new();
-                for f in stage.kind.files(&params, &env) {
-                    let h = hasher.hash(&f.path).map_err(|e| {
-                        let (loc, path) = param_loc(stage, Some("files"));
-                        Error::at(
-                            &loc,
-                            &path,
-                            format!(
-                                "cannot read declared file {} ({}): {e}",
-                                f.name,
-                                f.path.display()
-                            ),
-                        )
-                    })?;
-                    files.push((f.name, h));
-                }
-                files.sort();
-                let reads: Vec<Option<Vec<String>>> = upstream
-                    .iter()
-                    .map(|u| stage.kind.reads(&params, &u.slot, u))
-                    .collect();
-                drop(upstream);
-                let recipe = compute_key(
-                    stage.kind.name(),
-                    stage.kind.version(),
-                    &key_params_of(stage.kind, &params),
-                    &input_recipes,
-                    &files,
-                );
-                let resolved = Late::default();
-                if inputs.is_empty() {
-                    // With no input the recipe is the key.
-                    resolved.set(Resolved {
-                        key: recipe.clone(),
-                        input_ids: Vec::new(),
-                        input_parts: Vec::new(),
-                    });
-                }
-                let threads = stage.kind.threads(&params).max(1);
-                let idx = graph.add_node(Instance {
-                    stage: si,
-                    point: point_ids,
-                    params,
-                    inputs: inputs.clone(),
-                    reads,
-                    files,
-                    recipe,
-                    resolved,
-                    digest: Late::default(),
-                    threads,
-                });
-                for (_, up) in &inputs {
-                    graph.add_edge(*up, idx, ());
+                let inst = at.instance(&graph, &by_point, &mut defaults, hasher)?;
+                let inputs: Vec<NodeIndex> = inst.inputs.iter().map(|(_, up)| *up).collect();
+                let idx = graph.add_node(inst);
+                for up in inputs {
+                    graph.add_edge(up, idx, ());
                 }
                 order.push(idx);
                 map.insert(proj, idx);
@@ -566,6 +439,215 @@ impl Plan {
             out.push(n);
         }
         out
+    }
+}
+
+/// The sweep variables each stage depends on: its own and its inputs', by stage index.
+fn stage_deps(spec: &Spec) -> Vec<Vec<usize>> {
+    let mut deps: Vec<Vec<usize>> = Vec::with_capacity(spec.stages.len());
+    for stage in &spec.stages {
+        let mut d: BTreeSet<usize> = stage.vars.clone();
+        for r in &stage.inputs {
+            d.extend(deps[r.index].iter().copied());
+        }
+        deps.push(d.into_iter().collect());
+    }
+    deps
+}
+
+/// At most how many instances each stage has, and bounds on all nodes and edges: the graph
+/// is sized once, so a large sweep's nodes are not copied (and doubled) as they grow.
+fn capacity(spec: &Spec, deps: &[Vec<usize>]) -> (Vec<usize>, usize, usize) {
+    let sweep = &spec.sweep;
+    let counts: Vec<usize> = deps
+        .iter()
+        .map(|d| {
+            d.iter()
+                .map(|&v| sweep.vars[v].values.len())
+                .try_fold(1usize, usize::checked_mul)
+                .unwrap_or(usize::MAX)
+                .min(sweep.points.len())
+        })
+        .collect();
+    let bound = counts.iter().fold(0usize, |a, &c| a.saturating_add(c));
+    let edges = spec.stages.iter().zip(&counts).fold(0usize, |a, (s, &c)| {
+        a.saturating_add(s.inputs.len().saturating_mul(c))
+    });
+    (counts, bound, edges)
+}
+
+/// Parsed default literals, by literal: a large sweep parses each once.
+#[derive(Default)]
+struct Defaults(HashMap<&'static str, Json>);
+
+impl Defaults {
+    /// The value of the default literal `lit`, or a located error.
+    fn get(&mut self, lit: &'static str, stage: &StageSpec, path: &str) -> Result<Json, Error> {
+        if let Some(v) = self.0.get(lit) {
+            return Ok(v.clone());
+        }
+        let v = crate::stage::default_literal(lit).map_err(|m| Error::at(&stage.loc, path, m))?;
+        self.0.insert(lit, v.clone());
+        Ok(v)
+    }
+}
+
+/// One stage at one sweep point, while the plan is built: what its instance is made from.
+struct InstanceAt<'s> {
+    spec: &'s Spec,
+    stage_index: usize,
+    deps: &'s [Vec<usize>],
+    point: &'s [usize],
+}
+
+impl InstanceAt<'_> {
+    fn stage(&self) -> &StageSpec {
+        &self.spec.stages[self.stage_index]
+    }
+
+    /// The instance: parameters resolved, checked against its inputs, declared files
+    /// hashed, its recipe (and, with no input, its key).
+    fn instance(
+        &self,
+        graph: &DiGraph<Instance, ()>,
+        by_point: &[HashMap<ProjKey, NodeIndex>],
+        defaults: &mut Defaults,
+        hasher: &mut FileHasher,
+    ) -> Result<Instance, Error> {
+        let (stage, sweep) = (self.stage(), &self.spec.sweep);
+        let point_ids: Box<[(u32, u32)]> = self.deps[self.stage_index]
+            .iter()
+            .map(|&v| (v as u32, self.point[v] as u32))
+            .collect();
+        let params = self.params(defaults)?;
+        let mut inputs = Vec::with_capacity(stage.inputs.len());
+        let mut input_recipes = Vec::with_capacity(stage.inputs.len());
+        for r in &stage.inputs {
+            let up = by_point[r.index][&ProjKey::of(&self.deps[r.index], self.point, sweep)];
+            input_recipes.push((r.slot.clone(), graph[up].recipe.clone()));
+            inputs.push((r.slot.clone(), up));
+        }
+        let upstream: Vec<InputInfo<'_>> = stage
+            .inputs
+            .iter()
+            .zip(&inputs)
+            .map(|(r, (slot, up))| InputInfo {
+                slot: slot.clone(),
+                kind: self.spec.stages[r.index].kind.name(),
+                params: &graph[*up].params,
+            })
+            .collect();
+        let env = CheckEnv {
+            base_dir: &self.spec.base_dir,
+            inputs: &upstream,
+        };
+        self.check(&params, &env, &point_ids)?;
+        let files = self.hash_files(&params, &env, hasher)?;
+        let reads: Vec<Option<Vec<String>>> = upstream
+            .iter()
+            .map(|u| stage.kind.reads(&params, &u.slot, u))
+            .collect();
+        drop(upstream);
+        let recipe = compute_key(
+            stage.kind.name(),
+            stage.kind.version(),
+            &key_params_of(stage.kind, &params),
+            &input_recipes,
+            &files,
+        );
+        let resolved = Late::default();
+        if inputs.is_empty() {
+            // With no input the recipe is the key.
+            resolved.set(Resolved {
+                key: recipe.clone(),
+                input_ids: Vec::new(),
+                input_parts: Vec::new(),
+            });
+        }
+        let threads = stage.kind.threads(&params).max(1);
+        Ok(Instance {
+            stage: self.stage_index,
+            point: point_ids,
+            params,
+            inputs,
+            reads,
+            files,
+            recipe,
+            resolved,
+            digest: Late::default(),
+            threads,
+        })
+    }
+
+    /// The stage's parameters at this point: `${var}` references resolved, defaults filled
+    /// in, each coerced to its declared type (errors located at the value).
+    fn params(&self, defaults: &mut Defaults) -> Result<Params, Error> {
+        let (stage, sweep) = (self.stage(), &self.spec.sweep);
+        let lookup = |name: &str| -> Option<Json> {
+            let v = sweep.var_index(name)?;
+            Some(sweep.vars[v].values[self.point[v]].clone())
+        };
+        let mut params: Vec<(&'static str, Json)> = Vec::with_capacity(stage.params.len());
+        for (p, given) in &stage.params {
+            let path = format!("stage.{}.{}", stage.name, p.name);
+            let (raw, loc) = match (given, p.presence) {
+                (Some(n), _) => (template::resolve(n, &lookup, &path)?, n.loc.clone()),
+                (None, Presence::Default(lit)) => {
+                    (defaults.get(lit, stage, &path)?, stage.loc.clone())
+                }
+                (None, _) => continue,
+            };
+            let v = p.ty.coerce(raw).map_err(|m| Error::at(&loc, &path, m))?;
+            params.push((p.name, v));
+        }
+        Ok(Params::declared(params))
+    }
+
+    /// The kind's own checks, the error located at the parameter it names and the point.
+    fn check(
+        &self,
+        params: &Params,
+        env: &CheckEnv<'_>,
+        point_ids: &[(u32, u32)],
+    ) -> Result<(), Error> {
+        let stage = self.stage();
+        stage.kind.check(params, env).map_err(|e| {
+            let (loc, path) = param_loc(stage, e.param);
+            let at_point = if point_ids.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (at {})",
+                    point_label(&self.spec.sweep.point_json(point_ids))
+                )
+            };
+            Error::at(&loc, &path, format!("{}{at_point}", e.message))
+        })
+    }
+
+    /// The declared files' content hashes, sorted by name.
+    fn hash_files(
+        &self,
+        params: &Params,
+        env: &CheckEnv<'_>,
+        hasher: &mut FileHasher,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let stage = self.stage();
+        let mut files = Vec::new();
+        for f in stage.kind.files(params, env) {
+            let h = hasher.hash(&f.path).map_err(|e| {
+                let (loc, path) = param_loc(stage, Some("files"));
+                let what = format!(
+                    "cannot read declared file {} ({}): {e}",
+                    f.name,
+                    f.path.display()
+                );
+                Error::at(&loc, &path, what)
+            })?;
+            files.push((f.name, h));
+        }
+        files.sort();
+        Ok(files)
     }
 }
 
