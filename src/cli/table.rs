@@ -73,7 +73,11 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
         sort_rows(&mut rows, col, &plan.spec.sweep.var_names())?;
     }
     if rows.is_empty() {
-        let where_asked = if filters.is_empty() { "" } else { " where asked" };
+        let where_asked = if filters.is_empty() {
+            ""
+        } else {
+            " where asked"
+        };
         return Err(Error::usage(format!(
             "{} has no train instance{where_asked}",
             plan.spec.path.display(),
