@@ -206,7 +206,7 @@ impl Kind for Clean {
             ))
             .into());
         }
-        out.write_in(&ctx.out)?;
+        out.write_in(ctx.out)?;
         std::fs::write(
             ctx.out.join("clean.json"),
             serde_json::to_vec_pretty(&summary)?,

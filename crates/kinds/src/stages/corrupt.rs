@@ -203,7 +203,7 @@ impl Kind for Corrupt {
             chosen: c.chosen,
             changed,
         }
-        .write_in(&ctx.out)
+        .write_in(ctx.out)
     }
 }
 

@@ -335,9 +335,9 @@ impl Kind for Detect {
                 tpr: curve.iter().map(|c| c.1).collect(),
             });
         }
-        scores.write_in(&ctx.out)?;
-        det.write_in(&ctx.out)?;
-        roc.write_in(&ctx.out)?;
+        scores.write_in(ctx.out)?;
+        det.write_in(ctx.out)?;
+        roc.write_in(ctx.out)?;
         Ok(())
     }
 }

@@ -299,7 +299,7 @@ impl Kind for Embed {
                 Ok(())
             },
         )?;
-        table.write_in(&ctx.out)
+        table.write_in(ctx.out)
     }
 }
 

@@ -293,8 +293,8 @@ impl Kind for Probe {
                 Ok(())
             },
         )?;
-        probe.write_in(&ctx.out)?;
-        manifolds.write_in(&ctx.out)
+        probe.write_in(ctx.out)?;
+        manifolds.write_in(ctx.out)
     }
 }
 
