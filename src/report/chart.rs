@@ -4,6 +4,7 @@
 
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -231,27 +232,21 @@ pub fn panels_svg(title: &str, panels: &[Panel], columns: usize) -> Result<Strin
     Ok(svg)
 }
 
+/// Draws one panel: axes, the mean line of each series, its sd band, and markers when
+/// there are few points.
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     p: &Panel,
     color_of: &dyn Fn(&str) -> RGBColor,
 ) -> Result<()> {
-    // A log axis is drawn as a linear axis of log10(x), labelled with x.
+    let log_x = p.log_x && p.x_names.is_none();
     let logged;
-    let p = if p.log_x && p.x_names.is_none() {
-        let mut q = p.clone();
-        for l in &mut q.lines {
-            l.points.retain(|(x, _)| *x > 0.0);
-            for (x, _) in &mut l.points {
-                *x = x.log10();
-            }
-        }
-        logged = q;
+    let p = if log_x {
+        logged = log_scaled(p);
         &logged
     } else {
         p
     };
-    let log_x = p.log_x && p.x_names.is_none();
     let xs = p
         .lines
         .iter()
@@ -283,28 +278,7 @@ fn draw_panel<DB: DrawingBackend>(
         .y_label_area_size(58)
         .build_cartesian_2d(xlo..xhi, ylo..yhi)
         .map_err(err)?;
-    // Integer axes (epochs, layers) are labelled at integers only.
-    let name_of = |x: &f64| -> String {
-        let i = x.round();
-        let on_integer = (x - i).abs() < 1e-9;
-        match &p.x_names {
-            Some(names) if on_integer && i >= 0.0 => {
-                names.get(i as usize).cloned().unwrap_or_default()
-            }
-            Some(_) => String::new(),
-            None if log_x => {
-                let v = 10f64.powf(*x);
-                if v >= 10.0 {
-                    format!("{v:.0}")
-                } else {
-                    format!("{v:.2}")
-                }
-            }
-            None if on_integer => format!("{i:.0}"),
-            None if integer_x => String::new(),
-            None => format!("{x:.2}"),
-        }
-    };
+    let name_of = |x: &f64| x_tick(p, log_x, integer_x, *x);
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(p.x_label.as_str())
         .y_desc(p.y_label.as_str())
@@ -319,33 +293,77 @@ fn draw_panel<DB: DrawingBackend>(
     }
     mesh.draw().map_err(err)?;
     for line in &p.lines {
-        let color = color_of(&line.name);
-        if line.points.iter().any(|(_, s)| s.sd > 0.0) {
-            let mut band: Vec<(f64, f64)> =
-                line.points.iter().map(|(x, s)| (*x, s.high())).collect();
-            band.extend(line.points.iter().rev().map(|(x, s)| (*x, s.low())));
-            chart
-                .draw_series(std::iter::once(Polygon::new(
-                    band,
-                    color.mix(0.18).filled(),
-                )))
-                .map_err(err)?;
+        draw_line(&mut chart, line, color_of(&line.name))?;
+    }
+    Ok(())
+}
+
+/// The panel with x replaced by log10(x) (points at x <= 0 dropped): a log axis is drawn
+/// as a linear axis of log10(x), labelled with x.
+fn log_scaled(p: &Panel) -> Panel {
+    let mut q = p.clone();
+    for l in &mut q.lines {
+        l.points.retain(|(x, _)| *x > 0.0);
+        for (x, _) in &mut l.points {
+            *x = x.log10();
         }
+    }
+    q
+}
+
+/// The label of the x tick at `x`: a category's name, the value behind a log axis, and
+/// integer axes (epochs, layers) labelled at integers only.
+fn x_tick(p: &Panel, log_x: bool, integer_x: bool, x: f64) -> String {
+    let i = x.round();
+    let on_integer = (x - i).abs() < 1e-9;
+    match &p.x_names {
+        Some(names) if on_integer && i >= 0.0 => names.get(i as usize).cloned().unwrap_or_default(),
+        Some(_) => String::new(),
+        None if log_x => {
+            let v = 10f64.powf(x);
+            if v >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        }
+        None if on_integer => format!("{i:.0}"),
+        None if integer_x => String::new(),
+        None => format!("{x:.2}"),
+    }
+}
+
+/// One series: its sd band (when any sd is positive), its mean line, and markers when it
+/// has at most 12 points.
+fn draw_line<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    line: &Line,
+    color: RGBColor,
+) -> Result<()> {
+    if line.points.iter().any(|(_, s)| s.sd > 0.0) {
+        let mut band: Vec<(f64, f64)> = line.points.iter().map(|(x, s)| (*x, s.high())).collect();
+        band.extend(line.points.iter().rev().map(|(x, s)| (*x, s.low())));
         chart
-            .draw_series(LineSeries::new(
-                line.points.iter().map(|(x, s)| (*x, s.mean)),
-                color.stroke_width(2),
-            ))
+            .draw_series(std::iter::once(Polygon::new(
+                band,
+                color.mix(0.18).filled(),
+            )))
             .map_err(err)?;
-        if line.points.len() <= 12 {
-            chart
-                .draw_series(
-                    line.points
-                        .iter()
-                        .map(|(x, s)| Circle::new((*x, s.mean), 3, color.filled())),
-                )
-                .map_err(err)?;
-        }
+    }
+    chart
+        .draw_series(LineSeries::new(
+            line.points.iter().map(|(x, s)| (*x, s.mean)),
+            color.stroke_width(2),
+        ))
+        .map_err(err)?;
+    if line.points.len() <= 12 {
+        chart
+            .draw_series(
+                line.points
+                    .iter()
+                    .map(|(x, s)| Circle::new((*x, s.mean), 3, color.filled())),
+            )
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -435,6 +453,31 @@ pub fn scatter_svg(g: &ScatterGrid) -> Result<String> {
     }
     Ok(svg)
 }
+/// The heat map's cells as (column, row, mean), the reference column last.
+fn heat_cells(h: &Heat) -> Vec<(f64, f64, f64)> {
+    let mut cells: Vec<(f64, f64, f64)> = Vec::new();
+    for (r, row) in h.cells.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            if let Some(s) = cell {
+                cells.push((c as f64, r as f64, s.mean));
+            }
+        }
+    }
+    if let Some((_, s)) = &h.reference {
+        cells.extend((0..h.rows.len()).map(|r| (h.cols.len() as f64, r as f64, s.mean)));
+    }
+    cells
+}
+
+/// The name of the category at an integer tick, nothing between them.
+fn category_tick(names: &[String], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() < 1e-9 && i >= 0.0 {
+        names.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
 
 /// A heat map with every cell's mean written in it.
 pub fn heat_svg(h: &Heat) -> Result<String> {
@@ -476,16 +519,8 @@ pub fn heat_svg(h: &Heat) -> Result<String> {
             .y_label_area_size(64)
             .build_cartesian_2d(-0.5..ncols as f64 - 0.5, -0.5..nrows as f64 - 0.5)
             .map_err(err)?;
-        let label = |names: &[String], x: f64| -> String {
-            let i = x.round();
-            if (x - i).abs() < 1e-9 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
-        let col_label = |x: &f64| label(&names, *x);
-        let row_label = |y: &f64| label(&h.rows, *y);
+        let col_label = |x: &f64| category_tick(&names, *x);
+        let row_label = |y: &f64| category_tick(&h.rows, *y);
         chart
             .configure_mesh()
             .disable_mesh()
@@ -509,18 +544,7 @@ pub fn heat_svg(h: &Heat) -> Result<String> {
                     .pos(Pos::new(HPos::Center, VPos::Center)),
             )
         };
-        let mut cells: Vec<(f64, f64, f64)> = Vec::new();
-        for (r, row) in h.cells.iter().enumerate() {
-            for (c, cell) in row.iter().enumerate() {
-                if let Some(s) = cell {
-                    cells.push((c as f64, r as f64, s.mean));
-                }
-            }
-        }
-        if let Some((_, s)) = &h.reference {
-            cells.extend((0..h.rows.len()).map(|r| (h.cols.len() as f64, r as f64, s.mean)));
-        }
-        for (x, y, v) in cells {
+        for (x, y, v) in heat_cells(h) {
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
