@@ -88,6 +88,15 @@ pub fn page(
             escape(&over.join(", "))
         },
     );
+    finding_sections(&mut h, sections, figures);
+    plots_section(&mut h, sections, figures);
+    run_table(&mut h, runs);
+    h.push_str("</table>\n</body>\n</html>\n");
+    h
+}
+
+/// The sections of the findings numbered in `sections`, each with its figures.
+fn finding_sections(h: &mut String, sections: &[usize], figures: &[Figure]) {
     for (n, finding) in numbered() {
         if !sections.contains(&n) {
             continue;
@@ -120,6 +129,10 @@ pub fn page(
             );
         }
     }
+}
+
+/// The section of the pipeline's `[[report.plot]]` figures, when `sections` holds 0.
+fn plots_section(h: &mut String, sections: &[usize], figures: &[Figure]) {
     if sections.contains(&0) {
         let _ = write!(
             h,
@@ -142,6 +155,10 @@ pub fn page(
             );
         }
     }
+}
+
+/// The run table: every instance, cached or not, with when, how long and where it ran.
+fn run_table(h: &mut String, runs: &[RunRow]) {
     let cached = runs.iter().filter(|r| r.cached).count();
     let seconds: f64 = runs.iter().filter_map(|r| r.seconds).sum();
     let _ = write!(
@@ -173,8 +190,6 @@ pub fn page(
             k = escape(&r.key),
         );
     }
-    h.push_str("</table>\n</body>\n</html>\n");
-    h
 }
 
 /// Formats unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
