@@ -2,7 +2,14 @@
 
 use clap::CommandFactory;
 
-use super::{Cli, CompletionsArgs, out};
+use super::{Cli, out};
+
+/// Arguments of `pipe completions`.
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
 
 /// Runs `pipe completions`; returns its exit code.
 pub fn completions(args: &CompletionsArgs) -> i32 {

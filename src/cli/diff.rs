@@ -6,17 +6,36 @@ use crate::cli::outln;
 use pipe_engine::table::StoredTable;
 use pipe_kinds::tables::Metrics;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{DiffArgs, cache_dir, print_json};
+use super::{cache_dir, print_json};
 use pipe_engine::error::Error;
 use pipe_engine::plan::point_label;
 use pipe_engine::runs::{self, RunRecord};
 use pipe_engine::spec::template;
 use pipe_engine::store::{Manifest, Store};
 use pipe_kinds::stages::train::read_metrics;
+
+/// Arguments of `pipe diff`.
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    /// An instance (key or prefix, or `stage[point]`) or a run (`run:ID`, `run:last`).
+    pub a: String,
+    /// The other one, of the same sort.
+    pub b: String,
+    /// The pipeline file to look `stage[point]` up in [default: the cache's manifests].
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// One line of a diff: a name and the two sides (`null` where a side has none).
 #[derive(Serialize)]

@@ -1,13 +1,27 @@
 //! `pipe export`: one Parquet file per table kind across the sweep.
 
 use crate::cli::outln;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{ExportArgs, Item, load, note_left_out, print_json};
+use super::{Item, PipelineArgs, load, note_left_out, print_json};
 use crate::export::ExportedTable;
 use pipe_engine::error::Error;
+
+/// Arguments of `pipe export`.
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The folder to write `metrics.parquet`, `labels.parquet`, ... into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `pipe export --json`.
 #[derive(Serialize)]

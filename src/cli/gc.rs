@@ -9,12 +9,41 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{GcArgs, PipelineArgs, cache_dir, load, pipeline_cache, print_json};
+use super::{PipelineArgs, cache_dir, load, pipeline_cache, print_json};
 use pipe_engine::error::Error;
 use pipe_engine::plan::point_label;
 use pipe_engine::runs::{self, RunRecord};
 use pipe_engine::status;
 use pipe_engine::store::{GcPolicy, Removed, Store};
+
+/// Arguments of `pipe gc`.
+#[derive(clap::Args, Debug)]
+pub struct GcArgs {
+    /// Pipelines whose artifacts (at their current sweep, as written and with their last
+    /// run's overrides) are kept whatever their age.
+    pub files: Vec<PathBuf>,
+    /// Keep what any run of the last N days read or wrote, and every artifact younger
+    /// than N days; `--keep-days 0` keeps only what the pipelines reach and live runs hold.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 30.0,
+        allow_negative_numbers = true
+    )]
+    pub keep_days: f64,
+    /// Also keep what this run read or wrote (an id or prefix, or `last`; repeatable).
+    #[arg(long, value_name = "ID|last")]
+    pub run: Vec<String>,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The cache directory [default: $PIPE_CACHE, else the first file's, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `pipe gc --json`.
 #[derive(Serialize)]

@@ -2,14 +2,35 @@
 
 use crate::cli::out;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{LogArgs, print_json};
+use super::print_json;
 use pipe_engine::error::Error;
 use pipe_engine::store::Store;
+
+/// Arguments of `pipe log`.
+#[derive(clap::Args, Debug)]
+pub struct LogArgs {
+    /// A key (or unique prefix), or `stage[var=value,...]`.
+    pub key: String,
+    /// The pipeline file to look `stage[point]` up in [default: the cache's manifests and indexes].
+    pub file: Option<PathBuf>,
+    /// Narrow `stage` to this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// Keep printing what is appended to the log until the instance ends (like `tail -f`).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print `{"key", "path", "text"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `pipe log --json`.
 #[derive(Serialize)]

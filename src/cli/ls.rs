@@ -3,10 +3,25 @@
 use crate::cli::outln;
 use serde::Serialize;
 use serde_json::Value as Json;
+use std::path::PathBuf;
 
-use super::{LsArgs, cache_dir, print_json};
+use super::{cache_dir, print_json};
 use pipe_engine::error::Error;
 use pipe_engine::store::{Manifest, Store};
+
+/// Arguments of `pipe ls`.
+#[derive(clap::Args, Debug)]
+pub struct LsArgs {
+    /// Only artifacts made by this stage name.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// One artifact in `pipe ls --json`.
 #[derive(Serialize)]

@@ -5,8 +5,28 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{Item, ReportArgs, Verbosity, load, note_left_out, print_json};
+use super::{Item, PipelineArgs, Verbosity, load, note_left_out, print_json};
 use pipe_engine::error::Error;
+
+/// Arguments of `pipe report`.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The folder to write `index.html` and `figures/` into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Sweep variable to average over (repeatable) [default: seed].
+    #[arg(long, value_name = "VAR")]
+    pub over: Vec<String>,
+    /// The layer whose 2-D embedding is drawn [default: the last layer embedded].
+    #[arg(long, value_name = "LAYER")]
+    pub embed_layer: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `pipe report --json`.
 #[derive(Serialize)]

@@ -1,9 +1,30 @@
 //! `pipe rm`: removes the artifacts (and parts) of the instances a key or selector names.
 
 use crate::cli::outln;
+use std::path::PathBuf;
 
-use super::RmArgs;
 use pipe_engine::error::Error;
+
+/// Arguments of `pipe rm`.
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    /// A key (or unique prefix), or `stage` / `stage[var=value,...]`: every instance it names.
+    pub target: String,
+    /// The pipeline file to look the stage up in [default: the cache's manifests].
+    pub file: Option<PathBuf>,
+    /// Narrow to this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// Keep the instances' parts (checkpoints), so a rerun resumes from them.
+    #[arg(long)]
+    pub keep_parts: bool,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The cache directory [default: $PIPE_CACHE, else found from the file or working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
 
 /// Runs `pipe rm`; returns its exit code.
 pub fn rm(args: &RmArgs) -> Result<i32, Error> {

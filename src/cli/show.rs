@@ -1,9 +1,27 @@
 //! `pipe show`: an artifact's manifest, in words or as stored (JSON).
 
-use super::ShowArgs;
 use crate::cli::outln;
 use pipe_engine::error::Error;
 use pipe_engine::store::{Manifest, Store};
+use std::path::PathBuf;
+
+/// Arguments of `pipe show`.
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    /// A key (or unique prefix), or `stage[var=value,...]`.
+    pub key: String,
+    /// The pipeline file to look `stage[point]` up in [default: the cache's manifests].
+    pub file: Option<PathBuf>,
+    /// Narrow `stage` to this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs `pipe show`; returns its exit code.
 pub fn show(args: &ShowArgs) -> Result<i32, Error> {

@@ -9,12 +9,32 @@ use pipe_kinds::tables::Metrics;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{TableArgs, load, print_json};
+use super::{PipelineArgs, load, print_json};
 use pipe_engine::error::Error;
 use pipe_engine::plan::Plan;
 use pipe_engine::select::Selector;
 use pipe_engine::status::{self, State};
 use pipe_kinds::stages::train::read_metrics;
+
+/// Arguments of `pipe table`.
+#[derive(clap::Args, Debug)]
+pub struct TableArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Only rows at this point (`--where noise=0.4`; repeatable, all must hold).
+    #[arg(long = "where", value_name = "VAR=VALUE,...")]
+    pub filter: Vec<String>,
+    /// Sort by a column or sweep variable; `-COLUMN` sorts descending.
+    #[arg(long, value_name = "COLUMN", allow_hyphen_values = true)]
+    pub sort: Option<String>,
+    /// Print a JSON array.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV.
+    #[arg(long)]
+    pub csv: bool,
+}
 
 /// One row: a train instance.
 #[derive(Serialize, Clone)]

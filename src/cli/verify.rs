@@ -2,10 +2,25 @@
 
 use crate::cli::outln;
 use serde::Serialize;
+use std::path::PathBuf;
 
-use super::{VerifyArgs, cache_dir, print_json};
+use super::{cache_dir, print_json};
 use pipe_engine::error::Error;
 use pipe_engine::store::{Damage, Store};
+
+/// Arguments of `pipe verify`.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Remove damaged artifacts (they are recomputed by the next run).
+    #[arg(long)]
+    pub fix: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `pipe verify --json`.
 #[derive(Serialize)]

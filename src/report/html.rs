@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::findings::Figure;
+use super::findings::{Figure, numbered};
 
 /// One row of the run table.
 #[derive(Debug, Clone)]
@@ -41,60 +41,6 @@ pub fn escape(s: &str) -> String {
     }
     out
 }
-
-/// Each finding: the study's claim and what its figures show.
-const FINDINGS: [(&str, &str); 7] = [
-    (
-        "Memorization comes late",
-        "Test accuracy and the accuracy on corrupted training examples (label changed), scored \
-         against their (noisy) training labels and against their true labels, per epoch. With \
-         label noise, test accuracy peaks early and falls as the network fits the corrupted labels.",
-    ),
-    (
-        "Memorization lives in the deeper layers",
-        "Manifold capacity, radius and dimension per layer for the three labelings of the probe \
-         set (unpermuted: clean examples by label; permuted: corrupted examples by training label; \
-         restored: the same examples by true label), early in training and at the end.",
-    ),
-    (
-        "It is not vanishing gradients",
-        "The mean cross-entropy gradient of equally many clean and corrupted examples, split into \
-         its label-dependent part (1/n) sum J^T (y - 1/C) and label-independent part \
-         (1/n) sum J^T (p - 1/C) (the paper's Eq. 25 and Fig. A.1), per layer and epoch. Early \
-         in training the corrupted examples' label-dependent part is small next to the clean \
-         examples', while the label-independent parts are alike.",
-    ),
-    (
-        "It can be undone",
-        "Test accuracy of the final weights with the layers from a cut-off on rolled back to an \
-         earlier epoch's weights. The outlined column is the final accuracy without rollback.",
-    ),
-    (
-        "The three labelings, seen",
-        "A 2-D view (t-SNE or PCA) of one layer's representation of the probe set per epoch, each \
-         dot an example colored by class: unpermuted (clean examples, their label), permuted \
-         (corrupted examples, their training label) and restored (the same examples, their true \
-         label). Neighbour agreement is the share of an example's 10 nearest neighbours in 2-D \
-         that carry its label.",
-    ),
-    (
-        "Double descent with model size",
-        "For a sweep over a variable named `width`: test and train error at the final epoch \
-         against width (log axis), a line per group, and the last probed layer's manifold \
-         capacity, radius and dimension against width. Test error falls, peaks where the \
-         network can just interpolate the training set (train error reaches 0), and falls \
-         again as the network grows; label noise raises the peak.",
-    ),
-    (
-        "Beyond the paper: the mislabeled examples can be found from one training run",
-        "For pipelines with a `detect` stage: each method's ROC curve for finding the corrupted \
-         examples from one run's recorded training dynamics (true-positive rate against \
-         false-positive rate, averaged on a common grid), and the final test accuracy of the \
-         same network trained on the noisy labels, on the labels cleaned by each method's flags \
-         (`clean`), and on the truly clean examples only (the oracle). Cleaning recovers the \
-         whole gap when the cleaned run reaches the oracle's accuracy.",
-    ),
-];
 
 /// The heading of finding `i` (1-based): the claim with the measured result of the first
 /// figure that shows it, or a plain statement that the run does not show it.
@@ -142,13 +88,27 @@ pub fn page(
             escape(&over.join(", "))
         },
     );
-    for (i, (name, text)) in FINDINGS.iter().enumerate() {
-        if !sections.contains(&(i + 1)) {
+    finding_sections(&mut h, sections, figures);
+    plots_section(&mut h, sections, figures);
+    run_table(&mut h, runs);
+    h.push_str("</table>\n</body>\n</html>\n");
+    h
+}
+
+/// The sections of the findings numbered in `sections`, each with its figures.
+fn finding_sections(h: &mut String, sections: &[usize], figures: &[Figure]) {
+    for (n, finding) in numbered() {
+        if !sections.contains(&n) {
             continue;
         }
-        let mine: Vec<&Figure> = figures.iter().filter(|f| f.finding == i + 1).collect();
-        let title = heading(i + 1, name, &mine);
-        let _ = write!(h, "<h2>{}</h2>\n<p>{}</p>\n", escape(&title), escape(text));
+        let mine: Vec<&Figure> = figures.iter().filter(|f| f.finding == n).collect();
+        let title = heading(n, finding.title, &mine);
+        let _ = write!(
+            h,
+            "<h2>{}</h2>\n<p>{}</p>\n",
+            escape(&title),
+            escape(finding.text)
+        );
         if mine.is_empty() {
             let _ = writeln!(
                 h,
@@ -169,6 +129,10 @@ pub fn page(
             );
         }
     }
+}
+
+/// The section of the pipeline's `[[report.plot]]` figures, when `sections` holds 0.
+fn plots_section(h: &mut String, sections: &[usize], figures: &[Figure]) {
     if sections.contains(&0) {
         let _ = write!(
             h,
@@ -191,6 +155,10 @@ pub fn page(
             );
         }
     }
+}
+
+/// The run table: every instance, cached or not, with when, how long and where it ran.
+fn run_table(h: &mut String, runs: &[RunRow]) {
     let cached = runs.iter().filter(|r| r.cached).count();
     let seconds: f64 = runs.iter().filter_map(|r| r.seconds).sum();
     let _ = write!(
@@ -222,8 +190,6 @@ pub fn page(
             k = escape(&r.key),
         );
     }
-    h.push_str("</table>\n</body>\n</html>\n");
-    h
 }
 
 /// Formats unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).

@@ -5,7 +5,6 @@
 //! behind each figure in `figures/NAME.csv`.
 
 mod chart;
-mod detection;
 mod findings;
 mod html;
 mod plots;
@@ -30,7 +29,7 @@ pub struct Written {
     pub index: PathBuf,
     /// The figure files (SVG), in page order.
     pub figures: Vec<PathBuf>,
-    /// Findings (1 to 7) with no figure, for want of cached tables.
+    /// Findings (by number) with no figure, for want of cached tables.
     pub without_figure: Vec<usize>,
     /// Instances with tables that are not in the cache (left out).
     pub missing: Vec<NodeIndex>,
@@ -80,35 +79,10 @@ pub fn report(
         embed_layer,
     };
     let mut figures = Vec::new();
-    for build in [
-        findings::accuracy,
-        findings::geometry,
-        findings::gradients,
-        findings::rollback,
-        findings::embeddings,
-        findings::double_descent,
-        detection::detection,
-        plots::plots,
-    ] {
+    for build in [findings::figures, plots::plots] {
         figures.extend(build(&data).map_err(|e| Error::usage(format!("{e:#}")))?);
     }
-    // Double descent needs a sweep over model size; other pipelines have no such section.
-    let sweeps_size = plan
-        .spec
-        .sweep
-        .vars
-        .iter()
-        .any(|v| v.name == findings::SIZE_VAR);
-    let mut sections: Vec<usize> = (1..=6).filter(|&i| i != 6 || sweeps_size).collect();
-    // Finding mislabeled examples, for pipelines that detect them.
-    if plan
-        .spec
-        .stages
-        .iter()
-        .any(|s| s.kind.name() == pipe_kinds::stages::detect::NAME)
-    {
-        sections.push(detection::FINDING);
-    }
+    let mut sections = findings::sections(plan);
     if !plan.spec.plots.is_empty() {
         sections.push(0);
     }

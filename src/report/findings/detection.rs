@@ -1,5 +1,5 @@
-//! Finding 7, beyond the paper: how well each `detect` method finds the mislabeled examples
-//! (ROC curves, averaged over the seed-like variables on a common false-positive grid) and
+//! Beyond the paper, the mislabeled examples found: how well each `detect` method finds
+//! the mislabeled examples (ROC curves, averaged over the seed-like variables on a common false-positive grid) and
 //! what retraining on the cleaned labels gives next to the noisy and the oracle-clean runs.
 
 use std::collections::HashMap;
@@ -9,11 +9,11 @@ use anyhow::Result;
 use indexmap::IndexMap;
 use petgraph::graph::NodeIndex;
 
-use super::chart::{self, Line, Panel};
-use super::findings::{
-    Acc, CSV_HEADER, Claim, Figure, FigureData, at_group, csv_rows, lines, push, slug,
+use super::{
+    Acc, CSV_HEADER, Claim, Figure, FigureData, Finding, at_group, csv_rows, lines, push, slug,
 };
-use super::stats::Stat;
+use crate::report::chart::{self, Line, Panel};
+use crate::report::stats::Stat;
 use pipe_engine::plan::Plan;
 use pipe_kinds::stages::{clean, corrupt, detect, train};
 use pipe_kinds::tables::{Detection, Metrics, Roc};
@@ -21,8 +21,26 @@ use pipe_kinds::tables::{Detection, Metrics, Roc};
 /// Steps of the common false-positive-rate grid the ROC curves are averaged on.
 const GRID: i64 = 100;
 
-/// The finding's number on the page.
-pub const FINDING: usize = 7;
+/// The finding, for the registry.
+pub(super) const FINDING: Finding = Finding {
+    title: "Beyond the paper: the mislabeled examples can be found from one training run",
+    text: "For pipelines with a `detect` stage: each method's ROC curve for finding the corrupted \
+     examples from one run's recorded training dynamics (true-positive rate against \
+     false-positive rate, averaged on a common grid), and the final test accuracy of the \
+     same network trained on the noisy labels, on the labels cleaned by each method's flags \
+     (`clean`), and on the truly clean examples only (the oracle). Cleaning recovers the \
+     whole gap when the cleaned run reaches the oracle's accuracy.",
+    shown_for: detects,
+    figures,
+};
+
+/// Whether the pipeline has a `detect` stage (the section is for those alone).
+fn detects(plan: &Plan) -> bool {
+    plan.spec
+        .stages
+        .iter()
+        .any(|s| s.kind.name() == detect::NAME)
+}
 
 /// The x categories of the accuracy panel: the noisy run, each method's cleaned labels,
 /// the oracle.
@@ -43,7 +61,7 @@ fn input(plan: &Plan, n: NodeIndex, slot: &str) -> Option<NodeIndex> {
         .map(|(_, i)| *i)
 }
 
-/// What a train instance is to finding 7: its category (`noisy`, a method, `oracle`) and
+/// What a train instance is to this finding: its category (`noisy`, a method, `oracle`) and
 /// the detect instance it belongs to; `None` for a run that is neither detected nor cleaned.
 /// `baselines` maps noisy baselines to their detect (see [`noisy_baselines`]).
 fn role(
@@ -127,8 +145,8 @@ struct StageRows {
     aurocs: Vec<f64>,
 }
 
-/// Finding 7: per detect stage, a ROC panel per group and the retraining accuracies.
-pub fn detection(data: &FigureData<'_>) -> Result<Vec<Figure>> {
+/// The figures: per detect stage, a ROC panel per group and the retraining accuracies.
+fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
     let plan = data.plan;
     let mut stages: IndexMap<String, StageRows> = IndexMap::new();
     for (node, r) in data.tables::<Roc>("roc")? {
@@ -227,9 +245,9 @@ pub fn detection(data: &FigureData<'_>) -> Result<Vec<Figure>> {
         }
         let title = format!("Finding the mislabeled examples: stage {stage}");
         figures.push(Figure {
-            finding: FINDING,
+            finding: n,
             claim,
-            stem: format!("7-detection-{}", slug(&stage)),
+            stem: format!("{n}-detection-{}", slug(&stage)),
             svg: chart::panels_svg(&title, &panels, panels.len().min(3))?,
             title,
             csv,

@@ -1,0 +1,232 @@
+//! The three labelings, seen: a 2-D embedding of one layer's representation of the probe
+//! set per epoch (the study's Figure 1), with neighbour agreement.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+use indexmap::IndexMap;
+use pipe_kinds::tables::Embedding;
+
+use super::{
+    Acc, CSV_HEADER, Claim, Figure, FigureData, Finding, at_group, csv_rows, mean_at, push, slug,
+};
+use crate::report::chart::{self};
+use crate::report::stats::Stat;
+
+/// The finding, for the registry.
+pub(super) const FINDING: Finding = Finding {
+    title: "The three labelings, seen",
+    text: "A 2-D view (t-SNE or PCA) of one layer's representation of the probe set per epoch, each \
+     dot an example colored by class: unpermuted (clean examples, their label), permuted \
+     (corrupted examples, their training label) and restored (the same examples, their true \
+     label). Neighbour agreement is the share of an example's 10 nearest neighbours in 2-D \
+     that carry its label.",
+    shown_for: super::always,
+    figures,
+};
+
+/// The three labelings of the embedding figure: which group's examples, colored by which label.
+const VIEWS: [(&str, &str, bool); 3] = [
+    ("unpermuted", "clean", true),
+    ("permuted", "corrupted", false),
+    ("restored", "corrupted", true),
+];
+
+/// The share of neighbours (training label, among corrupted examples) above which the
+/// permuted clusters count as formed.
+const CLUSTERED: f64 = 0.5;
+
+/// The figures (the study's Figure 1): for one layer, rows = epochs, columns = the three
+/// labelings, each dot a probe-set example colored by class; t-SNE where computed, else
+/// PCA. Dots are one instance's (the first of the averaged group); the agreement numbers
+/// are means over the group.
+fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
+    let tables = data.tables::<Embedding>("embedding")?;
+    let mut layers: Vec<String> = Vec::new();
+    for (_, t) in &tables {
+        for l in &t.layer {
+            if !layers.contains(l) {
+                layers.push(l.clone());
+            }
+        }
+    }
+    let layer = match data.embed_layer {
+        Some(l) if layers.iter().any(|x| x == l) => l.to_string(),
+        Some(l) if !layers.is_empty() => anyhow::bail!(
+            "--embed-layer {l}: no embedding of layer `{l}`; embedded layers: {}",
+            layers.join(", ")
+        ),
+        _ => match layers.last() {
+            Some(l) => l.clone(),
+            None => return Ok(Vec::new()),
+        },
+    };
+    // (stage, group) -> (the first instance's table, agreement: series -> epoch -> values).
+    let mut by: IndexMap<(String, String), (Embedding, Acc, String)> = IndexMap::new();
+    for (node, t) in tables {
+        let method = if t.method.iter().any(|m| m == "tsne") {
+            "tsne"
+        } else {
+            "pca"
+        };
+        let entry = by
+            .entry(data.stage_and_group(node))
+            .or_insert_with(|| (t.clone(), Acc::new(), method.to_string()));
+        let mut sums: BTreeMap<(i64, &str), (f64, usize)> = BTreeMap::new();
+        for i in 0..t.epoch.len() {
+            if t.layer[i] != layer || t.method[i] != entry.2 {
+                continue;
+            }
+            let e = t.epoch[i];
+            let mut add = |series: &'static str, v: f64| {
+                let s = sums.entry((e, series)).or_default();
+                s.0 += v;
+                s.1 += 1;
+            };
+            if t.group[i] == "clean" {
+                add("unpermuted", t.true_label_agreement[i]);
+            } else {
+                add("permuted", t.train_label_agreement[i]);
+                add("restored", t.true_label_agreement[i]);
+            }
+        }
+        for ((e, series), (sum, n)) in sums {
+            push(&mut entry.1, series, e, Some(sum / n as f64));
+        }
+    }
+    let mut figures = Vec::new();
+    for ((stage, group), (t, agreement, method)) in by {
+        let epochs: BTreeSet<i64> = (0..t.epoch.len())
+            .filter(|&i| t.layer[i] == layer && t.method[i] == method)
+            .map(|i| t.epoch[i])
+            .collect();
+        if epochs.is_empty() {
+            continue;
+        }
+        let classes = t
+            .true_label
+            .iter()
+            .chain(&t.train_label)
+            .copied()
+            .max()
+            .unwrap_or(0);
+        // Without corrupted examples only the unpermuted view has points.
+        let has_corrupted = t.group.iter().any(|g| g == "corrupted");
+        let views: Vec<_> = VIEWS
+            .iter()
+            .filter(|v| has_corrupted || v.1 == "clean")
+            .collect();
+        let mut cells = Vec::new();
+        for &e in &epochs {
+            let mut row = Vec::new();
+            for &&(_, wanted, by_true) in &views {
+                let points: Vec<(f64, f64, usize)> = (0..t.epoch.len())
+                    .filter(|&i| {
+                        t.epoch[i] == e
+                            && t.layer[i] == layer
+                            && t.method[i] == method
+                            && t.group[i] == wanted
+                    })
+                    .map(|i| {
+                        let label = if by_true {
+                            t.true_label[i]
+                        } else {
+                            t.train_label[i]
+                        };
+                        (t.x[i], t.y[i], label.max(0) as usize)
+                    })
+                    .collect();
+                row.push(points);
+            }
+            cells.push(row);
+        }
+        let method_name = if method == "tsne" { "t-SNE" } else { "PCA" };
+        let mut csv = CSV_HEADER.to_string();
+        csv_rows(&mut csv, "neighbour agreement", &agreement, |x| {
+            x.to_string()
+        });
+        let claim = has_corrupted
+            .then(|| permuted_clusters(&agreement, &layer, method_name, &group))
+            .flatten();
+        let title = format!("{method_name} of layer {layer}: stage {stage}, {group}");
+        let grid = chart::ScatterGrid {
+            title: title.clone(),
+            rows: epochs.iter().map(|e| format!("epoch {e}")).collect(),
+            cols: views.iter().map(|v| v.0.to_string()).collect(),
+            cells,
+            classes: (0..=classes).map(|c| format!("class {c}")).collect(),
+        };
+        figures.push(Figure {
+            finding: n,
+            claim,
+            stem: format!("{n}-embedding-{}-{}", slug(&stage), slug(&group)),
+            svg: chart::scatter_svg(&grid)?,
+            title,
+            csv,
+        });
+    }
+    Ok(figures)
+}
+
+/// The claim, from the neighbour agreement of one (stage, group): the first epoch at which
+/// corrupted examples' neighbours mostly share their training label.
+fn permuted_clusters(agreement: &Acc, layer: &str, method: &str, group: &str) -> Option<Claim> {
+    let permuted = agreement.get("permuted")?;
+    let means: Vec<(i64, f64)> = permuted
+        .iter()
+        .filter_map(|(e, v)| Stat::of(v).map(|s| (*e, s.mean)))
+        .collect();
+    let (&(first_e, first), &(last_e, last)) = (means.first()?, means.last()?);
+    let restored = |e: i64| mean_at(agreement, "restored", e).unwrap_or(f64::NAN);
+    let numbers = format!(
+        "in {layer} ({method}){}, corrupted examples' neighbours sharing their training label {first:.2} (epoch {first_e}) -> {last:.2} (epoch {last_e}), their true label {:.2} -> {:.2}",
+        at_group(group),
+        restored(first_e),
+        restored(last_e)
+    );
+    match means.iter().find(|(_, m)| *m >= CLUSTERED) {
+        Some(&(e, m)) if e > first_e => Claim::new(
+            true,
+            format!("permuted clusters appear at epoch {e} (agreement {m:.2}): {numbers}"),
+        ),
+        Some(_) => Claim::new(
+            false,
+            format!(
+                "the corrupted examples cluster by training label from the first epoch shown: {numbers}"
+            ),
+        ),
+        None => Claim::new(
+            false,
+            format!("no permuted clusters (agreement stays below {CLUSTERED}): {numbers}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::findings::acc;
+
+    #[test]
+    fn permuted_clusters_appear_at_the_first_epoch_past_half() {
+        let a = acc(&[
+            ("permuted", &[(0, 0.1), (10, 0.35), (40, 0.62), (80, 0.9)]),
+            ("restored", &[(0, 0.4), (80, 0.2)]),
+        ]);
+        let c = permuted_clusters(&a, "logits", "t-SNE", "noise=0.4").unwrap();
+        assert!(c.shown);
+        assert_eq!(
+            c.text,
+            "permuted clusters appear at epoch 40 (agreement 0.62): in logits (t-SNE) at noise=0.4, \
+             corrupted examples' neighbours sharing their training label 0.10 (epoch 0) -> 0.90 (epoch 80), \
+             their true label 0.40 -> 0.20"
+        );
+        let never = acc(&[("permuted", &[(0, 0.1), (80, 0.3)])]);
+        let c = permuted_clusters(&never, "fc1", "PCA", "all").unwrap();
+        assert!(
+            !c.shown
+                && c.text
+                    .starts_with("no permuted clusters (agreement stays below 0.5)")
+        );
+    }
+}
