@@ -9,10 +9,11 @@ pub mod data;
 pub mod device;
 pub mod models;
 pub mod optim;
+pub mod records;
 pub mod score;
 pub mod serve;
 pub mod stages;
-pub mod trained_run;
+pub mod tensors;
 pub mod trainer;
 
 use anyhow::Result;
