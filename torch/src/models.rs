@@ -98,7 +98,7 @@ impl Net {
     /// Builds the architecture with freshly initialized weights on `device`.
     ///
     /// Initialization draws from libtorch's global generator: seed it first (and hold
-    /// [`crate::TORCH_RNG`] while doing both) for reproducible weights.
+    /// [`crate::rng::TORCH_RNG`] while doing both) for reproducible weights.
     pub fn new(arch: &Arch, input: [i64; 3], classes: i64, device: Device) -> Net {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
@@ -523,7 +523,9 @@ mod tests {
 
     fn shapes(arch: Arch, input: [i64; 3]) -> Vec<(String, Vec<i64>)> {
         let net = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             Net::new(&arch, input, 10, Device::Cpu)
         };
         let x = Tensor::zeros(
@@ -586,7 +588,9 @@ mod tests {
 
     fn count(arch: Arch, input: [i64; 3]) -> i64 {
         let net = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             Net::new(&arch, input, 10, Device::Cpu)
         };
         net.parameters().iter().map(|(_, t)| t.numel() as i64).sum()
@@ -671,7 +675,9 @@ mod tests {
     #[test]
     fn torch_init_draws_uniform_within_one_over_root_fan_in() {
         let net = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(3);
             let net = Net::new(&Arch::Cnn { mult: 1.0 }, [1, 28, 28], 10, Device::Cpu);
             net.initialize(WeightInit::Torch);
@@ -726,7 +732,9 @@ mod tests {
     #[test]
     fn every_variable_belongs_to_one_layer() {
         let net = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             Net::new(&Arch::Resnet18 { k: 64 }, [3, 32, 32], 10, Device::Cpu)
         };
         for (name, _) in net.variables() {

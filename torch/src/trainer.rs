@@ -167,7 +167,9 @@ impl<'a> Trainer<'a> {
     pub fn new(cfg: TrainConfig, data: &'a TrainData) -> Trainer<'a> {
         let net = {
             // libtorch's generator is global: seed and draw the initial weights under a lock.
-            let _guard = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(cfg.seed as i64);
             let net = Net::new(&cfg.arch, data.input_shape(), data.classes(), cfg.device);
             net.initialize(cfg.init);

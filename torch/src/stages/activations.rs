@@ -83,7 +83,9 @@ fn project(x: &Tensor, k: i64, seed: u64) -> Tensor {
     while start < d {
         let len = block.min(d - start);
         let r = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(
                 (seed.wrapping_mul(1_000_003).wrapping_add(b) & 0x7fff_ffff_ffff_ffff) as i64,
             );

@@ -13,8 +13,33 @@ pub mod train;
 pub mod trained;
 
 use anyhow::Result;
-use pipe_engine::stage::{KindParams, RunContext};
+use pipe_engine::stage::{KindParams, Params, RunContext};
 use pipe_kinds::stages;
+use pipe_kinds::worker::WorkerJob;
+
+/// Runs one job: the stage kind's implementation with a context rebuilt from the job.
+pub fn run_job(job: WorkerJob) -> Result<()> {
+    let params = Params::new(job.params);
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&job.log)?;
+    let mut ctx = RunContext {
+        params: &params,
+        inputs: &job.inputs,
+        parts: &job.parts,
+        out: &job.out,
+        log: &mut log,
+        log_path: &job.log,
+        threads: job.threads,
+        base_dir: &job.base_dir,
+        key: &job.key,
+        point: &job.point,
+        deadline: None,
+        visible_gpus: None,
+    };
+    run(&job.kind, &mut ctx)
+}
 
 /// Runs an instance of the worker kind `kind` with its typed parameters.
 pub fn run(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {

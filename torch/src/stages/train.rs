@@ -293,7 +293,9 @@ mod tests {
             )
             .unwrap();
             let net = {
-                let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+                let _g = crate::rng::TORCH_RNG
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 Net::new(&arch(&params), input, 10, Device::Cpu)
             };
             assert_eq!(net.layer_names(), params.layer_names(), "{model}");
