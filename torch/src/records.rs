@@ -61,15 +61,13 @@ impl TrainRecords {
 
     /// Reads the tables [`TrainRecords::write`] wrote into `dir`.
     pub fn read(dir: &Path, record_examples: bool) -> Result<TrainRecords> {
+        let metrics = Metrics::read(&dir.join(METRICS_FILE))?;
         let examples = if record_examples {
             Some(Examples::read(&dir.join(EXAMPLES_FILE))?)
         } else {
             None
         };
-        Ok(TrainRecords {
-            metrics: Metrics::read(&dir.join(METRICS_FILE))?,
-            examples,
-        })
+        Ok(TrainRecords { metrics, examples })
     }
 }
 
