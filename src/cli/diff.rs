@@ -17,7 +17,7 @@ use pipe_engine::plan::point_label;
 use pipe_engine::runs::{self, RunRecord};
 use pipe_engine::spec::template;
 use pipe_engine::store::{Manifest, Store};
-use pipe_kinds::stages::train::read_metrics;
+use pipe_engine::table::Table;
 
 /// Arguments of `pipe diff`.
 #[derive(clap::Args, Debug)]
@@ -233,24 +233,23 @@ fn diff_instances(store: &Store, a: &Manifest, b: &Manifest) -> (Vec<Line>, Vec<
 /// A train artifact's final metrics by name (empty for other kinds).
 fn final_metrics(store: &Store, m: &Manifest) -> BTreeMap<String, Json> {
     let mut out = BTreeMap::new();
-    let Ok(rows) = read_metrics(&Metrics::path_in(&store.artifact_dir(&m.key))) else {
+    let Ok(rows) = Metrics::read_in(&store.artifact_dir(&m.key)) else {
         return out;
     };
-    let Some(last) = rows.last() else {
+    let Some(last) = rows.rows().checked_sub(1) else {
         return out;
     };
-    let best = rows
-        .iter()
-        .filter(|r| r.epoch > 0)
-        .map(|r| r.test_acc)
+    let best = (0..rows.rows())
+        .filter(|&i| rows.epoch[i] > 0)
+        .map(|i| rows.test_acc[i])
         .fold(f64::NAN, f64::max);
-    out.insert("final_test_acc".into(), Json::from(last.test_acc));
+    out.insert("final_test_acc".into(), Json::from(rows.test_acc[last]));
     out.insert("best_test_acc".into(), Json::from(best));
-    if let Some(c) = last.corrupted_train_acc {
+    if let Some(c) = rows.corrupted_train_acc[last] {
         out.insert("final_corrupted_fit".into(), Json::from(c));
     }
-    out.insert("final_clean_acc".into(), Json::from(last.clean_acc));
-    out.insert("final_train_loss".into(), Json::from(last.train_loss));
+    out.insert("final_clean_acc".into(), Json::from(rows.clean_acc[last]));
+    out.insert("final_train_loss".into(), Json::from(rows.train_loss[last]));
     out
 }
 

@@ -14,7 +14,7 @@ use pipe_engine::error::Error;
 use pipe_engine::plan::Plan;
 use pipe_engine::select::Selector;
 use pipe_engine::status::{self, State};
-use pipe_kinds::stages::train::read_metrics;
+use pipe_engine::table::Table;
 
 /// Arguments of `pipe table`.
 #[derive(clap::Args, Debug)]
@@ -268,23 +268,22 @@ fn row(
     let metrics = key
         .as_ref()
         .filter(|k| store.is_complete(k))
-        .and_then(|k| read_metrics(&Metrics::path_in(&store.artifact_dir(k))).ok())
+        .and_then(|k| Metrics::read_in(&store.artifact_dir(k)).ok())
         .unwrap_or_default();
-    let last = metrics.last();
-    let best = metrics
-        .iter()
-        .filter(|m| m.epoch > 0)
-        .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc));
+    let last = metrics.rows().checked_sub(1);
+    let best = (0..metrics.rows())
+        .filter(|&i| metrics.epoch[i] > 0)
+        .max_by(|&a, &b| metrics.test_acc[a].total_cmp(&metrics.test_acc[b]));
     Row {
         stage: plan.stage_name(n).to_string(),
         point: plan.point(n),
         key,
         state,
-        epochs: last.map(|m| m.epoch),
-        final_test_acc: last.map(|m| m.test_acc),
-        best_test_acc: best.map(|m| m.test_acc),
-        best_epoch: best.map(|m| m.epoch),
-        corrupted_fit: last.and_then(|m| m.corrupted_train_acc),
-        clean_acc: last.map(|m| m.clean_acc),
+        epochs: last.map(|i| metrics.epoch[i]),
+        final_test_acc: last.map(|i| metrics.test_acc[i]),
+        best_test_acc: best.map(|i| metrics.test_acc[i]),
+        best_epoch: best.map(|i| metrics.epoch[i]),
+        corrupted_fit: last.and_then(|i| metrics.corrupted_train_acc[i]),
+        clean_acc: last.map(|i| metrics.clean_acc[i]),
     }
 }

@@ -251,7 +251,7 @@ checkpoints = [0]
             schedule: Schedule::Constant,
             augment: false,
             seed: 0,
-            loss: pipe_kinds::stages::train::Loss::CrossEntropy,
+            loss: pipe_torch::trainer::Loss::CrossEntropy,
             init: pipe_torch::models::WeightInit::Kaiming,
             freeze: Vec::new(),
             device: tch::Device::Cpu,
@@ -261,7 +261,7 @@ checkpoints = [0]
         t.evaluate_initial();
         let mut bare_loop = 0.0;
         for _ in 0..epochs {
-            bare_loop += t.train_epoch().seconds;
+            bare_loop += t.train_epoch().scores.seconds;
         }
         let bare_wall = t0.elapsed().as_secs_f64();
 

@@ -3,20 +3,19 @@
 //! A checkpoint folder holds `weights.safetensors` (every variable of the model, named as
 //! in the var store: `fc1.weight`, `conv1.bn.running_mean`), `optimizer.safetensors` (the
 //! optimizer's buffers), `metrics.parquet` (epochs 0..=epoch), `checkpoint.json` and, when
-//! the run records examples, `examples.parquet` (epochs 0..=epoch).
+//! the run records examples, `examples.parquet` (epochs 0..=epoch; see [`TrainRecords`]).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use pipe_engine::table::Table;
-use pipe_kinds::stages::train::{CheckpointInfo, read_metrics, write_metrics};
-use pipe_kinds::tables::Examples;
+use pipe_kinds::stages::train::CheckpointInfo;
 use tch::Tensor;
 
+use crate::records::TrainRecords;
 use crate::trainer::Trainer;
 
-/// Writes the trainer's current state into `dir`.
-pub fn save(dir: &Path, t: &Trainer<'_>, model: &str) -> Result<()> {
+/// Writes the trainer's current state and the run's records so far into `dir`.
+pub fn save(dir: &Path, t: &Trainer<'_>, records: &TrainRecords, model: &str) -> Result<()> {
     let cpu = |v: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
         v.into_iter()
             .map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous()))
@@ -27,10 +26,7 @@ pub fn save(dir: &Path, t: &Trainer<'_>, model: &str) -> Result<()> {
         &cpu(t.opt.state(&t.params)),
         dir.join("optimizer.safetensors"),
     )?;
-    write_metrics(&dir.join("metrics.parquet"), &t.metrics)?;
-    if t.cfg.record_examples {
-        t.examples.write(&dir.join("examples.parquet"))?;
-    }
+    records.write(dir)?;
     let info = CheckpointInfo {
         epoch: t.epoch(),
         steps: t.opt.steps,
@@ -74,8 +70,8 @@ pub fn load_weights(vars: &[(String, Tensor)], file: &Path) -> Result<()> {
     })
 }
 
-/// Restores a trainer to the state saved in `dir`.
-pub fn restore(dir: &Path, t: &mut Trainer<'_>) -> Result<()> {
+/// Restores a trainer to the state saved in `dir`, and returns the run's records up to it.
+pub fn restore(dir: &Path, t: &mut Trainer<'_>) -> Result<TrainRecords> {
     let info: CheckpointInfo =
         serde_json::from_slice(&std::fs::read(dir.join("checkpoint.json"))?)?;
     load_weights(&t.net.variables(), &dir.join("weights.safetensors"))?;
@@ -85,10 +81,9 @@ pub fn restore(dir: &Path, t: &mut Trainer<'_>) -> Result<()> {
         .map(|(n, s)| (n, s.to_device(t.cfg.device)))
         .collect();
     t.opt.load_state(&t.params, &state, info.steps)?;
-    t.metrics = read_metrics(&dir.join("metrics.parquet"))?;
-    if t.cfg.record_examples {
-        t.examples = Examples::read(&dir.join("examples.parquet"))?;
-        let last = t.examples.epoch.last().copied();
+    let records = TrainRecords::read(dir, t.cfg.record_examples)?;
+    if let Some(examples) = &records.examples {
+        let last = examples.epoch.last().copied();
         if last != Some(info.epoch) {
             bail!(
                 "{}: the example records end at epoch {last:?}, the checkpoint is of epoch {}",
@@ -97,13 +92,14 @@ pub fn restore(dir: &Path, t: &mut Trainer<'_>) -> Result<()> {
             );
         }
     }
-    if t.epoch() != info.epoch {
+    let metrics_end = records.last_epoch().unwrap_or(0);
+    if metrics_end != info.epoch {
         bail!(
-            "{}: metrics end at epoch {}, checkpoint says {}",
+            "{}: metrics end at epoch {metrics_end}, checkpoint says {}",
             dir.display(),
-            t.epoch(),
             info.epoch
         );
     }
-    Ok(())
+    t.resume_at(info.epoch);
+    Ok(records)
 }

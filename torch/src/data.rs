@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
 
-use crate::trained_run::to_bool;
+use crate::tensors::to_bool;
 use pipe_engine::table::Table;
 use pipe_kinds::stages::corrupt::ExampleGroup;
 use pipe_kinds::stages::dataset::DatasetInfo;
@@ -60,6 +60,17 @@ pub fn read_images(file: &Path, info: &DatasetInfo) -> Result<(Tensor, Vec<i64>)
 }
 
 impl TrainData {
+    /// The shape of one image, `[channels, height, width]`.
+    pub fn input_shape(&self) -> [i64; 3] {
+        let info = &self.info;
+        [info.channels as i64, info.height as i64, info.width as i64]
+    }
+
+    /// The number of classes.
+    pub fn classes(&self) -> i64 {
+        self.info.classes as i64
+    }
+
     /// The clean training examples: those not chosen for corruption (`[n]`, bool).
     pub fn clean(&self) -> Tensor {
         self.chosen.logical_not()

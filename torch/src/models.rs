@@ -5,8 +5,6 @@
 //! `logits`. Parameters of a layer are stored under the layer's name in the var store
 //! (`fc1.weight`, `layer2.1.bn1.running_mean`), so rollback and gradient analyses know
 //! which parameters belong to which layer.
-
-use pipe_kinds::stages::train::{Init, Model, TrainParams};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
@@ -56,42 +54,12 @@ pub enum WeightInit {
     Torch,
 }
 
-impl WeightInit {
-    /// The `init` parameter's choice.
-    pub fn from_params(p: &TrainParams) -> WeightInit {
-        match p.init {
-            Init::Kaiming => WeightInit::Kaiming,
-            Init::Torch => WeightInit::Torch,
-        }
-    }
-}
-
 /// `base` channels times `mult`, rounded, at least 1.
 pub fn scaled(base: i64, mult: f64) -> i64 {
     ((base as f64 * mult).round() as i64).max(1)
 }
 
 impl Arch {
-    /// The architecture a train instance's parameters describe.
-    pub fn from_params(p: &TrainParams) -> Arch {
-        let mult = p.width.unwrap_or(1.0);
-        match p.model {
-            Model::Mlp => Arch::Mlp {
-                hidden: p.hidden.clone(),
-            },
-            Model::Cnn => Arch::Cnn { mult },
-            Model::Vgg11 | Model::Vgg16 => Arch::Vgg {
-                depth: if p.model == Model::Vgg11 { 11 } else { 16 },
-                batch_norm: p.batch_norm,
-                mult,
-            },
-            Model::Resnet18 => Arch::Resnet18 {
-                k: p.width.map_or(64, |k| k as i64),
-            },
-            Model::Alexnet => Arch::Alexnet { mult },
-        }
-    }
-
     /// Checks that the architecture fits an input of `channels x height x width`: any size
     /// at least as large as the poolings need (pooling before the classifier adapts to it).
     pub fn check_input(&self, _channels: i64, height: i64, width: i64) -> Result<(), String> {
@@ -130,7 +98,7 @@ impl Net {
     /// Builds the architecture with freshly initialized weights on `device`.
     ///
     /// Initialization draws from libtorch's global generator: seed it first (and hold
-    /// [`crate::TORCH_RNG`] while doing both) for reproducible weights.
+    /// [`crate::rng::TORCH_RNG`] while doing both) for reproducible weights.
     pub fn new(arch: &Arch, input: [i64; 3], classes: i64, device: Device) -> Net {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
@@ -555,7 +523,9 @@ mod tests {
 
     fn shapes(arch: Arch, input: [i64; 3]) -> Vec<(String, Vec<i64>)> {
         let net = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             Net::new(&arch, input, 10, Device::Cpu)
         };
         let x = Tensor::zeros(
@@ -616,35 +586,11 @@ mod tests {
         assert_eq!(s.last().unwrap().1, vec![2, 10]);
     }
 
-    #[test]
-    fn layer_names_agree_with_the_engine_side_list() {
-        let cases: [(&str, [i64; 3]); 6] = [
-            ("mlp", [1, 28, 28]),
-            ("cnn", [1, 28, 28]),
-            ("vgg11", [3, 32, 32]),
-            ("vgg16", [3, 32, 32]),
-            ("resnet18", [3, 32, 32]),
-            ("alexnet", [3, 32, 32]),
-        ];
-        for (model, input) in cases {
-            let params = <pipe_kinds::stages::train::TrainParams as pipe_engine::stage::KindParams>::parse(
-                serde_json::json!({"model": model, "hidden": [7, 5, 3], "epochs": 1, "lr": 0.1})
-                    .as_object()
-                    .unwrap(),
-            )
-            .unwrap();
-            let arch = Arch::from_params(&params);
-            let net = {
-                let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-                Net::new(&arch, input, 10, Device::Cpu)
-            };
-            assert_eq!(net.layer_names(), params.layer_names(), "{model}");
-        }
-    }
-
     fn count(arch: Arch, input: [i64; 3]) -> i64 {
         let net = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             Net::new(&arch, input, 10, Device::Cpu)
         };
         net.parameters().iter().map(|(_, t)| t.numel() as i64).sum()
@@ -729,7 +675,9 @@ mod tests {
     #[test]
     fn torch_init_draws_uniform_within_one_over_root_fan_in() {
         let net = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(3);
             let net = Net::new(&Arch::Cnn { mult: 1.0 }, [1, 28, 28], 10, Device::Cpu);
             net.initialize(WeightInit::Torch);
@@ -784,7 +732,9 @@ mod tests {
     #[test]
     fn every_variable_belongs_to_one_layer() {
         let net = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             Net::new(&Arch::Resnet18 { k: 64 }, [3, 32, 32], 10, Device::Cpu)
         };
         for (name, _) in net.variables() {

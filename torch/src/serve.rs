@@ -78,7 +78,7 @@ fn run_line(line: &str, served: u64) -> (WorkerReply, bool) {
         "# worker {}: job {served} of this process",
         std::process::id()
     );
-    let result = std::panic::catch_unwind(|| crate::run_worker_job(job));
+    let result = std::panic::catch_unwind(|| crate::stages::run_job(job));
     let _ = std::io::stdout().flush();
     match result {
         Ok(Ok(())) => (WorkerReply::done(), false),

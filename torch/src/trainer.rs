@@ -1,4 +1,6 @@
-//! The training loop: seeded data order, optional augmentation, per-epoch metrics.
+//! The training loop: seeded data order, optional augmentation, per-epoch scores and,
+//! when asked, every training example's scores. Plain code: its settings are its own
+//! types, and its results are values the caller stores as it likes.
 
 use std::time::Instant;
 
@@ -7,15 +9,20 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-pub use pipe_kinds::stages::train::EpochMetrics;
-use pipe_kinds::stages::train::Loss;
-
 use crate::data::TrainData;
 use crate::models::{Arch, Net, WeightInit};
 use crate::optim::{Optimizer, OptimizerConfig, Schedule};
 use crate::score::accuracy;
-use pipe_engine::table::Table;
-use pipe_kinds::tables::Examples;
+use crate::tensors::{to_bool, to_f64, to_i64};
+
+/// The training loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Softmax cross-entropy on the labels.
+    CrossEntropy,
+    /// Squared error between the logits and one-hot targets (mean over all entries).
+    Mse,
+}
 
 /// Everything that defines a training run.
 #[derive(Clone, Debug)]
@@ -36,7 +43,7 @@ pub struct TrainConfig {
     pub augment: bool,
     /// Seeds initialization, data order and augmentation.
     pub seed: u64,
-    /// The training loss (and the loss `metrics.parquet` reports).
+    /// The training loss (and the loss the epoch scores report).
     pub loss: Loss,
     /// How the weights are drawn.
     pub init: WeightInit,
@@ -44,9 +51,63 @@ pub struct TrainConfig {
     pub freeze: Vec<String>,
     /// Where to train.
     pub device: Device,
-    /// Record every training example's loss, margin, prediction and last-layer gradient
-    /// after each epoch ([`Trainer::examples`]).
+    /// Score every training example (loss, margin, prediction, last-layer gradient) after
+    /// each epoch ([`Evaluation::examples`]).
     pub record_examples: bool,
+}
+
+/// The state after an epoch, on every split (epoch 0 = initialization).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochScores {
+    /// Epoch (0 = before training).
+    pub epoch: i64,
+    /// Learning rate used during the epoch (0 for epoch 0).
+    pub lr: f64,
+    /// Mean loss on the whole training set against the training labels.
+    pub train_loss: f64,
+    /// Accuracy on the whole training set against the training labels.
+    pub train_acc: f64,
+    /// Accuracy on the clean training examples.
+    pub clean_acc: f64,
+    /// Accuracy on the corrupted examples against their training labels (memorization).
+    pub corrupted_train_acc: Option<f64>,
+    /// Accuracy on the corrupted examples against their true labels (generalization).
+    pub corrupted_true_acc: Option<f64>,
+    /// Mean loss on the test set.
+    pub test_loss: f64,
+    /// Accuracy on the test set.
+    pub test_acc: f64,
+    /// Wall-clock seconds of the epoch (training and evaluation); not deterministic.
+    pub seconds: f64,
+}
+
+/// Every training example's scores after an epoch, in training-set order, against its
+/// training label (the gradient terms are explained at [`Trainer`]'s `example_scores`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExampleScores {
+    /// The loss.
+    pub loss: Vec<f64>,
+    /// The logit of the label minus the largest other logit.
+    pub margin: Vec<f64>,
+    /// The predicted class.
+    pub predicted: Vec<i64>,
+    /// Whether the prediction is the label.
+    pub correct: Vec<bool>,
+    /// The norm of the last layer's weight gradient.
+    pub grad_norm: Vec<f64>,
+    /// That gradient's cosine with its class's mean gradient.
+    pub grad_agreement: Vec<f64>,
+    /// The label-dependent part's cosine with its class's mean.
+    pub dep_agreement: Vec<f64>,
+}
+
+/// What an evaluation after an epoch gives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// The scores on every split.
+    pub scores: EpochScores,
+    /// With `record_examples`: every training example's scores.
+    pub examples: Option<ExampleScores>,
 }
 
 /// The outputs of a frozen first block of layers for the training and test images, computed
@@ -59,7 +120,7 @@ struct FrozenPrefix {
     test: Tensor,
 }
 
-/// A model being trained, with its optimizer and the metrics so far.
+/// A model being trained, with its optimizer and the epoch it reached.
 pub struct Trainer<'a> {
     /// Settings.
     pub cfg: TrainConfig,
@@ -77,10 +138,8 @@ pub struct Trainer<'a> {
     prefix: Option<FrozenPrefix>,
     /// The optimizer and its state.
     pub opt: Optimizer,
-    /// One row per epoch done so far, starting at epoch 0.
-    pub metrics: Vec<EpochMetrics>,
-    /// With `record_examples`: one row per training example and epoch done so far.
-    pub examples: Examples,
+    /// The epoch reached (0 before any training).
+    epoch: i64,
 }
 
 /// How many first layers of `net` are frozen and can be computed once (see
@@ -106,13 +165,13 @@ fn epoch_rng(seed: u64, epoch: i64) -> ChaCha8Rng {
 impl<'a> Trainer<'a> {
     /// A freshly initialized model (seeded), not yet evaluated.
     pub fn new(cfg: TrainConfig, data: &'a TrainData) -> Trainer<'a> {
-        let info = &data.info;
-        let input = [info.channels as i64, info.height as i64, info.width as i64];
         let net = {
             // libtorch's generator is global: seed and draw the initial weights under a lock.
-            let _guard = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(cfg.seed as i64);
-            let net = Net::new(&cfg.arch, input, info.classes as i64, cfg.device);
+            let net = Net::new(&cfg.arch, data.input_shape(), data.classes(), cfg.device);
             net.initialize(cfg.init);
             net
         };
@@ -138,8 +197,7 @@ impl<'a> Trainer<'a> {
             prefix_layers,
             prefix: None,
             opt,
-            metrics: Vec::new(),
-            examples: Examples::default(),
+            epoch: 0,
         }
     }
 
@@ -186,11 +244,16 @@ impl<'a> Trainer<'a> {
 
     /// The epoch reached so far (0 before any training).
     pub fn epoch(&self) -> i64 {
-        self.metrics.last().map_or(0, |m| m.epoch)
+        self.epoch
     }
 
-    /// Trains one more epoch and records its metrics.
-    pub fn train_epoch(&mut self) -> &EpochMetrics {
+    /// Sets the epoch reached, once the weights and optimizer state of its end are loaded.
+    pub fn resume_at(&mut self, epoch: i64) {
+        self.epoch = epoch;
+    }
+
+    /// Trains one more epoch and evaluates the weights it ends with.
+    pub fn train_epoch(&mut self) -> Evaluation {
         let clock = Instant::now();
         let epoch = self.epoch() + 1;
         let lr = self.cfg.schedule.lr(self.cfg.lr, epoch, self.cfg.epochs);
@@ -219,20 +282,18 @@ impl<'a> Trainer<'a> {
             loss.backward();
             self.opt.step(&self.params, lr);
         }
-        let m = self.evaluate(epoch, lr, clock);
-        self.metrics.push(m);
-        self.metrics.last().expect("just pushed")
+        self.epoch = epoch;
+        self.evaluate(epoch, lr, clock)
     }
 
-    /// Evaluates the current weights on every split and records epoch 0's row if none yet.
-    pub fn evaluate_initial(&mut self) {
-        if self.metrics.is_empty() {
-            let m = self.evaluate(0, 0.0, Instant::now());
-            self.metrics.push(m);
-        }
+    /// Evaluates the initial weights on every split: epoch 0.
+    pub fn evaluate_initial(&mut self) -> Evaluation {
+        self.evaluate(0, 0.0, Instant::now())
     }
 
-    fn evaluate(&mut self, epoch: i64, lr: f64, clock: Instant) -> EpochMetrics {
+    /// Evaluates the current weights on every split (and every training example, with
+    /// `record_examples`) as the end of `epoch`, trained at `lr`, started at `clock`.
+    fn evaluate(&mut self, epoch: i64, lr: f64, clock: Instant) -> Evaluation {
         let d = self.data;
         let (start, train_x, test_x) = match self.prefix() {
             Some(p) => (p.layers, p.train.shallow_clone(), p.test.shallow_clone()),
@@ -240,13 +301,10 @@ impl<'a> Trainer<'a> {
         };
         let record = self.cfg.record_examples;
         let (train_loss, train_pred, last) = self.predict(&train_x, &d.train.y, start, record);
-        if let Some((features, logits)) = last {
-            let rows = self.example_rows(epoch, &features, &logits);
-            self.examples.append(rows);
-        }
+        let examples = last.map(|(features, logits)| self.example_scores(&features, &logits));
         let (test_loss, test_pred, _) = self.predict(&test_x, &d.test.y, start, false);
         let clean = d.clean();
-        EpochMetrics {
+        let scores = EpochScores {
             epoch,
             lr,
             train_loss,
@@ -257,7 +315,8 @@ impl<'a> Trainer<'a> {
             test_loss,
             test_acc: accuracy(&test_pred, &d.test.y, None).unwrap_or(f64::NAN),
             seconds: clock.elapsed().as_secs_f64(),
-        }
+        };
+        Evaluation { scores, examples }
     }
 
     /// Mean loss and predicted classes over a split, in evaluation mode, and with `keep`
@@ -316,7 +375,7 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The [`Examples`] rows of `epoch` from the last layer's inputs `h` (`[n, H]`) and the
+    /// Every training example's scores from the last layer's inputs `h` (`[n, H]`) and the
     /// logits `z` (`[n, C]`) of every training example, both double.
     ///
     /// With `g = dL/dz` (cross-entropy: `softmax(z) - e_y`; squared error: `2 (z - e_y) / C`)
@@ -326,9 +385,8 @@ impl<'a> Trainer<'a> {
     /// of `g` is `-(e_y - 1/C)` (cross-entropy) or `-2 e_y / C` (squared error), the same for
     /// every example labeled y, so that part's agreement with its class mean is the cosine of
     /// `h` with the class's mean `h`.
-    fn example_rows(&self, epoch: i64, h: &Tensor, z: &Tensor) -> Examples {
-        let d = self.data;
-        let y = d.train.y.to_device(z.device());
+    fn example_scores(&self, h: &Tensor, z: &Tensor) -> ExampleScores {
+        let y = self.data.train.y.to_device(z.device());
         let classes = z.size()[1];
         let onehot = y.one_hot(classes).to_kind(Kind::Double);
         let (loss, g) = match self.cfg.loss {
@@ -376,38 +434,16 @@ impl<'a> Trainer<'a> {
             let _ = dep_agreement.shallow_clone().index_copy_(0, &members, &dep);
         }
         let predicted = z.argmax(1, false);
-        let correct =
-            Vec::<bool>::try_from(predicted.eq_tensor(&y).to_device(Device::Cpu).contiguous())
-                .expect("a 1-D bool tensor");
-        let n = z.size()[0];
         // These are 1-D tensors of the kinds asked for: the conversions cannot fail.
-        let to_f64 = |t: &Tensor| -> Vec<f64> {
-            Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu).contiguous())
-                .expect("a 1-D double tensor")
-        };
-        let to_i64 = |t: &Tensor| -> Vec<i64> {
-            Vec::<i64>::try_from(t.to_kind(Kind::Int64).to_device(Device::Cpu).contiguous())
-                .expect("a 1-D integer tensor")
-        };
-        let changed = Vec::<bool>::try_from(
-            d.changed
-                .to_kind(Kind::Bool)
-                .to_device(Device::Cpu)
-                .contiguous(),
-        )
-        .expect("a 1-D bool tensor");
-        Examples {
-            epoch: vec![epoch; n as usize],
-            index: d.indices.clone(),
-            label: to_i64(&y),
-            changed,
-            loss: to_f64(&loss),
-            margin: to_f64(&margin),
-            predicted: to_i64(&predicted),
-            correct,
-            grad_norm: to_f64(&grad_norm),
-            grad_agreement: to_f64(&agreement),
-            dep_agreement: to_f64(&dep_agreement),
+        let f64s = |t: &Tensor| to_f64(t).expect("a 1-D double tensor");
+        ExampleScores {
+            loss: f64s(&loss),
+            margin: f64s(&margin),
+            predicted: to_i64(&predicted).expect("a 1-D integer tensor"),
+            correct: to_bool(&predicted.eq_tensor(&y)).expect("a 1-D bool tensor"),
+            grad_norm: f64s(&grad_norm),
+            grad_agreement: f64s(&agreement),
+            dep_agreement: f64s(&dep_agreement),
         }
     }
 }

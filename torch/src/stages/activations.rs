@@ -14,19 +14,20 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use pipe_engine::stage::{BadData, RunContext};
+use pipe_engine::table::{FixedRows, Table};
 use pipe_kinds::stages::activations::{
     ActivationsInfo, ActivationsParams, EPOCH_PART_KIND, LAYERS_FILE, LayerFeatures,
 };
-use pipe_engine::table::{FixedRows, Table};
 use pipe_kinds::tables::{Features, ProbeSet};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
+use super::trained::TrainedRun;
 use crate::device;
 use crate::models::Net;
-use crate::trained_run::{TrainedRun, to_i64};
+use crate::tensors::to_i64;
 use pipe_kinds::stages::corrupt::ExampleGroup;
 
 /// Chooses the probe set: for each of the first P classes, M clean examples of that class
@@ -82,7 +83,9 @@ fn project(x: &Tensor, k: i64, seed: u64) -> Tensor {
     while start < d {
         let len = block.min(d - start);
         let r = {
-            let _g = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::rng::TORCH_RNG
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(
                 (seed.wrapping_mul(1_000_003).wrapping_add(b) & 0x7fff_ffff_ffff_ffff) as i64,
             );
@@ -208,14 +211,8 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
         .iter()
         .map(|&g| g == ExampleGroup::Corrupted)
         .collect();
-    let chosen = choose_probe_set(
-        &train_labels,
-        &groups,
-        classes,
-        per_class,
-        p.seed as u64,
-    )
-    .map_err(|m| anyhow::Error::new(BadData(m)))?;
+    let chosen = choose_probe_set(&train_labels, &groups, classes, per_class, p.seed as u64)
+        .map_err(|m| anyhow::Error::new(BadData(m)))?;
     let n_corrupted = chosen.iter().filter(|&&i| corrupted[i]).count();
     writeln!(
         ctx.log,

@@ -24,18 +24,18 @@ use std::io::Write;
 
 use anyhow::Result;
 use pipe_engine::stage::RunContext;
+use pipe_engine::table::Table;
 use pipe_kinds::stages::corrupt::ExampleGroup;
 use pipe_kinds::stages::gradnorm::{EPOCH_PART_KIND, GradNormParams};
-use pipe_engine::table::Table;
 use pipe_kinds::tables::{GradNorm, GradNormExamples, GradNormPerExample};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
+use super::trained::TrainedRun;
 use crate::device;
 use crate::models::Net;
-use crate::trained_run::TrainedRun;
 
 /// Examples per forward and backward pass.
 const CHUNK: usize = 256;
@@ -123,7 +123,14 @@ impl LayerParams {
     fn per_layer(&self, grads: &[Tensor]) -> Vec<Tensor> {
         self.members
             .iter()
-            .map(|m| Tensor::cat(&m.iter().map(|&i| grads[i].flatten(0, -1)).collect::<Vec<_>>(), 0))
+            .map(|m| {
+                Tensor::cat(
+                    &m.iter()
+                        .map(|&i| grads[i].flatten(0, -1))
+                        .collect::<Vec<_>>(),
+                    0,
+                )
+            })
             .collect()
     }
 }
@@ -132,18 +139,27 @@ impl LayerParams {
 /// divided by `n`: (sum_i (y_i - 1/C) . z_i / n, sum_i [logsumexp(z_i) - mean z_i] / n).
 fn scalars(net: &Net, x: &Tensor, y: &Tensor, idx: &[i64], n: f64) -> (Tensor, Tensor) {
     let i = Tensor::from_slice(idx).to_device(x.device());
-    let z = net.forward_t(&x.index_select(0, &i), false).to_kind(Kind::Double);
+    let z = net
+        .forward_t(&x.index_select(0, &i), false)
+        .to_kind(Kind::Double);
     let c = z.size()[1];
     let centered_y = y.index_select(0, &i).one_hot(c).to_kind(Kind::Double) - 1.0 / c as f64;
     let dep = (centered_y * &z).sum(Kind::Double) / n;
-    let ind = (z.logsumexp([1i64].as_slice(), false) - z.mean_dim([1i64].as_slice(), false, Kind::Double))
-        .sum(Kind::Double)
+    let ind = (z.logsumexp([1i64].as_slice(), false)
+        - z.mean_dim([1i64].as_slice(), false, Kind::Double))
+    .sum(Kind::Double)
         / n;
     (dep, ind)
 }
 
 /// Per layer, (G_dep, G_ind) of the examples `idx` (flattened, double).
-fn group_parts(lp: &LayerParams, net: &Net, x: &Tensor, y: &Tensor, idx: &[i64]) -> Vec<(Tensor, Tensor)> {
+fn group_parts(
+    lp: &LayerParams,
+    net: &Net,
+    x: &Tensor,
+    y: &Tensor,
+    idx: &[i64],
+) -> Vec<(Tensor, Tensor)> {
     let n = idx.len() as f64;
     let mut dep: Option<Vec<Tensor>> = None;
     let mut ind: Option<Vec<Tensor>> = None;
@@ -156,11 +172,20 @@ fn group_parts(lp: &LayerParams, net: &Net, x: &Tensor, y: &Tensor, idx: &[i64])
     };
     for chunk in idx.chunks(CHUNK) {
         let (d, i) = scalars(net, x, y, chunk, n);
-        add(&mut dep, Tensor::run_backward(&[d], &lp.tensors, true, false));
-        add(&mut ind, Tensor::run_backward(&[i], &lp.tensors, false, false));
+        add(
+            &mut dep,
+            Tensor::run_backward(&[d], &lp.tensors, true, false),
+        );
+        add(
+            &mut ind,
+            Tensor::run_backward(&[i], &lp.tensors, false, false),
+        );
     }
     let (dep, ind) = (dep.unwrap_or_default(), ind.unwrap_or_default());
-    lp.per_layer(&dep).into_iter().zip(lp.per_layer(&ind)).collect()
+    lp.per_layer(&dep)
+        .into_iter()
+        .zip(lp.per_layer(&ind))
+        .collect()
 }
 
 fn norm(t: &Tensor) -> f64 {
@@ -255,7 +280,9 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let mut examples = GradNormExamples::default();
     for (g, idx) in &groups.0 {
         examples.index.extend_from_slice(idx);
-        examples.group.extend(idx.iter().map(|_| g.as_str().to_string()));
+        examples
+            .group
+            .extend(idx.iter().map(|_| g.as_str().to_string()));
     }
     examples.write(&ctx.out.join("gradnorm_examples.parquet"))?;
     // Each epoch's rows are a part keyed on its checkpoint: computed once.

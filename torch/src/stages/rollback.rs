@@ -9,15 +9,15 @@ use std::io::Write;
 
 use anyhow::Result;
 use pipe_engine::stage::RunContext;
-use pipe_kinds::stages::rollback::RollbackParams;
 use pipe_engine::table::Table;
+use pipe_kinds::stages::rollback::RollbackParams;
 use pipe_kinds::tables::Rollback;
 use tch::Tensor;
 
+use super::trained::{TrainedRun, predict};
 use crate::device;
 use crate::models::Net;
 use crate::score::accuracy;
-use crate::trained_run::{TrainedRun, predict};
 
 /// Test, clean, corrupted (training labels) and corrupted (true labels) accuracy.
 type Scores = (f64, f64, Option<f64>, Option<f64>);

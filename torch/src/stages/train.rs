@@ -1,25 +1,51 @@
 //! The `train` stage's work: load data, resume from the latest usable checkpoint, train,
 //! store kept epochs as parts, write metrics, the checkpoint list and the layer map.
+//!
+//! This file is the one translation of [`TrainParams`] into the plain settings of the
+//! models, optimizers and training loop ([`arch`], [`config`]).
 
+use std::collections::BTreeSet;
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pipe_engine::table::Table;
 use pipe_engine::stage::{BadData, KeyInputs, RunContext};
+use pipe_engine::store::Parts;
 use pipe_kinds::stages::train::{
-    CHECKPOINT_KIND, CheckpointRef, LayerInfo, ModelInfo, Optimizer, Schedule, TrainParams,
-    write_metrics,
+    CHECKPOINT_KIND, CheckpointRef, Init, LayerInfo, Loss, Model, ModelInfo, Optimizer, Schedule,
+    TrainParams,
 };
 
 use crate::checkpoint;
+use crate::data::{self, TrainData};
+use crate::device;
 use crate::models::{Arch, WeightInit};
 use crate::optim::{self, OptimizerConfig};
-use crate::trainer::{TrainConfig, Trainer};
-use crate::{data, device};
+use crate::records::TrainRecords;
+use crate::trainer::{self, EpochScores, TrainConfig, Trainer};
 
-/// The training loop's configuration from the train parameters.
+/// The architecture the parameters describe (the analyses rebuild trained networks by it).
+pub fn arch(p: &TrainParams) -> Arch {
+    let mult = p.width.unwrap_or(1.0);
+    match p.model {
+        Model::Mlp => Arch::Mlp {
+            hidden: p.hidden.clone(),
+        },
+        Model::Cnn => Arch::Cnn { mult },
+        Model::Vgg11 | Model::Vgg16 => Arch::Vgg {
+            depth: if p.model == Model::Vgg11 { 11 } else { 16 },
+            batch_norm: p.batch_norm,
+            mult,
+        },
+        Model::Resnet18 => Arch::Resnet18 {
+            k: p.width.map_or(64, |k| k as i64),
+        },
+        Model::Alexnet => Arch::Alexnet { mult },
+    }
+}
+
+/// The training loop's settings from the parameters, or why the device cannot be used.
 pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
-    let arch = Arch::from_params(p);
     let optimizer = match p.optimizer {
         Optimizer::Adam => OptimizerConfig::Adam {
             beta1: 0.9,
@@ -41,9 +67,16 @@ pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
         Schedule::Cosine => optim::Schedule::Cosine,
         Schedule::Constant => optim::Schedule::Constant,
     };
-    let device = device::resolve(&p.worker.device)?;
+    let loss = match p.loss {
+        Loss::CrossEntropy => trainer::Loss::CrossEntropy,
+        Loss::Mse => trainer::Loss::Mse,
+    };
+    let init = match p.init {
+        Init::Kaiming => WeightInit::Kaiming,
+        Init::Torch => WeightInit::Torch,
+    };
     Ok(TrainConfig {
-        arch,
+        arch: arch(p),
         epochs: p.epochs,
         batch_size: p.batch_size,
         optimizer,
@@ -51,125 +84,168 @@ pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
         schedule,
         augment: p.augment,
         seed: p.seed as u64,
-        loss: p.loss,
-        init: WeightInit::from_params(p),
+        loss,
+        init,
         freeze: p.freeze.clone(),
-        device,
+        device: device::resolve(&p.worker.device)?,
         record_examples: p.record_examples,
     })
+}
+
+/// The kept checkpoints of a running train instance: one part per kept epoch, keyed by
+/// [`TrainParams::checkpoint_key`].
+struct Checkpoints<'a> {
+    /// The instance's parameters.
+    params: &'a TrainParams,
+    /// What the checkpoint keys take from the instance.
+    keys: KeyInputs<'a>,
+    /// Where parts are stored.
+    parts: &'a Parts,
+    /// The train instance's key, recorded in each checkpoint's manifest.
+    train_key: &'a str,
+    /// The epochs kept.
+    keep: BTreeSet<i64>,
+}
+
+impl Checkpoints<'_> {
+    /// The key of the checkpoint of `epoch`.
+    fn key(&self, epoch: i64) -> String {
+        self.params.checkpoint_key(&self.keys, epoch)
+    }
+
+    /// The folder of the checkpoint of `epoch`, if it is stored.
+    fn stored(&self, epoch: i64) -> Option<PathBuf> {
+        self.parts.get(&self.key(epoch))
+    }
+
+    /// The latest stored checkpoint at or before the first kept epoch that is missing (if
+    /// none is missing, the final one: nothing to train), with its epoch.
+    fn latest_usable(&self) -> Option<(i64, PathBuf)> {
+        let first_missing = self
+            .keep
+            .iter()
+            .copied()
+            .find(|&e| self.stored(e).is_none())
+            .unwrap_or(self.params.epochs);
+        (1..=first_missing)
+            .rev()
+            .find_map(|e| self.stored(e).map(|d| (e, d)))
+    }
+
+    /// Stores the trainer's state as the checkpoint of its epoch, if that epoch is kept.
+    fn save(&self, t: &Trainer<'_>, records: &TrainRecords) -> Result<()> {
+        let e = t.epoch();
+        if self.keep.contains(&e) {
+            let manifest_params = serde_json::json!({"epoch": e, "train": self.train_key});
+            let model = self.params.model.as_str();
+            self.parts.put(
+                &self.key(e),
+                CHECKPOINT_KIND,
+                &manifest_params,
+                &mut |dir| checkpoint::save(dir, t, records, model),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `checkpoints.json`: every kept epoch with its checkpoint's key.
+    fn refs(&self) -> Vec<CheckpointRef> {
+        self.keep
+            .iter()
+            .map(|&e| CheckpointRef {
+                epoch: e,
+                key: self.key(e),
+            })
+            .collect()
+    }
 }
 
 /// Trains one instance (see `pipe_kinds::stages::train` for the parameters and outputs).
 pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let cfg = config(p).map_err(anyhow::Error::msg)?;
     tch::set_num_threads(ctx.threads as i32);
-    let model = p.model.as_str().to_string();
     let data = data::load(ctx.input("dataset")?, ctx.input("labels")?, cfg.device)?;
-    let info = &data.info;
+    let [channels, height, width] = data.input_shape();
     cfg.arch
-        .check_input(info.channels as i64, info.height as i64, info.width as i64)
+        .check_input(channels, height, width)
         .map_err(|m| anyhow::Error::new(BadData(m)))?;
-    let input_keys: Vec<(String, String)> = ctx
-        .inputs
-        .iter()
-        .map(|i| (i.slot.clone(), i.id.clone()))
-        .collect();
-    let keep = p.kept();
-    let epochs = cfg.epochs;
-    let keys = KeyInputs {
-        values: ctx.params,
-        input_keys: &input_keys,
-        input_parts: &[],
+    let identities = ctx.input_identities();
+    let checkpoints = Checkpoints {
+        params: p,
+        keys: identities.keys(ctx.params),
+        parts: ctx.parts,
+        train_key: ctx.key,
+        keep: p.kept(),
     };
-    let key_of = |e: i64| p.checkpoint_key(&keys, e);
-    let mut trainer = Trainer::new(cfg.clone(), &data);
-
-    // Resume from the latest stored checkpoint at or before the first kept epoch that
-    // is missing (if none is missing, from the final one: nothing to train).
-    let first_missing = keep
-        .iter()
-        .copied()
-        .find(|&e| ctx.parts.get(&key_of(e)).is_none())
-        .unwrap_or(epochs);
-    let resume = (1..=first_missing)
-        .rev()
-        .find_map(|e| ctx.parts.get(&key_of(e)).map(|d| (e, d)));
-    match resume {
+    let mut trainer = Trainer::new(cfg, &data);
+    let mut records = match checkpoints.latest_usable() {
         Some((e, dir)) => {
-            checkpoint::restore(&dir, &mut trainer)
+            let records = checkpoint::restore(&dir, &mut trainer)
                 .with_context(|| format!("resuming from epoch {e}"))?;
             writeln!(
                 ctx.log,
                 "resumed from the checkpoint of epoch {e} ({})",
                 dir.display()
             )?;
+            records
         }
-        None => trainer.evaluate_initial(),
-    }
-    let ck_params = |e: i64| serde_json::json!({"epoch": e, "train": ctx.key});
-    let save = |t: &Trainer<'_>| -> Result<()> {
-        let e = t.epoch();
-        if keep.contains(&e) {
-            ctx.parts
-                .put(&key_of(e), CHECKPOINT_KIND, &ck_params(e), &mut |dir| {
-                    checkpoint::save(dir, t, &model)
-                })?;
+        None => {
+            let mut records = TrainRecords::new(p.record_examples);
+            records.push(&trainer.evaluate_initial(), &data)?;
+            checkpoints.save(&trainer, &records)?;
+            records
         }
-        Ok(())
     };
-    if trainer.epoch() == 0 {
-        save(&trainer)?;
+    while trainer.epoch() < p.epochs {
+        let evaluation = trainer.train_epoch();
+        log_epoch(ctx.log, &evaluation.scores, p.epochs)?;
+        records.push(&evaluation, &data)?;
+        checkpoints.save(&trainer, &records)?;
     }
-    while trainer.epoch() < epochs {
-        let m = trainer.train_epoch().clone();
-        writeln!(
-            ctx.log,
-            "epoch {:>3}/{epochs}  lr {:.5}  train loss {:.4} acc {:.4}  clean {:.4}  corrupted(train) {}  corrupted(true) {}  test loss {:.4} acc {:.4}  {:.2}s",
-            m.epoch,
-            m.lr,
-            m.train_loss,
-            m.train_acc,
-            m.clean_acc,
-            m.corrupted_train_acc
-                .map_or("-".into(), |a| format!("{a:.4}")),
-            m.corrupted_true_acc
-                .map_or("-".into(), |a| format!("{a:.4}")),
-            m.test_loss,
-            m.test_acc,
-            m.seconds
-        )?;
-        save(&trainer)?;
-    }
-
-    write_metrics(
-        &ctx.out.join("metrics.parquet"),
-        &trainer.metrics[..=epochs as usize],
-    )?;
-    let refs: Vec<CheckpointRef> = keep
-        .iter()
-        .map(|&e| CheckpointRef {
-            epoch: e,
-            key: key_of(e),
-        })
-        .collect();
-    if p.record_examples {
-        trainer
-            .examples
-            .write(&ctx.out.join("examples.parquet"))?;
-    }
+    records.write(ctx.out)?;
     std::fs::write(
         ctx.out.join("checkpoints.json"),
-        serde_json::to_vec_pretty(&refs)?,
+        serde_json::to_vec_pretty(&checkpoints.refs())?,
     )?;
-    let vars = trainer.net.variables();
-    let layers = trainer
-        .net
+    let info = model_info(p, &trainer, &data);
+    std::fs::write(
+        ctx.out.join("model.json"),
+        serde_json::to_vec_pretty(&info)?,
+    )?;
+    Ok(())
+}
+
+/// The log line of a trained epoch (of `epochs`).
+fn log_epoch(log: &mut impl Write, m: &EpochScores, epochs: i64) -> std::io::Result<()> {
+    writeln!(
+        log,
+        "epoch {:>3}/{epochs}  lr {:.5}  train loss {:.4} acc {:.4}  clean {:.4}  corrupted(train) {}  corrupted(true) {}  test loss {:.4} acc {:.4}  {:.2}s",
+        m.epoch,
+        m.lr,
+        m.train_loss,
+        m.train_acc,
+        m.clean_acc,
+        m.corrupted_train_acc
+            .map_or("-".into(), |a| format!("{a:.4}")),
+        m.corrupted_true_acc
+            .map_or("-".into(), |a| format!("{a:.4}")),
+        m.test_loss,
+        m.test_acc,
+        m.seconds
+    )
+}
+
+/// `model.json`: the model's layers with their variables, and its parameter counts.
+fn model_info(p: &TrainParams, trainer: &Trainer<'_>, data: &TrainData) -> ModelInfo {
+    let net = &trainer.net;
+    let vars = net.variables();
+    let layers = net
         .layer_names()
         .into_iter()
         .map(|name| LayerInfo {
             variables: vars
                 .iter()
-                .filter(|(v, _)| trainer.net.layer_of(v) == Some(name.as_str()))
+                .filter(|(v, _)| net.layer_of(v) == Some(name.as_str()))
                 .map(|(v, _)| v.clone())
                 .collect(),
             name,
@@ -178,10 +254,10 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let count = |list: &[(String, tch::Tensor)]| -> i64 {
         list.iter().map(|(_, t)| t.numel() as i64).sum()
     };
-    let info = ModelInfo {
-        model,
-        input: [info.channels as i64, info.height as i64, info.width as i64],
-        classes: info.classes as i64,
+    ModelInfo {
+        model: p.model.as_str().to_string(),
+        input: data.input_shape(),
+        classes: data.classes(),
         width: p.width,
         loss: p.loss.as_str().to_string(),
         init: p.init.as_str().to_string(),
@@ -189,10 +265,40 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
         parameters: count(&trainer.params) + count(&trainer.frozen),
         frozen_parameters: count(&trainer.frozen),
         layers,
-    };
-    std::fs::write(
-        ctx.out.join("model.json"),
-        serde_json::to_vec_pretty(&info)?,
-    )?;
-    Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Net;
+    use pipe_engine::stage::KindParams;
+    use tch::Device;
+
+    #[test]
+    fn layer_names_agree_with_the_engine_side_list() {
+        let cases: [(&str, [i64; 3]); 6] = [
+            ("mlp", [1, 28, 28]),
+            ("cnn", [1, 28, 28]),
+            ("vgg11", [3, 32, 32]),
+            ("vgg16", [3, 32, 32]),
+            ("resnet18", [3, 32, 32]),
+            ("alexnet", [3, 32, 32]),
+        ];
+        for (model, input) in cases {
+            let params = TrainParams::parse(
+                serde_json::json!({"model": model, "hidden": [7, 5, 3], "epochs": 1, "lr": 0.1})
+                    .as_object()
+                    .unwrap(),
+            )
+            .unwrap();
+            let net = {
+                let _g = crate::rng::TORCH_RNG
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                Net::new(&arch(&params), input, 10, Device::Cpu)
+            };
+            assert_eq!(net.layer_names(), params.layer_names(), "{model}");
+        }
+    }
 }

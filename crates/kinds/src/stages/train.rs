@@ -9,16 +9,13 @@
 use crate::stages::slots;
 use pipe_engine::table::StoredTable;
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::tables::Metrics;
 use crate::worker::WorkerParams;
 use pipe_engine::plan::compute_key;
 use pipe_engine::stage::{CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
-use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "train"`.
 pub const NAME: &str = slots::names::TRAIN;
@@ -239,67 +236,6 @@ pub struct CheckpointRef {
     pub key: String,
 }
 
-/// One row of `metrics.parquet`: the state after an epoch (epoch 0 = initialization).
-#[derive(Clone, Debug, PartialEq)]
-pub struct EpochMetrics {
-    /// Epoch (0 = before training).
-    pub epoch: i64,
-    /// Learning rate used during the epoch (0 for epoch 0).
-    pub lr: f64,
-    /// Mean loss on the whole training set against the training labels.
-    pub train_loss: f64,
-    /// Accuracy on the whole training set against the training labels.
-    pub train_acc: f64,
-    /// Accuracy on the clean training examples.
-    pub clean_acc: f64,
-    /// Accuracy on the corrupted examples against their training labels (memorization).
-    pub corrupted_train_acc: Option<f64>,
-    /// Accuracy on the corrupted examples against their true labels (generalization).
-    pub corrupted_true_acc: Option<f64>,
-    /// Mean loss on the test set.
-    pub test_loss: f64,
-    /// Accuracy on the test set.
-    pub test_acc: f64,
-    /// Wall-clock seconds of the epoch (training and evaluation). Not deterministic, so it
-    /// goes to the log only, never into `metrics.parquet` (read back as 0).
-    pub seconds: f64,
-}
-
-/// Writes `metrics` as a [`Metrics`] table (`seconds` stays out: it is not deterministic).
-pub fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
-    Metrics {
-        epoch: metrics.iter().map(|m| m.epoch).collect(),
-        lr: metrics.iter().map(|m| m.lr).collect(),
-        train_loss: metrics.iter().map(|m| m.train_loss).collect(),
-        train_acc: metrics.iter().map(|m| m.train_acc).collect(),
-        clean_acc: metrics.iter().map(|m| m.clean_acc).collect(),
-        corrupted_train_acc: metrics.iter().map(|m| m.corrupted_train_acc).collect(),
-        corrupted_true_acc: metrics.iter().map(|m| m.corrupted_true_acc).collect(),
-        test_loss: metrics.iter().map(|m| m.test_loss).collect(),
-        test_acc: metrics.iter().map(|m| m.test_acc).collect(),
-    }
-    .write(path)
-}
-
-/// Reads a table written by [`write_metrics`] (`seconds` read back as 0).
-pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
-    let m = Metrics::read(path)?;
-    Ok((0..m.rows())
-        .map(|i| EpochMetrics {
-            epoch: m.epoch[i],
-            lr: m.lr[i],
-            train_loss: m.train_loss[i],
-            train_acc: m.train_acc[i],
-            clean_acc: m.clean_acc[i],
-            corrupted_train_acc: m.corrupted_train_acc[i],
-            corrupted_true_acc: m.corrupted_true_acc[i],
-            test_loss: m.test_loss[i],
-            test_acc: m.test_acc[i],
-            seconds: 0.0,
-        })
-        .collect())
-}
-
 impl Kind for Train {
     type Params = TrainParams;
     const NAME: &'static str = NAME;
@@ -386,7 +322,7 @@ impl Kind for Train {
             .collect()
     }
     fn tables(&self, p: &TrainParams) -> Vec<String> {
-        let mut tables = vec![Metrics::NAME.to_string()];
+        let mut tables = vec![crate::tables::Metrics::NAME.to_string()];
         if p.record_examples {
             tables.push(crate::tables::Examples::NAME.into());
         }

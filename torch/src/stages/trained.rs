@@ -1,5 +1,7 @@
 //! A finished train instance as the analysis stages see it: its data, its checkpoints, and
-//! networks rebuilt at any kept epoch.
+//! networks rebuilt at any kept epoch. Pipeline-facing, like the stage files: it reads the
+//! train artifact's manifest and parameters, and builds the network through the `train`
+//! stage's translation of those parameters ([`super::train::arch`]).
 
 use std::path::PathBuf;
 
@@ -10,6 +12,7 @@ use pipe_kinds::stages::train::{CheckpointRef, TrainParams};
 use pipe_kinds::stages::trained::{EpochRef, find_checkpoint};
 use tch::{Device, Kind, Tensor};
 
+use super::train;
 use crate::checkpoint::load_weights;
 use crate::data::{self, TrainData};
 use crate::models::{Arch, Net};
@@ -52,7 +55,7 @@ impl TrainedRun {
             })
         };
         let data = data::load(&input("dataset")?, &input("labels")?, device)?;
-        let arch = Arch::from_params(&params);
+        let arch = train::arch(&params);
         Ok(TrainedRun {
             params,
             arch,
@@ -81,11 +84,10 @@ impl TrainedRun {
 
     /// A network with the weights of a checkpoint.
     pub fn net_at(&self, c: &CheckpointRef) -> Result<Net> {
-        let info = &self.data.info;
         let net = Net::new(
             &self.arch,
-            [info.channels as i64, info.height as i64, info.width as i64],
-            info.classes as i64,
+            self.data.input_shape(),
+            self.data.classes(),
             self.device,
         );
         load_weights(
@@ -160,20 +162,6 @@ impl EpochPart {
     pub fn how(&self) -> &'static str {
         if self.computed { "computed" } else { "reused" }
     }
-}
-
-/// A 1-D tensor as a vector of i64.
-pub fn to_i64(t: &Tensor) -> Result<Vec<i64>> {
-    Ok(Vec::<i64>::try_from(
-        t.to_kind(Kind::Int64).to_device(Device::Cpu),
-    )?)
-}
-
-/// A 1-D bool tensor as a vector.
-pub fn to_bool(t: &Tensor) -> Result<Vec<bool>> {
-    Ok(Vec::<bool>::try_from(
-        t.to_kind(Kind::Bool).to_device(Device::Cpu),
-    )?)
 }
 
 /// Predicted classes of a network for `x`, in evaluation mode, in batches.
