@@ -1,5 +1,6 @@
 //! Loads a `dataset` artifact and a `corrupt` artifact into tensors.
 
+use pipe_engine::table::StoredTable;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -90,9 +91,9 @@ pub fn load(dataset_dir: &Path, labels_dir: &Path, device: Device) -> Result<Tra
     let info: DatasetInfo =
         serde_json::from_slice(&std::fs::read(dataset_dir.join("dataset.json"))?)
             .context("reading dataset.json")?;
-    let (train_u8, true_labels) = read_images(&dataset_dir.join("train.parquet"), &info)?;
-    let (test_u8, test_labels) = read_images(&dataset_dir.join("test.parquet"), &info)?;
-    let labels = Labels::read(&labels_dir.join("labels.parquet"))?;
+    let (train_u8, true_labels) = read_images(&dataset_dir.join(Images::TRAIN_FILE), &info)?;
+    let (test_u8, test_labels) = read_images(&dataset_dir.join(Images::TEST_FILE), &info)?;
+    let labels = Labels::read_in(labels_dir)?;
     let n = true_labels.len() as i64;
     let increasing = labels.index.windows(2).all(|w| w[0] < w[1]);
     let in_range = labels.index.iter().all(|&i| (0..n).contains(&i));

@@ -4,6 +4,7 @@
 //! of the trainer's results: its [`Evaluation`]s become rows of the `train` kind's tables
 //! here and nowhere else, and a checkpoint stores and restores these tables as they are.
 
+use pipe_engine::table::StoredTable;
 use std::path::Path;
 
 use anyhow::Result;
@@ -13,11 +14,6 @@ use pipe_kinds::tables::{Examples, Metrics};
 use crate::data::TrainData;
 use crate::tensors::{to_bool, to_i64};
 use crate::trainer::{EpochScores, Evaluation, ExampleScores};
-
-/// The file of the [`Metrics`] table, in a train artifact and in each checkpoint.
-const METRICS_FILE: &str = "metrics.parquet";
-/// The file of the [`Examples`] table, likewise.
-const EXAMPLES_FILE: &str = "examples.parquet";
 
 /// The metrics of every epoch so far and, when recorded, every example's scores.
 pub struct TrainRecords {
@@ -52,18 +48,18 @@ impl TrainRecords {
 
     /// Writes the tables into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        self.metrics.write(&dir.join(METRICS_FILE))?;
+        self.metrics.write_in(dir)?;
         if let Some(examples) = &self.examples {
-            examples.write(&dir.join(EXAMPLES_FILE))?;
+            examples.write_in(dir)?;
         }
         Ok(())
     }
 
     /// Reads the tables [`TrainRecords::write`] wrote into `dir`.
     pub fn read(dir: &Path, record_examples: bool) -> Result<TrainRecords> {
-        let metrics = Metrics::read(&dir.join(METRICS_FILE))?;
+        let metrics = Metrics::read_in(dir)?;
         let examples = if record_examples {
-            Some(Examples::read(&dir.join(EXAMPLES_FILE))?)
+            Some(Examples::read_in(dir)?)
         } else {
             None
         };

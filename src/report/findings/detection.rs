@@ -69,10 +69,10 @@ fn role(
     n: NodeIndex,
     baselines: &HashMap<NodeIndex, NodeIndex>,
 ) -> Option<(String, NodeIndex)> {
-    let labels = input(plan, n, "labels")?;
+    let labels = input(plan, n, pipe_kinds::stages::slots::LABELS.name)?;
     match kind_of(plan, labels) {
         k if k == clean::NAME => {
-            let scores = input(plan, labels, "scores")?;
+            let scores = input(plan, labels, pipe_kinds::stages::slots::SCORES.name)?;
             let c = plan.graph[labels]
                 .params
                 .typed::<clean::CleanParams>()
@@ -101,7 +101,7 @@ fn noisy_baselines(plan: &Plan, detects: &[NodeIndex]) -> HashMap<NodeIndex, Nod
     let mut trains_on: HashMap<NodeIndex, Vec<NodeIndex>> = HashMap::new();
     for &o in &plan.order {
         if kind_of(plan, o) == train::NAME
-            && let Some(l) = input(plan, o, "labels")
+            && let Some(l) = input(plan, o, pipe_kinds::stages::slots::LABELS.name)
         {
             trains_on.entry(l).or_default().push(o);
         }
@@ -111,7 +111,9 @@ fn noisy_baselines(plan: &Plan, detects: &[NodeIndex]) -> HashMap<NodeIndex, Nod
         let Some(t) = input(plan, d, "train") else {
             continue;
         };
-        let Some(on) = input(plan, t, "labels").and_then(|l| trains_on.get(&l)) else {
+        let Some(on) =
+            input(plan, t, pipe_kinds::stages::slots::LABELS.name).and_then(|l| trains_on.get(&l))
+        else {
             continue;
         };
         let others: Vec<NodeIndex> = on.iter().copied().filter(|&o| o != t).collect();
@@ -149,7 +151,7 @@ struct StageRows {
 fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
     let plan = data.plan;
     let mut stages: IndexMap<String, StageRows> = IndexMap::new();
-    for (node, r) in data.tables::<Roc>("roc")? {
+    for (node, r) in data.tables::<Roc>()? {
         if kind_of(plan, node) != detect::NAME {
             continue;
         }
@@ -172,7 +174,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         .copied()
         .filter(|&n| kind_of(plan, n) == detect::NAME)
         .collect();
-    for (node, d) in data.tables::<Detection>("detection")? {
+    for (node, d) in data.tables::<Detection>()? {
         let rows = stages.entry(plan.stage_name(node).to_string()).or_default();
         if let (Some(m), Some(a)) = (d.method.first(), d.auroc.first().copied().flatten()) {
             rows.default_method.get_or_insert_with(|| m.clone());
@@ -180,7 +182,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         }
     }
     let baselines = noisy_baselines(plan, &detects);
-    for (node, m) in data.tables::<Metrics>("metrics")? {
+    for (node, m) in data.tables::<Metrics>()? {
         if kind_of(plan, node) != train::NAME {
             continue;
         }

@@ -111,7 +111,7 @@ fn double_descent_claim(test: &Acc, train: &Acc) -> Option<Claim> {
 fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
     // stage -> [test error, train error].
     let mut errors: IndexMap<String, [Acc; 2]> = IndexMap::new();
-    for (node, m) in data.tables::<Metrics>("metrics")? {
+    for (node, m) in data.tables::<Metrics>()? {
         let Some(w) = size_of(data, node) else {
             continue;
         };
@@ -140,7 +140,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
     }
     // The last layer of each probe table at its last epoch: measure -> "group labeling" -> width.
     let mut geometry: [Acc; 3] = Default::default();
-    for (node, p) in data.tables::<Probe>("probe")? {
+    for (node, p) in data.tables::<Probe>()? {
         let Some(w) = size_of(data, node) else {
             continue;
         };

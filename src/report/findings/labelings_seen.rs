@@ -41,7 +41,7 @@ const CLUSTERED: f64 = 0.5;
 /// PCA. Dots are one instance's (the first of the averaged group); the agreement numbers
 /// are means over the group.
 fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
-    let tables = data.tables::<Embedding>("embedding")?;
+    let tables = data.tables::<Embedding>()?;
     let mut layers: Vec<String> = Vec::new();
     for (_, t) in &tables {
         for l in &t.layer {

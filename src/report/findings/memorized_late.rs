@@ -84,7 +84,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         ("corrupted_true_acc", "Corrupted examples vs true labels"),
     ];
     let mut by_stage: IndexMap<String, [Acc; 3]> = IndexMap::new();
-    for (node, m) in data.tables::<Metrics>("metrics")? {
+    for (node, m) in data.tables::<Metrics>()? {
         let group = data.group(node);
         let accs = by_stage
             .entry(data.plan.stage_name(node).to_string())

@@ -14,6 +14,7 @@ mod not_vanishing_gradients;
 mod undone_by_rollback;
 mod where_memorized;
 
+use pipe_engine::table::StoredTable;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -130,14 +131,14 @@ pub struct FigureData<'a> {
 }
 
 impl FigureData<'_> {
-    /// Every instance's table `name` (e.g. `metrics`), read as `T`, in plan order.
-    pub(super) fn tables<T: Table>(&self, name: &str) -> Result<Vec<(NodeIndex, T)>> {
+    /// Every instance's table `T` (e.g. `Metrics`), in plan order.
+    pub(super) fn tables<T: StoredTable>(&self) -> Result<Vec<(NodeIndex, T)>> {
         let parts = self
             .gathered
             .tables
-            .get(name)
+            .get(T::NAME)
             .map_or(&[][..], Vec::as_slice);
-        read_tables(parts, name, |node| self.plan.label(node))
+        read_tables(parts, T::NAME, |node| self.plan.label(node))
     }
 
     /// The instance's sweep point without the averaged variables, e.g. `noise=0.4`.

@@ -40,7 +40,7 @@ struct GradientRows {
 /// Collects the `gradnorm` tables by (stage, group).
 fn gradient_rows(data: &FigureData<'_>) -> Result<IndexMap<(String, String), GradientRows>> {
     let mut by: IndexMap<(String, String), GradientRows> = IndexMap::new();
-    for (node, g) in data.tables::<GradNorm>("gradnorm")? {
+    for (node, g) in data.tables::<GradNorm>()? {
         let rows = by.entry(data.stage_and_group(node)).or_default();
         let mut by_key: HashMap<(i64, &str, &str), (f64, f64)> = HashMap::new();
         for i in 0..g.epoch.len() {

@@ -34,7 +34,7 @@ struct RollbackRows {
 /// Collects the `rollback` tables by (stage, group).
 fn rollback_rows(data: &FigureData<'_>) -> Result<IndexMap<(String, String), RollbackRows>> {
     let mut by: IndexMap<(String, String), RollbackRows> = IndexMap::new();
-    for (node, r) in data.tables::<Rollback>("rollback")? {
+    for (node, r) in data.tables::<Rollback>()? {
         let rows = by.entry(data.stage_and_group(node)).or_default();
         for (i, cutoff) in r.cutoff.iter().enumerate() {
             let (index, test) = (r.cutoff_index[i], r.test_acc[i]);

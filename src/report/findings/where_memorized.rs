@@ -45,7 +45,7 @@ struct GeometryRows {
 /// Collects the `probe` tables by (stage, group).
 fn geometry_rows(data: &FigureData<'_>) -> Result<IndexMap<(String, String), GeometryRows>> {
     let mut by: IndexMap<(String, String), GeometryRows> = IndexMap::new();
-    for (node, p) in data.tables::<Probe>("probe")? {
+    for (node, p) in data.tables::<Probe>()? {
         let rows = by.entry(data.stage_and_group(node)).or_default();
         for (i, (&e, layer)) in p.epoch.iter().zip(&p.layer).enumerate() {
             rows.epochs.insert(e);

@@ -9,6 +9,7 @@
 //! see `ActivationsParams::epoch_part_key`), then linked into the output: an epoch whose
 //! part is cached is not computed again.
 
+use pipe_engine::table::StoredTable;
 use std::io::Write;
 use std::path::Path;
 
@@ -227,7 +228,7 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
         train_label: chosen.iter().map(|&i| train_labels[i]).collect(),
         corrupted: chosen.iter().map(|&i| corrupted[i]).collect(),
     }
-    .write(&ctx.out.join("probe_set.parquet"))?;
+    .write_in(ctx.out)?;
 
     let idx =
         Tensor::from_slice(&chosen.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);

@@ -20,6 +20,7 @@
 //! the chosen examples that kept their label (`unchanged`). `gradnorm_examples.parquet`
 //! records the examples; `per_example = true` adds every example's own three norms.
 
+use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::Result;
@@ -39,10 +40,6 @@ use crate::models::Net;
 
 /// Examples per forward and backward pass.
 const CHUNK: usize = 256;
-
-/// The per-epoch part's files.
-const GROUPS_FILE: &str = "gradnorm.parquet";
-const PER_EXAMPLE_FILE: &str = "gradnorm_per_example.parquet";
 
 /// The examples of each group, in the order groups are reported.
 pub struct Groups(pub Vec<(ExampleGroup, Vec<i64>)>);
@@ -284,7 +281,7 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
             .group
             .extend(idx.iter().map(|_| g.as_str().to_string()));
     }
-    examples.write(&ctx.out.join("gradnorm_examples.parquet"))?;
+    examples.write_in(ctx.out)?;
     // Each epoch's rows are a part keyed on its checkpoint: computed once.
     let parts = run.epoch_parts(
         &p.epochs,
@@ -294,15 +291,15 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
         |ck, net, tmp| {
             let data = (&run.data.train.x, &run.data.train.y);
             let (rows, per) = epoch_tables(net, ck.epoch, data, &groups, p.per_example);
-            rows.write(&tmp.join(GROUPS_FILE))?;
-            per.map_or(Ok(()), |e| e.write(&tmp.join(PER_EXAMPLE_FILE)))
+            rows.write_in(tmp)?;
+            per.map_or(Ok(()), |e| e.write_in(tmp))
         },
     )?;
     let mut table = GradNorm::default();
     let mut per = GradNormPerExample::default();
     for part in &parts {
         let (epoch, how) = (part.checkpoint.epoch, part.how());
-        let rows = GradNorm::read(&part.dir.join(GROUPS_FILE))?;
+        let rows = GradNorm::read_in(&part.dir)?;
         writeln!(
             ctx.log,
             "epoch {epoch}: {how} (part {}); label-dependent corrupted/clean: {}",
@@ -311,12 +308,12 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
         )?;
         table.append(rows);
         if p.per_example {
-            per.append(GradNormPerExample::read(&part.dir.join(PER_EXAMPLE_FILE))?);
+            per.append(GradNormPerExample::read_in(&part.dir)?);
         }
     }
-    table.write(&ctx.out.join(GROUPS_FILE))?;
+    table.write_in(ctx.out)?;
     if p.per_example {
-        per.write(&ctx.out.join(PER_EXAMPLE_FILE))?;
+        per.write_in(ctx.out)?;
     }
     Ok(())
 }

@@ -5,11 +5,11 @@
 //! test_acc, clean_acc, corrupted_train_acc, corrupted_true_acc`, with one extra row
 //! `cutoff = "none"` for the final weights as they are.
 
+use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::Result;
 use pipe_engine::stage::RunContext;
-use pipe_engine::table::Table;
 use pipe_kinds::stages::rollback::RollbackParams;
 use pipe_kinds::tables::Rollback;
 use tch::Tensor;
@@ -130,5 +130,5 @@ pub fn run(p: &RollbackParams, ctx: &mut RunContext<'_>) -> Result<()> {
             cutoffs.len()
         )?;
     }
-    table.write(&ctx.out.join("rollback.parquet"))
+    table.write_in(ctx.out)
 }

@@ -4,6 +4,7 @@
 //! This file is the one translation of [`TrainParams`] into the plain settings of the
 //! models, optimizers and training loop ([`arch`], [`config`]).
 
+use pipe_kinds::stages::slots;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
@@ -164,7 +165,11 @@ impl Checkpoints<'_> {
 pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let cfg = config(p).map_err(anyhow::Error::msg)?;
     tch::set_num_threads(ctx.threads as i32);
-    let data = data::load(ctx.input("dataset")?, ctx.input("labels")?, cfg.device)?;
+    let data = data::load(
+        ctx.input(slots::DATASET.name)?,
+        ctx.input(slots::LABELS.name)?,
+        cfg.device,
+    )?;
     let [channels, height, width] = data.input_shape();
     cfg.arch
         .check_input(channels, height, width)

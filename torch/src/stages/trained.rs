@@ -3,6 +3,7 @@
 //! train artifact's manifest and parameters, and builds the network through the `train`
 //! stage's translation of those parameters ([`super::train::arch`]).
 
+use pipe_kinds::stages::slots;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -36,7 +37,7 @@ pub struct TrainedRun {
 impl TrainedRun {
     /// Loads the `train` input of a running analysis instance.
     pub fn load(ctx: &RunContext<'_>, device: Device) -> Result<TrainedRun> {
-        let dir = ctx.input("train")?.to_path_buf();
+        let dir = ctx.input(slots::TRAIN.name)?.to_path_buf();
         let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)
             .context("reading the train artifact's manifest")?;
         let params = TrainParams::parse(&manifest.params.as_object().cloned().unwrap_or_default())
@@ -54,7 +55,11 @@ impl TrainedRun {
                 )
             })
         };
-        let data = data::load(&input("dataset")?, &input("labels")?, device)?;
+        let data = data::load(
+            &input(slots::DATASET.name)?,
+            &input(slots::LABELS.name)?,
+            device,
+        )?;
         let arch = train::arch(&params);
         Ok(TrainedRun {
             params,
