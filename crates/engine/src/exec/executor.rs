@@ -1,0 +1,150 @@
+//! The [`Executor`] trait: what `pipe run`, `status` and `cancel` ask of a place where
+//! instances run (this machine, a Slurm cluster, ...), so that the command line names no
+//! executor. Each executor is one file in `exec/` and one line in [`super::executors`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::{Observer, RunOptions, RunReport};
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::runs::RunRecord;
+use crate::store::Store;
+
+/// Options of `pipe run` that only some executors take; each executor checks and
+/// interprets them ([`Executor::check`]).
+#[derive(Clone, Debug, Default)]
+pub struct ExecutorOptions {
+    /// The queue (Slurm partition) every job goes to (`--partition`).
+    pub queue: Option<String>,
+    /// Extra arguments for the submission command, passed as given (`--slurm-arg`).
+    pub submit_args: Vec<String>,
+    /// Submit and return without waiting for the jobs (`--detach`).
+    pub detach: bool,
+    /// Seconds between two polls of the cluster's queue (`--poll`).
+    pub poll_seconds: f64,
+    /// GPUs of this machine to place instances on (`--gpus`).
+    pub gpus: Vec<u32>,
+    /// The `pipe` binary a job runs on its node (on a filesystem the nodes share); `None`:
+    /// this process's binary.
+    pub exe: Option<PathBuf>,
+}
+
+impl ExecutorOptions {
+    /// Whether any option of a cluster executor (queue, submit arguments, detach) is given.
+    pub fn asks_for_submission(&self) -> bool {
+        self.detach || !self.submit_args.is_empty() || self.queue.is_some()
+    }
+
+    /// The poll interval; checked positive by [`check_poll`].
+    pub fn poll(&self) -> Duration {
+        Duration::try_from_secs_f64(self.poll_seconds).unwrap_or(Duration::from_secs(2))
+    }
+}
+
+/// Rejects a poll interval that is not a positive number of seconds.
+pub fn check_poll(opts: &ExecutorOptions) -> Result<(), String> {
+    if opts.poll_seconds.is_finite() && opts.poll_seconds > 0.0 {
+        Ok(())
+    } else {
+        Err("--poll must be a positive number of seconds".into())
+    }
+}
+
+/// Rejects the options of cluster executors, for an executor that runs on this machine.
+pub fn reject_submission_options(opts: &ExecutorOptions) -> Result<(), String> {
+    if opts.asks_for_submission() {
+        let takers: Vec<&str> = super::executors()
+            .iter()
+            .filter(|e| e.submits_jobs())
+            .map(|e| e.name())
+            .collect();
+        return Err(format!(
+            "--detach, --partition and --slurm-arg need --executor {}",
+            takers.join(" or --executor ")
+        ));
+    }
+    Ok(())
+}
+
+/// How a run of an executor reacts to Ctrl-C or SIGTERM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// Its instances run in this process: the signal handler kills their commands, cleans
+    /// up and ends the process at once.
+    ExitProcess,
+    /// Its instances run elsewhere: the handler sets the `interrupted` flag, and the
+    /// executor cancels what it submitted and returns.
+    CancelAndReturn,
+}
+
+/// What [`Executor::run`] gives back.
+#[derive(Debug)]
+pub struct ExecutorRun {
+    /// The outcome of every instance settled so far, in plan order.
+    pub report: RunReport,
+    /// The run's record, with what the executor added (its jobs, whether it finished).
+    pub record: RunRecord,
+    /// The executor returned before its work ended (a detached submission).
+    pub detached: bool,
+}
+
+/// An instance being computed by a run of an executor, as `pipe status` shows it.
+#[derive(Clone, Debug)]
+pub struct LiveInstance {
+    /// The executor's name.
+    pub executor: &'static str,
+    /// The run id.
+    pub run: String,
+    /// The job's id.
+    pub job_id: String,
+    /// The job's state in the executor's words (`PENDING`, `RUNNING`, ...).
+    pub state: String,
+    /// Why it is in that state, in the executor's words (may be empty).
+    pub reason: String,
+}
+
+/// A place where a run's instances are computed. Every executor computes an instance
+/// through [`super::job::compute_instance`] and reports through an [`Observer`].
+pub trait Executor: Sync {
+    /// Its name: the `--executor` value, and the `executor` field of its run records.
+    fn name(&self) -> &'static str;
+
+    /// One line for `--executor`'s help.
+    fn about(&self) -> &'static str;
+
+    /// Whether it submits instances as jobs with ids and logs, which its run records,
+    /// `pipe run --json` and `pipe cancel` list.
+    fn submits_jobs(&self) -> bool;
+
+    /// How a run reacts to Ctrl-C or SIGTERM.
+    fn interrupt(&self) -> Interrupt;
+
+    /// Rejects options it does not take, with the message the user sees.
+    fn check(&self, opts: &ExecutorOptions) -> Result<(), String>;
+
+    /// Computes (or submits) the selected instances whose artifacts are missing.
+    /// `record` is the run's record, begun and saved by the caller; the executor adds to
+    /// it and returns it. `interrupted` is set by the caller's signal handler.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        plan: &Plan,
+        store: &Store,
+        opts: &RunOptions,
+        executor_opts: &ExecutorOptions,
+        observer: &dyn Observer,
+        interrupted: &AtomicBool,
+        record: RunRecord,
+    ) -> Result<ExecutorRun, Error>;
+
+    /// The instances among `recipes` that its unfinished runs are computing, by recipe.
+    fn live_instances(&self, store: &Store, recipes: &HashSet<&str>)
+    -> HashMap<String, LiveInstance>;
+
+    /// Cancels what a run of it still has queued or running; returns the job ids it
+    /// cancelled. The caller marks the record finished.
+    fn cancel(&self, record: &RunRecord) -> Result<Vec<String>, String>;
+}
