@@ -141,8 +141,11 @@ pub trait Executor: Sync {
     ) -> Result<ExecutorRun, Error>;
 
     /// The instances among `recipes` that its unfinished runs are computing, by recipe.
-    fn live_instances(&self, store: &Store, recipes: &HashSet<&str>)
-    -> HashMap<String, LiveInstance>;
+    fn live_instances(
+        &self,
+        store: &Store,
+        recipes: &HashSet<&str>,
+    ) -> HashMap<String, LiveInstance>;
 
     /// Cancels what a run of it still has queued or running; returns the job ids it
     /// cancelled. The caller marks the record finished.

@@ -7,11 +7,11 @@ use std::sync::mpsc;
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
-use super::job::{InstanceJob, compute_instance};
 use super::executor::{
     Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance, check_poll,
     reject_submission_options,
 };
+use super::job::{InstanceJob, compute_instance};
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
 use crate::error::Error;
 use crate::plan::Plan;

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use petgraph::graph::NodeIndex;
 
-use super::executor::{Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance, check_poll};
+use super::executor::{
+    Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance, check_poll,
+};
 use super::job::InstanceJob;
 use super::job_outcome::{JobOutcome, resolved_key};
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
