@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::{Verbosity, cache_dir, print_json};
 use pipe_engine::error::Error;
-use pipe_engine::exec;
+use pipe_engine::exec::registry;
 use pipe_engine::runs;
 use pipe_engine::store::Store;
 
@@ -39,7 +39,7 @@ struct CancelJson<'a> {
 pub fn cancel(args: &CancelArgs, verbosity: Verbosity) -> Result<i32, Error> {
     let store = Store::new(cache_dir(&args.cache));
     let mut record = runs::find_record(&store, &args.run)?;
-    let cancelled = exec::of_record(&record)
+    let cancelled = registry::of_record(&record)
         .cancel(&record)
         .map_err(Error::usage)?;
     let active: Vec<&str> = cancelled.iter().map(String::as_str).collect();

@@ -15,9 +15,9 @@ use serde::Serialize;
 use super::progress::Progress;
 use super::{Item, PipelineArgs, Verbosity, load, print_json};
 use pipe_engine::error::Error;
-use pipe_engine::exec::{
-    self, Executor, ExecutorOptions, Interrupt, Outcome, RunOptions, RunReport,
-};
+use pipe_engine::exec::executor::{Executor, ExecutorOptions, Interrupt};
+use pipe_engine::exec::registry;
+use pipe_engine::exec::{self, Outcome, RunOptions, RunReport};
 use pipe_engine::plan::Plan;
 use pipe_engine::runs::{self, JobRecord, RunRecord};
 use pipe_engine::store::Store;
@@ -78,7 +78,7 @@ pub struct RunArgs {
 /// `--executor`'s values: every registered executor's name, with its line of help.
 fn executor_names() -> PossibleValuesParser {
     PossibleValuesParser::new(
-        exec::executors()
+        registry::executors()
             .iter()
             .map(|e| PossibleValue::new(e.name()).help(e.about())),
     )
@@ -96,9 +96,24 @@ fn executor_options(args: &RunArgs) -> ExecutorOptions {
     }
 }
 
+/// Rejects options of executors that submit jobs for one that does not, a poll interval
+/// that is not a positive number, and what the executor itself does not take.
+fn check_options(executor: &dyn Executor, opts: &ExecutorOptions) -> Result<(), Error> {
+    if opts.asks_for_submission() && !executor.submits_jobs() {
+        return Err(Error::usage(format!(
+            "--detach, --partition and --slurm-arg need --executor {}",
+            registry::job_executors().join(" or --executor ")
+        )));
+    }
+    if !opts.poll_is_valid() {
+        return Err(Error::usage("--poll must be a positive number of seconds"));
+    }
+    executor.check(opts).map_err(Error::usage)
+}
+
 /// The executor `--executor` names (clap accepts only registered names).
 fn executor_of(args: &RunArgs) -> Result<&'static dyn Executor, Error> {
-    exec::by_name(&args.executor)
+    registry::by_name(&args.executor)
         .ok_or_else(|| Error::usage(format!("no executor `{}`", args.executor)))
 }
 
@@ -166,7 +181,7 @@ static SIGNALLED: AtomicBool = AtomicBool::new(false);
 pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     let executor = executor_of(&args)?;
     let executor_opts = executor_options(&args);
-    executor.check(&executor_opts).map_err(Error::usage)?;
+    check_options(executor, &executor_opts)?;
     let mut loaded = load(&args.pipeline, false)?;
     if !args.force.is_empty() && !args.dry_run {
         force(&loaded.plan, &loaded.store, &args.force, level)?;

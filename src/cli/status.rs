@@ -9,7 +9,8 @@ use serde_json::Value as Json;
 
 use super::{PipelineArgs, load, print_json};
 use pipe_engine::error::Error;
-use pipe_engine::exec::{self, LiveInstance};
+use pipe_engine::exec::executor::LiveInstance;
+use pipe_engine::exec::registry;
 use pipe_engine::plan::Plan;
 use pipe_engine::stage::Part;
 use pipe_engine::status::{self, InstanceStatus, State};
@@ -88,7 +89,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
         .filter(|s| s.state != State::Cached)
         .map(|s| plan.graph[s.node].recipe.as_str())
         .collect();
-    let jobs: HashMap<String, LiveInstance> = exec::executors()
+    let jobs: HashMap<String, LiveInstance> = registry::executors()
         .iter()
         .flat_map(|e| e.live_instances(&store, &pending))
         .collect();

@@ -1,6 +1,7 @@
 //! The [`Executor`] trait: what `pipe run`, `status` and `cancel` ask of a place where
 //! instances run (this machine, a Slurm cluster, ...), so that the command line names no
-//! executor. Each executor is one file in `exec/` and one line in [`super::executors`].
+//! executor. Each executor is one file in `exec/` and one line in
+//! [`super::registry::executors`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -13,8 +14,9 @@ use crate::plan::Plan;
 use crate::runs::RunRecord;
 use crate::store::Store;
 
-/// Options of `pipe run` that only some executors take; each executor checks and
-/// interprets them ([`Executor::check`]).
+/// Options of `pipe run` that only some executors take. Those of executors that submit
+/// jobs are refused for the others by the caller ([`Executor::submits_jobs`]); each
+/// executor refuses the rest it does not take ([`Executor::check`]) and interprets them.
 #[derive(Clone, Debug, Default)]
 pub struct ExecutorOptions {
     /// The queue (Slurm partition) every job goes to (`--partition`).
@@ -33,40 +35,24 @@ pub struct ExecutorOptions {
 }
 
 impl ExecutorOptions {
-    /// Whether any option of a cluster executor (queue, submit arguments, detach) is given.
+    /// Whether any option of an executor that submits jobs (queue, submit arguments,
+    /// detach) is given.
     pub fn asks_for_submission(&self) -> bool {
         self.detach || !self.submit_args.is_empty() || self.queue.is_some()
     }
 
-    /// The poll interval; checked positive by [`check_poll`].
+    /// Whether the poll interval is a positive number of seconds.
+    pub fn poll_is_valid(&self) -> bool {
+        self.poll_seconds.is_finite() && self.poll_seconds > 0.0
+    }
+
+    /// The poll interval (2 s when [`ExecutorOptions::poll_is_valid`] is false).
     pub fn poll(&self) -> Duration {
-        Duration::try_from_secs_f64(self.poll_seconds).unwrap_or(Duration::from_secs(2))
+        Duration::try_from_secs_f64(self.poll_seconds)
+            .ok()
+            .filter(|_| self.poll_is_valid())
+            .unwrap_or(Duration::from_secs(2))
     }
-}
-
-/// Rejects a poll interval that is not a positive number of seconds.
-pub fn check_poll(opts: &ExecutorOptions) -> Result<(), String> {
-    if opts.poll_seconds.is_finite() && opts.poll_seconds > 0.0 {
-        Ok(())
-    } else {
-        Err("--poll must be a positive number of seconds".into())
-    }
-}
-
-/// Rejects the options of cluster executors, for an executor that runs on this machine.
-pub fn reject_submission_options(opts: &ExecutorOptions) -> Result<(), String> {
-    if opts.asks_for_submission() {
-        let takers: Vec<&str> = super::executors()
-            .iter()
-            .filter(|e| e.submits_jobs())
-            .map(|e| e.name())
-            .collect();
-        return Err(format!(
-            "--detach, --partition and --slurm-arg need --executor {}",
-            takers.join(" or --executor ")
-        ));
-    }
-    Ok(())
 }
 
 /// How a run of an executor reacts to Ctrl-C or SIGTERM.
@@ -122,7 +108,9 @@ pub trait Executor: Sync {
     /// How a run reacts to Ctrl-C or SIGTERM.
     fn interrupt(&self) -> Interrupt;
 
-    /// Rejects options it does not take, with the message the user sees.
+    /// Rejects options it does not take (beyond those of executors that submit jobs,
+    /// which the caller checks with [`Executor::submits_jobs`]), with the message the
+    /// user sees.
     fn check(&self, opts: &ExecutorOptions) -> Result<(), String>;
 
     /// Computes (or submits) the selected instances whose artifacts are missing.

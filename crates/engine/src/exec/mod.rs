@@ -1,17 +1,22 @@
 //! Executors: run a plan's missing instances and store their artifacts.
 //!
-//! Every executor implements [`Executor`] and is listed once in [`executors`]: [`local`]
-//! runs instances on this machine with a thread budget; [`slurm`] submits them as Slurm
-//! jobs. All compute an instance with [`job::compute_instance`]. Executors report what
-//! happens through an [`Observer`]; they never print.
+//! Every executor implements [`executor::Executor`] and is listed once in
+//! [`registry::executors`]: [`local`] runs instances on this machine with a thread budget;
+//! [`slurm`] submits them as Slurm jobs. All compute an instance with
+//! [`job::compute_instance`]. Executors report what happens through an [`Observer`]; they
+//! never print.
+//!
+//! This file holds what every executor shares (outcomes, events, options, the triage and
+//! conclusion of a run) and uses none of its submodules, so that they form no cycle:
+//! `job_outcome`, `job` and `executor` use this file; `local` and `slurm` use those;
+//! `registry` uses the executors.
 
 pub mod executor;
 pub mod job;
 pub mod job_outcome;
 pub mod local;
+pub mod registry;
 pub mod slurm;
-
-pub use executor::{Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance};
 
 use std::path::PathBuf;
 
@@ -20,32 +25,6 @@ use petgraph::graph::NodeIndex;
 use crate::plan::Plan;
 use crate::store::remote::{Pulled, Remote};
 use crate::store::{Holder, Store};
-
-/// Every executor, one line each; `--executor` takes their names.
-static EXECUTORS: &[&dyn Executor] = &[&local::Local, &slurm::Slurm];
-
-/// Every executor, in the order `--executor` lists them (the first is the default).
-pub fn executors() -> &'static [&'static dyn Executor] {
-    EXECUTORS
-}
-
-/// The executor named `name` (`local`, `slurm`).
-pub fn by_name(name: &str) -> Option<&'static dyn Executor> {
-    EXECUTORS.iter().copied().find(|e| e.name() == name)
-}
-
-/// The executor that made a run record; for a record that names none (or one this build
-/// lacks), the first that submits jobs if it lists jobs, else the first that does not.
-pub fn of_record(record: &crate::runs::RunRecord) -> &'static dyn Executor {
-    by_name(&record.executor).unwrap_or_else(|| {
-        let jobs = !record.jobs.is_empty();
-        EXECUTORS
-            .iter()
-            .copied()
-            .find(|e| e.submits_jobs() == jobs)
-            .unwrap_or(EXECUTORS[0])
-    })
-}
 
 /// What happened to one instance in a run.
 #[derive(Clone, Debug)]

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use petgraph::graph::NodeIndex;
 
-use super::executor::{
-    Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance, check_poll,
-};
+use super::executor::{Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance};
 use super::job::InstanceJob;
 use super::job_outcome::{JobOutcome, resolved_key};
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
@@ -52,7 +50,6 @@ impl Executor for Slurm {
     }
 
     fn check(&self, opts: &ExecutorOptions) -> Result<(), String> {
-        check_poll(opts)?;
         if !opts.gpus.is_empty() {
             return Err("--gpus places instances on this machine's GPUs (local executor); on Slurm, give the stage `resources = { gpus = 1 }` or `device = \"cuda\"`".into());
         }
