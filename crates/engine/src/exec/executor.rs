@@ -1,7 +1,7 @@
 //! The [`Executor`] trait: what `pipe run`, `status` and `cancel` ask of a place where
 //! instances run (this machine, a Slurm cluster, ...), so that the command line names no
-//! executor. Each executor is one file in `exec/` and one line in
-//! [`super::registry::executors`].
+//! executor. Each executor is one file in `exec/`, declared in `exec/mod.rs` and listed
+//! once in [`super::registry::executors`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
