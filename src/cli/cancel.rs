@@ -1,12 +1,28 @@
-//! `pipe cancel`: cancels the queued or running Slurm jobs of a run and marks it finished.
+//! `pipe cancel`: cancels the queued or running jobs of a run (through the executor that
+//! ran it) and marks it finished.
 
 use crate::cli::outln;
 use serde::Serialize;
+use std::path::PathBuf;
 
-use super::{CancelArgs, Verbosity, cache_dir, print_json};
+use super::{Verbosity, cache_dir, print_json};
 use pipe_engine::error::Error;
-use pipe_engine::exec::slurm;
+use pipe_engine::exec::registry;
+use pipe_engine::runs;
 use pipe_engine::store::Store;
+
+/// Arguments of `pipe cancel`.
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    /// The run id `pipe run --executor slurm` printed, or a unique prefix of it.
+    pub run: String,
+    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print `{"run", "cancelled": [job ids], "jobs"}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `pipe cancel --json`.
 #[derive(Serialize)]
@@ -19,37 +35,17 @@ struct CancelJson<'a> {
     run: &'a str,
 }
 
-/// Whether Slurm reports a job in this state as ended, so that there is nothing to cancel.
-fn ended(state: &str) -> bool {
-    matches!(
-        state,
-        "COMPLETED"
-            | "FAILED"
-            | "CANCELLED"
-            | "TIMEOUT"
-            | "OUT_OF_MEMORY"
-            | "NODE_FAIL"
-            | "BOOT_FAIL"
-            | "DEADLINE"
-            | "PREEMPTED"
-    )
-}
-
 /// Runs `pipe cancel`; returns its exit code.
 pub fn cancel(args: &CancelArgs, verbosity: Verbosity) -> Result<i32, Error> {
     let store = Store::new(cache_dir(&args.cache));
-    let mut record = slurm::find_record(&store, &args.run)?;
-    let ids: Vec<&str> = record.jobs.iter().map(|j| j.job_id.as_str()).collect();
-    let states = slurm::query(&ids).map_err(Error::usage)?;
-    let active: Vec<&str> = ids
-        .iter()
-        .copied()
-        .filter(|id| states.get(*id).is_some_and(|q| !ended(&q.state)))
-        .collect();
-    slurm::cancel(&active).map_err(Error::usage)?;
+    let mut record = runs::find_record(&store, &args.run)?;
+    let cancelled = registry::of_record(&record)
+        .cancel(&record)
+        .map_err(Error::usage)?;
+    let active: Vec<&str> = cancelled.iter().map(String::as_str).collect();
     let n = active.len();
     record.finished = true;
-    slurm::save_record(&store, &record)?;
+    runs::save_record(&store, &record)?;
     if args.json {
         print_json(&CancelJson {
             cancelled: &active,

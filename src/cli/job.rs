@@ -1,16 +1,26 @@
-//! `pipe job` (hidden): computes one instance from a job file; what a Slurm job runs on
-//! its node. Writes the outcome next to the job file for the submitting `pipe run`.
+//! `pipe job` (hidden): computes one instance from a job file; what a cluster executor's
+//! job runs on its node. Writes the outcome next to the job file for the submitting `pipe run`.
 
 use crate::cli::errln;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::JobArgs;
 use pipe_engine::error::Error;
+use pipe_engine::exec::Outcome;
 use pipe_engine::exec::job::{InstanceJob, compute_instance};
-use pipe_engine::exec::{Outcome, slurm};
+use pipe_engine::exec::job_outcome::JobOutcome;
 use pipe_engine::store::Store;
 use pipe_engine::store::remote::Remote;
 use pipe_kinds::stages;
+
+/// Arguments of `pipe job`.
+#[derive(clap::Args, Debug)]
+pub struct JobArgs {
+    /// The job file, written by `pipe run --executor slurm`.
+    pub file: PathBuf,
+    /// The cache directory.
+    #[arg(long, value_name = "DIR")]
+    pub cache: PathBuf,
+}
 
 /// Runs `pipe job`; returns its exit code (0 done or cached, 1 failed, 2 bad data).
 pub fn job(args: &JobArgs) -> Result<i32, Error> {
@@ -82,11 +92,12 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
 
 /// Writes the outcome file the submitting run reads.
 fn write_outcome(file: &Path, outcome: &Outcome, key: Option<String>) -> Result<(), Error> {
-    let mut record = slurm::JobOutcome::of(outcome);
+    let mut record = JobOutcome::of(outcome);
     record.key = key;
-    let path = slurm::outcome_path(file);
-    let bytes = serde_json::to_vec(&record).unwrap_or_default();
-    pipe_engine::store::write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))
+    record
+        .write(file)
+        .map(|_| ())
+        .map_err(|e| Error::io(&pipe_engine::exec::job_outcome::outcome_path(file), e))
 }
 
 /// Says how the job ended on stderr; returns the exit code.

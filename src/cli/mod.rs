@@ -33,8 +33,6 @@ mod table;
 mod target;
 mod verify;
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 use pipe_engine::error::Error;
@@ -76,29 +74,20 @@ pub enum Verbosity {
     Verbose,
 }
 
-/// Where `pipe run` computes instances.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExecutorKind {
-    /// On this machine, within the `--jobs` thread budget.
-    Local,
-    /// As Slurm jobs (`sbatch`), on a cache every node shares.
-    Slurm,
-}
-
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run every instance whose artifact is not cached.
-    Run(RunArgs),
+    Run(run::RunArgs),
     /// List the recorded runs, newest first: file, overrides, state, counts.
-    Runs(RunsArgs),
+    Runs(runs::RunsArgs),
     /// Cancel the Slurm jobs of a run (`scancel`).
-    Cancel(CancelArgs),
+    Cancel(cancel::CancelArgs),
     /// Compute one instance from a job file (what a Slurm job runs on its node).
     #[command(hide = true)]
-    Job(JobArgs),
+    Job(job::JobArgs),
     /// Say for every instance whether it is cached, missing, stale, running or failed, and why.
-    Status(StatusArgs),
+    Status(status::StatusArgs),
     /// Print the instance DAG.
     Dag(dag::DagArgs),
     /// Rehash every artifact in the cache and report damaged ones.
@@ -125,111 +114,6 @@ pub enum Command {
     Kinds,
     /// Print a shell completion script: `pipe completions bash > /etc/bash_completion.d/pipe`.
     Completions(completions::CompletionsArgs),
-}
-
-/// Arguments of `pipe run`.
-#[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    /// Pipeline, overrides, cache.
-    #[command(flatten)]
-    pub pipeline: PipelineArgs,
-    /// Thread budget: running instances use at most this many threads together [default: cores].
-    #[arg(long, short = 'j')]
-    pub jobs: Option<usize>,
-    /// Show what would run, run nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Run only this stage, or `stage[var=value,...]`, and what it needs (repeatable).
-    #[arg(long, value_name = "STAGE[POINT]")]
-    pub only: Vec<String>,
-    /// Run only the instances at this point and what they need: `--point noise=0.4,seed=1`.
-    #[arg(long, value_name = "VAR=VALUE,...")]
-    pub point: Option<String>,
-    /// Compute these instances again although cached (`train[noise=0.4]`; repeatable):
-    /// their artifacts and parts are removed first, and dependents rerun only if the new
-    /// output differs.
-    #[arg(long, value_name = "STAGE[POINT]")]
-    pub force: Vec<String>,
-    /// Stop starting instances after the first failure.
-    #[arg(long)]
-    pub fail_fast: bool,
-    /// Print one JSON object on stdout instead of a summary.
-    #[arg(long)]
-    pub json: bool,
-    /// Where instances run: on this machine, or as Slurm jobs.
-    #[arg(long, value_enum, default_value = "local")]
-    pub executor: ExecutorKind,
-    /// Slurm partition for every job.
-    #[arg(long, value_name = "P")]
-    pub partition: Option<String>,
-    /// Extra `sbatch` argument for every job (repeatable), e.g. `--slurm-arg=--qos=long`.
-    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
-    pub slurm_args: Vec<String>,
-    /// With `--executor slurm`: submit the jobs and return; `pipe status` shows them.
-    #[arg(long)]
-    pub detach: bool,
-    /// With `--executor slurm`: seconds between two `squeue` polls.
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    pub poll: f64,
-    /// Remote cache, `s3://BUCKET/PREFIX` [default: the pipeline's `[cache] remote`].
-    #[arg(long, value_name = "URL")]
-    pub remote: Option<String>,
-    /// Place GPU instances on these GPUs, one at a time each (`--gpus 0,1`; local executor).
-    #[arg(long, value_name = "IDS", value_delimiter = ',')]
-    pub gpus: Vec<u32>,
-}
-
-/// Arguments of `pipe runs`.
-#[derive(clap::Args, Debug)]
-pub struct RunsArgs {
-    /// Only the runs of this pipeline file.
-    pub file: Option<PathBuf>,
-    /// Show at most N runs.
-    #[arg(long, short = 'n', value_name = "N")]
-    pub limit: Option<usize>,
-    /// The cache directory [default: $PIPE_CACHE, else the file's, else found from the working folder].
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
-    /// Print a JSON array.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Arguments of `pipe cancel`.
-#[derive(clap::Args, Debug)]
-pub struct CancelArgs {
-    /// The run id `pipe run --executor slurm` printed, or a unique prefix of it.
-    pub run: String,
-    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
-    /// Print `{"run", "cancelled": [job ids], "jobs"}` as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Arguments of `pipe job`.
-#[derive(clap::Args, Debug)]
-pub struct JobArgs {
-    /// The job file, written by `pipe run --executor slurm`.
-    pub file: PathBuf,
-    /// The cache directory.
-    #[arg(long, value_name = "DIR")]
-    pub cache: PathBuf,
-}
-
-/// Arguments of `pipe status`.
-#[derive(clap::Args, Debug)]
-pub struct StatusArgs {
-    /// Pipeline, overrides, cache.
-    #[command(flatten)]
-    pub pipeline: PipelineArgs,
-    /// Only the instances at this point: `--point noise=0.4,seed=1`.
-    #[arg(long, value_name = "VAR=VALUE,...")]
-    pub point: Option<String>,
-    /// Print a JSON array.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Prints a line to standard output like `println!`, but a closed pipe (`pipe ls | head`)

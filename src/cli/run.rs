@@ -1,5 +1,6 @@
-//! `pipe run`: checks the options, runs the plan's missing instances on this machine or as
-//! Slurm jobs, then prints a summary (or one JSON object) and every failure.
+//! `pipe run`: checks the options, runs the plan's missing instances with the executor
+//! `--executor` names (looked up in `exec::executors`), then prints a summary (or one
+//! JSON object) and every failure.
 
 use crate::cli::{errln, outln};
 use std::path::Path;
@@ -7,21 +8,117 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use petgraph::graph::NodeIndex;
 use serde::Serialize;
 
 use super::progress::Progress;
-use super::{ExecutorKind, Item, RunArgs, Verbosity, load, print_json};
+use super::{Item, PipelineArgs, Verbosity, load, print_json};
 use pipe_engine::error::Error;
-use pipe_engine::exec::slurm::{JobRecord, SlurmOptions};
+use pipe_engine::exec::executor::{Executor, ExecutorOptions, Interrupt};
+use pipe_engine::exec::registry;
 use pipe_engine::exec::{self, Outcome, RunOptions, RunReport};
 use pipe_engine::plan::Plan;
-use pipe_engine::runs::{self, RunRecord};
+use pipe_engine::runs::{self, JobRecord, RunRecord};
 use pipe_engine::store::Store;
 use pipe_engine::store::remote::Remote;
 
-/// `pipe run --json` (and `--dry-run --json`): the instances by outcome, and for a Slurm
-/// run its id and jobs.
+/// Arguments of `pipe run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Thread budget: running instances use at most this many threads together [default: cores].
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Show what would run, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run only this stage, or `stage[var=value,...]`, and what it needs (repeatable).
+    #[arg(long, value_name = "STAGE[POINT]")]
+    pub only: Vec<String>,
+    /// Run only the instances at this point and what they need: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// Compute these instances again although cached (`train[noise=0.4]`; repeatable):
+    /// their artifacts and parts are removed first, and dependents rerun only if the new
+    /// output differs.
+    #[arg(long, value_name = "STAGE[POINT]")]
+    pub force: Vec<String>,
+    /// Stop starting instances after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Print one JSON object on stdout instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Where instances run: on this machine, or as Slurm jobs.
+    #[arg(long, default_value = "local", value_parser = executor_names())]
+    pub executor: String,
+    /// Slurm partition for every job.
+    #[arg(long, value_name = "P")]
+    pub partition: Option<String>,
+    /// Extra `sbatch` argument for every job (repeatable), e.g. `--slurm-arg=--qos=long`.
+    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub submit_args: Vec<String>,
+    /// With `--executor slurm`: submit the jobs and return; `pipe status` shows them.
+    #[arg(long)]
+    pub detach: bool,
+    /// With `--executor slurm`: seconds between two `squeue` polls.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub poll: f64,
+    /// Remote cache, `s3://BUCKET/PREFIX` [default: the pipeline's `[cache] remote`].
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// Place GPU instances on these GPUs, one at a time each (`--gpus 0,1`; local executor).
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub gpus: Vec<u32>,
+}
+
+/// `--executor`'s values: every registered executor's name, with its line of help.
+fn executor_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        registry::executors()
+            .iter()
+            .map(|e| PossibleValue::new(e.name()).help(e.about())),
+    )
+}
+
+/// The executor options of `pipe run`'s arguments.
+fn executor_options(args: &RunArgs) -> ExecutorOptions {
+    ExecutorOptions {
+        queue: args.partition.clone(),
+        submit_args: args.submit_args.clone(),
+        detach: args.detach,
+        poll_seconds: args.poll,
+        gpus: args.gpus.clone(),
+        exe: None,
+    }
+}
+
+/// Rejects options of executors that submit jobs for one that does not, a poll interval
+/// that is not a positive number, and what the executor itself does not take.
+fn check_options(executor: &dyn Executor, opts: &ExecutorOptions) -> Result<(), Error> {
+    if opts.asks_for_submission() && !executor.submits_jobs() {
+        return Err(Error::usage(format!(
+            "--detach, --partition and --slurm-arg need --executor {}",
+            registry::job_executors().join(" or --executor ")
+        )));
+    }
+    if !opts.poll_is_valid() {
+        return Err(Error::usage("--poll must be a positive number of seconds"));
+    }
+    executor.check(opts).map_err(Error::usage)
+}
+
+/// The executor `--executor` names (clap accepts only registered names).
+fn executor_of(args: &RunArgs) -> Result<&'static dyn Executor, Error> {
+    registry::by_name(&args.executor)
+        .ok_or_else(|| Error::usage(format!("no executor `{}`", args.executor)))
+}
+
+/// `pipe run --json` (and `--dry-run --json`): the instances by outcome, the run's id,
+/// and the jobs of an executor that submits jobs.
 #[derive(Serialize)]
 struct RunJson<'a> {
     /// Instances found in the cache.
@@ -30,15 +127,15 @@ struct RunJson<'a> {
     executed: Vec<Item<'a>>,
     /// Instances that failed.
     failed: Vec<Item<'a>>,
-    /// A Slurm run's jobs, in submission order.
+    /// The run's jobs, in submission order (executors that submit jobs).
     #[serde(skip_serializing_if = "Option::is_none")]
     jobs: Option<Vec<JobJson<'a>>>,
-    /// A Slurm run's id.
+    /// The run's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     run: Option<&'a str>,
     /// Instances not run because something they need failed.
     skipped: Vec<Item<'a>>,
-    /// How many jobs a Slurm run submitted.
+    /// How many jobs the run submitted (executors that submit jobs).
     #[serde(skip_serializing_if = "Option::is_none")]
     submitted: Option<usize>,
     /// With `--dry-run`: the instances that would run.
@@ -50,17 +147,18 @@ struct RunJson<'a> {
     may_run: Option<Vec<Item<'a>>>,
 }
 
-/// One submitted Slurm job in `pipe run --json`.
+/// One submitted job in `pipe run --json`.
 #[derive(Serialize)]
 struct JobJson<'a> {
-    /// Slurm's job id.
+    /// The job's id.
     job_id: &'a str,
     /// The instance's recipe (its job's name; its key may be known only on the node).
     recipe: &'a str,
     /// `stage[point]`.
     label: &'a str,
-    /// Slurm's log of the job.
-    slurm_log: &'a Path,
+    /// The cluster's log of the job (the field's name predates other executors).
+    #[serde(rename = "slurm_log")]
+    log: &'a Path,
 }
 
 impl<'a> JobJson<'a> {
@@ -70,17 +168,20 @@ impl<'a> JobJson<'a> {
             job_id: &j.job_id,
             recipe: &j.recipe,
             label: &j.label,
-            slurm_log: &j.slurm_log,
+            log: &j.log,
         }
     }
 }
 
-/// Set by the SIGINT/SIGTERM handler of a local run, which then ends the process.
+/// Set by the SIGINT/SIGTERM handler of a run whose instances run in this process, which
+/// then ends the process.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 /// Runs `pipe run`; returns its exit code.
 pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
-    check_flags(&args)?;
+    let executor = executor_of(&args)?;
+    let executor_opts = executor_options(&args);
+    check_options(executor, &executor_opts)?;
     let mut loaded = load(&args.pipeline, false)?;
     if !args.force.is_empty() && !args.dry_run {
         force(&loaded.plan, &loaded.store, &args.force, level)?;
@@ -113,11 +214,14 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     };
     let mut record = RunRecord::begin(&plan.spec.name, Some(&loaded.file), &loaded.set);
     record.only = only.iter().map(|s| s.to_string()).collect();
-    let slurm = slurm_options(args)?;
-    if slurm.is_some() {
-        record.executor = "slurm".into();
-    }
-    execute(&plan, &store, opts, slurm, record, json, level)
+    record.executor = executor.name().into();
+    let how = How {
+        executor,
+        options: executor_opts,
+        json,
+        level,
+    };
+    execute(&plan, &store, opts, &how, record)
 }
 
 /// Every key instances `nodes` of the plan read or write that is known now: theirs and
@@ -129,27 +233,6 @@ fn known_keys(plan: &Plan, nodes: &[NodeIndex]) -> Vec<String> {
         keys.extend(plan.parts(n).unwrap_or_default().into_iter().map(|p| p.key));
     }
     keys
-}
-
-/// Rejects Slurm options without `--executor slurm`, and a poll interval that is not a
-/// positive number.
-fn check_flags(args: &RunArgs) -> Result<(), Error> {
-    if args.executor == ExecutorKind::Local
-        && (args.detach || !args.slurm_args.is_empty() || args.partition.is_some())
-    {
-        return Err(Error::usage(
-            "--detach, --partition and --slurm-arg need --executor slurm",
-        ));
-    }
-    if !(args.poll.is_finite() && args.poll > 0.0) {
-        return Err(Error::usage("--poll must be a positive number of seconds"));
-    }
-    if args.executor == ExecutorKind::Slurm && !args.gpus.is_empty() {
-        return Err(Error::usage(
-            "--gpus places instances on this machine's GPUs (local executor); on Slurm, give the stage `resources = { gpus = 1 }` or `device = \"cuda\"`",
-        ));
-    }
-    Ok(())
 }
 
 /// Rejects `--gpus` naming a GPU this machine lacks, or one twice.
@@ -201,22 +284,6 @@ fn force(plan: &Plan, store: &Store, force: &[String], level: Verbosity) -> Resu
         }
     }
     Ok(())
-}
-
-/// The Slurm options, with `--executor slurm`.
-fn slurm_options(args: RunArgs) -> Result<Option<SlurmOptions>, Error> {
-    if args.executor != ExecutorKind::Slurm {
-        return Ok(None);
-    }
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::usage(format!("cannot find the pipe binary: {e}")))?;
-    Ok(Some(SlurmOptions {
-        partition: args.partition,
-        args: args.slurm_args,
-        detach: args.detach,
-        poll: Duration::from_secs_f64(args.poll),
-        exe,
-    }))
 }
 
 /// `--dry-run`: lists what would run (or prints it as JSON); runs nothing.
@@ -274,18 +341,29 @@ fn dry_run(
     Ok(0)
 }
 
-/// Runs the plan with the local or the Slurm executor, then reports; returns the exit code.
+/// How a run is carried out and reported: the executor, its options, and the output.
+struct How {
+    /// The executor `--executor` names.
+    executor: &'static dyn Executor,
+    /// Its options.
+    options: ExecutorOptions,
+    /// Print one JSON object.
+    json: bool,
+    /// How much to print.
+    level: Verbosity,
+}
+
+/// Runs the plan with the chosen executor, then reports; returns the exit code.
 /// The run is recorded (`runs/RUN/run.json`) and holds a lease while it runs, so that `gc`
 /// keeps everything it reads or writes.
 fn execute(
     plan: &Plan,
     store: &Store,
     opts: RunOptions,
-    slurm: Option<SlurmOptions>,
+    how: &How,
     mut record: RunRecord,
-    json: bool,
-    level: Verbosity,
 ) -> Result<i32, Error> {
+    let (json, level) = (how.json, how.level);
     let clock = Instant::now();
     store.prepare().map_err(|e| Error::io(store.root(), e))?;
     let nodes = exec::selected(plan, &opts.only);
@@ -294,10 +372,67 @@ fn execute(
     let lease = runs::lease(store, &record.id).map_err(|e| Error::io(store.root(), e))?;
     runs::save_record(store, &record)?;
     let progress = Progress::new(level, store.root());
-    let (report, interrupted) = match &slurm {
-        None => {
-            // Ctrl-C or SIGTERM: kill every running command's process group, remove this
-            // run's temp folders and locks, record the run as interrupted.
+    let interrupted = on_interrupt(how.executor.interrupt(), store, &record);
+    let result = how.executor.run(
+        plan,
+        store,
+        &opts,
+        &how.options,
+        &progress,
+        &interrupted,
+        record,
+    );
+    if SIGNALLED.load(Ordering::SeqCst) {
+        // The handler is cleaning up and ends the process with 130.
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    let done = result?;
+    let (report, mut record) = (done.report, done.record);
+    if done.detached && !json && level > Verbosity::Quiet {
+        progress.finish();
+        end_record(store, &mut record, plan, &nodes, Some(&report), 0);
+        drop(lease);
+        outln!(
+            "run {}: submitted {} jobs ({} cached); `pipe status` shows them, `pipe cancel {}` cancels them",
+            record.id,
+            record.jobs.len(),
+            report.outcomes.len(),
+            record.id
+        );
+        return Ok(0);
+    }
+    let interrupted = interrupted.load(Ordering::SeqCst);
+    if interrupted {
+        errln!("interrupted: cancelled the jobs of run {}", record.id);
+    }
+    progress.finish();
+    let code = if interrupted {
+        130
+    } else if report.any_bad_data() {
+        2
+    } else if report.any_failed() {
+        1
+    } else {
+        0
+    };
+    end_record(store, &mut record, plan, &nodes, Some(&report), code);
+    drop(lease);
+    let jobs = how.executor.submits_jobs();
+    summarize(plan, &report, &record, jobs, json, level, clock)?;
+    print_failures(plan, &report, level);
+    Ok(code)
+}
+
+/// Installs the Ctrl-C / SIGTERM handler the executor asks for; returns the flag it sets
+/// for an executor that cancels and returns.
+fn on_interrupt(how: Interrupt, store: &Store, record: &RunRecord) -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    match how {
+        Interrupt::ExitProcess => {
+            // Kill every running command's process group, remove this run's temp folders
+            // and locks, record the run as interrupted.
             let (root, rec) = (store.root().to_path_buf(), record.clone());
             let _ = ctrlc::set_handler(move || {
                 SIGNALLED.store(true, Ordering::SeqCst);
@@ -311,60 +446,13 @@ fn execute(
                 let _ = runs::save_record(&store, &rec);
                 std::process::exit(130);
             });
-            let report = exec::local::run(plan, store, &opts, &progress);
-            if SIGNALLED.load(Ordering::SeqCst) {
-                // The handler is cleaning up and ends the process with 130.
-                loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-            let report = match report {
-                Ok(r) => r,
-                Err(e) => {
-                    end_record(store, &mut record, plan, &nodes, None, 1);
-                    return Err(Error::io(store.root(), e));
-                }
-            };
-            (report, false)
         }
-        Some(s) => {
-            let (report, rec, interrupted) =
-                run_slurm(plan, store, &opts, s, &progress, record.clone())?;
-            record = rec;
-            if s.detach && !json && level > Verbosity::Quiet {
-                progress.finish();
-                end_record(store, &mut record, plan, &nodes, Some(&report), 0);
-                drop(lease);
-                outln!(
-                    "run {}: submitted {} jobs ({} cached); `pipe status` shows them, `pipe cancel {}` cancels them",
-                    record.id,
-                    record.jobs.len(),
-                    report.outcomes.len(),
-                    record.id
-                );
-                return Ok(0);
-            }
-            if interrupted {
-                errln!("interrupted: cancelled the jobs of run {}", record.id);
-            }
-            (report, interrupted)
+        Interrupt::CancelAndReturn => {
+            let flag = interrupted.clone();
+            let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
         }
-    };
-    progress.finish();
-    let code = if interrupted {
-        130
-    } else if report.any_bad_data() {
-        2
-    } else if report.any_failed() {
-        1
-    } else {
-        0
-    };
-    end_record(store, &mut record, plan, &nodes, Some(&report), code);
-    drop(lease);
-    summarize(plan, &report, &record, json, level, clock)?;
-    print_failures(plan, &report, level);
-    Ok(code)
+    }
+    interrupted
 }
 
 /// Completes a run's record: end time, exit code, counts, and the keys known now.
@@ -386,30 +474,9 @@ fn end_record(
     }
     record.ended = Some(pipe_engine::store::unix_now());
     record.exit = Some(code);
-    if record.executor != "slurm" {
-        record.finished = true;
-    }
     if let Err(e) = runs::save_record(store, record) {
         errln!("warning: cannot record the run: {e}");
     }
-}
-
-/// Runs the plan as Slurm jobs, cancelling them on Ctrl-C; also says whether it was
-/// interrupted.
-fn run_slurm(
-    plan: &Plan,
-    store: &Store,
-    opts: &RunOptions,
-    slurm: &SlurmOptions,
-    progress: &Progress,
-    record: RunRecord,
-) -> Result<(RunReport, RunRecord, bool), Error> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    let (report, record) =
-        exec::slurm::run(plan, store, opts, slurm, progress, &interrupted, record)?;
-    Ok((report, record, interrupted.load(Ordering::SeqCst)))
 }
 
 /// The instances whose outcome passes `f`, in plan order.
@@ -427,6 +494,7 @@ fn summarize(
     plan: &Plan,
     report: &RunReport,
     record: &RunRecord,
+    jobs: bool,
     json: bool,
     level: Verbosity,
     clock: Instant,
@@ -440,11 +508,10 @@ fn summarize(
             cached: Item::list(plan, &cached),
             executed: Item::list(plan, &executed),
             failed: Item::list(plan, &failed),
-            jobs: (record.executor == "slurm")
-                .then(|| record.jobs.iter().map(JobJson::of).collect()),
+            jobs: jobs.then(|| record.jobs.iter().map(JobJson::of).collect()),
             run: Some(record.id.as_str()),
             skipped: Item::list(plan, &skipped),
-            submitted: (record.executor == "slurm").then_some(record.jobs.len()),
+            submitted: jobs.then_some(record.jobs.len()),
             would_run: None,
             may_run: None,
         })?;

@@ -4,11 +4,28 @@
 use crate::cli::outln;
 
 use serde::Serialize;
+use std::path::PathBuf;
 
-use super::{RunsArgs, cache_dir, pipeline_cache, print_json};
+use super::{cache_dir, pipeline_cache, print_json};
 use pipe_engine::error::Error;
 use pipe_engine::runs::{self, RunCounts, RunRecord, local_time};
 use pipe_engine::store::Store;
+
+/// Arguments of `pipe runs`.
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    /// Only the runs of this pipeline file.
+    pub file: Option<PathBuf>,
+    /// Show at most N runs.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub limit: Option<usize>,
+    /// The cache directory [default: $PIPE_CACHE, else the file's, else found from the working folder].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// One run in `pipe runs --json`.
 #[derive(Serialize)]
@@ -19,7 +36,7 @@ struct RunJson<'a> {
     ended: Option<f64>,
     /// Its exit code.
     exit: Option<i32>,
-    /// `local` or `slurm`.
+    /// The executor's name (`local`, `slurm`).
     executor: &'a str,
     /// The pipeline file.
     file: Option<&'a std::path::Path>,

@@ -1,5 +1,5 @@
 //! `pipe status`: whether every instance is cached, missing or stale and why, with its
-//! checkpoints and the Slurm job computing it, if any.
+//! checkpoints and the job computing it, if an executor's unfinished run has one.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -7,17 +7,32 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{StatusArgs, load, print_json};
+use super::{PipelineArgs, load, print_json};
 use pipe_engine::error::Error;
-use pipe_engine::exec::slurm::{LiveJob, live_jobs};
+use pipe_engine::exec::executor::LiveInstance;
+use pipe_engine::exec::registry;
 use pipe_engine::plan::Plan;
 use pipe_engine::stage::Part;
 use pipe_engine::status::{self, InstanceStatus, State};
 
+/// Arguments of `pipe status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Pipeline, overrides, cache.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Only the instances at this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// One instance in `pipe status --json`.
 #[derive(Serialize)]
 struct StatusJson<'a> {
-    /// The queued or running Slurm job computing it.
+    /// The queued or running job computing it.
     #[serde(skip_serializing_if = "Option::is_none")]
     job: Option<JobJson<'a>>,
     /// Its key (`null` while it depends on an input's output not computed yet).
@@ -35,16 +50,16 @@ struct StatusJson<'a> {
     state: State,
 }
 
-/// A Slurm job in `pipe status --json`.
+/// A job in `pipe status --json`.
 #[derive(Serialize)]
 struct JobJson<'a> {
-    /// Slurm's job id.
+    /// The job's id.
     job_id: &'a str,
-    /// Slurm's reason.
+    /// The executor's reason for its state.
     reason: &'a str,
     /// The run id.
     run: &'a str,
-    /// Slurm's state.
+    /// The job's state.
     state: &'a str,
 }
 
@@ -74,7 +89,10 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
         .filter(|s| s.state != State::Cached)
         .map(|s| plan.graph[s.node].recipe.as_str())
         .collect();
-    let jobs = live_jobs(&store, &pending);
+    let jobs: HashMap<String, LiveInstance> = registry::executors()
+        .iter()
+        .flat_map(|e| e.live_instances(&store, &pending))
+        .collect();
     if args.json {
         let items: Vec<StatusJson> = states.iter().map(|s| view(&plan, s, &jobs)).collect();
         print_json(&items)?;
@@ -88,7 +106,7 @@ pub fn status(args: &StatusArgs) -> Result<i32, Error> {
 fn view<'a>(
     plan: &'a Plan,
     s: &'a InstanceStatus,
-    jobs: &'a HashMap<String, LiveJob>,
+    jobs: &'a HashMap<String, LiveInstance>,
 ) -> StatusJson<'a> {
     let inst = &plan.graph[s.node];
     StatusJson {
@@ -120,7 +138,7 @@ fn view<'a>(
 const MAX_WIDTH: usize = 120;
 
 /// Prints one line per instance (and one for its parts), then the counts.
-fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, LiveJob>) {
+fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, LiveInstance>) {
     let mut out = std::io::stdout().lock();
     let width = plan
         .order
@@ -174,10 +192,12 @@ fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, Liv
     );
 }
 
-/// ` [slurm job ID of run RUN: STATE, REASON]`, the reason left out when Slurm gives none.
-fn job_text(j: &LiveJob) -> String {
+/// ` [EXECUTOR job ID of run RUN: STATE, REASON]`, the reason left out when the executor
+/// gives none.
+fn job_text(j: &LiveInstance) -> String {
     format!(
-        " [slurm job {} of run {}: {}{}]",
+        " [{} job {} of run {}: {}{}]",
+        j.executor,
         j.job_id,
         j.run,
         j.state,

@@ -5,7 +5,8 @@
 //!
 //! A run in progress holds a lease, `locks/run-RUN.lock` (a [`KeyLock`]: host, pid, process
 //! start, heartbeat), so any process sharing the cache can tell a live run from one that
-//! died. A Slurm run that was detached is live until its jobs have ended.
+//! died. A run whose executor returned before its work ended (a detached cluster run) is
+//! live until its executor marks the record finished.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::exec::slurm::JobRecord;
 use crate::store::{KeyLock, Store, lock, unix_now, write_atomic};
 
 /// Counts of a run's instances by outcome.
@@ -31,6 +31,21 @@ pub struct RunCounts {
     pub skipped: usize,
 }
 
+/// One job a run submitted to a cluster executor, as its record keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The instance's recipe ([`crate::plan::Instance::recipe`]).
+    #[serde(alias = "key")]
+    pub recipe: String,
+    /// `stage[point]`.
+    pub label: String,
+    /// The cluster's job id.
+    pub job_id: String,
+    /// The cluster's log of the job.
+    #[serde(rename = "slurm_log")]
+    pub log: PathBuf,
+}
+
 /// A run's record, `runs/RUN/run.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -40,10 +55,10 @@ pub struct RunRecord {
     pub pipeline: String,
     /// Unix time the run started (for a Slurm run, when it submitted).
     pub submitted: f64,
-    /// A Slurm run's jobs, in submission order.
+    /// The jobs a cluster executor submitted, in submission order.
     #[serde(default)]
     pub jobs: Vec<JobRecord>,
-    /// Whether the run has ended (for Slurm, every job done, failed or cancelled).
+    /// Whether the run has ended (for a cluster executor, every job done, failed or cancelled).
     pub finished: bool,
     /// The pipeline file, absolute.
     #[serde(default)]
@@ -57,7 +72,7 @@ pub struct RunRecord {
     /// The `--only` stages, as given.
     #[serde(default)]
     pub only: Vec<String>,
-    /// `local` or `slurm`.
+    /// The name of the executor that ran it (`local`, `slurm`).
     #[serde(default)]
     pub executor: String,
     /// Host the run was started on.
@@ -118,7 +133,7 @@ impl RunRecord {
     }
 
     /// The run's state in words: `running`, `ok`, `failed (exit 1)`, `died` (its process is
-    /// gone without ending it), `submitted` (a detached Slurm run not finished).
+    /// gone without ending it), `submitted` (a detached run not finished).
     pub fn state(&self, store: &Store) -> String {
         match self.exit {
             Some(0) if !self.finished => "submitted".into(),
@@ -143,9 +158,10 @@ impl RunRecord {
 }
 
 /// Whether a run may still read or write its keys: its lease is held by a live process,
-/// or it is a detached Slurm run whose jobs have not all ended.
+/// or its process returned successfully before its work ended (a detached run whose jobs
+/// have not all ended; only such a run exits 0 unfinished).
 pub fn is_live(store: &Store, r: &RunRecord) -> bool {
-    if r.executor == "slurm" && !r.finished && r.exit == Some(0) {
+    if !r.finished && r.exit == Some(0) {
         return true;
     }
     lock::is_held(&lease_path(store, &r.id), store.host())

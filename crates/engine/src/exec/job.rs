@@ -138,7 +138,10 @@ impl InstanceJob {
         }
         for input in &mut self.inputs {
             if input.key.is_none() {
-                input.key = input.job.as_deref().and_then(super::slurm::resolved_key);
+                input.key = input
+                    .job
+                    .as_deref()
+                    .and_then(super::job_outcome::resolved_key);
             }
             let Some(key) = input.key.as_deref() else {
                 return Err(format!(

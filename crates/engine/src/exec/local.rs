@@ -1,16 +1,84 @@
 //! The local executor: runs ready instances in parallel within a thread budget.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
+use super::executor::{Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance};
 use super::job::{InstanceJob, compute_instance};
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
+use crate::error::Error;
 use crate::plan::Plan;
-use crate::store::Store;
+use crate::runs::{self, RunRecord};
 use crate::store::remote::Remote;
+use crate::store::{Store, unix_now};
+
+/// The local executor, `--executor local`: instances run in this process's threads.
+pub struct Local;
+
+impl Executor for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn about(&self) -> &'static str {
+        "On this machine, within the `--jobs` thread budget"
+    }
+
+    fn submits_jobs(&self) -> bool {
+        false
+    }
+
+    fn interrupt(&self) -> Interrupt {
+        Interrupt::ExitProcess
+    }
+
+    fn check(&self, _: &ExecutorOptions) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        plan: &Plan,
+        store: &Store,
+        opts: &RunOptions,
+        _: &ExecutorOptions,
+        observer: &dyn Observer,
+        _: &AtomicBool,
+        mut record: RunRecord,
+    ) -> Result<ExecutorRun, Error> {
+        match run(plan, store, opts, observer) {
+            Ok(report) => {
+                record.finished = true;
+                Ok(ExecutorRun {
+                    report,
+                    record,
+                    detached: false,
+                })
+            }
+            Err(e) => {
+                // The store failed before anything ran: the run ended with exit code 1.
+                record.ended = Some(unix_now());
+                record.exit = Some(1);
+                record.finished = true;
+                let _ = runs::save_record(store, &record);
+                Err(Error::io(store.root(), e))
+            }
+        }
+    }
+
+    fn live_instances(&self, _: &Store, _: &HashSet<&str>) -> HashMap<String, LiveInstance> {
+        // A running local instance holds its key's lock, which `status` reads itself.
+        HashMap::new()
+    }
+
+    fn cancel(&self, _: &RunRecord) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
+    }
+}
 
 /// Runs every selected instance whose artifact is missing; returns each one's outcome.
 ///

@@ -1,11 +1,21 @@
 //! Executors: run a plan's missing instances and store their artifacts.
 //!
-//! [`local`] runs instances on this machine with a thread budget; [`slurm`] submits them
-//! as Slurm jobs. Both compute an instance with [`job::compute_instance`]. Executors report what
-//! happens through an [`Observer`]; they never print.
+//! Every executor implements [`executor::Executor`] and is listed once in
+//! [`registry::executors`]: [`local`] runs instances on this machine with a thread budget;
+//! [`slurm`] submits them as Slurm jobs. All compute an instance with
+//! [`job::compute_instance`]. Executors report what happens through an [`Observer`]; they
+//! never print.
+//!
+//! This file holds what every executor shares (outcomes, events, options, the triage and
+//! conclusion of a run) and uses none of its submodules, so that they form no cycle:
+//! `job_outcome`, `job` and `executor` use this file; `local` and `slurm` use those;
+//! `registry` uses the executors.
 
+pub mod executor;
 pub mod job;
+pub mod job_outcome;
 pub mod local;
+pub mod registry;
 pub mod slurm;
 
 use std::path::PathBuf;

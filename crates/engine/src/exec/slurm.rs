@@ -18,127 +18,122 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use petgraph::graph::NodeIndex;
-use serde::{Deserialize, Serialize};
 
+use super::executor::{Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance};
 use super::job::InstanceJob;
+use super::job_outcome::{JobOutcome, resolved_key};
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::resources::Resources;
-pub use crate::runs::{RunRecord, find_record, records, runs_dir, save_record};
+use crate::runs::{JobRecord, RunRecord, records, save_record};
 use crate::store::{Store, write_atomic};
 
-/// Options of a Slurm run.
-#[derive(Clone, Debug)]
-pub struct SlurmOptions {
-    /// `--partition` for every job.
-    pub partition: Option<String>,
-    /// Extra `sbatch` arguments, passed as given.
-    pub args: Vec<String>,
-    /// Submit and return without waiting.
-    pub detach: bool,
-    /// Time between two `squeue` polls.
-    pub poll: Duration,
-    /// The `pipe` binary the jobs run (on a filesystem the nodes share).
-    pub exe: PathBuf,
-}
+/// The Slurm executor, `--executor slurm`: one `sbatch` job per instance.
+pub struct Slurm;
 
-/// One submitted job.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobRecord {
-    /// The instance's recipe ([`crate::plan::Instance::recipe`]).
-    #[serde(alias = "key")]
-    pub recipe: String,
-    /// `stage[point]`.
-    pub label: String,
-    /// Slurm's job id.
-    pub job_id: String,
-    /// Slurm's log of the job.
-    pub slurm_log: PathBuf,
-}
+impl Executor for Slurm {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
 
-/// What a job writes when it ends, `jobs/KEY.outcome.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobOutcome {
-    /// `executed`, `cached` or `failed`.
-    pub outcome: String,
-    /// The failure, if any.
-    pub message: Option<String>,
-    /// Whether the failure was the data's fault.
-    pub bad_data: bool,
-    /// Seconds the stage ran.
-    pub seconds: f64,
-    /// The key the job resolved, if it got that far.
-    #[serde(default)]
-    pub key: Option<String>,
-}
+    fn about(&self) -> &'static str {
+        "As Slurm jobs (`sbatch`), on a cache every node shares"
+    }
 
-/// The key a job resolved, from its outcome file (once it has ended).
-pub fn resolved_key(job_file: &Path) -> Option<String> {
-    let bytes = std::fs::read(outcome_path(job_file)).ok()?;
-    serde_json::from_slice::<JobOutcome>(&bytes).ok()?.key
-}
+    fn submits_jobs(&self) -> bool {
+        true
+    }
 
-impl JobOutcome {
-    /// The record of an outcome.
-    pub fn of(o: &Outcome) -> JobOutcome {
-        match o {
-            Outcome::Executed { seconds } => JobOutcome {
-                outcome: "executed".into(),
-                message: None,
-                bad_data: false,
-                seconds: *seconds,
-                key: None,
-            },
-            Outcome::Cached => JobOutcome {
-                outcome: "cached".into(),
-                message: None,
-                bad_data: false,
-                seconds: 0.0,
-                key: None,
-            },
-            Outcome::Failed {
-                message, bad_data, ..
-            } => JobOutcome {
-                outcome: "failed".into(),
-                message: Some(message.clone()),
-                bad_data: *bad_data,
-                seconds: 0.0,
-                key: None,
-            },
-            Outcome::Skipped { reason } => JobOutcome {
-                outcome: "skipped".into(),
-                message: Some(reason.clone()),
-                bad_data: false,
-                seconds: 0.0,
-                key: None,
-            },
+    fn interrupt(&self) -> Interrupt {
+        Interrupt::CancelAndReturn
+    }
+
+    fn check(&self, opts: &ExecutorOptions) -> Result<(), String> {
+        if !opts.gpus.is_empty() {
+            return Err("--gpus places instances on this machine's GPUs (local executor); on Slurm, give the stage `resources = { gpus = 1 }` or `device = \"cuda\"`".into());
         }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        plan: &Plan,
+        store: &Store,
+        opts: &RunOptions,
+        executor_opts: &ExecutorOptions,
+        observer: &dyn Observer,
+        interrupted: &AtomicBool,
+        record: RunRecord,
+    ) -> Result<ExecutorRun, Error> {
+        let slurm = SlurmOptions::of(executor_opts)?;
+        let (report, record) = run(plan, store, opts, &slurm, observer, interrupted, record)?;
+        Ok(ExecutorRun {
+            report,
+            record,
+            detached: slurm.detach,
+        })
+    }
+
+    fn live_instances(
+        &self,
+        store: &Store,
+        recipes: &HashSet<&str>,
+    ) -> HashMap<String, LiveInstance> {
+        live_jobs(store, recipes)
+    }
+
+    fn cancel(&self, record: &RunRecord) -> Result<Vec<String>, String> {
+        let ids: Vec<&str> = record.jobs.iter().map(|j| j.job_id.as_str()).collect();
+        let states = query(&ids)?;
+        let active: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| states.get(*id).is_some_and(|q| !has_ended(&q.state)))
+            .collect();
+        cancel(&active)?;
+        Ok(active.into_iter().map(str::to_string).collect())
     }
 }
 
-/// Where a job's outcome goes, beside its job file.
-pub fn outcome_path(job_file: &Path) -> PathBuf {
-    job_file.with_extension("outcome.json")
+/// Options of a Slurm run, from the executor options.
+#[derive(Clone, Debug)]
+struct SlurmOptions {
+    /// `--partition` for every job.
+    partition: Option<String>,
+    /// Extra `sbatch` arguments, passed as given.
+    args: Vec<String>,
+    /// Submit and return without waiting.
+    detach: bool,
+    /// Time between two `squeue` polls.
+    poll: Duration,
+    /// The `pipe` binary the jobs run (on a filesystem the nodes share).
+    exe: PathBuf,
 }
 
-/// A job of an unfinished run, as `pipe status` shows it.
-#[derive(Clone, Debug)]
-pub struct LiveJob {
-    /// The run id.
-    pub run: String,
-    /// Slurm's job id.
-    pub job_id: String,
-    /// Slurm's state (`PENDING`, `RUNNING`, ...), or `UNKNOWN` when Slurm cannot say.
-    pub state: String,
-    /// Slurm's reason.
-    pub reason: String,
+impl SlurmOptions {
+    /// What the executor options ask of Slurm; the jobs run this process's binary unless
+    /// the options name one.
+    fn of(opts: &ExecutorOptions) -> Result<SlurmOptions, Error> {
+        let exe = match &opts.exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| Error::usage(format!("cannot find the pipe binary: {e}")))?,
+        };
+        Ok(SlurmOptions {
+            partition: opts.queue.clone(),
+            args: opts.submit_args.clone(),
+            detach: opts.detach,
+            poll: opts.poll(),
+            exe,
+        })
+    }
 }
 
 /// The queued or running jobs, by recipe, of unfinished runs that compute one of
 /// `recipes` (one `squeue` call). Runs none of whose jobs is queued or running any more are marked
 /// finished.
-pub fn live_jobs(store: &Store, recipes: &HashSet<&str>) -> HashMap<String, LiveJob> {
+fn live_jobs(store: &Store, recipes: &HashSet<&str>) -> HashMap<String, LiveInstance> {
     let mut out = HashMap::new();
     let open: Vec<RunRecord> = records(store).into_iter().filter(|r| !r.finished).collect();
     if open.is_empty() {
@@ -161,7 +156,8 @@ pub fn live_jobs(store: &Store, recipes: &HashSet<&str>) -> HashMap<String, Live
             if recipes.contains(j.recipe.as_str()) {
                 out.insert(
                     j.recipe.clone(),
-                    LiveJob {
+                    LiveInstance {
+                        executor: Slurm.name(),
                         run: r.id.clone(),
                         job_id: j.job_id.clone(),
                         state: q.state.clone(),
@@ -245,6 +241,22 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Slurm states in which a job has ended, so that there is nothing to cancel.
+fn has_ended(state: &str) -> bool {
+    matches!(
+        state,
+        "COMPLETED"
+            | "FAILED"
+            | "CANCELLED"
+            | "TIMEOUT"
+            | "OUT_OF_MEMORY"
+            | "NODE_FAIL"
+            | "BOOT_FAIL"
+            | "DEADLINE"
+            | "PREEMPTED"
+    )
+}
+
 /// Slurm states in which a job will still run or is running.
 fn is_active(state: &str) -> bool {
     matches!(
@@ -274,7 +286,7 @@ struct Live {
 /// Submits the plan's missing instances as Slurm jobs and (unless detached) waits for
 /// them. `record` is the run's record, begun by the caller; the jobs are added to it.
 /// Returns each instance's outcome and the run's record.
-pub fn run(
+fn run(
     plan: &Plan,
     store: &Store,
     opts: &RunOptions,
@@ -407,7 +419,7 @@ impl SlurmRun<'_> {
             recipe: inst.recipe.clone(),
             label: plan.label(n),
             job_id: job_id.clone(),
-            slurm_log: slurm_log.clone(),
+            log: slurm_log.clone(),
         });
         self.live.insert(
             n,
@@ -637,9 +649,7 @@ fn report(nodes: &[NodeIndex], mut outcomes: HashMap<NodeIndex, Outcome>) -> Run
 
 /// The outcome of a job that left the queue, from its outcome file and the cache.
 fn finished(store: &Store, key: Option<&str>, l: &Live, state: &str) -> Outcome {
-    let recorded: Option<JobOutcome> = std::fs::read(outcome_path(&l.job_file))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let recorded = JobOutcome::read(&l.job_file);
     let key = key
         .map(str::to_string)
         .or_else(|| recorded.as_ref().and_then(|r| r.key.clone()))
