@@ -1,12 +1,12 @@
 //! Loads a `dataset` artifact and a `corrupt` artifact into tensors.
 
-use pipe_engine::table::StoredTable;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
 
 use crate::tensors::to_bool;
+use pipe_engine::table::StoredTable;
 use pipe_engine::table::Table;
 use pipe_kinds::stages::corrupt::ExampleGroup;
 use pipe_kinds::stages::dataset::DatasetInfo;

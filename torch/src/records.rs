@@ -4,7 +4,6 @@
 //! of the trainer's results: its [`Evaluation`]s become rows of the `train` kind's tables
 //! here and nowhere else, and a checkpoint stores and restores these tables as they are.
 
-use pipe_engine::table::StoredTable;
 use std::path::Path;
 
 use anyhow::Result;
@@ -14,6 +13,7 @@ use pipe_kinds::tables::{Examples, Metrics};
 use crate::data::TrainData;
 use crate::tensors::{to_bool, to_i64};
 use crate::trainer::{EpochScores, Evaluation, ExampleScores};
+use pipe_engine::table::StoredTable;
 
 /// The metrics of every epoch so far and, when recorded, every example's scores.
 pub struct TrainRecords {

@@ -14,7 +14,6 @@ mod not_vanishing_gradients;
 mod undone_by_rollback;
 mod where_memorized;
 
-use pipe_engine::table::StoredTable;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -28,6 +27,7 @@ use super::chart::Line;
 use super::stats::Stat;
 use crate::export::Gathered;
 use pipe_engine::plan::{Plan, point_label};
+use pipe_engine::table::StoredTable;
 use pipe_engine::table::Table;
 
 /// One finding of the report: its section on the page and the figures it draws.

@@ -9,7 +9,6 @@
 //! see `ActivationsParams::epoch_part_key`), then linked into the output: an epoch whose
 //! part is cached is not computed again.
 
-use pipe_engine::table::StoredTable;
 use std::io::Write;
 use std::path::Path;
 
@@ -29,6 +28,7 @@ use super::trained::TrainedRun;
 use crate::device;
 use crate::models::Net;
 use crate::tensors::to_i64;
+use pipe_engine::table::StoredTable;
 use pipe_kinds::stages::corrupt::ExampleGroup;
 
 /// Chooses the probe set: for each of the first P classes, M clean examples of that class

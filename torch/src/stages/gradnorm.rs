@@ -20,7 +20,6 @@
 //! the chosen examples that kept their label (`unchanged`). `gradnorm_examples.parquet`
 //! records the examples; `per_example = true` adds every example's own three norms.
 
-use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::Result;
@@ -37,6 +36,7 @@ use tch::{Kind, Tensor};
 use super::trained::TrainedRun;
 use crate::device;
 use crate::models::Net;
+use pipe_engine::table::StoredTable;
 
 /// Examples per forward and backward pass.
 const CHUNK: usize = 256;

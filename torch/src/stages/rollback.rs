@@ -5,7 +5,6 @@
 //! test_acc, clean_acc, corrupted_train_acc, corrupted_true_acc`, with one extra row
 //! `cutoff = "none"` for the final weights as they are.
 
-use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::Result;
@@ -18,6 +17,7 @@ use super::trained::{TrainedRun, predict};
 use crate::device;
 use crate::models::Net;
 use crate::score::accuracy;
+use pipe_engine::table::StoredTable;
 
 /// Test, clean, corrupted (training labels) and corrupted (true labels) accuracy.
 type Scores = (f64, f64, Option<f64>, Option<f64>);

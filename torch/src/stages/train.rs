@@ -4,7 +4,6 @@
 //! This file is the one translation of [`TrainParams`] into the plain settings of the
 //! models, optimizers and training loop ([`arch`], [`config`]).
 
-use pipe_kinds::stages::slots;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +23,7 @@ use crate::models::{Arch, WeightInit};
 use crate::optim::{self, OptimizerConfig};
 use crate::records::TrainRecords;
 use crate::trainer::{self, EpochScores, TrainConfig, Trainer};
+use pipe_kinds::stages::slots;
 
 /// The architecture the parameters describe (the analyses rebuild trained networks by it).
 pub fn arch(p: &TrainParams) -> Arch {

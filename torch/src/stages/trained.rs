@@ -3,7 +3,6 @@
 //! train artifact's manifest and parameters, and builds the network through the `train`
 //! stage's translation of those parameters ([`super::train::arch`]).
 
-use pipe_kinds::stages::slots;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -17,6 +16,7 @@ use super::train;
 use crate::checkpoint::load_weights;
 use crate::data::{self, TrainData};
 use crate::models::{Arch, Net};
+use pipe_kinds::stages::slots;
 
 /// A train artifact, its inputs loaded.
 pub struct TrainedRun {

@@ -2,9 +2,9 @@
 //! examples) at chosen checkpoints. The work needs libtorch and runs in the worker
 //! (`torch/src/stages/activations.rs`); see science.md for the probe set.
 
-use crate::stages::slots;
 use serde::{Deserialize, Serialize};
 
+use crate::stages::slots;
 use crate::stages::trained::{
     EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
 };

@@ -7,8 +7,6 @@
 //! `oracle = true` the truly corrupted examples are the flagged ones (relabeled to their
 //! true labels): the clean-data baseline. Output: `labels.parquet` and `clean.json`.
 
-use crate::stages::slots;
-use pipe_engine::table::StoredTable;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -16,8 +14,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::stages::detect::DetectParams;
+use crate::stages::slots;
 use crate::tables::{Labels, Scores};
 use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext};
+use pipe_engine::table::StoredTable;
 use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "clean"`.

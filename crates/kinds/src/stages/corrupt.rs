@@ -8,8 +8,6 @@
 //! (not chosen), corrupted (changed) and, where a table has groups, unchanged (chosen but
 //! kept their own label).
 
-use crate::stages::slots;
-use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
@@ -18,8 +16,10 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::stages::dataset::DatasetInfo;
+use crate::stages::slots;
 use crate::tables::{Images, Labels};
 use pipe_engine::stage::{CheckEnv, Inputs, Kind, ParamError, RunContext};
+use pipe_engine::table::StoredTable;
 use pipe_engine::table::Table;
 
 /// The kind's name, as written `kind = "corrupt"`.

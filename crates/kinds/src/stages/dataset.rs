@@ -3,7 +3,6 @@
 //! Output: `train.parquet` and `test.parquet` (columns `index`, `source_index`, `label`,
 //! `image` = fixed-size list of u8) and `dataset.json` (shape, classes, sizes).
 
-use crate::stages::slots;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +12,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::stages::slots;
 use crate::tables::Images;
 use pipe_engine::stage::{BadData, CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext};
 use pipe_engine::table::{FixedRows, Table};

@@ -19,15 +19,15 @@
 //! used. The truth (`changed`) only judges the rankings. Output: `scores.parquet`,
 //! `detection.parquet` (one row per method, the default method first) and `roc.parquet`.
 
-use crate::stages::slots;
-use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::{Context, Result};
 
+use crate::stages::slots;
 use crate::stages::trained::train_params;
 use crate::tables::{Detection, Examples, Roc, Scores};
 use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext};
+use pipe_engine::table::StoredTable;
 use pipe_engine::table::Table;
 use pipe_science::detection;
 

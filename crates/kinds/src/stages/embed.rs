@@ -14,18 +14,18 @@
 //! Each epoch is embedded into a part of its own, keyed on the activations' part of that
 //! epoch, like `probe`. Runs in the `pipe` process (no libtorch).
 
-use crate::stages::slots;
-use pipe_engine::table::StoredTable;
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
 use crate::stages::activations::{ActivationsInfo, ActivationsParams, for_each_epoch_part};
+use crate::stages::slots;
 use crate::stages::trained::Layers;
 use crate::tables::{Embedding, Features, ProbeSet};
 use pipe_engine::stage::{
     BadData, CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext,
 };
+use pipe_engine::table::StoredTable;
 use pipe_engine::table::{Column, Table};
 use pipe_science::embedding;
 

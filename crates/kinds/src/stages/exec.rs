@@ -4,7 +4,6 @@
 //! into), `PIPE_INPUT_<SLOT>` (each input artifact's folder), `PIPE_THREADS`, `PIPE_KEY`
 //! and `PIPE_POINT` (the sweep point as JSON) set. Its stdout and stderr go to the log.
 
-use crate::stages::slots;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -12,6 +11,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 
+use crate::stages::slots;
 use pipe_engine::spec::template;
 use pipe_engine::stage::{CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext, Scalar};
 

@@ -12,8 +12,6 @@
 //! gain an epoch, only that epoch is analysed. An epoch's random streams depend on the
 //! epoch and layer only, never on which other epochs are analysed.
 
-use crate::stages::slots;
-use pipe_engine::table::StoredTable;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -21,10 +19,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::stages::activations::{ActivationsInfo, for_each_epoch_part};
+use crate::stages::slots;
 use crate::tables::{self, Features, ProbeManifolds, ProbeSet};
 use pipe_engine::stage::{
     CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part, RunContext,
 };
+use pipe_engine::table::StoredTable;
 use pipe_engine::table::{Column, Table};
 use pipe_science::geometry;
 

@@ -6,16 +6,16 @@
 //! Each kept epoch is its own artifact (a part, see `StageKind::parts`) whose key leaves
 //! out `epochs` and `checkpoints`, so a longer run resumes from a shorter one's last epoch.
 
-use crate::stages::slots;
-use pipe_engine::table::StoredTable;
 use std::collections::BTreeSet;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::stages::slots;
 use crate::worker::WorkerParams;
 use pipe_engine::plan::compute_key;
 use pipe_engine::stage::{CheckEnv, Inputs, KeyInputs, Kind, KindParams, ParamError, Part};
+use pipe_engine::table::StoredTable;
 
 /// The kind's name, as written `kind = "train"`.
 pub const NAME: &str = slots::names::TRAIN;

@@ -2,7 +2,6 @@
 //! references (`5` or `"final"`), layer selections, and the checks of both against the
 //! train instance's parameters.
 
-use crate::stages::slots;
 use std::fmt;
 use std::path::Path;
 
@@ -10,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value as Json;
 
+use crate::stages::slots;
 use crate::stages::train::{self, CheckpointRef, TrainParams};
 use pipe_engine::stage::{CheckEnv, InputInfo, ParamError, ParamType, ParamValue, Slot};
 
