@@ -13,6 +13,7 @@ use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow::util::display::array_value_to_string;
 use indexmap::IndexMap;
+use petgraph::graph::NodeIndex;
 use serde_json::Value as Json;
 
 use super::chart::{self, Line, Panel};
@@ -76,57 +77,12 @@ impl Values {
 /// The figure of one plot (none when no cached instance has its table).
 fn figure(data: &FigureData<'_>, plot: &PlotSpec, i: usize) -> Result<Option<Figure>> {
     let Some(parts) = data.gathered.tables.get(&plot.table) else {
-        let declared = data.plan.order.iter().any(|&n| {
-            let inst = &data.plan.graph[n];
-            data.plan.spec.stages[inst.stage]
-                .kind
-                .tables(&inst.params)
-                .contains(&plot.table)
-        });
-        if !declared {
-            bail!(
-                "no stage writes a table `{}` (declare it in an exec stage's `tables`)",
-                plot.table
-            );
-        }
+        check_declared(data, plot)?;
         return Ok(None);
     };
-    // series -> x (as ordered bits) -> values.
-    let mut acc: IndexMap<String, BTreeMap<OrderedX, Vec<f64>>> = IndexMap::new();
+    let mut acc = SeriesRows::new();
     for (node, batch) in parts {
-        let point = data.plan.point(*node);
-        let find = |name: &str| {
-            Values::find(name, batch, &point).with_context(|| {
-                format!(
-                    "table `{}` of {} has no column `{name}` (columns: {}) and the instance no such sweep variable",
-                    plot.table,
-                    data.plan.label(*node),
-                    batch
-                        .schema()
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-        };
-        let (xs, ys) = (find(&plot.x)?, find(&plot.y)?);
-        let series = plot.series.as_deref().map(find).transpose()?;
-        for row in 0..batch.num_rows() {
-            let (Some(x), Some(y)) = (xs.number(row), ys.number(row)) else {
-                continue;
-            };
-            let name = series.as_ref().map_or_else(
-                || plot.y.clone(),
-                |s| format!("{} = {}", plot.series.as_deref().unwrap_or(""), s.text(row)),
-            );
-            acc.entry(name)
-                .or_default()
-                .entry(OrderedX(x))
-                .or_default()
-                .push(y);
-        }
+        add_rows(&mut acc, data, plot, *node, batch)?;
     }
     if acc.is_empty() {
         bail!(
@@ -140,30 +96,7 @@ fn figure(data: &FigureData<'_>, plot: &PlotSpec, i: usize) -> Result<Option<Fig
         .title
         .clone()
         .unwrap_or_else(|| format!("{} against {}", plot.y, plot.x));
-    let mut csv = String::from("panel,series,x,mean,sd,n\n");
-    let lines: Vec<Line> = acc
-        .iter()
-        .map(|(name, xs)| Line {
-            name: name.clone(),
-            points: xs
-                .iter()
-                .filter_map(|(x, v)| {
-                    let s = Stat::of(v)?;
-                    let _ = writeln!(
-                        csv,
-                        "{},{},{},{},{},{}",
-                        field(&title),
-                        field(name),
-                        x.0,
-                        s.mean,
-                        s.sd,
-                        s.n
-                    );
-                    Some((x.0, s))
-                })
-                .collect(),
-        })
-        .collect();
+    let (lines, csv) = mean_lines(&title, &acc);
     let panel = Panel {
         title: format!("table {}: mean ± sd of rows sharing x", plot.table),
         x_label: plot.x.clone(),
@@ -180,6 +113,104 @@ fn figure(data: &FigureData<'_>, plot: &PlotSpec, i: usize) -> Result<Option<Fig
         svg: chart::panels_svg(&title, &[panel], 1)?,
         csv,
     }))
+}
+
+/// A plot's y values: series name -> x (as ordered bits) -> values.
+type SeriesRows = IndexMap<String, BTreeMap<OrderedX, Vec<f64>>>;
+
+/// For a plot whose table no cached instance has: an error if no stage of the plan writes
+/// that table at all (a misspelt name), else fine (nothing computed yet).
+fn check_declared(data: &FigureData<'_>, plot: &PlotSpec) -> Result<()> {
+    let declared = data.plan.order.iter().any(|&n| {
+        let inst = &data.plan.graph[n];
+        data.plan.spec.stages[inst.stage]
+            .kind
+            .tables(&inst.params)
+            .contains(&plot.table)
+    });
+    if !declared {
+        bail!(
+            "no stage writes a table `{}` (declare it in an exec stage's `tables`)",
+            plot.table
+        );
+    }
+    Ok(())
+}
+
+/// Adds the rows of one instance's table with numbers in both x and y to `acc`, under
+/// their series (`series = value`, or the y name without a series); an x, y or series
+/// name found neither among the columns nor the sweep variables is an error.
+fn add_rows(
+    acc: &mut SeriesRows,
+    data: &FigureData<'_>,
+    plot: &PlotSpec,
+    node: NodeIndex,
+    batch: &RecordBatch,
+) -> Result<()> {
+    let point = data.plan.point(node);
+    let find = |name: &str| {
+        Values::find(name, batch, &point).with_context(|| {
+            format!(
+                "table `{}` of {} has no column `{name}` (columns: {}) and the instance no such sweep variable",
+                plot.table,
+                data.plan.label(node),
+                batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    };
+    let (xs, ys) = (find(&plot.x)?, find(&plot.y)?);
+    let series = plot.series.as_deref().map(find).transpose()?;
+    for row in 0..batch.num_rows() {
+        let (Some(x), Some(y)) = (xs.number(row), ys.number(row)) else {
+            continue;
+        };
+        let name = series.as_ref().map_or_else(
+            || plot.y.clone(),
+            |s| format!("{} = {}", plot.series.as_deref().unwrap_or(""), s.text(row)),
+        );
+        acc.entry(name)
+            .or_default()
+            .entry(OrderedX(x))
+            .or_default()
+            .push(y);
+    }
+    Ok(())
+}
+
+/// One line per series, through the mean (± sd) of the values at each x, and the CSV of
+/// those points (`panel,series,x,mean,sd,n`, the panel being the figure's title).
+fn mean_lines(title: &str, acc: &SeriesRows) -> (Vec<Line>, String) {
+    let mut csv = String::from("panel,series,x,mean,sd,n\n");
+    let lines: Vec<Line> = acc
+        .iter()
+        .map(|(name, xs)| Line {
+            name: name.clone(),
+            points: xs
+                .iter()
+                .filter_map(|(x, v)| {
+                    let s = Stat::of(v)?;
+                    let _ = writeln!(
+                        csv,
+                        "{},{},{},{},{},{}",
+                        field(title),
+                        field(name),
+                        x.0,
+                        s.mean,
+                        s.sd,
+                        s.n
+                    );
+                    Some((x.0, s))
+                })
+                .collect(),
+        })
+        .collect();
+    (lines, csv)
 }
 
 /// An x value usable as a map key, in numeric order.

@@ -149,8 +149,24 @@ struct StageRows {
 
 /// The figures: per detect stage, a ROC panel per group and the retraining accuracies.
 fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
-    let plan = data.plan;
     let mut stages: IndexMap<String, StageRows> = IndexMap::new();
+    add_roc_curves(data, &mut stages)?;
+    add_aurocs(data, &mut stages)?;
+    add_final_accuracies(data, &mut stages)?;
+    let mut figures = Vec::new();
+    for (stage, rows) in stages {
+        if rows.roc.is_empty() {
+            continue;
+        }
+        figures.push(stage_figure(n, &stage, &rows)?);
+    }
+    Ok(figures)
+}
+
+/// Adds each detect instance's ROC curves, per method, sampled on the common grid, to its
+/// stage's rows under its group.
+fn add_roc_curves(data: &FigureData<'_>, stages: &mut IndexMap<String, StageRows>) -> Result<()> {
+    let plan = data.plan;
     for (node, r) in data.tables::<Roc>()? {
         if kind_of(plan, node) != detect::NAME {
             continue;
@@ -168,19 +184,38 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
             }
         }
     }
+    Ok(())
+}
+
+/// Adds each detect instance's default method (the first one's) and its AUROC to its
+/// stage's rows.
+fn add_aurocs(data: &FigureData<'_>, stages: &mut IndexMap<String, StageRows>) -> Result<()> {
+    for (node, d) in data.tables::<Detection>()? {
+        let rows = stages
+            .entry(data.plan.stage_name(node).to_string())
+            .or_default();
+        if let (Some(m), Some(a)) = (d.method.first(), d.auroc.first().copied().flatten()) {
+            rows.default_method.get_or_insert_with(|| m.clone());
+            rows.aurocs.push(a);
+        }
+    }
+    Ok(())
+}
+
+/// Adds the final test accuracy of each train instance this finding knows (a noisy
+/// baseline, a run on cleaned labels, the oracle) to its detect stage's rows, at its
+/// category's x, under the detect instance's group.
+fn add_final_accuracies(
+    data: &FigureData<'_>,
+    stages: &mut IndexMap<String, StageRows>,
+) -> Result<()> {
+    let plan = data.plan;
     let detects: Vec<NodeIndex> = plan
         .order
         .iter()
         .copied()
         .filter(|&n| kind_of(plan, n) == detect::NAME)
         .collect();
-    for (node, d) in data.tables::<Detection>()? {
-        let rows = stages.entry(plan.stage_name(node).to_string()).or_default();
-        if let (Some(m), Some(a)) = (d.method.first(), d.auroc.first().copied().flatten()) {
-            rows.default_method.get_or_insert_with(|| m.clone());
-            rows.aurocs.push(a);
-        }
-    }
     let baselines = noisy_baselines(plan, &detects);
     for (node, m) in data.tables::<Metrics>()? {
         if kind_of(plan, node) != train::NAME {
@@ -201,61 +236,65 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
             Some(m.test_acc[last]),
         );
     }
-    let mut figures = Vec::new();
-    for (stage, rows) in stages {
-        if rows.roc.is_empty() {
-            continue;
-        }
-        let mut csv = CSV_HEADER.to_string();
-        let mut panels = Vec::new();
-        for (group, acc) in &rows.roc {
-            csv_rows(&mut csv, &format!("roc {group}"), acc, |x| {
-                format!("{}", x as f64 / GRID as f64)
-            });
-            panels.push(Panel {
-                title: format!("ROC, {group}"),
-                x_label: "false-positive rate".into(),
-                y_label: "true-positive rate".into(),
-                x_names: None,
-                log_x: false,
-                lines: grid_lines(acc),
-            });
-        }
-        let claim = claim(&rows);
-        if !rows.accuracy.is_empty() {
-            let used = used_categories(&rows.accuracy);
-            let mut acc = rows.accuracy.clone();
-            // Renumber the categories present to 0, 1, ... in their order.
-            for xs in acc.values_mut() {
-                *xs = std::mem::take(xs)
-                    .into_iter()
-                    .map(|(x, v)| (used.iter().position(|&u| u == x).unwrap_or(0) as i64, v))
-                    .collect();
-            }
-            let names: Vec<String> = used.iter().map(|&x| category_name(x)).collect();
-            csv_rows(&mut csv, "test accuracy", &acc, |x| {
-                names.get(x as usize).cloned().unwrap_or_default()
-            });
-            panels.push(Panel {
-                title: "Test accuracy after training on".into(),
-                x_label: "labels: noisy, cleaned by each method, truly clean only".into(),
-                y_label: "final test accuracy".into(),
-                x_names: Some(names.iter().map(|n| tick_name(n)).collect()),
-                log_x: false,
-                lines: lines(&acc),
-            });
-        }
-        let title = format!("Finding the mislabeled examples: stage {stage}");
-        figures.push(Figure {
-            finding: n,
-            claim,
-            stem: format!("{n}-detection-{}", slug(&stage)),
-            svg: chart::panels_svg(&title, &panels, panels.len().min(3))?,
-            title,
-            csv,
+    Ok(())
+}
+
+/// One detect stage's figure: a ROC panel per group, then the accuracy panel if any
+/// accuracy is known; the CSV holds the same rows.
+fn stage_figure(n: usize, stage: &str, rows: &StageRows) -> Result<Figure> {
+    let mut csv = CSV_HEADER.to_string();
+    let mut panels = Vec::new();
+    for (group, acc) in &rows.roc {
+        csv_rows(&mut csv, &format!("roc {group}"), acc, |x| {
+            format!("{}", x as f64 / GRID as f64)
+        });
+        panels.push(Panel {
+            title: format!("ROC, {group}"),
+            x_label: "false-positive rate".into(),
+            y_label: "true-positive rate".into(),
+            x_names: None,
+            log_x: false,
+            lines: grid_lines(acc),
         });
     }
-    Ok(figures)
+    let claim = claim(rows);
+    if !rows.accuracy.is_empty() {
+        panels.push(accuracy_panel(&mut csv, &rows.accuracy));
+    }
+    let title = format!("Finding the mislabeled examples: stage {stage}");
+    Ok(Figure {
+        finding: n,
+        claim,
+        stem: format!("{n}-detection-{}", slug(stage)),
+        svg: chart::panels_svg(&title, &panels, panels.len().min(3))?,
+        title,
+        csv,
+    })
+}
+
+/// The accuracy panel: the final test accuracies per group over the categories present,
+/// renumbered 0, 1, ... in their order; their CSV rows are added to `csv`.
+fn accuracy_panel(csv: &mut String, accuracy: &Acc) -> Panel {
+    let used = used_categories(accuracy);
+    let mut acc = accuracy.clone();
+    for xs in acc.values_mut() {
+        *xs = std::mem::take(xs)
+            .into_iter()
+            .map(|(x, v)| (used.iter().position(|&u| u == x).unwrap_or(0) as i64, v))
+            .collect();
+    }
+    let names: Vec<String> = used.iter().map(|&x| category_name(x)).collect();
+    csv_rows(csv, "test accuracy", &acc, |x| {
+        names.get(x as usize).cloned().unwrap_or_default()
+    });
+    Panel {
+        title: "Test accuracy after training on".into(),
+        x_label: "labels: noisy, cleaned by each method, truly clean only".into(),
+        y_label: "final test accuracy".into(),
+        x_names: Some(names.iter().map(|n| tick_name(n)).collect()),
+        log_x: false,
+        lines: lines(&acc),
+    }
 }
 
 /// The accuracy panel's x of a category: noisy first, the methods in `detect`'s order, the

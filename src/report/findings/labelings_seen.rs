@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use indexmap::IndexMap;
+use petgraph::graph::NodeIndex;
 use pipe_kinds::tables::Embedding;
 
 use super::{
@@ -42,27 +43,63 @@ const CLUSTERED: f64 = 0.5;
 /// are means over the group.
 fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
     let tables = data.tables::<Embedding>()?;
+    let Some(layer) = shown_layer(data.embed_layer, &tables)? else {
+        return Ok(Vec::new());
+    };
+    let mut figures = Vec::new();
+    for ((stage, group), g) in group_embeddings(data, tables, &layer) {
+        if let Some(figure) = group_figure(n, &stage, &group, &layer, g)? {
+            figures.push(figure);
+        }
+    }
+    Ok(figures)
+}
+
+/// One (stage, group)'s embeddings: the first instance's table, the method shown (`tsne`
+/// where that instance has it, else `pca`) and the neighbour agreement over the group
+/// (series -> epoch -> values).
+struct GroupEmbedding {
+    /// The first instance's table (its dots are drawn).
+    table: Embedding,
+    /// `tsne` or `pca`.
+    method: String,
+    /// Neighbour agreement: series -> epoch -> values, one per instance.
+    agreement: Acc,
+}
+
+/// The layer shown: `--embed-layer` if embedded, else the last layer embedded; none when
+/// nothing is embedded. An `--embed-layer` that is not embedded is an error naming those
+/// that are.
+fn shown_layer(
+    embed_layer: Option<&str>,
+    tables: &[(NodeIndex, Embedding)],
+) -> Result<Option<String>> {
     let mut layers: Vec<String> = Vec::new();
-    for (_, t) in &tables {
+    for (_, t) in tables {
         for l in &t.layer {
             if !layers.contains(l) {
                 layers.push(l.clone());
             }
         }
     }
-    let layer = match data.embed_layer {
-        Some(l) if layers.iter().any(|x| x == l) => l.to_string(),
+    Ok(match embed_layer {
+        Some(l) if layers.iter().any(|x| x == l) => Some(l.to_string()),
         Some(l) if !layers.is_empty() => anyhow::bail!(
             "--embed-layer {l}: no embedding of layer `{l}`; embedded layers: {}",
             layers.join(", ")
         ),
-        _ => match layers.last() {
-            Some(l) => l.clone(),
-            None => return Ok(Vec::new()),
-        },
-    };
-    // (stage, group) -> (the first instance's table, agreement: series -> epoch -> values).
-    let mut by: IndexMap<(String, String), (Embedding, Acc, String)> = IndexMap::new();
+        _ => layers.last().cloned(),
+    })
+}
+
+/// The embeddings grouped by (stage, group), in the order first seen, each group's
+/// agreement accumulated from every instance's rows of `layer` and the group's method.
+fn group_embeddings(
+    data: &FigureData<'_>,
+    tables: Vec<(NodeIndex, Embedding)>,
+    layer: &str,
+) -> IndexMap<(String, String), GroupEmbedding> {
+    let mut by: IndexMap<(String, String), GroupEmbedding> = IndexMap::new();
     for (node, t) in tables {
         let method = if t.method.iter().any(|m| m == "tsne") {
             "tsne"
@@ -71,101 +108,138 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         };
         let entry = by
             .entry(data.stage_and_group(node))
-            .or_insert_with(|| (t.clone(), Acc::new(), method.to_string()));
-        let mut sums: BTreeMap<(i64, &str), (f64, usize)> = BTreeMap::new();
-        for i in 0..t.epoch.len() {
-            if t.layer[i] != layer || t.method[i] != entry.2 {
-                continue;
-            }
-            let e = t.epoch[i];
-            let mut add = |series: &'static str, v: f64| {
-                let s = sums.entry((e, series)).or_default();
-                s.0 += v;
-                s.1 += 1;
-            };
-            if t.group[i] == "clean" {
-                add("unpermuted", t.true_label_agreement[i]);
-            } else {
-                add("permuted", t.train_label_agreement[i]);
-                add("restored", t.true_label_agreement[i]);
-            }
-        }
-        for ((e, series), (sum, n)) in sums {
-            push(&mut entry.1, series, e, Some(sum / n as f64));
-        }
+            .or_insert_with(|| GroupEmbedding {
+                table: t.clone(),
+                method: method.to_string(),
+                agreement: Acc::new(),
+            });
+        add_agreement(&mut entry.agreement, &t, layer, &entry.method);
     }
-    let mut figures = Vec::new();
-    for ((stage, group), (t, agreement, method)) in by {
-        let epochs: BTreeSet<i64> = (0..t.epoch.len())
-            .filter(|&i| t.layer[i] == layer && t.method[i] == method)
-            .map(|i| t.epoch[i])
-            .collect();
-        if epochs.is_empty() {
+    by
+}
+
+/// Adds one instance's neighbour agreement, averaged per epoch over its examples of
+/// `layer` and `method`: unpermuted (clean examples, true label), permuted (corrupted
+/// examples, training label) and restored (corrupted examples, true label).
+fn add_agreement(agreement: &mut Acc, t: &Embedding, layer: &str, method: &str) {
+    let mut sums: BTreeMap<(i64, &str), (f64, usize)> = BTreeMap::new();
+    for i in 0..t.epoch.len() {
+        if t.layer[i] != layer || t.method[i] != method {
             continue;
         }
-        let classes = t
-            .true_label
-            .iter()
-            .chain(&t.train_label)
-            .copied()
-            .max()
-            .unwrap_or(0);
-        // Without corrupted examples only the unpermuted view has points.
-        let has_corrupted = t.group.iter().any(|g| g == "corrupted");
-        let views: Vec<_> = VIEWS
-            .iter()
-            .filter(|v| has_corrupted || v.1 == "clean")
-            .collect();
-        let mut cells = Vec::new();
-        for &e in &epochs {
-            let mut row = Vec::new();
-            for &&(_, wanted, by_true) in &views {
-                let points: Vec<(f64, f64, usize)> = (0..t.epoch.len())
-                    .filter(|&i| {
-                        t.epoch[i] == e
-                            && t.layer[i] == layer
-                            && t.method[i] == method
-                            && t.group[i] == wanted
-                    })
-                    .map(|i| {
-                        let label = if by_true {
-                            t.true_label[i]
-                        } else {
-                            t.train_label[i]
-                        };
-                        (t.x[i], t.y[i], label.max(0) as usize)
-                    })
-                    .collect();
-                row.push(points);
-            }
-            cells.push(row);
-        }
-        let method_name = if method == "tsne" { "t-SNE" } else { "PCA" };
-        let mut csv = CSV_HEADER.to_string();
-        csv_rows(&mut csv, "neighbour agreement", &agreement, |x| {
-            x.to_string()
-        });
-        let claim = has_corrupted
-            .then(|| permuted_clusters(&agreement, &layer, method_name, &group))
-            .flatten();
-        let title = format!("{method_name} of layer {layer}: stage {stage}, {group}");
-        let grid = chart::ScatterGrid {
-            title: title.clone(),
-            rows: epochs.iter().map(|e| format!("epoch {e}")).collect(),
-            cols: views.iter().map(|v| v.0.to_string()).collect(),
-            cells,
-            classes: (0..=classes).map(|c| format!("class {c}")).collect(),
+        let e = t.epoch[i];
+        let mut add = |series: &'static str, v: f64| {
+            let s = sums.entry((e, series)).or_default();
+            s.0 += v;
+            s.1 += 1;
         };
-        figures.push(Figure {
-            finding: n,
-            claim,
-            stem: format!("{n}-embedding-{}-{}", slug(&stage), slug(&group)),
-            svg: chart::scatter_svg(&grid)?,
-            title,
-            csv,
-        });
+        if t.group[i] == "clean" {
+            add("unpermuted", t.true_label_agreement[i]);
+        } else {
+            add("permuted", t.train_label_agreement[i]);
+            add("restored", t.true_label_agreement[i]);
+        }
     }
-    Ok(figures)
+    for ((e, series), (sum, n)) in sums {
+        push(agreement, series, e, Some(sum / n as f64));
+    }
+}
+
+/// The embedding figure of one (stage, group), none if it has no rows of the layer and
+/// method shown.
+fn group_figure(
+    n: usize,
+    stage: &str,
+    group: &str,
+    layer: &str,
+    g: GroupEmbedding,
+) -> Result<Option<Figure>> {
+    let GroupEmbedding {
+        table: t,
+        method,
+        agreement,
+    } = g;
+    let epochs: BTreeSet<i64> = (0..t.epoch.len())
+        .filter(|&i| t.layer[i] == layer && t.method[i] == method)
+        .map(|i| t.epoch[i])
+        .collect();
+    if epochs.is_empty() {
+        return Ok(None);
+    }
+    let classes = t
+        .true_label
+        .iter()
+        .chain(&t.train_label)
+        .copied()
+        .max()
+        .unwrap_or(0);
+    // Without corrupted examples only the unpermuted view has points.
+    let has_corrupted = t.group.iter().any(|g| g == "corrupted");
+    let views: Vec<_> = VIEWS
+        .iter()
+        .filter(|v| has_corrupted || v.1 == "clean")
+        .collect();
+    let cells = scatter_cells(&t, layer, &method, &epochs, &views);
+    let method_name = if method == "tsne" { "t-SNE" } else { "PCA" };
+    let mut csv = CSV_HEADER.to_string();
+    csv_rows(&mut csv, "neighbour agreement", &agreement, |x| {
+        x.to_string()
+    });
+    let claim = has_corrupted
+        .then(|| permuted_clusters(&agreement, layer, method_name, group))
+        .flatten();
+    let title = format!("{method_name} of layer {layer}: stage {stage}, {group}");
+    let grid = chart::ScatterGrid {
+        title: title.clone(),
+        rows: epochs.iter().map(|e| format!("epoch {e}")).collect(),
+        cols: views.iter().map(|v| v.0.to_string()).collect(),
+        cells,
+        classes: (0..=classes).map(|c| format!("class {c}")).collect(),
+    };
+    Ok(Some(Figure {
+        finding: n,
+        claim,
+        stem: format!("{n}-embedding-{}-{}", slug(stage), slug(group)),
+        svg: chart::scatter_svg(&grid)?,
+        title,
+        csv,
+    }))
+}
+
+/// The scatter grid's cells: per epoch (rows), per view (columns), the points (x, y,
+/// class) of that view's examples of `layer` and `method`, colored by the view's label.
+fn scatter_cells(
+    t: &Embedding,
+    layer: &str,
+    method: &str,
+    epochs: &BTreeSet<i64>,
+    views: &[&(&str, &str, bool)],
+) -> Vec<Vec<Vec<(f64, f64, usize)>>> {
+    let mut cells = Vec::new();
+    for &e in epochs {
+        let mut row = Vec::new();
+        for &&(_, wanted, by_true) in views {
+            let points: Vec<(f64, f64, usize)> = (0..t.epoch.len())
+                .filter(|&i| {
+                    t.epoch[i] == e
+                        && t.layer[i] == layer
+                        && t.method[i] == method
+                        && t.group[i] == wanted
+                })
+                .map(|i| {
+                    let label = if by_true {
+                        t.true_label[i]
+                    } else {
+                        t.train_label[i]
+                    };
+                    (t.x[i], t.y[i], label.max(0) as usize)
+                })
+                .collect();
+            row.push(points);
+        }
+        cells.push(row);
+    }
+    cells
 }
 
 /// The claim, from the neighbour agreement of one (stage, group): the first epoch at which

@@ -91,143 +91,245 @@ pub fn run(
     observer: &dyn Observer,
 ) -> std::io::Result<RunReport> {
     store.prepare()?;
-    let jobs = opts.jobs.max(1);
     let Triage {
         nodes,
-        mut outcomes,
+        outcomes,
         to_run,
     } = triage(plan, store, opts, observer);
-    let mut pending: HashMap<NodeIndex, usize> = HashMap::new();
-    for &n in &to_run {
-        let waiting = plan
-            .graph
-            .neighbors_directed(n, Direction::Incoming)
-            .filter(|up| !outcomes.contains_key(up))
-            .count();
-        pending.insert(n, waiting);
-    }
-
-    // Ordered by node index, which is plan order: inputs first, then declaration and sweep order.
-    let mut ready: BTreeSet<NodeIndex> =
-        to_run.iter().copied().filter(|n| pending[n] == 0).collect();
-    let mut running = 0usize;
-    let mut threads_in_use = 0usize;
-    let mut stop = false;
-    let mut gpus = GpuSlots::new(&opts.gpus);
-    // Which instances hold a GPU while they run (asked once, not at every scheduling step).
-    let on_gpu: BTreeSet<NodeIndex> = if gpus.placing() {
-        to_run
-            .iter()
-            .copied()
-            .filter(|&n| wants_gpu(plan, n))
-            .collect()
-    } else {
-        BTreeSet::new()
-    };
-    let (tx, rx) = mpsc::channel::<(NodeIndex, usize, Option<u32>, Outcome)>();
-
-    // Outcomes to settle: from finished threads, or found at once (an instance whose
-    // key, known once its inputs are, is already cached: early cutoff).
-    let mut settled: Vec<(NodeIndex, usize, Option<u32>, Outcome)> = Vec::new();
+    let mut scheduler = Scheduler::new(plan, store, opts, observer, &to_run, outcomes);
+    let (tx, rx) = mpsc::channel::<Ended>();
 
     std::thread::scope(|scope| {
         loop {
-            // The first ready instance that can start (a GPU instance waits for a free GPU
-            // without holding back the CPU instances behind it).
-            while let Some(n) = ready
-                .iter()
-                .copied()
-                .find(|&n| !on_gpu.contains(&n) || gpus.any_free())
-                .filter(|_| !stop)
-            {
-                if resolve_ready(plan, store, n) {
-                    ready.remove(&n);
-                    settled.push((n, 0, None, Outcome::Cached));
-                    continue;
-                }
-                let want = plan.graph[n].threads.min(jobs);
-                if threads_in_use + want > jobs {
-                    break;
-                }
-                ready.remove(&n);
-                let gpu = if on_gpu.contains(&n) {
-                    gpus.take()
-                } else {
-                    None
-                };
-                let visible = gpus
-                    .placing()
-                    .then(|| gpu.map_or(String::new(), |g| g.to_string()));
-                threads_in_use += want;
-                running += 1;
-                let tx = tx.clone();
-                observer.event(plan, Event::Started(n, want));
-                let remote = opts.remote.as_deref();
-                scope.spawn(move || {
-                    let outcome = run_instance(plan, store, remote, n, want, visible, observer);
-                    let _ = tx.send((n, want, gpu, outcome));
-                });
+            scheduler.start_ready(scope, &tx);
+            if !scheduler.await_settled(&rx) {
+                break;
             }
-            if settled.is_empty() {
-                if running == 0 {
-                    break;
-                }
-                let Ok(done) = rx.recv() else {
-                    break;
-                };
-                running -= 1;
-                settled.push(done);
-            }
-            for (n, used, gpu, outcome) in std::mem::take(&mut settled) {
-                threads_in_use -= used;
-                gpus.give_back(gpu);
-                if matches!(outcome, Outcome::Executed { .. }) {
-                    plan.forget_digest(n);
-                }
-                observer.event(plan, Event::Finished(n, &outcome));
-                let failed = matches!(outcome, Outcome::Failed { .. });
-                outcomes.insert(n, outcome);
-                if failed {
-                    let label = plan.label(n);
-                    for d in plan.descendants(n) {
-                        if pending.remove(&d).is_some() {
-                            let o = Outcome::Skipped {
-                                reason: format!("input {label} failed"),
-                            };
-                            observer.event(plan, Event::Finished(d, &o));
-                            outcomes.insert(d, o);
-                        }
-                    }
-                    if opts.fail_fast {
-                        stop = true;
-                    }
-                    continue;
-                }
-                for d in plan.graph.neighbors_directed(n, Direction::Outgoing) {
-                    if let Some(c) = pending.get_mut(&d) {
-                        *c -= 1;
-                        if *c == 0 {
-                            ready.insert(d);
-                        }
-                    }
-                }
-                pending.remove(&n);
-            }
+            scheduler.settle_all();
         }
     });
 
-    // With --fail-fast, whatever never started is skipped.
-    for &n in &to_run {
-        if let std::collections::hash_map::Entry::Vacant(slot) = outcomes.entry(n) {
-            let o = Outcome::Skipped {
-                reason: "the run stopped at the first failure (--fail-fast)".into(),
-            };
-            observer.event(plan, Event::Finished(n, &o));
-            slot.insert(o);
+    scheduler.skip_never_started(&to_run);
+    conclude(plan, store, &nodes, scheduler.outcomes)
+}
+
+/// An instance that ended or was found cached: its node, the threads and GPU it held, and
+/// its outcome.
+type Ended = (NodeIndex, usize, Option<u32>, Outcome);
+
+/// The state of one local run: which instances wait, are ready or run, and the thread
+/// budget and GPUs they hold.
+struct Scheduler<'a> {
+    plan: &'a Plan,
+    store: &'a Store,
+    opts: &'a RunOptions,
+    observer: &'a dyn Observer,
+    /// The thread budget (`--jobs`, at least 1).
+    jobs: usize,
+    /// Each outcome so far, by instance.
+    outcomes: HashMap<NodeIndex, Outcome>,
+    /// For each instance not yet settled, how many of its inputs are not settled yet.
+    pending: HashMap<NodeIndex, usize>,
+    /// Instances whose inputs are all settled, ordered by node index, which is plan order:
+    /// inputs first, then declaration and sweep order.
+    ready: BTreeSet<NodeIndex>,
+    /// How many instances run in threads now.
+    running: usize,
+    /// Threads the running instances hold.
+    threads_in_use: usize,
+    /// Whether nothing more starts (--fail-fast after a failure).
+    stop: bool,
+    /// The run's GPUs, free or held.
+    gpus: GpuSlots,
+    /// Which instances hold a GPU while they run (asked once, not at every scheduling step).
+    on_gpu: BTreeSet<NodeIndex>,
+    /// Outcomes to settle: from finished threads, or found at once (an instance whose
+    /// key, known once its inputs are, is already cached: early cutoff).
+    settled: Vec<Ended>,
+}
+
+impl<'a> Scheduler<'a> {
+    /// A scheduler for the instances to run, given the outcomes triage already knows.
+    fn new(
+        plan: &'a Plan,
+        store: &'a Store,
+        opts: &'a RunOptions,
+        observer: &'a dyn Observer,
+        to_run: &[NodeIndex],
+        outcomes: HashMap<NodeIndex, Outcome>,
+    ) -> Scheduler<'a> {
+        let mut pending: HashMap<NodeIndex, usize> = HashMap::new();
+        for &n in to_run {
+            let waiting = plan
+                .graph
+                .neighbors_directed(n, Direction::Incoming)
+                .filter(|up| !outcomes.contains_key(up))
+                .count();
+            pending.insert(n, waiting);
+        }
+        let ready = to_run.iter().copied().filter(|n| pending[n] == 0).collect();
+        let gpus = GpuSlots::new(&opts.gpus);
+        let on_gpu = if gpus.placing() {
+            to_run
+                .iter()
+                .copied()
+                .filter(|&n| wants_gpu(plan, n))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        Scheduler {
+            plan,
+            store,
+            opts,
+            observer,
+            jobs: opts.jobs.max(1),
+            outcomes,
+            pending,
+            ready,
+            running: 0,
+            threads_in_use: 0,
+            stop: false,
+            gpus,
+            on_gpu,
+            settled: Vec::new(),
         }
     }
 
-    conclude(plan, store, &nodes, outcomes)
+    /// The first ready instance that can start (a GPU instance waits for a free GPU
+    /// without holding back the CPU instances behind it); none once the run stops.
+    fn next_startable(&self) -> Option<NodeIndex> {
+        self.ready
+            .iter()
+            .copied()
+            .find(|&n| !self.on_gpu.contains(&n) || self.gpus.any_free())
+            .filter(|_| !self.stop)
+    }
+
+    /// Starts ready instances in plan order, each in a thread of `scope` that sends its
+    /// outcome to `tx`, until the thread budget is spent or none can start; a ready
+    /// instance whose key is already cached is settled instead.
+    fn start_ready<'scope>(
+        &mut self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        tx: &mpsc::Sender<Ended>,
+    ) where
+        'a: 'scope,
+    {
+        let (plan, store, observer) = (self.plan, self.store, self.observer);
+        while let Some(n) = self.next_startable() {
+            if resolve_ready(plan, store, n) {
+                self.ready.remove(&n);
+                self.settled.push((n, 0, None, Outcome::Cached));
+                continue;
+            }
+            let want = plan.graph[n].threads.min(self.jobs);
+            if self.threads_in_use + want > self.jobs {
+                break;
+            }
+            self.ready.remove(&n);
+            let gpu = if self.on_gpu.contains(&n) {
+                self.gpus.take()
+            } else {
+                None
+            };
+            let visible = self
+                .gpus
+                .placing()
+                .then(|| gpu.map_or(String::new(), |g| g.to_string()));
+            self.threads_in_use += want;
+            self.running += 1;
+            let tx = tx.clone();
+            observer.event(plan, Event::Started(n, want));
+            let remote = self.opts.remote.as_deref();
+            scope.spawn(move || {
+                let outcome = run_instance(plan, store, remote, n, want, visible, observer);
+                let _ = tx.send((n, want, gpu, outcome));
+            });
+        }
+    }
+
+    /// Makes sure there is an outcome to settle, waiting for a running instance to end if
+    /// need be; false when there is none and none can come (the run is over).
+    fn await_settled(&mut self, rx: &mpsc::Receiver<Ended>) -> bool {
+        if !self.settled.is_empty() {
+            return true;
+        }
+        if self.running == 0 {
+            return false;
+        }
+        let Ok(done) = rx.recv() else {
+            return false;
+        };
+        self.running -= 1;
+        self.settled.push(done);
+        true
+    }
+
+    /// Settles every outcome waiting to be settled, in the order they came.
+    fn settle_all(&mut self) {
+        for ended in std::mem::take(&mut self.settled) {
+            self.settle(ended);
+        }
+    }
+
+    /// Settles one outcome: frees its threads and GPU, reports it, and either skips what
+    /// depends on it (a failure) or readies the instances it was the last input of.
+    fn settle(&mut self, (n, used, gpu, outcome): Ended) {
+        let plan = self.plan;
+        self.threads_in_use -= used;
+        self.gpus.give_back(gpu);
+        if matches!(outcome, Outcome::Executed { .. }) {
+            plan.forget_digest(n);
+        }
+        self.observer.event(plan, Event::Finished(n, &outcome));
+        let failed = matches!(outcome, Outcome::Failed { .. });
+        self.outcomes.insert(n, outcome);
+        if failed {
+            self.skip_descendants(n);
+            if self.opts.fail_fast {
+                self.stop = true;
+            }
+            return;
+        }
+        for d in plan.graph.neighbors_directed(n, Direction::Outgoing) {
+            if let Some(c) = self.pending.get_mut(&d) {
+                *c -= 1;
+                if *c == 0 {
+                    self.ready.insert(d);
+                }
+            }
+        }
+        self.pending.remove(&n);
+    }
+
+    /// Skips every instance still waiting that depends on the failed instance `n`.
+    fn skip_descendants(&mut self, n: NodeIndex) {
+        let plan = self.plan;
+        let label = plan.label(n);
+        for d in plan.descendants(n) {
+            if self.pending.remove(&d).is_some() {
+                let o = Outcome::Skipped {
+                    reason: format!("input {label} failed"),
+                };
+                self.observer.event(plan, Event::Finished(d, &o));
+                self.outcomes.insert(d, o);
+            }
+        }
+    }
+
+    /// With --fail-fast, skips whatever never started.
+    fn skip_never_started(&mut self, to_run: &[NodeIndex]) {
+        for &n in to_run {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.outcomes.entry(n) {
+                let o = Outcome::Skipped {
+                    reason: "the run stopped at the first failure (--fail-fast)".into(),
+                };
+                self.observer.event(self.plan, Event::Finished(n, &o));
+                slot.insert(o);
+            }
+        }
+    }
 }
 
 /// The GPUs of a run (`--gpus`), each held by at most one instance at a time.
