@@ -10,6 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use petgraph::graph::NodeIndex;
 use serde_json::Value as Json;
 
+use crate::owned::OwnedDir;
 use pipe_engine::error::Error;
 use pipe_engine::plan::Plan;
 use pipe_engine::spec::sweep::SweepVar;
@@ -145,43 +146,11 @@ pub fn gather(plan: &Plan, store: &Store) -> Result<Gathered, Error> {
     Ok(gathered)
 }
 
-/// The file that marks a folder as an export of `pipe export` (which may replace it).
-pub const EXPORT_MARK: &str = ".pipe-export";
-
-/// Whether `out` may be replaced by an export: it does not exist, is empty, holds an
-/// earlier export (its mark), or holds nothing but Parquet files.
-fn replaceable(out: &Path) -> Result<bool, Error> {
-    if !out.exists() {
-        return Ok(true);
-    }
-    if !out.is_dir() {
-        return Ok(false);
-    }
-    if out.join(EXPORT_MARK).is_file() {
-        return Ok(true);
-    }
-    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-    for e in entries {
-        let e = e.map_err(|e| Error::io(out, e))?;
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if !(e.path().is_file() && name.ends_with(".parquet")) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Exports every table of every cached instance of the plan into `out`, which afterwards
-/// holds exactly this export: the tables are written to a fresh folder beside it, which
-/// then replaces it. A folder holding anything but an earlier export is refused.
+/// Exports every table of every cached instance of the plan into `out`, one Parquet file
+/// per table, each replaced atomically. Tables of an earlier export that this one does not
+/// have are removed; files in `out` that pipe did not write are never touched, and one in
+/// the way of a table refuses the export before anything is written.
 pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Error> {
-    if !replaceable(out)? {
-        return Err(Error::usage(format!(
-            "--out {}: the folder holds files that are not an earlier export; give a new or empty folder",
-            out.display()
-        )));
-    }
     let gathered = gather(plan, store)?;
     let mut report = ExportReport {
         missing: gathered.missing,
@@ -198,41 +167,33 @@ pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Er
         }
         by_table.insert(name, with);
     }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let base = out
-        .file_name()
-        .map_or_else(|| "export".into(), |n| n.to_string_lossy().into_owned());
-    let fresh = parent.join(format!(".{base}.new.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&fresh);
-    std::fs::create_dir_all(&fresh).map_err(|e| Error::io(&fresh, e))?;
-    std::fs::write(fresh.join(EXPORT_MARK), b"").map_err(|e| Error::io(&fresh, e))?;
-    let written = write_tables(plan, by_table, &fresh, out, &mut report);
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&fresh);
-        return Err(e);
+    let tables = concat_tables(plan, by_table)?;
+    let mut dir = OwnedDir::open(out)?;
+    let names: Vec<String> = tables
+        .iter()
+        .map(|(name, _, _)| format!("{name}.parquet"))
+        .collect();
+    dir.claim(&names)?;
+    for ((name, all, instances), file) in tables.into_iter().zip(names) {
+        let path = dir.path(&file);
+        dir.write_with(&file, |tmp| write_parquet(tmp, &all))?;
+        report.tables.push(ExportedTable {
+            name,
+            path,
+            rows: all.num_rows(),
+            instances,
+        });
     }
-    // Swap the fresh folder in: the old one moves aside first, then goes.
-    let old = parent.join(format!(".{base}.old.{}", std::process::id()));
-    if out.exists() {
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(&fresh, out).map_err(|e| Error::io(out, e))?;
-    let _ = std::fs::remove_dir_all(&old);
+    dir.finish()?;
     Ok(report)
 }
 
-/// Writes one Parquet file per table into `dir` (reported under their final folder `out`).
-fn write_tables(
+/// Each table's parts in one batch, with the number of instances: (name, rows, instances).
+fn concat_tables(
     plan: &Plan,
     by_table: BTreeMap<String, Vec<(NodeIndex, RecordBatch)>>,
-    dir: &Path,
-    out: &Path,
-    report: &mut ExportReport,
-) -> Result<(), Error> {
+) -> Result<Vec<(String, RecordBatch, usize)>, Error> {
+    let mut tables = Vec::with_capacity(by_table.len());
     for (name, parts) in by_table {
         let schema = parts[0].1.schema();
         if let Some((node, b)) = parts
@@ -258,14 +219,7 @@ fn write_tables(
         let batches: Vec<RecordBatch> = parts.iter().map(|(_, b)| b.clone()).collect();
         let all = arrow::compute::concat_batches(&schema, &batches)
             .map_err(|e| Error::usage(format!("table `{name}`: {e}")))?;
-        let file = dir.join(format!("{name}.parquet"));
-        write_parquet(&file, &all).map_err(|e| Error::io(&file, format!("{e:#}")))?;
-        report.tables.push(ExportedTable {
-            path: out.join(format!("{name}.parquet")),
-            name,
-            rows: all.num_rows(),
-            instances: parts.len(),
-        });
+        tables.push((name, all, parts.len()));
     }
-    Ok(())
+    Ok(tables)
 }

@@ -8,5 +8,6 @@
 
 pub mod cli;
 pub mod export;
+pub mod owned;
 pub mod render;
 pub mod report;

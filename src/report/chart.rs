@@ -2,7 +2,7 @@
 //!
 //! Text is left to the browser (SVG `<text>`), so no font files are needed to draw.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -98,21 +98,36 @@ pub fn viridis(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-/// Axis range with a margin, never empty.
-fn range(lo: f64, hi: f64) -> (f64, f64) {
+/// Axis range with a margin, never empty, finite and of finite width; `axis` names it in
+/// the error for data that spans more than a 64-bit float holds (which no axis can show).
+/// No data (or none finite) gives 0..1.
+fn range(axis: &str, lo: f64, hi: f64) -> Result<(f64, f64)> {
     if !(lo.is_finite() && hi.is_finite()) {
-        return (0.0, 1.0);
+        return Ok((0.0, 1.0));
     }
-    if hi - lo < 1e-12 {
-        let pad = if lo.abs() > 1e-12 {
+    let span = hi - lo;
+    if !span.is_finite() {
+        bail!(
+            "the {axis} axis would span {lo:e} to {hi:e}, more than a 64-bit float holds; \
+             scale the values down"
+        );
+    }
+    let pad = if span < 1e-12 {
+        if lo.abs() > 1e-12 {
             lo.abs() * 0.1
         } else {
             0.5
-        };
-        return (lo - pad, hi + pad);
-    }
-    let pad = (hi - lo) * 0.05;
-    (lo - pad, hi + pad)
+        }
+    } else {
+        span * 0.05
+    };
+    let (plo, phi) = ((lo - pad).max(-f64::MAX), (hi + pad).min(f64::MAX));
+    // A margin that would make the width overflow is left off.
+    Ok(if (phi - plo).is_finite() {
+        (plo, phi)
+    } else {
+        (lo, hi)
+    })
 }
 
 /// The font size (px) at which `text` fits in `width` pixels, at most `max`.
@@ -255,18 +270,20 @@ fn draw_panel<DB: DrawingBackend>(
     let (xlo, xhi) = match &p.x_names {
         Some(names) => (-0.5, names.len() as f64 - 0.5),
         None => range(
+            "x",
             xs.clone().fold(f64::INFINITY, f64::min),
             xs.fold(f64::NEG_INFINITY, f64::max),
-        ),
+        )?,
     };
     let ys = p
         .lines
         .iter()
         .flat_map(|l| l.points.iter().flat_map(|(_, s)| [s.low(), s.high()]));
     let (ylo, yhi) = range(
+        "y",
         ys.clone().fold(f64::INFINITY, f64::min),
         ys.fold(f64::NEG_INFINITY, f64::max),
-    );
+    )?;
     let caption = (
         "sans-serif",
         fitted_font(&p.title, area.dim_in_pixel().0, 16),
@@ -412,13 +429,15 @@ pub fn scatter_svg(g: &ScatterGrid) -> Result<String> {
                 g.cols.get(c).map_or("", String::as_str)
             );
             let (xlo, xhi) = range(
+                "x",
                 points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
                 points.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max),
-            );
+            )?;
             let (ylo, yhi) = range(
+                "y",
                 points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
                 points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
-            );
+            )?;
             let font = fitted_font(&caption, area.dim_in_pixel().0, 15);
             let mut chart = ChartBuilder::on(area)
                 .caption(&caption, ("sans-serif", font))

@@ -18,9 +18,10 @@ pub use findings::Figure;
 pub use stats::Stat;
 
 use crate::export::gather;
+use crate::owned::OwnedDir;
 use pipe_engine::error::{Error, suggest};
 use pipe_engine::plan::{Plan, point_label};
-use pipe_engine::store::{Store, unix_now, write_atomic};
+use pipe_engine::store::{Store, unix_now};
 
 /// What a report wrote.
 #[derive(Debug)]
@@ -145,25 +146,23 @@ fn run_rows(plan: &Plan, store: &Store) -> Vec<html::RunRow> {
 
 /// Writes `out/figures/` and then `out/index.html`; returns the figures' folder.
 ///
-/// Figures go to a fresh folder that replaces the old one, then the page is replaced:
-/// a reader never sees a page naming figures that are not there.
+/// Each file is replaced atomically, the figures before the page, and figures of an earlier
+/// report go only after the new page is in place: a reader never sees a page naming figures
+/// that are not there. Files in `out` that pipe did not write are never touched.
 fn write_files(out: &Path, figures: &[Figure], page: &str) -> Result<PathBuf, Error> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let staging = out.join(format!(".figures.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    let mut dir = OwnedDir::open(out)?;
+    let mut files: Vec<(String, &str)> = Vec::new();
     for f in figures {
         for (ext, text) in [("svg", &f.svg), ("csv", &f.csv)] {
-            let path = staging.join(format!("{}.{ext}", f.stem));
-            write_atomic(&path, text.as_bytes()).map_err(|e| Error::io(&path, e))?;
+            files.push((format!("figures/{}.{ext}", f.stem), text));
         }
     }
-    let dir = out.join("figures");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    files.push(("index.html".to_string(), page));
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    dir.claim(&names)?;
+    for (name, text) in &files {
+        dir.write(name, text.as_bytes())?;
     }
-    std::fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
-    let index = out.join("index.html");
-    write_atomic(&index, page.as_bytes()).map_err(|e| Error::io(&index, e))?;
-    Ok(dir)
+    dir.finish()?;
+    Ok(out.join("figures"))
 }

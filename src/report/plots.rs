@@ -110,7 +110,8 @@ fn figure(data: &FigureData<'_>, plot: &PlotSpec, i: usize) -> Result<Option<Fig
         claim: None,
         stem: format!("plot-{}-{}", i + 1, slug(&title)),
         title: title.clone(),
-        svg: chart::panels_svg(&title, &[panel], 1)?,
+        svg: chart::panels_svg(&title, &[panel], 1)
+            .with_context(|| format!("table `{}`, x `{}`, y `{}`", plot.table, plot.x, plot.y))?,
         csv,
     }))
 }

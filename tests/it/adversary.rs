@@ -326,3 +326,119 @@ fn output_names_must_be_utf8_and_empty_folders_are_not_kept() {
     let dir = &p.artifacts()[0];
     assert!(dir.join("full/a").exists() && !dir.join("empty").exists());
 }
+
+/// A one-instance pipeline whose `exec` stage writes table `gap` (`x`, `y` from `ys`) and a
+/// report plot of it titled `title`.
+fn gap_pipeline(p: &Project, file: &str, ys: &str, title: &str) {
+    p.write(
+        file,
+        &format!(
+            r#"
+[pipeline]
+name = "gaps"
+[stage.fit]
+kind = "exec"
+cmd = ["python3", "-c", "import polars as pl, os; pl.DataFrame({{'x': [0.0, 1.0], 'y': {ys}}}).write_parquet(os.environ['PIPE_OUT'] + '/gap.parquet')"]
+tables = ["gap"]
+[[report.plot]]
+table = "gap"
+x = "x"
+y = "y"
+title = "{title}"
+"#
+        ),
+    );
+}
+
+#[test]
+fn report_out_never_touches_files_pipe_did_not_write() {
+    let p = Project::new();
+    gap_pipeline(&p, "p.toml", "[1.0, 2.0]", "First");
+    gap_pipeline(&p, "q.toml", "[1.0, 2.0]", "Second");
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    // A site of the user's with a logo among the figures and notes beside the page.
+    p.write("site/figures/logo.svg", "<svg>mine</svg>");
+    p.write("site/NOTES.md", "mine");
+    let out = pipe_t(&p, &["report", "p.toml", "--out", "site"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(p.path("site/figures/plot-1-First.svg").is_file());
+    // Written again, with another figure: pipe's old figure goes, the user's files stay.
+    let out = pipe_t(&p, &["report", "q.toml", "--out", "site"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(p.path("site/figures/plot-1-Second.svg").is_file());
+    assert!(!p.path("site/figures/plot-1-First.svg").exists());
+    assert_eq!(
+        std::fs::read_to_string(p.path("site/figures/logo.svg")).unwrap(),
+        "<svg>mine</svg>"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("site/NOTES.md")).unwrap(),
+        "mine"
+    );
+    // A page of the user's where pipe's would go: refused, nothing written.
+    p.write("own/index.html", "<p>mine</p>");
+    let out = pipe_t(&p, &["report", "p.toml", "--out", "own"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("own/index.html"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(p.path("own/index.html")).unwrap(),
+        "<p>mine</p>"
+    );
+    assert!(!p.path("own/figures").exists());
+}
+
+#[test]
+fn export_out_never_touches_files_pipe_did_not_write() {
+    let p = Project::new();
+    gap_pipeline(&p, "p.toml", "[1.0, 2.0]", "First");
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    let out = pipe_t(&p, &["export", "p.toml", "--out", "results"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The user's notes and analysis beside an earlier export survive the next one.
+    p.write("results/NOTES.md", "mine");
+    p.write("results/analysis/plot.py", "print(1)");
+    let out = pipe_t(&p, &["export", "p.toml", "--out", "results"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(p.path("results/gap.parquet").is_file());
+    assert_eq!(
+        std::fs::read_to_string(p.path("results/NOTES.md")).unwrap(),
+        "mine"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("results/analysis/plot.py")).unwrap(),
+        "print(1)"
+    );
+    // A table of the user's where pipe's would go: refused, left as it was.
+    p.write("mine/gap.parquet", "not pipe's");
+    let out = pipe_t(&p, &["export", "p.toml", "--out", "mine"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("mine/gap.parquet"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("mine/gap.parquet")).unwrap(),
+        "not pipe's"
+    );
+}
+
+#[test]
+fn report_of_values_spanning_more_than_a_float_finishes() {
+    let p = Project::new();
+    gap_pipeline(&p, "p.toml", "[-1.7e308, 1.7e308]", "Huge");
+    gap_pipeline(&p, "q.toml", "[-8e307, 8e307]", "Large");
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    let out = pipe_t(&p, &["report", "p.toml", "--out", "rep"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("table `gap`") && err.contains("the y axis would span"),
+        "{err}"
+    );
+    // Just within range: drawn.
+    assert_eq!(p.run("q.toml", &[]).0, 0);
+    let out = pipe_t(&p, &["report", "q.toml", "--out", "rep"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(p.path("rep/figures/plot-1-Large.svg").is_file());
+}

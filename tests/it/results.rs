@@ -322,6 +322,11 @@ fn export_reads_every_parquet_codec_skips_unreadable_tables_and_replaces_its_fol
     // An earlier export with a table this one will not have.
     std::fs::create_dir_all(p.path("results")).unwrap();
     std::fs::write(p.path("results/stale.parquet"), b"old").unwrap();
+    std::fs::write(
+        p.path("results/.pipe-written.json"),
+        br#"{"files": ["stale.parquet"]}"#,
+    )
+    .unwrap();
     let out = p.pipe(&[
         "export",
         "p.toml",
@@ -379,10 +384,21 @@ fn export_reads_every_parquet_codec_skips_unreadable_tables_and_replaces_its_fol
         p.path("results").display()
     ));
     assert_eq!(q, serde_json::json!([[0.5]]));
-    // A folder holding other files is not replaced.
-    std::fs::write(p.path("notes.txt"), b"mine").unwrap();
-    let out = p.pipe(&["export", "p.toml", "--out", "."]);
+    // A folder holding a table pipe did not write where one of its own would go is refused
+    // before anything is written; the user's files stay as they were.
+    std::fs::create_dir_all(p.path("other")).unwrap();
+    std::fs::write(p.path("other/notes.txt"), b"mine").unwrap();
+    std::fs::write(p.path("other/labels.parquet"), b"mine").unwrap();
+    let out = p.pipe(&["export", "p.toml", "--out", "other"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not an earlier export"));
-    assert!(p.path("notes.txt").exists());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("other/labels.parquet") && err.contains("did not write"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(p.path("other/labels.parquet")).unwrap(),
+        b"mine"
+    );
+    assert_eq!(std::fs::read(p.path("other/notes.txt")).unwrap(), b"mine");
 }
