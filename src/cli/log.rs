@@ -57,7 +57,7 @@ pub fn log(args: &LogArgs) -> Result<i32, Error> {
     if args.follow {
         return follow(&store, &key, &path);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = pipe_engine::status::read_log(&path).map_err(|e| Error::io(&path, e))?;
     if args.json {
         print_json(&LogJson {
             key: &key,
@@ -77,7 +77,10 @@ fn follow(store: &Store, key: &str, path: &Path) -> Result<i32, Error> {
     let mut at = 0u64;
     loop {
         let live = pipe_engine::store::lock::is_held(&lock, store.host());
-        if let Ok(mut f) = std::fs::File::open(path) {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(Error::io(path, std::io::Error::other("not a regular file")));
+        }
+        if let Ok(mut f) = pipe_engine::store::open_regular(path) {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             if len < at {
                 at = 0; // a new attempt emptied the log

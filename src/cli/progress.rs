@@ -82,7 +82,7 @@ fn follow(
         let parts: Vec<String> = now
             .iter()
             .map(|(label, log)| {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let text = pipe_engine::status::read_log(log).unwrap_or_default();
                 match pipe_engine::status::last_line(&text) {
                     Some(l) => format!("{label}: {}", compact(&l)),
                     None => label.clone(),

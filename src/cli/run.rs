@@ -544,7 +544,7 @@ fn print_failures(plan: &Plan, report: &RunReport, level: Verbosity) {
                 plan.label(*n),
                 plan.short_key(*n)
             );
-            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let text = pipe_engine::status::read_log(log).unwrap_or_default();
             // The log's own header and footer lines (`# ...`) say nothing the message does not.
             let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("# ")).collect();
             for line in &lines[lines.len().saturating_sub(keep)..] {

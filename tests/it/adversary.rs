@@ -2,6 +2,7 @@
 //! become paths, FIFOs and devices where files belong, hostile locks, damaged cache folders.
 //! Every command here runs under `timeout`, so a hang fails the test instead of stalling it.
 
+use std::os::unix::fs::FileTypeExt;
 use std::process::Output;
 use std::time::Duration;
 
@@ -441,4 +442,130 @@ fn report_of_values_spanning_more_than_a_float_finishes() {
     let out = pipe_t(&p, &["report", "q.toml", "--out", "rep"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(p.path("rep/figures/plot-1-Large.svg").is_file());
+}
+
+/// Runs `pipe ARGS` under `timeout -k 5 20`: a hang shows as 124 (or 137 when even SIGTERM
+/// is not answered).
+fn pipe_k(p: &Project, args: &[&str]) -> Output {
+    std::process::Command::new("timeout")
+        .args(["-k", "5", "20", env!("CARGO_BIN_EXE_pipe")])
+        .args(args)
+        .current_dir(p.dir.path())
+        .env("PIPE_CACHE", p.cache())
+        .output()
+        .unwrap()
+}
+
+fn mkfifo(path: &std::path::Path) {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let _ = std::fs::remove_file(path);
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn fifos_in_bookkeeping_files_do_not_hang() {
+    let p = Project::new();
+    p.write("p.toml", BASIC);
+    assert_eq!(code(&pipe_k(&p, &["run", "p.toml"])), 0);
+    let key = p.status("p.toml", &[])[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cache = p.cache();
+    let fifos = [
+        cache
+            .join("runs")
+            .join("20000101-000000-dead")
+            .join("run.json"),
+        cache.join("index").join("basic.json"),
+        cache.join("logs").join(format!("{key}.log")),
+        cache.join("locks").join(format!("{key}.lock")),
+    ];
+    for fifo in &fifos {
+        // The key is removed so that `run` must compute it again (its lock, its log).
+        if cache.join("artifacts").join(&key).exists() {
+            assert_eq!(code(&pipe_k(&p, &["rm", &key])), 0);
+        }
+        mkfifo(fifo);
+        for args in [
+            &["status", "p.toml"][..],
+            &["runs"],
+            &["gc", "--dry-run", "--keep-days", "0"],
+            &["log", &key],
+            &["run", "p.toml"],
+        ] {
+            let out = pipe_k(&p, args);
+            let c = code(&out);
+            assert!(
+                c != 124 && c != 137,
+                "{args:?} hung with a FIFO at {}",
+                fifo.display()
+            );
+            assert_ne!(c, 101, "{args:?} panicked: {}", stderr(&out));
+        }
+        assert!(
+            std::fs::symlink_metadata(fifo)
+                .unwrap()
+                .file_type()
+                .is_fifo(),
+            "a FIFO pipe did not make is left alone: {}",
+            fifo.display()
+        );
+        std::fs::remove_file(fifo).unwrap();
+    }
+    assert_eq!(code(&pipe_k(&p, &["run", "p.toml"])), 0);
+}
+
+#[test]
+fn a_lease_from_a_host_whose_clock_runs_ahead_keeps_its_run_live() {
+    let p = Project::new();
+    p.write("p.toml", BASIC);
+    assert_eq!(code(&pipe_k(&p, &["run", "p.toml"])), 0);
+    let keys: Vec<String> = p
+        .status("p.toml", &[])
+        .iter()
+        .map(|s| s["key"].as_str().unwrap().to_string())
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let id = "20300101-000000-beef";
+    let record = serde_json::json!({
+        "id": id, "pipeline": "basic", "submitted": now, "finished": false,
+        "host": "node-ahead", "pid": 1234, "keys": keys,
+    });
+    p.write(&format!("cache/runs/{id}/run.json"), &record.to_string());
+    let lease = p.write(
+        &format!("cache/locks/run-{id}.lock"),
+        "node-ahead 1234 99 0\n",
+    );
+    std::fs::File::options()
+        .append(true)
+        .open(&lease)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(30))
+        .unwrap();
+    let out = pipe_k(&p, &["runs", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let runs: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let run = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap();
+    assert_eq!(run["state"], "running", "{run}");
+    let out = pipe_k(&p, &["gc", "--dry-run", "--keep-days", "0", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let gc: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(gc["removed"].as_array().unwrap().len(), 0, "{gc}");
 }

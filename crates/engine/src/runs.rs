@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::store::{KeyLock, Store, lock, unix_now, write_atomic};
+use crate::store::{KeyLock, Store, lock, read_regular, unix_now, write_atomic};
 
 /// Counts of a run's instances by outcome.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,11 +203,26 @@ pub fn records(store: &Store) -> Vec<RunRecord> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("run.json")).ok())
+        .filter_map(|e| read_record_file(&e.path().join("run.json")))
         .filter_map(|b| serde_json::from_slice(&b).ok())
         .collect();
     out.sort_by(|a: &RunRecord, b| a.submitted.total_cmp(&b.submitted).then(a.id.cmp(&b.id)));
     out
+}
+
+/// The bytes of a run record file; one that is not a regular file (a FIFO say) is skipped
+/// with a warning, never opened.
+fn read_record_file(path: &Path) -> Option<Vec<u8>> {
+    match read_regular(path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+                eprintln!("warning: {}: {e}; skipped", path.display());
+            }
+            None
+        }
+    }
 }
 
 /// The run `id` names: `last` (the latest run, of `file` if given), or an id or unique

@@ -246,6 +246,15 @@ pub fn last_line(text: &str) -> Option<String> {
     })
 }
 
+/// The text of a log, if it is a regular file (a FIFO at its place is refused, never
+/// opened); bytes that are not UTF-8 are replaced.
+pub fn read_log(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    crate::store::open_regular(path)?.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// Who is computing key `k` now (`pid 12 on host: epoch 3/10 ...`), if a live process
 /// holds its lock.
 pub fn running(store: &Store, k: &str) -> Option<String> {
@@ -254,7 +263,7 @@ pub fn running(store: &Store, k: &str) -> Option<String> {
         return None;
     }
     let holder = crate::store::lock::read_holder(&lock)?;
-    let log = std::fs::read_to_string(store.log_path(k)).unwrap_or_default();
+    let log = read_log(&store.log_path(k)).unwrap_or_default();
     Some(match last_line(&log) {
         Some(l) => format!("{holder}: {l}"),
         None => holder.to_string(),
@@ -264,7 +273,7 @@ pub fn running(store: &Store, k: &str) -> Option<String> {
 /// Why key `k` failed last, if its log ends with a failure: the footer's message and the
 /// log's last line before it (a traceback's last line, say).
 pub fn failure(store: &Store, k: &str) -> Option<String> {
-    let log = std::fs::read_to_string(store.log_path(k)).ok()?;
+    let log = read_log(&store.log_path(k)).ok()?;
     let footer = log.lines().rev().find(|l| l.starts_with("# "))?;
     let message = footer.strip_prefix("# failed after ")?;
     let message = message.split_once(": ").map_or(message, |(_, m)| m);

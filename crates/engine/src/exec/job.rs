@@ -386,8 +386,7 @@ impl<'a> Ready<'a> {
         log_path: PathBuf,
     ) -> Result<Ready<'a>, String> {
         // Append mode: a worker process writes into the same log while this one holds it open.
-        let log = std::fs::write(&log_path, b"")
-            .and_then(|_| std::fs::OpenOptions::new().append(true).open(&log_path))
+        let log = crate::store::create_log(&log_path)
             .map_err(|e| format!("cannot create log {}: {e}", log_path.display()))?;
         let inputs = input_artifacts(job, store)?;
         let params = Params::new(job.params.clone());

@@ -73,7 +73,7 @@ impl Store {
 
     /// Reads a pipeline's index (empty if there is none or it does not parse).
     pub fn read_index(&self, pipeline: &str) -> Index {
-        std::fs::read(self.index_path(pipeline))
+        super::read_regular(&self.index_path(pipeline))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
@@ -96,6 +96,13 @@ impl Store {
             self.host(),
             &mut |_| {},
         )?;
+        let path = self.index_path(pipeline);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return Err(io::Error::other(format!(
+                "{} is not a regular file: remove it",
+                path.display()
+            )));
+        }
         let mut index = self.read_index(pipeline);
         let mut changed = false;
         for (id, e) in updates {

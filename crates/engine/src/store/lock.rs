@@ -41,7 +41,7 @@ pub fn stale_after() -> Duration {
 /// Refreshes the lock file's time until the sender is dropped, while it holds `token`.
 fn heartbeat(path: PathBuf, token: String, stop: mpsc::Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(HEARTBEAT) {
-        if std::fs::read_to_string(&path).is_ok_and(|t| t == token)
+        if super::read_regular_string(&path).is_ok_and(|t| t == token)
             && let Ok(f) = OpenOptions::new().append(true).open(&path)
         {
             let _ = f.set_modified(std::time::SystemTime::now());
@@ -49,14 +49,11 @@ fn heartbeat(path: PathBuf, token: String, stop: mpsc::Receiver<()>) {
     }
 }
 
-/// How long ago the file at `path` was modified.
+/// How long ago the file at `path` was modified (zero if its time is in the future).
 fn age(path: &Path) -> Option<Duration> {
-    std::fs::metadata(path)
-        .ok()?
-        .modified()
-        .ok()?
-        .elapsed()
-        .ok()
+    let modified = std::fs::symlink_metadata(path).ok()?.modified().ok()?;
+    // A time in the future (another host's clock runs ahead) is a heartbeat just now.
+    Some(modified.elapsed().unwrap_or(Duration::ZERO))
 }
 
 /// Who holds a lock, as written in its file.
@@ -134,7 +131,7 @@ fn parse_holder(text: &str) -> Option<Holder> {
 
 /// Reads who holds the lock at `path`, if anyone.
 pub fn read_holder(path: &Path) -> Option<Holder> {
-    parse_holder(&std::fs::read_to_string(path).ok()?)
+    parse_holder(&super::read_regular_string(path).ok()?)
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -173,7 +170,17 @@ impl KeyLock {
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let text = std::fs::read_to_string(path).unwrap_or_default();
+                    let text = match super::read_regular_string(path) {
+                        Ok(t) => t,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => {
+                            return Err(io::Error::other(format!(
+                                "lock {} is {e}: remove it",
+                                path.display()
+                            )));
+                        }
+                        Err(_) => String::new(),
+                    };
                     let abandoned = |h: &Holder| {
                         (h.host != host || h.start == 0)
                             && age(path).is_some_and(|a| a > stale_after())
@@ -202,13 +209,7 @@ impl KeyLock {
                         }
                         None => {
                             // Being written right now, or torn by a crash between create and write.
-                            if let Ok(meta) = std::fs::metadata(path)
-                                && meta
-                                    .modified()
-                                    .ok()
-                                    .and_then(|t| t.elapsed().ok())
-                                    .is_some_and(|age| age > Duration::from_secs(5))
-                            {
+                            if age(path).is_some_and(|age| age > Duration::from_secs(5)) {
                                 let _ = std::fs::remove_file(path);
                                 continue;
                             }
@@ -226,7 +227,7 @@ impl KeyLock {
 impl Drop for KeyLock {
     fn drop(&mut self) {
         // Remove only our own lock (a stale-breaker may have replaced it).
-        if std::fs::read_to_string(&self.path).is_ok_and(|t| t == self.token) {
+        if super::read_regular_string(&self.path).is_ok_and(|t| t == self.token) {
             let _ = std::fs::remove_file(&self.path);
         }
     }

@@ -16,8 +16,9 @@ pub mod parts;
 pub mod remote;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -144,14 +145,72 @@ pub struct Store {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Reads a file only if it is a regular file: a FIFO or a device put where a file should be
-/// would block or never end.
-pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    let meta = fs::symlink_metadata(path)?;
-    if !meta.is_file() {
-        return Err(io::Error::other("not a regular file"));
+/// Largest bookkeeping file (run record, index, lock, manifest) read whole: beyond it the
+/// file is refused rather than read into memory.
+pub const MAX_BOOKKEEPING: u64 = 256 << 20;
+
+fn not_regular() -> io::Error {
+    io::Error::other("not a regular file")
+}
+
+/// Opens a file for reading only if it is a regular file: a FIFO, a device or a symlink put
+/// where a file should be is refused, never opened in a way that could block. The file is
+/// checked before opening, opened with `O_NONBLOCK | O_NOFOLLOW` and checked again.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    if !fs::symlink_metadata(path)?.is_file() {
+        return Err(not_regular());
     }
-    fs::read(path)
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(f)
+}
+
+/// Reads a file only if it is a regular file ([`open_regular`]) of at most
+/// [`MAX_BOOKKEEPING`] bytes.
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    open_regular(path)?
+        .take(MAX_BOOKKEEPING + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_BOOKKEEPING {
+        return Err(io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_BOOKKEEPING >> 20
+        )));
+    }
+    Ok(buf)
+}
+
+/// [`read_regular`] as UTF-8 text.
+pub fn read_regular_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_regular(path)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Creates or empties a log at `path` and opens it for appending, refusing anything but a
+/// regular file there (opening a FIFO to write would block until a reader comes).
+pub fn create_log(path: &Path) -> io::Result<File> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => return Err(not_regular()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_APPEND | libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(f)
 }
 
 /// Who made a temp folder `KEY.HOST.PID.N` (or `KEY.removed.HOST.PID.N`, an artifact
@@ -766,7 +825,10 @@ impl Store {
             report.freed_bytes += size;
             if !dry_run {
                 self.remove(&key)?;
-                let _ = fs::remove_file(self.log_path(&key));
+                let log = self.log_path(&key);
+                if fs::symlink_metadata(&log).is_ok_and(|m| m.is_file()) {
+                    let _ = fs::remove_file(log);
+                }
             }
             let (stage, pipeline, point) = manifest
                 .map(|m| (m.stage, m.pipeline, m.point))
