@@ -326,3 +326,70 @@ fn output_names_must_be_utf8_and_empty_folders_are_not_kept() {
     let dir = &p.artifacts()[0];
     assert!(dir.join("full/a").exists() && !dir.join("empty").exists());
 }
+
+#[test]
+fn keys_and_job_files_named_by_outcome_files_cannot_leave_the_cache() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("outside/fake")).unwrap();
+    std::fs::write(p.path("outside/fake/keep.txt"), "x").unwrap();
+    let jobs = p.cache().join("runs/r1/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::create_dir_all(p.cache().join("artifacts")).unwrap();
+    // The upstream job's outcome file records a key that would name a path outside.
+    std::fs::write(jobs.join("up.json"), "{}").unwrap();
+    std::fs::write(
+        jobs.join("up.outcome.json"),
+        r#"{"outcome":"executed","message":null,"bad_data":false,"seconds":0,"key":"../../outside/fake"}"#,
+    )
+    .unwrap();
+    // An outcome file outside the cache, with a well-formed key.
+    std::fs::write(p.path("outside/up.json"), "{}").unwrap();
+    std::fs::write(
+        p.path("outside/up.outcome.json"),
+        format!(
+            r#"{{"outcome":"executed","message":null,"bad_data":false,"seconds":0,"key":"{}"}}"#,
+            "a".repeat(64)
+        ),
+    )
+    .unwrap();
+    for (up, says) in [
+        (jobs.join("up.json"), "is not a key"),
+        (p.path("outside/up.json"), "must lie inside the cache"),
+        (
+            jobs.join("../jobs/../../../outside/up.json"),
+            "must lie inside the cache",
+        ),
+    ] {
+        let job = serde_json::json!({
+            "pipeline": "p", "stage": "s", "kind": "exec", "version": 1,
+            "key": null, "recipe": "down", "point": {}, "params": {"cmd": ["true"]},
+            "key_params": {}, "files": [], "base_dir": p.dir.path(),
+            "inputs": [{"slot": "in", "key": null, "job": up, "label": "up[]"}],
+        });
+        let down = jobs.join("down.json");
+        std::fs::write(&down, job.to_string()).unwrap();
+        let out = pipe_t(
+            &p,
+            &[
+                "job",
+                down.to_str().unwrap(),
+                "--cache",
+                p.cache().to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+        assert!(!jobs.join("down.outcome.json").exists());
+        let mut outside: Vec<_> = std::fs::read_dir(p.path("outside"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        outside.sort();
+        assert_eq!(outside, ["fake", "up.json", "up.outcome.json"]);
+        assert_eq!(
+            std::fs::read_dir(p.path("outside/fake")).unwrap().count(),
+            1
+        );
+    }
+}
