@@ -135,7 +135,7 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
 /// The manifest of the one cached instance `target` names.
 fn manifest(target: &str, args: &DiffArgs) -> Result<(Store, Manifest), Error> {
     let (store, found) =
-        super::target::resolve(target, args.file.as_ref(), None, &args.cache, false)?;
+        super::target::resolve(target, args.file.as_ref(), None, &args.cache, false, false)?;
     let t = super::target::one(target, found)?;
     let m = store.complete_manifest(&t.key).ok_or_else(|| {
         Error::usage(format!(

@@ -47,6 +47,14 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
             )));
         }
     }
+    // An input's key may come from its upstream job's outcome file: that file must be in
+    // the cache and its key a key, or nothing is read or written.
+    for input in job.inputs.iter().filter(|i| i.key.is_none()) {
+        if let Some(up) = &input.job {
+            pipe_engine::exec::job_outcome::upstream_key(&store, up)
+                .map_err(|e| Error::usage(format!("{}: {e}", file.display())))?;
+        }
+    }
     let registry = stages::registry();
     let kind = registry
         .get(&job.kind)

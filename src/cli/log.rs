@@ -51,6 +51,7 @@ pub fn log(args: &LogArgs) -> Result<i32, Error> {
         args.point.as_deref(),
         &args.cache,
         true,
+        false,
     )?;
     let key = super::target::one(&args.key, found)?.key;
     let path = store.log_path(&key);

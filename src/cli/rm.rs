@@ -34,6 +34,7 @@ pub fn rm(args: &RmArgs) -> Result<i32, Error> {
         args.point.as_deref(),
         &args.cache,
         false,
+        true,
     )?;
     let mut removed = 0;
     for t in &found {

@@ -31,6 +31,7 @@ pub fn show(args: &ShowArgs) -> Result<i32, Error> {
         args.point.as_deref(),
         &args.cache,
         false,
+        false,
     )?;
     let key = super::target::one(&args.key, found)?.key;
     if !store.is_complete(&key) {

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use super::args::Loaded;
 use super::{PipelineArgs, cache_dir, load};
 use pipe_engine::error::Error;
 use pipe_engine::plan::point_label;
@@ -26,16 +27,26 @@ fn is_key(text: &str) -> bool {
 }
 
 /// The store a target is looked up in, and the instances it names. `logs` also admits
-/// instances that have a log but no artifact (failed ones).
+/// instances that have a log but no artifact (failed ones). With `exact` (removal), an
+/// instance is named only if it has every variable of the selector at its value.
+///
+/// A word that is a stage's name (in the pipeline file, else among the cache's artifacts)
+/// is that stage, never a key prefix; a longer prefix names the key.
 pub fn resolve(
     target: &str,
     file: Option<&PathBuf>,
     point: Option<&str>,
     cache: &Option<PathBuf>,
     logs: bool,
+    exact: bool,
 ) -> Result<(Store, Vec<Target>), Error> {
     let selector_like = target.contains('[') || target.contains('=') || point.is_some();
-    if is_key(target) && !selector_like {
+    let ask = Ask { cache, logs, exact };
+    let loaded = match file {
+        Some(f) => Some(load_plan(f, cache)?),
+        None => None,
+    };
+    if is_key(target) && !selector_like && !is_stage(target, loaded.as_ref(), &ask) {
         let store = Store::new(match file {
             Some(f) => super::pipeline_cache(cache, f),
             None => cache_dir(cache),
@@ -54,7 +65,7 @@ pub fn resolve(
             }
             // A short hex word may be a stage's name (`a`, `fade`): try it as one.
             Err(e) => {
-                if let Ok(found) = resolve_selector(target, file, None, cache, logs)
+                if let Ok(found) = resolve_selector(target, loaded, None, &ask)
                     && !found.1.is_empty()
                 {
                     return Ok(found);
@@ -63,27 +74,49 @@ pub fn resolve(
             }
         }
     }
-    resolve_selector(target, file, point, cache, logs)
+    resolve_selector(target, loaded, point, &ask)
+}
+
+/// How a target is looked up: the cache option, whether logs count, whether the match
+/// must be exact.
+struct Ask<'a> {
+    cache: &'a Option<PathBuf>,
+    logs: bool,
+    exact: bool,
+}
+
+/// Whether `word` is the name of a stage: of the pipeline file's, else of an artifact's
+/// (or, with logs, a logged instance's) in the cache.
+fn is_stage(word: &str, loaded: Option<&Loaded>, ask: &Ask) -> bool {
+    match loaded {
+        Some(l) => l.plan.spec.stage(word).is_some(),
+        None => {
+            let store = Store::new(cache_dir(ask.cache));
+            cached_points(&store, ask.logs)
+                .iter()
+                .any(|(stage, _)| stage == word)
+        }
+    }
 }
 
 /// [`resolve`] for a selector.
 fn resolve_selector(
     target: &str,
-    file: Option<&PathBuf>,
+    loaded: Option<Loaded>,
     point: Option<&str>,
-    cache: &Option<PathBuf>,
-    logs: bool,
+    ask: &Ask,
 ) -> Result<(Store, Vec<Target>), Error> {
     let mut sel = Selector::parse(target).map_err(Error::usage)?;
     if let Some(p) = point {
         let p = Selector::parse(p).map_err(|e| Error::usage(format!("--point: {e}")))?;
         sel = sel.with_point(&p);
     }
-    match file {
-        Some(f) => by_plan(&sel, f, cache),
+    match loaded {
+        Some(l) => by_plan(&sel, l, ask),
         None => {
-            let store = Store::new(cache_dir(cache));
-            let found = by_cache(&store, &sel, logs);
+            let (logs, store) = (ask.logs, Store::new(cache_dir(ask.cache)));
+            check_vars(&store, &sel, logs)?;
+            let found = by_cache(&store, &sel, ask);
             if found.is_empty() {
                 return Err(Error::usage(format!(
                     "no artifact{} of `{sel}` in {} (name the pipeline file to look it up there)",
@@ -96,14 +129,76 @@ fn resolve_selector(
     }
 }
 
-/// The instances of the pipeline file `file` (with its last run's overrides) that `sel`
-/// selects.
-fn by_plan(
-    sel: &Selector,
-    file: &std::path::Path,
-    cache: &Option<PathBuf>,
-) -> Result<(Store, Vec<Target>), Error> {
-    let loaded = load(
+/// The stage and point of every artifact in the cache (and, with `logs`, of every
+/// instance the status indexes name).
+fn cached_points(store: &Store, logs: bool) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<(String, serde_json::Value)> = store
+        .keys()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| store.manifest(k).map(|m| (m.stage, m.point)))
+        .collect();
+    if logs {
+        for name in index_names(store) {
+            for id in store.read_index(&name).entries.keys() {
+                if let Some((stage, point)) = id.split_once(' ') {
+                    let point = serde_json::from_str(point).unwrap_or_default();
+                    out.push((stage.to_string(), point));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The names of the cache's status indexes (`index/NAME.json`).
+fn index_names(store: &Store) -> Vec<String> {
+    std::fs::read_dir(store.root().join("index"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Refuses a selector naming a variable no instance in the cache has (a typo must not
+/// match everything).
+fn check_vars(store: &Store, sel: &Selector, logs: bool) -> Result<(), Error> {
+    if sel.point.is_empty() {
+        return Ok(());
+    }
+    let mut known: Vec<String> = cached_points(store, logs)
+        .into_iter()
+        .filter_map(|(_, p)| p.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+        .flatten()
+        .collect();
+    known.sort();
+    known.dedup();
+    for (k, _) in &sel.point {
+        if !known.contains(k) {
+            return Err(Error::usage(format!(
+                "`{sel}`: no artifact in {} has a variable {k}{}; variables: {}",
+                store.root().display(),
+                pipe_engine::error::suggest(k, known.iter().map(String::as_str)),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The pipeline file `file`, planned with its last run's overrides.
+fn load_plan(file: &std::path::Path, cache: &Option<PathBuf>) -> Result<Loaded, Error> {
+    load(
         &PipelineArgs {
             file: Some(file.to_path_buf()),
             set: Vec::new(),
@@ -111,12 +206,22 @@ fn by_plan(
             run: None,
         },
         true,
-    )?;
+    )
+}
+
+/// The instances of the pipeline file `file` (with its last run's overrides) that `sel`
+/// selects.
+fn by_plan(sel: &Selector, loaded: Loaded, ask: &Ask) -> Result<(Store, Vec<Target>), Error> {
     sel.check(&loaded.plan).map_err(Error::usage)?;
     let plan = &loaded.plan;
     let mut out = Vec::new();
     for &n in &plan.order {
-        if !sel.matches(plan, n) {
+        let hit = if ask.exact {
+            sel.matches_exact(plan.stage_name(n), &plan.point(n))
+        } else {
+            sel.matches(plan, n)
+        };
+        if !hit {
             continue;
         }
         let Some(key) = plan.key(n) else {
@@ -141,14 +246,21 @@ fn by_plan(
 
 /// The artifacts in the cache whose manifest's stage and point `sel` selects, newest
 /// first; with `logs`, also what the status indexes name that has a log.
-fn by_cache(store: &Store, sel: &Selector, logs: bool) -> Vec<Target> {
+fn by_cache(store: &Store, sel: &Selector, ask: &Ask) -> Vec<Target> {
+    let matches = |stage: &str, point: &serde_json::Value| {
+        if ask.exact {
+            sel.matches_exact(stage, point)
+        } else {
+            sel.matches_point(stage, point)
+        }
+    };
     let mut found: Vec<(f64, Target)> = store
         .keys()
         .unwrap_or_default()
         .into_iter()
         .filter_map(|k| {
             let m = store.manifest(&k)?;
-            sel.matches_point(&m.stage, &m.point).then(|| {
+            matches(&m.stage, &m.point).then(|| {
                 (
                     m.started,
                     Target {
@@ -160,17 +272,8 @@ fn by_cache(store: &Store, sel: &Selector, logs: bool) -> Vec<Target> {
             })
         })
         .collect();
-    if logs {
-        let dir = store.root().join("index");
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let Some(name) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .map(str::to_string)
-            else {
-                continue;
-            };
+    if ask.logs {
+        for name in index_names(store) {
             let index = store.read_index(&name);
             for (id, e) in &index.entries {
                 let Some((stage, point)) = id.split_once(' ') else {
@@ -178,7 +281,7 @@ fn by_cache(store: &Store, sel: &Selector, logs: bool) -> Vec<Target> {
                 };
                 let point: serde_json::Value = serde_json::from_str(point).unwrap_or_default();
                 let log = store.log_path(&e.key);
-                if sel.matches_point(stage, &point)
+                if matches(stage, &point)
                     && log.exists()
                     && !found.iter().any(|(_, t)| t.key == e.key)
                 {

@@ -569,3 +569,183 @@ fn a_lease_from_a_host_whose_clock_runs_ahead_keeps_its_run_live() {
     let gc: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(gc["removed"].as_array().unwrap().len(), 0, "{gc}");
 }
+
+#[test]
+fn keys_and_job_files_named_by_outcome_files_cannot_leave_the_cache() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("outside/fake")).unwrap();
+    std::fs::write(p.path("outside/fake/keep.txt"), "x").unwrap();
+    let jobs = p.cache().join("runs/r1/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::create_dir_all(p.cache().join("artifacts")).unwrap();
+    // The upstream job's outcome file records a key that would name a path outside.
+    std::fs::write(jobs.join("up.json"), "{}").unwrap();
+    std::fs::write(
+        jobs.join("up.outcome.json"),
+        r#"{"outcome":"executed","message":null,"bad_data":false,"seconds":0,"key":"../../outside/fake"}"#,
+    )
+    .unwrap();
+    // An outcome file outside the cache, with a well-formed key.
+    std::fs::write(p.path("outside/up.json"), "{}").unwrap();
+    std::fs::write(
+        p.path("outside/up.outcome.json"),
+        format!(
+            r#"{{"outcome":"executed","message":null,"bad_data":false,"seconds":0,"key":"{}"}}"#,
+            "a".repeat(64)
+        ),
+    )
+    .unwrap();
+    for (up, says) in [
+        (jobs.join("up.json"), "is not a key"),
+        (p.path("outside/up.json"), "must lie inside the cache"),
+        (
+            jobs.join("../jobs/../../../outside/up.json"),
+            "must lie inside the cache",
+        ),
+    ] {
+        let job = serde_json::json!({
+            "pipeline": "p", "stage": "s", "kind": "exec", "version": 1,
+            "key": null, "recipe": "down", "point": {}, "params": {"cmd": ["true"]},
+            "key_params": {}, "files": [], "base_dir": p.dir.path(),
+            "inputs": [{"slot": "in", "key": null, "job": up, "label": "up[]"}],
+        });
+        let down = jobs.join("down.json");
+        std::fs::write(&down, job.to_string()).unwrap();
+        let out = pipe_t(
+            &p,
+            &[
+                "job",
+                down.to_str().unwrap(),
+                "--cache",
+                p.cache().to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+        assert!(!jobs.join("down.outcome.json").exists());
+        let mut outside: Vec<_> = std::fs::read_dir(p.path("outside"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        outside.sort();
+        assert_eq!(outside, ["fake", "up.json", "up.outcome.json"]);
+        assert_eq!(
+            std::fs::read_dir(p.path("outside/fake")).unwrap().count(),
+            1
+        );
+    }
+}
+
+/// The (key, stage) of every artifact in `cache`.
+fn cached(cache: &std::path::Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(cache.join("artifacts"))
+        .map(|rd| rd.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            let m: Json =
+                serde_json::from_slice(&std::fs::read(e.path().join("manifest.json")).ok()?)
+                    .ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                m["stage"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn rm_removes_only_instances_with_every_named_variable_and_refuses_unknown_ones() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"r\"\n[sweep]\nn = [1, 2]\n[stage.data]\nkind = \"exec\"\ncmd = [\"true\"]\n[stage.train]\nkind = \"exec\"\ninputs = [\"data\"]\ncmd = [\"echo\", \"${n}\"]\n",
+    );
+    let cache = p.cache();
+    let c = cache.to_str().unwrap();
+    let (code_, r) = p.run("p.toml", &[]);
+    assert_eq!(code_, 0, "{r}");
+    let all = cached(&cache);
+    assert_eq!(all.len(), 3, "{all:?}");
+    // A misspelt variable matches nothing and removes nothing, with or without the file.
+    for args in [
+        &["rm", "nosie=1", "--cache", c][..],
+        &["rm", "nosie=1", "p.toml", "--cache", c][..],
+        &["rm", "train", "--point", "nosie=1", "--cache", c][..],
+    ] {
+        let out = pipe_t(&p, args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("nosie"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("n"), "{}", stderr(&out));
+        assert_eq!(cached(&cache), all, "{args:?}");
+    }
+    let out = pipe_t(&p, &["rm", "nosie=1", "--cache", c]);
+    assert!(stderr(&out).contains("variables: n"), "{}", stderr(&out));
+    // `n=1` names train[n=1] only: data, which has no `n`, is shared with n=2 and stays.
+    let out = pipe_t(&p, &["rm", "n=1", "p.toml", "--cache", c]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let left = cached(&cache);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|(_, s)| s == "data"), "{left:?}");
+    // The same without the file: train[n=2] goes, data stays.
+    let out = pipe_t(&p, &["rm", "n=2", "--cache", c]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let left = cached(&cache);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1, "data");
+}
+
+#[test]
+fn a_stage_name_is_a_stage_never_a_key_prefix() {
+    let p = Project::new();
+    // Salts until some stage `x` in a-f is the unique key prefix of another stage's
+    // artifact (keys are content hashes, so this is deterministic for a given build).
+    for salt in 0..40 {
+        let dir = p.path(&format!("c{salt}"));
+        let c = dir.to_str().unwrap().to_string();
+        let mut text = format!("[pipeline]\nname = \"s{salt}\"\n");
+        for s in ["a", "b", "c", "d", "e", "f", "g"] {
+            text.push_str(&format!(
+                "[stage.{s}]\nkind = \"exec\"\ncmd = [\"echo\", \"{s}{salt}\"]\n"
+            ));
+        }
+        p.write("p.toml", &text);
+        let out = pipe_t(&p, &["run", "p.toml", "--cache", &c]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let all = cached(&dir);
+        let Some((x, other)) = ["a", "b", "c", "d", "e", "f"].iter().find_map(|x| {
+            let with: Vec<&(String, String)> =
+                all.iter().filter(|(k, _)| k.starts_with(x)).collect();
+            (with.len() == 1 && with[0].1 != *x).then(|| (x.to_string(), with[0].0.clone()))
+        }) else {
+            continue;
+        };
+        for with_file in [true, false] {
+            let mut args = vec!["rm", x.as_str()];
+            if with_file {
+                args.push("p.toml");
+            }
+            args.extend(["--cache", &c, "--dry-run"]);
+            let out = pipe_t(&p, &args);
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            assert!(said.contains(&format!("would remove {x}")), "{said}");
+            assert!(said.contains("of 1 instances"), "{said}");
+            assert!(!said.contains(&other[..12]), "{said}");
+        }
+        let out = pipe_t(&p, &["rm", &x, "p.toml", "--cache", &c]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let left = cached(&dir);
+        assert!(left.iter().any(|(k, _)| *k == other), "{left:?}");
+        assert!(!left.iter().any(|(_, s)| *s == x), "{left:?}");
+        // A longer prefix still names the key.
+        let out = pipe_t(&p, &["rm", &other[..8], "--cache", &c]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(!cached(&dir).iter().any(|(k, _)| *k == other));
+        return;
+    }
+    panic!("no salt made a stage name a unique key prefix of another stage's artifact");
+}

@@ -82,6 +82,17 @@ impl Selector {
         })
     }
 
+    /// Whether the instance of stage `stage` at `point` is selected for removal: as
+    /// [`Selector::matches_point`], but the instance must have every named variable at the
+    /// named value (a dataset without `noise` is not part of `noise=0.4` here).
+    pub fn matches_exact(&self, stage: &str, point: &Json) -> bool {
+        self.stage.as_deref().is_none_or(|s| s == stage)
+            && self
+                .point
+                .iter()
+                .all(|(k, v)| point.get(k).is_some_and(|a| same_value(a, v)))
+    }
+
     /// Whether instance `n` of `plan` is selected.
     pub fn matches(&self, plan: &Plan, n: NodeIndex) -> bool {
         self.matches_point(plan.stage_name(n), &plan.point(n))
@@ -220,6 +231,16 @@ mod tests {
             Selector::parse("noise=0.4")
                 .unwrap()
                 .matches_point("data", &json!({}))
+        );
+        assert!(
+            !Selector::parse("noise=0.4")
+                .unwrap()
+                .matches_exact("data", &json!({}))
+        );
+        assert!(
+            Selector::parse("noise=0.4")
+                .unwrap()
+                .matches_exact("train", &json!({"noise": 0.40}))
         );
         assert!(
             !Selector::parse("data[noise=0.4]")

@@ -137,11 +137,10 @@ impl InstanceJob {
             return Ok(());
         }
         for input in &mut self.inputs {
-            if input.key.is_none() {
-                input.key = input
-                    .job
-                    .as_deref()
-                    .and_then(super::job_outcome::resolved_key);
+            if input.key.is_none()
+                && let Some(job) = input.job.as_deref()
+            {
+                input.key = super::job_outcome::upstream_key(store, job)?;
             }
             let Some(key) = input.key.as_deref() else {
                 return Err(format!(

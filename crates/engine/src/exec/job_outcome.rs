@@ -77,9 +77,44 @@ impl JobOutcome {
     }
 }
 
-/// The key a job resolved, from its outcome file (once it has ended).
-pub fn resolved_key(job_file: &Path) -> Option<String> {
-    JobOutcome::read(job_file)?.key
+/// The key a job resolved, from its outcome file (once it has ended). A recorded key that
+/// is not a key (64 hex digits) is refused, so it never names a path.
+pub fn resolved_key(job_file: &Path) -> Result<Option<String>, String> {
+    let Some(key) = JobOutcome::read(job_file).and_then(|o| o.key) else {
+        return Ok(None);
+    };
+    if !crate::key::is_key(&key) {
+        return Err(format!(
+            "{}: {:?} is not a key (64 hex digits)",
+            outcome_path(job_file).display(),
+            crate::key::short(&key, 70)
+        ));
+    }
+    Ok(Some(key))
+}
+
+/// The key the upstream job `job_file` resolved, for a job computing in the cache `store`:
+/// the job file must lie inside the cache (nothing outside it is read) and its recorded
+/// key must be a key.
+pub fn upstream_key(
+    store: &crate::store::Store,
+    job_file: &Path,
+) -> Result<Option<String>, String> {
+    let inside = match (
+        job_file.parent().map(std::fs::canonicalize),
+        std::fs::canonicalize(store.root()),
+    ) {
+        (Some(Ok(dir)), Ok(root)) => dir.starts_with(&root),
+        _ => false,
+    };
+    if !inside || job_file.file_name().is_none() {
+        return Err(format!(
+            "{}: an input's job file must lie inside the cache {}",
+            job_file.display(),
+            store.root().display()
+        ));
+    }
+    resolved_key(job_file)
 }
 
 /// Where a job's outcome goes, beside its job file.

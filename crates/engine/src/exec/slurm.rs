@@ -565,7 +565,9 @@ impl SlurmRun<'_> {
         if let Some(k) = self.plan.resolve(n, self.store) {
             return Some(k);
         }
-        self.live.get(&n).and_then(|l| resolved_key(&l.job_file))
+        self.live
+            .get(&n)
+            .and_then(|l| resolved_key(&l.job_file).ok().flatten())
     }
 
     /// Records the outcomes of jobs that ended (each instance once); after a failure,
@@ -652,7 +654,12 @@ fn finished(store: &Store, key: Option<&str>, l: &Live, state: &str) -> Outcome 
     let recorded = JobOutcome::read(&l.job_file);
     let key = key
         .map(str::to_string)
-        .or_else(|| recorded.as_ref().and_then(|r| r.key.clone()))
+        .or_else(|| {
+            recorded
+                .as_ref()
+                .and_then(|r| r.key.clone())
+                .filter(|k| crate::key::is_key(k))
+        })
         .unwrap_or_default();
     let key = key.as_str();
     let instance_log = store.log_path(key);
