@@ -749,3 +749,52 @@ fn a_stage_name_is_a_stage_never_a_key_prefix() {
     }
     panic!("no salt made a stage name a unique key prefix of another stage's artifact");
 }
+
+#[test]
+fn a_sweep_of_too_many_instances_is_refused_before_planning() {
+    let p = Project::new();
+    let values: Vec<String> = (0..215).map(|i| i.to_string()).collect();
+    let list = values.join(", ");
+    p.write(
+        "p.toml",
+        &format!(
+            "[pipeline]\nname = \"big\"\n[sweep]\na = [{list}]\nb = [{list}]\nc = [{list}]\n[stage.e]\nkind = \"exec\"\ncmd = [\"echo\", \"${{a}}\", \"${{b}}\", \"${{c}}\"]\n"
+        ),
+    );
+    let start = std::time::Instant::now();
+    let out = pipe_t(&p, &["status", "p.toml"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    let err = stderr(&out);
+    assert!(err.contains("p.toml:3:1: `sweep`"), "{err}");
+    assert!(err.contains("9938375 instances"), "{err}");
+    assert!(err.contains("2000000"), "{err}");
+}
+
+#[test]
+fn a_table_of_too_many_rows_is_left_out_of_export_with_a_message() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "rows"
+[stage.big]
+kind = "exec"
+cmd = ["python3", "-c", "import polars as pl, os; pl.DataFrame({'z': pl.zeros(100_000_000, dtype=pl.Int8, eager=True)}).write_parquet(os.environ['PIPE_OUT'] + '/huge.parquet')"]
+tables = ["huge"]
+"#,
+    );
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    let out = pipe_t(&p, &["export", "p.toml", "--out", "results"]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    assert!(err.contains("left out table `huge`"), "{err}");
+    assert!(err.contains("huge.parquet has 100000000 rows"), "{err}");
+    assert!(err.contains("50000000"), "{err}");
+    assert!(!p.path("results/huge.parquet").exists());
+}

@@ -435,3 +435,82 @@ fn hostile_remote_manifests_are_refused_and_signed_remotes_refuse_unsigned_ones(
             .any(|x| x["key"] == corrupt_key.as_str())
     );
 }
+
+#[test]
+fn oversized_remote_manifests_and_signatures_are_refused_unread() {
+    let s = start_server();
+    let tiny = "[pipeline]\nname = \"t\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"echo 1 > $PIPE_OUT/x\"]\n";
+    let a = Project::new();
+    a.write("p.toml", tiny);
+    let key = a.status("p.toml", &[])[0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let remote = ["--remote", "s3://pipe-cache/big"];
+    let (code, r, err) = run(
+        &a,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote].concat(),
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    // A manifest of 65 MiB (sparse): refused from its size, the instance computed here.
+    let manifest = s
+        .data
+        .path()
+        .join("pipe-cache/big/artifacts")
+        .join(&key)
+        .join("manifest.json");
+    std::fs::File::create(&manifest)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let b = Project::new();
+    b.write("p.toml", tiny);
+    let (code, r, err) = run(
+        &b,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote].concat(),
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    assert!(
+        err.contains("manifest.json is larger than the bound of 67108864 bytes"),
+        "{err}"
+    );
+    assert_eq!(count(&r, "executed"), 1, "{r} {err}");
+    // A signature of 2 KiB beside a good manifest: refused, computed here.
+    let signed = ["--remote", "s3://pipe-cache/bigsig"];
+    let with_key = |p: &Project| {
+        let out = p
+            .command(&[&["run", "p.toml", "--json"][..], &signed].concat())
+            .env("AWS_ACCESS_KEY_ID", "test-access-key")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s.port))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("PIPE_REMOTE_KEY", "secret")
+            .output()
+            .unwrap();
+        let json: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+        (json, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let c = Project::new();
+    c.write("p.toml", tiny);
+    let (r, err) = with_key(&c);
+    assert_eq!(count(&r, "executed"), 1, "{r} {err}");
+    let sig = s
+        .data
+        .path()
+        .join("pipe-cache/bigsig/artifacts")
+        .join(&key)
+        .join("manifest.json.sig");
+    assert!(sig.is_file());
+    std::fs::write(&sig, vec![b'0'; 2048]).unwrap();
+    let d = Project::new();
+    d.write("p.toml", tiny);
+    let (r, err) = with_key(&d);
+    assert!(
+        err.contains("manifest.json.sig is larger than the bound of 1024 bytes"),
+        "{err}"
+    );
+    assert_eq!(count(&r, "executed"), 1, "{r} {err}");
+}

@@ -237,6 +237,15 @@ impl Plan {
     pub fn build(spec: Spec, hasher: &mut FileHasher) -> Result<Plan, Error> {
         let deps = stage_deps(&spec);
         let (counts, bound, edges) = capacity(&spec, &deps);
+        if bound > MAX_INSTANCES {
+            let message = format!(
+                "the plan would have {bound} instances, more than the bound of {MAX_INSTANCES}"
+            );
+            return Err(match &spec.sweep.loc {
+                Some(loc) => Error::at(loc, "sweep", message),
+                None => Error::usage(message),
+            });
+        }
         let mut graph: DiGraph<Instance, ()> = DiGraph::with_capacity(bound, edges);
         let mut order = Vec::with_capacity(bound);
         let mut by_point: Vec<HashMap<ProjKey, NodeIndex>> = Vec::with_capacity(spec.stages.len());
@@ -454,6 +463,10 @@ fn stage_deps(spec: &Spec) -> Vec<Vec<usize>> {
     }
     deps
 }
+
+/// Largest number of instances a plan may have (summed over stages): a larger one is
+/// refused before any instance is built.
+pub const MAX_INSTANCES: usize = 2_000_000;
 
 /// At most how many instances each stage has, and bounds on all nodes and edges: the graph
 /// is sized once, so a large sweep's nodes are not copied (and doubled) as they grow.

@@ -34,11 +34,33 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
-/// Reads a whole Parquet file into one batch.
+/// Most rows a Parquet file may hold to be read (its metadata is checked before decoding).
+pub const MAX_TABLE_ROWS: i64 = 50_000_000;
+
+/// Most cells (rows times leaf columns) a Parquet file may hold to be read.
+pub const MAX_TABLE_CELLS: i64 = 500_000_000;
+
+/// Reads a whole Parquet file into one batch; a file whose metadata gives more than
+/// [`MAX_TABLE_ROWS`] rows or [`MAX_TABLE_CELLS`] cells is refused before any decoding.
 pub fn read_parquet(path: &Path) -> Result<RecordBatch> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+    let meta = builder.metadata().file_metadata();
+    let rows = meta.num_rows();
+    let columns = i64::try_from(meta.schema_descr().num_columns()).unwrap_or(i64::MAX);
+    if rows > MAX_TABLE_ROWS {
+        bail!(
+            "{} has {rows} rows, more than the bound of {MAX_TABLE_ROWS} rows",
+            path.display()
+        );
+    }
+    if rows.saturating_mul(columns) > MAX_TABLE_CELLS {
+        bail!(
+            "{} has {rows} rows of {columns} columns, more than the bound of {MAX_TABLE_CELLS} cells",
+            path.display()
+        );
+    }
     let schema = builder.schema().clone();
     let reader = builder.build()?;
     let batches = reader.collect::<Result<Vec<_>, _>>()?;

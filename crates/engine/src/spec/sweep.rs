@@ -29,6 +29,8 @@ pub struct Sweep {
     pub vars: Vec<SweepVar>,
     /// The points: `points[p][v]` indexes `vars[v].values`.
     pub points: Vec<Vec<usize>>,
+    /// Where the `[sweep]` table was written (none without one).
+    pub loc: Option<Loc>,
 }
 
 /// Two sweep values are the same point coordinate (numbers compare by value: 0 == 0.0).
@@ -82,6 +84,7 @@ impl Sweep {
             return Ok(Sweep {
                 vars: Vec::new(),
                 points: vec![Vec::new()],
+                loc: None,
             });
         };
         let table = node.as_table("sweep")?;
@@ -91,7 +94,11 @@ impl Sweep {
             .map(|(name, (key, value))| parse_var(name, key, value))
             .collect::<Result<Vec<_>, _>>()?;
         let points = product(&vars, node)?;
-        let mut sweep = Sweep { vars, points };
+        let mut sweep = Sweep {
+            vars,
+            points,
+            loc: Some(node.loc.clone()),
+        };
         if let Some((_, ex)) = table.get("exclude") {
             sweep.exclude(ex)?;
         }

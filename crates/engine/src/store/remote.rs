@@ -36,6 +36,12 @@ pub const SIGNING_KEY_VAR: &str = "PIPE_REMOTE_KEY";
 /// The signature object beside each manifest.
 const SIGNATURE: &str = "manifest.json.sig";
 
+/// Largest remote manifest read: a larger one is refused from its size, unread.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// Largest remote manifest signature read (a signature is 64 hex digits).
+pub const MAX_SIGNATURE_BYTES: u64 = 1 << 10;
+
 /// The signature of a manifest's bytes: blake3 keyed with `key`, in hex.
 fn sign(key: &[u8; 32], manifest: &[u8]) -> String {
     blake3::keyed_hash(key, manifest).to_hex().to_string()
@@ -192,25 +198,40 @@ impl Remote {
     /// manifest's hash and size before it is stored; a damaged remote artifact is an error
     /// and leaves nothing behind.
     pub fn pull(&self, store: &Store, key: &str) -> Result<Pulled, String> {
-        let get = |file: &str| -> Result<Option<Vec<u8>>, String> {
+        let get = |file: &str, cap: u64| -> Result<Option<Vec<u8>>, String> {
             let path = self.object(key, file);
             let fut = async {
-                match self.store.get(&path).await {
-                    Ok(r) => r.bytes().await.map(Some),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
+                use futures::StreamExt;
+                let got = match self.store.get(&path).await {
+                    Ok(r) => r,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(format!("fetching {key}/{file} from {}: {e}", self.url)),
+                };
+                let too_large = || {
+                    format!("remote artifact {key}: {file} is larger than the bound of {cap} bytes")
+                };
+                if got.meta.size > cap {
+                    return Err(too_large());
                 }
+                let mut bytes = Vec::new();
+                let mut stream = got.into_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk
+                        .map_err(|e| format!("fetching {key}/{file} from {}: {e}", self.url))?;
+                    if (bytes.len() + chunk.len()) as u64 > cap {
+                        return Err(too_large());
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(Some(bytes))
             };
-            self.runtime
-                .block_on(fut)
-                .map(|b| b.map(|b| b.to_vec()))
-                .map_err(|e| format!("fetching {key}/{file} from {}: {e}", self.url))
+            self.runtime.block_on(fut)
         };
-        let Some(text) = get(MANIFEST)? else {
+        let Some(text) = get(MANIFEST, MAX_MANIFEST_BYTES)? else {
             return Ok(Pulled::Absent);
         };
         if let Some(k) = &self.signing {
-            let sig = get(SIGNATURE)?.ok_or_else(|| {
+            let sig = get(SIGNATURE, MAX_SIGNATURE_BYTES)?.ok_or_else(|| {
                 format!(
                     "remote artifact {key}: its manifest is not signed ({SIGNING_KEY_VAR} is set)"
                 )
