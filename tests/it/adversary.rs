@@ -798,3 +798,127 @@ tables = ["huge"]
     assert!(err.contains("50000000"), "{err}");
     assert!(!p.path("results/huge.parquet").exists());
 }
+
+#[test]
+fn a_link_put_in_place_of_the_output_folder_is_never_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    let target = p.path("target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::create_dir(target.join("empty")).unwrap();
+    std::fs::write(target.join("keep.txt"), "mine\n").unwrap();
+    // A second name for keep.txt: a store that followed the link would copy it over.
+    std::fs::hard_link(target.join("keep.txt"), p.path("keep-link.txt")).unwrap();
+    std::fs::set_permissions(
+        target.join("keep.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "link"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "rm -rf \"$PIPE_OUT\" && ln -s \"$PWD/target\" \"$PIPE_OUT\""]
+"#,
+    );
+    let (c, r) = p.run("p.toml", &[]);
+    assert_eq!(c, 1, "{r}");
+    assert_eq!(count(&r, "failed"), 1, "{r}");
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the stage replaced its output folder with a link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("keep.txt")).unwrap(),
+        "mine\n"
+    );
+    let mode = std::fs::metadata(target.join("keep.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(target.join("keep.txt")).unwrap().nlink(),
+        2
+    );
+    assert!(
+        target.join("empty").is_dir(),
+        "empty folder in the target kept"
+    );
+    assert!(p.artifacts().is_empty());
+    let tmp: Vec<_> = std::fs::read_dir(p.cache().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "the temp link is removed");
+    // A link inside the output that points outside is refused as before.
+    p.write(
+        "q.toml",
+        "[pipeline]\nname = \"inner\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"ln -s \\\"$PWD/target\\\" \\\"$PIPE_OUT/t\\\"\"]\n",
+    );
+    let out = pipe_t(&p, &["run", "q.toml"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("artifacts may hold only regular files and folders"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("keep.txt")).unwrap(),
+        "mine\n"
+    );
+    assert!(target.join("empty").is_dir());
+    assert!(p.artifacts().is_empty());
+}
+
+#[test]
+fn an_artifact_with_read_only_folders_is_removed_by_force() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"ro\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"mkdir -p $PIPE_OUT/d/e && echo 1 > $PIPE_OUT/d/e/a && chmod 555 $PIPE_OUT/d/e $PIPE_OUT/d\"]\n",
+    );
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    let (c, r) = p.run("p.toml", &["--force", "e"]);
+    assert_eq!(c, 0, "{r}");
+    assert_eq!(count(&r, "executed"), 1, "{r}");
+    assert_eq!(code(&pipe_t(&p, &["verify"])), 0);
+    let removed: Vec<_> = std::fs::read_dir(p.cache().join("tmp")).unwrap().collect();
+    assert!(removed.is_empty(), "nothing left aside");
+}
+
+/// Every checkpoint folder of the cache with its `optimizer.safetensors`.
+fn optimizer_files(p: &Project) -> Vec<std::path::PathBuf> {
+    p.artifacts()
+        .into_iter()
+        .map(|d| d.join("optimizer.safetensors"))
+        .filter(|f| f.is_file())
+        .collect()
+}
+
+#[test]
+fn a_damaged_checkpoint_is_computed_again_without_verify_fix() {
+    let p = Project::new();
+    p.write("p.toml", TINY_TRAIN);
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    let files = optimizer_files(&p);
+    assert!(!files.is_empty());
+    let victim = files[0].clone();
+    let original = std::fs::read(&victim).unwrap();
+    // `run --force train` recomputes it.
+    std::fs::remove_file(&victim).unwrap();
+    let (c, r) = p.run("p.toml", &["--force", "train"]);
+    assert_eq!(c, 0, "{r}");
+    assert_eq!(std::fs::read(&victim).unwrap(), original);
+    assert_eq!(code(&pipe_t(&p, &["verify"])), 0);
+    // So does a plain run of what reads it.
+    std::fs::remove_file(&victim).unwrap();
+    let (c, r) = p.run("p.toml", &["--force", "rollback"]);
+    assert_eq!(c, 0, "{r}");
+    assert_eq!(std::fs::read(&victim).unwrap(), original);
+    assert_eq!(code(&pipe_t(&p, &["verify"])), 0);
+}

@@ -303,6 +303,66 @@ fn walk_files(dir: &Path) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Removes `path` and everything under it, whatever its contents, without following
+/// symlinks: a link (or any other non-folder) is removed itself, never its target, and
+/// folders made read-only are made writable first. A missing `path` is no error.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_folders_writable(path)?;
+            fs::remove_dir_all(path)
+        }
+    }
+}
+
+/// Gives the owner full access to `dir` and every folder under it (checked not to be
+/// links, so nothing outside is changed).
+fn make_folders_writable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let mut perm = meta.permissions();
+    perm.set_mode(perm.mode() | 0o700);
+    fs::set_permissions(dir, perm)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            make_folders_writable(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Fails unless `out` is still a real folder (not a symlink to one, nor anything else):
+/// what a stage must leave at its output folder before the store reads or seals anything
+/// under it.
+pub fn check_output_folder(out: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(out)?;
+    if meta.file_type().is_symlink() {
+        return Err(io::Error::other(
+            "the stage replaced its output folder with a link",
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(io::Error::other(
+            "the stage replaced its output folder with something that is not a folder",
+        ));
+    }
+    Ok(())
+}
+
 /// Removes every empty folder under `dir` (not `dir` itself), deepest first.
 fn prune_empty_dirs(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
@@ -353,7 +413,7 @@ impl Store {
                 if let Some(h) = tmp_owner(&name)
                     && !lock::is_alive(&h, &self.host)
                 {
-                    let _ = fs::remove_dir_all(e.path());
+                    let _ = remove_tree(&e.path());
                 }
             }
         }
@@ -368,7 +428,7 @@ impl Store {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if tmp_owner(&name).is_some_and(|h| h.host == me.host && h.pid == me.pid) {
-                    let _ = fs::remove_dir_all(e.path());
+                    let _ = remove_tree(&e.path());
                 }
             }
         }
@@ -444,7 +504,7 @@ impl Store {
 
     /// Removes a temp directory after a failure.
     pub fn discard(&self, tmp: &Path) {
-        let _ = fs::remove_dir_all(tmp);
+        let _ = remove_tree(tmp);
     }
 
     /// Seals a temp directory into the key's artifact: hash and fsync every file, write the
@@ -453,6 +513,9 @@ impl Store {
     /// If the key already exists (another process finished first) the temp dir is dropped.
     pub fn commit(&self, tmp: &Path, mut draft: Manifest) -> io::Result<Manifest> {
         let result = (|| {
+            // Nothing under a link is read or changed: the stage may have put one where its
+            // output folder was, pointing anywhere.
+            check_output_folder(tmp)?;
             // An artifact is its files: empty folders are not kept (a manifest could not
             // bring them back from a remote).
             prune_empty_dirs(tmp)?;
@@ -502,8 +565,14 @@ impl Store {
             match fs::rename(tmp, &dest) {
                 Ok(()) => {}
                 Err(_) if self.is_complete(&draft.key) => {
-                    let _ = fs::remove_dir_all(tmp);
+                    let _ = remove_tree(tmp);
                     return Ok(());
+                }
+                // A damaged artifact (a file missing or of the wrong size) is in the way:
+                // the caller holds the key's lock, so it is replaced.
+                Err(_) if fs::symlink_metadata(&dest).is_ok() => {
+                    self.remove(&draft.key)?;
+                    fs::rename(tmp, &dest)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -597,14 +666,15 @@ impl Store {
         Ok(())
     }
 
-    /// Removes an artifact: renamed aside first, so it disappears atomically.
+    /// Removes an artifact completely, whatever it holds (read-only files and folders
+    /// included, links removed and never followed): renamed aside first, so it disappears
+    /// atomically.
     pub fn remove(&self, key: &str) -> io::Result<()> {
         let dir = self.artifact_dir(key);
         let aside = self.begin(&format!("{key}.removed"))?;
         fs::remove_dir(&aside)?;
         match fs::rename(&dir, &aside) {
-            Ok(()) if aside.is_dir() => fs::remove_dir_all(&aside),
-            Ok(()) => fs::remove_file(&aside),
+            Ok(()) => remove_tree(&aside),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
@@ -674,6 +744,47 @@ mod tests {
             damage[0].problem
         );
         assert!(!store.artifact_dir("k1").exists(), "--fix removed it");
+    }
+
+    #[test]
+    fn a_linked_output_folder_fails_commit_and_its_target_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("cache"));
+        store.prepare().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("empty")).unwrap();
+        fs::write(outside.join("a"), b"x").unwrap();
+        let tmp = store.begin("k4").unwrap();
+        fs::remove_dir(&tmp).unwrap();
+        std::os::unix::fs::symlink(&outside, &tmp).unwrap();
+        let e = store.commit(&tmp, draft("k4")).unwrap_err();
+        assert!(e.to_string().contains("with a link"), "{e}");
+        assert!(fs::symlink_metadata(&tmp).is_err(), "the link is removed");
+        assert!(outside.join("empty").is_dir() && outside.join("a").is_file());
+        assert!(
+            !fs::metadata(outside.join("a"))
+                .unwrap()
+                .permissions()
+                .readonly()
+        );
+        assert!(!store.artifact_dir("k4").exists());
+    }
+
+    #[test]
+    fn a_damaged_artifact_in_the_way_is_replaced_by_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
+        let tmp = store.begin("k5").unwrap();
+        fs::write(tmp.join("a"), b"1").unwrap();
+        fs::write(tmp.join("b"), b"2").unwrap();
+        store.commit(&tmp, draft("k5")).unwrap();
+        fs::remove_file(store.artifact_dir("k5").join("b")).unwrap();
+        let tmp = store.begin("k5").unwrap();
+        fs::write(tmp.join("a"), b"1").unwrap();
+        fs::write(tmp.join("b"), b"2").unwrap();
+        store.commit(&tmp, draft("k5")).unwrap();
+        assert!(store.check("k5").is_ok());
     }
 
     #[test]

@@ -58,6 +58,10 @@ impl Parts {
         if store.is_complete(key) {
             return Ok((store.artifact_dir(key), false));
         }
+        // A damaged part (a file missing or of the wrong size) is replaced.
+        if std::fs::symlink_metadata(store.artifact_dir(key)).is_ok() {
+            store.remove(key)?;
+        }
         let tmp = store.begin(key)?;
         let clock = Instant::now();
         if let Err(e) = write(&tmp) {

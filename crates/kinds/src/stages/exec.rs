@@ -192,6 +192,8 @@ impl Kind for Exec {
 /// copy of its own, so that the artifact cannot change when the outside file does.
 fn unlink_shared(out: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    // A link put where the folder was is never walked (walkdir follows a root link).
+    pipe_engine::store::check_output_folder(out)?;
     for e in walkdir::WalkDir::new(out).into_iter().flatten() {
         let path = e.path();
         let Ok(meta) = std::fs::symlink_metadata(path) else {
