@@ -275,7 +275,7 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
         corrupted: n_corrupted,
     };
     std::fs::write(
-        ctx.out.join("activations.json"),
+        ctx.out.join(ActivationsInfo::FILE),
         serde_json::to_vec_pretty(&info)?,
     )?;
     Ok(())

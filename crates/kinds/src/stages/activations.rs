@@ -71,6 +71,20 @@ pub struct ActivationsInfo {
     pub corrupted: usize,
 }
 
+impl ActivationsInfo {
+    /// Its file in an `activations` artifact.
+    pub const FILE: &'static str = "activations.json";
+
+    /// Reads it from the `activations` artifact folder `dir` (what `probe` and `embed`
+    /// read first).
+    pub fn read_in(dir: &std::path::Path) -> anyhow::Result<ActivationsInfo> {
+        use anyhow::Context;
+        let file = dir.join(Self::FILE);
+        serde_json::from_slice(&std::fs::read(&file)?)
+            .with_context(|| format!("reading {}", file.display()))
+    }
+}
+
 /// One stored layer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LayerFeatures {

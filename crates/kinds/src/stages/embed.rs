@@ -16,7 +16,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::stages::activations::{ActivationsInfo, ActivationsParams, for_each_epoch_part};
 use crate::stages::slots;
@@ -249,9 +249,7 @@ impl Kind for Embed {
     }
     fn run(&self, p: &EmbedParams, ctx: &mut RunContext<'_>) -> Result<()> {
         let dir = ctx.input(slots::ACTIVATIONS.name)?.to_path_buf();
-        let info: ActivationsInfo =
-            serde_json::from_slice(&std::fs::read(dir.join("activations.json"))?)
-                .context("reading activations.json")?;
+        let info = ActivationsInfo::read_in(&dir)?;
         let set = ProbeSet::read_in(&dir)?;
         let stored: Vec<&str> = info.layers.iter().map(|l| l.name.as_str()).collect();
         let layers: Vec<String> = match p.layers.names() {

@@ -249,8 +249,7 @@ impl Kind for Probe {
     }
     fn run(&self, p: &ProbeParams, ctx: &mut RunContext<'_>) -> Result<()> {
         let dir = ctx.input(slots::ACTIVATIONS.name)?.to_path_buf();
-        let info: ActivationsInfo =
-            serde_json::from_slice(&std::fs::read(dir.join("activations.json"))?)?;
+        let info = ActivationsInfo::read_in(&dir)?;
         let set = ProbeSet::read_in(&dir)?;
         let analysis = Analysis {
             params: p,
