@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pipe_engine::exec::{Outcome, RunOptions, Silent, local};
-use pipe_engine::plan::{FileHasher, Plan, compute_key};
+use pipe_engine::plan::{Plan, compute_key};
 use pipe_engine::spec::Spec;
 use pipe_engine::stage::Registry;
 use pipe_engine::status::{self, State};
@@ -84,7 +84,7 @@ impl Pipeline {
             &[],
             registry,
         )?;
-        let plan = Plan::build(spec, &mut FileHasher::default())?;
+        let plan = Plan::build(spec)?;
         if plan.order.len() != self.instances {
             return Err(format!(
                 "{}: planned {} instances, expected {}",

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use pipe_engine::error::Error;
-use pipe_engine::plan::{FileHasher, Plan};
+use pipe_engine::plan::Plan;
 use pipe_engine::spec::Spec;
 use pipe_kinds::stages;
 
@@ -139,7 +139,7 @@ pub(super) fn load(args: &PipelineArgs, implicit: bool) -> Result<Loaded, Error>
     for w in &spec.unused_vars {
         errln!("warning: {w}");
     }
-    let plan = Plan::build(spec, &mut FileHasher::default())?;
+    let plan = Plan::build(spec)?;
     let store = pipe_engine::store::Store::new(dir);
     plan.resolve_all(&store);
     Ok(Loaded {

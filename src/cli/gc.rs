@@ -76,32 +76,40 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
     };
     let store = Store::new(dir);
     let keep_secs = keep_days * 86_400.0;
-    let mut keep = reachable(args, &store)?;
-    let all = runs::records(&store);
-    let mut runs_kept = 0;
-    let mut pinned_since: Option<f64> = None;
-    for r in &all {
-        let live = runs::is_live(&store, r);
-        if live {
-            pinned_since = Some(pinned_since.map_or(r.submitted, |t| t.min(r.submitted)));
-        }
-        if live || !r.older_than(keep_secs) {
-            runs_kept += 1;
-            keep.extend(r.keys.iter().cloned());
-        }
-    }
+    let mut base = reachable(args, &store)?;
     for id in &args.run {
         let r: RunRecord = runs::find_record(&store, id)?;
-        keep.extend(r.keys);
+        base.extend(r.keys);
     }
-    let policy = GcPolicy {
-        keep,
+    let mut policy = GcPolicy {
+        keep: base.clone(),
         keep_secs,
-        pinned_since,
+        ..GcPolicy::default()
+    };
+    let mut runs_kept = 0;
+    // Called before the first artifact and whenever a run starts or ends meanwhile.
+    let mut refresh = |policy: &mut GcPolicy| {
+        let all = runs::records(&store);
+        let mut keep = base.clone();
+        let mut pinned_since: Option<f64> = None;
+        runs_kept = 0;
+        for r in &all {
+            let live = runs::is_live(&store, r);
+            if live {
+                pinned_since = Some(pinned_since.map_or(r.submitted, |t| t.min(r.submitted)));
+            }
+            if live || !r.older_than(keep_secs) {
+                runs_kept += 1;
+                keep.extend(r.keys.iter().cloned());
+            }
+        }
+        policy.keep = keep;
+        policy.pinned_since = pinned_since;
+        policy.unsettled = runs::live_lease_without_record(&store, &all);
     };
     let dry_run = args.dry_run;
     let report = store
-        .gc(&policy, dry_run)
+        .gc(&mut policy, dry_run, &mut refresh)
         .map_err(|e| Error::io(store.root(), e))?;
     if args.json {
         print_json(&GcJson {

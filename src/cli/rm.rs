@@ -1,9 +1,10 @@
 //! `pipe rm`: removes the artifacts (and parts) of the instances a key or selector names.
 
-use crate::cli::outln;
+use crate::cli::{errln, outln};
 use std::path::PathBuf;
 
 use pipe_engine::error::Error;
+use pipe_engine::store::Removal;
 
 /// Arguments of `pipe rm`.
 #[derive(clap::Args, Debug)]
@@ -37,6 +38,7 @@ pub fn rm(args: &RmArgs) -> Result<i32, Error> {
         true,
     )?;
     let mut removed = 0;
+    let mut in_use = 0;
     for t in &found {
         let mut keys = vec![t.key.clone()];
         if !args.keep_parts {
@@ -46,12 +48,42 @@ pub fn rm(args: &RmArgs) -> Result<i32, Error> {
         if present.is_empty() {
             continue;
         }
-        if !args.dry_run {
-            for k in &present {
-                store.remove(k).map_err(|e| Error::io(store.root(), e))?;
+        let mut gone = 0;
+        for k in &present {
+            // A running instance computing or reading it keeps it.
+            if let Some(who) = store.user_of(k).map(|h| h.to_string()) {
+                in_use += 1;
+                outln!(
+                    "kept {}  {}: in use by {who}",
+                    t.label,
+                    pipe_engine::key::short(k, 12)
+                );
+                continue;
+            }
+            if args.dry_run {
+                gone += 1;
+                continue;
+            }
+            match store
+                .remove_unread(k)
+                .map_err(|e| Error::io(store.root(), e))?
+            {
+                Removal::Removed => gone += 1,
+                Removal::Absent => {}
+                Removal::InUse(who) => {
+                    in_use += 1;
+                    outln!(
+                        "kept {}  {}: in use by {who}",
+                        t.label,
+                        pipe_engine::key::short(k, 12)
+                    );
+                }
             }
         }
-        removed += present.len();
+        if gone == 0 {
+            continue;
+        }
+        removed += gone;
         outln!(
             "{} {}  {}  ({} artifact{})",
             if args.dry_run {
@@ -61,8 +93,8 @@ pub fn rm(args: &RmArgs) -> Result<i32, Error> {
             },
             t.label,
             pipe_engine::key::short(&t.key, 12),
-            present.len(),
-            if present.len() == 1 { "" } else { "s" }
+            gone,
+            if gone == 1 { "" } else { "s" }
         );
     }
     outln!(
@@ -74,5 +106,12 @@ pub fn rm(args: &RmArgs) -> Result<i32, Error> {
         },
         found.len()
     );
+    if in_use > 0 {
+        errln!(
+            "{in_use} artifact{} in use by running instances kept; run `pipe rm` again when they end",
+            if in_use == 1 { " was" } else { "s were" }
+        );
+        return Ok(1);
+    }
     Ok(0)
 }

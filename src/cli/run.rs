@@ -20,8 +20,8 @@ use pipe_engine::exec::registry;
 use pipe_engine::exec::{self, Outcome, RunOptions, RunReport};
 use pipe_engine::plan::Plan;
 use pipe_engine::runs::{self, JobRecord, RunRecord};
-use pipe_engine::store::Store;
 use pipe_engine::store::remote::Remote;
+use pipe_engine::store::{Removal, Store};
 
 /// Arguments of `pipe run`.
 #[derive(clap::Args, Debug)]
@@ -258,29 +258,49 @@ fn check_gpus(gpus: &[u32]) -> Result<(), Error> {
 /// `--force`: removes the cached artifacts (and parts) of the selected instances, so that
 /// the run computes them again.
 fn force(plan: &Plan, store: &Store, force: &[String], level: Verbosity) -> Result<(), Error> {
+    let mut chosen = Vec::new();
     for f in force {
         let sel = pipe_engine::select::Selector::parse(f)
             .map_err(|e| Error::usage(format!("--force: {e}")))?;
         sel.check(plan).map_err(Error::usage)?;
-        for &n in &plan.order {
-            if !sel.matches(plan, n) {
-                continue;
+        chosen.extend(plan.order.iter().copied().filter(|&n| sel.matches(plan, n)));
+    }
+    chosen.sort();
+    chosen.dedup();
+    // Nothing is removed while a running instance computes or reads any of it.
+    let busy = |n: NodeIndex, key: &str, who: &str| Error {
+        kind: pipe_engine::error::ErrorKind::StageFailed,
+        message: format!(
+            "--force: {} ({}) is in use by {who}, an instance computing or reading it; nothing was removed: run again when it ends",
+            plan.label(n),
+            pipe_engine::key::short(key, 12)
+        ),
+    };
+    for &n in &chosen {
+        for k in exec::stored_keys(plan, n) {
+            if let Some(h) = store.user_of(&k) {
+                return Err(busy(n, &k, &h.to_string()));
             }
-            let keys = exec::stored_keys(plan, n);
-            let mut removed = 0;
-            for k in &keys {
-                if store.is_complete(k) {
-                    store.remove(k).map_err(|e| Error::io(store.root(), e))?;
-                    removed += 1;
-                }
+        }
+    }
+    for &n in &chosen {
+        let mut removed = 0;
+        for k in exec::stored_keys(plan, n) {
+            match store
+                .remove_unread(&k)
+                .map_err(|e| Error::io(store.root(), e))?
+            {
+                Removal::Removed => removed += 1,
+                Removal::Absent => {}
+                Removal::InUse(who) => return Err(busy(n, &k, &who)),
             }
-            if level > Verbosity::Quiet && removed > 0 {
-                errln!(
-                    "force: removed {} ({removed} artifact{}), computing it again",
-                    plan.label(n),
-                    if removed == 1 { "" } else { "s" }
-                );
-            }
+        }
+        if level > Verbosity::Quiet && removed > 0 {
+            errln!(
+                "force: removed {} ({removed} artifact{}), computing it again",
+                plan.label(n),
+                if removed == 1 { "" } else { "s" }
+            );
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ pub mod runs;
 pub mod select;
 pub mod spec;
 pub mod stage;
+pub mod stamp;
 pub mod status;
 pub mod store;
 pub mod table;

@@ -18,7 +18,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::RwLock;
-use std::time::SystemTime;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value as Json;
@@ -96,6 +95,8 @@ pub struct Instance {
     pub reads: Vec<Option<Vec<String>>>,
     /// Declared file name -> blake3 of its content.
     pub files: Vec<(String, String)>,
+    /// Where each of `files` is (in the same order): rehashed before the instance runs.
+    pub file_paths: Vec<PathBuf>,
     /// The key over the inputs' recipes instead of what is read of them: known before
     /// anything runs, it names the instance until its key is known.
     pub recipe: String,
@@ -117,40 +118,8 @@ pub struct Plan {
     pub order: Vec<NodeIndex>,
 }
 
-/// Hashes declared files, remembering results by path, size and modification time.
-#[derive(Default)]
-pub struct FileHasher {
-    memo: HashMap<PathBuf, (u64, Option<SystemTime>, String)>,
-}
-
-impl FileHasher {
-    /// blake3 of a file's content, as hex.
-    pub fn hash(&mut self, path: &std::path::Path) -> std::io::Result<String> {
-        let meta = std::fs::metadata(path)?;
-        if meta.is_dir() {
-            return Err(std::io::Error::other("is a directory, not a file"));
-        }
-        if !meta.is_file() {
-            // A FIFO or a device (`/dev/zero`) would block or never end.
-            return Err(std::io::Error::other(
-                "is not a regular file (a FIFO, socket or device)",
-            ));
-        }
-        let mtime = meta.modified().ok();
-        if let Some((len, t, h)) = self.memo.get(path)
-            && *len == meta.len()
-            && *t == mtime
-        {
-            return Ok(h.clone());
-        }
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(std::fs::File::open(path)?)?;
-        let h = hasher.finalize().to_hex().to_string();
-        self.memo
-            .insert(path.to_path_buf(), (meta.len(), mtime, h.clone()));
-        Ok(h)
-    }
-}
+/// Declared files: (name, blake3) pairs sorted by name, and where each is.
+type HashedFiles = (Vec<(String, String)>, Vec<PathBuf>);
 
 /// A point projected on some sweep variables, as a map key: one number (the value indices
 /// in mixed radix) unless that could overflow, then the indices themselves.
@@ -234,7 +203,7 @@ impl Instance {
 
 impl Plan {
     /// Expands a spec into instances, resolving and checking every parameter.
-    pub fn build(spec: Spec, hasher: &mut FileHasher) -> Result<Plan, Error> {
+    pub fn build(spec: Spec) -> Result<Plan, Error> {
         let deps = stage_deps(&spec);
         let (counts, bound, edges) = capacity(&spec, &deps);
         if bound > MAX_INSTANCES {
@@ -263,7 +232,7 @@ impl Plan {
                     deps: &deps,
                     point,
                 };
-                let inst = at.instance(&graph, &by_point, &mut defaults, hasher)?;
+                let inst = at.instance(&graph, &by_point, &mut defaults)?;
                 let inputs: Vec<NodeIndex> = inst.inputs.iter().map(|(_, up)| *up).collect();
                 let idx = graph.add_node(inst);
                 for up in inputs {
@@ -427,6 +396,20 @@ impl Plan {
         self.spec.sweep.point_json(&inst.point)
     }
 
+    /// The sweep values `inst`'s own key parameters reference (see
+    /// [`crate::spec::StageSpec::key_vars`]), as a JSON object: unlike [`Plan::point_of`], the
+    /// same for every instance with its key, so it is what a running stage may be told.
+    pub fn key_point_of(&self, inst: &Instance) -> Json {
+        let vars = &self.spec.stages[inst.stage].key_vars;
+        let own: Vec<(u32, u32)> = inst
+            .point
+            .iter()
+            .filter(|(v, _)| vars.contains(&(*v as usize)))
+            .copied()
+            .collect();
+        self.spec.sweep.point_json(&own)
+    }
+
     /// Every instance that (transitively) uses `i`.
     pub fn descendants(&self, i: NodeIndex) -> Vec<NodeIndex> {
         let mut out = Vec::new();
@@ -525,7 +508,6 @@ impl InstanceAt<'_> {
         graph: &DiGraph<Instance, ()>,
         by_point: &[HashMap<ProjKey, NodeIndex>],
         defaults: &mut Defaults,
-        hasher: &mut FileHasher,
     ) -> Result<Instance, Error> {
         let (stage, sweep) = (self.stage(), &self.spec.sweep);
         let point_ids: Box<[(u32, u32)]> = self.deps[self.stage_index]
@@ -555,7 +537,7 @@ impl InstanceAt<'_> {
             inputs: &upstream,
         };
         self.check(&params, &env, &point_ids)?;
-        let files = self.hash_files(&params, &env, hasher)?;
+        let (files, file_paths) = self.hash_files(&params, &env)?;
         let reads: Vec<Option<Vec<String>>> = upstream
             .iter()
             .map(|u| stage.kind.reads(&params, &u.slot, u))
@@ -585,6 +567,7 @@ impl InstanceAt<'_> {
             inputs,
             reads,
             files,
+            file_paths,
             recipe,
             resolved,
             digest: Late::default(),
@@ -639,16 +622,11 @@ impl InstanceAt<'_> {
     }
 
     /// The declared files' content hashes, sorted by name.
-    fn hash_files(
-        &self,
-        params: &Params,
-        env: &CheckEnv<'_>,
-        hasher: &mut FileHasher,
-    ) -> Result<Vec<(String, String)>, Error> {
+    fn hash_files(&self, params: &Params, env: &CheckEnv<'_>) -> Result<HashedFiles, Error> {
         let stage = self.stage();
         let mut files = Vec::new();
         for f in stage.kind.files(params, env) {
-            let h = hasher.hash(&f.path).map_err(|e| {
+            let (h, _) = crate::stamp::hash_file(&f.path).map_err(|e| {
                 let (loc, path) = param_loc(stage, Some("files"));
                 let what = format!(
                     "cannot read declared file {} ({}): {e}",
@@ -657,10 +635,10 @@ impl InstanceAt<'_> {
                 );
                 Error::at(&loc, &path, what)
             })?;
-            files.push((f.name, h));
+            files.push(((f.name, h), f.path));
         }
         files.sort();
-        Ok(files)
+        Ok(files.into_iter().unzip())
     }
 }
 

@@ -167,6 +167,25 @@ pub fn is_live(store: &Store, r: &RunRecord) -> bool {
     lock::is_held(&lease_path(store, &r.id), store.host())
 }
 
+/// Whether a live run's lease is in `locks/` without a record among `records` (its record
+/// not written yet, or unreadable): what it holds cannot be known.
+pub fn live_lease_without_record(store: &Store, records: &[RunRecord]) -> bool {
+    let Ok(entries) = std::fs::read_dir(store.root().join("locks")) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|n| n.strip_suffix(".lock"))
+        else {
+            return false;
+        };
+        !records.iter().any(|r| r.id == id) && lock::is_held(&e.path(), store.host())
+    })
+}
+
 /// Where a run's lease is.
 fn lease_path(store: &Store, id: &str) -> PathBuf {
     store.root().join("locks").join(format!("run-{id}.lock"))

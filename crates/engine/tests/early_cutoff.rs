@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pipe_engine::exec::{Outcome, RunOptions, Silent, local};
-use pipe_engine::plan::{FileHasher, Plan};
+use pipe_engine::plan::Plan;
 use pipe_engine::stage::{
     InputInfo, Inputs, KeyInputs, Kind, Part, Registry, RunContext, Slot, StageKind,
 };
@@ -125,7 +125,7 @@ static SINK: Sink = Sink;
 fn plan(text: &str, source: &'static dyn StageKind, dir: &Path) -> Plan {
     let registry = Registry::new(vec![source, &SINK]);
     let spec = pipe_engine::spec::Spec::parse("p.toml", text, dir, &[], &registry).unwrap();
-    let plan = Plan::build(spec, &mut FileHasher::default()).unwrap();
+    let plan = Plan::build(spec).unwrap();
     plan.resolve_all(&Store::new(dir.join("cache")));
     plan
 }

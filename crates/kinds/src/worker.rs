@@ -128,7 +128,7 @@ pub struct WorkerJob {
     pub base_dir: PathBuf,
     /// The instance's key.
     pub key: String,
-    /// The instance's sweep point.
+    /// The sweep variables the instance's key holds (`RunContext::point`).
     pub point: Json,
     /// Where the instance's parts go.
     pub parts: Parts,

@@ -16,6 +16,7 @@ use serde_json::Value as Json;
 use super::Outcome;
 use crate::plan::Plan;
 use crate::stage::{BadData, InputArtifact, Params, RunContext, StageKind, TimedOut};
+use crate::stamp::{FileStamp, TreeStamp};
 use crate::store::{Holder, Manifest, Parts, Store, unix_now};
 
 /// One input of a job.
@@ -58,8 +59,12 @@ pub struct InstanceJob {
     /// The instance's recipe (its name before its key is known).
     #[serde(default)]
     pub recipe: String,
-    /// Sweep point.
+    /// Sweep point (every variable the instance depends on, through its inputs too):
+    /// recorded in the manifest, for people.
     pub point: Json,
+    /// The sweep variables the key holds ([`Plan::key_point_of`]): what the stage is told.
+    #[serde(default)]
+    pub key_point: Json,
     /// Resolved parameters.
     pub params: serde_json::Map<String, Json>,
     /// The parameters that went into the key.
@@ -68,6 +73,9 @@ pub struct InstanceJob {
     pub inputs: Vec<JobInput>,
     /// Declared files and their hashes.
     pub files: Vec<(String, String)>,
+    /// Where each of `files` is, in the same order (rehashed before the stage runs).
+    #[serde(default)]
+    pub file_paths: Vec<PathBuf>,
     /// The folder relative paths in parameters are resolved against.
     pub base_dir: PathBuf,
     /// The remote cache to push the artifact to, if any.
@@ -98,6 +106,7 @@ impl InstanceJob {
             key: inst.key(),
             recipe: inst.recipe.clone(),
             point: plan.point_of(inst),
+            key_point: plan.key_point_of(inst),
             params: inst.params.values(),
             key_params: plan.key_params(inst),
             inputs: inst
@@ -115,6 +124,7 @@ impl InstanceJob {
                 })
                 .collect(),
             files: inst.files.clone(),
+            file_paths: inst.file_paths.clone(),
             base_dir: plan.spec.base_dir.clone(),
             remote: None,
             timeout: stage.timeout.map(|t| t.as_secs_f64()),
@@ -210,6 +220,25 @@ impl InstanceJob {
             .collect()
     }
 
+    /// Every artifact the job reads: its inputs' keys and the keys of the inputs' parts
+    /// it sees (once resolved).
+    pub fn reads(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .inputs
+            .iter()
+            .flat_map(|i| {
+                i.key
+                    .iter()
+                    .cloned()
+                    .chain(i.parts.iter().map(|(_, k)| k.clone()))
+            })
+            .filter(|k| !k.is_empty())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// The keys of the job's parts (once resolved).
     pub fn part_keys(&self, kind: &dyn StageKind) -> Vec<String> {
         let params = Params::new(self.params.clone());
@@ -277,7 +306,8 @@ pub fn compute_instance(
     if store.is_complete(key) {
         return Outcome::Cached;
     }
-    let _lock = match store.lock(key, on_wait) {
+    // The lock lists what the instance reads, so that no command removes it meanwhile.
+    let _lock = match store.lock_reading(key, &job.reads(), on_wait) {
         Ok(l) => l,
         Err(e) => {
             return failed(
@@ -351,6 +381,8 @@ struct Ready<'a> {
     parts: Parts,
     /// Its resolved parameters.
     params: Params,
+    /// What it reads as it was when the stage started.
+    seen: Seen,
 }
 
 /// How one attempt at running the stage ended.
@@ -388,6 +420,7 @@ impl<'a> Ready<'a> {
         let log = crate::store::create_log(&log_path)
             .map_err(|e| format!("cannot create log {}: {e}", log_path.display()))?;
         let inputs = input_artifacts(job, store)?;
+        let seen = Seen::take(job, store, &inputs)?;
         let params = Params::new(job.params.clone());
         Ok(Ready {
             job,
@@ -402,6 +435,7 @@ impl<'a> Ready<'a> {
                 template: job.template(store, kind, &params),
             },
             params,
+            seen,
         })
     }
 
@@ -417,7 +451,16 @@ impl<'a> Ready<'a> {
                     tmp,
                     started,
                     seconds,
-                }) => return self.commit(&tmp, started, seconds),
+                }) => {
+                    // Nothing is stored from inputs or declared files that changed while
+                    // the stage read them.
+                    if let Err(message) = self.seen.unchanged(self.store) {
+                        self.store.discard(&tmp);
+                        let _ = writeln!(self.log, "# failed after {seconds:.3}s: {message}");
+                        return failed(message, self.log_path);
+                    }
+                    return self.commit(&tmp, started, seconds);
+                }
                 Ok(Attempt::Failed {
                     message,
                     bad_data,
@@ -488,7 +531,7 @@ impl<'a> Ready<'a> {
                 threads: self.threads,
                 base_dir: &job.base_dir,
                 key: job.key(),
-                point: &job.point,
+                point: &job.key_point,
                 deadline: timeout.map(|t| clock + t),
                 visible_gpus: job.visible_gpus.as_deref(),
             };
@@ -530,11 +573,15 @@ impl<'a> Ready<'a> {
     }
 }
 
-/// Each input's artifact; an input that is not complete in the cache is an error.
+/// Each input's artifact; an input that is not complete in the cache is an error (after a
+/// short wait while another process holds its lock: it may be putting it back).
 fn input_artifacts(job: &InstanceJob, store: &Store) -> Result<Vec<InputArtifact>, String> {
     let mut inputs = Vec::with_capacity(job.inputs.len());
     for input in &job.inputs {
         let key = input.key.clone().unwrap_or_default();
+        if !store.is_complete(&key) {
+            store.wait_while_locked(&key, std::time::Duration::from_secs(10));
+        }
         if !store.is_complete(&key) {
             return Err(format!(
                 "input {} ({}) is missing or damaged in the cache",
@@ -551,6 +598,87 @@ fn input_artifacts(job: &InstanceJob, store: &Store) -> Result<Vec<InputArtifact
         });
     }
     Ok(inputs)
+}
+
+/// What an instance reads, as it was when it started: the stamp of every input artifact
+/// and part it sees, and of every declared file (rehashed then, so a file edited since
+/// planning is caught before the stage runs).
+struct Seen {
+    /// (what it is, for messages; its folder; its stamp).
+    trees: Vec<(String, PathBuf, TreeStamp)>,
+    /// (declared file name; where it is; its stamp).
+    files: Vec<(String, PathBuf, FileStamp)>,
+}
+
+impl Seen {
+    /// Stamps what `job` reads, and checks that each declared file still has the content
+    /// its key was computed from.
+    fn take(job: &InstanceJob, store: &Store, inputs: &[InputArtifact]) -> Result<Seen, String> {
+        let mut trees = Vec::new();
+        for (input, art) in job.inputs.iter().zip(inputs) {
+            let mut dirs = vec![(format!("input {}", input.label), art.dir.clone())];
+            for (name, key) in &art.parts {
+                dirs.push((
+                    format!("part {name} of input {}", input.label),
+                    store.artifact_dir(key),
+                ));
+            }
+            for (what, dir) in dirs {
+                let stamp = TreeStamp::of(&dir)
+                    .map_err(|e| format!("cannot read {what} ({}): {e}", dir.display()))?;
+                trees.push((what, dir, stamp));
+            }
+        }
+        let mut files = Vec::new();
+        for ((name, planned), path) in job.files.iter().zip(&job.file_paths) {
+            let (hash, stamp) = crate::stamp::hash_file(path)
+                .map_err(|e| format!("cannot read declared file {name}: {e}"))?;
+            if &hash != planned {
+                return Err(format!(
+                    "declared file {name} changed after the run planned this instance (its key holds the earlier content); nothing was run: run again"
+                ));
+            }
+            files.push((name.clone(), path.clone(), stamp));
+        }
+        Ok(Seen { trees, files })
+    }
+
+    /// Fails, naming what changed, unless everything stamped is as it was: an input or
+    /// part written, replaced, added to or removed (by the stage itself or by another
+    /// process), or a declared file changed. An input found damaged is removed, so the
+    /// next run computes it again.
+    fn unchanged(&self, store: &Store) -> Result<(), String> {
+        for (what, dir, before) in &self.trees {
+            let change = match TreeStamp::of(dir) {
+                Ok(now) => now.change_since(before),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some("the folder was removed".to_string())
+                }
+                Err(e) => Some(format!("it cannot be read now: {e}")),
+            };
+            let Some(change) = change else { continue };
+            let key = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut note = String::new();
+            if store.manifest(&key).is_some() && store.check(&key).is_err() {
+                let _ = store.remove(&key);
+                note = "; it no longer matches its manifest, so it was removed and the next run computes it again".into();
+            }
+            return Err(format!(
+                "{what} changed while the stage ran ({change}), so nothing was stored: a stage must not write its inputs, nor anything change the cache behind pipe's back{note}"
+            ));
+        }
+        for (name, path, before) in &self.files {
+            if FileStamp::of(path).ok().as_ref() != Some(before) {
+                return Err(format!(
+                    "declared file {name} changed while the stage ran; nothing was stored: run again"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a stage's run (possibly a panic) says went wrong, and whether the data was at

@@ -77,6 +77,9 @@ pub struct StageSpec {
     pub params: Vec<(ParamSpec, Option<Node>)>,
     /// Sweep variables referenced directly in the stage's parameters (indexes into the sweep).
     pub vars: BTreeSet<usize>,
+    /// Those of `vars` referenced by parameters in the key: the sweep point a command is
+    /// shown (`PIPE_POINT`), which two instances sharing a key always agree on.
+    pub key_vars: BTreeSet<usize>,
     /// What the stage's `resources` table asks for (cluster executors only).
     pub resources: Resources,
     /// `timeout = "2h"`: an instance running longer is stopped and fails.

@@ -56,7 +56,7 @@ pub(super) fn parse(
     };
     let timeout = timeout(t, &path)?;
     let retries = retries(t, &path)?;
-    let (params, vars) = params(t, kind, key, &path, sweep)?;
+    let (params, vars, key_vars) = params(t, kind, key, &path, sweep)?;
     Ok(RawStage {
         spec: StageSpec {
             name: name.to_string(),
@@ -65,6 +65,7 @@ pub(super) fn parse(
             inputs: Vec::new(),
             params,
             vars,
+            key_vars,
             resources,
             timeout,
             retries,
@@ -206,16 +207,18 @@ fn retries(t: &Table, path: &str) -> Result<u32, Error> {
 }
 
 /// Each parameter of the kind with the value the table gives for it, if any (a required
-/// one must be given), and the sweep variables those values reference.
+/// one must be given), the sweep variables those values reference, and those referenced
+/// by parameters in the key.
 fn params(
     t: &Table,
     kind: &dyn StageKind,
     key: &KeyNode,
     path: &str,
     sweep: &Sweep,
-) -> Result<(GivenParams, BTreeSet<usize>), Error> {
+) -> Result<(GivenParams, BTreeSet<usize>, BTreeSet<usize>), Error> {
     let mut params = Vec::new();
     let mut vars = BTreeSet::new();
+    let mut key_vars = BTreeSet::new();
     for p in kind.params() {
         let given = t.get(p.name).map(|(_, n)| n.clone());
         if given.is_none() && matches!(p.presence, Presence::Required) {
@@ -226,11 +229,16 @@ fn params(
             ));
         }
         if let Some(n) = &given {
-            sweep_references(n, &format!("{path}.{}", p.name), sweep, &mut vars)?;
+            let mut these = BTreeSet::new();
+            sweep_references(n, &format!("{path}.{}", p.name), sweep, &mut these)?;
+            if p.in_key {
+                key_vars.extend(these.iter().copied());
+            }
+            vars.extend(these);
         }
         params.push((*p, given));
     }
-    Ok((params, vars))
+    Ok((params, vars, key_vars))
 }
 
 /// Adds the index of every sweep variable that `${var}` references in `n` (the value of

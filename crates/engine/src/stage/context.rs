@@ -45,7 +45,9 @@ pub struct RunContext<'a> {
     pub base_dir: &'a Path,
     /// The instance's key.
     pub key: &'a str,
-    /// The sweep variables the instance depends on.
+    /// The sweep variables the instance's own key parameters reference, as a JSON object:
+    /// the same for every instance that shares its key (a variable that reaches it only
+    /// through an input is not in it).
     pub point: &'a Json,
     /// When the stage must have ended (its `timeout`), if ever: kinds that run a process
     /// wait for it with [`wait_until`](super::wait_until), which kills it then.

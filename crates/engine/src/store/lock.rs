@@ -136,6 +136,36 @@ pub fn read_holder(path: &Path) -> Option<Holder> {
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
+/// How a lock file's second line starts when it lists what its holder reads.
+const READS: &str = "reads";
+
+/// The artifacts the holder of a lock file says it reads (its `reads` line), if any.
+fn reads_of(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.strip_prefix(READS))
+        .flat_map(str::split_whitespace)
+}
+
+/// Who holds a lock in `locks_dir` that lists `key` among what it reads, if anyone: a
+/// live process of this host, or another host's holder whose heartbeat is recent.
+pub fn reader_of(locks_dir: &Path, key: &str, this_host: &str) -> Option<Holder> {
+    let entries = std::fs::read_dir(locks_dir).ok()?;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "lock") {
+            continue;
+        }
+        let Ok(text) = super::read_regular_string(&path) else {
+            continue;
+        };
+        if reads_of(&text).any(|k| k == key) && is_held(&path, this_host) {
+            return parse_holder(&text);
+        }
+    }
+    None
+}
+
 impl KeyLock {
     /// Takes the lock at `path`, waiting while a live process holds it.
     ///
@@ -145,29 +175,71 @@ impl KeyLock {
         host: &str,
         on_wait: &mut dyn FnMut(&Holder),
     ) -> io::Result<KeyLock> {
+        Self::take(path, host, &[], true, on_wait)?.ok_or_else(|| io::Error::other("lock busy"))
+    }
+
+    /// Takes the lock at `path` for an instance that reads the artifacts `reads`, which
+    /// the lock file lists (a `reads KEY...` line), so that no other process removes them
+    /// while the lock is held ([`readers_in`]). Waits like [`KeyLock::acquire`].
+    pub fn acquire_reading(
+        path: &Path,
+        host: &str,
+        reads: &[String],
+        on_wait: &mut dyn FnMut(&Holder),
+    ) -> io::Result<KeyLock> {
+        Self::take(path, host, reads, true, on_wait)?.ok_or_else(|| io::Error::other("lock busy"))
+    }
+
+    /// Takes the lock at `path` if no live process holds it; `None` if one does.
+    pub fn try_acquire(path: &Path, host: &str) -> io::Result<Option<KeyLock>> {
+        Self::take(path, host, &[], false, &mut |_| {})
+    }
+
+    /// Takes the lock, listing `reads`; waits while it is held when `wait`, else returns
+    /// `None` at once.
+    fn take(
+        path: &Path,
+        host: &str,
+        reads: &[String],
+        wait: bool,
+        on_wait: &mut dyn FnMut(&Holder),
+    ) -> io::Result<Option<KeyLock>> {
         let me = me(host);
-        let token = format!(
+        let mut token = format!(
             "{} {} {} {}\n",
             me.host,
             me.pid,
             me.start,
             NONCE.fetch_add(1, Ordering::Relaxed)
         );
+        if !reads.is_empty() {
+            token.push_str(READS);
+            for k in reads {
+                token.push(' ');
+                token.push_str(k);
+            }
+            token.push('\n');
+        }
         let mut last_said: Option<std::time::Instant> = None;
         let mut delay = Duration::from_millis(10);
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {
                 Ok(mut f) => {
-                    f.write_all(token.as_bytes())?;
-                    f.sync_all()?;
+                    let written = f.write_all(token.as_bytes()).and_then(|()| f.sync_all());
+                    if let Err(e) = written {
+                        // A torn lock of ours (a full disk) must not block anyone.
+                        drop(f);
+                        let _ = std::fs::remove_file(path);
+                        return Err(e);
+                    }
                     let (tx, rx) = mpsc::channel();
                     let (p, t) = (path.to_path_buf(), token.clone());
                     std::thread::spawn(move || heartbeat(p, t, rx));
-                    return Ok(KeyLock {
+                    return Ok(Some(KeyLock {
                         path: path.to_path_buf(),
                         token,
                         _heartbeat: tx,
-                    });
+                    }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let text = match super::read_regular_string(path) {
@@ -198,6 +270,7 @@ impl KeyLock {
                             }
                             continue;
                         }
+                        Some(_) if !wait => return Ok(None),
                         Some(h) => {
                             // Say who is waited for at once, then every minute.
                             if last_said
@@ -207,6 +280,7 @@ impl KeyLock {
                                 last_said = Some(std::time::Instant::now());
                             }
                         }
+                        None if !wait => return Ok(None),
                         None => {
                             // Being written right now, or torn by a crash between create and write.
                             if age(path).is_some_and(|age| age > Duration::from_secs(5)) {

@@ -128,6 +128,17 @@ impl Manifest {
     }
 }
 
+/// What [`Store::remove_unread`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The artifact was removed.
+    Removed,
+    /// There was none.
+    Absent,
+    /// Kept: a running instance computes or reads it (who, in words).
+    InUse(String),
+}
+
 /// A damaged artifact found by [`Store::verify`].
 #[derive(Clone, Debug, Serialize)]
 pub struct Damage {
@@ -483,11 +494,7 @@ impl Store {
 
     /// Takes the per-key lock, waiting (and calling `on_wait` once) while another process holds it.
     pub fn lock(&self, key: &str, on_wait: &mut dyn FnMut(&Holder)) -> io::Result<KeyLock> {
-        KeyLock::acquire(
-            &self.root.join("locks").join(format!("{key}.lock")),
-            &self.host,
-            on_wait,
-        )
+        KeyLock::acquire(&self.lock_path(key), &self.host, on_wait)
     }
 
     /// A fresh temp directory to write a key's artifact into.
@@ -617,9 +624,15 @@ impl Store {
                 })
                 .collect()
         };
+        let mut damages = damages;
         if fix {
-            for d in &damages {
-                self.remove(&d.key)?;
+            for d in &mut damages {
+                // One a running instance reads is left (that instance fails when it sees
+                // the change, as it does for any change of what it reads).
+                if let Removal::InUse(who) = self.remove_unread(&d.key)? {
+                    d.problem
+                        .push_str(&format!(" (not removed: in use by {who})"));
+                }
             }
         }
         Ok((keys.len(), damages))
@@ -678,6 +691,75 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Takes a key's lock for an instance that reads the artifacts `reads` (inputs and the
+    /// parts of them it sees): while it is held, [`Store::remove_unread`] removes none of
+    /// them.
+    pub fn lock_reading(
+        &self,
+        key: &str,
+        reads: &[String],
+        on_wait: &mut dyn FnMut(&Holder),
+    ) -> io::Result<KeyLock> {
+        KeyLock::acquire_reading(&self.lock_path(key), &self.host, reads, on_wait)
+    }
+
+    /// Where a key's lock file is.
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lock"))
+    }
+
+    /// Who is computing `key` or reading it as an input right now, if anyone.
+    pub fn user_of(&self, key: &str) -> Option<Holder> {
+        if lock::is_held(&self.lock_path(key), &self.host) {
+            return lock::read_holder(&self.lock_path(key));
+        }
+        lock::reader_of(&self.root.join("locks"), key, &self.host)
+    }
+
+    /// Waits up to `max` while another process holds `key`'s lock (it is removing or
+    /// storing that artifact right now).
+    pub fn wait_while_locked(&self, key: &str, max: std::time::Duration) {
+        let until = std::time::Instant::now() + max;
+        while lock::is_held(&self.lock_path(key), &self.host) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Removes an artifact for a command (`rm`, `run --force`, `gc`, `verify --fix`) unless
+    /// a running instance computes it or reads it: under the key's lock, the artifact is
+    /// renamed aside and removed only if no lock lists it as read, before or after the
+    /// rename (an instance lists what it reads in its lock before it looks for its inputs,
+    /// so either it finds the artifact gone or this finds it listed and puts it back).
+    pub fn remove_unread(&self, key: &str) -> io::Result<Removal> {
+        if fs::symlink_metadata(self.artifact_dir(key)).is_err() {
+            return Ok(Removal::Absent);
+        }
+        let Some(_lock) = KeyLock::try_acquire(&self.lock_path(key), &self.host)? else {
+            return Ok(Removal::InUse(
+                lock::read_holder(&self.lock_path(key))
+                    .map_or_else(|| "another process".to_string(), |h| h.to_string()),
+            ));
+        };
+        let reader = |s: &Store| lock::reader_of(&s.root.join("locks"), key, &s.host);
+        if let Some(h) = reader(self) {
+            return Ok(Removal::InUse(h.to_string()));
+        }
+        let dir = self.artifact_dir(key);
+        let aside = self.begin(&format!("{key}.removed"))?;
+        fs::remove_dir(&aside)?;
+        match fs::rename(&dir, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removal::Absent),
+            Err(e) => return Err(e),
+        }
+        if let Some(h) = reader(self) {
+            fs::rename(&aside, &dir)?;
+            return Ok(Removal::InUse(h.to_string()));
+        }
+        remove_tree(&aside)?;
+        Ok(Removal::Removed)
     }
 
     /// This machine's host name, as used in lock files and manifests.
@@ -788,6 +870,42 @@ mod tests {
     }
 
     #[test]
+    fn an_artifact_a_running_instance_reads_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
+        for k in ["in1", "other"] {
+            let tmp = store.begin(k).unwrap();
+            fs::write(tmp.join("a"), b"1").unwrap();
+            store.commit(&tmp, draft(k)).unwrap();
+        }
+        // An instance computing `out` reads `in1`.
+        let reading = store
+            .lock_reading("out", &["in1".to_string()], &mut |_| {})
+            .unwrap();
+        let me = lock::me(store.host()).to_string();
+        assert_eq!(store.remove_unread("in1").unwrap(), Removal::InUse(me));
+        assert!(store.is_complete("in1"));
+        let mut policy = GcPolicy::default();
+        let report = store.gc(&mut policy, false, &mut |_| {}).unwrap();
+        let removed: Vec<&str> = report.removed.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(removed, ["other"], "gc removes only what nothing reads");
+        assert_eq!(report.kept, 1);
+        assert!(store.is_complete("in1"));
+        // While a process holds the key's own lock (storing or removing it), it is kept too.
+        drop(reading);
+        let held = store.lock("in1", &mut |_| {}).unwrap();
+        assert!(matches!(
+            store.remove_unread("in1").unwrap(),
+            Removal::InUse(_)
+        ));
+        drop(held);
+        assert_eq!(store.remove_unread("in1").unwrap(), Removal::Removed);
+        assert_eq!(store.remove_unread("in1").unwrap(), Removal::Absent);
+        assert!(!store.artifact_dir("in1").exists());
+    }
+
+    #[test]
     fn truncated_file_makes_artifact_incomplete() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
@@ -850,6 +968,9 @@ pub struct GcPolicy {
     pub keep_secs: f64,
     /// Artifacts made at or after this Unix time are kept (the start of the oldest live run).
     pub pinned_since: Option<f64>,
+    /// A live run's lease was seen before its record: nothing is removed until the
+    /// record can be read.
+    pub unsettled: bool,
 }
 
 impl Store {
@@ -902,13 +1023,51 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Removes every artifact that `policy` does not keep (never one whose key a live
-    /// process has locked). With `dry_run`, removes nothing.
-    pub fn gc(&self, policy: &GcPolicy, dry_run: bool) -> io::Result<GcReport> {
+    /// The run leases in `locks/` (file names), sorted.
+    fn run_leases(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.root.join("locks"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("run-") && n.ends_with(".lock"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Removes every artifact that `policy` does not keep (never one that a live process
+    /// computes or reads: see [`Store::remove_unread`]). With `dry_run`, removes nothing.
+    ///
+    /// A run that starts while gc works is seen: before the first artifact, and before
+    /// each one after the run leases in `locks/` changed, `refresh` updates the policy from
+    /// the runs' records.
+    pub fn gc(
+        &self,
+        policy: &mut GcPolicy,
+        dry_run: bool,
+        refresh: &mut dyn FnMut(&mut GcPolicy),
+    ) -> io::Result<GcReport> {
         let mut report = GcReport::default();
         let now = unix_now();
+        let mut leases: Option<Vec<String>> = None;
         for key in self.keys()? {
-            if policy.keep.contains(&key) {
+            let current = self.run_leases();
+            if leases.as_ref() != Some(&current) {
+                leases = Some(current);
+                refresh(policy);
+                // A run writes its record just after taking its lease.
+                let since = std::time::Instant::now();
+                while policy.unsettled && since.elapsed() < std::time::Duration::from_secs(2) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    refresh(policy);
+                }
+            }
+            if policy.keep.contains(&key) || policy.unsettled {
+                if policy.unsettled {
+                    report.kept += 1;
+                }
                 continue;
             }
             let manifest = self.manifest(&key);
@@ -923,24 +1082,25 @@ impl Store {
                     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
                 });
             let age = made.map_or(f64::INFINITY, |t| now - t);
-            let locked = lock::read_holder(&self.root.join("locks").join(format!("{key}.lock")))
-                .is_some_and(|h| lock::is_alive(&h, &self.host));
             let pinned = policy
                 .pinned_since
                 .is_some_and(|since| made.is_none_or(|t| t >= since));
-            if age < policy.keep_secs || locked || pinned {
+            if age < policy.keep_secs || pinned || self.user_of(&key).is_some() {
                 report.kept += 1;
                 continue;
             }
             let size = self.size(&key);
-            report.freed_bytes += size;
             if !dry_run {
-                self.remove(&key)?;
+                if self.remove_unread(&key)? != Removal::Removed {
+                    report.kept += 1;
+                    continue;
+                }
                 let log = self.log_path(&key);
                 if fs::symlink_metadata(&log).is_ok_and(|m| m.is_file()) {
                     let _ = fs::remove_file(log);
                 }
             }
+            report.freed_bytes += size;
             let (stage, pipeline, point) = manifest
                 .map(|m| (m.stage, m.pipeline, m.point))
                 .unwrap_or_default();

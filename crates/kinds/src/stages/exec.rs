@@ -2,7 +2,8 @@
 //!
 //! The command runs in the pipeline file's folder with `PIPE_OUT` (the folder to write
 //! into), `PIPE_INPUT_<SLOT>` (each input artifact's folder), `PIPE_THREADS`, `PIPE_KEY`
-//! and `PIPE_POINT` (the sweep point as JSON) set. Its stdout and stderr go to the log.
+//! and `PIPE_POINT` (the sweep variables its key holds, as JSON) set. Its stdout and stderr go
+//! to the log.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};

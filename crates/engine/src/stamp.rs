@@ -1,0 +1,244 @@
+//! What a file or a folder tree looks like from its metadata, without reading it: the
+//! stamps that tell whether something an instance reads changed while it ran, and the
+//! content hashes of declared files remembered by stamp.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A file's identity and last change as the file system reports them: any write,
+/// replacement (`sed -i`, an editor's save), truncation or `chmod` changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time (also moved by `touch -d`, which can set `mtime` back).
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of `meta`.
+    pub fn of_meta(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        }
+    }
+
+    /// The stamp of the file at `path` (following links, as reading it would).
+    pub fn of(path: &Path) -> std::io::Result<FileStamp> {
+        Ok(FileStamp::of_meta(&std::fs::metadata(path)?))
+    }
+}
+
+/// Content hashes of files by path, valid while the file's stamp is unchanged.
+static HASHES: Mutex<Option<HashMap<PathBuf, (FileStamp, String)>>> = Mutex::new(None);
+
+/// The blake3 of a regular file's content (hex) and the stamp it was read under: taken
+/// from memory when the file's stamp is the one it was hashed at, read otherwise. A file
+/// that changes while it is read is read again.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, FileStamp)> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(std::io::Error::other("is a directory, not a file"));
+    }
+    if !meta.is_file() {
+        // A FIFO or a device (`/dev/zero`) would block or never end.
+        return Err(std::io::Error::other(
+            "is not a regular file (a FIFO, socket or device)",
+        ));
+    }
+    let mut stamp = FileStamp::of_meta(&meta);
+    {
+        let memo = HASHES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, h)) = memo.as_ref().and_then(|m| m.get(path))
+            && *s == stamp
+        {
+            return Ok((h.clone(), stamp));
+        }
+    }
+    let mut tries = 0;
+    let hash = loop {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        let after = FileStamp::of(path)?;
+        if after == stamp || tries == 3 {
+            stamp = after;
+            break hasher.finalize().to_hex().to_string();
+        }
+        stamp = after;
+        tries += 1;
+    };
+    HASHES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(path.to_path_buf(), (stamp, hash.clone()));
+    Ok((hash, stamp))
+}
+
+/// One entry of a [`TreeStamp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    /// `/`-separated path under the tree's root (empty for the root).
+    path: String,
+    /// Whether it is a folder (else a file or anything else).
+    dir: bool,
+    /// Inode, size and modification time (not the status change time: a hard link made
+    /// to a file, as a stage that reuses its input's file does, moves that).
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+/// Every entry under a folder, with its identity, size and modification time, in path
+/// order: taken before a stage runs and after, it shows whether anything under the folder
+/// was added, removed, replaced or written meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeStamp {
+    entries: Vec<Entry>,
+}
+
+impl TreeStamp {
+    /// The stamp of the tree at `root` (links are not followed; a missing root is an
+    /// error).
+    pub fn of(root: &Path) -> std::io::Result<TreeStamp> {
+        let mut entries = Vec::new();
+        let mut stack = vec![(root.to_path_buf(), String::new())];
+        while let Some((path, rel)) = stack.pop() {
+            let meta = std::fs::symlink_metadata(&path)?;
+            let dir = meta.is_dir();
+            entries.push(Entry {
+                path: rel.clone(),
+                dir,
+                ino: meta.ino(),
+                size: if dir { 0 } else { meta.size() },
+                mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            });
+            if dir {
+                for e in std::fs::read_dir(&path)? {
+                    let e = e?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let sub = if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    stack.push((e.path(), sub));
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(TreeStamp { entries })
+    }
+
+    /// What differs from `before`, in words (the first file added, removed, replaced or
+    /// written, in path order; else a folder whose entries changed), or `None`.
+    pub fn change_since(&self, before: &TreeStamp) -> Option<String> {
+        let name = |p: &str| {
+            if p.is_empty() {
+                "the folder".to_string()
+            } else {
+                p.to_string()
+            }
+        };
+        let mut folder_changed: Option<String> = None;
+        let mut a = before.entries.iter().peekable();
+        let mut b = self.entries.iter().peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => return folder_changed,
+                (Some(x), None) => return Some(format!("{} was removed", name(&x.path))),
+                (None, Some(y)) => return Some(format!("{} was added", name(&y.path))),
+                (Some(x), Some(y)) => match x.path.cmp(&y.path) {
+                    std::cmp::Ordering::Less => {
+                        return Some(format!("{} was removed", name(&x.path)));
+                    }
+                    std::cmp::Ordering::Greater => {
+                        return Some(format!("{} was added", name(&y.path)));
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if x.ino != y.ino || x.dir != y.dir {
+                            return Some(format!("{} was replaced", name(&x.path)));
+                        }
+                        if !x.dir && (x.size != y.size || x.mtime_ns != y.mtime_ns) {
+                            return Some(format!("{} was written", name(&x.path)));
+                        }
+                        if x.dir && x.mtime_ns != y.mtime_ns && folder_changed.is_none() {
+                            folder_changed = Some(format!("{} was changed", name(&x.path)));
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_stamp_sees_writes_replacements_additions_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/x"), b"1").unwrap();
+        std::fs::write(root.join("y"), b"2").unwrap();
+        let t0 = TreeStamp::of(&root).unwrap();
+        assert_eq!(TreeStamp::of(&root).unwrap().change_since(&t0), None);
+        // A hard link to a file (a stage reusing it) changes nothing the stamp holds.
+        std::fs::hard_link(root.join("y"), dir.path().join("link")).unwrap();
+        assert_eq!(TreeStamp::of(&root).unwrap().change_since(&t0), None);
+        // Same size, new content, written in place.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::write(root.join("y"), b"3").unwrap();
+        assert_eq!(
+            TreeStamp::of(&root).unwrap().change_since(&t0).as_deref(),
+            Some("y was written")
+        );
+        let t1 = TreeStamp::of(&root).unwrap();
+        // `sed -i`: a new file renamed over the old one.
+        std::fs::write(dir.path().join("new"), b"3").unwrap();
+        std::fs::rename(dir.path().join("new"), root.join("sub/x")).unwrap();
+        assert_eq!(
+            TreeStamp::of(&root).unwrap().change_since(&t1).as_deref(),
+            Some("sub/x was replaced")
+        );
+        let t2 = TreeStamp::of(&root).unwrap();
+        std::fs::write(root.join("z"), b"").unwrap();
+        assert_eq!(
+            TreeStamp::of(&root).unwrap().change_since(&t2).as_deref(),
+            Some("z was added")
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(TreeStamp::of(&root).is_err());
+    }
+
+    #[test]
+    fn a_hash_is_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"v1").unwrap();
+        let (h1, s1) = hash_file(&f).unwrap();
+        assert_eq!(h1, blake3::hash(b"v1").to_hex().to_string());
+        assert_eq!(hash_file(&f).unwrap(), (h1.clone(), s1));
+        std::fs::write(&f, b"v2").unwrap();
+        let (h2, s2) = hash_file(&f).unwrap();
+        assert_eq!(h2, blake3::hash(b"v2").to_hex().to_string());
+        assert_ne!(s1, s2);
+        assert!(hash_file(dir.path()).is_err());
+    }
+}
