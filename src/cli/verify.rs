@@ -33,7 +33,8 @@ struct VerifyJson<'a> {
     removed: bool,
 }
 
-/// Runs `pipe verify`; returns 1 if an artifact is damaged and was not removed, else 0.
+/// Runs `pipe verify`; returns 1 if an artifact is damaged and was not removed (no `--fix`,
+/// or a running instance reads it), else 0.
 pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
     let store = Store::new(cache_dir(&args.cache));
     let (n, damages) = store
@@ -49,15 +50,16 @@ pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
         for d in &damages {
             outln!("damaged {}: {}", d.key, d.problem);
         }
+        let removed = damages.iter().filter(|d| d.removed).count();
         outln!(
             "{n} artifacts checked, {} damaged{}",
             damages.len(),
-            if args.fix && !damages.is_empty() {
-                " (removed)"
+            if removed > 0 {
+                format!(" ({removed} removed)")
             } else {
-                ""
+                String::new()
             }
         );
     }
-    Ok(if damages.is_empty() || args.fix { 0 } else { 1 })
+    Ok(if damages.iter().all(|d| d.removed) { 0 } else { 1 })
 }

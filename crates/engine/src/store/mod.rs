@@ -146,6 +146,8 @@ pub struct Damage {
     pub key: String,
     /// What is wrong.
     pub problem: String,
+    /// Whether it was removed (`verify --fix`; one a running instance reads is kept).
+    pub removed: bool,
 }
 
 /// The cache directory.
@@ -620,6 +622,7 @@ impl Store {
                     self.check(k).err().map(|problem| Damage {
                         key: k.clone(),
                         problem,
+                        removed: false,
                     })
                 })
                 .collect()
