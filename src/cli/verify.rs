@@ -61,5 +61,9 @@ pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
             }
         );
     }
-    Ok(if damages.iter().all(|d| d.removed) { 0 } else { 1 })
+    Ok(if damages.iter().all(|d| d.removed) {
+        0
+    } else {
+        1
+    })
 }
