@@ -632,9 +632,11 @@ impl Store {
             for d in &mut damages {
                 // One a running instance reads is left (that instance fails when it sees
                 // the change, as it does for any change of what it reads).
-                if let Removal::InUse(who) = self.remove_unread(&d.key)? {
-                    d.problem
-                        .push_str(&format!(" (not removed: in use by {who})"));
+                match self.remove_unread(&d.key)? {
+                    Removal::InUse(who) => {
+                        d.problem.push_str(&format!(" (kept: in use by {who})"));
+                    }
+                    Removal::Removed | Removal::Absent => d.removed = true,
                 }
             }
         }
