@@ -129,14 +129,29 @@ fn resolve_selector(
     }
 }
 
-/// The stage and point of every artifact in the cache (and, with `logs`, of every
-/// instance the status indexes name).
-fn cached_points(store: &Store, logs: bool) -> Vec<(String, serde_json::Value)> {
-    let mut out: Vec<(String, serde_json::Value)> = store
+/// The manifests of the cache's instances: every artifact's but the parts' (a checkpoint
+/// is part of its train instance, not an instance of its own), with their keys.
+fn instance_manifests(store: &Store) -> Vec<(String, pipe_engine::store::Manifest)> {
+    let all: Vec<(String, pipe_engine::store::Manifest)> = store
         .keys()
         .unwrap_or_default()
-        .iter()
-        .filter_map(|k| store.manifest(k).map(|m| (m.stage, m.point)))
+        .into_iter()
+        .filter_map(|k| store.manifest(&k).map(|m| (k, m)))
+        .collect();
+    let parts: std::collections::HashSet<&String> =
+        all.iter().flat_map(|(_, m)| m.parts.values()).collect();
+    let parts: std::collections::HashSet<String> = parts.into_iter().cloned().collect();
+    all.into_iter()
+        .filter(|(k, _)| !parts.contains(k))
+        .collect()
+}
+
+/// The stage and point of every instance's artifact in the cache (and, with `logs`, of
+/// every instance the status indexes name).
+fn cached_points(store: &Store, logs: bool) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<(String, serde_json::Value)> = instance_manifests(store)
+        .into_iter()
+        .map(|(_, m)| (m.stage, m.point))
         .collect();
     if logs {
         for name in index_names(store) {
@@ -244,8 +259,9 @@ fn by_plan(sel: &Selector, loaded: Loaded, ask: &Ask) -> Result<(Store, Vec<Targ
     Ok((loaded.store, out))
 }
 
-/// The artifacts in the cache whose manifest's stage and point `sel` selects, newest
-/// first; with `logs`, also what the status indexes name that has a log.
+/// The instances' artifacts in the cache (not their parts) whose manifest's stage and
+/// point `sel` selects, newest first; with `logs`, also what the status indexes name that
+/// has a log.
 fn by_cache(store: &Store, sel: &Selector, ask: &Ask) -> Vec<Target> {
     let matches = |stage: &str, point: &serde_json::Value| {
         if ask.exact {
@@ -254,12 +270,9 @@ fn by_cache(store: &Store, sel: &Selector, ask: &Ask) -> Vec<Target> {
             sel.matches_point(stage, point)
         }
     };
-    let mut found: Vec<(f64, Target)> = store
-        .keys()
-        .unwrap_or_default()
+    let mut found: Vec<(f64, Target)> = instance_manifests(store)
         .into_iter()
-        .filter_map(|k| {
-            let m = store.manifest(&k)?;
+        .filter_map(|(k, m)| {
             matches(&m.stage, &m.point).then(|| {
                 (
                     m.started,

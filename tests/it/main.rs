@@ -22,6 +22,7 @@ mod double_descent;
 mod engine;
 mod outputs;
 mod readers;
+mod records;
 mod reliability;
 mod remote;
 mod report;

@@ -1,0 +1,60 @@
+//! What commands say about instances and runs is true: a selector names an instance (never
+//! one of its parts), a narrowed run does not redefine the pipeline for later commands, a
+//! detached cluster run's record reaches its end, a failure told once per cause.
+
+use std::process::Output;
+
+use serde_json::Value as Json;
+
+use crate::common::*;
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn a_selector_without_a_file_names_the_instance_not_a_checkpoint() {
+    let p = Project::new();
+    p.write("p.toml", TINY_TRAIN);
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    let train = p
+        .status("p.toml", &[])
+        .into_iter()
+        .find(|s| s["stage"] == "train" && s["point"]["noise"] == 0.5)
+        .unwrap();
+    let key = train["key"].as_str().unwrap().to_string();
+    // `show` of the instance: the train artifact itself, whichever checkpoint is newer.
+    let out = p.pipe(&["show", "train[noise=0.5]", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let m: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["key"], key.as_str());
+    assert_eq!(m["kind"], "train");
+    assert!(
+        !text(&out).contains("artifacts of"),
+        "one instance, no note of others: {}",
+        text(&out)
+    );
+    // `log` finds the instance's log (checkpoints have none of their own).
+    let out = p.pipe(&["log", "train[noise=0.5]"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains(&key), "{}", text(&out));
+    // `rm` of the instance removes it and its checkpoints, and says so once.
+    let before = p.artifacts().len();
+    let out = p.pipe(&["rm", "train[noise=0.5]"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("removed train"))
+            .count(),
+        1,
+        "{}",
+        text(&out)
+    );
+    // The train artifact and its 3 checkpoints.
+    assert_eq!(p.artifacts().len(), before - 4);
+}
