@@ -557,6 +557,8 @@ fn print_failures(plan: &Plan, report: &RunReport, level: Verbosity) {
         Verbosity::Normal => 12,
         Verbosity::Verbose => 40,
     };
+    // Each log ending shown so far, with the instances that ended that way.
+    let mut told: Vec<(Vec<String>, Vec<String>)> = Vec::new();
     for (n, o) in &report.outcomes {
         if let Outcome::Failed { message, log, .. } = o {
             errln!(
@@ -567,10 +569,31 @@ fn print_failures(plan: &Plan, report: &RunReport, level: Verbosity) {
             let text = pipe_engine::status::read_log(log).unwrap_or_default();
             // The log's own header and footer lines (`# ...`) say nothing the message does not.
             let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("# ")).collect();
-            for line in &lines[lines.len().saturating_sub(keep)..] {
-                errln!("  | {line}");
+            let tail: Vec<String> = lines[lines.len().saturating_sub(keep)..]
+                .iter()
+                .map(|l| l.to_string())
+                .collect();
+            // The same traceback once: a later instance that ended the same way names the first.
+            match told.iter_mut().find(|(t, _)| !t.is_empty() && *t == tail) {
+                Some((_, same)) => {
+                    errln!("  | (its log ends as {}'s above)", same[0]);
+                    same.push(plan.label(*n));
+                }
+                None => {
+                    for line in &tail {
+                        errln!("  | {line}");
+                    }
+                    told.push((tail, vec![plan.label(*n)]));
+                }
             }
             errln!("  log: {}", log.display());
         }
+    }
+    for (_, same) in told.iter().filter(|(_, same)| same.len() > 1) {
+        errln!(
+            "{} instances failed the same way: {}",
+            same.len(),
+            same.join(", ")
+        );
     }
 }

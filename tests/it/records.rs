@@ -58,3 +58,34 @@ fn a_selector_without_a_file_names_the_instance_not_a_checkpoint() {
     // The train artifact and its 3 checkpoints.
     assert_eq!(p.artifacts().len(), before - 4);
 }
+
+#[test]
+fn one_traceback_is_printed_once_with_the_instances_that_failed_the_same_way() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "same-bug"
+[sweep]
+seed = [1, 2, 3, 4]
+[stage.s]
+kind = "exec"
+cmd = ["sh", "-c", "echo 'Traceback (most recent call last):'; echo '  File fit.py, line 3'; echo 'KeyError: width' >&2; exit 1", "x", "${seed}"]
+"#,
+    );
+    let out = p.pipe(&["run", "p.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("  | KeyError: width").count(), 1, "{err}");
+    assert_eq!(err.matches("failed: s[seed=").count(), 4, "{err}");
+    assert_eq!(
+        err.matches("(its log ends as s[seed=1]'s above)").count(),
+        3,
+        "{err}"
+    );
+    assert!(
+        err.contains("4 instances failed the same way: s[seed=1], s[seed=2], s[seed=3], s[seed=4]"),
+        "{err}"
+    );
+}
