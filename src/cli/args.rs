@@ -111,16 +111,30 @@ pub(super) fn select(
             }
             let store = pipe_engine::store::Store::new(&dir);
             let all = runs::records(&store);
-            match runs::last_of(&all, &file) {
+            // A run narrowed by --only/--point does not redefine the file: the last run
+            // that covered all of it does.
+            let full = runs::last_full_of(&all, &file);
+            if let Some(last) = runs::last_of(&all, &file)
+                && !last.only.is_empty()
+                && (last.overrides != full.map_or(&[][..], |r| &r.overrides[..]))
+            {
+                errln!(
+                    "note: this file's last run, {}, covered only {} with {}; showing the file as {}",
+                    last.id,
+                    last.only.join(" "),
+                    super::runs::overrides(&last.overrides),
+                    match full {
+                        Some(r) => format!("its last full run, {}, ran it", r.id),
+                        None => "written (no run covered all of it)".to_string(),
+                    }
+                );
+            }
+            match full {
                 Some(r) if !r.overrides.is_empty() => {
                     errln!(
-                        "note: using the overrides of run {}, this file's last: {} (--run none for the file alone)",
+                        "note: using the overrides of run {}, this file's last full run: {} (--run none for the file alone)",
                         r.id,
-                        r.overrides
-                            .iter()
-                            .map(|o| format!("--set '{o}'"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
+                        super::runs::overrides(&r.overrides)
                     );
                     Ok((file, r.overrides.clone(), dir, Some(r.clone())))
                 }

@@ -113,7 +113,7 @@ pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     outln!(
-        "{:<20}  {:<16}  {:>7}  {:<14}  {:<28}  {:<24}  overrides",
+        "{:<20}  {:<16}  {:>7}  {:<14}  {:<28}  {:<24}  overrides, narrowed to",
         "run",
         "started",
         "took",
@@ -142,10 +142,25 @@ pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
             r.state(&store),
             file,
             format!("{}/{}/{} of {}", c.executed, c.cached, c.failed, c.planned),
-            overrides(&r.overrides)
+            narrowed(&r.overrides, &r.only)
         );
     }
     Ok(0)
+}
+
+/// Overrides as `--set` arguments, then what the run was narrowed to (`--only` and
+/// `--point`, as the selectors they made), or `-`.
+fn narrowed(set: &[String], only: &[String]) -> String {
+    let mut words = Vec::new();
+    if !set.is_empty() {
+        words.push(overrides(set));
+    }
+    words.extend(only.iter().map(|o| format!("only {o}")));
+    if words.is_empty() {
+        "-".into()
+    } else {
+        words.join(" ")
+    }
 }
 
 /// Overrides as `--set` arguments, or `-`.

@@ -89,3 +89,52 @@ cmd = ["sh", "-c", "echo 'Traceback (most recent call last):'; echo '  File fit.
         "{err}"
     );
 }
+
+#[test]
+fn a_narrowed_run_does_not_redefine_the_file_for_later_commands() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "narrowed"
+[sweep]
+n = [1, 2, 3]
+[stage.s]
+kind = "exec"
+cmd = ["sh", "-c", "echo ${n} $GREETING > $PIPE_OUT/o"]
+env = { GREETING = "hi" }
+"#,
+    );
+    assert_eq!(p.run("p.toml", &[]).0, 0);
+    // A one-off variant of one point.
+    let (c, r) = p.run(
+        "p.toml",
+        &["--set", "stage.s.env.GREETING=yo", "--point", "n=2"],
+    );
+    assert_eq!(c, 0, "{r}");
+    assert_eq!(count(&r, "executed"), 1, "{r}");
+    // Later commands see the file as its last full run ran it: everything cached.
+    let out = p.pipe(&["status", "p.toml", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let st: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["cached", "cached", "cached"], "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("covered only") && err.contains("n=2") && err.contains("GREETING=yo"),
+        "{err}"
+    );
+    // `runs` shows how the run was narrowed.
+    let out = p.pipe(&["runs"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("only") && listing.contains("n=2"),
+        "{listing}"
+    );
+}

@@ -298,6 +298,15 @@ pub fn last_of<'a>(all: &'a [RunRecord], file: &Path) -> Option<&'a RunRecord> {
         .find(|r| r.file.as_deref() == Some(file.as_path()))
 }
 
+/// The last run of `file` that covered the whole pipeline (no `--only` or `--point`): the
+/// one whose overrides define the file for commands that are not told a run.
+pub fn last_full_of<'a>(all: &'a [RunRecord], file: &Path) -> Option<&'a RunRecord> {
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    all.iter()
+        .rev()
+        .find(|r| r.file.as_deref() == Some(file.as_path()) && r.only.is_empty())
+}
+
 /// A new run id: the UTC start time, then 4 hex digits of a hash of the time, the process
 /// id and the host, so ids sort by time and two runs started in one second differ.
 fn new_run_id(now: f64) -> String {
