@@ -44,7 +44,11 @@ pub fn cancel(args: &CancelArgs, verbosity: Verbosity) -> Result<i32, Error> {
         .map_err(Error::usage)?;
     let active: Vec<&str> = cancelled.iter().map(String::as_str).collect();
     let n = active.len();
-    record.finished = true;
+    record.cancelled = true;
+    let executor = registry::of_record(&record);
+    if !executor.settle(&store, &mut record, true) {
+        record.finished = true;
+    }
     runs::save_record(&store, &record)?;
     if args.json {
         print_json(&CancelJson {

@@ -76,6 +76,7 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
     };
     let store = Store::new(dir);
     let keep_secs = keep_days * 86_400.0;
+    pipe_engine::exec::registry::settle_open_runs(&store);
     let mut base = reachable(args, &store)?;
     for id in &args.run {
         let r: RunRecord = runs::find_record(&store, id)?;

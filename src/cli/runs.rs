@@ -60,7 +60,7 @@ struct RunJson<'a> {
     pipeline: &'a str,
     /// Unix time it started.
     started: f64,
-    /// `ok`, `failed (exit 1)`, `running`, `died`, `interrupted`, `submitted`.
+    /// `ok`, `failed (exit 1)`, `running`, `died`, `interrupted`, `submitted`, `cancelled`.
     state: String,
 }
 
@@ -71,6 +71,8 @@ pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
         None => cache_dir(&args.cache),
     };
     let store = Store::new(dir);
+    // A detached run's record reaches its end the first time a command looks after it.
+    pipe_engine::exec::registry::settle_open_runs(&store);
     let all = runs::records(&store);
     let file = args
         .file

@@ -316,3 +316,66 @@ fn detach_status_and_cancel_then_ctrl_c() {
     });
     assert!(p.artifacts().is_empty());
 }
+
+/// The one run record `pipe runs --json` lists.
+fn only_run(p: &Project) -> Json {
+    let out = p.pipe(&["runs", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let runs: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    runs[0].clone()
+}
+
+#[test]
+fn a_detached_runs_record_reaches_its_end_with_true_counts() {
+    require_slurm();
+    let p = Project::new();
+    // 3 instances of `a` (one fails) and the 3 of `b` after them: 2 done, 1 failed, 1 never run.
+    p.write(
+        "d.toml",
+        r#"
+[pipeline]
+name = "detached"
+[sweep]
+i = [1, 2, 3]
+[stage.a]
+kind = "exec"
+cmd = ["sh", "-c", "test ${i} != 3 && echo ${i} > $PIPE_OUT/a.txt"]
+"#,
+    );
+    let out = p.pipe(&["run", "d.toml", "--executor", "slurm", "--detach", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let r: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<String> = r["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    wait_until("every job ended", || {
+        queue_states(&ids)
+            .iter()
+            .all(|s| !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING"].contains(&s.as_str()))
+    });
+    let run = only_run(&p);
+    assert_eq!(run["state"], "failed (exit 1)", "{run}");
+    assert_eq!(run["counts"]["executed"], 2, "{run}");
+    assert_eq!(run["counts"]["failed"], 1, "{run}");
+    assert_eq!(run["counts"]["planned"], 3, "{run}");
+    assert!(run["ended"].as_f64().is_some(), "{run}");
+
+    // A cancelled detached run says so, with what it had done.
+    let p = Project::new();
+    p.write("s.toml", SLOW);
+    let out = p.pipe(&["run", "s.toml", "--executor", "slurm", "--detach", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let run = only_run(&p);
+    assert_eq!(run["state"], "submitted", "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    assert_eq!(p.pipe(&["cancel", &id]).status.code(), Some(0));
+    let run = only_run(&p);
+    assert_eq!(run["state"], "cancelled", "{run}");
+    assert_eq!(run["counts"]["executed"], 0, "{run}");
+    assert_eq!(run["counts"]["skipped"], 6, "{run}");
+}

@@ -60,6 +60,9 @@ pub struct RunRecord {
     pub jobs: Vec<JobRecord>,
     /// Whether the run has ended (for a cluster executor, every job done, failed or cancelled).
     pub finished: bool,
+    /// Whether `pipe cancel` cancelled it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
     /// The pipeline file, absolute.
     #[serde(default)]
     pub file: Option<PathBuf>,
@@ -111,6 +114,7 @@ impl RunRecord {
             submitted: now,
             jobs: Vec::new(),
             finished: false,
+            cancelled: false,
             file,
             file_hash,
             overrides: overrides.to_vec(),
@@ -136,6 +140,7 @@ impl RunRecord {
     /// gone without ending it), `submitted` (a detached run not finished).
     pub fn state(&self, store: &Store) -> String {
         match self.exit {
+            _ if self.cancelled => "cancelled".into(),
             Some(0) if !self.finished => "submitted".into(),
             Some(0) => "ok".into(),
             Some(130) => "interrupted".into(),

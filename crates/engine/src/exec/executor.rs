@@ -136,6 +136,15 @@ pub trait Executor: Sync {
     ) -> HashMap<String, LiveInstance>;
 
     /// Cancels what a run of it still has queued or running; returns the job ids it
-    /// cancelled. The caller marks the record finished.
+    /// cancelled. The caller marks the record cancelled and settles it.
     fn cancel(&self, record: &RunRecord) -> Result<Vec<String>, String>;
+
+    /// Brings the record of a run that returned before its work ended (a detached run) up
+    /// to date: once none of its jobs is queued or running (or at once with `now`, after a
+    /// cancel), fills in its counts from what its jobs left, its end time and exit code,
+    /// and marks it finished. Returns whether the record changed. Executors that never
+    /// return early have nothing to settle.
+    fn settle(&self, _store: &Store, _record: &mut RunRecord, _now: bool) -> bool {
+        false
+    }
 }

@@ -31,6 +31,17 @@ pub fn of_record(record: &RunRecord) -> &'static dyn Executor {
     })
 }
 
+/// Settles the record of every run that returned before its work ended
+/// ([`Executor::settle`]) and saves those that changed: what any command that reads run
+/// records calls first, so a detached run's record reaches its end.
+pub fn settle_open_runs(store: &crate::store::Store) {
+    for mut r in crate::runs::records(store) {
+        if !r.finished && r.exit == Some(0) && of_record(&r).settle(store, &mut r, false) {
+            let _ = crate::runs::save_record(store, &r);
+        }
+    }
+}
+
 /// The names of the executors that submit jobs (those that take `--detach`,
 /// `--partition` and `--slurm-arg`).
 pub fn job_executors() -> Vec<&'static str> {

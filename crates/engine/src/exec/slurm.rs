@@ -83,6 +83,26 @@ impl Executor for Slurm {
         live_jobs(store, recipes)
     }
 
+    fn settle(&self, store: &Store, record: &mut RunRecord, now: bool) -> bool {
+        if record.finished || (record.jobs.is_empty() && !now) {
+            return false;
+        }
+        if !now {
+            let ids: Vec<&str> = record.jobs.iter().map(|j| j.job_id.as_str()).collect();
+            let Ok(states) = query(&ids) else {
+                return false;
+            };
+            if ids
+                .iter()
+                .any(|id| states.get(*id).is_some_and(|q| is_active(&q.state)))
+            {
+                return false;
+            }
+        }
+        settle_from_outcomes(store, record);
+        true
+    }
+
     fn cancel(&self, record: &RunRecord) -> Result<Vec<String>, String> {
         let ids: Vec<&str> = record.jobs.iter().map(|j| j.job_id.as_str()).collect();
         let states = query(&ids)?;
@@ -167,11 +187,56 @@ fn live_jobs(store: &Store, recipes: &HashSet<&str>) -> HashMap<String, LiveInst
             }
         }
         if !active {
-            r.finished = true;
+            settle_from_outcomes(store, &mut r);
             let _ = save_record(store, &r);
         }
     }
     out
+}
+
+/// Marks a run whose jobs have all left the queue finished: its counts from the outcome
+/// files its jobs wrote (a job that left none, cancelled or killed before it could, counts
+/// as skipped after a cancel and as failed otherwise), its end the last outcome's time,
+/// its exit 1 if any job failed.
+fn settle_from_outcomes(store: &Store, r: &mut RunRecord) {
+    let (mut executed, mut cached, mut failed, mut skipped) = (0, 0, 0, 0);
+    let mut ended = r.submitted;
+    for j in &r.jobs {
+        let job_file = crate::runs::runs_dir(store)
+            .join(&r.id)
+            .join("jobs")
+            .join(format!("{}.json", j.recipe));
+        match JobOutcome::read(&job_file) {
+            Some(o) => {
+                match o.outcome.as_str() {
+                    "executed" => executed += 1,
+                    "cached" => cached += 1,
+                    "skipped" => skipped += 1,
+                    _ => failed += 1,
+                }
+                if let Some(t) = std::fs::metadata(super::job_outcome::outcome_path(&job_file))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                {
+                    ended = ended.max(t.as_secs_f64());
+                }
+            }
+            None if r.cancelled => skipped += 1,
+            None => failed += 1,
+        }
+    }
+    r.counts.executed = executed;
+    r.counts.cached += cached;
+    r.counts.failed = failed;
+    r.counts.skipped = skipped;
+    r.finished = true;
+    r.ended = Some(if r.cancelled {
+        crate::store::unix_now()
+    } else {
+        ended
+    });
+    r.exit = Some(if failed > 0 { 1 } else { 0 });
 }
 
 /// A job's state as `squeue` reports it.
