@@ -136,6 +136,12 @@ pub fn read_holder(path: &Path) -> Option<Holder> {
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
+/// Writes and syncs a new lock file's token.
+fn write_token(f: &mut std::fs::File, token: &str) -> io::Result<()> {
+    f.write_all(token.as_bytes())?;
+    f.sync_all()
+}
+
 impl KeyLock {
     /// Takes the lock at `path`, waiting while a live process holds it.
     ///
@@ -158,8 +164,16 @@ impl KeyLock {
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {
                 Ok(mut f) => {
-                    f.write_all(token.as_bytes())?;
-                    f.sync_all()?;
+                    // A lock file without its token (a full disk) would be nobody's: remove
+                    // it before failing, so it never stands in anyone's way.
+                    if let Err(e) = write_token(&mut f, &token) {
+                        drop(f);
+                        // Only while it still holds nothing but a beginning of our token.
+                        if super::read_regular_string(path).is_ok_and(|t| token.starts_with(&t)) {
+                            let _ = std::fs::remove_file(path);
+                        }
+                        return Err(e);
+                    }
                     let (tx, rx) = mpsc::channel();
                     let (p, t) = (path.to_path_buf(), token.clone());
                     std::thread::spawn(move || heartbeat(p, t, rx));
