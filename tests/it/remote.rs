@@ -647,19 +647,16 @@ fn a_signed_push_signs_what_an_unsigned_push_left_when_it_is_the_same_artifact()
     let (code, r, err) = run_signed(&b, &s, "team secret", &args);
     assert_eq!(code, 0, "{r} {err}");
     assert_eq!(count(&r, "executed"), n, "{r} {err}");
-    assert!(
-        err.contains("is not signed with this PIPE_REMOTE_KEY"),
-        "{err}"
-    );
-    for k in &keys {
-        assert!(signature_of(&bucket, k).is_file(), "{k}");
-    }
+    assert!(err.contains("is not signed"), "{err}");
     // Now signed pulls get everything.
     let c = Project::new();
     c.write("p.toml", BASIC);
     let (code, r, err) = run_signed(&c, &s, "team secret", &args);
     assert_eq!(code, 0, "{r} {err}");
     assert_eq!(count(&r, "executed"), 0, "{r} {err}");
+    for k in &keys {
+        assert!(signature_of(&bucket, k).is_file(), "{k}");
+    }
     for k in &keys {
         assert_eq!(files_of(&c.cache(), k), files_of(&a.cache(), k), "{k}");
     }
