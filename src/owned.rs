@@ -220,6 +220,10 @@ fn remove_stale_temps(root: &Path, listed: &BTreeSet<String>) {
         }
     }
     for (folder, names) in &by_folder {
+        // Never through a link put where a folder of ours was.
+        if folder != root && !std::fs::symlink_metadata(folder).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(folder) else {
             continue;
         };
