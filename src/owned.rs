@@ -4,13 +4,15 @@
 //! A mark file in the folder, [`OWNED_MARK`], lists every file pipe wrote there. A run
 //! replaces only files in that list, removes only listed files it no longer writes, and
 //! leaves every other file alone; a file it would have to write that exists but is not
-//! listed (a user's file) stops it before it writes anything.
+//! listed (a user's file) stops it before it writes anything. Temp files a killed run left
+//! beside the files it lists are removed by the next run into the folder.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use pipe_engine::error::Error;
-use pipe_engine::store::write_atomic;
+use pipe_engine::store::lock::process_start;
+use pipe_engine::store::{remove_tree, write_atomic};
 
 /// The mark file: the files pipe wrote into the folder, as JSON.
 pub const OWNED_MARK: &str = ".pipe-written.json";
@@ -66,6 +68,7 @@ impl OwnedDir {
                 m.files.into_iter().filter(|f| inside(f)).collect()
             }
         };
+        remove_stale_temps(root, &old);
         Ok(OwnedDir {
             root: root.to_path_buf(),
             old,
@@ -171,5 +174,90 @@ impl OwnedDir {
         let text = serde_json::to_vec_pretty(&mark).map_err(|e| Error::usage(e.to_string()))?;
         let path = self.root.join(OWNED_MARK);
         write_atomic(&path, &text).map_err(|e| Error::io(&path, e))
+    }
+}
+
+/// The process id in the name of a temp file of ours: `.NAME.tmp.PID` ([`OwnedDir::write_with`])
+/// or `.NAME.tmp.PID.N` ([`write_atomic`]), NAME one of `names`.
+fn temp_pid(entry: &str, names: &BTreeSet<&str>) -> Option<u32> {
+    let (name, rest) = entry.strip_prefix('.')?.rsplit_once(".tmp.")?;
+    if !names.contains(name) {
+        return None;
+    }
+    let pid = match rest.split_once('.') {
+        Some((pid, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => pid,
+        Some(_) => return None,
+        None => rest,
+    };
+    pid.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Whether `pid` names no process on this host.
+fn is_dead(pid: u32) -> bool {
+    process_start(pid).is_none()
+}
+
+/// Removes what runs killed on this host left in the output folder `root`: the temp files
+/// beside the files pipe listed there (and beside the mark), and the staging folders of
+/// earlier versions, `.figures.tmp.PID` in the folder (report) and `.DIR.new.PID` beside
+/// it (export). Only names pipe makes, only when their process is gone; failures are left
+/// for the next run.
+fn remove_stale_temps(root: &Path, listed: &BTreeSet<String>) {
+    let mut by_folder: BTreeMap<PathBuf, BTreeSet<&str>> = BTreeMap::new();
+    by_folder
+        .entry(root.to_path_buf())
+        .or_default()
+        .insert(OWNED_MARK);
+    for rel in listed {
+        // `rel` is inside the folder (checked when the mark was read).
+        let rel = Path::new(rel);
+        if let (Some(parent), Some(name)) = (rel.parent(), rel.file_name().and_then(|n| n.to_str()))
+        {
+            by_folder.entry(root.join(parent)).or_default().insert(name);
+        }
+    }
+    for (folder, names) in &by_folder {
+        // Never through a link put where a folder of ours was.
+        if folder != root && !std::fs::symlink_metadata(folder).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let is_file = e.file_type().is_ok_and(|t| t.is_file());
+            if is_file && temp_pid(&name, names).is_some_and(is_dead) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let legacy = |folder: &Path, prefix: &str| {
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+                continue;
+            };
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && pid.bytes().all(|b| b.is_ascii_digit()) && pid.parse().is_ok_and(is_dead) {
+                let _ = remove_tree(&e.path());
+            }
+        }
+    };
+    legacy(root, ".figures.tmp.");
+    if let Some(base) = root.file_name().and_then(|n| n.to_str()) {
+        let parent = root
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        legacy(parent, &format!(".{base}.new."));
     }
 }

@@ -20,6 +20,7 @@ mod datasets;
 mod detect;
 mod double_descent;
 mod engine;
+mod leaks;
 mod outputs;
 mod readers;
 mod records;

@@ -94,6 +94,32 @@ fn remote_dir(s: &Server) -> PathBuf {
     s.data.path().join("pipe-cache/team/artifacts")
 }
 
+/// Where the remote under `artifacts` holds the file `name` of artifact `key` of the local
+/// cache `cache`: named by its content's blake3.
+fn remote_file(artifacts: &Path, cache: &Path, key: &str, name: &str) -> PathBuf {
+    let files = files_of(cache, key);
+    let f = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == name)
+        .unwrap_or_else(|| panic!("{key} has no {name}"));
+    artifacts
+        .join(key)
+        .join("blobs")
+        .join(f["blake3"].as_str().unwrap())
+}
+
+/// The one signature object of an artifact on the remote.
+fn signature_of(artifacts: &Path, key: &str) -> PathBuf {
+    let sigs: Vec<PathBuf> = std::fs::read_dir(artifacts.join(key).join("signatures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sigs.len(), 1, "{sigs:?}");
+    sigs[0].clone()
+}
+
 #[test]
 fn artifacts_are_pushed_then_pulled_and_damaged_ones_are_recomputed() {
     let s = start_server();
@@ -124,7 +150,7 @@ fn artifacts_are_pushed_then_pulled_and_damaged_ones_are_recomputed() {
         for f in files_of(&a.cache(), k).as_array().unwrap() {
             let name = f["path"].as_str().unwrap();
             assert_eq!(
-                std::fs::read(remote_dir(&s).join(k).join(name)).unwrap(),
+                std::fs::read(remote_file(&remote_dir(&s), &a.cache(), k, name)).unwrap(),
                 std::fs::read(local.join(name)).unwrap(),
                 "{k}/{name}"
             );
@@ -155,7 +181,7 @@ fn artifacts_are_pushed_then_pulled_and_damaged_ones_are_recomputed() {
         .filter(|i| i["stage"] == "corrupt" && i["point"]["noise"] == 0.5)
         .collect();
     let ck = corrupt[0]["key"].as_str().unwrap();
-    let target = remote_dir(&s).join(ck).join("labels.parquet");
+    let target = remote_file(&remote_dir(&s), &a.cache(), ck, "labels.parquet");
     let mut bytes = std::fs::read(&target).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
@@ -356,13 +382,9 @@ fn hostile_remote_manifests_are_refused_and_signed_remotes_refuse_unsigned_ones(
     let (r, err) = with_key(&d, "team secret");
     let n = count(&r, "executed");
     assert!(n >= 8, "{r} {err}");
-    assert!(
-        s.data
-            .path()
-            .join("pipe-cache/signed/artifacts")
-            .join(&data_key)
-            .join("manifest.json.sig")
-            .exists()
+    let team_sig = signature_of(
+        &s.data.path().join("pipe-cache/signed/artifacts"),
+        &data_key,
     );
     let e = Project::new();
     e.write("p.toml", BASIC);
@@ -380,7 +402,19 @@ fn hostile_remote_manifests_are_refused_and_signed_remotes_refuse_unsigned_ones(
         n,
         "a wrong key trusts nothing: {err}"
     );
+    assert!(
+        err.contains("is not signed with this PIPE_REMOTE_KEY"),
+        "{err}"
+    );
+    // A signature that does not match its manifest: refused.
+    let mut bytes = std::fs::read(&team_sig).unwrap();
+    bytes[0] = if bytes[0] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&team_sig, bytes).unwrap();
+    let g = Project::new();
+    g.write("p.toml", BASIC);
+    let (r, err) = with_key(&g, "team secret");
     assert!(err.contains("signature does not match"), "{err}");
+    assert_eq!(of_stage(&r, "executed", "data").len(), 1, "{r}");
     // The unsigned remote of the first half, read with a key: refused.
     let h = Project::new();
     h.write("p.toml", BASIC);
@@ -414,7 +448,7 @@ fn hostile_remote_manifests_are_refused_and_signed_remotes_refuse_unsigned_ones(
         .unwrap()
         .to_string();
     std::fs::write(
-        pushed.join(&corrupt_key).join("labels.parquet"),
+        remote_file(&pushed, &a.cache(), &corrupt_key, "labels.parquet"),
         vec![0u8; 64 << 20],
     )
     .unwrap();
@@ -497,20 +531,170 @@ fn oversized_remote_manifests_and_signatures_are_refused_unread() {
     c.write("p.toml", tiny);
     let (r, err) = with_key(&c);
     assert_eq!(count(&r, "executed"), 1, "{r} {err}");
-    let sig = s
-        .data
-        .path()
-        .join("pipe-cache/bigsig/artifacts")
-        .join(&key)
-        .join("manifest.json.sig");
-    assert!(sig.is_file());
+    let sig = signature_of(&s.data.path().join("pipe-cache/bigsig/artifacts"), &key);
     std::fs::write(&sig, vec![b'0'; 2048]).unwrap();
     let d = Project::new();
     d.write("p.toml", tiny);
     let (r, err) = with_key(&d);
     assert!(
-        err.contains("manifest.json.sig is larger than the bound of 1024 bytes"),
+        err.contains("is larger than the bound of 1024 bytes"),
         "{err}"
     );
+    assert_eq!(count(&r, "executed"), 1, "{r} {err}");
+}
+
+/// `run`, with `PIPE_REMOTE_KEY` set to `key`.
+fn run_signed(p: &Project, s: &Server, key: &str, args: &[&str]) -> (i32, Json, String) {
+    let out = p
+        .command(args)
+        .env("AWS_ACCESS_KEY_ID", "test-access-key")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s.port))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("PIPE_REMOTE_KEY", key)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(Json::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_push_that_crashed_before_its_manifest_never_gets_a_manifest_over_its_files() {
+    let s = start_server();
+    let remote = ["--remote", "s3://pipe-cache/crashed"];
+    // What machine A computes (without the remote) is what the bucket must end up with.
+    let a = Project::new();
+    a.write("p.toml", BASIC);
+    assert_eq!(a.run("p.toml", &[]).0, 0);
+    let keys = all_keys(&a, "p.toml");
+    // Another machine's push of the same keys with other bytes crashed after its files and
+    // before its manifests: objects at the files' paths (where earlier versions put them)
+    // and at their content names (the names this push uses), holding other bytes.
+    let bucket = s.data.path().join("pipe-cache/crashed/artifacts");
+    for k in &keys {
+        for f in files_of(&a.cache(), k).as_array().unwrap() {
+            let name = f["path"].as_str().unwrap();
+            let foreign = format!("other bytes of {k}/{name}");
+            for at in [
+                bucket.join(k).join(name),
+                remote_file(&bucket, &a.cache(), k, name),
+            ] {
+                std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+                std::fs::write(at, &foreign).unwrap();
+            }
+        }
+    }
+    // Machine B computes and pushes the same keys over those leftovers.
+    let b = Project::new();
+    b.write("p.toml", BASIC);
+    let (code, r, err) = run(
+        &b,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote].concat(),
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    assert!(!err.contains("warning"), "{err}");
+    for k in &keys {
+        assert!(bucket.join(k).join("manifest.json").is_file(), "{k}");
+    }
+    // A fresh machine pulls every artifact, byte for byte, and computes nothing.
+    let c = Project::new();
+    c.write("p.toml", BASIC);
+    let (code, r, err) = run(
+        &c,
+        &s,
+        &[&["run", "p.toml", "--json"][..], &remote].concat(),
+    );
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(count(&r, "executed"), 0, "{r} {err}");
+    assert!(!err.contains("damaged"), "{err}");
+    for k in &keys {
+        assert_eq!(files_of(&c.cache(), k), files_of(&a.cache(), k), "{k}");
+        for f in files_of(&a.cache(), k).as_array().unwrap() {
+            let name = f["path"].as_str().unwrap();
+            assert_eq!(
+                std::fs::read(c.cache().join("artifacts").join(k).join(name)).unwrap(),
+                std::fs::read(a.cache().join("artifacts").join(k).join(name)).unwrap(),
+                "{k}/{name}"
+            );
+        }
+    }
+    let v = pipe(&c, &s, &["verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+#[test]
+fn a_signed_push_signs_what_an_unsigned_push_left_when_it_is_the_same_artifact() {
+    let s = start_server();
+    let remote = ["--remote", "s3://pipe-cache/mixed"];
+    let args = [&["run", "p.toml", "--json"][..], &remote].concat();
+    let bucket = s.data.path().join("pipe-cache/mixed/artifacts");
+    // First an unsigned push.
+    let a = Project::new();
+    a.write("p.toml", BASIC);
+    let (code, r, err) = run(&a, &s, &args);
+    assert_eq!(code, 0, "{r} {err}");
+    let n = count(&r, "executed");
+    let keys = all_keys(&a, "p.toml");
+    // A machine with the key trusts none of it, computes, and its pushes sign the
+    // manifests, which list exactly what it computed.
+    let b = Project::new();
+    b.write("p.toml", BASIC);
+    let (code, r, err) = run_signed(&b, &s, "team secret", &args);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(count(&r, "executed"), n, "{r} {err}");
+    assert!(err.contains("is not signed"), "{err}");
+    // Now signed pulls get everything.
+    let c = Project::new();
+    c.write("p.toml", BASIC);
+    let (code, r, err) = run_signed(&c, &s, "team secret", &args);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(count(&r, "executed"), 0, "{r} {err}");
+    for k in &keys {
+        assert!(signature_of(&bucket, k).is_file(), "{k}");
+    }
+    for k in &keys {
+        assert_eq!(files_of(&c.cache(), k), files_of(&a.cache(), k), "{k}");
+    }
+    assert!(pipe(&c, &s, &["verify"]).status.success());
+    // Another key signs beside it, and each key's pulls still get everything.
+    let d = Project::new();
+    d.write("p.toml", BASIC);
+    let (code, r, err) = run_signed(&d, &s, "other secret", &args);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(count(&r, "executed"), n, "{r} {err}");
+    for k in &keys {
+        let sigs = std::fs::read_dir(bucket.join(k).join("signatures")).unwrap();
+        assert_eq!(sigs.count(), 2, "{k}");
+    }
+    for (key, name) in [("other secret", "e"), ("team secret", "f")] {
+        let p = Project::new();
+        p.write("p.toml", BASIC);
+        let (code, r, err) = run_signed(&p, &s, key, &args);
+        assert_eq!(code, 0, "{name}: {r} {err}");
+        assert_eq!(count(&r, "executed"), 0, "{name}: {r} {err}");
+    }
+    // An unsigned manifest of other bytes (a command whose output differs each time) is
+    // not signed: the push says why, and signed pulls keep computing it.
+    let random = "[pipeline]\nname = \"r\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"head -c 32 /dev/urandom > $PIPE_OUT/x\"]\n";
+    let g = Project::new();
+    g.write("p.toml", random);
+    let (code, r, err) = run(&g, &s, &args);
+    assert_eq!(code, 0, "{r} {err}");
+    let h = Project::new();
+    h.write("p.toml", random);
+    let (code, r, err) = run_signed(&h, &s, "team secret", &args);
+    assert_eq!(code, 0, "{r} {err}");
+    assert!(
+        err.contains("lists other files than the artifact here"),
+        "{err}"
+    );
+    let i = Project::new();
+    i.write("p.toml", random);
+    let (_, r, err) = run_signed(&i, &s, "team secret", &args);
     assert_eq!(count(&r, "executed"), 1, "{r} {err}");
 }

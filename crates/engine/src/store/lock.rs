@@ -166,6 +166,12 @@ pub fn reader_of(locks_dir: &Path, key: &str, this_host: &str) -> Option<Holder>
     None
 }
 
+/// Writes and syncs a new lock file's token.
+fn write_token(f: &mut std::fs::File, token: &str) -> io::Result<()> {
+    f.write_all(token.as_bytes())?;
+    f.sync_all()
+}
+
 impl KeyLock {
     /// Takes the lock at `path`, waiting while a live process holds it.
     ///
@@ -225,11 +231,14 @@ impl KeyLock {
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {
                 Ok(mut f) => {
-                    let written = f.write_all(token.as_bytes()).and_then(|()| f.sync_all());
-                    if let Err(e) = written {
-                        // A torn lock of ours (a full disk) must not block anyone.
+                    // A lock file without its token (a full disk) would be nobody's: remove
+                    // it before failing, so it never stands in anyone's way.
+                    if let Err(e) = write_token(&mut f, &token) {
                         drop(f);
-                        let _ = std::fs::remove_file(path);
+                        // Only while it still holds nothing but a beginning of our token.
+                        if super::read_regular_string(path).is_ok_and(|t| token.starts_with(&t)) {
+                            let _ = std::fs::remove_file(path);
+                        }
                         return Err(e);
                     }
                     let (tx, rx) = mpsc::channel();

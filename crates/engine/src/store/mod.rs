@@ -118,6 +118,26 @@ impl Manifest {
         Ok(())
     }
 
+    /// Whether two manifests describe the same artifact: the same key, kind, version,
+    /// parameters, declared files, parts and files (paths, hashes and sizes). What only
+    /// says how it was made may differ: stage, pipeline, point, times, host, `pipe`
+    /// version, and the input keys (two instances of one key may read inputs of the same
+    /// content under different keys).
+    pub fn same_content(&self, other: &Manifest) -> bool {
+        fn files(m: &Manifest) -> Vec<&FileEntry> {
+            let mut f: Vec<&FileEntry> = m.files.iter().collect();
+            f.sort_by(|a, b| a.path.cmp(&b.path));
+            f
+        }
+        self.key == other.key
+            && self.kind == other.kind
+            && self.version == other.version
+            && self.params == other.params
+            && self.declared_files == other.declared_files
+            && self.parts == other.parts
+            && files(self) == files(other)
+    }
+
     /// The content digest of the artifact's files ([`crate::key::content_digest`]).
     pub fn digest(&self) -> String {
         crate::key::content_digest(
@@ -227,10 +247,14 @@ pub fn create_log(path: &Path) -> io::Result<File> {
 }
 
 /// Who made a temp folder `KEY.HOST.PID.N` (or `KEY.removed.HOST.PID.N`, an artifact
-/// being removed): the host may hold dots, the key does not.
+/// being removed, or `KEY.removing.HOST.PID.N`, one that may still be put back): the host
+/// may hold dots, the key does not.
 pub fn tmp_owner(name: &str) -> Option<Holder> {
     let (_, rest) = name.split_once('.')?;
-    let rest = rest.strip_prefix("removed.").unwrap_or(rest);
+    let rest = rest
+        .strip_prefix("removed.")
+        .or_else(|| rest.strip_prefix("removing."))
+        .unwrap_or(rest);
     let mut parts = rest.rsplitn(3, '.');
     let _n = parts.next()?;
     let pid: u32 = parts.next()?.parse().ok()?;
@@ -240,6 +264,12 @@ pub fn tmp_owner(name: &str) -> Option<Holder> {
         pid,
         start: 0,
     })
+}
+
+/// Whether a name under `tmp/` is an artifact set aside for removal, `KEY.removed.*`.
+fn is_removed_tmp(name: &str) -> bool {
+    name.split_once('.')
+        .is_some_and(|(key, rest)| crate::key::is_key(key) && rest.starts_with("removed."))
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
@@ -328,12 +358,18 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     if !meta.is_dir() {
         return fs::remove_file(path);
     }
+    let gone = |r: io::Result<()>| match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    };
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        // Read-only folders; or another process removing the same tree (its entries
+        // vanish under us, which is no error).
         Err(_) => {
-            make_folders_writable(path)?;
-            fs::remove_dir_all(path)
+            gone(make_folders_writable(path))?;
+            gone(fs::remove_dir_all(path))
         }
     }
 }
@@ -415,7 +451,9 @@ impl Store {
         &self.root
     }
 
-    /// Creates the directory layout and removes temp dirs left by dead processes.
+    /// Creates the directory layout and removes temp dirs left by dead processes, and every
+    /// artifact set aside for removal (`KEY.removed.HOST.PID.N`, whatever host made it:
+    /// garbage from the moment it was renamed there).
     pub fn prepare(&self) -> io::Result<()> {
         for d in ["artifacts", "tmp", "locks", "logs", "index"] {
             fs::create_dir_all(self.root.join(d))?;
@@ -423,9 +461,10 @@ impl Store {
         if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(h) = tmp_owner(&name)
-                    && !lock::is_alive(&h, &self.host)
-                {
+                let garbage = is_removed_tmp(&name)
+                    || tmp_owner(&name).is_some_and(|h| !lock::is_alive(&h, &self.host));
+                if garbage {
+                    // Another process may be removing it too: a missing path is no error.
                     let _ = remove_tree(&e.path());
                 }
             }
@@ -501,14 +540,19 @@ impl Store {
 
     /// A fresh temp directory to write a key's artifact into.
     pub fn begin(&self, key: &str) -> io::Result<PathBuf> {
-        let dir = self.root.join("tmp").join(format!(
-            "{key}.{}.{}.{}",
+        let dir = self.tmp_path(key);
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// A fresh name under `tmp/`: `NAME.HOST.PID.N`.
+    fn tmp_path(&self, name: &str) -> PathBuf {
+        self.root.join("tmp").join(format!(
+            "{name}.{}.{}.{}",
             self.host,
             std::process::id(),
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir)?;
-        Ok(dir)
+        ))
     }
 
     /// Removes a temp directory after a failure.
@@ -689,8 +733,8 @@ impl Store {
     /// atomically.
     pub fn remove(&self, key: &str) -> io::Result<()> {
         let dir = self.artifact_dir(key);
-        let aside = self.begin(&format!("{key}.removed"))?;
-        fs::remove_dir(&aside)?;
+        fs::create_dir_all(self.root.join("tmp"))?;
+        let aside = self.tmp_path(&format!("{key}.removed"));
         match fs::rename(&dir, &aside) {
             Ok(()) => remove_tree(&aside),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -752,8 +796,10 @@ impl Store {
             return Ok(Removal::InUse(h.to_string()));
         }
         let dir = self.artifact_dir(key);
-        let aside = self.begin(&format!("{key}.removed"))?;
-        fs::remove_dir(&aside)?;
+        // Not `KEY.removed.*` (garbage to any process) while it may still be put back:
+        // `KEY.removing.HOST.PID.N` is left alone while this process lives.
+        fs::create_dir_all(self.root.join("tmp"))?;
+        let aside = self.tmp_path(&format!("{key}.removing"));
         match fs::rename(&dir, &aside) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removal::Absent),
