@@ -482,7 +482,13 @@ impl Store {
         fs::create_dir_all(&self.root)?;
         for e in fs::read_dir(&self.root)? {
             if !e?.file_name().to_str().is_some_and(is_marker_temp) {
-                return Err(self.not_a_cache());
+                // Another process may have marked the new folder since the first look:
+                // it renames the marker into place before it creates anything else.
+                return if self.is_marked() {
+                    Ok(())
+                } else {
+                    Err(self.not_a_cache())
+                };
             }
         }
         write_atomic(&self.root.join(MARKER), MARKER_TEXT.as_bytes())
