@@ -226,3 +226,22 @@ fn adoption_refuses_a_folder_with_an_entry_pipe_did_not_write() {
     );
     assert!(!p.path("home/CACHEDIR.TAG").exists());
 }
+
+#[test]
+fn the_checkout_cache_folder_is_shipped_as_a_pipe_cache() {
+    // The checkout's `cache/` holds a README and its tag before any run: a cache as it is.
+    let p = Project::new();
+    p.write("p.toml", ONE);
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("cache");
+    for f in ["README.md", "CACHEDIR.TAG"] {
+        p.write(
+            &format!("cache/{f}"),
+            &std::fs::read_to_string(shipped.join(f)).unwrap(),
+        );
+    }
+    let (c, r) = p.run("p.toml", &[]);
+    assert_eq!((c, count(&r, "executed")), (0, 1), "{r}");
+    let out = p.pipe(&["gc", "--keep-days", "0"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(p.cache().join("README.md").is_file());
+}
