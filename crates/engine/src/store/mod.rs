@@ -448,15 +448,16 @@ impl Store {
             && text.lines().any(|l| l.trim_end() == MARKER_LINE)
     }
 
-    /// Fails unless the folder is a pipe cache (holds pipe's [`MARKER`]) or does not exist
-    /// (so holds nothing to change): what every removal or rewrite under the cache checks
-    /// first.
+    /// Fails unless the folder is a pipe cache (holds pipe's [`MARKER`]), or does not exist
+    /// or is empty (so holds nothing to change): what every removal or rewrite under the
+    /// cache checks first.
     pub fn check_marked(&self) -> io::Result<()> {
         if self.is_marked() {
             return Ok(());
         }
-        match fs::symlink_metadata(&self.root) {
+        match fs::read_dir(&self.root).map(|mut entries| entries.next().is_none()) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(true) => Ok(()),
             _ => Err(self.not_a_cache()),
         }
     }
@@ -1065,6 +1066,7 @@ mod tests {
         assert!(new.is_marked());
         let empty = Store::new(dir.path().join("empty"));
         fs::create_dir(empty.root()).unwrap();
+        assert!(empty.check_marked().is_ok(), "nothing to change in it");
         // An unfinished marker of another process does not make the folder foreign.
         fs::write(empty.root().join(".CACHEDIR.TAG.tmp.1.0"), b"Sig").unwrap();
         empty.prepare().unwrap();
