@@ -69,7 +69,7 @@ pub(super) fn select(
                 .file
                 .clone()
                 .ok_or_else(|| Error::usage("--run none: name the pipeline file"))?;
-            let dir = cache(Some(&file));
+            let dir = cache(Some(&file))?;
             Ok((file, args.set.clone(), dir, None))
         }
         Some(id) => {
@@ -78,7 +78,7 @@ pub(super) fn select(
                     "--run {id} takes the run's overrides; drop --set, or drop --run"
                 )));
             }
-            let dir = cache(args.file.as_deref());
+            let dir = cache(args.file.as_deref())?;
             let store = pipe_engine::store::Store::new(&dir);
             let r = runs::find_run(&store, id, args.file.as_deref())?;
             let Some(file) = r.file.clone() else {
@@ -105,7 +105,7 @@ pub(super) fn select(
                 .file
                 .clone()
                 .ok_or_else(|| Error::usage("name the pipeline file, or give --run ID|last"))?;
-            let dir = cache(Some(&file));
+            let dir = cache(Some(&file))?;
             if !implicit || !args.set.is_empty() {
                 return Ok((file, args.set.clone(), dir, None));
             }

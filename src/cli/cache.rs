@@ -3,22 +3,40 @@
 
 use std::path::{Path, PathBuf};
 
+use pipe_engine::error::Error;
+
+/// `--cache` or `$PIPE_CACHE`, whichever is given first; an empty one is an error, never
+/// the working folder.
+fn given(arg: &Option<PathBuf>) -> Result<Option<PathBuf>, Error> {
+    if let Some(dir) = arg {
+        if dir.as_os_str().is_empty() {
+            return Err(Error::usage(
+                "--cache is empty: name the cache folder (--cache DIR)",
+            ));
+        }
+        return Ok(Some(dir.clone()));
+    }
+    match std::env::var_os("PIPE_CACHE") {
+        Some(dir) if dir.is_empty() => Err(Error::usage(
+            "PIPE_CACHE is set but empty: set it to the cache folder (PIPE_CACHE=DIR), or unset it to use the default cache",
+        )),
+        dir => Ok(dir.map(PathBuf::from)),
+    }
+}
+
 /// The cache directory of a command that names no pipeline file: `--cache`, else
 /// `$PIPE_CACHE`, else the one found from the working folder ([`find_cache`]).
-pub(super) fn cache_dir(arg: &Option<PathBuf>) -> PathBuf {
-    arg.clone()
-        .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
-        .unwrap_or_else(|| find_cache(Path::new(".")))
+pub(super) fn cache_dir(arg: &Option<PathBuf>) -> Result<PathBuf, Error> {
+    Ok(given(arg)?.unwrap_or_else(|| find_cache(Path::new("."))))
 }
 
 /// The cache directory of a pipeline file: `--cache`, else `$PIPE_CACHE`, else the file's
 /// `[cache] dir`, else the one found from the file's folder ([`find_cache`]), so every
 /// command finds the same cache wherever it is run from.
-pub(super) fn pipeline_cache(arg: &Option<PathBuf>, file: &Path) -> PathBuf {
-    arg.clone()
-        .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
+pub(super) fn pipeline_cache(arg: &Option<PathBuf>, file: &Path) -> Result<PathBuf, Error> {
+    Ok(given(arg)?
         .or_else(|| pipe_engine::spec::cache_dir_of(file))
-        .unwrap_or_else(|| find_cache(file.parent().unwrap_or(Path::new("."))))
+        .unwrap_or_else(|| find_cache(file.parent().unwrap_or(Path::new(".")))))
 }
 
 /// The default cache seen from folder `start`: the nearest `cache/` folder holding

@@ -37,7 +37,10 @@ struct CancelJson<'a> {
 
 /// Runs `pipe cancel`; returns its exit code.
 pub fn cancel(args: &CancelArgs, verbosity: Verbosity) -> Result<i32, Error> {
-    let store = Store::new(cache_dir(&args.cache));
+    let store = Store::new(cache_dir(&args.cache)?);
+    store
+        .check_marked()
+        .map_err(|e| Error::io(store.root(), e))?;
     let mut record = runs::find_record(&store, &args.run)?;
     let cancelled = registry::of_record(&record)
         .cancel(&record)

@@ -66,7 +66,7 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
     let runs_asked = [&args.a, &args.b].map(|s| s.strip_prefix("run:"));
     let (differences, metrics) = match runs_asked {
         [Some(a), Some(b)] => {
-            let store = Store::new(cache_dir(&args.cache));
+            let store = Store::new(cache_dir(&args.cache)?);
             let ra = runs::find_record(&store, a)?;
             let rb = runs::find_record(&store, b)?;
             diff_runs(&store, &ra, &rb)

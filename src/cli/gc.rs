@@ -71,8 +71,8 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
         )));
     }
     let dir = match args.files.first() {
-        Some(f) => pipeline_cache(&args.cache, f),
-        None => cache_dir(&args.cache),
+        Some(f) => pipeline_cache(&args.cache, f)?,
+        None => cache_dir(&args.cache)?,
     };
     let store = Store::new(dir);
     let keep_secs = keep_days * 86_400.0;

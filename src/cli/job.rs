@@ -55,6 +55,11 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
                 .map_err(|e| Error::usage(format!("{}: {e}", file.display())))?;
         }
     }
+    // The submitting run prepared the cache: a folder without pipe's marker is not one,
+    // and nothing is written or removed in it.
+    if !store.is_marked() {
+        return Err(Error::io(store.root(), store.not_a_cache()));
+    }
     let registry = stages::registry();
     let kind = registry
         .get(&job.kind)

@@ -49,7 +49,7 @@ fn bytes(m: &Manifest) -> u64 {
 
 /// Runs `pipe ls`; returns its exit code.
 pub fn ls(args: &LsArgs) -> Result<i32, Error> {
-    let store = Store::new(cache_dir(&args.cache));
+    let store = Store::new(cache_dir(&args.cache)?);
     let keys = store.keys().map_err(|e| Error::io(store.root(), e))?;
     let rows: Vec<Manifest> = keys
         .iter()

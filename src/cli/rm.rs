@@ -27,8 +27,17 @@ pub struct RmArgs {
     pub cache: Option<PathBuf>,
 }
 
-/// Runs `pipe rm`; returns its exit code.
+/// Runs `pipe rm`; returns its exit code. A folder that is not a pipe cache is refused
+/// before anything is looked up in it (unless `--dry-run`).
 pub fn rm(args: &RmArgs) -> Result<i32, Error> {
+    if !args.dry_run {
+        let dir = match &args.file {
+            Some(f) => super::pipeline_cache(&args.cache, f)?,
+            None => super::cache_dir(&args.cache)?,
+        };
+        let store = pipe_engine::store::Store::new(&dir);
+        store.check_marked().map_err(|e| Error::io(&dir, e))?;
+    }
     let (store, found) = super::target::resolve(
         &args.target,
         args.file.as_ref(),

@@ -67,8 +67,8 @@ struct RunJson<'a> {
 /// Runs `pipe runs`; returns its exit code.
 pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
     let dir = match &args.file {
-        Some(f) => pipeline_cache(&args.cache, f),
-        None => cache_dir(&args.cache),
+        Some(f) => pipeline_cache(&args.cache, f)?,
+        None => cache_dir(&args.cache)?,
     };
     let store = Store::new(dir);
     // A detached run's record reaches its end the first time a command looks after it.

@@ -41,16 +41,21 @@ pub fn resolve(
     exact: bool,
 ) -> Result<(Store, Vec<Target>), Error> {
     let selector_like = target.contains('[') || target.contains('=') || point.is_some();
-    let ask = Ask { cache, logs, exact };
+    let dir = match file {
+        Some(f) => super::pipeline_cache(cache, f)?,
+        None => cache_dir(cache)?,
+    };
+    let ask = Ask {
+        dir: &dir,
+        logs,
+        exact,
+    };
     let loaded = match file {
         Some(f) => Some(load_plan(f, cache)?),
         None => None,
     };
     if is_key(target) && !selector_like && !is_stage(target, loaded.as_ref(), &ask) {
-        let store = Store::new(match file {
-            Some(f) => super::pipeline_cache(cache, f),
-            None => cache_dir(cache),
-        });
+        let store = Store::new(&dir);
         match store.resolve_key(target, logs) {
             Ok(key) => {
                 let m = store.manifest(&key);
@@ -77,10 +82,10 @@ pub fn resolve(
     resolve_selector(target, loaded, point, &ask)
 }
 
-/// How a target is looked up: the cache option, whether logs count, whether the match
+/// How a target is looked up: the cache folder, whether logs count, whether the match
 /// must be exact.
 struct Ask<'a> {
-    cache: &'a Option<PathBuf>,
+    dir: &'a std::path::Path,
     logs: bool,
     exact: bool,
 }
@@ -91,7 +96,7 @@ fn is_stage(word: &str, loaded: Option<&Loaded>, ask: &Ask) -> bool {
     match loaded {
         Some(l) => l.plan.spec.stage(word).is_some(),
         None => {
-            let store = Store::new(cache_dir(ask.cache));
+            let store = Store::new(ask.dir);
             cached_points(&store, ask.logs)
                 .iter()
                 .any(|(stage, _)| stage == word)
@@ -114,7 +119,7 @@ fn resolve_selector(
     match loaded {
         Some(l) => by_plan(&sel, l, ask),
         None => {
-            let (logs, store) = (ask.logs, Store::new(cache_dir(ask.cache)));
+            let (logs, store) = (ask.logs, Store::new(ask.dir));
             check_vars(&store, &sel, logs)?;
             let found = by_cache(&store, &sel, ask);
             if found.is_empty() {

@@ -1,4 +1,5 @@
-//! `pipe verify`: rehashes every artifact in the cache and lists the damaged ones.
+//! `pipe verify`: rehashes every artifact in the cache and lists the damaged ones; with
+//! `--adopt`, first marks a cache made by an older pipe as a pipe cache.
 
 use crate::cli::outln;
 use serde::Serialize;
@@ -17,6 +18,10 @@ pub struct VerifyArgs {
     /// Remove damaged artifacts (they are recomputed by the next run).
     #[arg(long)]
     pub fix: bool,
+    /// Mark a cache made by an older pipe (no CACHEDIR.TAG) as a pipe cache, if it holds
+    /// only what pipe writes; then verify it.
+    #[arg(long)]
+    pub adopt: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -31,12 +36,15 @@ struct VerifyJson<'a> {
     damaged: &'a [Damage],
     /// Whether damaged artifacts were removed (`--fix`).
     removed: bool,
+    /// Whether `--adopt` marked the folder as a pipe cache now.
+    adopted: bool,
 }
 
 /// Runs `pipe verify`; returns 1 if an artifact is damaged and was not removed (no `--fix`,
 /// or a running instance reads it), else 0.
 pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
-    let store = Store::new(cache_dir(&args.cache));
+    let store = Store::new(cache_dir(&args.cache)?);
+    let adopted = args.adopt && adopt(&store)?;
     let (n, damages) = store
         .verify(args.fix)
         .map_err(|e| Error::io(store.root(), e))?;
@@ -45,8 +53,12 @@ pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
             checked: n,
             damaged: &damages,
             removed: args.fix,
+            adopted,
         })?;
     } else {
+        if adopted {
+            outln!("adopted {} as a pipe cache", store.root().display());
+        }
         for d in &damages {
             outln!("damaged {}: {}", d.key, d.problem);
         }
@@ -65,5 +77,18 @@ pub fn verify(args: &VerifyArgs) -> Result<i32, Error> {
         0
     } else {
         1
+    })
+}
+
+/// `--adopt`: marks the folder as a pipe cache if it holds only what pipe writes; returns
+/// whether it was marked now. A folder with anything else is refused, naming the entry.
+fn adopt(store: &Store) -> Result<bool, Error> {
+    store.adopt().map_err(|entry| {
+        Error::usage(format!(
+            "{}: not adopted as a pipe cache: {entry}. pipe adopts only a folder that holds \
+             nothing but what pipe writes; move that entry out of it, or use another folder \
+             as the cache",
+            store.root().display()
+        ))
     })
 }

@@ -190,9 +190,18 @@ fn a_full_disk_at_lease_creation_leaves_no_lock_file() {
         "this test mounts a 512 KiB tmpfs and needs root (CI runs as root)"
     );
     let _guard = Mount(cache.clone());
-    for d in ["artifacts", "tmp", "locks", "logs", "index", "runs"] {
-        std::fs::create_dir_all(cache.join(d)).unwrap();
-    }
+    // A cache pipe made (marked, with its folders).
+    p.write(
+        "first.toml",
+        "[pipeline]\nname = \"first\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"true\"]\n",
+    );
+    let first = p
+        .command(&["run", "first.toml", "--cache"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    std::fs::create_dir_all(cache.join("runs")).unwrap();
     // Fill the disk: a new file can still be created (tmpfs has inodes left), but not
     // written, so the run's lease file would be created and its token fail.
     {

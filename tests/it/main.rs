@@ -14,6 +14,7 @@ mod common;
 
 mod adversary;
 mod analysis;
+mod cache_marker;
 mod cutoff;
 mod daily;
 mod datasets;

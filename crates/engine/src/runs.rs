@@ -211,8 +211,12 @@ fn record_path(store: &Store, id: &str) -> PathBuf {
     runs_dir(store).join(id).join("run.json")
 }
 
-/// Saves a run record atomically.
+/// Saves a run record atomically; refuses a folder that is not a pipe cache
+/// ([`Store::check_marked`]).
 pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
+    store
+        .check_marked()
+        .map_err(|e| Error::io(store.root(), e))?;
     let path = record_path(store, &r.id);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -1,6 +1,9 @@
 //! The content-addressed artifact store under the cache directory.
 //!
 //! Layout (all written by this module, nothing else):
+//! - `CACHEDIR.TAG`: the marker that makes the folder a pipe cache ([`MARKER`]); written
+//!   when `prepare` finds the folder new or empty, and required before anything under the
+//!   folder is removed or rewritten, so that a folder that is not a cache is never cleaned;
 //! - `artifacts/KEY/`: one complete artifact: the stage's files and `manifest.json`;
 //! - `tmp/KEY.HOST.PID.N/`: an artifact being written; renamed into `artifacts/` when done;
 //! - `locks/KEY.lock`: held while a process computes KEY;
@@ -30,6 +33,28 @@ pub use parts::Parts;
 
 /// The file in every artifact that describes it.
 pub const MANIFEST: &str = "manifest.json";
+
+/// The file that marks a folder as a pipe cache, after the Cache Directory Tagging
+/// convention (<https://bford.info/cachedir/>), so that backup tools skip the cache too.
+pub const MARKER: &str = "CACHEDIR.TAG";
+
+/// The line of [`MARKER`] that says pipe wrote it: other tools write `CACHEDIR.TAG` too,
+/// and their caches are not pipe's.
+const MARKER_LINE: &str = "# This folder is a pipe cache.";
+
+/// What pipe writes into [`MARKER`]: the convention's signature, then pipe's line.
+const MARKER_TEXT: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by pipe.\n\
+# This folder is a pipe cache.\n\
+# For information about cache directory tags, see https://bford.info/cachedir/\n";
+
+/// The folders directly under a cache, all pipe's own (`runs/` holds the run records).
+const LAYOUT: [&str; 6] = ["artifacts", "tmp", "locks", "logs", "index", "runs"];
+
+/// Whether `name` is a temp file [`write_atomic`] leaves while it writes the marker.
+fn is_marker_temp(name: &str) -> bool {
+    name.starts_with(&format!(".{MARKER}.tmp."))
+}
 
 /// One file of an artifact.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -451,11 +476,128 @@ impl Store {
         &self.root
     }
 
+    /// Whether the folder holds pipe's marker ([`MARKER`] with pipe's line).
+    pub fn is_marked(&self) -> bool {
+        let mut text = String::new();
+        open_regular(&self.root.join(MARKER))
+            .and_then(|f| f.take(4096).read_to_string(&mut text))
+            .is_ok()
+            && text.starts_with("Signature: 8a477f597d28d172789f06886806bc55")
+            && text.lines().any(|l| l.trim_end() == MARKER_LINE)
+    }
+
+    /// Fails unless the folder is a pipe cache (holds pipe's [`MARKER`]), or does not exist
+    /// or is empty (so holds nothing to change): what every removal or rewrite under the
+    /// cache checks first.
+    pub fn check_marked(&self) -> io::Result<()> {
+        if self.is_marked() {
+            return Ok(());
+        }
+        match fs::read_dir(&self.root).map(|mut entries| entries.next().is_none()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(true) => Ok(()),
+            _ => Err(self.not_a_cache()),
+        }
+    }
+
+    /// The error for a folder without pipe's marker: why nothing is changed, and what to do.
+    pub fn not_a_cache(&self) -> io::Error {
+        io::Error::other(format!(
+            "not a pipe cache: the folder has no {MARKER} written by pipe, so pipe writes and \
+             removes nothing in it. Use a new or empty folder as the cache (--cache DIR or \
+             PIPE_CACHE=DIR); if an older pipe made this cache, adopt it with `pipe verify \
+             --adopt --cache {}`",
+            self.root.display()
+        ))
+    }
+
+    /// Makes the folder a pipe cache if it is new or empty (only an unfinished marker of
+    /// another process may be there), by writing [`MARKER`]; fails for a folder that holds
+    /// anything else without the marker.
+    fn claim(&self) -> io::Result<()> {
+        if self.is_marked() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.root)?;
+        for e in fs::read_dir(&self.root)? {
+            if !e?.file_name().to_str().is_some_and(is_marker_temp) {
+                // Another process may have marked the new folder since the first look:
+                // it renames the marker into place before it creates anything else.
+                return if self.is_marked() {
+                    Ok(())
+                } else {
+                    Err(self.not_a_cache())
+                };
+            }
+        }
+        write_atomic(&self.root.join(MARKER), MARKER_TEXT.as_bytes())
+    }
+
+    /// Marks a cache made by an older pipe, which wrote no marker, after checking that it
+    /// holds only what pipe writes: every top-level entry one of pipe's folders, every
+    /// entry of `artifacts/` a folder named by a key whose manifest names that key.
+    /// Returns whether it was marked now (false: it already was); `Err` names the first
+    /// entry that is not pipe's, relative to the folder, and why.
+    pub fn adopt(&self) -> Result<bool, String> {
+        if self.is_marked() {
+            return Ok(false);
+        }
+        let sorted = |dir: &Path| -> Result<Vec<fs::DirEntry>, String> {
+            let mut v = fs::read_dir(dir)
+                .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            v.sort_by_key(|e| e.file_name());
+            Ok(v)
+        };
+        let is_dir = |e: &fs::DirEntry| e.file_type().is_ok_and(|t| t.is_dir());
+        for e in sorted(&self.root)? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_marker_temp(&name) {
+                continue;
+            }
+            if name == MARKER {
+                return Err(format!(
+                    "{MARKER}: written by another program (it lacks pipe's line)"
+                ));
+            }
+            if !LAYOUT.contains(&name.as_str()) {
+                return Err(format!("{name}: not one of pipe's folders"));
+            }
+            if !is_dir(&e) {
+                return Err(format!("{name}: not a folder"));
+            }
+        }
+        let artifacts = self.root.join("artifacts");
+        if artifacts.is_dir() {
+            for e in sorted(&artifacts)? {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let why = if !crate::key::is_key(&name) {
+                    Some("not an artifact (its name is not a key)")
+                } else if !is_dir(&e) {
+                    Some("not an artifact (not a folder)")
+                } else if self.manifest(&name).is_none_or(|m| m.key != name) {
+                    Some("not an artifact (no manifest that names its key)")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(format!("artifacts/{name}: {why}"));
+                }
+            }
+        }
+        write_atomic(&self.root.join(MARKER), MARKER_TEXT.as_bytes())
+            .map_err(|e| format!("{MARKER}: {e}"))?;
+        Ok(true)
+    }
+
     /// Creates the directory layout and removes temp dirs left by dead processes, and every
     /// artifact set aside for removal (`KEY.removed.HOST.PID.N`, whatever host made it:
-    /// garbage from the moment it was renamed there).
+    /// garbage from the moment it was renamed there). A new or empty folder becomes a pipe
+    /// cache ([`MARKER`]); any other folder without the marker is refused before anything
+    /// in it changes ([`Store::not_a_cache`]).
     pub fn prepare(&self) -> io::Result<()> {
-        for d in ["artifacts", "tmp", "locks", "logs", "index"] {
+        self.claim()?;
+        for d in LAYOUT {
             fs::create_dir_all(self.root.join(d))?;
         }
         if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
@@ -473,8 +615,12 @@ impl Store {
     }
 
     /// Removes the temp folders and lock files of this process: what a run interrupted by
-    /// a signal leaves (its commands are killed first).
+    /// a signal leaves (its commands are killed first). Does nothing in a folder that is
+    /// not a pipe cache.
     pub fn release_mine(&self) {
+        if !self.is_marked() {
+            return;
+        }
         let me = lock::me(&self.host);
         if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
             for e in entries.flatten() {
@@ -656,8 +802,12 @@ impl Store {
         Ok(keys)
     }
 
-    /// Rehashes every file of every artifact; with `fix`, removes the damaged ones.
+    /// Rehashes every file of every artifact; with `fix`, removes the damaged ones (and
+    /// then refuses a folder that is not a pipe cache, [`Store::check_marked`]).
     pub fn verify(&self, fix: bool) -> io::Result<(usize, Vec<Damage>)> {
+        if fix {
+            self.check_marked()?;
+        }
         let keys = self.keys()?;
         let damages: Vec<Damage> = {
             use rayon::prelude::*;
@@ -730,8 +880,9 @@ impl Store {
 
     /// Removes an artifact completely, whatever it holds (read-only files and folders
     /// included, links removed and never followed): renamed aside first, so it disappears
-    /// atomically.
+    /// atomically. Refuses a folder that is not a pipe cache ([`Store::check_marked`]).
     pub fn remove(&self, key: &str) -> io::Result<()> {
+        self.check_marked()?;
         let dir = self.artifact_dir(key);
         fs::create_dir_all(self.root.join("tmp"))?;
         let aside = self.tmp_path(&format!("{key}.removed"));
@@ -781,7 +932,9 @@ impl Store {
     /// renamed aside and removed only if no lock lists it as read, before or after the
     /// rename (an instance lists what it reads in its lock before it looks for its inputs,
     /// so either it finds the artifact gone or this finds it listed and puts it back).
+    /// Refuses a folder that is not a pipe cache ([`Store::check_marked`]).
     pub fn remove_unread(&self, key: &str) -> io::Result<Removal> {
+        self.check_marked()?;
         if fs::symlink_metadata(self.artifact_dir(key)).is_err() {
             return Ok(Removal::Absent);
         }
@@ -957,6 +1110,87 @@ mod tests {
     }
 
     #[test]
+    fn only_a_new_or_empty_folder_becomes_a_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = Store::new(dir.path().join("new"));
+        new.prepare().unwrap();
+        assert!(new.is_marked());
+        let empty = Store::new(dir.path().join("empty"));
+        fs::create_dir(empty.root()).unwrap();
+        assert!(empty.check_marked().is_ok(), "nothing to change in it");
+        // An unfinished marker of another process does not make the folder foreign.
+        fs::write(empty.root().join(".CACHEDIR.TAG.tmp.1.0"), b"Sig").unwrap();
+        empty.prepare().unwrap();
+        assert!(empty.is_marked());
+        let text = fs::read_to_string(empty.root().join(MARKER)).unwrap();
+        assert!(text.starts_with("Signature: 8a477f597d28d172789f06886806bc55\n"));
+
+        let home = Store::new(dir.path().join("home"));
+        fs::create_dir_all(home.root().join("tmp/backup.vm.999999.d")).unwrap();
+        fs::create_dir_all(home.root().join("artifacts/photos")).unwrap();
+        let e = home.prepare().unwrap_err();
+        assert!(e.to_string().contains("not a pipe cache"), "{e}");
+        assert!(home.remove("photos").is_err());
+        assert!(home.remove_unread("photos").is_err());
+        assert!(
+            home.gc(&mut GcPolicy::default(), true, &mut |_| {})
+                .is_err()
+        );
+        assert!(home.verify(true).is_err());
+        assert!(home.verify(false).is_ok(), "reading is allowed");
+        // Another tool's tag is not pipe's.
+        fs::write(
+            home.root().join(MARKER),
+            "Signature: 8a477f597d28d172789f06886806bc55\n# other tool\n",
+        )
+        .unwrap();
+        assert!(home.prepare().is_err());
+        let mut left: Vec<String> = fs::read_dir(home.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [MARKER, "artifacts", "tmp"]);
+        assert!(home.root().join("tmp/backup.vm.999999.d").is_dir());
+        assert!(home.root().join("artifacts/photos").is_dir());
+        assert_eq!(
+            home.adopt().unwrap_err(),
+            "CACHEDIR.TAG: written by another program (it lacks pipe's line)"
+        );
+    }
+
+    #[test]
+    fn adopt_marks_only_a_folder_that_holds_what_pipe_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("c"));
+        store.prepare().unwrap();
+        let key = "a".repeat(64);
+        let tmp = store.begin(&key).unwrap();
+        fs::write(tmp.join("x"), b"1").unwrap();
+        store.commit(&tmp, draft(&key)).unwrap();
+        fs::remove_file(store.root().join(MARKER)).unwrap();
+        assert!(store.prepare().is_err(), "an old cache is refused");
+        fs::create_dir(store.root().join("artifacts/photos")).unwrap();
+        assert_eq!(
+            store.adopt().unwrap_err(),
+            "artifacts/photos: not an artifact (its name is not a key)"
+        );
+        fs::remove_dir(store.root().join("artifacts/photos")).unwrap();
+        fs::write(store.root().join("notes.txt"), b"mine").unwrap();
+        assert_eq!(
+            store.adopt().unwrap_err(),
+            "notes.txt: not one of pipe's folders"
+        );
+        fs::remove_file(store.root().join("notes.txt")).unwrap();
+        assert!(!store.is_marked());
+        assert!(store.adopt().unwrap());
+        assert!(store.is_marked());
+        assert!(!store.adopt().unwrap(), "already marked");
+        store.prepare().unwrap();
+        assert!(store.is_complete(&key));
+    }
+
+    #[test]
     fn truncated_file_makes_artifact_incomplete() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
@@ -1093,13 +1327,15 @@ impl Store {
     ///
     /// A run that starts while gc works is seen: before the first artifact, and before
     /// each one after the run leases in `locks/` changed, `refresh` updates the policy from
-    /// the runs' records.
+    /// the runs' records. Refuses a folder that is not a pipe cache
+    /// ([`Store::check_marked`]), dry run or not.
     pub fn gc(
         &self,
         policy: &mut GcPolicy,
         dry_run: bool,
         refresh: &mut dyn FnMut(&mut GcPolicy),
     ) -> io::Result<GcReport> {
+        self.check_marked()?;
         let mut report = GcReport::default();
         let now = unix_now();
         let mut leases: Option<Vec<String>> = None;
