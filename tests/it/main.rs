@@ -21,6 +21,7 @@ mod detect;
 mod double_descent;
 mod engine;
 mod outputs;
+mod reaping;
 mod reliability;
 mod remote;
 mod report;
