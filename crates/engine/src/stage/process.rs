@@ -39,9 +39,9 @@ impl Supervised {
     /// The command `argv` (its program first; not empty). Set its folder, environment and
     /// stdio through [`Supervised::command`].
     pub fn new(argv: &[String]) -> std::io::Result<Supervised> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| std::io::Error::other("the command is empty"))?;
+        let Some((program, args)) = argv.split_first() else {
+            return Err(std::io::Error::other("the command is empty"));
+        };
         if !reaper::ENABLED.load(Ordering::SeqCst) {
             let mut cmd = Command::new(program);
             cmd.args(args).process_group(0);
@@ -54,12 +54,11 @@ impl Supervised {
         let (reader, writer) = std::io::pipe()?;
         let fd = writer.as_raw_fd();
         let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg(reaper::ARG)
+        cmd.arg0("pipe")
+            .arg(reaper::ARG)
             .arg(fd.to_string())
             .arg(std::process::id().to_string())
-            .arg("--")
-            .arg(program)
-            .args(args)
+            .env(reaper::ARGV_VAR, serde_json::to_string(argv)?)
             // Its own group: a signal to pipe's group (Ctrl-C, `kill -9 -PGID`) must not
             // kill the reaper before it has killed the command's descendants.
             .process_group(0);
@@ -163,7 +162,8 @@ impl SupervisedChild {
     }
 
     /// Waits for the command and every process it started to end; at `deadline` stops
-    /// them and fails with [`TimedOut`]. Returns the command's exit status.
+    /// them and fails with [`TimedOut`]. Returns the command's exit status; fails when the
+    /// reaper could not kill every descendant.
     pub fn wait_until(mut self, deadline: Option<Instant>) -> anyhow::Result<ExitStatus> {
         self.waited = true;
         let result = self.wait_for(deadline);
@@ -182,6 +182,11 @@ impl SupervisedChild {
         let mut rest = String::new();
         if let Some(channel) = self.channel.as_mut() {
             let _ = channel.read_to_string(&mut rest);
+        }
+        if rest.lines().any(|l| l == "survivors") {
+            anyhow::bail!(
+                "processes the command started could not be killed within 10 s (stuck in the kernel?)"
+            );
         }
         let reported = rest
             .lines()

@@ -2,8 +2,9 @@
 //! so that no descendant of the command outlives it, whatever the descendant does (a new
 //! process group, a new session, a double fork) and however `pipe` ends (`kill -9`).
 //!
-//! The `pipe` binary runs it as `pipe __reap FD PPID -- ARGV...` (see
-//! [`Supervised`](super::Supervised)). It makes itself a child subreaper, so that every
+//! The `pipe` binary runs it as `pipe __reap FD PPID`, with the command's arguments as a
+//! JSON list in `PIPE_REAP_ARGV` (not on its own command line, so that `ps` and `pgrep -f`
+//! show the command once), see [`Supervised`](super::Supervised). It makes itself a child subreaper, so that every
 //! orphaned descendant of the command becomes its child; starts the command in a process
 //! group of its own; and when the command exits, or on SIGTERM, SIGINT or SIGHUP (`pipe`
 //! stops it, or dies: `pipe` starts it with PR_SET_PDEATHSIG = SIGTERM), kills the
@@ -20,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The first argument that starts the `pipe` binary as a reaper.
 pub(super) const ARG: &str = "__reap";
 
+/// The variable that holds the command's arguments (a JSON list of strings).
+pub(super) const ARGV_VAR: &str = "PIPE_REAP_ARGV";
+
 /// Whether this binary can be started as a reaper (it called [`reaper_main`]).
 pub(super) static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -34,27 +38,34 @@ pub fn reaper_main() -> Option<i32> {
         return None;
     }
     let args: Vec<OsString> = args.collect();
-    match parse(&args) {
-        Some((fd, ppid, argv)) => Some(reap(fd, ppid, argv)),
+    let argv = std::env::var(ARGV_VAR).unwrap_or_default();
+    match parse(&args, &argv) {
+        Some((fd, ppid, argv)) => Some(reap(fd, ppid, &argv)),
         None => {
-            eprintln!("pipe {ARG}: internal; usage: pipe {ARG} FD PPID -- COMMAND [ARG...]");
+            eprintln!(
+                "pipe {ARG}: internal; usage: {ARGV_VAR}='[\"COMMAND\", ...]' pipe {ARG} FD PPID"
+            );
             Some(2)
         }
     }
 }
 
-/// `FD PPID -- ARGV...` -> the status channel, the expected parent and the command.
-fn parse(args: &[OsString]) -> Option<(i32, i32, &[OsString])> {
+/// `FD PPID` and the JSON list of arguments -> the status channel, the expected parent
+/// and the command.
+fn parse(args: &[OsString], argv: &str) -> Option<(i32, i32, Vec<String>)> {
     let number = |a: &OsString| a.to_str()?.parse::<i32>().ok().filter(|n| *n > 2);
-    let (fd, ppid) = (number(args.first()?)?, number(args.get(1)?)?);
-    if args.get(2)?.as_os_str() != OsStr::new("--") || args.len() < 4 {
+    let [fd, ppid] = args else {
+        return None;
+    };
+    let argv: Vec<String> = serde_json::from_str(argv).ok()?;
+    if argv.is_empty() {
         return None;
     }
-    Some((fd, ppid, &args[3..]))
+    Some((number(fd)?, number(ppid)?, argv))
 }
 
 /// Runs the command to its end and kills every descendant; returns the exit code.
-fn reap(fd: i32, ppid: i32, argv: &[OsString]) -> i32 {
+fn reap(fd: i32, ppid: i32, argv: &[String]) -> i32 {
     // SAFETY: fcntl on a plain fd number; no memory is touched.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
         eprintln!("pipe {ARG}: fd {fd} is not open");
@@ -73,7 +84,7 @@ fn reap(fd: i32, ppid: i32, argv: &[OsString]) -> i32 {
         return 1;
     }
     let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]).process_group(0);
+    cmd.args(&argv[1..]).env_remove(ARGV_VAR).process_group(0);
     // SAFETY: prctl and sigprocmask are async-signal-safe and touch only the child's state.
     unsafe {
         cmd.pre_exec(|| {
@@ -97,8 +108,12 @@ fn reap(fd: i32, ppid: i32, argv: &[OsString]) -> i32 {
     let _ = writeln!(channel, "started");
     let pid = child.id() as i32;
     wait_for_end(pid, ppid, &signals);
-    let status = kill_descendants(pid);
+    let (status, all_gone) = kill_descendants(pid);
     let _ = writeln!(channel, "status {status}");
+    if !all_gone {
+        eprintln!("pipe: processes the command started could not be killed within 10 s");
+        let _ = writeln!(channel, "survivors");
+    }
     if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {
@@ -169,15 +184,18 @@ fn exited_child() -> Option<i32> {
 }
 
 /// Kills the command `pid` (unreaped, or still running), its process group and then every
-/// child the reaper has, until it has none; returns the command's wait status.
-fn kill_descendants(pid: i32) -> i32 {
+/// child the reaper has, until it has none; returns the command's wait status, and whether
+/// all are gone (false when some were left after 10 s: stuck in the kernel, or hidden).
+fn kill_descendants(pid: i32) -> (i32, bool) {
     // SAFETY: kill(2) on our unreaped child and its group; no memory is touched.
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
         libc::kill(pid, libc::SIGKILL);
     }
-    let mut status = libc::W_EXITCODE(0, libc::SIGKILL);
+    // The wait status of a process killed by SIGKILL, until the command's own is known.
+    let mut status = libc::SIGKILL;
     let mut pause = std::time::Duration::from_micros(500);
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         loop {
             let mut s = 0;
@@ -189,7 +207,7 @@ fn kill_descendants(pid: i32) -> i32 {
                 break;
             } else if p < 0 {
                 // ECHILD: no child left, so no descendant either.
-                return status;
+                return (status, true);
             }
         }
         // Only children are killed: unreaped, their pids cannot have been reused. Their
@@ -199,6 +217,9 @@ fn kill_descendants(pid: i32) -> i32 {
             unsafe {
                 libc::kill(child, libc::SIGKILL);
             }
+        }
+        if std::time::Instant::now() > give_up {
+            return (status, false);
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(std::time::Duration::from_millis(20));
@@ -232,17 +253,19 @@ mod tests {
     #[test]
     fn arguments_are_checked() {
         let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
-        let ok = a(&["5", "100", "--", "true", "x"]);
-        let (fd, ppid, argv) = parse(&ok).unwrap();
-        assert_eq!((fd, ppid, argv.len()), (5, 100, 2));
-        for bad in [
-            a(&["5", "100", "--"]),
-            a(&["5", "100", "true"]),
-            a(&["x", "100", "--", "true"]),
-            a(&["1", "100", "--", "true"]),
-            a(&["5"]),
+        let cmd = r#"["true", "x"]"#;
+        let (fd, ppid, argv) = parse(&a(&["5", "100"]), cmd).unwrap();
+        assert_eq!((fd, ppid, argv), (5, 100, vec!["true".into(), "x".into()]));
+        for (bad, argv) in [
+            (a(&["5", "100"]), "[]"),
+            (a(&["5", "100"]), ""),
+            (a(&["5", "100"]), "[1]"),
+            (a(&["x", "100"]), cmd),
+            (a(&["1", "100"]), cmd),
+            (a(&["5"]), cmd),
+            (a(&["5", "100", "7"]), cmd),
         ] {
-            assert!(parse(&bad).is_none(), "{bad:?}");
+            assert!(parse(&bad, argv).is_none(), "{bad:?} {argv}");
         }
     }
 }
