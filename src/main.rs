@@ -6,5 +6,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Started as the reaper of an `exec` command (`pipe __reap ...`): nothing else runs.
+    if let Some(code) = pipe_engine::stage::reaper_main() {
+        std::process::exit(code);
+    }
     std::process::exit(pipe::cli::main());
 }

@@ -24,6 +24,7 @@ mod engine;
 mod leaks;
 mod outputs;
 mod readers;
+mod reaping;
 mod records;
 mod reliability;
 mod remote;

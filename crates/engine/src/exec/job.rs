@@ -440,7 +440,8 @@ impl<'a> Ready<'a> {
     }
 
     /// Runs the stage, again after a failure while retries are left (never after bad
-    /// data), and stores the output of the attempt that succeeds.
+    /// data, nor once pipe is stopping on a signal), and stores the output of the attempt
+    /// that succeeds.
     fn run(mut self) -> Outcome {
         let retries = self.job.retries;
         let mut attempt = 0;
@@ -467,7 +468,9 @@ impl<'a> Ready<'a> {
                     seconds,
                 }) => (message, bad_data, seconds),
             };
-            if !bad_data && attempt < retries {
+            // After SIGINT or SIGTERM the attempt was most likely killed by pipe itself:
+            // no retry starts while the run is being stopped.
+            if !bad_data && attempt < retries && !crate::stage::stopping() {
                 attempt += 1;
                 let _ = writeln!(
                     self.log,

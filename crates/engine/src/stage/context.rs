@@ -49,8 +49,10 @@ pub struct RunContext<'a> {
     /// the same for every instance that shares its key (a variable that reaches it only
     /// through an input is not in it).
     pub point: &'a Json,
-    /// When the stage must have ended (its `timeout`), if ever: kinds that run a process
-    /// wait for it with [`wait_until`](super::wait_until), which kills it then.
+    /// When the stage must have ended (its `timeout`), if ever: kinds that run a command
+    /// start it as a [`Supervised`](super::Supervised) and wait for it with
+    /// [`SupervisedChild::wait_until`](super::SupervisedChild::wait_until), which stops it
+    /// then.
     pub deadline: Option<std::time::Instant>,
     /// When the executor places instances on GPUs (`--gpus`), the `CUDA_VISIBLE_DEVICES`
     /// that processes the kind starts must get: the instance's GPU, or `""` (none) for a CPU

@@ -7,8 +7,9 @@
 //!
 //! One concern per file: `params` (the schema and resolved values), `declare` (the
 //! `stage_params!` and `param_enum!` macros), `kind` (the traits and the registry),
-//! `parts` (keying an instance's parts), `context` (what `run` sees) and `process`
-//! (commands' process groups). Everything is re-exported here, so paths are
+//! `parts` (keying an instance's parts), `context` (what `run` sees), `process`
+//! (starting, waiting for and stopping the commands a stage runs) and `reaper` (the
+//! supervisor process that kills every descendant of a command). Everything is re-exported here, so paths are
 //! `pipe_engine::stage::Name`.
 
 mod context;
@@ -17,6 +18,7 @@ mod kind;
 mod params;
 mod parts;
 mod process;
+mod reaper;
 
 pub use context::{BadData, InputArtifact, RunContext};
 pub use kind::{CheckEnv, DeclaredFile, InputInfo, Inputs, Kind, Registry, Slot, StageKind};
@@ -25,4 +27,5 @@ pub use params::{
     default_literal, json_type,
 };
 pub use parts::{InputIdentities, InputParts, KeyInputs, Part};
-pub use process::{TimedOut, kill_live_groups, wait_until};
+pub use process::{Supervised, SupervisedChild, TimedOut, kill_live_groups, stopping};
+pub use reaper::reaper_main;

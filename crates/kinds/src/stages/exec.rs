@@ -5,8 +5,7 @@
 //! and `PIPE_POINT` (the sweep variables its key holds, as JSON) set. Its stdout and stderr go
 //! to the log.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use std::collections::BTreeMap;
 
@@ -14,7 +13,9 @@ use anyhow::{Context, bail};
 
 use crate::stages::slots;
 use pipe_engine::spec::template;
-use pipe_engine::stage::{CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext, Scalar};
+use pipe_engine::stage::{
+    CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext, Scalar, Supervised,
+};
 
 /// The kind's name, as written `kind = "exec"`.
 pub const NAME: &str = slots::names::EXEC;
@@ -123,9 +124,11 @@ impl Kind for Exec {
     }
     fn run(&self, p: &ExecParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
         let argv = p.argv();
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .current_dir(ctx.base_dir)
+        // Started under a reaper: whatever the command starts (in the background, in a new
+        // session) is killed when it ends, at the timeout, on Ctrl-C, and if pipe dies.
+        let mut supervised = Supervised::new(&argv)?;
+        let cmd = supervised.command();
+        cmd.current_dir(ctx.base_dir)
             .stdin(Stdio::null())
             .stdout(ctx.log.try_clone()?)
             .stderr(ctx.log.try_clone()?)
@@ -142,22 +145,10 @@ impl Kind for Exec {
         for (k, v) in &p.env {
             cmd.env(k, template::display(&v.0));
         }
-        // If pipe dies (even by kill -9), the command dies with it instead of writing on.
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        // Its own process group, so that a timeout stops everything the command started.
-        cmd.process_group(0);
-        let mut child = cmd.spawn().with_context(|| {
+        let child = supervised.spawn().with_context(|| {
             format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display())
         })?;
-        let status = pipe_engine::stage::wait_until(&mut child, ctx.deadline, true)?;
+        let status = child.wait_until(ctx.deadline)?;
         if !status.success() {
             match status.code() {
                 Some(c) => bail!("command `{}` exited with status {c}", argv.join(" ")),

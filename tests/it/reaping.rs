@@ -1,0 +1,185 @@
+//! No descendant of an `exec` command outlives its instance: not one that leaves the
+//! command's process group (`setsid`), not when `pipe` is killed with `kill -9`, and no retry
+//! starts after SIGTERM. Each command writes the pids this test checks into files.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// Runs `pipe ARGS` under `timeout 30`; a hang shows as exit code 124.
+fn pipe_t(p: &Project, args: &[&str]) -> Output {
+    let mut c = std::process::Command::new("timeout");
+    c.arg("30")
+        .arg(env!("CARGO_BIN_EXE_pipe"))
+        .args(args)
+        .current_dir(p.dir.path())
+        .env("PIPE_CACHE", p.cache());
+    c.output().unwrap()
+}
+
+/// Whether process `pid` is gone (a zombie nobody reaped counts as gone: it runs nothing).
+fn gone(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, None | Some("Z"))
+}
+
+/// Whether every pid is gone within `within` (signals are delivered asynchronously).
+fn all_gone(pids: &[u32], within: Duration) -> bool {
+    let t = Instant::now();
+    while !pids.iter().all(|p| gone(*p)) {
+        if t.elapsed() > within {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// The pids in `file`, one a line, once it has `n` of them (waits up to 10 s).
+fn pids_in(file: &Path, n: usize) -> Vec<u32> {
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.len() >= n || t.elapsed() > Duration::from_secs(10) {
+            return pids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills processes a failed test left behind, so that they do not outlive the test run.
+fn kill_all(pids: &[u32]) {
+    for p in pids {
+        // SAFETY: kill(2); a pid that is gone or reused by a process we may not signal
+        // gives an error, which is ignored.
+        unsafe {
+            libc::kill(*p as i32, libc::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn a_setsid_grandchild_is_killed_before_the_artifact_is_sealed() {
+    let p = Project::new();
+    // The grandchild leaves the command's group and session, opens an output file, and
+    // would write into it (and a marker beside the pipeline) 1.5 s later. The command waits
+    // until it has started. (`$$$$` is the shell's `$$`.)
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "grandchild"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "setsid sh -c 'exec 3>>$PIPE_OUT/x.txt; echo $$$$ > gc.pid; sleep 1.5; echo late >&3; echo late > marker' & echo on-time > $PIPE_OUT/x.txt; while [ ! -s gc.pid ]; do sleep 0.05; done"]
+"#,
+    );
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grandchild = pids_in(&p.path("gc.pid"), 1);
+    assert_eq!(grandchild.len(), 1, "the grandchild started");
+    std::thread::sleep(Duration::from_secs(3));
+    let alive = !gone(grandchild[0]);
+    kill_all(&grandchild);
+    assert!(!alive, "the setsid grandchild outlived its instance");
+    assert!(!p.path("marker").exists(), "the grandchild ran on");
+    let dir = &p.artifacts()[0];
+    assert_eq!(
+        std::fs::read_to_string(dir.join("x.txt")).unwrap(),
+        "on-time\n"
+    );
+    let verify = pipe_t(&p, &["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn kill_9_of_pipe_kills_a_setsid_grandchild() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "kill9"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "setsid sh -c 'echo $$$$ > gc.pid; exec sleep 30' & echo $$$$ > cmd.pid; exec sleep 30"]
+"#,
+    );
+    let mut run = p.command(&["run", "p.toml", "-q"]).spawn().unwrap();
+    let mut pids = pids_in(&p.path("gc.pid"), 1);
+    pids.extend(pids_in(&p.path("cmd.pid"), 1));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGKILL);
+    }
+    let _ = run.wait();
+    assert_eq!(pids.len(), 2, "the command and its grandchild started");
+    let ok = all_gone(&pids, Duration::from_secs(2));
+    kill_all(&pids);
+    assert!(
+        ok,
+        "the command or its setsid grandchild outlived `kill -9` of pipe"
+    );
+}
+
+#[test]
+fn sigterm_starts_no_retry_and_leaves_no_sleep() {
+    let p = Project::new();
+    // Each attempt records the pid of the sleep it starts.
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "retry"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "sleep 30 & echo $$! >> sleepers; wait"]
+retries = 2
+"#,
+    );
+    let mut run = p.command(&["run", "p.toml", "-q"]).spawn().unwrap();
+    assert_eq!(
+        pids_in(&p.path("sleepers"), 1).len(),
+        1,
+        "the first attempt"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGTERM);
+    }
+    let status = run.wait().unwrap();
+    // A retry started after the signal would have written its sleep's pid by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let sleepers = pids_in(&p.path("sleepers"), 1);
+    let ok = all_gone(&sleepers, Duration::from_secs(2));
+    kill_all(&sleepers);
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(sleepers.len(), 1, "a retry started after SIGTERM");
+    assert!(ok, "a sleep outlived pipe");
+    let logs: Vec<_> = std::fs::read_dir(p.cache().join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(logs.len(), 1);
+    assert!(
+        !logs[0].contains("attempt 2") && !logs[0].contains("retrying"),
+        "{}",
+        logs[0]
+    );
+}
