@@ -16,7 +16,7 @@ The model is an ordinary `nn.Module` with, besides `forward(x) -> logits [N, C]`
 
 Every parameter and buffer must belong to a layer by name prefix
 (`blocks.3.attn.qkv.weight` belongs to layer `blocks.3`). This script builds the module
-(seeded, so that the same sources give the same file), scripts it with TorchScript, adds
+(seeded), scripts it with TorchScript, adds
 a method `buffers_by_name()` (libtorch's C++ side cannot list buffers), checks the contract
 on a batch of the given shape and saves it. TorchScript is the format because libtorch can
 train only that from C++; only this adapter knows it.

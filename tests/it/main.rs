@@ -21,6 +21,7 @@ mod detect;
 mod double_descent;
 mod engine;
 mod outputs;
+mod own_model;
 mod readers;
 mod reliability;
 mod remote;
