@@ -23,6 +23,7 @@ mod double_descent;
 mod engine;
 mod leaks;
 mod outputs;
+mod own_model;
 mod readers;
 mod reaping;
 mod records;

@@ -257,7 +257,7 @@ checkpoints = [0]
             device: tch::Device::Cpu,
             record_examples: false,
         };
-        let mut t = Trainer::new(cfg, &d);
+        let mut t = Trainer::new(cfg, &d).expect("a built-in model");
         t.evaluate_initial();
         let mut bare_loop = 0.0;
         for _ in 0..epochs {

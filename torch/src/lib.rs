@@ -13,6 +13,7 @@ pub mod optim;
 pub mod records;
 pub mod rng;
 pub mod score;
+pub mod script;
 pub mod serve;
 pub mod stages;
 pub mod tensors;

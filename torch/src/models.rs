@@ -4,9 +4,14 @@
 //! after the block's nonlinearity, and after the pooling that follows it), ending in
 //! `logits`. Parameters of a layer are stored under the layer's name in the var store
 //! (`fc1.weight`, `layer2.1.bn1.running_mean`), so rollback and gradient analyses know
-//! which parameters belong to which layer.
+//! which parameters belong to which layer. A [`Net`] is either built here or a user's
+//! TorchScript module ([`ScriptNet`]), whose layers its `layers` method names.
+use std::path::PathBuf;
+
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
+
+use crate::script::{self, ScriptNet};
 
 /// The architectures `train` knows.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +47,11 @@ pub enum Arch {
         /// Multiplies every width (1 = 64, 64 channels, 384, 192 units).
         mult: f64,
     },
+    /// A TorchScript module (see [`crate::script`]).
+    Script {
+        /// The module's file.
+        file: PathBuf,
+    },
 }
 
 /// How the weights of linear and convolution layers are drawn.
@@ -52,6 +62,8 @@ pub enum WeightInit {
     Kaiming,
     /// PyTorch's `nn.Linear` and `nn.Conv2d` default: weights and biases U(+-1/sqrt(fan_in)).
     Torch,
+    /// A scripted module's own weights, as saved.
+    Module,
 }
 
 /// `base` channels times `mult`, rounded, at least 1.
@@ -69,6 +81,8 @@ impl Arch {
             Arch::Vgg { .. } => (32, "vgg"),
             Arch::Resnet18 { .. } => (8, "resnet18"),
             Arch::Alexnet { .. } => (4, "alexnet"),
+            // Checked when the module loads, on a batch of this shape.
+            Arch::Script { .. } => (1, "script"),
         };
         if height < least || width < least {
             return Err(format!(
@@ -88,21 +102,38 @@ pub struct Layer {
 
 /// A model: its variables and its layers in order.
 pub struct Net {
-    /// All variables (trainable parameters and BatchNorm statistics).
-    pub vs: nn::VarStore,
-    /// The layers, after `input`.
-    pub layers: Vec<Layer>,
+    body: Body,
+}
+
+/// How a [`Net`] computes.
+enum Body {
+    /// Built here: a var store and the layers.
+    Built {
+        /// All variables (trainable parameters and BatchNorm statistics).
+        vs: nn::VarStore,
+        /// The layers, after `input`.
+        layers: Vec<Layer>,
+    },
+    /// A TorchScript module.
+    Script(ScriptNet),
 }
 
 impl Net {
-    /// Builds the architecture with freshly initialized weights on `device`.
+    /// Builds the architecture with freshly initialized weights on `device` (a scripted
+    /// module: loads it and checks its contract for this input and class count, or says
+    /// what is wrong).
     ///
     /// Initialization draws from libtorch's global generator: seed it first (and hold
     /// [`crate::rng::TORCH_RNG`] while doing both) for reproducible weights.
-    pub fn new(arch: &Arch, input: [i64; 3], classes: i64, device: Device) -> Net {
+    pub fn new(arch: &Arch, input: [i64; 3], classes: i64, device: Device) -> Result<Net, String> {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let layers = match arch {
+            Arch::Script { file } => {
+                return Ok(Net {
+                    body: Body::Script(ScriptNet::load(file, input, classes, device)?),
+                });
+            }
             Arch::Mlp { hidden } => mlp(&root, input, hidden, classes),
             Arch::Cnn { mult } => cnn(&root, input[0], *mult, classes),
             Arch::Vgg {
@@ -113,13 +144,49 @@ impl Net {
             Arch::Resnet18 { k } => resnet18(&root, input[0], *k, classes),
             Arch::Alexnet { mult } => alexnet(&root, input[0], *mult, classes),
         };
-        Net { vs, layers }
+        Ok(Net {
+            body: Body::Built { vs, layers },
+        })
+    }
+
+    /// The scripted module, if this is one.
+    pub fn script(&self) -> Option<&ScriptNet> {
+        match &self.body {
+            Body::Script(s) => Some(s),
+            Body::Built { .. } => None,
+        }
+    }
+
+    /// How many layers follow `input`.
+    pub fn depth(&self) -> usize {
+        match &self.body {
+            Body::Built { layers, .. } => layers.len(),
+            Body::Script(s) => s.names().len(),
+        }
+    }
+
+    /// Whether [`Net::forward_range`] may start or end inside the network (built models).
+    pub fn splits(&self) -> bool {
+        self.script().is_none()
     }
 
     /// Redraws the weights as `init` says (the layers are built with [`WeightInit::Kaiming`]).
     /// Draws from libtorch's global generator, like [`Net::new`].
+    ///
+    /// A scripted module's weights are redrawn by the same rule, by name: every `*.weight`
+    /// of two or more dimensions (linear and convolution weights), in name order, from
+    /// U(+-sqrt(6 / fan_in)) (`Kaiming`) or U(+-1/sqrt(fan_in)) (`Torch`), then its
+    /// `*.bias` from U(+-1/sqrt(fan_in)) (`Kaiming` sets a convolution's bias, beside a
+    /// weight of more than two dimensions, to 0). Other parameters (normalization scales,
+    /// embeddings, tokens) and buffers keep the module's values; `Module` keeps them all.
     pub fn initialize(&self, init: WeightInit) {
-        if init == WeightInit::Kaiming {
+        if let Body::Script(s) = &self.body {
+            if init != WeightInit::Module {
+                script_init(s.parameters(), init);
+            }
+            return;
+        }
+        if init != WeightInit::Torch {
             return;
         }
         let vars = self.variables();
@@ -146,64 +213,118 @@ impl Net {
 
     /// The logits for a batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.layers
-            .iter()
-            .fold(x.shallow_clone(), |h, l| l.module.forward_t(&h, train))
+        match &self.body {
+            Body::Built { layers, .. } => layers
+                .iter()
+                .fold(x.shallow_clone(), |h, l| l.module.forward_t(&h, train)),
+            Body::Script(s) => s.forward_t(x, train),
+        }
     }
 
-    /// The output of layers `from..to` (indices into [`Net::layers`]) for their input `x`.
+    /// The output of layers `from..to` (indices after `input`) for their input `x`. A
+    /// scripted module runs only whole (`0..depth`): see [`Net::splits`].
     pub fn forward_range(&self, x: &Tensor, from: usize, to: usize, train: bool) -> Tensor {
-        self.layers[from..to]
-            .iter()
-            .fold(x.shallow_clone(), |h, l| l.module.forward_t(&h, train))
+        match &self.body {
+            Body::Built { layers, .. } => layers[from..to]
+                .iter()
+                .fold(x.shallow_clone(), |h, l| l.module.forward_t(&h, train)),
+            Body::Script(s) => {
+                assert!(
+                    from == 0 && to == s.names().len(),
+                    "a scripted module runs only whole"
+                );
+                s.forward_t(x, train)
+            }
+        }
     }
 
-    /// Whether a layer (index into [`Net::layers`]) holds BatchNorm statistics, so that
-    /// training and evaluation differ in it.
+    /// For a batch `x` (the input of layer `from`; 0 for a scripted module), in evaluation
+    /// mode: the last layer's input and the logits.
+    pub fn last_input_and_logits(&self, x: &Tensor, from: usize) -> (Tensor, Tensor) {
+        match &self.body {
+            Body::Built { layers, .. } => {
+                let last = layers.len() - 1;
+                let h = self.forward_range(x, from, last, false);
+                let z = self.forward_range(&h, last, last + 1, false);
+                (h, z)
+            }
+            Body::Script(s) => {
+                let mut outs = s.forward_layers(x);
+                let (_, z) = outs.pop().expect("a scripted module has a logits layer");
+                let h = outs.pop().map_or_else(|| x.shallow_clone(), |(_, h)| h);
+                (h, z)
+            }
+        }
+    }
+
+    /// Whether a layer (index after `input`) holds BatchNorm statistics, so that training
+    /// and evaluation differ in it (a scripted module's layers are taken to).
     pub fn has_batch_norm(&self, layer: usize) -> bool {
-        let name = &self.layers[layer].name;
-        self.vs
-            .variables()
-            .keys()
-            .any(|v| self.layer_of(v) == Some(name.as_str()) && v.contains("running_"))
+        match &self.body {
+            Body::Built { vs, layers } => {
+                let name = &layers[layer].name;
+                vs.variables()
+                    .keys()
+                    .any(|v| self.layer_of(v) == Some(name.as_str()) && v.contains("running_"))
+            }
+            Body::Script(_) => true,
+        }
     }
 
     /// The input and every layer's output for a batch (evaluation mode), in layer order.
     pub fn forward_layers(&self, x: &Tensor) -> Vec<(String, Tensor)> {
         let mut out = vec![("input".to_string(), x.shallow_clone())];
-        let mut h = x.shallow_clone();
-        for l in &self.layers {
-            h = l.module.forward_t(&h, false);
-            out.push((l.name.clone(), h.shallow_clone()));
+        match &self.body {
+            Body::Built { layers, .. } => {
+                let mut h = x.shallow_clone();
+                for l in layers {
+                    h = l.module.forward_t(&h, false);
+                    out.push((l.name.clone(), h.shallow_clone()));
+                }
+            }
+            Body::Script(s) => out.extend(s.forward_layers(x)),
         }
         out
     }
 
+    /// Layer names after `input`.
+    fn names(&self) -> Vec<&str> {
+        match &self.body {
+            Body::Built { layers, .. } => layers.iter().map(|l| l.name.as_str()).collect(),
+            Body::Script(s) => s.names().iter().map(String::as_str).collect(),
+        }
+    }
+
     /// Layer names, starting with `input`.
     pub fn layer_names(&self) -> Vec<String> {
-        std::iter::once("input".to_string())
-            .chain(self.layers.iter().map(|l| l.name.clone()))
+        std::iter::once("input")
+            .chain(self.names())
+            .map(str::to_string)
             .collect()
     }
 
     /// The layer a variable belongs to (`layer2.1.conv1.weight` -> `layer2.1`).
     pub fn layer_of(&self, variable: &str) -> Option<&str> {
-        self.layers
-            .iter()
-            .map(|l| l.name.as_str())
-            .filter(|n| {
-                variable
-                    .strip_prefix(n)
-                    .is_some_and(|rest| rest.starts_with('.'))
-            })
-            .max_by_key(|n| n.len())
+        script::layer_of(self.names(), variable)
+    }
+
+    /// Every variable with whether it is trainable, unsorted.
+    fn all_variables(&self) -> Vec<(String, Tensor)> {
+        match &self.body {
+            Body::Built { vs, .. } => vs.variables().into_iter().collect(),
+            Body::Script(s) => s
+                .parameters()
+                .iter()
+                .chain(s.buffers())
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect(),
+        }
     }
 
     /// Trainable parameters, sorted by name (a fixed order for optimizers and checkpoints).
     pub fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut named: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
+            .all_variables()
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .collect();
@@ -213,10 +334,41 @@ impl Net {
 
     /// Every variable (parameters and buffers), sorted by name.
     pub fn variables(&self) -> Vec<(String, Tensor)> {
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        let mut named = self.all_variables();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named
     }
+}
+
+/// Redraws a scripted module's linear and convolution weights and their biases (see
+/// [`Net::initialize`]), in name order.
+fn script_init(params: &[(String, Tensor)], init: WeightInit) {
+    tch::no_grad(|| {
+        for (name, w) in params {
+            let Some(prefix) = name.strip_suffix(".weight") else {
+                continue;
+            };
+            let size = w.size();
+            if size.len() < 2 {
+                continue;
+            }
+            let fan_in = size[1..].iter().product::<i64>() as f64;
+            let bound = match init {
+                WeightInit::Kaiming => (6.0 / fan_in).sqrt(),
+                _ => 1.0 / fan_in.sqrt(),
+            };
+            let _ = w.shallow_clone().uniform_(-bound, bound);
+            let bias = format!("{prefix}.bias");
+            if let Some((_, b)) = params.iter().find(|(n, _)| *n == bias) {
+                if init == WeightInit::Kaiming && size.len() > 2 {
+                    let _ = b.shallow_clone().zero_();
+                } else {
+                    let b_bound = 1.0 / fan_in.sqrt();
+                    let _ = b.shallow_clone().uniform_(-b_bound, b_bound);
+                }
+            }
+        }
+    });
 }
 
 fn layer(name: impl Into<String>, module: nn::SequentialT) -> Layer {
@@ -526,7 +678,7 @@ mod tests {
             let _g = crate::rng::TORCH_RNG
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            Net::new(&arch, input, 10, Device::Cpu)
+            Net::new(&arch, input, 10, Device::Cpu).unwrap()
         };
         let x = Tensor::zeros(
             [2, input[0], input[1], input[2]],
@@ -591,7 +743,7 @@ mod tests {
             let _g = crate::rng::TORCH_RNG
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            Net::new(&arch, input, 10, Device::Cpu)
+            Net::new(&arch, input, 10, Device::Cpu).unwrap()
         };
         net.parameters().iter().map(|(_, t)| t.numel() as i64).sum()
     }
@@ -679,7 +831,7 @@ mod tests {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(3);
-            let net = Net::new(&Arch::Cnn { mult: 1.0 }, [1, 28, 28], 10, Device::Cpu);
+            let net = Net::new(&Arch::Cnn { mult: 1.0 }, [1, 28, 28], 10, Device::Cpu).unwrap();
             net.initialize(WeightInit::Torch);
             net
         };
@@ -735,7 +887,7 @@ mod tests {
             let _g = crate::rng::TORCH_RNG
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            Net::new(&Arch::Resnet18 { k: 64 }, [3, 32, 32], 10, Device::Cpu)
+            Net::new(&Arch::Resnet18 { k: 64 }, [3, 32, 32], 10, Device::Cpu).unwrap()
         };
         for (name, _) in net.variables() {
             let l = net

@@ -145,15 +145,83 @@ pub struct Trainer<'a> {
 /// How many first layers of `net` are frozen and can be computed once (see
 /// [`FrozenPrefix`]): frozen, without BatchNorm, not seeing augmentation; never the last.
 fn frozen_prefix_len(net: &Net, cfg: &TrainConfig) -> usize {
-    if cfg.augment {
+    if cfg.augment || !net.splits() {
         return 0;
     }
-    net.layers
+    net.layer_names()
         .iter()
+        .skip(1)
         .enumerate()
-        .take_while(|(i, l)| cfg.freeze.contains(&l.name) && !net.has_batch_norm(*i))
+        .take_while(|(i, l)| cfg.freeze.contains(l) && !net.has_batch_norm(*i))
         .count()
-        .min(net.layers.len() - 1)
+        .min(net.depth() - 1)
+}
+
+/// Checks what a scripted module needs for the training options: `freeze` names its
+/// layers, and with `record_examples` its last layer is one linear map of the previous
+/// layer's output (pooled over space when it has 4 dimensions, then flattened), from which
+/// the per-example last-layer gradients are computed.
+fn check_script_options(net: &Net, cfg: &TrainConfig, data: &TrainData) -> Result<(), String> {
+    let names = net.layer_names();
+    for f in &cfg.freeze {
+        if f == "input" || !names.contains(f) {
+            return Err(format!(
+                "freeze: the module has no layer \"{f}\"; its layers: {}",
+                names[1..].join(", ")
+            ));
+        }
+    }
+    if !cfg.record_examples {
+        return Ok(());
+    }
+    let last = names.last().cloned().unwrap_or_default();
+    let refuse = |why: String| {
+        Err(format!(
+            "record_examples needs the module's last layer (\"{last}\") to be one linear layer on the previous layer's output (pooled over space when it has 4 dimensions, then flattened), whose gradient it records; {why}"
+        ))
+    };
+    let n = data.train.x.size()[0].min(4);
+    let (h, z) = tch::no_grad(|| net.last_input_and_logits(&data.train.x.narrow(0, 0, n), 0));
+    let h = match h.dim() {
+        2 => h,
+        4 => h.adaptive_avg_pool2d([1, 1]).flatten(1, -1),
+        d => return refuse(format!("the previous layer's output has {d} dimensions")),
+    };
+    let own: Vec<(String, Tensor)> = net
+        .variables()
+        .into_iter()
+        .filter(|(v, _)| net.layer_of(v) == Some(last.as_str()))
+        .collect();
+    let weight = own.iter().find(|(_, t)| t.dim() == 2);
+    let bias = own.iter().find(|(_, t)| t.dim() == 1);
+    let Some((_, w)) = weight.filter(|_| own.len() == 1 + usize::from(bias.is_some())) else {
+        return refuse(format!(
+            "its variables are {}",
+            own.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    if w.size() != [z.size()[1], h.size()[1]] {
+        return refuse(format!(
+            "its weight has shape {:?}, the previous layer has {} features",
+            w.size(),
+            h.size()[1]
+        ));
+    }
+    let mut linear = h
+        .to_kind(Kind::Double)
+        .matmul(&w.to_kind(Kind::Double).tr());
+    if let Some((_, b)) = bias {
+        linear += b.to_kind(Kind::Double);
+    }
+    if !linear.allclose(&z.to_kind(Kind::Double), 1e-4, 1e-5, false) {
+        return refuse(
+            "its logits are not the previous layer's output times its weight plus its bias".into(),
+        );
+    }
+    Ok(())
 }
 
 /// Seed of the data order and augmentation of one epoch: a pure function of (seed, epoch),
@@ -163,18 +231,22 @@ fn epoch_rng(seed: u64, epoch: i64) -> ChaCha8Rng {
 }
 
 impl<'a> Trainer<'a> {
-    /// A freshly initialized model (seeded), not yet evaluated.
-    pub fn new(cfg: TrainConfig, data: &'a TrainData) -> Trainer<'a> {
+    /// A freshly initialized model (seeded), not yet evaluated; or why a scripted module
+    /// cannot be trained as configured.
+    pub fn new(cfg: TrainConfig, data: &'a TrainData) -> Result<Trainer<'a>, String> {
         let net = {
             // libtorch's generator is global: seed and draw the initial weights under a lock.
             let _guard = crate::rng::TORCH_RNG
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(cfg.seed as i64);
-            let net = Net::new(&cfg.arch, data.input_shape(), data.classes(), cfg.device);
+            let net = Net::new(&cfg.arch, data.input_shape(), data.classes(), cfg.device)?;
             net.initialize(cfg.init);
             net
         };
+        if net.script().is_some() {
+            check_script_options(&net, &cfg, data)?;
+        }
         let mut frozen = Vec::new();
         for (name, t) in net.parameters() {
             if net
@@ -188,7 +260,12 @@ impl<'a> Trainer<'a> {
         let params = net.parameters();
         let opt = Optimizer::new(cfg.optimizer.clone(), &params);
         let prefix_layers = frozen_prefix_len(&net, &cfg);
-        Trainer {
+        if params.is_empty() {
+            return Err(
+                "freeze: every layer with parameters is frozen, nothing would train".into(),
+            );
+        }
+        Ok(Trainer {
             cfg,
             data,
             net,
@@ -198,7 +275,7 @@ impl<'a> Trainer<'a> {
             prefix: None,
             opt,
             epoch: 0,
-        }
+        })
     }
 
     /// The frozen first layers' features, computed on first use.
@@ -266,7 +343,7 @@ impl<'a> Trainer<'a> {
             Some(p) => (p.layers, p.train.shallow_clone()),
             None => (0, self.data.train.x.shallow_clone()),
         };
-        let end = self.net.layers.len();
+        let end = self.net.depth();
         for chunk in order.chunks(self.cfg.batch_size as usize) {
             let idx = Tensor::from_slice(chunk).to_device(device);
             let mut x = source.index_select(0, &idx);
@@ -336,13 +413,12 @@ impl<'a> Trainer<'a> {
             let (mut features, mut all_logits) = (Vec::new(), Vec::new());
             let step = 1000;
             let mut start = 0;
-            let last = self.net.layers.len() - 1;
+            let end = self.net.depth();
             while start < n {
                 let len = step.min(n - start);
                 let batch = x.narrow(0, start, len);
                 let logits = if keep {
-                    let h = self.net.forward_range(&batch, from, last, false);
-                    let logits = self.net.forward_range(&h, last, last + 1, false);
+                    let (h, logits) = self.net.last_input_and_logits(&batch, from);
                     let h = if h.dim() == 4 {
                         h.adaptive_avg_pool2d([1, 1])
                     } else {
@@ -352,7 +428,7 @@ impl<'a> Trainer<'a> {
                     all_logits.push(logits.to_kind(Kind::Double));
                     logits
                 } else {
-                    self.net.forward_range(&batch, from, last + 1, false)
+                    self.net.forward_range(&batch, from, end, false)
                 };
                 let yb = y.narrow(0, start, len);
                 let z = logits.to_kind(Kind::Double);

@@ -105,6 +105,7 @@ impl Kind for Sink {
         Inputs::Slots(&[Slot {
             name: "source",
             kinds: &["source"],
+            optional: false,
         }])
     }
     fn reads(&self, p: &SinkParams, _slot: &str, _up: &InputInfo<'_>) -> Option<Vec<String>> {

@@ -197,6 +197,7 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
     tch::set_num_threads(ctx.threads as i32);
     let device = device::resolve(&p.worker.device).map_err(anyhow::Error::msg)?;
     let run = TrainedRun::load(ctx, device)?;
+    run.check_layers("layers", p.layers.names())?;
     let classes = p.classes.map_or(run.data.info.classes, |c| c as usize);
     if classes > run.data.info.classes {
         bail!(BadData(format!(

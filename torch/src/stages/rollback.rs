@@ -71,6 +71,7 @@ pub fn run(p: &RollbackParams, ctx: &mut RunContext<'_>) -> Result<()> {
     tch::set_num_threads(ctx.threads as i32);
     let device = device::resolve(&p.worker.device).map_err(anyhow::Error::msg)?;
     let run = TrainedRun::load(ctx, device)?;
+    run.check_layers("cutoffs", p.cutoffs.names())?;
     let final_ck = run.checkpoint(&p.final_epoch)?;
     let net = run.net_at(&final_ck)?;
     let final_w = run.weights(&final_ck)?;

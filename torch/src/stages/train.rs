@@ -6,14 +6,14 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use pipe_engine::stage::{BadData, KeyInputs, RunContext};
 use pipe_engine::store::Parts;
 use pipe_kinds::stages::train::{
-    CHECKPOINT_KIND, CheckpointRef, Init, LayerInfo, Loss, Model, ModelInfo, Optimizer, Schedule,
-    TrainParams,
+    CHECKPOINT_KIND, CheckpointRef, Init, LayerInfo, Loss, MODULE_FILE, Model, ModelInfo,
+    ModuleFile, Optimizer, Schedule, TrainParams,
 };
 
 use crate::checkpoint;
@@ -25,10 +25,14 @@ use crate::records::TrainRecords;
 use crate::trainer::{self, EpochScores, TrainConfig, Trainer};
 use pipe_kinds::stages::slots;
 
-/// The architecture the parameters describe (the analyses rebuild trained networks by it).
-pub fn arch(p: &TrainParams) -> Arch {
+/// The architecture the parameters describe (the analyses rebuild trained networks by it);
+/// `module` is the `module` input's folder, which `model = "script"` trains.
+pub fn arch(p: &TrainParams, module: Option<&Path>) -> Arch {
     let mult = p.width.unwrap_or(1.0);
     match p.model {
+        Model::Script => Arch::Script {
+            file: module.map_or_else(PathBuf::new, |m| m.join(MODULE_FILE)),
+        },
         Model::Mlp => Arch::Mlp {
             hidden: p.hidden.clone(),
         },
@@ -45,8 +49,9 @@ pub fn arch(p: &TrainParams) -> Arch {
     }
 }
 
-/// The training loop's settings from the parameters, or why the device cannot be used.
-pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
+/// The training loop's settings from the parameters (`module`: the `module` input's
+/// folder, if any), or why the device cannot be used.
+pub fn config(p: &TrainParams, module: Option<&Path>) -> Result<TrainConfig, String> {
     let optimizer = match p.optimizer {
         Optimizer::Adam => OptimizerConfig::Adam {
             beta1: 0.9,
@@ -75,9 +80,10 @@ pub fn config(p: &TrainParams) -> Result<TrainConfig, String> {
     let init = match p.init {
         Init::Kaiming => WeightInit::Kaiming,
         Init::Torch => WeightInit::Torch,
+        Init::Module => WeightInit::Module,
     };
     Ok(TrainConfig {
-        arch: arch(p),
+        arch: arch(p, module),
         epochs: p.epochs,
         batch_size: p.batch_size,
         optimizer,
@@ -163,7 +169,8 @@ impl Checkpoints<'_> {
 
 /// Trains one instance (see `pipe_kinds::stages::train` for the parameters and outputs).
 pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
-    let cfg = config(p).map_err(anyhow::Error::msg)?;
+    let module = ctx.input(slots::MODULE.name).ok().map(Path::to_path_buf);
+    let cfg = config(p, module.as_deref()).map_err(anyhow::Error::msg)?;
     tch::set_num_threads(ctx.threads as i32);
     let data = data::load(
         ctx.input(slots::DATASET.name)?,
@@ -182,7 +189,7 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
         train_key: ctx.key,
         keep: p.kept(),
     };
-    let mut trainer = Trainer::new(cfg, &data);
+    let mut trainer = Trainer::new(cfg, &data).map_err(|m| anyhow::Error::new(BadData(m)))?;
     let mut records = match checkpoints.latest_usable() {
         Some((e, dir)) => {
             let records = checkpoint::restore(&dir, &mut trainer)
@@ -212,7 +219,7 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
         ctx.out.join("checkpoints.json"),
         serde_json::to_vec_pretty(&checkpoints.refs())?,
     )?;
-    let info = model_info(p, &trainer, &data);
+    let info = model_info(p, &trainer, &data)?;
     std::fs::write(
         ctx.out.join("model.json"),
         serde_json::to_vec_pretty(&info)?,
@@ -240,26 +247,44 @@ fn log_epoch(log: &mut impl Write, m: &EpochScores, epochs: i64) -> std::io::Res
     )
 }
 
-/// `model.json`: the model's layers with their variables, and its parameter counts.
-fn model_info(p: &TrainParams, trainer: &Trainer<'_>, data: &TrainData) -> ModelInfo {
+/// `model.json`: the model's layers with their variables, and its parameter counts (a
+/// scripted module: also per layer, and the module file's digest and buffers).
+fn model_info(p: &TrainParams, trainer: &Trainer<'_>, data: &TrainData) -> Result<ModelInfo> {
     let net = &trainer.net;
     let vars = net.variables();
+    let script = net.script();
     let layers = net
         .layer_names()
         .into_iter()
-        .map(|name| LayerInfo {
-            variables: vars
-                .iter()
-                .filter(|(v, _)| net.layer_of(v) == Some(name.as_str()))
-                .map(|(v, _)| v.clone())
-                .collect(),
-            name,
+        .map(|name| {
+            let own = |(v, _): &&(String, tch::Tensor)| net.layer_of(v) == Some(name.as_str());
+            LayerInfo {
+                variables: vars.iter().filter(own).map(|(v, _)| v.clone()).collect(),
+                parameters: script.map(|s| {
+                    s.parameters()
+                        .iter()
+                        .filter(own)
+                        .map(|(_, t)| t.numel() as i64)
+                        .sum()
+                }),
+                name,
+            }
         })
         .collect();
     let count = |list: &[(String, tch::Tensor)]| -> i64 {
         list.iter().map(|(_, t)| t.numel() as i64).sum()
     };
-    ModelInfo {
+    let module = match script {
+        Some(s) => Some(ModuleFile {
+            file: MODULE_FILE.to_string(),
+            blake3: pipe_engine::stamp::hash_file(&s.file)
+                .with_context(|| format!("hashing {}", s.file.display()))?
+                .0,
+            buffers: s.buffers().iter().map(|(n, _)| n.clone()).collect(),
+        }),
+        None => None,
+    };
+    Ok(ModelInfo {
         model: p.model.as_str().to_string(),
         input: data.input_shape(),
         classes: data.classes(),
@@ -270,7 +295,8 @@ fn model_info(p: &TrainParams, trainer: &Trainer<'_>, data: &TrainData) -> Model
         parameters: count(&trainer.params) + count(&trainer.frozen),
         frozen_parameters: count(&trainer.frozen),
         layers,
-    }
+        module,
+    })
 }
 
 #[cfg(test)]
@@ -301,9 +327,9 @@ mod tests {
                 let _g = crate::rng::TORCH_RNG
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                Net::new(&arch(&params), input, 10, Device::Cpu)
+                Net::new(&arch(&params, None), input, 10, Device::Cpu).unwrap()
             };
-            assert_eq!(net.layer_names(), params.layer_names(), "{model}");
+            assert_eq!(Some(net.layer_names()), params.layer_names(), "{model}");
         }
     }
 }

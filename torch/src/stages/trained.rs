@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pipe_engine::stage::{KeyInputs, KindParams, RunContext};
+use pipe_engine::stage::{BadData, KeyInputs, KindParams, RunContext};
 use pipe_engine::store::Manifest;
 use pipe_kinds::stages::train::{CheckpointRef, TrainParams};
 use pipe_kinds::stages::trained::{EpochRef, find_checkpoint};
@@ -22,7 +22,7 @@ use pipe_kinds::stages::slots;
 pub struct TrainedRun {
     /// The train instance's parameters (those in its key; the others take their defaults).
     pub params: TrainParams,
-    /// Its architecture.
+    /// Its architecture (a scripted module's file is in the cache).
     pub arch: Arch,
     /// Its training and test data.
     pub data: TrainData,
@@ -60,7 +60,11 @@ impl TrainedRun {
             &input(slots::LABELS.name)?,
             device,
         )?;
-        let arch = train::arch(&params);
+        let module = match manifest.inputs.contains_key(slots::MODULE.name) {
+            true => Some(input(slots::MODULE.name)?),
+            false => None,
+        };
+        let arch = train::arch(&params, module.as_deref());
         Ok(TrainedRun {
             params,
             arch,
@@ -69,6 +73,33 @@ impl TrainedRun {
             parts: ctx.parts.clone(),
             device,
         })
+    }
+
+    /// Checks the layers an analysis names in its parameter `param` against the model's: a
+    /// scripted module's are known only once it loads (built-in models' were checked when
+    /// the pipeline was planned).
+    pub fn check_layers(&self, param: &str, names: Option<&[String]>) -> Result<()> {
+        let Some(names) = names else {
+            return Ok(());
+        };
+        if self.params.layer_names().is_some() {
+            return Ok(());
+        }
+        let net = Net::new(
+            &self.arch,
+            self.data.input_shape(),
+            self.data.classes(),
+            self.device,
+        )
+        .map_err(|m| anyhow::Error::new(BadData(m)))?;
+        let all = net.layer_names();
+        if let Some(l) = names.iter().find(|l| !all.contains(l)) {
+            return Err(anyhow::Error::new(BadData(format!(
+                "{param}: unknown layer \"{l}\"; this module's layers: {}",
+                all.join(", ")
+            ))));
+        }
+        Ok(())
     }
 
     /// The checkpoint for an epoch or `"final"`.
@@ -94,7 +125,8 @@ impl TrainedRun {
             self.data.input_shape(),
             self.data.classes(),
             self.device,
-        );
+        )
+        .map_err(|m| anyhow::Error::new(BadData(m)))?;
         load_weights(
             &net.variables(),
             &self.checkpoint_dir(c)?.join("weights.safetensors"),

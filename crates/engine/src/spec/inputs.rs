@@ -76,7 +76,7 @@ fn check_all_filled(
     let Inputs::Slots(slots) = raw.spec.kind.inputs() else {
         return Ok(());
     };
-    for d in slots {
+    for d in slots.iter().filter(|d| !d.optional) {
         if !resolved.iter().any(|r| r.slot == d.name) {
             let at = raw
                 .inputs_loc

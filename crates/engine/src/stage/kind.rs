@@ -16,6 +16,8 @@ pub struct Slot {
     pub name: &'static str,
     /// The stage kinds that may fill it.
     pub kinds: &'static [&'static str],
+    /// Whether a stage may leave it empty (the kind's check then says when it must not).
+    pub optional: bool,
 }
 
 /// The inputs a stage kind takes.

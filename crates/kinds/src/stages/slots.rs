@@ -36,28 +36,41 @@ pub mod names {
 pub const DATASET: Slot = Slot {
     name: "dataset",
     kinds: &[names::DATASET],
+    optional: false,
 };
 
 /// Training labels: corrupted (`corrupt`) or cleaned (`clean`).
 pub const LABELS: Slot = Slot {
     name: "labels",
     kinds: &[names::CORRUPT, names::CLEAN],
+    optional: false,
 };
 
 /// A trained network (`train`), the input of every analysis.
 pub const TRAIN: Slot = Slot {
     name: "train",
     kinds: &[names::TRAIN],
+    optional: false,
 };
 
 /// Activations of a probe set (`activations`).
 pub const ACTIVATIONS: Slot = Slot {
     name: "activations",
     kinds: &[names::ACTIVATIONS],
+    optional: false,
 };
 
 /// Detection scores (`detect`).
 pub const SCORES: Slot = Slot {
     name: "scores",
     kinds: &[names::DETECT],
+    optional: false,
+};
+
+/// A TorchScript module (`model.pt` in an `exec` stage's output) that `train` trains when
+/// `model = "script"`; a built-in model leaves it empty.
+pub const MODULE: Slot = Slot {
+    name: "module",
+    kinds: &[names::EXEC],
+    optional: true,
 };

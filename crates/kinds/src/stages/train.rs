@@ -35,6 +35,8 @@ pipe_engine::param_enum! {
         Vgg16 = "vgg16",
         Resnet18 = "resnet18",
         Alexnet = "alexnet",
+        /// A TorchScript module from the `module` input (see README, "Your own model").
+        Script = "script",
     }
 }
 
@@ -72,18 +74,20 @@ pipe_engine::param_enum! {
         Kaiming = "kaiming",
         /// PyTorch's nn.Linear / nn.Conv2d default, U(+-1/sqrt(fan_in)), biases alike.
         Torch = "torch",
+        /// `model = "script"` only: the module's own weights, as saved.
+        Module = "module",
     }
 }
 
 pipe_engine::stage_params! {
     /// The parameters of `train`.
     pub struct TrainParams {
-        model: Model, required, "mlp, cnn (28x28), vgg11, vgg16, resnet18, alexnet (CIFAR)";
+        model: Model, required, "mlp, cnn (28x28), vgg11, vgg16, resnet18, alexnet (CIFAR), or script (a TorchScript module from the `module` input)";
         hidden: Vec<i64>, default "[512, 512]", "mlp: hidden layer widths";
         width: Option<f64>, optional, "cnn, vgg, alexnet: channel multiplier (1 = standard widths); resnet18: k, stage widths k, 2k, 4k, 8k (64 = standard)";
         loss: Loss, default "\"cross_entropy\"", "cross_entropy, or mse (squared error to one-hot targets)";
         freeze: Vec<String>, default "[]", "layers kept at their initial weights (trained as given, kept in checkpoints)";
-        init: Init, default "\"kaiming\"", "weights: kaiming (U(+-sqrt(6/fan_in))) or torch (PyTorch's default, U(+-1/sqrt(fan_in)))";
+        init: Init, default "\"kaiming\"", "weights: kaiming (U(+-sqrt(6/fan_in))) or torch (PyTorch's default, U(+-1/sqrt(fan_in))), drawn from `seed`; script: also module (the module's own weights)";
         batch_norm: bool, default "false", "vgg: BatchNorm after each conv";
         epochs: i64, required, "training epochs";
         batch_size: i64, default "128", "examples per step";
@@ -144,8 +148,9 @@ impl TrainParams {
     }
 
     /// The layer names of the model (`input` first), as the models in `pipe-torch` name
-    /// them (a test there checks the two agree).
-    pub fn layer_names(&self) -> Vec<String> {
+    /// them (a test there checks the two agree); `None` for a scripted module, whose layers
+    /// are known only when it loads (the worker checks names against them).
+    pub fn layer_names(&self) -> Option<Vec<String>> {
         let mut names = vec!["input".to_string()];
         fn numbered(prefix: &'static str, n: usize) -> impl Iterator<Item = String> {
             (1..=n).map(move |i| format!("{prefix}{i}"))
@@ -162,11 +167,70 @@ impl TrainParams {
                 }
             }
             Model::Alexnet => names.extend(["conv1", "conv2", "fc1", "fc2"].map(String::from)),
+            Model::Script => return None,
         }
         names.push("logits".into());
-        names
+        Some(names)
+    }
+
+    /// Checks what a scripted module needs and built-in models refuse: the `module` input
+    /// exactly when `model = "script"`, `init = "module"` only then, and no parameters of
+    /// the built-in architectures with it.
+    fn check_script(&self, env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        let has_module = env.input(slots::MODULE.name).is_some();
+        if self.model != Model::Script {
+            if has_module {
+                return Err(ParamError::param(
+                    TrainParams::model,
+                    format!(
+                        "a `module` input is trained only with model = \"script\", not \"{}\"",
+                        self.model.as_str()
+                    ),
+                ));
+            }
+            if self.init == Init::Module {
+                return Err(ParamError::param(
+                    TrainParams::init,
+                    "\"module\" keeps a scripted module's own weights: only with model = \"script\"",
+                ));
+            }
+            return Ok(());
+        }
+        if !has_module {
+            return Err(ParamError::param(
+                TrainParams::model,
+                "\"script\" trains the TorchScript module of a `module` input (an exec stage that writes $PIPE_OUT/model.pt); add it to `inputs`",
+            ));
+        }
+        if self.width.is_some() {
+            return Err(ParamError::param(
+                TrainParams::width,
+                "a scripted module has its own widths",
+            ));
+        }
+        if self.batch_norm {
+            return Err(ParamError::param(
+                TrainParams::batch_norm,
+                "a scripted module has its own layers",
+            ));
+        }
+        Ok(())
     }
 }
+
+/// Checks that every kept epoch is within 0..=`epochs`.
+fn checkpoints_within(p: &TrainParams) -> Result<(), ParamError> {
+    match p.checkpoints.iter().find(|&&e| e < 0 || e > p.epochs) {
+        Some(bad) => Err(ParamError::param(
+            TrainParams::checkpoints,
+            format!("epoch {bad} is outside 0..={}", p.epochs),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The file a `module` input holds: the TorchScript module of `model = "script"`.
+pub const MODULE_FILE: &str = "model.pt";
 
 /// The name of the part holding the checkpoint of `epoch` (`epoch 5`).
 pub fn checkpoint_part(epoch: i64) -> String {
@@ -205,6 +269,20 @@ pub struct ModelInfo {
     pub frozen_parameters: i64,
     /// Layers in order (`input` first) with the variables each owns.
     pub layers: Vec<LayerInfo>,
+    /// `model = "script"`: the module trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<ModuleFile>,
+}
+
+/// The TorchScript module a scripted run trained, in `model.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModuleFile {
+    /// Its file name in the `module` input.
+    pub file: String,
+    /// blake3 of the file, hex.
+    pub blake3: String,
+    /// Buffers (BatchNorm statistics and the like) among the layers' variables.
+    pub buffers: Vec<String>,
 }
 
 /// One layer in `model.json`.
@@ -214,6 +292,9 @@ pub struct LayerInfo {
     pub name: String,
     /// Names of its variables in the checkpoints' `weights.safetensors`.
     pub variables: Vec<String>,
+    /// Scripted modules: the number of trainable parameters of the layer (frozen included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<i64>,
 }
 
 /// What `checkpoint.json` says.
@@ -243,9 +324,10 @@ impl Kind for Train {
     const ABOUT: &'static str = "trains a network on the corrupted labels; per-epoch metrics and checkpoints (each its own artifact)";
 
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[slots::DATASET, slots::LABELS])
+        Inputs::Slots(&[slots::DATASET, slots::LABELS, slots::MODULE])
     }
-    fn check(&self, p: &TrainParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
+    fn check(&self, p: &TrainParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        p.check_script(env)?;
         if p.epochs < 1 {
             return Err(ParamError::param(TrainParams::epochs, "must be at least 1"));
         }
@@ -285,7 +367,10 @@ impl Kind for Train {
         if let Some(w) = p.width {
             p.check_width(w)?;
         }
-        let names = p.layer_names();
+        let Some(names) = p.layer_names() else {
+            // A scripted module's layer names are checked when it loads.
+            return checkpoints_within(p).and_then(|()| p.worker.check());
+        };
         for l in &p.freeze {
             if l == "input" || !names.contains(l) {
                 return Err(ParamError::param(
@@ -304,12 +389,7 @@ impl Kind for Train {
                 "freezes every layer: nothing would train",
             ));
         }
-        if let Some(bad) = p.checkpoints.iter().find(|&&e| e < 0 || e > p.epochs) {
-            return Err(ParamError::param(
-                TrainParams::checkpoints,
-                format!("epoch {bad} is outside 0..={}", p.epochs),
-            ));
-        }
+        checkpoints_within(p)?;
         p.worker.check()
     }
     fn parts(&self, p: &TrainParams, keys: &KeyInputs<'_>) -> Vec<Part> {

@@ -180,18 +180,25 @@ impl Layers {
         train: &TrainParams,
         allow_input: bool,
     ) -> Result<(), ParamError> {
-        let names = train.layer_names();
+        // A scripted module's layers are known when it loads: the worker checks them.
+        let known = train.layer_names();
         match self {
             Layers::Word(w) if w == all_word => Ok(()),
             Layers::Names(list) => {
                 for l in list {
-                    if !names.iter().any(|n| n == l) || (!allow_input && l == "input") {
+                    let unknown = known.as_ref().is_some_and(|n| !n.contains(l));
+                    if unknown || (!allow_input && l == "input") {
+                        let names = known.clone().unwrap_or_default();
+                        let listed = if known.is_some() {
+                            names.join(", ")
+                        } else {
+                            "those the module's `layers` method names".to_string()
+                        };
                         return Err(ParamError::param(
                             name,
                             format!(
-                                "unknown layer \"{l}\"{}; this model's layers: {}",
+                                "unknown layer \"{l}\"{}; this model's layers: {listed}",
                                 pipe_engine::error::suggest(l, names.iter().map(String::as_str)),
-                                names.join(", ")
                             ),
                         ));
                     }

@@ -1,0 +1,497 @@
+//! Your own model: a PyTorch module defined here, scripted by an `exec` stage with the
+//! shipped `pipelines/models/export.py`, trained by `train` (`model = "script"`) and seen by
+//! the analyses. Expectations are PyTorch's, computed from the stored checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+use serde_json::Value as Json;
+
+/// The user's model: a BatchNorm layer (so buffers travel too) and a linear logits layer.
+const MODEL_PY: &str = r#"from typing import List, Tuple
+import torch
+from torch import Tensor, nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Sequential(nn.Linear(16, 12), nn.BatchNorm1d(12))
+        self.logits = nn.Linear(12, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)[-1][1]
+
+    @torch.jit.export
+    def layers(self, x: Tensor) -> List[Tuple[str, Tensor]]:
+        h = self.fc1(x.flatten(1)).relu()
+        return [("fc1", h), ("logits", self.logits(h))]
+"#;
+
+/// Scripts `model.py`'s `Net` into `$PIPE_OUT/model.pt`: through the shipped helper, or
+/// (with `check = False`) through its adapter alone, so that the worker's checks are met.
+fn make_py(check: bool) -> String {
+    format!(
+        "import os, torch, export\n\
+         from model import Net\n\
+         torch.manual_seed(0)\n\
+         if not {check}:\n    export.check = lambda *a: []\n\
+         export.export(Net(), os.environ['PIPE_OUT'] + '/model.pt', (1, 4, 4), 10)\n",
+        check = if check { "True" } else { "False" }
+    )
+}
+
+/// The pipeline: tiny data, half the labels corrupted, the module, 3 epochs, analyses.
+const PIPELINE: &str = r#"[pipeline]
+name = "own-model"
+[stage.data]
+kind = "dataset"
+source = "idx"
+path = "data"
+train_size = 60
+test_size = 20
+[stage.corrupt]
+kind = "corrupt"
+inputs = ["data"]
+fraction = 0.5
+seed = 1
+[stage.net]
+kind = "exec"
+cmd = ["python3", "make.py"]
+files = ["model.py", "make.py", "export.py"]
+[stage.train]
+kind = "train"
+inputs = ["data", "corrupt", "net"]
+model = "script"
+epochs = 3
+batch_size = 20
+lr = 0.05
+seed = 1
+device = "cpu"
+checkpoints = [0, 1, 3]
+[stage.activations]
+kind = "activations"
+inputs = ["train"]
+epochs = [3]
+classes = 3
+per_class = 2
+[stage.gradnorm]
+kind = "gradnorm"
+inputs = ["train"]
+epochs = [0, 3]
+[stage.rollback]
+kind = "rollback"
+inputs = ["train"]
+from_epochs = [1]
+"#;
+
+/// A project with the data, the model, the helper and the pipeline (`model.py` and
+/// `make.py` as given).
+fn project(model: &str, make: &str, pipeline: &str) -> Project {
+    let p = Project::new();
+    p.write("model.py", model);
+    p.write("make.py", make);
+    p.write(
+        "export.py",
+        &std::fs::read_to_string(repo().join("pipelines/models/export.py")).unwrap(),
+    );
+    p.write("p.toml", pipeline);
+    p
+}
+
+fn artifact(p: &Project, key: &Json) -> PathBuf {
+    p.cache().join("artifacts").join(key.as_str().unwrap())
+}
+
+/// The artifact folder of the one executed instance of `stage`.
+fn executed(p: &Project, r: &Json, stage: &str) -> PathBuf {
+    let items = of_stage(r, "executed", stage);
+    assert_eq!(items.len(), 1, "{stage}: {r}");
+    artifact(p, &items[0]["key"])
+}
+
+/// Every checkpoint of a train artifact: epoch -> folder.
+fn checkpoints(p: &Project, train: &Path) -> Vec<(i64, PathBuf)> {
+    let list: Vec<Json> =
+        serde_json::from_slice(&std::fs::read(train.join("checkpoints.json")).unwrap()).unwrap();
+    list.iter()
+        .map(|c| (c["epoch"].as_i64().unwrap(), artifact(p, &c["key"])))
+        .collect()
+}
+
+fn blake3_file(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).unwrap())
+        .to_hex()
+        .to_string()
+}
+
+/// Python that loads `model.py`'s `Net` and the data as pipe standardizes it: `net_at(file)`
+/// (a checkpoint's weights, evaluation mode), `x`, `y` (training labels), `xt`, `yt`.
+const PY_SETUP: &str = r#"
+import importlib.util, json, math
+import polars as pl, torch, torch.nn.functional as F
+from safetensors.torch import load_file
+spec = importlib.util.spec_from_file_location("model", A["model"])
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+def images(path):
+    df = pl.read_parquet(path)
+    return torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, 4, 4), torch.tensor(df["label"].to_list())
+xr, _ = images(A["data"] + "/train.parquet")
+xtr, yt = images(A["data"] + "/test.parquet")
+xf = xr.float() / 255.0
+mean = xf.mean(dim=(0, 2, 3), keepdim=True)
+std = xf.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
+x = (xr.float() / 255.0 - mean) / std
+xt = (xtr.float() / 255.0 - mean) / std
+labels = pl.read_parquet(A["labels"] + "/labels.parquet")
+y = torch.tensor(labels["train_label"].to_list())
+def net_at(file):
+    net = m.Net()
+    net.load_state_dict(load_file(file), strict=True)
+    return net.eval()
+"#;
+
+/// Runs `PY_SETUP` then `code` with `A` = `args`; parses the JSON it prints.
+fn py(args: &Json, code: &str) -> Json {
+    python(&format!(
+        "import json\nA = json.loads(r'''{args}''')\n{PY_SETUP}\n{code}"
+    ))
+}
+
+#[test]
+fn scripted_run_matches_pytorch_and_every_analysis_takes_it() {
+    let p = project(MODEL_PY, &make_py(true), PIPELINE);
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let train = executed(&p, &r, "train");
+    let module = executed(&p, &r, "net").join("model.pt");
+    let args = serde_json::json!({
+        "model": p.path("model.py"),
+        "data": executed(&p, &r, "data"),
+        "labels": executed(&p, &r, "corrupt"),
+        "metrics": train.join("metrics.parquet"),
+        "checkpoints": checkpoints(&p, &train),
+        "activations": executed(&p, &r, "activations"),
+        "gradnorm": executed(&p, &r, "gradnorm"),
+        "rollback": executed(&p, &r, "rollback"),
+    });
+
+    // model.json: the module's digest, layers with their variables and parameter counts.
+    let info: Json =
+        serde_json::from_slice(&std::fs::read(train.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["model"], "script");
+    assert_eq!(info["module"]["blake3"], blake3_file(&module));
+    assert_eq!(
+        info["module"]["buffers"],
+        serde_json::json!([
+            "fc1.1.num_batches_tracked",
+            "fc1.1.running_mean",
+            "fc1.1.running_var"
+        ])
+    );
+    let layers: Vec<(String, usize, i64)> = info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_string(),
+                l["variables"].as_array().unwrap().len(),
+                l["parameters"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("input", 0, 0),
+        ("fc1", 7, 16 * 12 + 12 + 2 * 12),
+        ("logits", 2, 12 * 10 + 10),
+    ];
+    let want: Vec<(String, usize, i64)> = want
+        .iter()
+        .map(|(n, v, c)| (n.to_string(), *v, *c))
+        .collect();
+    assert_eq!(layers, want);
+    assert_eq!(info["parameters"], 16 * 12 + 12 + 2 * 12 + 12 * 10 + 10);
+
+    // Losses and accuracies at kept epochs equal PyTorch's evaluation of the checkpoint.
+    let out = py(
+        &args,
+        r#"
+metrics = {r["epoch"]: r for r in pl.read_parquet(A["metrics"]).to_dicts()}
+out = []
+for epoch, folder in A["checkpoints"]:
+    net = net_at(folder + "/weights.safetensors")
+    with torch.no_grad():
+        z, zt = net(x).double(), net(xt).double()
+    got = [F.cross_entropy(z, y, reduction="sum").item() / len(y), (z.argmax(1) == y).double().mean().item(),
+           F.cross_entropy(zt, yt, reduction="sum").item() / len(yt), (zt.argmax(1) == yt).double().mean().item()]
+    row = metrics[epoch]
+    out.append([epoch, got, [row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"]]])
+print(json.dumps(out))
+"#,
+    );
+    let rows = out.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "epochs 0, 1, 3");
+    for row in rows {
+        let (torch, pipe) = (row[1].as_array().unwrap(), row[2].as_array().unwrap());
+        for (a, b) in torch.iter().zip(pipe) {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() < 1e-5,
+                "epoch {}: {torch:?} vs {pipe:?}",
+                row[0]
+            );
+        }
+    }
+    let first = rows[0][2][0].as_f64().unwrap();
+    let last = rows[2][2][0].as_f64().unwrap();
+    assert!(last < first, "training lowers the loss: {first} -> {last}");
+
+    // activations: a probe example's fc1 row is the module's `layers` output; gradnorm's
+    // norms are PyTorch autograd's; a rollback row is PyTorch's accuracy of the mixed weights.
+    let out = py(
+        &args,
+        r#"
+ck = dict((e, f + "/weights.safetensors") for e, f in A["checkpoints"])
+net = net_at(ck[3])
+probe = pl.read_parquet(A["activations"] + "/probe_set.parquet")
+feats = pl.read_parquet(A["activations"] + "/epoch=3/fc1.parquet")
+i = probe["index"][0]
+with torch.no_grad():
+    mine = net.layers(x[i:i + 1])[0][1][0]
+act = (mine - torch.tensor(feats["features"][0].to_list())).abs().max().item()
+groups = pl.read_parquet(A["gradnorm"] + "/gradnorm_examples.parquet")
+table = pl.read_parquet(A["gradnorm"] + "/gradnorm.parquet").filter(pl.col("epoch") == 3).to_dicts()
+grad = 0.0
+for row in table:
+    idx = torch.tensor(groups.filter(pl.col("group") == row["group"])["index"].to_list())
+    z = net(x[idx]).double()
+    n, c = len(idx), z.shape[1]
+    dep = ((F.one_hot(y[idx], c).double() - 1.0 / c) * z).sum() / n
+    ind = (z.logsumexp(1) - z.mean(1)).sum() / n
+    params = [p for name, p in net.named_parameters() if name.startswith(row["layer"] + ".")]
+    for s, col in ((dep, "label_dependent"), (ind, "label_independent")):
+        g = torch.autograd.grad(s, params, retain_graph=True)
+        norm = torch.cat([t.flatten().double() for t in g]).norm().item()
+        grad = max(grad, abs(norm - row[col]) / max(norm, 1e-12))
+rb = pl.read_parquet(A["rollback"] + "/rollback.parquet").filter(pl.col("cutoff") == "logits").to_dicts()[0]
+final, old = load_file(ck[3]), load_file(ck[1])
+mixed = {k: (old[k] if k.startswith("logits.") else v) for k, v in final.items()}
+net = m.Net(); net.load_state_dict(mixed); net.eval()
+with torch.no_grad():
+    acc = (net(xt).argmax(1) == yt).double().mean().item()
+print(json.dumps({"act": act, "grad": grad, "rows": len(table), "rollback": [acc, rb["test_acc"]], "layers": sorted(set(r["layer"] for r in table))}))
+"#,
+    );
+    assert!(out["act"].as_f64().unwrap() < 1e-5, "{out}");
+    assert!(out["grad"].as_f64().unwrap() < 1e-6, "{out}");
+    assert_eq!(out["layers"], serde_json::json!(["fc1", "logits"]));
+    assert!(out["rows"].as_i64().unwrap() >= 4, "{out}");
+    assert_eq!(out["rollback"][0], out["rollback"][1], "{out}");
+}
+
+#[test]
+fn resumed_scripted_run_is_bit_identical_to_a_straight_one() {
+    let pipeline = with_values(PIPELINE, &[("stage.train.epochs", "4")]);
+    let pipeline = with_values(&pipeline, &[("stage.train.checkpoints", "[0, 1, 2]")]);
+    // Analyses are not needed here.
+    let pipeline = pipeline.split("[stage.activations]").next().unwrap();
+    let p = project(MODEL_PY, &make_py(true), pipeline);
+    // Straight to epoch 4, then the run and its epoch-4 checkpoint removed: the rerun
+    // resumes from epoch 2 (a re-export would be a new module: the `net` stage stays cached).
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let key = of_stage(&r, "executed", "train")[0]["key"].clone();
+    let key = key.as_str().unwrap();
+    let train = artifact(&p, &Json::from(key));
+    let files = |dir: &Path| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = ["metrics.parquet", "checkpoints.json", "model.json"]
+            .iter()
+            .map(|f| (f.to_string(), blake3_file(&dir.join(f))))
+            .collect();
+        for (epoch, ck) in checkpoints(&p, dir) {
+            for f in [
+                "weights.safetensors",
+                "optimizer.safetensors",
+                "metrics.parquet",
+            ] {
+                v.push((format!("{epoch}/{f}"), blake3_file(&ck.join(f))));
+            }
+        }
+        v
+    };
+    let straight = files(&train);
+    let last = checkpoints(&p, &train)
+        .into_iter()
+        .find(|(e, _)| *e == 4)
+        .unwrap()
+        .1;
+    for target in [key, last.file_name().unwrap().to_str().unwrap()] {
+        let out = p.pipe(&["rm", target, "--keep-parts"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(!train.exists() && !last.exists());
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(of_stage(&r, "executed", "train")[0]["key"], key);
+    let log = std::fs::read_to_string(p.cache().join("logs").join(format!("{key}.log"))).unwrap();
+    assert!(
+        log.contains("resumed from the checkpoint of epoch 2"),
+        "{log}"
+    );
+    assert_eq!(files(&train), straight);
+}
+
+/// Runs the pipeline with this model (scripted without the helper's checks, or as given by
+/// `make`) and `sets`; expects exit 2, `want` in stderr and no train artifact.
+fn refused(model: &str, make: &str, sets: &[&str], want: &str) {
+    let p = project(model, make, PIPELINE);
+    let mut args = vec!["run", "p.toml"];
+    args.extend_from_slice(sets);
+    let out = p.pipe(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{want}: {stderr}");
+    assert!(stderr.contains(want), "expected {want:?} in:\n{stderr}");
+    // An analysis that refuses leaves the train run it read stored.
+    let analysis = want.starts_with("layers:");
+    for dir in p.artifacts().iter().filter(|_| !analysis) {
+        let m: Json =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert!(
+            !m["kind"].as_str().unwrap().starts_with("train"),
+            "{want}: a train artifact was stored"
+        );
+    }
+}
+
+#[test]
+fn contract_violations_exit_2_with_their_message() {
+    let unchecked = make_py(false);
+    let plain = "import os, torch\nfrom model import Net\n\
+                 torch.jit.script(Net()).save(os.environ['PIPE_OUT'] + '/model.pt')\n";
+    let cases: Vec<(String, &str, Vec<&str>, &str)> = vec![
+        (
+            MODEL_PY.replace("nn.Linear(12, 10)", "nn.Linear(12, 5)"),
+            &unchecked,
+            vec![],
+            "forward(x) must return the logits [N, C] = [2, 10] for x of shape [2, 1, 4, 4] (10 classes), it returned a Tensor of shape [2, 5]",
+        ),
+        (
+            MODEL_PY
+                .replace("    @torch.jit.export\n    def layers", "    def layers")
+                .replace(
+                    "return self.layers(x)[-1][1]",
+                    "return self.logits(self.fc1(x.flatten(1)).relu())",
+                ),
+            &unchecked,
+            vec![],
+            "the module has no method `layers`",
+        ),
+        (
+            MODEL_PY.replace(
+                "return self.layers(x)[-1][1]",
+                "return self.logits(self.fc1(x.flatten(1)).relu())",
+            )
+            .replace("self.logits(h))]", "2.0 * self.logits(h))]"),
+            &unchecked,
+            vec![],
+            "the last output of the module's layers(x), \"logits\" (shape [2, 10]), must be the logits forward(x) returns",
+        ),
+        (
+            MODEL_PY.replace(
+                "self.logits = nn.Linear(12, 10)",
+                "self.logits = nn.Linear(12, 10)\n        self.scale = nn.Parameter(torch.ones(1))",
+            ),
+            &unchecked,
+            vec![],
+            "the module's parameter `scale` belongs to no layer",
+        ),
+        (
+            MODEL_PY.replace(
+                "self.logits = nn.Linear(12, 10)",
+                "self.logits = nn.Linear(12, 10)\n        self.register_buffer('count', torch.zeros(1))",
+            ),
+            &unchecked,
+            vec![],
+            "the module's buffer `count` belongs to no layer",
+        ),
+        (
+            MODEL_PY.replace("(\"fc1\", h)", "(\"input\", h)"),
+            &unchecked,
+            vec![],
+            "names a layer \"input\"",
+        ),
+        (
+            MODEL_PY.to_string(),
+            plain,
+            vec![],
+            "the module has no method `buffers_by_name`",
+        ),
+        (
+            MODEL_PY.replace(
+                "self.logits = nn.Linear(12, 10)",
+                "self.logits = nn.Sequential(nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 10))",
+            ),
+            &unchecked,
+            vec!["--set", "stage.train.record_examples=true"],
+            "record_examples needs the module's last layer (\"logits\") to be one linear layer",
+        ),
+        (
+            MODEL_PY.to_string(),
+            &unchecked,
+            vec!["--set", "stage.train.freeze=[\"fc9\"]"],
+            "freeze: the module has no layer \"fc9\"; its layers: fc1, logits",
+        ),
+        (
+            MODEL_PY.to_string(),
+            &unchecked,
+            vec!["--set", "stage.train.model=\"mlp\""],
+            "a `module` input is trained only with model = \"script\"",
+        ),
+        (
+            MODEL_PY.to_string(),
+            &unchecked,
+            vec!["--set", "stage.activations.layers=[\"fc1\", \"nope\"]"],
+            "layers: unknown layer \"nope\"; this module's layers: input, fc1, logits",
+        ),
+    ];
+    for (model, make, sets, want) in &cases {
+        refused(model, make, sets, want);
+    }
+}
+
+#[test]
+fn the_helper_checks_the_contract_before_it_writes() {
+    let p = project(
+        &MODEL_PY.replace(
+            "self.logits = nn.Linear(12, 10)",
+            "self.logits = nn.Linear(12, 10)\n        self.scale = nn.Parameter(torch.ones(1))",
+        ),
+        &make_py(true),
+        PIPELINE,
+    );
+    let res = std::process::Command::new("python3")
+        .args([
+            "export.py",
+            "model.py:Net",
+            "out.pt",
+            "--input",
+            "1",
+            "4",
+            "4",
+        ])
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("parameter `scale` belongs to no layer"),
+        "{stderr}"
+    );
+    assert!(!p.path("out.pt").exists());
+}
