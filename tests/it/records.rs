@@ -138,3 +138,46 @@ env = { GREETING = "hi" }
         "{listing}"
     );
 }
+
+#[test]
+fn messages_name_the_values_that_exist_and_read_right() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "words"
+[sweep]
+noise = [0.0, 0.4]
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "echo ${noise} > $PIPE_OUT/a"]
+[stage.acts]
+kind = "activations"
+inputs = ["e"]
+epochs = ["final"]
+"#,
+    );
+    // An exec stage, with its article.
+    let out = p.pipe(&["status", "p.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "\"e\" is an `exec` stage, which no free input slot of an `activations` stage takes"
+        ),
+        "{err}"
+    );
+    // A value the sweep does not have: the values it has.
+    p.write(
+        "q.toml",
+        "[pipeline]\nname = \"q\"\n[sweep]\nnoise = [0.0, 0.4]\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"echo ${noise} > $PIPE_OUT/a\"]\n",
+    );
+    let out = p.pipe(&["status", "q.toml", "--point", "noise=0.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`noise=0.5` matches no instance of pipeline q: noise is one of 0.0, 0.4"),
+        "{err}"
+    );
+}

@@ -147,6 +147,15 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The indefinite article for `word` in a message: `an` before a vowel (`an exec stage`,
+/// `an embed stage`), else `a`.
+pub fn article(word: &str) -> &'static str {
+    match word.trim_start_matches('`').chars().next() {
+        Some(c) if "aeiouAEIOU".contains(c) => "an",
+        _ => "a",
+    }
+}
+
 /// Result with the user-facing [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

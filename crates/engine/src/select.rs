@@ -136,9 +136,27 @@ impl Selector {
             .iter()
             .any(|&n| self.matches(plan, n) && strict.matches_point("", &plan.point(n)))
         {
+            // Say which values exist, for a value the sweep does not have.
+            let missing: Vec<String> = self
+                .point
+                .iter()
+                .filter_map(|(k, v)| {
+                    let var = plan.spec.sweep.vars.iter().find(|x| &x.name == k)?;
+                    if var.values.iter().any(|x| same_value(x, v)) {
+                        return None;
+                    }
+                    let values: Vec<String> = var.values.iter().map(template::display).collect();
+                    Some(format!("{k} is one of {}", values.join(", ")))
+                })
+                .collect();
             return Err(format!(
-                "`{self}` matches no instance of pipeline {}",
-                plan.spec.name
+                "`{self}` matches no instance of pipeline {}{}",
+                plan.spec.name,
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", missing.join("; "))
+                }
             ));
         }
         Ok(())

@@ -133,16 +133,19 @@ impl Link<'_> {
         let Some(decl) = slots.iter().find(|d| d.name == s) else {
             let ns: Vec<&str> = slots.iter().map(|d| d.name).collect();
             return Err(self.error(format!(
-                "a `{}` stage has no input slot `{s}`; its slots: {}",
+                "{} `{}` stage has no input slot `{s}`; its slots: {}",
+                crate::error::article(self.kind),
                 self.kind,
                 ns.join(", ")
             )));
         };
         if !decl.kinds.contains(&self.up_kind) {
             return Err(self.error(format!(
-                "slot `{s}` takes a {} stage, but \"{}\" is a `{}` stage",
+                "slot `{s}` takes {} {} stage, but \"{}\" is {} `{}` stage",
+                crate::error::article(decl.kinds.first().copied().unwrap_or("")),
                 decl.kinds.join(" or "),
                 self.up,
+                crate::error::article(self.up_kind),
                 self.up_kind
             )));
         }
@@ -162,9 +165,11 @@ impl Link<'_> {
                     .map(|d| format!("{} ({})", d.name, d.kinds.join("/")))
                     .collect();
                 Err(self.error(format!(
-                    "\"{}\" is a `{}` stage, which no free input slot of a `{}` stage takes; its slots: {}",
+                    "\"{}\" is {} `{}` stage, which no free input slot of {} `{}` stage takes; its slots: {}",
                     self.up,
+                    crate::error::article(self.up_kind),
                     self.up_kind,
+                    crate::error::article(self.kind),
                     self.kind,
                     ns.join(", ")
                 )))

@@ -151,7 +151,8 @@ fn check_keys(t: &Table, kind: &dyn StageKind, path: &str) -> Result<(), Error> 
                 &key.loc,
                 &format!("{path}.{k}"),
                 format!(
-                    "unknown key for a `{}` stage{}; allowed: {}",
+                    "unknown key for {} `{}` stage{}; allowed: {}",
+                    crate::error::article(kind.name()),
                     kind.name(),
                     suggest(k, allowed.iter().copied()),
                     allowed.join(", ")
