@@ -668,7 +668,8 @@ print(json.dumps({
         ],
         "{w}"
     );
-    let svg = std::fs::read_to_string(p.path("report/figures/3-gradients-gradnorm-all.svg")).unwrap();
+    let svg =
+        std::fs::read_to_string(p.path("report/figures/3-gradients-gradnorm-all.svg")).unwrap();
     assert!(svg.contains("fc1") && svg.contains("logits"));
     assert_renders(&p.path("report/index.html"), &names);
 }
