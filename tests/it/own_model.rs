@@ -495,3 +495,370 @@ fn the_helper_checks_the_contract_before_it_writes() {
     );
     assert!(!p.path("out.pt").exists());
 }
+
+/// `PIPELINE` with every example's dynamics recorded and the analyses the core test leaves
+/// out: `probe`, `embed` and `detect`.
+fn with_every_analysis() -> String {
+    let pipeline = with_values(PIPELINE, &[("stage.activations.epochs", "[0, 3]")]);
+    let pipeline = pipeline.replace(
+        "checkpoints = [0, 1, 3]\n",
+        "checkpoints = [0, 1, 3]\nrecord_examples = true\n",
+    );
+    format!(
+        "{pipeline}[stage.probe]\nkind = \"probe\"\ninputs = [\"activations\"]\nn_t = 20\n\
+         [stage.embed]\nkind = \"embed\"\ninputs = [\"activations\"]\nperplexity = 2.0\niterations = 250\n\
+         [stage.detect]\nkind = \"detect\"\ninputs = [\"train\"]\nwindow = [1, 2]\ngradient_window = [1, 3]\n"
+    )
+}
+
+#[test]
+fn probe_embed_detect_table_and_report_take_a_scripted_run() {
+    let p = project(MODEL_PY, &make_py(true), &with_every_analysis());
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let train = executed(&p, &r, "train");
+    let args = serde_json::json!({
+        "metrics": train.join("metrics.parquet"),
+        "examples": train.join("examples.parquet"),
+        "labels": executed(&p, &r, "corrupt").join("labels.parquet"),
+        "probe_set": executed(&p, &r, "activations").join("probe_set.parquet"),
+        "probe": executed(&p, &r, "probe").join("probe.parquet"),
+        "embed": executed(&p, &r, "embed").join("embedding.parquet"),
+        "scores": executed(&p, &r, "detect").join("scores.parquet"),
+        "detection": executed(&p, &r, "detect").join("detection.parquet"),
+    });
+    let want = python(&format!(
+        "import json, polars as pl\nA = json.loads(r'''{args}''')\n{}",
+        r#"
+m = pl.read_parquet(A["metrics"]).sort("epoch")
+last = m.row(-1, named=True)
+trained = m.filter(pl.col("epoch") > 0)
+best = trained.filter(pl.col("test_acc") == trained["test_acc"].max()).row(-1, named=True)
+labels = pl.read_parquet(A["labels"])
+probe = pl.read_parquet(A["probe"])
+ps = pl.read_parquet(A["probe_set"])
+# The manifolds of each labeling: classes with at least two points (a shape).
+expected = []
+for labeling, corrupted, label in (("unpermuted", False, "true_label"), ("permuted", True, "train_label"), ("restored", True, "true_label")):
+    sizes = [n for n in ps.filter(pl.col("corrupted") == corrupted)[label].value_counts()["count"].to_list() if n >= 2]
+    if len(sizes) >= 2:
+        for epoch in (0, 3):
+            for layer in ("input", "fc1", "logits"):
+                expected.append((epoch, layer, labeling, len(sizes), int(sum(sizes) / len(sizes) + 0.5), 20))
+emb = pl.read_parquet(A["embed"])
+scores = pl.read_parquet(A["scores"]).join(labels.select("index", pl.col("changed").alias("truth")), on="index")
+print(json.dumps({
+    "table": [last["test_acc"], best["test_acc"], best["epoch"], last["corrupted_train_acc"], last["clean_acc"], last["epoch"]],
+    "examples": pl.read_parquet(A["examples"]).select("epoch").unique().sort("epoch")["epoch"].to_list(),
+    "probe_set": pl.read_parquet(A["probe_set"]).group_by("corrupted").len().sort("corrupted")["len"].to_list(),
+    "probe": sorted((r["epoch"], r["layer"], r["labeling"], r["P"], r["M"], r["n_t"]) for r in probe.to_dicts()),
+    "probe_expected": sorted(expected),
+    "embed": emb.group_by("epoch", "layer", "method").len().sort("epoch", "layer", "method").rows(),
+    "embed_groups": emb.filter(pl.col("epoch") == 3).group_by("group").len().sort("group").rows(),
+    "scores": [scores.height, scores["method"].n_unique(), (scores["changed"] == scores["truth"]).all()],
+    "detection": pl.read_parquet(A["detection"]).select("method", "auroc", "n", "n_changed").rows(),
+    "changed": int(labels["changed"].sum()),
+}))
+"#
+    ));
+
+    // `pipe table`: the row is the metrics table's last epoch and best test accuracy.
+    let out = p.pipe(&["table", "p.toml", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    let row = &rows[0];
+    let got = [
+        &row["final_test_acc"],
+        &row["best_test_acc"],
+        &row["best_epoch"],
+        &row["corrupted_fit"],
+        &row["clean_acc"],
+        &row["epochs"],
+    ];
+    for (g, w) in got.iter().zip(want["table"].as_array().unwrap()) {
+        assert_eq!(g.as_f64().unwrap(), w.as_f64().unwrap(), "{row} vs {want}");
+    }
+    assert_eq!(row["state"], "cached");
+
+    // examples.parquet: every epoch's dynamics, 0..=3.
+    assert_eq!(want["examples"], serde_json::json!([0, 1, 2, 3]));
+    // The probe set: 3 classes x 2 clean and 3 x 2 corrupted examples.
+    assert_eq!(want["probe_set"], serde_json::json!([6, 6]));
+    // probe: a row per epoch, layer of the module and labeling with two or more manifolds
+    // (classes of at least two probe examples), with their count P and mean size M; the
+    // clean and the permuted labelings have 3 classes of 2.
+    assert_eq!(want["probe"], want["probe_expected"], "{want}");
+    let labelings = want["probe"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r[1] == "fc1");
+    let by_label: Vec<(String, i64, i64)> = labelings
+        .map(|r| {
+            (
+                r[2].as_str().unwrap().into(),
+                r[3].as_i64().unwrap(),
+                r[4].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        by_label.contains(&("unpermuted".into(), 3, 2)),
+        "{by_label:?}"
+    );
+    assert!(
+        by_label.contains(&("permuted".into(), 3, 2)),
+        "{by_label:?}"
+    );
+    // embed: all 12 probe examples per epoch, layer and method; 6 clean and 6 corrupted.
+    let mut embed = Vec::new();
+    for epoch in [0, 3] {
+        for layer in ["fc1", "input", "logits"] {
+            for method in ["pca", "tsne"] {
+                embed.push(serde_json::json!([epoch, layer, method, 12]));
+            }
+        }
+    }
+    assert_eq!(want["embed"], Json::from(embed));
+    assert_eq!(
+        want["embed_groups"],
+        serde_json::json!([["clean", 6 * 2 * 3], ["corrupted", 6 * 2 * 3]])
+    );
+    // detect: every training example scored by every method, with its true `changed`;
+    // detection's counts are the labels'.
+    assert_eq!(want["scores"], serde_json::json!([60 * 6, 6, true]));
+    let changed = want["changed"].as_i64().unwrap();
+    assert!(changed > 20, "{want}");
+    let detection = want["detection"].as_array().unwrap();
+    assert_eq!(detection.len(), 6);
+    assert_eq!(detection[0][0], "ensemble");
+    for d in detection {
+        assert_eq!(
+            (d[2].as_i64(), d[3].as_i64()),
+            (Some(60), Some(changed)),
+            "{d}"
+        );
+        let auroc = d[1].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{d}");
+    }
+
+    // The report: a figure per finding the pipeline has data for, in headless Chromium.
+    let out = p.pipe(&["report", "p.toml", "--out", "report", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let w: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let names = figure_names(&w);
+    assert_eq!(
+        names,
+        [
+            "1-accuracy-train.svg",
+            "2-geometry-probe-all.svg",
+            "3-gradients-gradnorm-all.svg",
+            "4-rollback-rollback-all.svg",
+            "5-embedding-embed-all.svg",
+            "7-detection-detect.svg",
+        ],
+        "{w}"
+    );
+    let svg =
+        std::fs::read_to_string(p.path("report/figures/3-gradients-gradnorm-all.svg")).unwrap();
+    assert!(svg.contains("fc1") && svg.contains("logits"));
+    assert_renders(&p.path("report/index.html"), &names);
+}
+
+/// The file names of a `pipe report --json`'s figures.
+fn figure_names(report: &Json) -> Vec<String> {
+    report["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            Path::new(f.as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// Opens the page in headless Chromium (`tests/browser/check_page.py`, as the report test
+/// does): no console message, and every figure, in order, decoded with a non-zero size.
+fn assert_renders(page: &Path, names: &[String]) {
+    let out = std::process::Command::new("python3")
+        .arg(repo().join("tests/browser/check_page.py"))
+        .arg(page)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Chromium check failed (scripts/setup installs chromium and chromium-driver):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let good = &pages[0];
+    assert_eq!(good["console"], serde_json::json!([]), "{good}");
+    let images = good["images"].as_array().unwrap();
+    assert_eq!(images.len(), names.len(), "{good}");
+    for (img, name) in images.iter().zip(names) {
+        assert_eq!(img["src"], format!("figures/{name}"));
+        assert_eq!(img["decoded"], true, "{img}");
+        assert!(img["width"].as_u64().unwrap() > 100 && img["height"].as_u64().unwrap() > 100);
+    }
+}
+
+#[test]
+fn a_seed_sweep_draws_different_networks_and_init_module_keeps_the_modules_weights() {
+    let pipeline = PIPELINE
+        .replace("[stage.data]", "[sweep]\nseed = [1, 2]\n[stage.data]")
+        .replace("seed = 1\ndevice", "seed = \"${seed}\"\ndevice");
+    let pipeline = with_values(&pipeline, &[("stage.train.epochs", "1")]);
+    let pipeline = with_values(&pipeline, &[("stage.train.checkpoints", "[0]")]);
+    let pipeline = pipeline.split("[stage.activations]").next().unwrap();
+    let p = project(MODEL_PY, &make_py(true), pipeline);
+    // Epoch-0 weights per seed: pipe's default init, then `init = "module"`.
+    let epoch0 = |init: &[&str]| -> Vec<String> {
+        let (code, r) = p.run("p.toml", init);
+        assert_eq!(code, 0, "{r}");
+        let mut trains = of_stage(&r, "executed", "train");
+        trains.sort_by_key(|t| t["point"]["seed"].as_i64());
+        assert_eq!(trains.len(), 2, "{r}");
+        trains
+            .iter()
+            .map(|t| {
+                let ck = checkpoints(&p, &artifact(&p, &t["key"]));
+                assert_eq!(ck[0].0, 0);
+                ck[0].1.join("weights.safetensors").display().to_string()
+            })
+            .collect()
+    };
+    let redrawn = epoch0(&[]);
+    let kept = epoch0(&["--set", "stage.train.init=\"module\""]);
+    let net = p
+        .artifacts()
+        .into_iter()
+        .find(|a| a.join("model.pt").exists())
+        .unwrap()
+        .join("model.pt");
+    let args = serde_json::json!({ "redrawn": redrawn, "kept": kept, "module": net });
+    let out = python(&format!(
+        "import json, torch\nfrom safetensors.torch import load_file\nA = json.loads(r'''{args}''')\n{}",
+        r#"
+module = {k: v for k, v in torch.jit.load(A["module"]).state_dict().items()}
+def same(a, b):
+    return sorted(k for k in a if torch.equal(a[k], b[k]))
+r1, r2 = (load_file(f) for f in A["redrawn"])
+k1, k2 = (load_file(f) for f in A["kept"])
+print(json.dumps({
+    "names": sorted(module) == sorted(r1) == sorted(k1),
+    "seeds_same": same(r1, r2),
+    "redrawn_as_module": same(r1, module),
+    "kept_as_module": [same(k1, module), same(k2, module)],
+}))
+"#
+    ));
+    assert_eq!(out["names"], true, "{out}");
+    // Different seeds, different linear weights and biases; the BatchNorm scales, shifts and
+    // statistics are the module's own in both.
+    let untouched = serde_json::json!([
+        "fc1.1.bias",
+        "fc1.1.num_batches_tracked",
+        "fc1.1.running_mean",
+        "fc1.1.running_var",
+        "fc1.1.weight"
+    ]);
+    assert_eq!(out["seeds_same"], untouched, "{out}");
+    assert_eq!(out["redrawn_as_module"], untouched, "{out}");
+    // init = "module": every variable is the exported file's, whatever the seed.
+    let all = serde_json::json!([
+        "fc1.0.bias",
+        "fc1.0.weight",
+        "fc1.1.bias",
+        "fc1.1.num_batches_tracked",
+        "fc1.1.running_mean",
+        "fc1.1.running_var",
+        "fc1.1.weight",
+        "logits.bias",
+        "logits.weight"
+    ]);
+    assert_eq!(
+        out["kept_as_module"],
+        serde_json::json!([all, all]),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_shipped_own_model_pipeline_runs_at_toy_size_and_its_report_renders() {
+    let p = Project::new();
+    let file = repo().join("pipelines/own-model.toml");
+    let file = file.to_str().unwrap();
+    let mut args = vec!["run", file, "--json"];
+    let small = [
+        "sweep.seed=[1]",
+        "stage.data.train_size=200",
+        "stage.data.test_size=100",
+        "stage.train.epochs=2",
+        "stage.train.checkpoints=[0,1,2]",
+        "stage.activations.epochs=[0,2]",
+        "stage.activations.per_class=3",
+        "stage.probe.n_t=20",
+        "stage.embed.perplexity=3.0",
+        "stage.embed.iterations=250",
+        "stage.gradnorm.epochs=[0,2]",
+        "stage.gradnorm.max_examples=20",
+        "stage.rollback.from_epochs=[1]",
+    ];
+    for s in &small {
+        args.extend(["--set", s]);
+    }
+    let out = p.pipe(&args);
+    let r: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("{}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    // Both architectures at both noise levels, every analysis.
+    for stage in [
+        "train",
+        "activations",
+        "probe",
+        "embed",
+        "gradnorm",
+        "rollback",
+    ] {
+        assert_eq!(of_stage(&r, "executed", stage).len(), 4, "{stage}: {r}");
+    }
+    let mut report = vec!["report", file, "--out", "report", "--json"];
+    for s in &small {
+        report.extend(["--set", s]);
+    }
+    let out = p.pipe(&report);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let w: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let names = figure_names(&w);
+    for want in [
+        "2-geometry-probe-arch-vit-noise-0.4.svg",
+        "3-gradients-gradnorm-arch-vit-noise-0.4.svg",
+        "4-rollback-rollback-arch-vit-noise-0.4.svg",
+        "5-embedding-embed-arch-vit-noise-0.4.svg",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    let page = std::fs::read_to_string(p.path("report/index.html")).unwrap();
+    for layer in ["blocks.0", "blocks.1", "pool"] {
+        assert!(page.contains(layer), "{layer}");
+    }
+    assert_renders(&p.path("report/index.html"), &names);
+}
