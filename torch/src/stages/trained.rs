@@ -40,7 +40,7 @@ pub struct TrainedRun {
 /// Where a run's kept epochs are.
 enum Kept {
     /// `train`: each checkpoint is a part of its own, listed in `checkpoints.json`.
-    Parts(Parts),
+    Parts(Box<Parts>),
     /// `import`: `weights/E.safetensors` in the run's own folder, for these epochs.
     Files(Vec<i64>),
 }
@@ -96,7 +96,7 @@ impl TrainedRun {
             };
             let arch = train::arch(&params, module.as_deref());
             let planned = params.layer_names().is_some();
-            (arch, planned, Kept::Parts(ctx.parts.clone()))
+            (arch, planned, Kept::Parts(Box::new(ctx.parts.clone())))
         };
         Ok(TrainedRun {
             arch,
