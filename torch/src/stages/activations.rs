@@ -261,10 +261,10 @@ pub fn run(p: &ActivationsParams, ctx: &mut RunContext<'_>) -> Result<()> {
         }
         writeln!(
             ctx.log,
-            "epoch {epoch}: {} ({} layers, part {})",
+            "epoch {epoch}: {} ({} layers, {})",
             part.how(),
             layers_info.len(),
-            &part.key[..12]
+            part.label()
         )?;
     }
     let info = ActivationsInfo {

@@ -302,8 +302,8 @@ pub fn run(p: &GradNormParams, ctx: &mut RunContext<'_>) -> Result<()> {
         let rows = GradNorm::read_in(&part.dir)?;
         writeln!(
             ctx.log,
-            "epoch {epoch}: {how} (part {}); label-dependent corrupted/clean: {}",
-            &part.key[..12],
+            "epoch {epoch}: {how} ({}); label-dependent corrupted/clean: {}",
+            part.label(),
             ratios(&rows)
         )?;
         table.append(rows);

@@ -8,6 +8,7 @@
 
 pub mod activations;
 pub mod gradnorm;
+pub mod import;
 pub mod rollback;
 pub mod train;
 pub mod trained;
@@ -47,6 +48,7 @@ pub fn run(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
         stages::activations::NAME => with_params(ctx, activations::run),
         stages::gradnorm::NAME => with_params(ctx, gradnorm::run),
         stages::rollback::NAME => with_params(ctx, rollback::run),
+        stages::import::NAME => with_params(ctx, import::run),
         stages::train::NAME => with_params(ctx, train::run),
         other => anyhow::bail!("the worker has no stage kind `{other}`"),
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stages::slots;
 use crate::stages::trained::{
-    EpochRef, Layers, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
+    EpochRef, Layers, TRAIN_INPUT, TrainedInput, at_least, check_epochs, checkpoint_parts,
 };
 use crate::worker::WorkerParams;
 use pipe_engine::stage::{
@@ -109,7 +109,7 @@ impl Kind for Activations {
         Inputs::Slots(TRAIN_INPUT)
     }
     fn check(&self, p: &ActivationsParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        let train = train_params(env)?;
+        let train = TrainedInput::from_env(env)?;
         check_epochs(&p.epochs, "epochs", &train)?;
         p.layers
             .check(ActivationsParams::layers, "all", &train, true)?;

@@ -32,40 +32,9 @@ pipe_engine::stage_params! {
 }
 
 impl ExecParams {
-    /// The command line, each value as text.
-    fn argv(&self) -> Vec<String> {
-        self.cmd.iter().map(|a| template::display(&a.0)).collect()
-    }
-}
-
-/// The `exec` stage kind.
-pub struct Exec;
-
-/// The environment variable name for an input slot: `PIPE_INPUT_` + slot in upper case.
-pub fn input_var(slot: &str) -> String {
-    let s: String = slot
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("PIPE_INPUT_{s}")
-}
-
-impl Kind for Exec {
-    type Params = ExecParams;
-    const NAME: &'static str = NAME;
-    const VERSION: u32 = 1;
-    const ABOUT: &'static str = "runs your own command; upstream artifacts come in as PIPE_INPUT_<SLOT>, output goes to PIPE_OUT";
-
-    fn inputs(&self) -> Inputs {
-        Inputs::Any
-    }
-    fn check(&self, p: &ExecParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
+    /// Checks the command, its threads, tables and environment (shared with `import`).
+    pub fn check(&self) -> Result<(), ParamError> {
+        let p = self;
         if p.argv().first().is_none_or(|a| a.is_empty()) {
             return Err(ParamError::param(ExecParams::cmd, "the command is empty"));
         }
@@ -110,11 +79,53 @@ impl Kind for Exec {
         }
         Ok(())
     }
-    fn files(&self, p: &ExecParams, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
-        p.files
+
+    /// The files `files` declares (shared with `import`).
+    pub fn declared_files(&self, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
+        self.files
             .iter()
             .flat_map(|f| declared(env.base_dir, f))
             .collect()
+    }
+
+    /// The command line, each value as text.
+    fn argv(&self) -> Vec<String> {
+        self.cmd.iter().map(|a| template::display(&a.0)).collect()
+    }
+}
+
+/// The `exec` stage kind.
+pub struct Exec;
+
+/// The environment variable name for an input slot: `PIPE_INPUT_` + slot in upper case.
+pub fn input_var(slot: &str) -> String {
+    let s: String = slot
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("PIPE_INPUT_{s}")
+}
+
+impl Kind for Exec {
+    type Params = ExecParams;
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "runs your own command; upstream artifacts come in as PIPE_INPUT_<SLOT>, output goes to PIPE_OUT";
+
+    fn inputs(&self) -> Inputs {
+        Inputs::Any
+    }
+    fn check(&self, p: &ExecParams, _env: &CheckEnv<'_>) -> Result<(), ParamError> {
+        p.check()
+    }
+    fn files(&self, p: &ExecParams, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
+        p.declared_files(env)
     }
     fn tables(&self, p: &ExecParams) -> Vec<String> {
         p.tables.clone()
@@ -123,61 +134,67 @@ impl Kind for Exec {
         p.threads.max(1) as usize
     }
     fn run(&self, p: &ExecParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
-        let argv = p.argv();
-        // Started under a reaper: whatever the command starts (in the background, in a new
-        // session) is killed when it ends, at the timeout, on Ctrl-C, and if pipe dies.
-        let mut supervised = Supervised::new(&argv)?;
-        let cmd = supervised.command();
-        cmd.current_dir(ctx.base_dir)
-            .stdin(Stdio::null())
-            .stdout(ctx.log.try_clone()?)
-            .stderr(ctx.log.try_clone()?)
-            .env("PIPE_OUT", std::path::absolute(ctx.out)?)
-            .env("PIPE_THREADS", ctx.threads.to_string())
-            .env("PIPE_KEY", ctx.key)
-            .env("PIPE_POINT", ctx.point.to_string());
-        for input in ctx.inputs {
-            cmd.env(input_var(&input.slot), std::path::absolute(&input.dir)?);
-        }
-        if let Some(v) = ctx.visible_gpus {
-            cmd.env("CUDA_VISIBLE_DEVICES", v);
-        }
-        for (k, v) in &p.env {
-            cmd.env(k, template::display(&v.0));
-        }
-        let child = supervised.spawn().with_context(|| {
-            format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display())
-        })?;
-        let status = child.wait_until(ctx.deadline)?;
-        if !status.success() {
-            match status.code() {
-                Some(c) => bail!("command `{}` exited with status {c}", argv.join(" ")),
-                None => bail!(
-                    "command `{}` was killed by a signal ({status})",
-                    argv.join(" ")
-                ),
-            }
-        }
-        unlink_shared(ctx.out)?;
-        let missing: Vec<&str> = p
-            .tables
-            .iter()
-            .filter(|t| !ctx.out.join(format!("{t}.parquet")).is_file())
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            bail!(
-                "the command declared table(s) {} but wrote no {} in $PIPE_OUT",
-                missing.join(", "),
-                missing
-                    .iter()
-                    .map(|t| format!("{t}.parquet"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        Ok(())
+        run_command(p, ctx)
     }
+}
+
+/// Runs the command of `p` as an `exec` stage does (shared with `import`): under a reaper,
+/// with the `PIPE_*` variables, its output into the log; then checks the declared tables.
+pub fn run_command(p: &ExecParams, ctx: &mut RunContext<'_>) -> anyhow::Result<()> {
+    let argv = p.argv();
+    // Started under a reaper: whatever the command starts (in the background, in a new
+    // session) is killed when it ends, at the timeout, on Ctrl-C, and if pipe dies.
+    let mut supervised = Supervised::new(&argv)?;
+    let cmd = supervised.command();
+    cmd.current_dir(ctx.base_dir)
+        .stdin(Stdio::null())
+        .stdout(ctx.log.try_clone()?)
+        .stderr(ctx.log.try_clone()?)
+        .env("PIPE_OUT", std::path::absolute(ctx.out)?)
+        .env("PIPE_THREADS", ctx.threads.to_string())
+        .env("PIPE_KEY", ctx.key)
+        .env("PIPE_POINT", ctx.point.to_string());
+    for input in ctx.inputs {
+        cmd.env(input_var(&input.slot), std::path::absolute(&input.dir)?);
+    }
+    if let Some(v) = ctx.visible_gpus {
+        cmd.env("CUDA_VISIBLE_DEVICES", v);
+    }
+    for (k, v) in &p.env {
+        cmd.env(k, template::display(&v.0));
+    }
+    let child = supervised
+        .spawn()
+        .with_context(|| format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display()))?;
+    let status = child.wait_until(ctx.deadline)?;
+    if !status.success() {
+        match status.code() {
+            Some(c) => bail!("command `{}` exited with status {c}", argv.join(" ")),
+            None => bail!(
+                "command `{}` was killed by a signal ({status})",
+                argv.join(" ")
+            ),
+        }
+    }
+    unlink_shared(ctx.out)?;
+    let missing: Vec<&str> = p
+        .tables
+        .iter()
+        .filter(|t| !ctx.out.join(format!("{t}.parquet")).is_file())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the command declared table(s) {} but wrote no {} in $PIPE_OUT",
+            missing.join(", "),
+            missing
+                .iter()
+                .map(|t| format!("{t}.parquet"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Replaces every output file that has other hard links (`ln ~/data.bin $PIPE_OUT/`) by a

@@ -5,7 +5,7 @@
 
 use crate::stages::slots;
 use crate::stages::trained::{
-    EpochRef, TRAIN_INPUT, at_least, check_epochs, checkpoint_parts, train_params,
+    EpochRef, TRAIN_INPUT, TrainedInput, at_least, check_epochs, checkpoint_parts,
 };
 use crate::tables::{GradNormExamples, GradNormPerExample};
 use crate::worker::WorkerParams;
@@ -62,7 +62,7 @@ impl Kind for GradNorm {
         Inputs::Slots(TRAIN_INPUT)
     }
     fn check(&self, p: &GradNormParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        let train = train_params(env)?;
+        let train = TrainedInput::from_env(env)?;
         check_epochs(&p.epochs, "epochs", &train)?;
         at_least(p.max_examples, "max_examples", 1)?;
         p.worker.check()

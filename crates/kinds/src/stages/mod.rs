@@ -11,6 +11,7 @@ pub mod detect;
 pub mod embed;
 pub mod exec;
 pub mod gradnorm;
+pub mod import;
 pub mod probe;
 pub mod rollback;
 pub mod slots;
@@ -54,6 +55,7 @@ pub fn registry() -> Registry {
         &dataset::Dataset,
         &corrupt::Corrupt,
         &train::Train,
+        &import::Import,
         &activations::Activations,
         &gradnorm::GradNorm,
         &rollback::Rollback,

@@ -4,7 +4,7 @@
 
 use crate::stages::slots;
 use crate::stages::trained::{
-    EpochRef, Layers, TRAIN_INPUT, check_epochs, checkpoint_parts, train_params,
+    EpochRef, Layers, TRAIN_INPUT, TrainedInput, check_epochs, checkpoint_parts,
 };
 use crate::worker::WorkerParams;
 use pipe_engine::stage::{CheckEnv, InputInfo, Inputs, Kind, ParamError};
@@ -37,7 +37,7 @@ impl Kind for Rollback {
         Inputs::Slots(TRAIN_INPUT)
     }
     fn check(&self, p: &RollbackParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
-        let train = train_params(env)?;
+        let train = TrainedInput::from_env(env)?;
         check_epochs(std::slice::from_ref(&p.final_epoch), "final", &train)?;
         check_epochs(&p.from_epochs, "from_epochs", &train)?;
         p.cutoffs

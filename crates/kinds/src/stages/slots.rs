@@ -30,6 +30,8 @@ pub mod names {
     pub const DETECT: &str = "detect";
     /// `clean`: labels with the flagged examples dropped or relabeled.
     pub const CLEAN: &str = "clean";
+    /// `import`: a run trained by the user's own command, checked as a training run.
+    pub const IMPORT: &str = "import";
 }
 
 /// A data set (`dataset`).
@@ -46,10 +48,18 @@ pub const LABELS: Slot = Slot {
     optional: false,
 };
 
-/// A trained network (`train`), the input of every analysis.
+/// A run of pipe's own training (`train`): what `detect` reads (its `examples.parquet`).
 pub const TRAIN: Slot = Slot {
     name: "train",
     kinds: &[names::TRAIN],
+    optional: false,
+};
+
+/// A trained network, the input of every analysis of one: pipe's own training (`train`)
+/// or a run trained elsewhere (`import`). Named `train` like [`TRAIN`].
+pub const TRAINED: Slot = Slot {
+    name: TRAIN.name,
+    kinds: &[names::TRAIN, names::IMPORT],
     optional: false,
 };
 

@@ -1,6 +1,7 @@
-//! What the kinds that analyse a trained network share: their `train` input, epoch
-//! references (`5` or `"final"`), layer selections, and the checks of both against the
-//! train instance's parameters.
+//! What the kinds that analyse a trained network share: their `train` input (a run of
+//! pipe's `train` or one trained elsewhere, `import`, both seen as a [`TrainedInput`]),
+//! epoch references (`5` or `"final"`), layer selections, and the checks of both against
+//! what the run keeps.
 
 use std::fmt;
 use std::path::Path;
@@ -9,20 +10,68 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value as Json;
 
+use crate::stages::import::ImportParams;
 use crate::stages::slots;
 use crate::stages::train::{self, CheckpointRef, TrainParams};
 use pipe_engine::stage::{CheckEnv, InputInfo, ParamError, ParamType, ParamValue, Slot};
 
-/// The input slot of every analysis: one `train` instance.
-pub const TRAIN_INPUT: &[Slot] = &[slots::TRAIN];
+/// The input slot of every analysis: one trained run (`train` or `import`).
+pub const TRAIN_INPUT: &[Slot] = &[slots::TRAINED];
 
-/// The parameters of the train instance filling the `train` slot.
+/// The parameters of the train instance filling the `train` slot (of `detect`, which
+/// takes only pipe's own runs).
 pub fn train_params(env: &CheckEnv<'_>) -> Result<std::sync::Arc<TrainParams>, ParamError> {
     env.input(slots::TRAIN.name)
         .ok_or_else(|| ParamError::stage("needs a `train` input"))?
         .params
         .typed::<TrainParams>()
         .map_err(ParamError::stage)
+}
+
+/// What an analysis knows, when the pipeline is planned, of the trained run in its `train`
+/// slot: the one view of `train` and `import` instances that checks and keys use.
+#[derive(Clone, Debug)]
+pub struct TrainedInput {
+    /// The epochs whose weights the run keeps (its last one is `"final"`).
+    pub kept: std::collections::BTreeSet<i64>,
+    /// Its layer names (`input` first), or `None` when known only once the module loads.
+    pub layers: Option<Vec<String>>,
+    /// `train`: its checkpoints are parts of their own (an analysis reads those it needs);
+    /// `import`: the run is one artifact, read whole.
+    pub checkpoint_parts: bool,
+}
+
+impl TrainedInput {
+    /// The view of the upstream instance `up` (a `train` or an `import`).
+    pub fn of(up: &InputInfo<'_>) -> Result<TrainedInput, String> {
+        if up.kind == slots::names::IMPORT {
+            let p = up.params.typed::<ImportParams>()?;
+            return Ok(TrainedInput {
+                kept: p.epochs.iter().copied().collect(),
+                layers: None,
+                checkpoint_parts: false,
+            });
+        }
+        let p = up.params.typed::<TrainParams>()?;
+        Ok(TrainedInput {
+            kept: p.kept(),
+            layers: p.layer_names(),
+            checkpoint_parts: true,
+        })
+    }
+
+    /// The view of the run in `env`'s `train` slot.
+    pub fn from_env(env: &CheckEnv<'_>) -> Result<TrainedInput, ParamError> {
+        let up = env
+            .input(slots::TRAINED.name)
+            .ok_or_else(|| ParamError::stage("needs a `train` input"))?;
+        TrainedInput::of(up).map_err(ParamError::stage)
+    }
+
+    /// The last epoch kept.
+    pub fn final_epoch(&self) -> i64 {
+        self.kept.iter().next_back().copied().unwrap_or(0)
+    }
 }
 
 /// A checkpoint as a pipeline names it: an epoch, or `"final"`. Any other value is kept
@@ -64,12 +113,12 @@ impl fmt::Display for EpochRef {
 pub fn check_epochs(
     refs: &[EpochRef],
     name: &'static str,
-    train: &TrainParams,
+    train: &TrainedInput,
 ) -> Result<(), ParamError> {
     if refs.is_empty() {
         return Err(ParamError::param(name, "list at least one epoch"));
     }
-    let keep = train.kept();
+    let keep = &train.kept;
     for r in refs {
         match r {
             EpochRef::Final => {}
@@ -78,11 +127,16 @@ pub fn check_epochs(
                 return Err(ParamError::param(
                     name,
                     format!(
-                        "the train stage keeps no checkpoint {other}; it keeps epochs {} (and \"final\"); add the epoch to its `checkpoints`",
+                        "the train stage keeps no checkpoint {other}; it keeps epochs {} (and \"final\"); add the epoch to its `{}`",
                         keep.iter()
                             .map(|e| e.to_string())
                             .collect::<Vec<_>>()
-                            .join(", ")
+                            .join(", "),
+                        if train.checkpoint_parts {
+                            "checkpoints"
+                        } else {
+                            "epochs"
+                        }
                     ),
                 ));
             }
@@ -93,16 +147,20 @@ pub fn check_epochs(
 
 /// The train instance's parts (checkpoints) that these epoch references read, each once:
 /// what an analysis is keyed on instead of the whole train artifact, so that training
-/// longer reruns no analysis of unchanged checkpoints. `None` if a reference is invalid.
+/// longer reruns no analysis of unchanged checkpoints. `None` if a reference is invalid,
+/// and for an imported run, which is read whole.
 pub fn checkpoint_parts<'a>(
     refs: impl IntoIterator<Item = &'a EpochRef>,
     upstream: &InputInfo<'_>,
 ) -> Option<Vec<String>> {
-    let train = upstream.params.typed::<TrainParams>().ok()?;
+    let train = TrainedInput::of(upstream).ok()?;
+    if !train.checkpoint_parts {
+        return None;
+    }
     let mut names = Vec::new();
     for r in refs {
         let epoch = match r {
-            EpochRef::Final => train.epochs,
+            EpochRef::Final => train.final_epoch(),
             EpochRef::Epoch(e) => *e,
             EpochRef::Invalid(_) => return None,
         };
@@ -177,11 +235,11 @@ impl Layers {
         &self,
         name: &'static str,
         all_word: &str,
-        train: &TrainParams,
+        train: &TrainedInput,
         allow_input: bool,
     ) -> Result<(), ParamError> {
         // A scripted module's layers are known when it loads: the worker checks them.
-        let known = train.layer_names();
+        let known = train.layers.clone();
         match self {
             Layers::Word(w) if w == all_word => Ok(()),
             Layers::Names(list) => {

@@ -1,0 +1,313 @@
+//! Runs trained elsewhere: an `import` stage whose command trains a module in plain
+//! PyTorch and writes the layout (module, weights per kept epoch, metrics), which pipe
+//! checks when the stage ends and every analysis then reads as its `train` input.
+//! Expectations are PyTorch's, computed from the weights files the command wrote.
+
+use std::path::PathBuf;
+
+use crate::common::*;
+use serde_json::Value as Json;
+
+/// The user's model: a BatchNorm layer (buffers travel too) and a linear logits layer.
+const MODEL_PY: &str = r#"from typing import List, Tuple
+import torch
+from torch import Tensor, nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Sequential(nn.Linear(16, 12), nn.BatchNorm1d(12))
+        self.logits = nn.Linear(12, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)[-1][1]
+
+    @torch.jit.export
+    def layers(self, x: Tensor) -> List[Tuple[str, Tensor]]:
+        h = self.fc1(x.flatten(1)).relu()
+        return [("fc1", h), ("logits", self.logits(h))]
+"#;
+
+/// The user's own training loop, in plain PyTorch: the layout README's "Runs trained
+/// elsewhere" documents. `BREAK` spoils one part of it, for the refusals.
+const TRAIN_PY: &str = r#"import os
+import polars as pl, torch, torch.nn.functional as F
+from torch import nn
+from safetensors.torch import save_file
+import export
+from model import Net
+
+out, brk = os.environ["PIPE_OUT"], os.environ.get("BREAK", "")
+data, labels = os.environ["PIPE_INPUT_DATASET"], os.environ["PIPE_INPUT_LABELS"]
+
+def images(path):
+    df = pl.read_parquet(path)
+    x = torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, 4, 4).float() / 255.0
+    return x, torch.tensor(df["label"].to_list())
+
+x, _ = images(data + "/train.parquet")
+xt, yt = images(data + "/test.parquet")
+# The analyses feed the module inputs standardized per channel with the training set's
+# mean and deviation: train on the same.
+mean = x.mean(dim=(0, 2, 3), keepdim=True)
+std = x.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
+x, xt = (x - mean) / std, (xt - mean) / std
+lab = pl.read_parquet(labels + "/labels.parquet")
+y = torch.tensor(lab["train_label"].to_list())
+true = torch.tensor(lab["true_label"].to_list())
+chosen = torch.tensor(lab["chosen"].to_list())
+changed = torch.tensor(lab["changed"].to_list())
+
+torch.manual_seed(0)
+net = Net()
+opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+os.makedirs(out + "/weights")
+rows = []
+
+def evaluate(epoch, lr):
+    net.eval()
+    with torch.no_grad():
+        z, zt = net(x), net(xt)
+    acc = lambda p, t, m=None: ((p == t)[m] if m is not None else (p == t)).double().mean().item()
+    p = z.argmax(1)
+    rows.append(dict(epoch=epoch, lr=lr, train_loss=F.cross_entropy(z, y).item(), train_acc=acc(p, y),
+                     clean_acc=acc(p, y, ~chosen),
+                     corrupted_train_acc=acc(p, y, changed) if changed.any() else None,
+                     corrupted_true_acc=acc(p, true, changed) if changed.any() else None,
+                     test_loss=F.cross_entropy(zt, yt).item(), test_acc=acc(zt.argmax(1), yt)))
+
+def keep(epoch):
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    if brk == "param" and epoch == 1:
+        del state["logits.bias"]
+    if not (brk == "epoch" and epoch == 1):
+        save_file(state, f"{out}/weights/{epoch}.safetensors")
+
+evaluate(0, 0.0)
+keep(0)
+g = torch.Generator().manual_seed(0)
+for epoch in (1, 2, 3):
+    net.train()
+    for idx in torch.randperm(len(y), generator=g).split(20):
+        opt.zero_grad()
+        F.cross_entropy(net(x[idx]), y[idx]).backward()
+        opt.step()
+    evaluate(epoch, 0.05)
+    if epoch in (1, 3):
+        keep(epoch)
+
+table = pl.DataFrame(rows, schema={"epoch": pl.Int64, "lr": pl.Float64, "train_loss": pl.Float64,
+    "train_acc": pl.Float64, "clean_acc": pl.Float64, "corrupted_train_acc": pl.Float64,
+    "corrupted_true_acc": pl.Float64, "test_loss": pl.Float64, "test_acc": pl.Float64})
+if brk == "metrics":
+    table = table.rename({"test_acc": "accuracy"})
+table.write_parquet(out + "/metrics.parquet")
+if brk == "contract":
+    net.scale = nn.Parameter(torch.ones(1))
+    export.check = lambda *a: []
+export.export(net.eval(), out + "/model.pt", (1, 4, 4), 10)
+"#;
+
+/// The pipeline: tiny data, half the labels corrupted, the imported run (epochs 0, 1, 3
+/// kept), and the analyses of pipe's own runs.
+const PIPELINE: &str = r#"[pipeline]
+name = "imported"
+[stage.data]
+kind = "dataset"
+source = "idx"
+path = "data"
+train_size = 60
+test_size = 20
+[stage.corrupt]
+kind = "corrupt"
+inputs = ["data"]
+fraction = 0.5
+seed = 1
+[stage.mine]
+kind = "import"
+inputs = ["data", "corrupt"]
+cmd = ["python3", "train.py"]
+files = ["model.py", "train.py", "export.py"]
+epochs = [0, 1, 3]
+env = { BREAK = "" }
+[stage.activations]
+kind = "activations"
+inputs = ["mine"]
+epochs = ["final"]
+classes = 3
+per_class = 2
+[stage.gradnorm]
+kind = "gradnorm"
+inputs = ["mine"]
+epochs = [0, 3]
+[stage.rollback]
+kind = "rollback"
+inputs = ["mine"]
+from_epochs = [1]
+"#;
+
+fn project(brk: &str) -> Project {
+    let p = Project::new();
+    p.write("model.py", MODEL_PY);
+    p.write("train.py", TRAIN_PY);
+    p.write(
+        "export.py",
+        &std::fs::read_to_string(repo().join("pipelines/models/export.py")).unwrap(),
+    );
+    p.write(
+        "p.toml",
+        &PIPELINE.replace("BREAK = \"\"", &format!("BREAK = \"{brk}\"")),
+    );
+    p
+}
+
+/// The artifact folder of the one executed instance of `stage`.
+fn executed(p: &Project, r: &Json, stage: &str) -> PathBuf {
+    let items = of_stage(r, "executed", stage);
+    assert_eq!(items.len(), 1, "{stage}: {r}");
+    p.cache()
+        .join("artifacts")
+        .join(items[0]["key"].as_str().unwrap())
+}
+
+/// Recomputes, in PyTorch from the imported weights files, a probe example's `fc1` row,
+/// the gradient norms (autograd) and the rollback of `logits` to epoch 1.
+const CHECK_PY: &str = r#"
+import polars as pl, torch, torch.nn.functional as F
+from safetensors.torch import load_file
+spec = importlib.util.spec_from_file_location("model", A["model"])
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+def images(path):
+    df = pl.read_parquet(path)
+    return torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, 4, 4).float() / 255.0, torch.tensor(df["label"].to_list())
+x, _ = images(A["data"] + "/train.parquet")
+xt, yt = images(A["data"] + "/test.parquet")
+mean = x.mean(dim=(0, 2, 3), keepdim=True)
+std = x.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
+x, xt = (x - mean) / std, (xt - mean) / std
+y = torch.tensor(pl.read_parquet(A["labels"] + "/labels.parquet")["train_label"].to_list())
+def net_of(state):
+    net = m.Net(); net.load_state_dict(state, strict=True); return net.eval()
+w = {e: load_file(A["run"] + f"/weights/{e}.safetensors") for e in (0, 1, 3)}
+net = net_of(w[3])
+probe = pl.read_parquet(A["activations"] + "/probe_set.parquet")
+feats = pl.read_parquet(A["activations"] + "/epoch=3/fc1.parquet")
+i = probe["index"][0]
+with torch.no_grad():
+    mine = net.layers(x[i:i + 1])[0][1][0]
+act = (mine - torch.tensor(feats["features"][0].to_list())).abs().max().item()
+groups = pl.read_parquet(A["gradnorm"] + "/gradnorm_examples.parquet")
+table = pl.read_parquet(A["gradnorm"] + "/gradnorm.parquet").to_dicts()
+grad = 0.0
+for row in table:
+    net = net_of(w[row["epoch"]])
+    idx = torch.tensor(groups.filter(pl.col("group") == row["group"])["index"].to_list())
+    z = net(x[idx]).double()
+    n, c = len(idx), z.shape[1]
+    dep = ((F.one_hot(y[idx], c).double() - 1.0 / c) * z).sum() / n
+    ind = (z.logsumexp(1) - z.mean(1)).sum() / n
+    params = [p for name, p in net.named_parameters() if name.startswith(row["layer"] + ".")]
+    for s, col in ((dep, "label_dependent"), (ind, "label_independent")):
+        g = torch.autograd.grad(s, params, retain_graph=True)
+        norm = torch.cat([t.flatten().double() for t in g]).norm().item()
+        grad = max(grad, abs(norm - row[col]) / max(norm, 1e-12))
+rb = pl.read_parquet(A["rollback"] + "/rollback.parquet").filter(pl.col("cutoff") == "logits").to_dicts()[0]
+mixed = {k: (w[1][k] if k.startswith("logits.") else v) for k, v in w[3].items()}
+with torch.no_grad():
+    acc = (net_of(mixed)(xt).argmax(1) == yt).double().mean().item()
+print(json.dumps({"act": act, "grad": grad, "rows": len(table), "epochs": sorted(set(r["epoch"] for r in table)),
+                  "rollback": [acc, rb["test_acc"], rb["from_epoch"]]}))
+"#;
+
+#[test]
+fn an_imported_run_is_checked_and_every_analysis_takes_it() {
+    let p = project("");
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let run = executed(&p, &r, "mine");
+    // pipe's own file beside the user's: the module's layers and variables.
+    let info: Json =
+        serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["model"], "import");
+    let layers: Vec<&str> = info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(layers, ["input", "fc1", "logits"]);
+    assert_eq!(info["layers"][1]["variables"].as_array().unwrap().len(), 7);
+
+    let args = serde_json::json!({
+        "model": p.path("model.py"),
+        "data": executed(&p, &r, "data"),
+        "labels": executed(&p, &r, "corrupt"),
+        "run": run,
+        "activations": executed(&p, &r, "activations"),
+        "gradnorm": executed(&p, &r, "gradnorm"),
+        "rollback": executed(&p, &r, "rollback"),
+    });
+    let out = python(&format!(
+        "import json, importlib.util\nA = json.loads(r'''{args}''')\n{CHECK_PY}"
+    ));
+    assert!(out["act"].as_f64().unwrap() < 1e-5, "{out}");
+    assert!(out["grad"].as_f64().unwrap() < 1e-6, "{out}");
+    assert_eq!(out["epochs"], serde_json::json!([0, 3]), "{out}");
+    assert!(out["rows"].as_i64().unwrap() >= 8, "{out}");
+    assert_eq!(out["rollback"][0], out["rollback"][1], "{out}");
+    assert_eq!(out["rollback"][2], 1, "{out}");
+
+    // A second run computes nothing: the import and its analyses are cached.
+    let (code, again) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(count(&again, "executed"), 0, "{again}");
+
+    // An epoch the import does not keep is refused when the pipeline is planned.
+    let out = p.pipe(&["run", "p.toml", "--set", "stage.gradnorm.epochs=[2]"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("keeps no checkpoint 2; it keeps epochs 0, 1, 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn malformed_runs_are_refused_with_their_message_and_nothing_stored() {
+    let cases = [
+        (
+            "epoch",
+            "weights/1.safetensors is missing: the command must write one weights file per epoch listed in `epochs`",
+        ),
+        (
+            "param",
+            "weights/1.safetensors lacks the module's variable logits.bias",
+        ),
+        ("metrics", "metrics.parquet does not have the train schema"),
+        (
+            "contract",
+            "model.pt: the module's parameter `scale` belongs to no layer",
+        ),
+    ];
+    for (brk, want) in cases {
+        let p = project(brk);
+        let out = p.pipe(&["run", "p.toml"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{brk}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{brk}: expected {want:?} in:\n{stderr}"
+        );
+        for dir in p.artifacts() {
+            let m: Json =
+                serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+            let kind = m["kind"].as_str().unwrap();
+            assert!(
+                kind == "dataset" || kind == "corrupt",
+                "{brk}: a {kind} artifact was stored"
+            );
+        }
+        assert_no_partial_artifacts(&p.cache());
+    }
+}
