@@ -445,18 +445,27 @@ fn execute(
     Ok(code)
 }
 
+/// How long pipe waits on SIGINT or SIGTERM for the train instances it runs to keep their
+/// resume points.
+const KEEP_WITHIN: Duration = Duration::from_secs(5);
+
 /// Installs the Ctrl-C / SIGTERM handler the executor asks for; returns the flag it sets
 /// for an executor that cancels and returns.
 fn on_interrupt(how: Interrupt, store: &Store, record: &RunRecord) -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
     match how {
         Interrupt::ExitProcess => {
-            // Kill every running command's process group, remove this run's temp folders
-            // and locks, record the run as interrupted.
+            // Ask train instances in workers to keep resume points, kill every running
+            // command's process group, say what was kept, remove this run's temp folders and
+            // locks, record the run as interrupted.
             let (root, rec) = (store.root().to_path_buf(), record.clone());
             let _ = ctrlc::set_handler(move || {
                 SIGNALLED.store(true, Ordering::SeqCst);
+                pipe_kinds::worker::keep_resume_points();
                 pipe_engine::stage::kill_live_groups();
+                for line in pipe_kinds::worker::kept_resume_points(KEEP_WITHIN) {
+                    errln!("{line}");
+                }
                 let store = Store::new(&root);
                 store.release_mine();
                 let mut rec = rec.clone();

@@ -21,6 +21,7 @@ mod datasets;
 mod detect;
 mod double_descent;
 mod engine;
+mod interrupt;
 mod leaks;
 mod outputs;
 mod own_model;
