@@ -311,3 +311,43 @@ fn resume_every_must_be_a_duration() {
         "{err}"
     );
 }
+
+#[test]
+fn plans_without_the_data_and_run_refuses_before_work() {
+    let p = Project::new();
+    let text = std::fs::read_to_string(repo().join("pipelines/cifar10-resnet18.toml")).unwrap();
+    p.write(
+        "c.toml",
+        &text.replace("../data/cifar-10-batches-bin", "nodata"),
+    );
+    let out = p.pipe(&["dag", "c.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = p.status("c.toml", &[]);
+    let data = st.iter().find(|s| s["stage"] == "data").unwrap();
+    assert_eq!(data["key"], Json::Null);
+    let reason = data["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("data missing: ") && reason.ends_with("nodata/data_batch_1.bin"),
+        "{reason}"
+    );
+    let out = p.pipe(&["run", "c.toml", "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("data (data missing: "), "{text}");
+    let out = p.pipe(&["run", "c.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data missing: ") && err.contains("data_batch_1.bin"),
+        "{err}"
+    );
+    assert!(p.artifacts().is_empty(), "nothing ran");
+}
