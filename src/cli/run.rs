@@ -200,6 +200,13 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     if args.dry_run {
         return dry_run(&plan, &store, &only, args.json);
     }
+    if let Some((n, path)) = missing_data(&plan, &exec::selected(&plan, &only)).first() {
+        return Err(Error::usage(format!(
+            "data missing: {} ({} reads it); nothing was run",
+            path.display(),
+            plan.label(*n)
+        )));
+    }
     let remote = match args.remote.clone().or_else(|| plan.spec.remote.clone()) {
         Some(url) => Some(Arc::new(Remote::open(&url).map_err(Error::usage)?)),
         None => None,
@@ -339,8 +346,16 @@ fn dry_run(
             may_run: Some(Item::list(plan, &may)),
         })?;
     } else {
+        let missing = missing_data(plan, &rest.iter().map(|r| r.0).collect::<Vec<_>>());
         for &(n, may_run) in &rest {
-            if !may_run {
+            if let Some((_, path)) = missing.iter().find(|m| m.0 == n) {
+                outln!(
+                    "would run  {}  {} (data missing: {})",
+                    plan.short_key(n),
+                    plan.label(n),
+                    path.display()
+                );
+            } else if !may_run {
                 outln!("would run  {}  {}", plan.short_key(n), plan.label(n));
             } else {
                 outln!(
@@ -357,8 +372,23 @@ fn dry_run(
             format!(", {} may run", may.len())
         };
         outln!("{} to run{may_text}, {} cached", todo.len(), cached.len());
+        if !missing.is_empty() {
+            outln!(
+                "data missing for {} instance(s): `pipe run` refuses until it is there",
+                missing.len()
+            );
+        }
     }
     Ok(0)
+}
+
+/// The instances among `nodes` whose declared data files are not all there, with the first
+/// missing file of each.
+fn missing_data(plan: &Plan, nodes: &[NodeIndex]) -> Vec<(NodeIndex, std::path::PathBuf)> {
+    nodes
+        .iter()
+        .filter_map(|&n| Some((n, plan.graph[n].missing.clone()?)))
+        .collect()
 }
 
 /// How a run is carried out and reported: the executor, its options, and the output.
@@ -445,18 +475,27 @@ fn execute(
     Ok(code)
 }
 
+/// How long pipe waits on SIGINT or SIGTERM for the train instances it runs to keep their
+/// resume points.
+const KEEP_WITHIN: Duration = Duration::from_secs(5);
+
 /// Installs the Ctrl-C / SIGTERM handler the executor asks for; returns the flag it sets
 /// for an executor that cancels and returns.
 fn on_interrupt(how: Interrupt, store: &Store, record: &RunRecord) -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
     match how {
         Interrupt::ExitProcess => {
-            // Kill every running command's process group, remove this run's temp folders
-            // and locks, record the run as interrupted.
+            // Ask train instances in workers to keep resume points, kill every running
+            // command's process group, say what was kept, remove this run's temp folders and
+            // locks, record the run as interrupted.
             let (root, rec) = (store.root().to_path_buf(), record.clone());
             let _ = ctrlc::set_handler(move || {
                 SIGNALLED.store(true, Ordering::SeqCst);
+                pipe_kinds::worker::keep_resume_points();
                 pipe_engine::stage::kill_live_groups();
+                for line in pipe_kinds::worker::kept_resume_points(KEEP_WITHIN) {
+                    errln!("{line}");
+                }
                 let store = Store::new(&root);
                 store.release_mine();
                 let mut rec = rec.clone();

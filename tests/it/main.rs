@@ -22,6 +22,7 @@ mod detect;
 mod double_descent;
 mod engine;
 mod imported_run;
+mod interrupt;
 mod leaks;
 mod outputs;
 mod own_model;

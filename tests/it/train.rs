@@ -505,16 +505,29 @@ fn paper_pipelines_plan_against_cifar_files_and_run_at_toy_size() {
             );
         }
     }
-    // Without the files, planning fails with exit 2 and names the missing file.
+    // Without the files, planning works (`--dry-run` says the data is missing) and `run`
+    // fails with exit 2 before work, naming the missing file.
     let p = Project::new();
     let file = repo().join("pipelines/cifar10-vgg16.toml");
-    let out = p.pipe(&[
-        "run",
-        file.to_str().unwrap(),
-        "--dry-run",
-        "--set",
-        "stage.data.path=\"/nonexistent\"",
-    ]);
+    let args = |dry: bool| {
+        let mut a = vec![
+            "run",
+            file.to_str().unwrap(),
+            "--set",
+            "stage.data.path=\"/nonexistent\"",
+        ];
+        if dry {
+            a.push("--dry-run");
+        }
+        p.pipe(&a)
+    };
+    let out = args(true);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("data missing: /nonexistent/data_batch_1.bin")
+    );
+    let out = args(false);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("data_batch_1.bin"));
 }

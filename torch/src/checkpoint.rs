@@ -14,22 +14,63 @@ use tch::Tensor;
 use crate::records::TrainRecords;
 use crate::trainer::Trainer;
 
+/// A trainer's state at an epoch boundary, on the CPU: what a checkpoint holds besides the
+/// records.
+pub struct State {
+    /// The epoch reached.
+    pub epoch: i64,
+    /// Optimizer steps taken.
+    pub steps: i64,
+    /// Every variable of the model, by name.
+    pub weights: Vec<(String, Tensor)>,
+    /// The optimizer's buffers, by name.
+    pub optimizer: Vec<(String, Tensor)>,
+}
+
+impl State {
+    /// The trainer's state now, sharing the trainer's tensors where they are on the CPU
+    /// (to be written at once).
+    pub fn view(t: &Trainer<'_>) -> State {
+        let cpu = |v: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
+            v.into_iter()
+                .map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous()))
+                .collect()
+        };
+        State {
+            epoch: t.epoch(),
+            steps: t.opt.steps,
+            weights: cpu(t.net.variables()),
+            optimizer: cpu(t.opt.state(&t.params)),
+        }
+    }
+
+    /// A copy of the trainer's state now that training on does not change: the snapshot
+    /// of an epoch boundary, kept in memory while the next epoch trains.
+    pub fn snapshot(t: &Trainer<'_>) -> State {
+        let mut s = State::view(t);
+        if t.cfg.device == tch::Device::Cpu {
+            for (_, v) in s.weights.iter_mut().chain(s.optimizer.iter_mut()) {
+                *v = v.copy();
+            }
+        }
+        s
+    }
+}
+
 /// Writes the trainer's current state and the run's records so far into `dir`.
 pub fn save(dir: &Path, t: &Trainer<'_>, records: &TrainRecords, model: &str) -> Result<()> {
-    let cpu = |v: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
-        v.into_iter()
-            .map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous()))
-            .collect()
-    };
-    Tensor::write_safetensors(&cpu(t.net.variables()), dir.join("weights.safetensors"))?;
-    Tensor::write_safetensors(
-        &cpu(t.opt.state(&t.params)),
-        dir.join("optimizer.safetensors"),
-    )?;
+    save_state(dir, &State::view(t), records, model)
+}
+
+/// Writes a saved state and the run's records up to its epoch into `dir` (the same files,
+/// byte for byte, as [`save`] of the trainer in that state).
+pub fn save_state(dir: &Path, s: &State, records: &TrainRecords, model: &str) -> Result<()> {
+    Tensor::write_safetensors(&s.weights, dir.join("weights.safetensors"))?;
+    Tensor::write_safetensors(&s.optimizer, dir.join("optimizer.safetensors"))?;
     records.write(dir)?;
     let info = CheckpointInfo {
-        epoch: t.epoch(),
-        steps: t.opt.steps,
+        epoch: s.epoch,
+        steps: s.steps,
         model: model.to_string(),
     };
     std::fs::write(

@@ -16,5 +16,6 @@ pub mod score;
 pub mod script;
 pub mod serve;
 pub mod stages;
+pub mod stop;
 pub mod tensors;
 pub mod trainer;

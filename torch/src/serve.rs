@@ -26,6 +26,7 @@ fn redirect_output(fd: i32) {
 
 /// Runs jobs from stdin until it closes; returns the exit code.
 pub fn serve() -> i32 {
+    crate::stop::install();
     let mut served = 0u64;
     // SAFETY: dup(1) gives a new descriptor this process owns, wrapped once.
     let proto = unsafe { libc::dup(1) };
@@ -83,6 +84,10 @@ fn run_line(line: &str, served: u64) -> (WorkerReply, bool) {
     match result {
         Ok(Ok(())) => (WorkerReply::done(), false),
         Ok(Err(e)) => {
+            if let Some(i) = e.downcast_ref::<pipe_kinds::worker::Interrupted>() {
+                eprintln!("pipe-torch: {i}");
+                return (WorkerReply::interrupted(i), false);
+            }
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("pipe-torch: error: {message}");
             let bad = e.chain().any(|c| c.is::<pipe_engine::stage::BadData>());

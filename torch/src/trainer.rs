@@ -331,6 +331,14 @@ impl<'a> Trainer<'a> {
 
     /// Trains one more epoch and evaluates the weights it ends with.
     pub fn train_epoch(&mut self) -> Evaluation {
+        self.train_epoch_unless(&|_| false)
+            .expect("an epoch that is never abandoned ends")
+    }
+
+    /// Trains one more epoch unless `abandon`, asked before each step with the fraction of
+    /// the epoch's steps done, says to stop: then returns `None`, and the trainer's weights
+    /// and optimizer state are those of a partial epoch (restore a saved state to go on).
+    pub fn train_epoch_unless(&mut self, abandon: &dyn Fn(f64) -> bool) -> Option<Evaluation> {
         let clock = Instant::now();
         let epoch = self.epoch() + 1;
         let lr = self.cfg.schedule.lr(self.cfg.lr, epoch, self.cfg.epochs);
@@ -344,7 +352,11 @@ impl<'a> Trainer<'a> {
             None => (0, self.data.train.x.shallow_clone()),
         };
         let end = self.net.depth();
-        for chunk in order.chunks(self.cfg.batch_size as usize) {
+        let steps = order.len().div_ceil(self.cfg.batch_size as usize).max(1);
+        for (step, chunk) in order.chunks(self.cfg.batch_size as usize).enumerate() {
+            if abandon(step as f64 / steps as f64) {
+                return None;
+            }
             let idx = Tensor::from_slice(chunk).to_device(device);
             let mut x = source.index_select(0, &idx);
             if self.cfg.augment {
@@ -360,7 +372,7 @@ impl<'a> Trainer<'a> {
             self.opt.step(&self.params, lr);
         }
         self.epoch = epoch;
-        self.evaluate(epoch, lr, clock)
+        Some(self.evaluate(epoch, lr, clock))
     }
 
     /// Evaluates the initial weights on every split: epoch 0.

@@ -97,6 +97,9 @@ pub struct Instance {
     pub files: Vec<(String, String)>,
     /// Where each of `files` is (in the same order): rehashed before the instance runs.
     pub file_paths: Vec<PathBuf>,
+    /// A declared file that does not exist (the data not downloaded yet): the instance's
+    /// key stays unknown, `status` says `data missing: PATH` and `run` refuses.
+    pub missing: Option<PathBuf>,
     /// The key over the inputs' recipes instead of what is read of them: known before
     /// anything runs, it names the instance until its key is known.
     pub recipe: String,
@@ -119,7 +122,8 @@ pub struct Plan {
 }
 
 /// Declared files: (name, blake3) pairs sorted by name, and where each is.
-type HashedFiles = (Vec<(String, String)>, Vec<PathBuf>);
+/// The first that does not exist, if any.
+type HashedFiles = (Vec<(String, String)>, Vec<PathBuf>, Option<PathBuf>);
 
 /// A point projected on some sweep variables, as a map key: one number (the value indices
 /// in mixed radix) unless that could overflow, then the indices themselves.
@@ -273,6 +277,9 @@ impl Plan {
         let inst = &self.graph[n];
         if let Some(key) = inst.key() {
             return Some(key);
+        }
+        if inst.missing.is_some() {
+            return None;
         }
         let mut ids = Vec::with_capacity(inst.inputs.len());
         let mut input_parts = Vec::with_capacity(inst.inputs.len());
@@ -537,7 +544,7 @@ impl InstanceAt<'_> {
             inputs: &upstream,
         };
         self.check(&params, &env, &point_ids)?;
-        let (files, file_paths) = self.hash_files(&params, &env)?;
+        let (files, file_paths, missing) = self.hash_files(&params, &env)?;
         let reads: Vec<Option<Vec<String>>> = upstream
             .iter()
             .map(|u| stage.kind.reads(&params, &u.slot, u))
@@ -551,7 +558,7 @@ impl InstanceAt<'_> {
             &files,
         );
         let resolved = Late::default();
-        if inputs.is_empty() {
+        if inputs.is_empty() && missing.is_none() {
             // With no input the recipe is the key.
             resolved.set(Resolved {
                 key: recipe.clone(),
@@ -568,6 +575,7 @@ impl InstanceAt<'_> {
             reads,
             files,
             file_paths,
+            missing,
             recipe,
             resolved,
             digest: Late::default(),
@@ -625,7 +633,19 @@ impl InstanceAt<'_> {
     fn hash_files(&self, params: &Params, env: &CheckEnv<'_>) -> Result<HashedFiles, Error> {
         let stage = self.stage();
         let mut files = Vec::new();
+        let mut missing = None;
         for f in stage.kind.files(params, env) {
+            if missing.is_none()
+                && std::fs::symlink_metadata(&f.path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                // Planned all the same (its key unknown): the data may not be there yet.
+                missing = Some(f.path.clone());
+            }
+            if missing.is_some() {
+                files.push(((f.name, String::new()), f.path));
+                continue;
+            }
             let (h, _) = crate::stamp::hash_file(&f.path).map_err(|e| {
                 let (loc, path) = param_loc(stage, Some("files"));
                 let what = format!(
@@ -638,7 +658,8 @@ impl InstanceAt<'_> {
             files.push(((f.name, h), f.path));
         }
         files.sort();
-        Ok(files.into_iter().unzip())
+        let (files, paths) = files.into_iter().unzip();
+        Ok((files, paths, missing))
     }
 }
 

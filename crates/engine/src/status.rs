@@ -195,6 +195,16 @@ fn state(
     let id = entry_id(&stage.name, &plan.point_of(inst));
     let (state, reason) = match &key {
         Some(k) if store.is_complete(k) => (State::Cached, String::new()),
+        None if inst.missing.is_some() => (
+            State::Missing,
+            format!(
+                "data missing: {}",
+                inst.missing
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ),
+        ),
         None => match last {
             None => (State::Missing, "never run".to_string()),
             Some(_) => (State::MayRun, may_run_reason(plan, store, node)),

@@ -12,7 +12,8 @@ use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock, mpsc};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -128,6 +129,9 @@ pub struct WorkerJob {
     pub base_dir: PathBuf,
     /// The instance's key.
     pub key: String,
+    /// The instance as people name it (`train[noise=0.4,seed=1]`).
+    #[serde(default)]
+    pub label: String,
     /// The sweep variables the instance's key holds (`RunContext::point`).
     pub point: Json,
     /// Where the instance's parts go.
@@ -171,7 +175,46 @@ pub struct WorkerReply {
     /// Whether the user's data was at fault ([`BadData`]).
     #[serde(default)]
     pub bad_data: bool,
+    /// Whether the job stopped on SIGINT or SIGTERM ([`Interrupted`]).
+    #[serde(default)]
+    pub interrupted: bool,
+    /// What it kept then, if anything.
+    #[serde(default)]
+    pub kept: Option<Kept>,
 }
+
+/// The resume point a train instance kept when it was stopped: the next run continues
+/// from the end of `epoch`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Kept {
+    /// The epoch boundary kept.
+    pub epoch: i64,
+    /// The epochs the instance trains.
+    pub epochs: i64,
+}
+
+/// How a worker job ends when the worker is stopped (SIGINT or SIGTERM) while it runs,
+/// after it kept what it could.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// The resume point kept, if the job keeps them and had reached an epoch boundary.
+    pub kept: Option<Kept>,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kept {
+            Some(k) => write!(
+                f,
+                "stopped by a signal; kept epoch {} of {} as a resume point",
+                k.epoch, k.epochs
+            ),
+            None => write!(f, "stopped by a signal"),
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 impl WorkerReply {
     /// A job that succeeded.
@@ -180,6 +223,8 @@ impl WorkerReply {
             ok: true,
             message: String::new(),
             bad_data: false,
+            interrupted: false,
+            kept: None,
         }
     }
     /// A job that failed.
@@ -188,6 +233,18 @@ impl WorkerReply {
             ok: false,
             message,
             bad_data,
+            interrupted: false,
+            kept: None,
+        }
+    }
+    /// A job that stopped on a signal, having kept `kept`.
+    pub fn interrupted(i: &Interrupted) -> WorkerReply {
+        WorkerReply {
+            ok: false,
+            message: i.to_string(),
+            bad_data: false,
+            interrupted: true,
+            kept: i.kept,
         }
     }
 }
@@ -275,6 +332,9 @@ fn spawn_served(visible_gpus: Option<&str>) -> Result<Served> {
 /// deadline). A worker that is idle is reused; one is started otherwise, and kept for the
 /// next instance unless it died or was killed at the deadline.
 pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
+    if pipe_engine::stage::stopping() || KEEPING.load(Ordering::SeqCst) {
+        bail!("pipe is stopping (SIGINT or SIGTERM)");
+    }
     let job = WorkerJob {
         kind: kind.to_string(),
         params: ctx.params.values(),
@@ -284,6 +344,7 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
         threads: ctx.threads,
         base_dir: std::path::absolute(ctx.base_dir)?,
         key: ctx.key.to_string(),
+        label: ctx.label.to_string(),
         point: ctx.point.clone(),
         parts: Parts {
             cache: std::path::absolute(&ctx.parts.cache)?,
@@ -321,6 +382,8 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
             }
         }
     };
+    let keeps = KEEPS_RESUME_POINTS.contains(&kind);
+    let busy = keeps.then(|| Busy::add(worker.child.id() as i32, ctx.label));
     let reply = loop {
         let wait = match ctx.deadline {
             Some(d) => d.saturating_duration_since(std::time::Instant::now()),
@@ -329,12 +392,18 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
         match worker.replies.recv_timeout(wait) {
             Ok(line) => break line,
             Err(mpsc::RecvTimeoutError::Timeout) if ctx.deadline.is_some() => {
+                if let Some(b) = busy {
+                    b.ended(None);
+                }
                 let _ = worker.child.kill();
                 let _ = worker.child.wait();
                 return Err(anyhow::Error::new(pipe_engine::stage::TimedOut));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(b) = busy {
+                    b.ended(None);
+                }
                 let status = worker.child.wait()?;
                 bail!("the worker exited with {status}");
             }
@@ -342,6 +411,16 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
     };
     let reply: WorkerReply =
         serde_json::from_str(&reply).with_context(|| format!("the worker's reply {reply:?}"))?;
+    if let Some(b) = busy {
+        b.ended(reply.interrupted.then_some(reply.kept));
+    }
+    if reply.interrupted && stopping_soon() {
+        // pipe's signal handler prints what was kept and ends the process: nothing about
+        // this instance is recorded as failed.
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
     IDLE.lock()
         .unwrap_or_else(|e| e.into_inner())
         .push((visible, worker));
@@ -352,6 +431,128 @@ pub fn run_in_worker(kind: &str, ctx: &mut RunContext<'_>) -> Result<()> {
         return Err(anyhow::Error::new(BadData(reply.message)));
     }
     bail!("{}", reply.message)
+}
+
+/// The worker kinds that keep a resume point when stopped (see `keep_resume_points`).
+const KEEPS_RESUME_POINTS: &[&str] = &[crate::stages::slots::names::TRAIN];
+
+/// Set by [`keep_resume_points`]: pipe is stopping, no job starts, and a job that stopped
+/// on the signal waits for the process to end instead of failing.
+static KEEPING: AtomicBool = AtomicBool::new(false);
+
+/// The jobs of kinds that keep resume points now running in a worker, and the stopped
+/// ones' answers, watched by [`keep_resume_points`].
+#[derive(Default)]
+struct Jobs {
+    /// Running: id, worker pid, instance label.
+    running: Vec<(u64, i32, String)>,
+    /// Stopped on a signal: label and what it kept (`None`: nothing, or no answer).
+    stopped: Vec<(String, Option<Kept>)>,
+    /// The last id given.
+    last: u64,
+}
+
+/// [`Jobs`], and the condition a change signals.
+fn jobs() -> &'static (Mutex<Jobs>, Condvar) {
+    static JOBS: OnceLock<(Mutex<Jobs>, Condvar)> = OnceLock::new();
+    JOBS.get_or_init(Default::default)
+}
+
+/// A running job of a kind that keeps resume points.
+#[derive(Clone, Copy)]
+struct Busy(u64);
+
+impl Busy {
+    /// Registers the job of `label` running in worker `pid`.
+    fn add(pid: i32, label: &str) -> Busy {
+        let (lock, _) = jobs();
+        let mut j = lock.lock().unwrap_or_else(|e| e.into_inner());
+        j.last += 1;
+        let id = j.last;
+        j.running.push((id, pid, label.to_string()));
+        Busy(id)
+    }
+
+    /// The job ended: `stopped` holds what it kept if it stopped on a signal.
+    fn ended(self, stopped: Option<Option<Kept>>) {
+        let (lock, changed) = jobs();
+        let mut j = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = j.running.iter().position(|r| r.0 == self.0) {
+            let (_, _, label) = j.running.remove(at);
+            if let Some(kept) = stopped {
+                j.stopped.push((label, kept));
+            }
+        }
+        changed.notify_all();
+    }
+}
+
+/// Whether pipe is stopping on a signal: [`keep_resume_points`] has begun, or begins
+/// within a second (a worker stopped by the terminal's Ctrl-C may answer before pipe's
+/// own handler runs).
+fn stopping_soon() -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < until {
+        if KEEPING.load(Ordering::SeqCst) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    KEEPING.load(Ordering::SeqCst)
+}
+
+/// On SIGINT or SIGTERM, first of all: asks every worker running a train instance to keep
+/// a resume point (it is sent SIGINT: it keeps its last epoch boundary, or ends the epoch
+/// under way when that takes no more than about 2 s, and answers). No worker job starts
+/// after this. [`kept_resume_points`] waits for the answers.
+pub fn keep_resume_points() {
+    KEEPING.store(true, Ordering::SeqCst);
+    let (lock, _) = jobs();
+    let j = lock.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, pid, _) in &j.running {
+        // SAFETY: kill(2) on a worker process this process started; no memory is touched.
+        unsafe {
+            libc::kill(*pid, libc::SIGINT);
+        }
+    }
+}
+
+/// After [`keep_resume_points`]: waits up to `within` for the workers' answers, and
+/// returns one line per train instance that was running, saying what was kept.
+pub fn kept_resume_points(within: std::time::Duration) -> Vec<String> {
+    let (lock, changed) = jobs();
+    let mut j = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let until = std::time::Instant::now() + within;
+    while !j.running.is_empty() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        j = changed
+            .wait_timeout(j, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    let mut lines: Vec<String> = j
+        .stopped
+        .iter()
+        .map(|(label, kept)| match kept {
+            Some(k) => format!(
+                "kept {label} at epoch {} of {}: the next run continues from there",
+                k.epoch, k.epochs
+            ),
+            None => format!(
+                "{label} stopped before its first epoch ended: the next run starts it again"
+            ),
+        })
+        .collect();
+    lines.extend(j.running.iter().map(|(_, _, label)| {
+        format!(
+            "{label} kept no resume point within {}s: the next run continues from its latest stored checkpoint",
+            within.as_secs()
+        )
+    }));
+    lines
 }
 
 /// Number of CUDA devices libtorch sees on this machine (asks the worker once).

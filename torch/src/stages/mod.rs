@@ -35,6 +35,7 @@ pub fn run_job(job: WorkerJob) -> Result<()> {
         threads: job.threads,
         base_dir: &job.base_dir,
         key: &job.key,
+        label: &job.label,
         point: &job.point,
         deadline: None,
         visible_gpus: None,

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pipe_engine::stage::{BadData, KeyInputs, RunContext};
@@ -22,8 +23,10 @@ use crate::device;
 use crate::models::{Arch, WeightInit};
 use crate::optim::{self, OptimizerConfig};
 use crate::records::TrainRecords;
+use crate::stop;
 use crate::trainer::{self, EpochScores, TrainConfig, Trainer};
 use pipe_kinds::stages::slots;
+use pipe_kinds::worker::{Interrupted, Kept};
 
 /// The architecture the parameters describe (the analyses rebuild trained networks by it);
 /// `module` is the `module` input's folder, which `model = "script"` trains.
@@ -155,6 +158,24 @@ impl Checkpoints<'_> {
         Ok(())
     }
 
+    /// Stores `state` (an epoch boundary, with the records up to it) as a resume point: a
+    /// checkpoint part keyed like a kept one of that epoch, so that the next run's
+    /// [`Checkpoints::latest_usable`] finds it, though neither the instance's key nor
+    /// `checkpoints.json` mention it. Returns whether it was stored now (`false`: that
+    /// epoch's checkpoint was there already).
+    fn keep(&self, state: &checkpoint::State, records: &TrainRecords) -> Result<bool> {
+        let e = state.epoch;
+        let manifest_params = serde_json::json!({"epoch": e, "train": self.train_key});
+        let model = self.params.model.as_str();
+        let (_, made) = self.parts.get_or_put(
+            &self.key(e),
+            CHECKPOINT_KIND,
+            &manifest_params,
+            &mut |dir| checkpoint::save_state(dir, state, records, model),
+        )?;
+        Ok(made)
+    }
+
     /// `checkpoints.json`: every kept epoch with its checkpoint's key.
     fn refs(&self) -> Vec<CheckpointRef> {
         self.keep
@@ -190,8 +211,10 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
         keep: p.kept(),
     };
     let mut trainer = Trainer::new(cfg, &data).map_err(|m| anyhow::Error::new(BadData(m)))?;
+    let mut resumed = None;
     let mut records = match checkpoints.latest_usable() {
         Some((e, dir)) => {
+            resumed = Some(e);
             let records = checkpoint::restore(&dir, &mut trainer)
                 .with_context(|| format!("resuming from epoch {e}"))?;
             writeln!(
@@ -208,12 +231,17 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
             records
         }
     };
-    while trainer.epoch() < p.epochs {
-        let evaluation = trainer.train_epoch();
-        log_epoch(ctx.log, &evaluation.scores, p.epochs)?;
-        records.push(&evaluation, &data)?;
-        checkpoints.save(&trainer, &records)?;
-    }
+    // A resume point this run started from (not a kept epoch) is superseded like its own.
+    let point = resumed.filter(|e| !checkpoints.keep.contains(e));
+    train_epochs(
+        p,
+        ctx.log,
+        &checkpoints,
+        &mut trainer,
+        &mut records,
+        &data,
+        point,
+    )?;
     records.write(ctx.out)?;
     std::fs::write(
         ctx.out.join("checkpoints.json"),
@@ -225,6 +253,148 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
         serde_json::to_vec_pretty(&info)?,
     )?;
     Ok(())
+}
+
+/// How long the epoch under way may still take when the worker is asked to stop for it to
+/// be finished and kept; a longer one is abandoned and the last epoch boundary kept.
+const FINISH_WITHIN: Duration = Duration::from_secs(2);
+
+/// Trains from the trainer's epoch to the last, keeping checkpoints. On SIGINT or SIGTERM
+/// ([`crate::stop`]) keeps a resume point and fails with [`Interrupted`]: the epoch under way
+/// if it ends within [`FINISH_WITHIN`], else the last boundary reached (a copy of the
+/// state there is held in memory while each epoch trains). With `resume_every`, also keeps
+/// one after each such span of training, removing the one it kept before (unless that
+/// epoch is a kept checkpoint), and the last one (or `point`, the resume point the run
+/// started from) once the final epoch is stored.
+fn train_epochs(
+    p: &TrainParams,
+    log: &mut std::fs::File,
+    checkpoints: &Checkpoints<'_>,
+    trainer: &mut Trainer<'_>,
+    records: &mut TrainRecords,
+    data: &TrainData,
+    point: Option<i64>,
+) -> Result<()> {
+    let every = p.resume_span();
+    let mut last_point = Instant::now();
+    // The resume point this run stored last or started from (its epoch), to remove when a
+    // later one supersedes it.
+    let mut periodic: Option<i64> = point;
+    let mut boundary = checkpoint::State::snapshot(trainer);
+    let stopped = |kept: Option<i64>| Interrupted {
+        kept: kept.map(|epoch| Kept {
+            epoch,
+            epochs: p.epochs,
+        }),
+    };
+    while trainer.epoch() < p.epochs {
+        if stop::requested() {
+            let e = keep_point(
+                log,
+                checkpoints,
+                &boundary,
+                records,
+                &mut periodic,
+                "stopped",
+            )?;
+            return Err(anyhow::Error::new(stopped(Some(e))));
+        }
+        let clock = Instant::now();
+        let abandon = |done: f64| {
+            stop::requested() && {
+                let spent = clock.elapsed().as_secs_f64();
+                // What the epoch still needs at its pace so far (unknown before a step).
+                done <= 0.0 || spent * (1.0 - done) / done > FINISH_WITHIN.as_secs_f64()
+            }
+        };
+        let Some(evaluation) = trainer.train_epoch_unless(&abandon) else {
+            writeln!(
+                log,
+                "stopped during epoch {}: keeping the end of epoch {}",
+                boundary.epoch + 1,
+                boundary.epoch
+            )?;
+            let e = keep_point(
+                log,
+                checkpoints,
+                &boundary,
+                records,
+                &mut periodic,
+                "stopped",
+            )?;
+            return Err(anyhow::Error::new(stopped(Some(e))));
+        };
+        log_epoch(log, &evaluation.scores, p.epochs)?;
+        records.push(&evaluation, data)?;
+        checkpoints.save(trainer, records)?;
+        if trainer.epoch() == p.epochs {
+            break;
+        }
+        boundary = checkpoint::State::snapshot(trainer);
+        if stop::requested() {
+            let e = keep_point(
+                log,
+                checkpoints,
+                &boundary,
+                records,
+                &mut periodic,
+                "stopped",
+            )?;
+            return Err(anyhow::Error::new(stopped(Some(e))));
+        }
+        if every.is_some_and(|d| last_point.elapsed() >= d) {
+            keep_point(
+                log,
+                checkpoints,
+                &boundary,
+                records,
+                &mut periodic,
+                "periodic",
+            )?;
+            last_point = Instant::now();
+        }
+    }
+    // The final checkpoint supersedes this run's last resume point.
+    if let Some(e) = periodic.filter(|e| !checkpoints.keep.contains(e)) {
+        checkpoints.parts.remove(&checkpoints.key(e))?;
+        writeln!(
+            log,
+            "resume point of epoch {e} removed: the final epoch is stored"
+        )?;
+    }
+    Ok(())
+}
+
+/// Keeps `state` as a resume point (see [`Checkpoints::keep`]) and removes the one this
+/// run kept before, unless it is a kept checkpoint; logs what it did (`why`: stopped,
+/// periodic) and returns the epoch kept.
+fn keep_point(
+    log: &mut std::fs::File,
+    checkpoints: &Checkpoints<'_>,
+    state: &checkpoint::State,
+    records: &TrainRecords,
+    periodic: &mut Option<i64>,
+    why: &str,
+) -> Result<i64> {
+    let clock = Instant::now();
+    let made = checkpoints.keep(state, records)?;
+    writeln!(
+        log,
+        "resume point ({why}): epoch {} {} in {:.3}s",
+        state.epoch,
+        if made { "kept" } else { "was kept already" },
+        clock.elapsed().as_secs_f64()
+    )?;
+    if let Some(before) = periodic.take()
+        && before != state.epoch
+        && !checkpoints.keep.contains(&before)
+    {
+        checkpoints.parts.remove(&checkpoints.key(before))?;
+    }
+    if made {
+        *periodic = Some(state.epoch);
+    }
+    Ok(state.epoch)
 }
 
 /// The log line of a trained epoch (of `epochs`).

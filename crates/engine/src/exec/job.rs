@@ -523,6 +523,10 @@ impl<'a> Ready<'a> {
             .timeout
             .filter(|t| t.is_finite() && *t > 0.0)
             .map(std::time::Duration::from_secs_f64);
+        let label = match crate::plan::point_label(&job.point).as_str() {
+            "-" => job.stage.clone(),
+            point => format!("{}[{point}]", job.stage),
+        };
         let result = {
             let mut ctx = RunContext {
                 params: &self.params,
@@ -534,6 +538,7 @@ impl<'a> Ready<'a> {
                 threads: self.threads,
                 base_dir: &job.base_dir,
                 key: job.key(),
+                label: &label,
                 point: &job.key_point,
                 deadline: timeout.map(|t| clock + t),
                 visible_gpus: job.visible_gpus.as_deref(),

@@ -45,6 +45,8 @@ pub struct RunContext<'a> {
     pub base_dir: &'a Path,
     /// The instance's key.
     pub key: &'a str,
+    /// The instance as people name it (`train[noise=0.4,seed=1]`), for messages.
+    pub label: &'a str,
     /// The sweep variables the instance's own key parameters reference, as a JSON object:
     /// the same for every instance that shares its key (a variable that reaches it only
     /// through an input is not in it).

@@ -78,4 +78,13 @@ impl Parts {
         store.commit(&tmp, m)?;
         Ok((store.artifact_dir(key), true))
     }
+
+    /// Removes the part `key` under its lock: one this instance stored earlier and no
+    /// longer needs (a resume point that a later one supersedes). Nothing there is fine.
+    pub fn remove(&self, key: &str) -> anyhow::Result<()> {
+        let store = Store::new(&self.cache);
+        let _lock = store.lock(key, &mut |_| {})?;
+        store.remove(key)?;
+        Ok(())
+    }
 }

@@ -220,7 +220,13 @@ fn read_parquet_split(path: &Path, shape: Option<&[i64]>) -> Result<ImageSet, Da
     }
 }
 
-/// The data files a dataset instance reads (checked to exist and look right).
+/// Whether nothing is at `path` (data not downloaded yet, as opposed to bad data).
+fn is_missing(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// The data files of a data set, checked where they exist (a missing one is listed all the
+/// same, so that planning goes on and says it is missing).
 fn data_files(params: &DatasetParams, base: &Path) -> Result<Vec<PathBuf>, DataError> {
     let dir = folder(params, base);
     if params.source == DataSource::Folder {
@@ -237,7 +243,7 @@ fn data_files(params: &DatasetParams, base: &Path) -> Result<Vec<PathBuf>, DataE
     }
     if params.source == DataSource::Parquet {
         let files = parquet_files(&dir);
-        for f in &files {
+        for f in files.iter().filter(|f| !is_missing(f)) {
             if !f.is_file() {
                 return Err(DataError::new(f, "cannot open: no such file"));
             }
@@ -248,11 +254,21 @@ fn data_files(params: &DatasetParams, base: &Path) -> Result<Vec<PathBuf>, DataE
         Some(v) => {
             let (train, test) = v.files(&dir);
             let all: Vec<PathBuf> = train.into_iter().chain(test).collect();
-            for f in &all {
+            // A file not there yet is planned all the same (`Plan` says it is missing).
+            for f in all.iter().filter(|f| !is_missing(f)) {
                 cifar::check_file(f, v)?;
             }
             Ok(all)
         }
+        None if is_missing(&dir) => Ok([
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect()),
         None => {
             let files = idx::IdxFiles::locate(&dir)?;
             for (p, ndim) in files.all().into_iter().zip([3, 1, 3, 1]) {

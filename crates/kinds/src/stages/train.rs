@@ -103,11 +103,19 @@ pipe_engine::stage_params! {
         seed: i64, default "0", "seeds initialization, data order and augmentation";
         checkpoints: Vec<i64>, default "[0]", "epochs whose weights are kept (0 = initialization); the final epoch always is";
         record_examples: bool, default "false", key_unless_default, "record every training example's loss, margin, prediction and last-layer gradient after each epoch (examples.parquet, which `detect` reads)";
+        resume_every: Option<String>, optional, not_in_key, "keep a resume point at the first epoch boundary after each such span of training (\"10m\", \"1h\"), so that a crash loses at most about that much (not in the key)";
         ..worker: WorkerParams;
     }
 }
 
 impl TrainParams {
+    /// The span of training after which a resume point is kept (`resume_every`), if any.
+    pub fn resume_span(&self) -> Option<std::time::Duration> {
+        self.resume_every
+            .as_deref()
+            .and_then(pipe_engine::spec::resources::parse_duration)
+    }
+
     /// The epochs kept: the `checkpoints` list and the final epoch.
     pub fn kept(&self) -> BTreeSet<i64> {
         let mut k: BTreeSet<i64> = self.checkpoints.iter().copied().collect();
@@ -366,6 +374,14 @@ impl Kind for Train {
         }
         if let Some(w) = p.width {
             p.check_width(w)?;
+        }
+        if let Some(every) = &p.resume_every
+            && p.resume_span().is_none()
+        {
+            return Err(ParamError::param(
+                TrainParams::resume_every,
+                format!("\"{every}\" is not a duration like \"10m\", \"1h30m\" or \"90s\""),
+            ));
         }
         let Some(names) = p.layer_names() else {
             // A scripted module's layer names are checked when it loads.
