@@ -195,3 +195,50 @@ fn ls_lists_instances_with_age_size_and_pipeline_newest_first() {
     assert_eq!(all.len(), 13);
     assert_eq!(all.iter().filter(|a| a["part_of"].is_string()).count(), 6);
 }
+
+#[test]
+fn double_descent_axis_ticks_at_the_widths_and_error_never_below_zero() {
+    let p = Project::new();
+    let text = TINY_TRAIN
+        .replace("noise = [0.0, 0.5]", "noise = [0.5]\nwidth = [3, 12, 48]")
+        .replace("hidden = [8]", "hidden = [\"${width}\"]")
+        .replace("seed = 1\ndevice", "seed = \"${seed}\"\ndevice")
+        .replace(
+            "[stage.rollback]\nkind = \"rollback\"\ninputs = [\"train\"]\nfrom_epochs = [1]\n",
+            "",
+        )
+        .replace("width = [3, 12, 48]", "width = [3, 12, 48]\nseed = [1, 2]");
+    p.write("p.toml", &text);
+    let (code, r) = p.run("p.toml", &["-q"]);
+    assert_eq!(code, 0, "{r}");
+    let out = p.pipe(&["report", "p.toml", "--out", "report"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(p.path("report/figures/6-double-descent-train.svg")).unwrap();
+    // The width axis is labelled at the data's widths, not at 10^0.8 = 6.31 and the like.
+    let labels: Vec<&str> = svg
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').map(|(_, r)| r))
+        .filter_map(|r| r.split_once("</text>").map(|(l, _)| l.trim()))
+        .collect();
+    for w in ["3", "12", "48"] {
+        assert!(labels.contains(&w), "no tick {w}: {labels:?}");
+    }
+    assert!(
+        !labels
+            .iter()
+            .any(|l| l.contains('.') && l.parse::<f64>().is_ok_and(|v| v > 1.0)),
+        "a tick at an unround width: {labels:?}"
+    );
+    // The error axes start at 0: no negative tick label in the two error panels.
+    assert!(
+        !labels
+            .iter()
+            .any(|l| l.starts_with('-') && l.parse::<f64>().is_ok()),
+        "an error axis below 0: {labels:?}"
+    );
+}
