@@ -29,6 +29,16 @@ pub struct DiffArgs {
     /// The pipeline file to look `stage[point]` up in [default: the cache's manifests].
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// Override a value of the file: `--set stage.train.epochs=40` (as in `status`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Plan the pipeline file and overrides of a recorded run: an id (or prefix), `last`,
+    /// or `none` (the file alone).
+    #[arg(long, value_name = "ID|last|none")]
+    pub run: Option<String>,
+    /// Narrow both instances to this point: `--point noise=0.4,seed=1`.
+    #[arg(long, value_name = "VAR=VALUE,...")]
+    pub point: Option<String>,
     /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
@@ -134,8 +144,14 @@ pub fn diff(args: &DiffArgs) -> Result<i32, Error> {
 
 /// The manifest of the one cached instance `target` names.
 fn manifest(target: &str, args: &DiffArgs) -> Result<(Store, Manifest), Error> {
+    let pipeline = super::PipelineArgs {
+        file: args.file.clone(),
+        set: args.set.clone(),
+        cache: args.cache.clone(),
+        run: args.run.clone(),
+    };
     let (store, found) =
-        super::target::resolve(target, args.file.as_ref(), None, &args.cache, false, false)?;
+        super::target::resolve(target, &pipeline, args.point.as_deref(), false, false)?;
     let t = super::target::one(target, found)?;
     let m = store.complete_manifest(&t.key).ok_or_else(|| {
         Error::usage(format!(

@@ -2,7 +2,7 @@
 
 use crate::cli::out;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,17 +16,16 @@ use pipe_engine::store::Store;
 pub struct LogArgs {
     /// A key (or unique prefix), or `stage[var=value,...]`.
     pub key: String,
-    /// The pipeline file to look `stage[point]` up in [default: the cache's manifests and indexes].
-    pub file: Option<PathBuf>,
+    /// The pipeline file to look it up in, its overrides and cache (as `status` plans it)
+    /// [default: without a file or `--run`, the cache's manifests].
+    #[command(flatten)]
+    pub pipeline: super::PipelineArgs,
     /// Narrow `stage` to this point: `--point noise=0.4,seed=1`.
     #[arg(long, value_name = "VAR=VALUE,...")]
     pub point: Option<String>,
     /// Keep printing what is appended to the log until the instance ends (like `tail -f`).
     #[arg(long, short = 'f')]
     pub follow: bool,
-    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
     /// Print `{"key", "path", "text"}` as JSON.
     #[arg(long)]
     pub json: bool,
@@ -47,9 +46,8 @@ struct LogJson<'a> {
 pub fn log(args: &LogArgs) -> Result<i32, Error> {
     let (store, found) = super::target::resolve(
         &args.key,
-        args.file.as_ref(),
+        &args.pipeline,
         args.point.as_deref(),
-        &args.cache,
         true,
         false,
     )?;

@@ -1,8 +1,6 @@
 //! `pipe rm`: removes the artifacts (and parts) of the instances a key or selector names.
 
 use crate::cli::{errln, outln};
-use std::path::PathBuf;
-
 use pipe_engine::error::Error;
 use pipe_engine::store::Removal;
 
@@ -11,8 +9,10 @@ use pipe_engine::store::Removal;
 pub struct RmArgs {
     /// A key (or unique prefix), or `stage` / `stage[var=value,...]`: every instance it names.
     pub target: String,
-    /// The pipeline file to look the stage up in [default: the cache's manifests].
-    pub file: Option<PathBuf>,
+    /// The pipeline file to look it up in, its overrides and cache (as `status` plans it)
+    /// [default: without a file or `--run`, the cache's manifests].
+    #[command(flatten)]
+    pub pipeline: super::PipelineArgs,
     /// Narrow to this point: `--point noise=0.4,seed=1`.
     #[arg(long, value_name = "VAR=VALUE,...")]
     pub point: Option<String>,
@@ -22,27 +22,23 @@ pub struct RmArgs {
     /// Say what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// The cache directory [default: $PIPE_CACHE, else found from the file or working folder].
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
 }
 
 /// Runs `pipe rm`; returns its exit code. A folder that is not a pipe cache is refused
 /// before anything is looked up in it (unless `--dry-run`).
 pub fn rm(args: &RmArgs) -> Result<i32, Error> {
     if !args.dry_run {
-        let dir = match &args.file {
-            Some(f) => super::pipeline_cache(&args.cache, f)?,
-            None => super::cache_dir(&args.cache)?,
+        let dir = match &args.pipeline.file {
+            Some(f) => super::pipeline_cache(&args.pipeline.cache, f)?,
+            None => super::cache_dir(&args.pipeline.cache)?,
         };
         let store = pipe_engine::store::Store::new(&dir);
         store.check_marked().map_err(|e| Error::io(&dir, e))?;
     }
     let (store, found) = super::target::resolve(
         &args.target,
-        args.file.as_ref(),
+        &args.pipeline,
         args.point.as_deref(),
-        &args.cache,
         false,
         true,
     )?;

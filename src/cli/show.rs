@@ -3,21 +3,19 @@
 use crate::cli::outln;
 use pipe_engine::error::Error;
 use pipe_engine::store::{Manifest, Store};
-use std::path::PathBuf;
 
 /// Arguments of `pipe show`.
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
     /// A key (or unique prefix), or `stage[var=value,...]`.
     pub key: String,
-    /// The pipeline file to look `stage[point]` up in [default: the cache's manifests].
-    pub file: Option<PathBuf>,
+    /// The pipeline file to look it up in, its overrides and cache (as `status` plans it)
+    /// [default: without a file or `--run`, the cache's manifests].
+    #[command(flatten)]
+    pub pipeline: super::PipelineArgs,
     /// Narrow `stage` to this point: `--point noise=0.4,seed=1`.
     #[arg(long, value_name = "VAR=VALUE,...")]
     pub point: Option<String>,
-    /// The cache directory [default: $PIPE_CACHE, else found from the working folder].
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
     /// Print the manifest as JSON.
     #[arg(long)]
     pub json: bool,
@@ -27,9 +25,8 @@ pub struct ShowArgs {
 pub fn show(args: &ShowArgs) -> Result<i32, Error> {
     let (store, found) = super::target::resolve(
         &args.key,
-        args.file.as_ref(),
+        &args.pipeline,
         args.point.as_deref(),
-        &args.cache,
         false,
         false,
     )?;

@@ -1,8 +1,7 @@
-//! What `show`, `log` and `rm` are pointed at: a key (or a unique prefix of one), or a
-//! selector `stage[var=value,...]` (narrowed by `--point`), resolved through the pipeline
-//! file when one is given, else through the cache's manifests and status indexes.
-
-use std::path::PathBuf;
+//! What `show`, `log`, `diff` and `rm` are pointed at: a key (or a unique prefix of one), or
+//! a selector `stage[var=value,...]` (narrowed by `--point`), resolved through the pipeline
+//! (the file, its `--set` overrides or a recorded `--run`, as `status` plans it) when one
+//! is given, else through the cache's manifests and status indexes.
 
 use super::args::Loaded;
 use super::{PipelineArgs, cache_dir, load};
@@ -34,25 +33,33 @@ fn is_key(text: &str) -> bool {
 /// is that stage, never a key prefix; a longer prefix names the key.
 pub fn resolve(
     target: &str,
-    file: Option<&PathBuf>,
+    pipeline: &PipelineArgs,
     point: Option<&str>,
-    cache: &Option<PathBuf>,
     logs: bool,
     exact: bool,
 ) -> Result<(Store, Vec<Target>), Error> {
     let selector_like = target.contains('[') || target.contains('=') || point.is_some();
-    let dir = match file {
-        Some(f) => super::pipeline_cache(cache, f)?,
-        None => cache_dir(cache)?,
+    let planned = pipeline.file.is_some() || pipeline.run.is_some();
+    if !planned && !pipeline.set.is_empty() {
+        return Err(Error::usage(
+            "--set overrides a pipeline: name the pipeline file (or --run ID)",
+        ));
+    }
+    // Planned the way `status` plans it: the file with its `--set`s, a recorded run's
+    // file and overrides, or the file with its last full run's overrides.
+    let loaded = if planned {
+        Some(load(pipeline, true)?)
+    } else {
+        None
+    };
+    let dir = match &loaded {
+        Some(l) => l.store.root().to_path_buf(),
+        None => cache_dir(&pipeline.cache)?,
     };
     let ask = Ask {
         dir: &dir,
         logs,
         exact,
-    };
-    let loaded = match file {
-        Some(f) => Some(load_plan(f, cache)?),
-        None => None,
     };
     if is_key(target) && !selector_like && !is_stage(target, loaded.as_ref(), &ask) {
         let store = Store::new(&dir);
@@ -214,19 +221,6 @@ fn check_vars(store: &Store, sel: &Selector, logs: bool) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// The pipeline file `file`, planned with its last run's overrides.
-fn load_plan(file: &std::path::Path, cache: &Option<PathBuf>) -> Result<Loaded, Error> {
-    load(
-        &PipelineArgs {
-            file: Some(file.to_path_buf()),
-            set: Vec::new(),
-            cache: cache.clone(),
-            run: None,
-        },
-        true,
-    )
 }
 
 /// The instances of the pipeline file `file` (with its last run's overrides) that `sel`

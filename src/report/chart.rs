@@ -4,6 +4,9 @@
 
 use anyhow::{Result, anyhow, bail};
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{
+    AsRangedCoord, DefaultFormatting, KeyPointHint, Ranged, ValueFormatter,
+};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -30,8 +33,12 @@ pub struct Panel {
     pub y_label: String,
     /// Names of the integer x positions 0, 1, ... (layers), or `None` for a numeric axis.
     pub x_names: Option<Vec<String>>,
-    /// A logarithmic x axis (numeric axes only; x values must be positive).
+    /// A logarithmic x axis (numeric axes only; x values must be positive), with ticks at
+    /// the data's x values (or at 1, 2, 5 times powers of ten when there are many).
     pub log_x: bool,
+    /// The lowest value the y axis and the spread bands reach (0 for an error rate), or
+    /// `None` for no floor.
+    pub y_floor: Option<f64>,
     /// The lines.
     pub lines: Vec<Line>,
 }
@@ -279,11 +286,121 @@ fn draw_panel<DB: DrawingBackend>(
         .lines
         .iter()
         .flat_map(|l| l.points.iter().flat_map(|(_, s)| [s.low(), s.high()]));
-    let (ylo, yhi) = range(
+    let (mut ylo, yhi) = range(
         "y",
         ys.clone().fold(f64::INFINITY, f64::min),
         ys.fold(f64::NEG_INFINITY, f64::max),
     )?;
+    if let Some(floor) = p.y_floor.filter(|f| *f < yhi) {
+        ylo = ylo.max(floor);
+    }
+    if log_x {
+        let data: Vec<f64> = p
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|(x, _)| *x))
+            .collect();
+        let ticks = log_ticks(&data, xlo, xhi);
+        plot(
+            area,
+            p,
+            LogAxis {
+                inner: (xlo..xhi).into(),
+                ticks,
+            },
+            ylo..yhi,
+            color_of,
+            |x| x_tick(p, true, false, *x),
+            None,
+        )
+    } else {
+        let labels = match &p.x_names {
+            Some(names) => Some(names.len().max(1)),
+            // At most one label per integer.
+            None if integer_x => Some(((xhi - xlo).floor() as usize + 1).clamp(2, 10)),
+            None => None,
+        };
+        plot(
+            area,
+            p,
+            xlo..xhi,
+            ylo..yhi,
+            color_of,
+            |x| x_tick(p, false, integer_x, *x),
+            labels,
+        )
+    }
+}
+
+/// A log axis: log10(x) drawn linearly, with ticks at chosen places only.
+struct LogAxis {
+    /// The linear coordinate of log10(x).
+    inner: RangedCoordf64,
+    /// The ticks, in log10(x).
+    ticks: Vec<f64>,
+}
+
+impl Ranged for LogAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.inner.map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.inner.range()
+    }
+}
+
+/// Where a log axis (drawn as log10 of x over `xlo..xhi`) has its ticks: at the data's x
+/// values (`data`, in log10) when there are at most 12 of them, else at 1, 2 and 5 times the
+/// powers of ten in range.
+fn log_ticks(data: &[f64], xlo: f64, xhi: f64) -> Vec<f64> {
+    let mut distinct: Vec<f64> = data.iter().copied().filter(|x| x.is_finite()).collect();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
+    if !distinct.is_empty() && distinct.len() <= 12 {
+        return distinct;
+    }
+    let mut out = Vec::new();
+    if !(xlo.is_finite() && xhi.is_finite()) {
+        return out;
+    }
+    for decade in (xlo.floor() as i32)..=(xhi.ceil() as i32) {
+        for m in [1.0f64, 2.0, 5.0] {
+            let t = m.log10() + decade as f64;
+            if t >= xlo && t <= xhi {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// Draws a panel's axes and lines on the x coordinate `x` (linear, or log10 with chosen
+/// ticks) and y range `y`, labelling x ticks with `name_of`.
+fn plot<DB: DrawingBackend, X>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    x: X,
+    y: std::ops::Range<f64>,
+    color_of: &dyn Fn(&str) -> RGBColor,
+    name_of: impl Fn(&f64) -> String,
+    labels: Option<usize>,
+) -> Result<()>
+where
+    X: AsRangedCoord<Value = f64>,
+    X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     let caption = (
         "sans-serif",
         fitted_font(&p.title, area.dim_in_pixel().0, 16),
@@ -293,28 +410,23 @@ fn draw_panel<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(58)
-        .build_cartesian_2d(xlo..xhi, ylo..yhi)
+        .build_cartesian_2d(x, y)
         .map_err(err)?;
-    let name_of = |x: &f64| x_tick(p, log_x, integer_x, *x);
     let mut mesh = chart.configure_mesh();
     mesh.x_desc(p.x_label.as_str())
         .y_desc(p.y_label.as_str())
         .light_line_style(WHITE)
         .label_style(("sans-serif", 12));
     mesh.x_label_formatter(&name_of);
-    if let Some(names) = &p.x_names {
-        mesh.x_labels(names.len().max(1));
-    } else if integer_x {
-        // At most one label per integer.
-        mesh.x_labels(((xhi - xlo).floor() as usize + 1).clamp(2, 10));
+    if let Some(n) = labels {
+        mesh.x_labels(n);
     }
     mesh.draw().map_err(err)?;
     for line in &p.lines {
-        draw_line(&mut chart, line, color_of(&line.name))?;
+        draw_line(&mut chart, line, color_of(&line.name), p.y_floor)?;
     }
     Ok(())
 }
-
 /// The panel with x replaced by log10(x) (points at x <= 0 dropped): a log axis is drawn
 /// as a linear axis of log10(x), labelled with x.
 fn log_scaled(p: &Panel) -> Panel {
@@ -338,10 +450,12 @@ fn x_tick(p: &Panel, log_x: bool, integer_x: bool, x: f64) -> String {
         Some(_) => String::new(),
         None if log_x => {
             let v = 10f64.powf(x);
-            if v >= 10.0 {
-                format!("{v:.0}")
+            let r = v.round();
+            if (v - r).abs() < 1e-6 * v.max(1.0) {
+                format!("{r:.0}")
             } else {
-                format!("{v:.2}")
+                let t = format!("{v:.3}");
+                t.trim_end_matches('0').trim_end_matches('.').to_string()
             }
         }
         None if on_integer => format!("{i:.0}"),
@@ -352,14 +466,16 @@ fn x_tick(p: &Panel, log_x: bool, integer_x: bool, x: f64) -> String {
 
 /// One series: its sd band (when any sd is positive), its mean line, and markers when it
 /// has at most 12 points.
-fn draw_line<DB: DrawingBackend>(
-    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+fn draw_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<X, RangedCoordf64>>,
     line: &Line,
     color: RGBColor,
+    floor: Option<f64>,
 ) -> Result<()> {
     if line.points.iter().any(|(_, s)| s.sd > 0.0) {
+        let low = |s: &Stat| floor.map_or(s.low(), |f| s.low().max(f));
         let mut band: Vec<(f64, f64)> = line.points.iter().map(|(x, s)| (*x, s.high())).collect();
-        band.extend(line.points.iter().rev().map(|(x, s)| (*x, s.low())));
+        band.extend(line.points.iter().rev().map(|(x, s)| (*x, low(s))));
         chart
             .draw_series(std::iter::once(Polygon::new(
                 band,
@@ -617,6 +733,7 @@ mod tests {
             y_label: "v".into(),
             x_names: None,
             log_x: false,
+            y_floor: None,
             lines,
         };
         let svg = panels_svg(
@@ -642,6 +759,7 @@ mod tests {
                 y_label: "accuracy".into(),
                 x_names: None,
                 log_x: false,
+                y_floor: None,
                 lines: vec![Line {
                     name: "noise=0.4".into(),
                     points: vec![(0.0, s(0.1)), (1.0, s(0.5))],

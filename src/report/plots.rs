@@ -103,6 +103,7 @@ fn figure(data: &FigureData<'_>, plot: &PlotSpec, i: usize) -> Result<Option<Fig
         y_label: plot.y.clone(),
         x_names: None,
         log_x: false,
+        y_floor: None,
         lines,
     };
     Ok(Some(Figure {

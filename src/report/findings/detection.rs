@@ -254,6 +254,7 @@ fn stage_figure(n: usize, stage: &str, rows: &StageRows) -> Result<Figure> {
             y_label: "true-positive rate".into(),
             x_names: None,
             log_x: false,
+            y_floor: None,
             lines: grid_lines(acc),
         });
     }
@@ -293,6 +294,7 @@ fn accuracy_panel(csv: &mut String, accuracy: &Acc) -> Panel {
         y_label: "final test accuracy".into(),
         x_names: Some(names.iter().map(|n| tick_name(n)).collect()),
         log_x: false,
+        y_floor: None,
         lines: lines(&acc),
     }
 }
@@ -363,10 +365,12 @@ fn claim(rows: &StageRows) -> Option<Claim> {
             trio.push((group.clone(), n, c, o));
         }
     }
-    let auroc_text = format!(
-        "{method} ranks the corrupted examples with AUROC {auroc:.3} (mean of {} runs)",
-        rows.aurocs.len()
-    );
+    let auroc_text = match rows.aurocs.len() {
+        1 => format!("{method} ranks the corrupted examples with AUROC {auroc:.3} (one run)"),
+        n => format!(
+            "{method} ranks the corrupted examples with AUROC {auroc:.3} (mean of {n} runs)"
+        ),
+    };
     if trio.is_empty() {
         return Claim::new(true, auroc_text);
     }
@@ -441,6 +445,15 @@ mod tests {
         assert_eq!(
             c.text,
             "aum ranks the corrupted examples with AUROC 0.975 (mean of 2 runs); retraining on its cleaned labels: test accuracy 0.660 (noisy) -> 0.800, oracle-clean 0.820 at noise=0.4, 88% of the gap recovered"
+        );
+        // One run is "one run", not "mean of 1 runs".
+        rows.aurocs = vec![0.97];
+        let c = claim(&rows).unwrap();
+        assert!(
+            c.text
+                .starts_with("aum ranks the corrupted examples with AUROC 0.970 (one run);"),
+            "{}",
+            c.text
         );
     }
 }

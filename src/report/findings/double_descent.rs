@@ -174,6 +174,8 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                 y_label: "error".into(),
                 x_names: None,
                 log_x: true,
+                // An error rate: its axis and sd band stop at 0.
+                y_floor: Some(0.0),
                 lines: size_lines(acc),
             });
         }
@@ -188,6 +190,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                 y_label: measure.to_string(),
                 x_names: None,
                 log_x: true,
+                y_floor: None,
                 lines: size_lines(acc),
             });
         }

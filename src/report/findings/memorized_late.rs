@@ -114,6 +114,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                     y_label: "accuracy".into(),
                     x_names: None,
                     log_x: false,
+                    y_floor: None,
                     lines: lines(acc),
                 }
             })

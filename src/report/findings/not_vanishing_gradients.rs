@@ -125,6 +125,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                 y_label: "norm of the mean gradient".into(),
                 x_names: None,
                 log_x: false,
+                y_floor: None,
                 lines: lines(acc),
             });
         }
@@ -147,6 +148,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                 y_label: "ratio".into(),
                 x_names: None,
                 log_x: false,
+                y_floor: None,
                 lines: lines(acc),
             });
         }

@@ -100,6 +100,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                     y_label: measure.to_string(),
                     x_names: Some(rows.layers.clone()),
                     log_x: false,
+                    y_floor: None,
                     lines: lines(acc),
                 });
             }
