@@ -223,7 +223,7 @@ fn load_plan(file: &std::path::Path, cache: &Option<PathBuf>) -> Result<Loaded, 
             file: Some(file.to_path_buf()),
             set: Vec::new(),
             cache: cache.clone(),
-            run: None,
+            run: Vec::new(),
         },
         true,
     )
