@@ -68,7 +68,9 @@ fn constant_column(ty: &DataType, value: Option<&Json>, n: usize) -> ArrayRef {
         DataType::Float64 => Arc::new(Float64Array::from(vec![value.and_then(Json::as_f64); n])),
         DataType::Boolean => Arc::new(BooleanArray::from(vec![value.and_then(Json::as_bool); n])),
         _ => Arc::new(StringArray::from(vec![
-            value.filter(|v| !v.is_null()).map(template::display);
+            value
+                .filter(|v| !v.is_null())
+                .map(template::display);
             n
         ])),
     }
@@ -211,7 +213,13 @@ fn gather_nodes(plan: &Plan, store: &Store, nodes: &[NodeIndex]) -> Result<Gathe
 pub fn export(plan: &Plan, store: &Store, out: &Path) -> Result<ExportReport, Error> {
     let gathered = gather(plan, store)?;
     let extras = point_extras(plan);
-    let vars: Vec<String> = plan.spec.sweep.var_names().iter().map(|v| v.to_string()).collect();
+    let vars: Vec<String> = plan
+        .spec
+        .sweep
+        .var_names()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
     let mut by_table: BTreeMap<String, Vec<(String, RecordBatch)>> = BTreeMap::new();
     for (name, parts) in gathered.tables {
         let mut with = Vec::with_capacity(parts.len());
@@ -335,7 +343,10 @@ pub fn export_runs(
                 let label = format!("{} of run {}", plan.label(node), side.run.id);
                 let batch = with_extras(&batch, &extras, &values)
                     .map_err(|e| Error::usage(format!("{label}: {e}")))?;
-                by_table.entry(name.clone()).or_default().push((label, batch));
+                by_table
+                    .entry(name.clone())
+                    .or_default()
+                    .push((label, batch));
             }
         }
     }

@@ -287,7 +287,12 @@ fn final_metrics(store: &Store, m: &Manifest) -> BTreeMap<String, Json> {
 
 /// Metric names in the order shown: [`FINAL_METRICS`] first.
 fn metric_order(a: &str, b: &str) -> std::cmp::Ordering {
-    let at = |n: &str| FINAL_METRICS.iter().position(|m| *m == n).unwrap_or(usize::MAX);
+    let at = |n: &str| {
+        FINAL_METRICS
+            .iter()
+            .position(|m| *m == n)
+            .unwrap_or(usize::MAX)
+    };
     at(a).cmp(&at(b)).then(a.cmp(b))
 }
 
