@@ -63,7 +63,7 @@ struct Row {
     key: Option<String>,
     /// `cached`, `missing`, `stale`, `running`, `failed`, `may-run`.
     state: State,
-    /// Epochs trained (the last row of its metrics).
+    /// Epochs trained (the last row of its metrics; while it runs, the latest epoch).
     epochs: Option<i64>,
     /// Test accuracy after the last epoch.
     final_test_acc: Option<f64>,
@@ -391,10 +391,18 @@ fn row(
     state: State,
 ) -> Row {
     let key = plan.key(n);
+    // A running instance shows its epochs so far, from beside its log.
     let metrics = key
         .as_ref()
-        .filter(|k| store.is_complete(k))
-        .and_then(|k| Metrics::read_in(&store.artifact_dir(k)).ok())
+        .and_then(|k| {
+            if store.is_complete(k) {
+                Metrics::read_in(&store.artifact_dir(k)).ok()
+            } else if state == State::Running {
+                Metrics::read(&store.live_table(k, Metrics::NAME)).ok()
+            } else {
+                None
+            }
+        })
         .unwrap_or_default();
     let last = metrics.rows().checked_sub(1);
     let best = (0..metrics.rows())

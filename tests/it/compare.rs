@@ -288,3 +288,77 @@ fn side_by_side_refuses_what_it_cannot_show() {
     assert_eq!(j["runs"].as_array().unwrap().len(), 1);
     assert_eq!(j["params"], serde_json::json!([]));
 }
+
+/// Live curves: while a train instance runs, its metrics so far are a Parquet file beside
+/// its log that Polars reads, and `pipe table` shows it `running` at its latest epoch; the
+/// file goes when the instance is done.
+#[test]
+fn metrics_so_far_are_readable_while_training() {
+    let p = Project::new();
+    let text = with_values(
+        TINY_TRAIN,
+        &[
+            ("sweep.noise", "[0.5]"),
+            ("stage.train.epochs", "3000"),
+            ("stage.train.checkpoints", "[0, 1, 3000]"),
+        ],
+    );
+    p.write("p.toml", &text);
+    let mut child = p
+        .command(&["run", "p.toml", "--only", "train", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let live = || -> Option<std::path::PathBuf> {
+        std::fs::read_dir(p.cache().join("logs"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|f| f.to_string_lossy().ends_with(".metrics.parquet"))
+    };
+    let start = std::time::Instant::now();
+    let (mut read, mut shown) = (None, None);
+    while read.is_none() || shown.is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before its metrics were seen while running (read {read:?}, table {shown:?})"
+        );
+        assert!(start.elapsed().as_secs() < 120, "no live metrics seen");
+        if read.is_none()
+            && let Some(f) = live()
+        {
+            let q = python(&format!(
+                "import polars as pl, json\n\
+                 m = pl.read_parquet(open('{}', 'rb'))\n\
+                 print(json.dumps({{'rows': m.height, 'first': int(m['epoch'][0]), 'last': int(m['epoch'][-1]), 'cols': m.columns}}))",
+                f.display()
+            ));
+            if q["rows"].as_i64().unwrap() >= 2 {
+                assert_eq!(q["first"], 0, "{q}");
+                assert_eq!(q["last"].as_i64().unwrap() + 1, q["rows"].as_i64().unwrap());
+                assert!(q["cols"].as_array().unwrap().contains(&"test_acc".into()));
+                read = Some(q);
+            }
+        }
+        if shown.is_none() {
+            let rows = json(&p, &["table", "p.toml", "--run", "none", "--json"]);
+            let r = &rows[0];
+            if r["state"] == "running" && r["epochs"].as_i64().is_some_and(|e| e > 0) {
+                assert!(r["final_test_acc"].is_f64(), "{r}");
+                assert!(r["epochs"].as_i64().unwrap() < 3000, "{r}");
+                shown = Some(r.clone());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        live(),
+        None,
+        "the live metrics stay only while the instance runs"
+    );
+    let rows = json(&p, &["table", "p.toml", "--run", "none", "--json"]);
+    assert_eq!(rows[0]["state"], "cached");
+    assert_eq!(rows[0]["epochs"], 3000);
+}

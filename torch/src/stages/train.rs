@@ -168,6 +168,17 @@ impl Checkpoints<'_> {
 }
 
 /// Trains one instance (see `pipe_kinds::stages::train` for the parameters and outputs).
+/// Writes the metrics so far beside the log, for readers while the instance trains; a
+/// failure to do so is said in the log and does not stop training.
+fn live(records: &TrainRecords, ctx: &mut RunContext<'_>) {
+    if let Err(e) = records.write_live(ctx.log_path) {
+        let _ = writeln!(
+            ctx.log,
+            "warning: metrics so far not written beside the log: {e:#}"
+        );
+    }
+}
+
 pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let module = ctx.input(slots::MODULE.name).ok().map(Path::to_path_buf);
     let cfg = config(p, module.as_deref()).map_err(anyhow::Error::msg)?;
@@ -208,13 +219,16 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
             records
         }
     };
+    live(&records, ctx);
     while trainer.epoch() < p.epochs {
         let evaluation = trainer.train_epoch();
         log_epoch(ctx.log, &evaluation.scores, p.epochs)?;
         records.push(&evaluation, &data)?;
         checkpoints.save(&trainer, &records)?;
+        live(&records, ctx);
     }
     records.write(ctx.out)?;
+    TrainRecords::remove_live(ctx.log_path);
     std::fs::write(
         ctx.out.join("checkpoints.json"),
         serde_json::to_vec_pretty(&checkpoints.refs())?,
