@@ -23,10 +23,11 @@ pub struct PipelineArgs {
     /// The cache directory [default: $PIPE_CACHE, else the file's `[cache] dir`, else found from the file's folder].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
-    /// Use the pipeline file and overrides of a recorded run: an id (or prefix), `last`, or
-    /// `none` (the file alone, without its last run's overrides).
-    #[arg(long, value_name = "ID|last|none")]
-    pub run: Option<String>,
+    /// Use the pipeline file and overrides of a recorded run: an id (or prefix), a name,
+    /// `last`, or `none` (the file alone, without its last run's overrides). `table` and
+    /// `export` take it more than once, to put runs side by side.
+    #[arg(long, value_name = "ID|NAME|last|none")]
+    pub run: Vec<String>,
 }
 
 /// A pipeline loaded for a command: the plan, its cache, and the run it was taken from.
@@ -63,7 +64,16 @@ pub(super) fn select(
         Some(f) => pipeline_cache(&args.cache, f),
         None => cache_dir(&args.cache),
     };
-    match args.run.as_deref() {
+    let asked = match args.run.as_slice() {
+        [] => None,
+        [one] => Some(one.as_str()),
+        [..] => {
+            return Err(Error::usage(
+                "--run once here (`table` and `export` take several runs)",
+            ));
+        }
+    };
+    match asked {
         Some("none") => {
             let file = args
                 .file
@@ -163,6 +173,87 @@ pub(super) fn load(args: &PipelineArgs, implicit: bool) -> Result<Loaded, Error>
         set,
         run,
     })
+}
+
+/// The runs `table` and `export` put side by side, each loaded with its file and
+/// overrides: those of `--run A --run B` (two or more), or with `all_runs` every run of the
+/// file (of runs with the same overrides and narrowing, the latest). `None` for one run or
+/// none: the command's usual single plan.
+pub(super) fn load_runs(args: &PipelineArgs, all_runs: bool) -> Result<Option<Vec<Loaded>>, Error> {
+    use pipe_engine::runs;
+    if !all_runs && args.run.len() < 2 {
+        return Ok(None);
+    }
+    if !args.set.is_empty() {
+        return Err(Error::usage(
+            "runs side by side take each run's overrides; drop --set",
+        ));
+    }
+    let dir = match &args.file {
+        Some(f) => pipeline_cache(&args.cache, f)?,
+        None => cache_dir(&args.cache)?,
+    };
+    let store = pipe_engine::store::Store::new(&dir);
+    let mut ids: Vec<String> = Vec::new();
+    if all_runs {
+        let file = args
+            .file
+            .as_deref()
+            .ok_or_else(|| Error::usage("--all-runs: name the pipeline file"))?;
+        let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        let all = runs::records(&store);
+        let mine: Vec<&runs::RunRecord> = all
+            .iter()
+            .filter(|r| r.file.as_deref() == Some(file.as_path()))
+            .collect();
+        if mine.is_empty() {
+            return Err(Error::usage(format!(
+                "--all-runs: no run of {} in {}",
+                file.display(),
+                runs::runs_dir(&store).display()
+            )));
+        }
+        // Newest first, so that the latest of runs with the same settings stands for them.
+        let mut seen: Vec<(&[String], &[String])> = Vec::new();
+        for r in mine.iter().rev() {
+            let settings = (&r.overrides[..], &r.only[..]);
+            if !seen.contains(&settings) {
+                seen.push(settings);
+                ids.push(r.id.clone());
+            }
+        }
+        if ids.len() < mine.len() {
+            errln!(
+                "note: {} of {} runs repeat a later run's overrides and are shown by it",
+                mine.len() - ids.len(),
+                mine.len()
+            );
+        }
+        ids.reverse();
+    } else {
+        for id in &args.run {
+            if id == "none" {
+                return Err(Error::usage(
+                    "--run none names no run; give run ids, names or `last`",
+                ));
+            }
+            let r = runs::find_run(&store, id, args.file.as_deref())?;
+            if !ids.contains(&r.id) {
+                ids.push(r.id);
+            }
+        }
+    }
+    let mut loaded = Vec::with_capacity(ids.len());
+    for id in ids {
+        let one = PipelineArgs {
+            file: args.file.clone(),
+            set: Vec::new(),
+            cache: Some(dir.clone()),
+            run: vec![id],
+        };
+        loaded.push(load(&one, false)?);
+    }
+    Ok(Some(loaded))
 }
 
 /// The selectors of `--only` (stages or `stage[point]`) narrowed by `--point`, checked

@@ -1,6 +1,6 @@
 //! `pipe diff A B`: two instances (keys, or `stage[point]`) or two runs (`run:ID`,
-//! `run:last`): what differs in their parameters, inputs and files, and their final
-//! metrics side by side.
+//! `run:last`, a run's name): what differs in their parameters, inputs and files, and
+//! every final metric side by side.
 
 use crate::cli::outln;
 use pipe_engine::table::StoredTable;
@@ -148,7 +148,7 @@ fn manifest(target: &str, args: &DiffArgs) -> Result<(Store, Manifest), Error> {
         file: args.file.clone(),
         set: args.set.clone(),
         cache: args.cache.clone(),
-        run: args.run.clone(),
+        run: args.run.iter().cloned().collect(),
     };
     let (store, found) =
         super::target::resolve(target, &pipeline, args.point.as_deref(), false, false)?;
@@ -235,7 +235,9 @@ fn diff_instances(store: &Store, a: &Manifest, b: &Manifest) -> (Vec<Line>, Vec<
     }
     let mut metrics = Vec::new();
     let (fa, fb) = (final_metrics(store, a), final_metrics(store, b));
-    let names: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    let mut names: Vec<&String> = fa.keys().chain(fb.keys()).collect();
+    names.sort_by(|x, y| metric_order(x, y));
+    names.dedup();
     for n in names {
         metrics.push(Line {
             what: n.clone(),
@@ -246,7 +248,24 @@ fn diff_instances(store: &Store, a: &Manifest, b: &Manifest) -> (Vec<Line>, Vec<
     (out, metrics)
 }
 
-/// A train artifact's final metrics by name (empty for other kinds).
+/// The final metrics of a train artifact, in the order they are shown.
+const FINAL_METRICS: &[&str] = &[
+    "final_test_acc",
+    "best_test_acc",
+    "best_epoch",
+    "final_test_loss",
+    "final_train_acc",
+    "final_train_loss",
+    "final_clean_acc",
+    "final_corrupted_fit",
+    "final_corrupted_true_acc",
+    "epochs",
+];
+
+/// A train artifact's final metrics by name (empty for other kinds): every column of the
+/// last epoch's row of its metrics (`final_corrupted_fit` is the corrupted examples'
+/// accuracy against their training labels), the best test accuracy and its epoch, and the
+/// epochs trained.
 fn final_metrics(store: &Store, m: &Manifest) -> BTreeMap<String, Json> {
     let mut out = BTreeMap::new();
     let Ok(rows) = Metrics::read_in(&store.artifact_dir(&m.key)) else {
@@ -257,20 +276,44 @@ fn final_metrics(store: &Store, m: &Manifest) -> BTreeMap<String, Json> {
     };
     let best = (0..rows.rows())
         .filter(|&i| rows.epoch[i] > 0)
-        .map(|i| rows.test_acc[i])
-        .fold(f64::NAN, f64::max);
-    out.insert("final_test_acc".into(), Json::from(rows.test_acc[last]));
-    out.insert("best_test_acc".into(), Json::from(best));
-    if let Some(c) = rows.corrupted_train_acc[last] {
-        out.insert("final_corrupted_fit".into(), Json::from(c));
-    }
-    out.insert("final_clean_acc".into(), Json::from(rows.clean_acc[last]));
-    out.insert("final_train_loss".into(), Json::from(rows.train_loss[last]));
+        .max_by(|&a, &b| rows.test_acc[a].total_cmp(&rows.test_acc[b]));
+    let mut put = |name: &str, v: Option<Json>| {
+        if let Some(v) = v {
+            out.insert(name.to_string(), v);
+        }
+    };
+    put("final_test_acc", Some(Json::from(rows.test_acc[last])));
+    put("best_test_acc", best.map(|i| Json::from(rows.test_acc[i])));
+    put("best_epoch", best.map(|i| Json::from(rows.epoch[i])));
+    put("final_test_loss", Some(Json::from(rows.test_loss[last])));
+    put("final_train_acc", Some(Json::from(rows.train_acc[last])));
+    put("final_train_loss", Some(Json::from(rows.train_loss[last])));
+    put("final_clean_acc", Some(Json::from(rows.clean_acc[last])));
+    put(
+        "final_corrupted_fit",
+        rows.corrupted_train_acc[last].map(Json::from),
+    );
+    put(
+        "final_corrupted_true_acc",
+        rows.corrupted_true_acc[last].map(Json::from),
+    );
+    put("epochs", Some(Json::from(rows.epoch[last])));
     out
 }
 
-/// Differences between two runs' settings, and the final test accuracy of the train
-/// instances each produced or read, by `stage[point]`.
+/// Metric names in the order shown: [`FINAL_METRICS`] first.
+fn metric_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let at = |n: &str| {
+        FINAL_METRICS
+            .iter()
+            .position(|m| *m == n)
+            .unwrap_or(usize::MAX)
+    };
+    at(a).cmp(&at(b)).then(a.cmp(b))
+}
+
+/// Differences between two runs' settings, and every final metric of the train instances
+/// each produced or read, by `stage[point]`.
 fn diff_runs(store: &Store, a: &RunRecord, b: &RunRecord) -> (Vec<Line>, Vec<Line>) {
     let mut out = Vec::new();
     let s = |x: String| Json::String(x);
@@ -287,6 +330,10 @@ fn diff_runs(store: &Store, a: &RunRecord, b: &RunRecord) -> (Vec<Line>, Vec<Lin
         Some(&hash(a)),
         Some(&hash(b)),
     );
+    let named = |r: &RunRecord| s(r.name.clone().unwrap_or_else(|| "-".into()));
+    differ(&mut out, "name".into(), Some(&named(a)), Some(&named(b)));
+    let note = |r: &RunRecord| s(r.note.clone().unwrap_or_else(|| "-".into()));
+    differ(&mut out, "note".into(), Some(&note(a)), Some(&note(b)));
     let set = |r: &RunRecord| s(super::runs::overrides(&r.overrides));
     differ(&mut out, "overrides".into(), Some(&set(a)), Some(&set(b)));
     differ(
@@ -307,29 +354,37 @@ fn diff_runs(store: &Store, a: &RunRecord, b: &RunRecord) -> (Vec<Line>, Vec<Lin
         Some(&counts(a)),
         Some(&counts(b)),
     );
-    let finals = |r: &RunRecord| -> BTreeMap<String, Json> {
+    // Every final metric of each train instance either run produced or read.
+    let finals = |r: &RunRecord| -> BTreeMap<String, BTreeMap<String, Json>> {
         r.keys
             .iter()
             .filter_map(|k| store.complete_manifest(k))
             .filter(|m| m.kind == pipe_kinds::stages::train::NAME)
-            .filter_map(|m| {
-                let acc = final_metrics(store, &m).remove("final_test_acc")?;
-                Some((
-                    format!("final_test_acc {}[{}]", m.stage, point_label(&m.point)),
-                    acc,
-                ))
+            .map(|m| {
+                (
+                    format!("{}[{}]", m.stage, point_label(&m.point)),
+                    final_metrics(store, &m),
+                )
             })
             .collect()
     };
     let (fa, fb) = (finals(a), finals(b));
-    let names: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
-    let metrics = names
-        .into_iter()
-        .map(|n| Line {
-            what: n.clone(),
-            a: fa.get(n).cloned().unwrap_or(Json::Null),
-            b: fb.get(n).cloned().unwrap_or(Json::Null),
-        })
-        .collect();
+    let labels: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
+    let none = BTreeMap::new();
+    let mut metrics = Vec::new();
+    for label in labels {
+        let (ma, mb) = (
+            fa.get(label).unwrap_or(&none),
+            fb.get(label).unwrap_or(&none),
+        );
+        let mut names: Vec<&String> = ma.keys().chain(mb.keys()).collect();
+        names.sort_by(|x, y| metric_order(x, y));
+        names.dedup();
+        metrics.extend(names.into_iter().map(|n| Line {
+            what: format!("{n} {label}"),
+            a: ma.get(n).cloned().unwrap_or(Json::Null),
+            b: mb.get(n).cloned().unwrap_or(Json::Null),
+        }));
+    }
     (out, metrics)
 }

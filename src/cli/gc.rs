@@ -196,7 +196,7 @@ fn reachable(args: &GcArgs, store: &Store) -> Result<HashSet<String>, Error> {
                     file: Some(PathBuf::from(f)),
                     set,
                     cache: Some(store.root().to_path_buf()),
-                    run: Some("none".into()),
+                    run: vec!["none".into()],
                 },
                 false,
             )?

@@ -73,6 +73,12 @@ pub struct RunArgs {
     /// Place GPU instances on these GPUs, one at a time each (`--gpus 0,1`; local executor).
     #[arg(long, value_name = "IDS", value_delimiter = ',')]
     pub gpus: Vec<u32>,
+    /// A name for the run, shown by `pipe runs`, `table` and `export`; `--run NAME` finds it.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// A note kept with the run's record, shown by `pipe runs`.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
 }
 
 /// `--executor`'s values: every registered executor's name, with its line of help.
@@ -109,6 +115,20 @@ fn check_options(executor: &dyn Executor, opts: &ExecutorOptions) -> Result<(), 
         return Err(Error::usage("--poll must be a positive number of seconds"));
     }
     executor.check(opts).map_err(Error::usage)
+}
+
+/// Refuses a run name that `--run` would read as something else (`last`, `none`) or that
+/// is empty or holds a line break.
+fn check_name(name: Option<&str>) -> Result<(), Error> {
+    match name {
+        Some(n) if n.trim().is_empty() || n.contains('\n') => {
+            Err(Error::usage("--name: give a non-empty name on one line"))
+        }
+        Some(n @ ("last" | "none")) => Err(Error::usage(format!(
+            "--name {n}: `--run {n}` means something else; choose another name"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The executor `--executor` names (clap accepts only registered names).
@@ -197,6 +217,7 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
         return Err(Error::usage("--jobs must be at least 1"));
     }
     check_gpus(&args.gpus)?;
+    check_name(args.name.as_deref())?;
     if args.dry_run {
         return dry_run(&plan, &store, &only, args.json);
     }
@@ -222,6 +243,8 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     let mut record = RunRecord::begin(&plan.spec.name, Some(&loaded.file), &loaded.set);
     record.only = only.iter().map(|s| s.to_string()).collect();
     record.executor = executor.name().into();
+    record.name = args.name.clone();
+    record.note = args.note.clone();
     let how = How {
         executor,
         options: executor_opts,

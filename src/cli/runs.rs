@@ -50,6 +50,10 @@ struct RunJson<'a> {
     id: &'a str,
     /// How many keys it read or wrote.
     keys: usize,
+    /// Its name (`pipe run --name`).
+    name: Option<&'a str>,
+    /// Its note (`pipe run --note`).
+    note: Option<&'a str>,
     /// `--only` stages.
     only: &'a [String],
     /// The `--set` overrides.
@@ -100,6 +104,8 @@ pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
                 host: &r.host,
                 id: &r.id,
                 keys: r.keys.len(),
+                name: r.name.as_deref(),
+                note: r.note.as_deref(),
                 only: &r.only,
                 overrides: &r.overrides,
                 pid: r.pid,
@@ -114,9 +120,20 @@ pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
         outln!("no runs recorded in {}", store.root().display());
         return Ok(0);
     }
+    // Named runs get a column for their names; each note goes on a line under its run.
+    let name_width = shown
+        .iter()
+        .filter_map(|r| r.name.as_ref().map(|n| n.chars().count()))
+        .max()
+        .map(|w| w.max(4));
+    let name_cell = |name: Option<&str>| match name_width {
+        Some(w) => format!("{:<w$}  ", name.unwrap_or("-")),
+        None => String::new(),
+    };
     outln!(
-        "{:<20}  {:<16}  {:>7}  {:<14}  {:<28}  {:<24}  overrides, narrowed to",
+        "{:<20}  {}{:<16}  {:>7}  {:<14}  {:<28}  {:<24}  overrides, narrowed to",
         "run",
+        name_cell(Some("name")),
         "started",
         "took",
         "state",
@@ -137,8 +154,9 @@ pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
         });
         let c = &r.counts;
         outln!(
-            "{:<20}  {:<16}  {:>7}  {:<14}  {:<28}  {:<24}  {}",
+            "{:<20}  {}{:<16}  {:>7}  {:<14}  {:<28}  {:<24}  {}",
             r.id,
+            name_cell(r.name.as_deref()),
             local_time(r.submitted),
             took,
             r.state(&store),
@@ -146,6 +164,9 @@ pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
             format!("{}/{}/{} of {}", c.executed, c.cached, c.failed, c.planned),
             narrowed(&r.overrides, &r.only)
         );
+        if let Some(note) = &r.note {
+            outln!("{:<20}  note: {note}", "");
+        }
     }
     Ok(0)
 }

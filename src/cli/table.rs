@@ -6,6 +6,8 @@ use crate::cli::outln;
 use pipe_engine::table::StoredTable;
 use pipe_kinds::tables::Metrics;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -34,20 +36,34 @@ pub struct TableArgs {
     /// Print CSV.
     #[arg(long)]
     pub csv: bool,
+    /// Every run of the file side by side (with `run` and differing-parameter columns);
+    /// `--run A --run B` does so for the runs named.
+    #[arg(long, conflicts_with = "set")]
+    pub all_runs: bool,
 }
 
-/// One row: a train instance.
+/// One row: a train instance (of one run, when runs are side by side).
 #[derive(Serialize, Clone)]
 struct Row {
+    /// The run it belongs to (runs side by side only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<String>,
+    /// That run's name, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_name: Option<String>,
     /// Its stage.
     stage: String,
     /// Its sweep point.
     point: Json,
+    /// The parameters that differ between the runs shown, as `stage.param` (runs side by
+    /// side only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    params: BTreeMap<String, Json>,
     /// Its key (`null` while unknown).
     key: Option<String>,
     /// `cached`, `missing`, `stale`, `running`, `failed`, `may-run`.
     state: State,
-    /// Epochs trained (the last row of its metrics).
+    /// Epochs trained (the last row of its metrics; while it runs, the latest epoch).
     epochs: Option<i64>,
     /// Test accuracy after the last epoch.
     final_test_acc: Option<f64>,
@@ -75,32 +91,29 @@ const COLUMNS: &[&str] = &[
 
 /// Runs `pipe table`; returns its exit code.
 pub fn table(args: &TableArgs) -> Result<i32, Error> {
-    let loaded = load(&args.pipeline, true)?;
-    let (plan, store) = (&loaded.plan, &loaded.store);
-    let filters = where_filters(&args.filter, plan)?;
-    let index = store.read_index(&plan.spec.name);
-    let states = status::status(plan, store, &index);
-    let mut rows: Vec<Row> = states
-        .iter()
-        .filter(|s| {
-            plan.spec.stages[plan.graph[s.node].stage].kind.name()
-                == pipe_kinds::stages::train::NAME
-        })
-        .filter(|s| filters.iter().all(|f| f.matches(plan, s.node)))
-        .map(|s| row(plan, store, s.node, s.state))
-        .collect();
+    let (mut rows, sortable, what) = match super::args::load_runs(&args.pipeline, args.all_runs)? {
+        Some(all) => runs_rows(args, &all)?,
+        None => {
+            let loaded = load(&args.pipeline, true)?;
+            let (plan, store) = (&loaded.plan, &loaded.store);
+            let filters = where_filters(&args.filter, &[plan])?;
+            let rows = plan_rows(plan, store, &plan.order, &filters);
+            let vars = plan.spec.sweep.var_names();
+            let sortable: Vec<String> = vars.iter().map(|v| v.to_string()).collect();
+            (rows, sortable, plan.spec.path.display().to_string())
+        }
+    };
     if let Some(col) = &args.sort {
-        sort_rows(&mut rows, col, &plan.spec.sweep.var_names())?;
+        sort_rows(&mut rows, col, &sortable)?;
     }
     if rows.is_empty() {
-        let where_asked = if filters.is_empty() {
+        let where_asked = if args.filter.is_empty() {
             ""
         } else {
             " where asked"
         };
         return Err(Error::usage(format!(
-            "{} has no train instance{where_asked}",
-            plan.spec.path.display(),
+            "{what} has no train instance{where_asked}"
         )));
     }
     if args.json {
@@ -121,8 +134,88 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// The `--where VARIABLE=VALUE,...` filters, checked against the plan.
-fn where_filters(given: &[String], plan: &Plan) -> Result<Vec<Selector>, Error> {
+/// The rows of the train instances among `nodes` that every filter matches.
+fn plan_rows(
+    plan: &Plan,
+    store: &pipe_engine::store::Store,
+    nodes: &[petgraph::graph::NodeIndex],
+    filters: &[Selector],
+) -> Vec<Row> {
+    let index = store.read_index(&plan.spec.name);
+    let states = status::status(plan, store, &index);
+    let wanted: std::collections::HashSet<_> = nodes.iter().copied().collect();
+    states
+        .iter()
+        .filter(|s| wanted.contains(&s.node))
+        .filter(|s| {
+            plan.spec.stages[plan.graph[s.node].stage].kind.name()
+                == pipe_kinds::stages::train::NAME
+        })
+        .filter(|s| filters.iter().all(|f| f.matches(plan, s.node)))
+        .map(|s| row(plan, store, s.node, s.state))
+        .collect()
+}
+
+/// The rows of several runs side by side: each run's train instances (those it covered)
+/// with its id and name and the parameters that differ between the rows' runs; the
+/// columns `--sort` takes beside the fixed ones; and what the rows are of, in words.
+fn runs_rows(
+    args: &TableArgs,
+    all: &[super::args::Loaded],
+) -> Result<(Vec<Row>, Vec<String>, String), Error> {
+    use crate::compare::{Side, differing, settings};
+    let plans: Vec<&Plan> = all.iter().map(|l| &l.plan).collect();
+    let filters = where_filters(&args.filter, &plans)?;
+    let mut rows = Vec::new();
+    let mut sets: Vec<(usize, BTreeMap<String, Json>)> = Vec::new();
+    let mut vars: Vec<String> = Vec::new();
+    for (i, l) in all.iter().enumerate() {
+        let Some(run) = &l.run else { continue };
+        let side = Side::of(&l.plan, run);
+        let index = l.store.read_index(&l.plan.spec.name);
+        let states = status::status(&l.plan, &l.store, &index);
+        for v in l.plan.spec.sweep.var_names() {
+            if !vars.iter().any(|x| x == v) {
+                vars.push(v.to_string());
+            }
+        }
+        let wanted: std::collections::HashSet<_> = side.nodes.iter().copied().collect();
+        for s in states.iter().filter(|s| wanted.contains(&s.node)) {
+            let plan = &l.plan;
+            if plan.spec.stages[plan.graph[s.node].stage].kind.name()
+                != pipe_kinds::stages::train::NAME
+                || !filters
+                    .iter()
+                    .all(|f| f.check(plan).is_err() || f.matches(plan, s.node))
+            {
+                continue;
+            }
+            let mut r = row(plan, &l.store, s.node, s.state);
+            r.run = Some(run.id.clone());
+            r.run_name = run.name.clone();
+            rows.push(r);
+            sets.push((i, settings(plan, s.node)));
+        }
+    }
+    let by_ref: Vec<(usize, &BTreeMap<String, Json>)> = sets.iter().map(|(i, s)| (*i, s)).collect();
+    let params = differing(&by_ref);
+    for (r, (_, s)) in rows.iter_mut().zip(&sets) {
+        r.params = params
+            .iter()
+            .map(|p| (p.clone(), s.get(p).cloned().unwrap_or(Json::Null)))
+            .collect();
+    }
+    let mut sortable = vars;
+    sortable.extend(params);
+    let what = match &args.pipeline.file {
+        Some(f) => format!("{} (in {} runs)", f.display(), all.len()),
+        None => format!("the {} runs", all.len()),
+    };
+    Ok((rows, sortable, what))
+}
+
+/// The `--where VARIABLE=VALUE,...` filters, each checked against at least one plan.
+fn where_filters(given: &[String], plans: &[&Plan]) -> Result<Vec<Selector>, Error> {
     let filters = given
         .iter()
         .map(|w| Selector::parse(w).map_err(|e| Error::usage(format!("--where: {e}"))))
@@ -133,18 +226,25 @@ fn where_filters(given: &[String], plan: &Plan) -> Result<Vec<Selector>, Error> 
                 "--where {f}: write VARIABLE=VALUE,... (no stage)"
             )));
         }
-        f.check(plan).map_err(Error::usage)?;
+        if let Some(Err(e)) = plans
+            .iter()
+            .map(|p| f.check(p))
+            .find(|c| c.is_ok())
+            .or_else(|| plans.first().map(|p| f.check(p)))
+        {
+            return Err(Error::usage(e));
+        }
     }
     Ok(filters)
 }
 
 /// Sorts by `--sort COLUMN` (`-COLUMN`: descending), a column or a sweep variable.
-fn sort_rows(rows: &mut [Row], col: &str, vars: &[&str]) -> Result<(), Error> {
+fn sort_rows(rows: &mut [Row], col: &str, vars: &[String]) -> Result<(), Error> {
     let (col, desc) = match col.strip_prefix('-') {
         Some(c) => (c, true),
         None => (col, false),
     };
-    if !COLUMNS.contains(&col) && !vars.contains(&col) {
+    if !COLUMNS.contains(&col) && !vars.iter().any(|v| v == col) {
         return Err(Error::usage(format!(
             "--sort {col}: sort by one of {} or a sweep variable ({})",
             COLUMNS.join(", "),
@@ -161,13 +261,27 @@ fn sort_rows(rows: &mut [Row], col: &str, vars: &[&str]) -> Result<(), Error> {
 /// The header (stage, sweep variables, [`COLUMNS`]) and each row's cells as text.
 fn text_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
     let vars: Vec<String> = vars_of(rows);
+    let params: Vec<String> = rows
+        .first()
+        .map(|r| r.params.keys().cloned().collect())
+        .unwrap_or_default();
+    let runs = rows.iter().any(|r| r.run.is_some());
+    let named = rows.iter().any(|r| r.run_name.is_some());
+    let shown = |v: Option<&Json>| {
+        v.filter(|v| !v.is_null())
+            .map_or(String::new(), pipe_engine::spec::template::display)
+    };
     let cells = |r: &Row| -> Vec<String> {
-        let mut c = vec![r.stage.clone()];
-        c.extend(vars.iter().map(|v| {
-            r.point
-                .get(v)
-                .map_or(String::new(), pipe_engine::spec::template::display)
-        }));
+        let mut c = Vec::new();
+        if runs {
+            c.push(r.run.clone().unwrap_or_default());
+        }
+        if named {
+            c.push(r.run_name.clone().unwrap_or_default());
+        }
+        c.push(r.stage.clone());
+        c.extend(vars.iter().map(|v| shown(r.point.get(v))));
+        c.extend(params.iter().map(|p| shown(r.params.get(p))));
         c.extend([
             num(r.final_test_acc),
             num(r.best_test_acc),
@@ -179,8 +293,16 @@ fn text_cells(rows: &[Row]) -> (Vec<String>, Vec<Vec<String>>) {
         ]);
         c
     };
-    let mut header: Vec<String> = vec!["stage".into()];
+    let mut header: Vec<String> = Vec::new();
+    if runs {
+        header.push("run".into());
+    }
+    if named {
+        header.push("run_name".into());
+    }
+    header.push("stage".into());
     header.extend(vars.iter().cloned());
+    header.extend(params.iter().cloned());
     header.extend(COLUMNS.iter().map(|c| c.to_string()));
     (header, rows.iter().map(cells).collect())
 }
@@ -238,7 +360,11 @@ fn sort_value(r: &Row, col: &str) -> f64 {
         "clean_acc" => r.clean_acc,
         "epochs" => r.epochs.map(|e| e as f64),
         "state" => Some(r.state as u8 as f64),
-        var => r.point.get(var).and_then(Json::as_f64),
+        var => r
+            .point
+            .get(var)
+            .or_else(|| r.params.get(var))
+            .and_then(Json::as_f64),
     };
     v.unwrap_or(f64::INFINITY)
 }
@@ -265,18 +391,29 @@ fn row(
     state: State,
 ) -> Row {
     let key = plan.key(n);
+    // A running instance shows its epochs so far, from beside its log.
     let metrics = key
         .as_ref()
-        .filter(|k| store.is_complete(k))
-        .and_then(|k| Metrics::read_in(&store.artifact_dir(k)).ok())
+        .and_then(|k| {
+            if store.is_complete(k) {
+                Metrics::read_in(&store.artifact_dir(k)).ok()
+            } else if state == State::Running {
+                Metrics::read(&store.live_table(k, Metrics::NAME)).ok()
+            } else {
+                None
+            }
+        })
         .unwrap_or_default();
     let last = metrics.rows().checked_sub(1);
     let best = (0..metrics.rows())
         .filter(|&i| metrics.epoch[i] > 0)
         .max_by(|&a, &b| metrics.test_acc[a].total_cmp(&metrics.test_acc[b]));
     Row {
+        run: None,
+        run_name: None,
         stage: plan.stage_name(n).to_string(),
         point: plan.point(n),
+        params: BTreeMap::new(),
         key,
         state,
         epochs: last.map(|i| metrics.epoch[i]),

@@ -39,7 +39,7 @@ pub fn resolve(
     exact: bool,
 ) -> Result<(Store, Vec<Target>), Error> {
     let selector_like = target.contains('[') || target.contains('=') || point.is_some();
-    let planned = pipeline.file.is_some() || pipeline.run.is_some();
+    let planned = pipeline.file.is_some() || !pipeline.run.is_empty();
     if !planned && !pipeline.set.is_empty() {
         return Err(Error::usage(
             "--set overrides a pipeline: name the pipeline file (or --run ID)",

@@ -398,10 +398,17 @@ fn diff_shows_parameters_and_final_metrics_side_by_side() {
         .unwrap();
     assert_eq!(over["a"], "-");
     assert!(over["b"].as_str().unwrap().contains("stage.train.epochs=1"));
-    // One line per train instance, both runs' accuracies side by side.
+    // Every final metric of each train instance, both runs' values side by side.
     let m = d["metrics"].as_array().unwrap();
-    assert_eq!(m.len(), 2, "{d}");
-    assert!(m.iter().all(|l| l["a"].is_f64() && l["b"].is_f64()), "{d}");
+    let test_acc = m
+        .iter()
+        .filter(|l| l["what"].as_str().unwrap().starts_with("final_test_acc "))
+        .count();
+    assert_eq!(test_acc, 2, "{d}");
+    assert!(
+        m.iter().all(|l| l["a"].is_number() && l["b"].is_number()),
+        "{d}"
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod common;
 mod adversary;
 mod analysis;
 mod cache_marker;
+mod compare;
 mod consistency;
 mod cutoff;
 mod daily;

@@ -55,6 +55,21 @@ impl TrainRecords {
         Ok(())
     }
 
+    /// Writes the metrics so far beside the instance's log `log` (`logs/KEY.metrics.parquet`),
+    /// replacing the last epoch's atomically, so they can be read while the instance runs.
+    pub fn write_live(&self, log: &Path) -> Result<()> {
+        let path = pipe_engine::store::live_table_path(log, Metrics::NAME);
+        let tmp = path.with_extension("parquet.tmp");
+        self.metrics.write(&tmp)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Removes what [`TrainRecords::write_live`] wrote (the artifact has the tables now).
+    pub fn remove_live(log: &Path) {
+        let _ = std::fs::remove_file(pipe_engine::store::live_table_path(log, Metrics::NAME));
+    }
+
     /// Reads the tables [`TrainRecords::write`] wrote into `dir`.
     pub fn read(dir: &Path, record_examples: bool) -> Result<TrainRecords> {
         let metrics = Metrics::read_in(dir)?;

@@ -96,6 +96,12 @@ pub struct RunRecord {
     /// Every key the run's plan read or wrote (instances and their parts), sorted.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// A name given with `pipe run --name` (`--run NAME` finds the latest run so named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A note given with `pipe run --note`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl RunRecord {
@@ -126,6 +132,8 @@ impl RunRecord {
             exit: None,
             counts: RunCounts::default(),
             keys: Vec::new(),
+            name: None,
+            note: None,
         }
     }
 
@@ -253,8 +261,8 @@ fn read_record_file(path: &Path) -> Option<Vec<u8>> {
     }
 }
 
-/// The run `id` names: `last` (the latest run, of `file` if given), or an id or unique
-/// prefix of one.
+/// The run `id` names: `last` (the latest run, of `file` if given), an id or unique
+/// prefix of one, or a name given with `pipe run --name` (the latest run so named).
 pub fn find_record(store: &Store, id: &str) -> Result<RunRecord, Error> {
     find_run(store, id, None)
 }
@@ -279,7 +287,12 @@ pub fn find_run(store: &Store, id: &str, file: Option<&Path>) -> Result<RunRecor
             }),
         };
     }
-    let hits: Vec<&RunRecord> = all.iter().filter(|r| r.id.starts_with(id)).collect();
+    let mut hits: Vec<&RunRecord> = all.iter().filter(|r| r.id.starts_with(id)).collect();
+    if hits.is_empty()
+        && let Some(named) = all.iter().rev().find(|r| r.name.as_deref() == Some(id))
+    {
+        hits.push(named);
+    }
     match hits.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(Error::usage(format!(

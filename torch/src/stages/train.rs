@@ -189,6 +189,17 @@ impl Checkpoints<'_> {
 }
 
 /// Trains one instance (see `pipe_kinds::stages::train` for the parameters and outputs).
+/// Writes the metrics so far beside the log, for readers while the instance trains; a
+/// failure to do so is said in the log and does not stop training.
+fn live(records: &TrainRecords, ctx: &mut RunContext<'_>) {
+    if let Err(e) = records.write_live(ctx.log_path) {
+        let _ = writeln!(
+            ctx.log,
+            "warning: metrics so far not written beside the log: {e:#}"
+        );
+    }
+}
+
 pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let module = ctx.input(slots::MODULE.name).ok().map(Path::to_path_buf);
     let cfg = config(p, module.as_deref()).map_err(anyhow::Error::msg)?;
@@ -231,11 +242,13 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
             records
         }
     };
+    live(&records, ctx);
     // A resume point this run started from (not a kept epoch) is superseded like its own.
     let point = resumed.filter(|e| !checkpoints.keep.contains(e));
     train_epochs(
         p,
         ctx.log,
+        ctx.log_path,
         &checkpoints,
         &mut trainer,
         &mut records,
@@ -243,6 +256,7 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
         point,
     )?;
     records.write(ctx.out)?;
+    TrainRecords::remove_live(ctx.log_path);
     std::fs::write(
         ctx.out.join("checkpoints.json"),
         serde_json::to_vec_pretty(&checkpoints.refs())?,
@@ -266,9 +280,11 @@ const FINISH_WITHIN: Duration = Duration::from_secs(2);
 /// one after each such span of training, removing the one it kept before (unless that
 /// epoch is a kept checkpoint), and the last one (or `point`, the resume point the run
 /// started from) once the final epoch is stored.
+#[allow(clippy::too_many_arguments)]
 fn train_epochs(
     p: &TrainParams,
     log: &mut std::fs::File,
+    log_path: &Path,
     checkpoints: &Checkpoints<'_>,
     trainer: &mut Trainer<'_>,
     records: &mut TrainRecords,
@@ -327,6 +343,13 @@ fn train_epochs(
         log_epoch(log, &evaluation.scores, p.epochs)?;
         records.push(&evaluation, data)?;
         checkpoints.save(trainer, records)?;
+        // The metrics so far, readable while it trains.
+        if let Err(e) = records.write_live(log_path) {
+            writeln!(
+                log,
+                "warning: metrics so far not written beside the log: {e:#}"
+            )?;
+        }
         if trainer.epoch() == p.epochs {
             break;
         }

@@ -8,6 +8,9 @@
 //! - `tmp/KEY.HOST.PID.N/`: an artifact being written; renamed into `artifacts/` when done;
 //! - `locks/KEY.lock`: held while a process computes KEY;
 //! - `logs/KEY.log`: the last run's log of KEY (kept for failures too);
+//! - `logs/KEY.TABLE.parquet`: a table of KEY as it grows while KEY runs (a train
+//!   instance's metrics so far, [`live_table_path`]), replaced atomically; removed when the
+//!   instance succeeds, kept after a failure;
 //! - `index/PIPELINE.json`: the last key run for each (stage, point), for `pipe status`.
 //!
 //! An artifact directory exists only once every file and the manifest are fsynced, so a
@@ -295,6 +298,12 @@ pub fn tmp_owner(name: &str) -> Option<Holder> {
 fn is_removed_tmp(name: &str) -> bool {
     name.split_once('.')
         .is_some_and(|(key, rest)| crate::key::is_key(key) && rest.starts_with("removed."))
+}
+
+/// Where a running instance whose log is `log` (`logs/KEY.log`) keeps table `table` so
+/// far: `logs/KEY.TABLE.parquet`, beside its log and never inside its artifact.
+pub fn live_table_path(log: &Path, table: &str) -> PathBuf {
+    log.with_extension(format!("{table}.parquet"))
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
@@ -649,6 +658,11 @@ impl Store {
     /// Path of a key's log.
     pub fn log_path(&self, key: &str) -> PathBuf {
         self.root.join("logs").join(format!("{key}.log"))
+    }
+
+    /// Path of table `table` of a key as it grows while the key runs ([`live_table_path`]).
+    pub fn live_table(&self, key: &str, table: &str) -> PathBuf {
+        live_table_path(&self.log_path(key), table)
     }
 
     /// The manifest of a key, if the artifact exists and its manifest parses (a manifest
