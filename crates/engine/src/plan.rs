@@ -636,6 +636,7 @@ impl InstanceAt<'_> {
         let mut missing = None;
         for f in stage.kind.files(params, env) {
             if missing.is_none()
+                && f.data
                 && std::fs::symlink_metadata(&f.path)
                     .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
             {

@@ -61,6 +61,9 @@ pub struct DeclaredFile {
     pub name: String,
     /// Where to read it.
     pub path: PathBuf,
+    /// Whether it is a data set's file, which may be missing at planning (the plan then
+    /// says so and `run` refuses); any other declared file must be there.
+    pub data: bool,
 }
 
 /// A kind of stage as the engine holds it (`&'static dyn StageKind`): its parameters,

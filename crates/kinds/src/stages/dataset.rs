@@ -441,6 +441,7 @@ impl Kind for Dataset {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 path: p,
+                data: true,
             })
             .collect()
     }

@@ -235,7 +235,11 @@ fn is_table_name(t: &str) -> bool {
 /// missing.
 fn declared(base: &std::path::Path, entry: &str) -> Vec<DeclaredFile> {
     let path = base.join(entry);
-    let one = |name: String, path: std::path::PathBuf| DeclaredFile { name, path };
+    let one = |name: String, path: std::path::PathBuf| DeclaredFile {
+        name,
+        path,
+        data: false,
+    };
     let name_of = |p: &std::path::Path| {
         p.strip_prefix(base)
             .unwrap_or(p)
