@@ -1,6 +1,7 @@
-//! `pipe table`: the results in the terminal, one row per `train` instance: its sweep
-//! point, final and best test accuracy, how much of the corrupted labels it fits, epochs
-//! and state. `--where`, `--sort`, `--json`, `--csv`.
+//! `pipe table`: the results in the terminal, one row per trained run (a `train` or an
+//! `import` instance, both with a `metrics` table): its sweep point, final and best test
+//! accuracy, how much of the corrupted labels it fits, epochs and state. `--where`,
+//! `--sort`, `--json`, `--csv`.
 
 use crate::cli::outln;
 use pipe_engine::table::StoredTable;
@@ -36,7 +37,7 @@ pub struct TableArgs {
     pub csv: bool,
 }
 
-/// One row: a train instance.
+/// One row: a train or import instance.
 #[derive(Serialize, Clone)]
 struct Row {
     /// Its stage.
@@ -83,8 +84,8 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
     let mut rows: Vec<Row> = states
         .iter()
         .filter(|s| {
-            plan.spec.stages[plan.graph[s.node].stage].kind.name()
-                == pipe_kinds::stages::train::NAME
+            let kind = plan.spec.stages[plan.graph[s.node].stage].kind.name();
+            pipe_kinds::stages::slots::TRAINED.kinds.contains(&kind)
         })
         .filter(|s| filters.iter().all(|f| f.matches(plan, s.node)))
         .map(|s| row(plan, store, s.node, s.state))
@@ -99,7 +100,7 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
             " where asked"
         };
         return Err(Error::usage(format!(
-            "{} has no train instance{where_asked}",
+            "{} has no train or import instance{where_asked}",
             plan.spec.path.display(),
         )));
     }
@@ -257,7 +258,7 @@ fn csv_cell(c: &str) -> String {
     }
 }
 
-/// The row of train instance `n`.
+/// The row of train or import instance `n`.
 fn row(
     plan: &Plan,
     store: &pipe_engine::store::Store,
