@@ -1,6 +1,7 @@
-//! `pipe table`: the results in the terminal, one row per `train` instance: its sweep
-//! point, final and best test accuracy, how much of the corrupted labels it fits, epochs
-//! and state. `--where`, `--sort`, `--json`, `--csv`.
+//! `pipe table`: the results in the terminal, one row per trained run (a `train` or an
+//! `import` instance, both with a `metrics` table): its sweep point, final and best test
+//! accuracy, how much of the corrupted labels it fits, epochs and state. `--where`,
+//! `--sort`, `--json`, `--csv`.
 
 use crate::cli::outln;
 use pipe_engine::table::StoredTable;
@@ -42,7 +43,7 @@ pub struct TableArgs {
     pub all_runs: bool,
 }
 
-/// One row: a train instance (of one run, when runs are side by side).
+/// One row: a train or import instance (of one run, when runs are side by side).
 #[derive(Serialize, Clone)]
 struct Row {
     /// The run it belongs to (runs side by side only).
@@ -113,7 +114,7 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
             " where asked"
         };
         return Err(Error::usage(format!(
-            "{what} has no train instance{where_asked}"
+            "{what} has no train or import instance{where_asked}"
         )));
     }
     if args.json {
@@ -148,8 +149,8 @@ fn plan_rows(
         .iter()
         .filter(|s| wanted.contains(&s.node))
         .filter(|s| {
-            plan.spec.stages[plan.graph[s.node].stage].kind.name()
-                == pipe_kinds::stages::train::NAME
+            let kind = plan.spec.stages[plan.graph[s.node].stage].kind.name();
+            pipe_kinds::stages::slots::TRAINED.kinds.contains(&kind)
         })
         .filter(|s| filters.iter().all(|f| f.matches(plan, s.node)))
         .map(|s| row(plan, store, s.node, s.state))
@@ -383,7 +384,7 @@ fn csv_cell(c: &str) -> String {
     }
 }
 
-/// The row of train instance `n`.
+/// The row of train or import instance `n`.
 fn row(
     plan: &Plan,
     store: &pipe_engine::store::Store,

@@ -39,15 +39,20 @@ impl Project {
 
     /// An MNIST-layout folder of 4x4 images, 10 classes, labels i % 10.
     pub fn write_idx(&self, rel: &str, train: usize, test: usize) {
+        self.write_idx_sized(rel, train, test, 4);
+    }
+
+    /// [`write_idx`](Self::write_idx) with `side` x `side` images (28: MNIST's shape).
+    pub fn write_idx_sized(&self, rel: &str, train: usize, test: usize, side: usize) {
         use pipe_science::datasets::idx::encode;
         let d = self.path(rel);
         std::fs::create_dir_all(&d).unwrap();
         for (prefix, n) in [("train", train), ("t10k", test)] {
-            let pixels: Vec<u8> = (0..n * 16).map(|i| (i * 7 % 251) as u8).collect();
+            let pixels: Vec<u8> = (0..n * side * side).map(|i| (i * 7 % 251) as u8).collect();
             let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
             std::fs::write(
                 d.join(format!("{prefix}-images-idx3-ubyte")),
-                encode(&[n, 4, 4], &pixels),
+                encode(&[n, side, side], &pixels),
             )
             .unwrap();
             std::fs::write(

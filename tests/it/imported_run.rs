@@ -263,6 +263,63 @@ fn an_imported_run_is_checked_and_every_analysis_takes_it() {
     assert_eq!(code, 0, "{again}");
     assert_eq!(count(&again, "executed"), 0, "{again}");
 
+    // `pipe table`: the import's row, its values those of its metrics.parquet (in Polars).
+    let out = p.pipe(&["table", "p.toml", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let want = python(&format!(
+        r#"import json, polars as pl
+m = pl.read_parquet(r"{}/metrics.parquet").sort("epoch")
+last = m.row(-1, named=True)
+# the best epoch after 0; of equal accuracies, the later epoch (as `pipe table` picks)
+best = max(m.filter(pl.col("epoch") > 0).iter_rows(named=True), key=lambda r: (r["test_acc"], r["epoch"]))
+print(json.dumps({{"epochs": last["epoch"], "final_test_acc": last["test_acc"], "best_test_acc": best["test_acc"],
+    "best_epoch": best["epoch"], "corrupted_fit": last["corrupted_train_acc"], "clean_acc": last["clean_acc"]}}))
+"#,
+        run.display()
+    ));
+    assert_eq!(rows[0]["stage"], "mine");
+    assert_eq!(rows[0]["state"], "cached");
+    for (col, v) in want.as_object().unwrap() {
+        assert_eq!(&rows[0][col], v, "{col}: table {} metrics {want}", rows[0]);
+    }
+
+    // `pipe report`: the import's accuracy figure (finding 1) plots its metrics, and the
+    // gradient and rollback findings (3, 4) have figures; probe and embed (2, 5) are not in
+    // this pipeline, so those have none.
+    let out = p.pipe(&["report", "p.toml", "--out", "report", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["without_figure"], serde_json::json!([2, 5]), "{rep}");
+    let csv = std::fs::read_to_string(p.path("report/figures/1-accuracy-mine.csv")).unwrap();
+    let test_acc: Vec<(i64, f64)> = csv
+        .lines()
+        .filter(|l| l.starts_with("test_acc,"))
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[2].parse().unwrap(), f[3].parse().unwrap())
+        })
+        .collect();
+    let metrics = python(&format!(
+        r#"import json, polars as pl
+m = pl.read_parquet(r"{}/metrics.parquet").sort("epoch")
+print(json.dumps([[e, a] for e, a in zip(m["epoch"], m["test_acc"])]))
+"#,
+        run.display()
+    ));
+    let metrics: Vec<(i64, f64)> = serde_json::from_value(metrics).unwrap();
+    assert_eq!(test_acc, metrics, "{csv}");
+
     // An epoch the import does not keep is refused when the pipeline is planned.
     let out = p.pipe(&["run", "p.toml", "--set", "stage.gradnorm.epochs=[2]"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -271,6 +328,36 @@ fn an_imported_run_is_checked_and_every_analysis_takes_it() {
         stderr.contains("keeps no checkpoint 2; it keeps epochs 0, 1, 3"),
         "{stderr}"
     );
+
+    // `detect` refuses an import when the pipeline is planned, saying why.
+    p.write(
+        "d.toml",
+        &format!("{PIPELINE}[stage.detect]\nkind = \"detect\"\ninputs = [\"mine\"]\n"),
+    );
+    let out = p.pipe(&["run", "d.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "\"mine\" is an `import` stage, which a `detect` stage does not take: it reads the \
+             per-example training dynamics (`examples.parquet`) that only pipe's own `train` \
+             records"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(count_artifacts_of(&p, "detect"), 0);
+}
+
+/// How many artifacts of `kind` the project's cache holds.
+fn count_artifacts_of(p: &Project, kind: &str) -> usize {
+    p.artifacts()
+        .iter()
+        .filter(|dir| {
+            let m: Json =
+                serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+            m["kind"] == kind
+        })
+        .count()
 }
 
 #[test]
@@ -310,4 +397,130 @@ fn malformed_runs_are_refused_with_their_message_and_nothing_stored() {
         }
         assert_no_partial_artifacts(&p.cache());
     }
+}
+
+/// The fenced block that follows the line `<!-- tested: NAME -->` in README.md, exactly as
+/// the reader sees it.
+fn readme_block(name: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let marker = format!("<!-- tested: {name} -->\n");
+    let at = readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README.md has no line {marker:?}"));
+    let fence = &readme[at + marker.len()..];
+    assert!(
+        fence.starts_with("```"),
+        "{name}: no fenced block after the marker"
+    );
+    let body = &fence[fence.find('\n').unwrap() + 1..];
+    let end = body
+        .find("\n```\n")
+        .unwrap_or_else(|| panic!("{name}: the fenced block does not end"));
+    body[..=end].to_string()
+}
+
+/// README's "Runs trained elsewhere" as a user copies it: its `import` and `gradnorm`
+/// stages, its minimal `train.py` and the minimal `model.py` of "Your own model", on a
+/// tiny data set of MNIST's shape (60 training images of 28x28, half the labels corrupted).
+#[test]
+fn the_readme_minimal_train_py_is_imported_and_analysed() {
+    let p = Project::new();
+    p.write_idx_sized("data28", 60, 20, 28);
+    p.write("model.py", &readme_block("model.py"));
+    p.write("train.py", &readme_block("train.py"));
+    p.write(
+        "export.py",
+        &std::fs::read_to_string(repo().join("pipelines/models/export.py")).unwrap(),
+    );
+    let stages = readme_block("import.toml");
+    p.write(
+        "p.toml",
+        &format!(
+            r#"[pipeline]
+name = "readme-import"
+[stage.data]
+kind = "dataset"
+source = "idx"
+path = "data28"
+train_size = 60
+test_size = 20
+[stage.corrupt]
+kind = "corrupt"
+inputs = ["data"]
+fraction = 0.5
+seed = 1
+{stages}"#
+        ),
+    );
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let run = executed(&p, &r, "mine");
+    let info: Json =
+        serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
+    let layers: Vec<&str> = info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(layers, ["input", "fc1", "logits"]);
+
+    // In PyTorch, from what the script wrote: its metrics rows, and the test accuracy of
+    // each kept epoch's weights loaded back into model.py's MLP (inputs standardized as
+    // README says the analyses feed them), against the script's own row of that epoch;
+    // and gradnorm's table of the run.
+    let args = serde_json::json!({
+        "model": p.path("model.py"),
+        "data": executed(&p, &r, "data"),
+        "run": run,
+        "gradnorm": executed(&p, &r, "gradnorm"),
+    });
+    let out = python(&format!(
+        r#"import json, importlib.util, math
+import polars as pl, torch
+from safetensors.torch import load_file
+A = json.loads(r'''{args}''')
+spec = importlib.util.spec_from_file_location("model", A["model"])
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+def images(path):
+    df = pl.read_parquet(path)
+    return torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, 28, 28).float() / 255, torch.tensor(df["label"].to_list())
+x, _ = images(A["data"] + "/train.parquet")
+xt, yt = images(A["data"] + "/test.parquet")
+mean = x.mean(dim=(0, 2, 3), keepdim=True)
+std = x.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
+xt = (xt - mean) / std
+metrics = pl.read_parquet(A["run"] + "/metrics.parquet")
+acc = {{}}
+for e in metrics["epoch"].to_list():
+    net = m.MLP(); net.load_state_dict(load_file(A["run"] + f"/weights/{{e}}.safetensors"), strict=True); net.eval()
+    with torch.no_grad():
+        acc[e] = (net(xt).argmax(1) == yt).double().mean().item()
+g = pl.read_parquet(A["gradnorm"] + "/gradnorm.parquet")
+norms = g["label_dependent"].to_list() + g["label_independent"].to_list()
+print(json.dumps({{"epochs": metrics["epoch"].to_list(),
+    "acc_error": max(abs(acc[e] - t) for e, t in zip(metrics["epoch"], metrics["test_acc"])),
+    "corrupted": metrics["corrupted_train_acc"].to_list(),
+    "gradnorm_epochs": sorted(set(g["epoch"].to_list())), "gradnorm_layers": sorted(set(g["layer"].to_list())),
+    "norms_positive": all(math.isfinite(v) and v > 0 for v in norms)}}))
+"#
+    ));
+    assert_eq!(out["epochs"], serde_json::json!([0, 1, 3]), "{out}");
+    assert!(out["acc_error"].as_f64().unwrap() < 1e-12, "{out}");
+    assert!(
+        out["corrupted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(Json::is_f64),
+        "{out}"
+    );
+    // `epochs = [0, "final"]`: "final" is the largest of the import's `epochs`.
+    assert_eq!(out["gradnorm_epochs"], serde_json::json!([0, 3]), "{out}");
+    assert_eq!(
+        out["gradnorm_layers"],
+        serde_json::json!(["fc1", "logits"]),
+        "{out}"
+    );
+    assert_eq!(out["norms_positive"], true, "{out}");
 }

@@ -1,10 +1,12 @@
 """The PyTorch peer of pipe's train stage, for torch/benches/train.rs.
 
-Trains the same MLP or CNN on the same Parquet inputs (a pipe dataset artifact and a
+Trains the same MLP or CNN (or, with `--module FILE.py:CLASS`, the user's module that pipe
+trains as TorchScript, here eagerly as a plain PyTorch script would) on the same Parquet inputs (a pipe dataset artifact and a
 corrupt artifact) with the same batch size, optimizer, data standardization and per-epoch
 evaluation, and prints {"seconds": [per-epoch seconds], "examples": n} as JSON.
 """
 import argparse
+import importlib.util
 import json
 import time
 
@@ -16,7 +18,8 @@ from torch import nn
 p = argparse.ArgumentParser()
 p.add_argument("--data", required=True)
 p.add_argument("--labels", required=True)
-p.add_argument("--model", choices=["mlp", "cnn"], required=True)
+p.add_argument("--model", choices=["mlp", "cnn", "module"], required=True)
+p.add_argument("--module", help="FILE.py:CLASS, with --model module")
 p.add_argument("--epochs", type=int, required=True)
 p.add_argument("--batch", type=int, required=True)
 p.add_argument("--threads", type=int, required=True)
@@ -40,7 +43,13 @@ mean, std = xf.mean(dim=(0, 2, 3), keepdim=True), xf.std(dim=(0, 2, 3), keepdim=
 xtr = (xtr.float() / 255 - mean) / std
 xte = (xte.float() / 255 - mean) / std
 
-if args.model == "mlp":
+if args.model == "module":
+    file, _, name = args.module.partition(":")
+    spec = importlib.util.spec_from_file_location("user_model", file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net = getattr(mod, name)()
+elif args.model == "mlp":
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
 else:
     net = nn.Sequential(

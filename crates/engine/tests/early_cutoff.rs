@@ -106,6 +106,7 @@ impl Kind for Sink {
             name: "source",
             kinds: &["source"],
             optional: false,
+            refuses: &[],
         }])
     }
     fn reads(&self, p: &SinkParams, _slot: &str, _up: &InputInfo<'_>) -> Option<Vec<String>> {

@@ -139,6 +139,9 @@ impl Link<'_> {
                 ns.join(", ")
             )));
         };
+        if let Some(why) = decl.refusal(self.up_kind) {
+            return Err(self.refused(why));
+        }
         if !decl.kinds.contains(&self.up_kind) {
             return Err(self.error(format!(
                 "slot `{s}` takes {} {} stage, but \"{}\" is {} `{}` stage",
@@ -159,6 +162,10 @@ impl Link<'_> {
         });
         match free {
             Some(d) => Ok(d.name.to_string()),
+            None if slots.iter().any(|d| d.refusal(self.up_kind).is_some()) => {
+                let why = slots.iter().find_map(|d| d.refusal(self.up_kind));
+                Err(self.refused(why.unwrap_or_default()))
+            }
             None => {
                 let ns: Vec<String> = slots
                     .iter()
@@ -175,6 +182,18 @@ impl Link<'_> {
                 )))
             }
         }
+    }
+
+    /// The error for an upstream kind a slot refuses, saying why.
+    fn refused(&self, why: &str) -> Error {
+        self.error(format!(
+            "\"{}\" is {} `{}` stage, which {} `{}` stage does not take: {why}",
+            self.up,
+            crate::error::article(self.up_kind),
+            self.up_kind,
+            crate::error::article(self.kind),
+            self.kind,
+        ))
     }
 
     /// An error at the input, about the stage's inputs.

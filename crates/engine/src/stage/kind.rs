@@ -18,6 +18,19 @@ pub struct Slot {
     pub kinds: &'static [&'static str],
     /// Whether a stage may leave it empty (the kind's check then says when it must not).
     pub optional: bool,
+    /// Kinds it does not take that a user may well give it, each with why: planning says
+    /// so when a pipeline gives one (`(kind, why)`).
+    pub refuses: &'static [(&'static str, &'static str)],
+}
+
+impl Slot {
+    /// Why the slot does not take `kind`, if it says.
+    pub fn refusal(&self, kind: &str) -> Option<&'static str> {
+        self.refuses
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|&(_, why)| why)
+    }
 }
 
 /// The inputs a stage kind takes.

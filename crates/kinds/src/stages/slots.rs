@@ -39,6 +39,7 @@ pub const DATASET: Slot = Slot {
     name: "dataset",
     kinds: &[names::DATASET],
     optional: false,
+    refuses: &[],
 };
 
 /// Training labels: corrupted (`corrupt`) or cleaned (`clean`).
@@ -46,6 +47,7 @@ pub const LABELS: Slot = Slot {
     name: "labels",
     kinds: &[names::CORRUPT, names::CLEAN],
     optional: false,
+    refuses: &[],
 };
 
 /// A run of pipe's own training (`train`): what `detect` reads (its `examples.parquet`).
@@ -53,6 +55,11 @@ pub const TRAIN: Slot = Slot {
     name: "train",
     kinds: &[names::TRAIN],
     optional: false,
+    refuses: &[(
+        names::IMPORT,
+        "it reads the per-example training dynamics (`examples.parquet`) that only pipe's \
+         own `train` records (`record_examples = true`); a run trained elsewhere has none",
+    )],
 };
 
 /// A trained network, the input of every analysis of one: pipe's own training (`train`)
@@ -61,6 +68,7 @@ pub const TRAINED: Slot = Slot {
     name: TRAIN.name,
     kinds: &[names::TRAIN, names::IMPORT],
     optional: false,
+    refuses: &[],
 };
 
 /// Activations of a probe set (`activations`).
@@ -68,6 +76,7 @@ pub const ACTIVATIONS: Slot = Slot {
     name: "activations",
     kinds: &[names::ACTIVATIONS],
     optional: false,
+    refuses: &[],
 };
 
 /// Detection scores (`detect`).
@@ -75,6 +84,7 @@ pub const SCORES: Slot = Slot {
     name: "scores",
     kinds: &[names::DETECT],
     optional: false,
+    refuses: &[],
 };
 
 /// A TorchScript module (`model.pt` in an `exec` stage's output) that `train` trains when
@@ -83,4 +93,5 @@ pub const MODULE: Slot = Slot {
     name: "module",
     kinds: &[names::EXEC],
     optional: true,
+    refuses: &[],
 };
