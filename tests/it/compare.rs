@@ -190,7 +190,7 @@ fn runs_side_by_side_in_table_export_runs_and_diff() {
         "import polars as pl, json\n\
          m = pl.read_parquet('{d}/metrics.parquet')\n\
          l = pl.read_parquet('{d}/labels.parquet')\n\
-         runs = m.group_by('run', 'run_name').agg(pl.col('train.lr').unique(), pl.len()).sort('run')\n\
+         runs = m.group_by('run', 'run_name').agg(pl.col('train.lr').unique(), pl.len()).sort('run_name')\n\
          print(json.dumps({{'columns': m.columns[-6:], 'rows': m.height, \
            'runs': [[r['run'], r['run_name'], r['train.lr'], r['len']] for r in runs.to_dicts()], \
            'label_lr_null': l['train.lr'].null_count() == l.height, 'label_runs': l['run'].n_unique(), \
