@@ -297,23 +297,16 @@ fn train_epochs(
     // later one supersedes it.
     let mut periodic: Option<i64> = point;
     let mut boundary = checkpoint::State::snapshot(trainer);
-    let stopped = |kept: Option<i64>| Interrupted {
-        kept: kept.map(|epoch| Kept {
-            epoch,
-            epochs: p.epochs,
-        }),
-    };
     while trainer.epoch() < p.epochs {
         if stop::requested() {
-            let e = keep_point(
+            return Err(stopped_at(
                 log,
                 checkpoints,
                 &boundary,
                 records,
                 &mut periodic,
-                "stopped",
-            )?;
-            return Err(anyhow::Error::new(stopped(Some(e))));
+                p.epochs,
+            ));
         }
         let clock = Instant::now();
         let abandon = |done: f64| {
@@ -330,15 +323,14 @@ fn train_epochs(
                 boundary.epoch + 1,
                 boundary.epoch
             )?;
-            let e = keep_point(
+            return Err(stopped_at(
                 log,
                 checkpoints,
                 &boundary,
                 records,
                 &mut periodic,
-                "stopped",
-            )?;
-            return Err(anyhow::Error::new(stopped(Some(e))));
+                p.epochs,
+            ));
         };
         log_epoch(log, &evaluation.scores, p.epochs)?;
         records.push(&evaluation, data)?;
@@ -355,15 +347,14 @@ fn train_epochs(
         }
         boundary = checkpoint::State::snapshot(trainer);
         if stop::requested() {
-            let e = keep_point(
+            return Err(stopped_at(
                 log,
                 checkpoints,
                 &boundary,
                 records,
                 &mut periodic,
-                "stopped",
-            )?;
-            return Err(anyhow::Error::new(stopped(Some(e))));
+                p.epochs,
+            ));
         }
         if every.is_some_and(|d| last_point.elapsed() >= d) {
             keep_point(
@@ -391,6 +382,24 @@ fn train_epochs(
 /// Keeps `state` as a resume point (see [`Checkpoints::keep`]) and removes the one this
 /// run kept before, unless it is a kept checkpoint; logs what it did (`why`: stopped,
 /// periodic) and returns the epoch kept.
+/// Keeps the last epoch boundary reached as a resume point and returns the error that ends
+/// the instance as interrupted, saying which epoch was kept (or why none could be).
+fn stopped_at(
+    log: &mut std::fs::File,
+    checkpoints: &Checkpoints<'_>,
+    boundary: &checkpoint::State,
+    records: &TrainRecords,
+    periodic: &mut Option<i64>,
+    epochs: i64,
+) -> anyhow::Error {
+    match keep_point(log, checkpoints, boundary, records, periodic, "stopped") {
+        Ok(epoch) => anyhow::Error::new(Interrupted {
+            kept: Some(Kept { epoch, epochs }),
+        }),
+        Err(e) => e,
+    }
+}
+
 fn keep_point(
     log: &mut std::fs::File,
     checkpoints: &Checkpoints<'_>,
