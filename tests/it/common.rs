@@ -287,3 +287,25 @@ fn with_values_replaces_exactly_the_named_lines() {
     let misspelt = std::panic::catch_unwind(|| with_values(BASIC, &[("stage.train.epochs", "1")]));
     assert!(misspelt.is_err(), "BASIC has no train stage");
 }
+
+/// A user's own model for the tests of scripted and imported runs: a BatchNorm layer (so
+/// buffers travel too) and a linear logits layer, meeting the module contract.
+pub const MODEL_PY: &str = r#"from typing import List, Tuple
+import torch
+from torch import Tensor, nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Sequential(nn.Linear(16, 12), nn.BatchNorm1d(12))
+        self.logits = nn.Linear(12, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)[-1][1]
+
+    @torch.jit.export
+    def layers(self, x: Tensor) -> List[Tuple[str, Tensor]]:
+        h = self.fc1(x.flatten(1)).relu()
+        return [("fc1", h), ("logits", self.logits(h))]
+"#;

@@ -8,27 +8,6 @@ use std::path::PathBuf;
 use crate::common::*;
 use serde_json::Value as Json;
 
-/// The user's model: a BatchNorm layer (buffers travel too) and a linear logits layer.
-const MODEL_PY: &str = r#"from typing import List, Tuple
-import torch
-from torch import Tensor, nn
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Sequential(nn.Linear(16, 12), nn.BatchNorm1d(12))
-        self.logits = nn.Linear(12, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)[-1][1]
-
-    @torch.jit.export
-    def layers(self, x: Tensor) -> List[Tuple[str, Tensor]]:
-        h = self.fc1(x.flatten(1)).relu()
-        return [("fc1", h), ("logits", self.logits(h))]
-"#;
-
 /// The user's own training loop, in plain PyTorch: the layout README's "Runs trained
 /// elsewhere" documents. `BREAK` spoils one part of it, for the refusals.
 const TRAIN_PY: &str = r#"import os

@@ -7,27 +7,6 @@ use std::path::{Path, PathBuf};
 use crate::common::*;
 use serde_json::Value as Json;
 
-/// The user's model: a BatchNorm layer (so buffers travel too) and a linear logits layer.
-const MODEL_PY: &str = r#"from typing import List, Tuple
-import torch
-from torch import Tensor, nn
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Sequential(nn.Linear(16, 12), nn.BatchNorm1d(12))
-        self.logits = nn.Linear(12, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)[-1][1]
-
-    @torch.jit.export
-    def layers(self, x: Tensor) -> List[Tuple[str, Tensor]]:
-        h = self.fc1(x.flatten(1)).relu()
-        return [("fc1", h), ("logits", self.logits(h))]
-"#;
-
 /// Scripts `model.py`'s `Net` into `$PIPE_OUT/model.pt`: through the shipped helper, or
 /// (with `check = False`) through its adapter alone, so that the worker's checks are met.
 fn make_py(check: bool) -> String {
