@@ -197,6 +197,10 @@ impl Progress {
                 "[{}/{total}] cached {label} (its inputs were known, its key was in the cache)",
                 *done
             ),
+            // pipe itself stopped it (Ctrl-C or SIGTERM): not the instance's failure.
+            Outcome::Failed { .. } if pipe_engine::stage::stopping() => {
+                format!("[{}/{total}] stopped {label}: pipe was interrupted", *done)
+            }
             Outcome::Failed { message, .. } => {
                 format!("[{}/{total}] FAILED {label}: {message}", *done)
             }

@@ -181,3 +181,35 @@ epochs = ["final"]
         "{err}"
     );
 }
+
+#[test]
+fn an_instance_pipe_stopped_on_sigterm_is_said_stopped_not_failed() {
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"stop\"\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"touch started; sleep 30\"]\n",
+    );
+    let run = p
+        .command(&["run", "p.toml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !p.path("started").exists() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGTERM);
+    }
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("FAILED e"), "{err}");
+    assert!(err.contains("stopped e: pipe was interrupted"), "{err}");
+}
