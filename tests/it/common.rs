@@ -309,3 +309,30 @@ class Net(nn.Module):
         h = self.fc1(x.flatten(1)).relu()
         return [("fc1", h), ("logits", self.logits(h))]
 "#;
+
+/// A 512 KiB tmpfs mounted at a test's folder, unmounted when dropped.
+pub struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Creates `dir` and mounts a 512 KiB tmpfs there (a disk that fills up); the tests that
+/// use it need root, as CI runs.
+pub fn mount_small_tmpfs(dir: &Path) -> Mount {
+    std::fs::create_dir_all(dir).unwrap();
+    // SAFETY: geteuid(2) reads the process's user id; no memory is touched.
+    let mounted = unsafe { libc::geteuid() } == 0
+        && Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        mounted,
+        "this test mounts a 512 KiB tmpfs and needs root (CI runs as root)"
+    );
+    Mount(dir.to_path_buf())
+}

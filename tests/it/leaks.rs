@@ -165,31 +165,11 @@ fn host() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// Unmounts the test's tmpfs when dropped.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_at_lease_creation_leaves_no_lock_file() {
     let p = Project::new();
     let cache = p.path("full-disk");
-    std::fs::create_dir_all(&cache).unwrap();
-    let mounted = unsafe { libc::geteuid() } == 0
-        && std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-            .arg(&cache)
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        mounted,
-        "this test mounts a 512 KiB tmpfs and needs root (CI runs as root)"
-    );
-    let _guard = Mount(cache.clone());
+    let _guard = mount_small_tmpfs(&cache);
     // A cache pipe made (marked, with its folders).
     p.write(
         "first.toml",

@@ -3,7 +3,7 @@
 //! raised: `PIPE_RELIABILITY_KILLS` (default 20), `PIPE_FUZZ_CASES` (default 3000).
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -315,31 +315,11 @@ timeout = "1s"
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml:6:11: `stage.a.timeout`"));
 }
 
-/// Unmounts the test's tmpfs when dropped.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_the_instance_cleanly_and_keeps_earlier_artifacts() {
     let p = Project::new();
     let cache = p.path("small-disk");
-    std::fs::create_dir_all(&cache).unwrap();
-    let mounted = unsafe { libc::geteuid() } == 0
-        && std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-            .arg(&cache)
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        mounted,
-        "this test mounts a 512 KiB tmpfs and needs root (CI runs as root)"
-    );
-    let _guard = Mount(cache.clone());
+    let _guard = mount_small_tmpfs(&cache);
     p.write(
         "d.toml",
         r#"
