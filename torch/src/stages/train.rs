@@ -188,18 +188,18 @@ impl Checkpoints<'_> {
     }
 }
 
-/// Trains one instance (see `pipe_kinds::stages::train` for the parameters and outputs).
 /// Writes the metrics so far beside the log, for readers while the instance trains; a
 /// failure to do so is said in the log and does not stop training.
-fn live(records: &TrainRecords, ctx: &mut RunContext<'_>) {
-    if let Err(e) = records.write_live(ctx.log_path) {
+fn live(records: &TrainRecords, log: &mut std::fs::File, log_path: &Path) {
+    if let Err(e) = records.write_live(log_path) {
         let _ = writeln!(
-            ctx.log,
+            log,
             "warning: metrics so far not written beside the log: {e:#}"
         );
     }
 }
 
+/// Trains one instance (see `pipe_kinds::stages::train` for the parameters and outputs).
 pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     let module = ctx.input(slots::MODULE.name).ok().map(Path::to_path_buf);
     let cfg = config(p, module.as_deref()).map_err(anyhow::Error::msg)?;
@@ -242,7 +242,7 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
             records
         }
     };
-    live(&records, ctx);
+    live(&records, ctx.log, ctx.log_path);
     // A resume point this run started from (not a kept epoch) is superseded like its own.
     let point = resumed.filter(|e| !checkpoints.keep.contains(e));
     train_epochs(
@@ -336,12 +336,7 @@ fn train_epochs(
         records.push(&evaluation, data)?;
         checkpoints.save(trainer, records)?;
         // The metrics so far, readable while it trains.
-        if let Err(e) = records.write_live(log_path) {
-            writeln!(
-                log,
-                "warning: metrics so far not written beside the log: {e:#}"
-            )?;
-        }
+        live(records, log, log_path);
         if trainer.epoch() == p.epochs {
             break;
         }
