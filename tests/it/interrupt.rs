@@ -168,6 +168,31 @@ fn checkpoint_epochs(p: &Project) -> Vec<i64> {
     epochs
 }
 
+/// The folder of the checkpoint part of `epoch`.
+fn checkpoint_dir(p: &Project, epoch: i64) -> PathBuf {
+    p.artifacts()
+        .into_iter()
+        .find(|d| {
+            std::fs::read(d.join("manifest.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+                .is_some_and(|m| m["kind"] == "train.checkpoint" && m["params"]["epoch"] == epoch)
+        })
+        .unwrap_or_else(|| panic!("no checkpoint of epoch {epoch}"))
+}
+
+/// `cp -a from to`.
+fn copy_tree(from: &Path, to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
 /// The train log of the last run.
 fn train_log(p: &Project) -> String {
     std::fs::read_dir(p.cache().join("logs"))
@@ -283,8 +308,23 @@ fn resume_every_keeps_one_resume_point_that_survives_kill_9() {
     wait_for_epoch(&p, &mut child, 20);
     let (_, _, _) = interrupt(child, libc::SIGKILL, true);
     let kept = checkpoint_epochs(&p);
+    let first = *kept.iter().max().unwrap();
+    assert!(first >= 15 && kept.len() <= 3, "{kept:?}");
+
+    // A kill between keeping a resume point and removing the one before leaves both (the
+    // previous run's point is put back after a second kill -9, as such a kill leaves it).
+    let aside = p.dir.path().join("aside");
+    let first_dir = checkpoint_dir(&p, first);
+    copy_tree(&first_dir, &aside);
+    let mut child = start(&p);
+    wait_for_epoch(&p, &mut child, first + 10);
+    let (_, _, _) = interrupt(child, libc::SIGKILL, true);
+    if !first_dir.exists() {
+        copy_tree(&aside, &first_dir);
+    }
+    let kept = checkpoint_epochs(&p);
     let point = *kept.iter().max().unwrap();
-    assert!(point >= 15 && kept.len() <= 3, "{kept:?}");
+    assert!(point >= first + 5 && kept.contains(&first), "{kept:?}");
     let out = p.pipe(&["run", "t.toml"]);
     assert!(
         out.status.success(),

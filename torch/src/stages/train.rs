@@ -142,6 +142,19 @@ impl Checkpoints<'_> {
             .find_map(|e| self.stored(e).map(|d| (e, d)))
     }
 
+    /// Removes every stored resume point (a checkpoint part of an epoch that is not kept)
+    /// and returns their epochs.
+    fn remove_resume_points(&self) -> Result<Vec<i64>> {
+        let mut removed = Vec::new();
+        for e in (1..self.params.epochs).filter(|e| !self.keep.contains(e)) {
+            if self.stored(e).is_some() {
+                self.parts.remove(&self.key(e))?;
+                removed.push(e);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Stores the trainer's state as the checkpoint of its epoch, if that epoch is kept.
     fn save(&self, t: &Trainer<'_>, records: &TrainRecords) -> Result<()> {
         let e = t.epoch();
@@ -363,9 +376,9 @@ fn train_epochs(
             last_point = Instant::now();
         }
     }
-    // The final checkpoint supersedes this run's last resume point.
-    if let Some(e) = periodic.filter(|e| !checkpoints.keep.contains(e)) {
-        checkpoints.parts.remove(&checkpoints.key(e))?;
+    // The final checkpoint supersedes every resume point: this run's last, and any an
+    // earlier run left (one killed between keeping a point and removing the one before).
+    for e in checkpoints.remove_resume_points()? {
         writeln!(
             log,
             "resume point of epoch {e} removed: the final epoch is stored"
