@@ -308,7 +308,8 @@ print(json.dumps([[e, a] for e, a in zip(m["epoch"], m["test_acc"])]))
         "{stderr}"
     );
 
-    // `detect` refuses an import when the pipeline is planned, saying why.
+    // `detect` refuses an import that does not record examples when the pipeline is
+    // planned, saying what to set.
     p.write(
         "d.toml",
         &format!("{PIPELINE}[stage.detect]\nkind = \"detect\"\ninputs = [\"mine\"]\n"),
@@ -318,13 +319,114 @@ print(json.dumps([[e, a] for e, a in zip(m["epoch"], m["test_acc"])]))
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "\"mine\" is an `import` stage, which a `detect` stage does not take: it reads the \
-             per-example training dynamics (`examples.parquet`) that only pipe's own `train` \
-             records"
+            "its `import` input must record the training dynamics: set `record_examples = true` there"
         ),
         "{stderr}"
     );
+    // With it, every epoch from 0 to the last must be kept.
+    let out = p.pipe(&["run", "d.toml", "--set", "stage.mine.record_examples=true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("record_examples needs the weights of every epoch from 0 to 3; add 2"),
+        "{stderr}"
+    );
     assert_eq!(count_artifacts_of(&p, "detect"), 0);
+}
+
+/// Recomputes, in PyTorch from the imported weights of every epoch, each training
+/// example's loss, margin, prediction and last-layer gradient norm, and the `loss` and
+/// `aum` scores over epochs 1..=2, and prints their largest differences from pipe's.
+const EXAMPLES_PY: &str = r#"
+import polars as pl, torch, torch.nn.functional as F
+from safetensors.torch import load_file
+spec = importlib.util.spec_from_file_location("model", A["model"])
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+df = pl.read_parquet(A["data"] + "/train.parquet")
+x = torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, 4, 4).float() / 255.0
+mean = x.mean(dim=(0, 2, 3), keepdim=True)
+std = x.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
+x = (x - mean) / std
+lab = pl.read_parquet(A["labels"] + "/labels.parquet")
+y = torch.tensor(lab["train_label"].to_list())
+ex = pl.read_parquet(A["run"] + "/examples.parquet")
+diff, loss_by_epoch, margin_by_epoch = 0.0, {}, {}
+for e in range(4):
+    net = m.Net(); net.load_state_dict(load_file(A["run"] + f"/weights/{e}.safetensors")); net.eval()
+    with torch.no_grad():
+        out = net.layers(x)
+        h, z = out[-2][1].double().flatten(1), out[-1][1].double()
+    loss = F.cross_entropy(z, y, reduction="none")
+    others = z.clone(); others[torch.arange(len(y)), y] = float("-inf")
+    margin = z[torch.arange(len(y)), y] - others.max(1).values
+    g = z.softmax(1) - F.one_hot(y, z.shape[1]).double()
+    gnorm = g.norm(dim=1) * h.norm(dim=1)
+    rows = ex.filter(pl.col("epoch") == e).sort("index")
+    assert rows["index"].to_list() == list(range(len(y))), rows["index"].to_list()
+    assert rows["label"].to_list() == y.tolist()
+    assert rows["changed"].to_list() == lab["changed"].to_list()
+    assert rows["predicted"].to_list() == z.argmax(1).tolist()
+    for col, want in (("loss", loss), ("margin", margin), ("grad_norm", gnorm)):
+        got = torch.tensor(rows[col].to_list(), dtype=torch.float64)
+        diff = max(diff, ((got - want).abs() / want.abs().clamp_min(1e-6)).max().item())
+    loss_by_epoch[e], margin_by_epoch[e] = loss, margin
+scores = pl.read_parquet(A["detect"] + "/scores.parquet")
+score_diff = 0.0
+for method, want in (("loss", (loss_by_epoch[1] + loss_by_epoch[2]) / 2),
+                     ("aum", -(margin_by_epoch[1] + margin_by_epoch[2]) / 2)):
+    got = torch.tensor(scores.filter(pl.col("method") == method).sort("index")["score"].to_list(), dtype=torch.float64)
+    score_diff = max(score_diff, ((got - want).abs() / want.abs().clamp_min(1e-6)).max().item())
+print(json.dumps({"examples": diff, "scores": score_diff, "rows": ex.height, "n": len(y)}))
+"#;
+
+#[test]
+fn detect_takes_an_import_whose_examples_pipe_records_from_its_weights() {
+    let p = project("");
+    p.write(
+        "train.py",
+        &TRAIN_PY.replace("if epoch in (1, 3):", "if True:"),
+    );
+    p.write(
+        "d.toml",
+        &format!(
+            "{}[stage.detect]\nkind = \"detect\"\ninputs = [\"mine\"]\nmethods = [\"loss\", \"aum\"]\nwindow = [1, 2]\n",
+            PIPELINE.replace("epochs = [0, 1, 3]", "epochs = [0, 1, 2, 3]\nrecord_examples = true")
+        ),
+    );
+    let (code, r) = p.run("d.toml", &["--only", "detect"]);
+    assert_eq!(code, 0, "{r}");
+    let args = serde_json::json!({
+        "model": p.path("model.py"),
+        "data": executed(&p, &r, "data"),
+        "labels": executed(&p, &r, "corrupt"),
+        "run": executed(&p, &r, "mine"),
+        "detect": executed(&p, &r, "detect"),
+    });
+    let out = python(&format!(
+        "import json, importlib.util\nA = json.loads(r'''{args}''')\n{EXAMPLES_PY}"
+    ));
+    assert_eq!(out["n"], 60, "{out}");
+    assert_eq!(out["rows"], 4 * 60, "{out}");
+    assert!(out["examples"].as_f64().unwrap() < 1e-6, "{out}");
+    assert!(out["scores"].as_f64().unwrap() < 1e-6, "{out}");
+
+    // A command that writes examples.parquet itself is refused: that file is pipe's.
+    p.write(
+        "train.py",
+        &TRAIN_PY.replace("if epoch in (1, 3):", "if True:").replace(
+            "table.write_parquet(out + \"/metrics.parquet\")",
+            "table.write_parquet(out + \"/metrics.parquet\")\ntable.write_parquet(out + \"/examples.parquet\")",
+        ),
+    );
+    let out = p.pipe(&["run", "d.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "examples.parquet is written by pipe with record_examples; the command wrote one too"
+        ),
+        "{stderr}"
+    );
 }
 
 /// How many artifacts of `kind` the project's cache holds.

@@ -380,6 +380,17 @@ impl<'a> Trainer<'a> {
         self.evaluate(0, 0.0, Instant::now())
     }
 
+    /// Loads the weights saved in `file` (every variable of the model, by name) and
+    /// evaluates them as the end of `epoch`: how an imported run's examples are recorded.
+    pub fn evaluate_saved(
+        &mut self,
+        epoch: i64,
+        file: &std::path::Path,
+    ) -> anyhow::Result<Evaluation> {
+        crate::checkpoint::load_weights(&self.net.variables(), file)?;
+        Ok(self.evaluate(epoch, 0.0, Instant::now()))
+    }
+
     /// Evaluates the current weights on every split (and every training example, with
     /// `record_examples`) as the end of `epoch`, trained at `lr`, started at `clock`.
     fn evaluate(&mut self, epoch: i64, lr: f64, clock: Instant) -> Evaluation {

@@ -12,12 +12,16 @@ use pipe_engine::stage::{BadData, RunContext};
 use pipe_engine::table::StoredTable;
 use pipe_kinds::stages::import::{self, ImportParams};
 use pipe_kinds::stages::slots;
+use pipe_kinds::stages::train::Loss;
 use pipe_kinds::stages::train::{LayerInfo, MODULE_FILE, ModelInfo, ModuleFile};
-use pipe_kinds::tables::Metrics;
+use pipe_kinds::tables::{Examples, Metrics};
 use tch::{Device, Tensor};
 
-use crate::data;
-use crate::models::{Arch, Net};
+use crate::data::{self, TrainData};
+use crate::models::{Arch, Net, WeightInit};
+use crate::optim::{OptimizerConfig, Schedule};
+use crate::records::TrainRecords;
+use crate::trainer::{self, TrainConfig, Trainer};
 
 /// A failure of the layout, for the user.
 fn bad(message: String) -> anyhow::Error {
@@ -128,6 +132,65 @@ fn model_info(net: &Net, input: [i64; 3], classes: i64, module: &Path) -> Result
     })
 }
 
+/// With `record_examples`: evaluates the weights of every epoch 0..=final on the training
+/// set, as `train` does after each epoch, and writes `examples.parquet` from them.
+fn record_examples(
+    p: &ImportParams,
+    data: &TrainData,
+    module: &Path,
+    ctx: &mut RunContext<'_>,
+) -> Result<()> {
+    let file = Examples::path_in(ctx.out);
+    if file.exists() {
+        return Err(bad(format!(
+            "{} is written by pipe with record_examples; the command wrote one too",
+            Examples::FILE
+        )));
+    }
+    let cfg = TrainConfig {
+        arch: Arch::Script {
+            file: module.to_path_buf(),
+        },
+        epochs: p.final_epoch(),
+        batch_size: 1,
+        optimizer: OptimizerConfig::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+        lr: 0.0,
+        schedule: Schedule::Constant,
+        augment: false,
+        seed: 0,
+        loss: match p.loss {
+            Loss::CrossEntropy => trainer::Loss::CrossEntropy,
+            Loss::Mse => trainer::Loss::Mse,
+        },
+        init: WeightInit::Module,
+        freeze: Vec::new(),
+        device: Device::Cpu,
+        record_examples: true,
+    };
+    let mut trainer = Trainer::new(cfg, data).map_err(|m| bad(format!("{MODULE_FILE}: {m}")))?;
+    let mut records = TrainRecords::new(true);
+    for e in 0..=p.final_epoch() {
+        let evaluation = trainer
+            .evaluate_saved(e, &ctx.out.join(import::weights_file(e)))
+            .with_context(|| format!("evaluating the weights of epoch {e}"))?;
+        records.push(&evaluation, data)?;
+    }
+    if let Some(examples) = &records.examples {
+        examples.write_in(ctx.out)?;
+        writeln!(
+            ctx.log,
+            "recorded {} examples at epochs 0..={} from the weights",
+            data.indices.len(),
+            p.final_epoch()
+        )?;
+    }
+    Ok(())
+}
+
 /// Checks the output of an `import` instance's command and writes its `model.json`.
 pub fn run(p: &ImportParams, ctx: &mut RunContext<'_>) -> Result<()> {
     tch::set_num_threads(ctx.threads as i32);
@@ -174,6 +237,9 @@ pub fn run(p: &ImportParams, ctx: &mut RunContext<'_>) -> Result<()> {
     })?;
     if metrics.epoch.is_empty() {
         return Err(bad(format!("{} has no rows", Metrics::FILE)));
+    }
+    if p.record_examples {
+        record_examples(p, &data, &module, ctx)?;
     }
     let info = model_info(&net, data.input_shape(), data.classes(), &module)?;
     std::fs::write(

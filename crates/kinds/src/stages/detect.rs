@@ -1,5 +1,6 @@
 //! `detect`: scores every training example of a train instance by how likely its label is
-//! wrong, from the training dynamics the instance recorded (`record_examples = true`).
+//! wrong, from the training dynamics the instance recorded (`record_examples = true`; an
+//! `import` with it has pipe compute them from its weights).
 //!
 //! Methods (higher score = more likely mislabeled), each over the epochs of `window`:
 //! - `aum`: area under the margin (Pleiss et al. 2020), minus the mean margin;
@@ -24,7 +25,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 
 use crate::stages::slots;
-use crate::stages::trained::train_params;
+use crate::stages::trained::TrainedInput;
 use crate::tables::{Detection, Examples, Roc, Scores};
 use pipe_engine::stage::{BadData, CheckEnv, Inputs, Kind, ParamError, RunContext};
 use pipe_engine::table::StoredTable;
@@ -235,7 +236,7 @@ impl Kind for Detect {
     const ABOUT: &'static str = "scores every training example by how likely its label is wrong, from the recorded training dynamics (aum, gradient, label_gradient, loss, forgetting, ensemble)";
 
     fn inputs(&self) -> Inputs {
-        Inputs::Slots(&[slots::TRAIN])
+        Inputs::Slots(&[slots::TRAINED])
     }
     fn check(&self, p: &DetectParams, env: &CheckEnv<'_>) -> Result<(), ParamError> {
         crate::stages::check_methods(DetectParams::methods, &p.methods, &METHODS)?;
@@ -249,22 +250,25 @@ impl Kind for Detect {
                 format!("must be in [0, 1], got {f}"),
             ));
         }
-        let train = train_params(env)?;
-        if !train.record_examples {
-            return Err(ParamError::stage(
-                "its `train` input must record the training dynamics: set `record_examples = true` there",
-            ));
+        let train = TrainedInput::from_env(env)?;
+        if !train.records_examples {
+            return Err(ParamError::stage(if train.checkpoint_parts {
+                "its `train` input must record the training dynamics: set `record_examples = true` there"
+            } else {
+                "its `import` input must record the training dynamics: set `record_examples = true` there (pipe then evaluates the weights of every epoch, which its `epochs` must list)"
+            }));
         }
+        let epochs = train.final_epoch();
         for (w, name) in [
             (&p.window, "window"),
             (&p.gradient_window, "gradient_window"),
         ] {
-            if w.first().is_some_and(|&a| a > train.epochs) {
+            if w.first().is_some_and(|&a| a > epochs) {
                 return Err(ParamError::param(
                     name,
                     format!(
-                        "starts at epoch {} but the run trains {} epochs",
-                        w[0], train.epochs
+                        "starts at epoch {} but the run trains {epochs} epochs",
+                        w[0]
                     ),
                 ));
             }
@@ -279,7 +283,7 @@ impl Kind for Detect {
         ]
     }
     fn run(&self, p: &DetectParams, ctx: &mut RunContext<'_>) -> Result<()> {
-        let file = Examples::path_in(ctx.input(slots::TRAIN.name)?);
+        let file = Examples::path_in(ctx.input(slots::TRAINED.name)?);
         let table = Examples::read(&file).with_context(|| format!("reading {}", file.display()))?;
         let d = Dynamics::from_table(table)
             .map_err(|m| anyhow::Error::new(BadData(format!("{}: {m}", file.display()))))?;

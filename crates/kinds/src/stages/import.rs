@@ -13,11 +13,15 @@
 //!   parameters and buffers, by their state-dict names, with the module's shapes;
 //! - `metrics.parquet` in the `train` schema ([`crate::tables::Metrics`]).
 //!
+//! With `record_examples`, the check also evaluates every epoch's weights on the training
+//! set and writes `examples.parquet` as `train` records it, which `detect` reads.
+//!
 //! Unlike `train`'s checkpoints, the weights are not parts of their own: an analysis of an
 //! imported run reads (and is keyed on) the whole artifact.
 
 use crate::stages::exec::{ExecParams, run_command};
 use crate::stages::slots;
+use crate::stages::train::Loss;
 use pipe_engine::stage::{CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext};
 use pipe_engine::table::StoredTable;
 
@@ -39,6 +43,8 @@ pipe_engine::stage_params! {
     /// The parameters of `import`.
     pub struct ImportParams {
         epochs: Vec<i64>, required, "the epochs the command keeps weights of (weights/E.safetensors each; 0 = initialization); the largest is \"final\"";
+        record_examples: bool, default "false", key_unless_default, "pipe computes examples.parquet (what `detect` reads) by evaluating the weights of every epoch 0..=final on the training set, as `train` records it; `epochs` must then list every such epoch";
+        loss: Loss, default "\"cross_entropy\"", key_unless_default, "the loss the command trains with (cross_entropy or mse): what record_examples scores each example's loss and gradient by";
         ..command: ExecParams;
     }
 }
@@ -83,6 +89,22 @@ impl Kind for Import {
                 ));
             }
         }
+        if p.record_examples {
+            let last = p.final_epoch();
+            let missing: Vec<String> = (0..=last)
+                .filter(|e| !p.epochs.contains(e))
+                .map(|e| e.to_string())
+                .collect();
+            if !missing.is_empty() {
+                return Err(ParamError::param(
+                    ImportParams::epochs,
+                    format!(
+                        "record_examples needs the weights of every epoch from 0 to {last}; add {}",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+        }
         p.command.check()
     }
     fn files(&self, p: &ImportParams, env: &CheckEnv<'_>) -> Vec<DeclaredFile> {
@@ -90,6 +112,9 @@ impl Kind for Import {
     }
     fn tables(&self, p: &ImportParams) -> Vec<String> {
         let mut t = vec![crate::tables::Metrics::NAME.to_string()];
+        if p.record_examples {
+            t.push(crate::tables::Examples::NAME.to_string());
+        }
         t.extend(p.command.tables.iter().cloned());
         t
     }

@@ -50,22 +50,10 @@ pub const LABELS: Slot = Slot {
     refuses: &[],
 };
 
-/// A run of pipe's own training (`train`): what `detect` reads (its `examples.parquet`).
-pub const TRAIN: Slot = Slot {
-    name: "train",
-    kinds: &[names::TRAIN],
-    optional: false,
-    refuses: &[(
-        names::IMPORT,
-        "it reads the per-example training dynamics (`examples.parquet`) that only pipe's \
-         own `train` records (`record_examples = true`); a run trained elsewhere has none",
-    )],
-};
-
 /// A trained network, the input of every analysis of one: pipe's own training (`train`)
-/// or a run trained elsewhere (`import`). Named `train` like [`TRAIN`].
+/// or a run trained elsewhere (`import`). Named `train`.
 pub const TRAINED: Slot = Slot {
-    name: TRAIN.name,
+    name: names::TRAIN,
     kinds: &[names::TRAIN, names::IMPORT],
     optional: false,
     refuses: &[],

@@ -18,16 +18,6 @@ use pipe_engine::stage::{CheckEnv, InputInfo, ParamError, ParamType, ParamValue,
 /// The input slot of every analysis: one trained run (`train` or `import`).
 pub const TRAIN_INPUT: &[Slot] = &[slots::TRAINED];
 
-/// The parameters of the train instance filling the `train` slot (of `detect`, which
-/// takes only pipe's own runs).
-pub fn train_params(env: &CheckEnv<'_>) -> Result<std::sync::Arc<TrainParams>, ParamError> {
-    env.input(slots::TRAIN.name)
-        .ok_or_else(|| ParamError::stage("needs a `train` input"))?
-        .params
-        .typed::<TrainParams>()
-        .map_err(ParamError::stage)
-}
-
 /// What an analysis knows, when the pipeline is planned, of the trained run in its `train`
 /// slot: the one view of `train` and `import` instances that checks and keys use.
 #[derive(Clone, Debug)]
@@ -39,6 +29,8 @@ pub struct TrainedInput {
     /// `train`: its checkpoints are parts of their own (an analysis reads those it needs);
     /// `import`: the run is one artifact, read whole.
     pub checkpoint_parts: bool,
+    /// Whether the run's artifact holds `examples.parquet` (`record_examples`).
+    pub records_examples: bool,
 }
 
 impl TrainedInput {
@@ -50,6 +42,7 @@ impl TrainedInput {
                 kept: p.epochs.iter().copied().collect(),
                 layers: None,
                 checkpoint_parts: false,
+                records_examples: p.record_examples,
             });
         }
         let p = up.params.typed::<TrainParams>()?;
@@ -57,6 +50,7 @@ impl TrainedInput {
             kept: p.kept(),
             layers: p.layer_names(),
             checkpoint_parts: true,
+            records_examples: p.record_examples,
         })
     }
 
