@@ -841,3 +841,65 @@ fn the_shipped_own_model_pipeline_runs_at_toy_size_and_its_report_renders() {
     }
     assert_renders(&p.path("report/index.html"), &names);
 }
+
+/// Every file of a train artifact and of its checkpoints but the manifests (which name
+/// the keys): name -> bytes.
+fn trained_files(p: &Project, train: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut dirs = vec![("train".to_string(), train.to_path_buf())];
+    for (e, dir) in checkpoints(p, train) {
+        dirs.push((format!("epoch {e}"), dir));
+    }
+    let mut files = Vec::new();
+    for (label, dir) in dirs {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if [
+                "manifest.json",
+                "checkpoint.json",
+                "checkpoints.json",
+                "model.json",
+            ]
+            .contains(&name.as_str())
+                || path.is_dir()
+            {
+                continue;
+            }
+            files.push((format!("{label}/{name}"), std::fs::read(&path).unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_scripted_run_through_slurm_trains_what_a_local_run_trains() {
+    crate::slurm::require_slurm();
+    let local = project(MODEL_PY, &make_py(true), PIPELINE);
+    let (code, lr) = local.run("p.toml", &["--only", "train"]);
+    assert_eq!(code, 0, "{lr}");
+    let slurm = project(MODEL_PY, &make_py(true), PIPELINE);
+    let (code, sr) = slurm.run(
+        "p.toml",
+        &["--only", "train", "--executor", "slurm", "--poll", "0.3"],
+    );
+    assert_eq!(code, 0, "{sr}");
+    assert_eq!(sr["submitted"], 4, "{sr}");
+    let (a, b) = (
+        trained_files(&local, &executed(&local, &lr, "train")),
+        trained_files(&slurm, &executed(&slurm, &sr, "train")),
+    );
+    let names: Vec<&String> = a.iter().map(|f| &f.0).collect();
+    assert!(
+        names.contains(&&"train/metrics.parquet".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().filter(|n| n.starts_with("epoch ")).count() >= 3,
+        "{names:?}"
+    );
+    assert_eq!(names, b.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs between the local and the Slurm run");
+    }
+}

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::Value as Json;
 
-fn require_slurm() {
+/// Fails the test unless a Slurm cluster answers (scripts/slurm-up starts one).
+pub fn require_slurm() {
     let ok = Command::new("sinfo")
         .args(["-h", "-o", "%T"])
         .output()
