@@ -161,6 +161,7 @@ fn run_options() -> RunOptions {
         only: Vec::new(),
         remote: None,
         gpus: Vec::new(),
+        per_gpu: 1,
     }
 }
 

@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// Place GPU instances on these GPUs, one at a time each (`--gpus 0,1`; local executor).
     #[arg(long, value_name = "IDS", value_delimiter = ',')]
     pub gpus: Vec<u32>,
+    /// With `--gpus`: how many instances share one GPU at a time (spread over the GPUs
+    /// first), for models too small to keep a GPU busy alone.
+    #[arg(long, value_name = "N")]
+    pub per_gpu: Option<usize>,
     /// A name for the run, shown by `pipe runs`, `table` and `export`; `--run NAME` finds it.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -216,7 +220,7 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
     if jobs == 0 {
         return Err(Error::usage("--jobs must be at least 1"));
     }
-    check_gpus(&args.gpus)?;
+    check_gpus(&args.gpus, args.per_gpu)?;
     check_name(args.name.as_deref())?;
     if args.dry_run {
         return dry_run(&plan, &store, &only, args.json);
@@ -239,6 +243,7 @@ pub fn run(args: RunArgs, level: Verbosity) -> Result<i32, Error> {
         only: only.clone(),
         remote,
         gpus: args.gpus.clone(),
+        per_gpu: args.per_gpu.unwrap_or(1),
     };
     let mut record = RunRecord::begin(&plan.spec.name, Some(&loaded.file), &loaded.set);
     record.only = only.iter().map(|s| s.to_string()).collect();
@@ -265,8 +270,18 @@ fn known_keys(plan: &Plan, nodes: &[NodeIndex]) -> Vec<String> {
     keys
 }
 
-/// Rejects `--gpus` naming a GPU this machine lacks, or one twice.
-fn check_gpus(gpus: &[u32]) -> Result<(), Error> {
+/// Rejects `--gpus` naming a GPU this machine lacks, or one twice, and a `--per-gpu` of 0
+/// or without `--gpus`.
+fn check_gpus(gpus: &[u32], per_gpu: Option<usize>) -> Result<(), Error> {
+    match per_gpu {
+        Some(0) => return Err(Error::usage("--per-gpu must be at least 1")),
+        Some(_) if gpus.is_empty() => {
+            return Err(Error::usage(
+                "--per-gpu shares the GPUs that --gpus names: give --gpus too (e.g. --gpus 0 --per-gpu 4)",
+            ));
+        }
+        _ => {}
+    }
     if gpus.is_empty() {
         return Ok(());
     }

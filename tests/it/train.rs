@@ -337,6 +337,14 @@ fn gpus_must_exist_and_run_locally() {
             vec!["--gpus", "0", "--executor", "slurm"],
             "--gpus places instances on this machine's GPUs",
         ),
+        (
+            vec!["--per-gpu", "4"],
+            "--per-gpu shares the GPUs that --gpus names",
+        ),
+        (
+            vec!["--gpus", "0", "--per-gpu", "0"],
+            "--per-gpu must be at least 1",
+        ),
     ] {
         let mut a = vec!["run", "t.toml"];
         a.extend(args);

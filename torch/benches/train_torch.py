@@ -3,7 +3,7 @@
 Trains the same MLP or CNN (or, with `--module FILE.py:CLASS`, the user's module that pipe
 trains as TorchScript, here eagerly as a plain PyTorch script would) on the same Parquet inputs (a pipe dataset artifact and a
 corrupt artifact) with the same batch size, optimizer, data standardization and per-epoch
-evaluation, and prints {"seconds": [per-epoch seconds], "examples": n} as JSON.
+evaluation, on `--device` (the whole data set there), and prints {"seconds": [per-epoch seconds], "examples": n} as JSON.
 """
 import argparse
 import importlib.util
@@ -24,6 +24,7 @@ p.add_argument("--epochs", type=int, required=True)
 p.add_argument("--batch", type=int, required=True)
 p.add_argument("--threads", type=int, required=True)
 p.add_argument("--lr", type=float, default=0.05)
+p.add_argument("--device", default="cpu", help="cpu or cuda: where the model and the whole data set live")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -40,8 +41,9 @@ xte, yte = images(f"{args.data}/test.parquet")
 ytr = torch.tensor(pq.read_table(f"{args.labels}/labels.parquet").column("train_label").to_numpy())
 xf = xtr.float() / 255
 mean, std = xf.mean(dim=(0, 2, 3), keepdim=True), xf.std(dim=(0, 2, 3), keepdim=True)
-xtr = (xtr.float() / 255 - mean) / std
-xte = (xte.float() / 255 - mean) / std
+xtr = ((xtr.float() / 255 - mean) / std).to(args.device)
+xte = ((xte.float() / 255 - mean) / std).to(args.device)
+ytr, yte = ytr.to(args.device), yte.to(args.device)
 
 if args.model == "module":
     file, _, name = args.module.partition(":")
@@ -57,6 +59,7 @@ else:
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
     )
+net = net.to(args.device)
 opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
 loss_fn = nn.CrossEntropyLoss()
 
@@ -77,7 +80,7 @@ seconds = []
 n = len(xtr)
 for epoch in range(args.epochs):
     t0 = time.perf_counter()
-    order = torch.randperm(n)
+    order = torch.randperm(n).to(args.device)
     for s in range(0, n, args.batch):
         idx = order[s:s + args.batch]
         loss = loss_fn(net(xtr[idx]), ytr[idx])

@@ -60,6 +60,18 @@ pub fn serve() -> i32 {
     0
 }
 
+/// What to do about the failure `message` says, added to it where pipe knows: a GPU out of
+/// memory (several instances may share it, `--per-gpu`).
+fn with_hint(message: String) -> String {
+    if message.contains("CUDA out of memory") || message.contains("CUDA error: out of memory") {
+        format!(
+            "{message} (the GPU ran out of memory: with --per-gpu, fewer instances per GPU may fit; or a smaller batch_size or model)"
+        )
+    } else {
+        message
+    }
+}
+
 /// Runs one job line with its output in the job's log; the reply, and whether the worker
 /// must stop (the job panicked).
 fn run_line(line: &str, served: u64) -> (WorkerReply, bool) {
@@ -88,7 +100,7 @@ fn run_line(line: &str, served: u64) -> (WorkerReply, bool) {
                 eprintln!("pipe-torch: {i}");
                 return (WorkerReply::interrupted(i), false);
             }
-            let message = format!("{e:#}").replace('\n', " ");
+            let message = with_hint(format!("{e:#}").replace('\n', " "));
             eprintln!("pipe-torch: error: {message}");
             let bad = e.chain().any(|c| c.is::<pipe_engine::stage::BadData>());
             (WorkerReply::failed(message, bad), false)
@@ -100,11 +112,29 @@ fn run_line(line: &str, served: u64) -> (WorkerReply, bool) {
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("(no message)")
                 .to_string();
+            let message = with_hint(message);
             eprintln!("pipe-torch: error: the worker panicked: {message}");
             (
                 WorkerReply::failed(format!("the worker panicked: {message}"), false),
                 true,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_out_of_memory_says_what_to_lower() {
+        let m = with_hint("CUDA out of memory. Tried to allocate 2.00 GiB".into());
+        assert!(
+            m.ends_with(
+                "with --per-gpu, fewer instances per GPU may fit; or a smaller batch_size or model)"
+            ),
+            "{m}"
+        );
+        assert_eq!(with_hint("shape mismatch".into()), "shape mismatch");
     }
 }

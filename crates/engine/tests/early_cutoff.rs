@@ -139,6 +139,7 @@ fn run(plan: &Plan, dir: &Path) -> Vec<(String, Outcome)> {
         only: Vec::new(),
         remote: None,
         gpus: Vec::new(),
+        per_gpu: 1,
     };
     let report = local::run(plan, &Store::new(dir.join("cache")), &opts, &Silent).unwrap();
     report

@@ -1,6 +1,6 @@
 //! The local executor: runs ready instances in parallel within a thread budget.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 
@@ -168,7 +168,7 @@ impl<'a> Scheduler<'a> {
             pending.insert(n, waiting);
         }
         let ready = to_run.iter().copied().filter(|n| pending[n] == 0).collect();
-        let gpus = GpuSlots::new(&opts.gpus);
+        let gpus = GpuSlots::new(&opts.gpus, opts.per_gpu);
         let on_gpu = if gpus.placing() {
             to_run
                 .iter()
@@ -332,20 +332,20 @@ impl<'a> Scheduler<'a> {
     }
 }
 
-/// The GPUs of a run (`--gpus`), each held by at most one instance at a time.
+/// The GPUs of a run (`--gpus`), each held by at most `--per-gpu` instances at a time.
 #[derive(Debug)]
 pub struct GpuSlots {
-    /// Free GPUs; the lowest index is taken first.
-    free: BTreeSet<u32>,
+    /// Free slots of each GPU.
+    free: BTreeMap<u32, usize>,
     /// Whether the run places instances on GPUs at all.
     placing: bool,
 }
 
 impl GpuSlots {
-    /// Slots for these GPUs (none: no placement).
-    pub fn new(gpus: &[u32]) -> GpuSlots {
+    /// Slots for these GPUs, `per_gpu` each (no GPUs: no placement).
+    pub fn new(gpus: &[u32], per_gpu: usize) -> GpuSlots {
         GpuSlots {
-            free: gpus.iter().copied().collect(),
+            free: gpus.iter().map(|&g| (g, per_gpu.max(1))).collect(),
             placing: !gpus.is_empty(),
         }
     }
@@ -353,18 +353,25 @@ impl GpuSlots {
     pub fn placing(&self) -> bool {
         self.placing
     }
-    /// Whether a GPU is free.
+    /// Whether a GPU has a free slot.
     pub fn any_free(&self) -> bool {
-        !self.free.is_empty()
+        self.free.values().any(|&n| n > 0)
     }
-    /// Takes the free GPU with the lowest index.
+    /// Takes a slot of the GPU with the most free slots (the lowest index of equals), so
+    /// that instances spread over the GPUs before they share one.
     pub fn take(&mut self) -> Option<u32> {
-        self.free.pop_first()
+        let (&g, _) = self
+            .free
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+        *self.free.get_mut(&g)? -= 1;
+        Some(g)
     }
-    /// Frees a GPU an instance held.
+    /// Frees the slot an instance held.
     pub fn give_back(&mut self, gpu: Option<u32>) {
-        if let Some(g) = gpu {
-            self.free.insert(g);
+        if let Some(n) = gpu.and_then(|g| self.free.get_mut(&g)) {
+            *n += 1;
         }
     }
 }
@@ -427,7 +434,7 @@ mod tests {
 
     #[test]
     fn gpus_are_held_one_instance_at_a_time_lowest_first() {
-        let mut g = GpuSlots::new(&[3, 1]);
+        let mut g = GpuSlots::new(&[3, 1], 1);
         assert!(g.placing() && g.any_free());
         assert_eq!(g.take(), Some(1));
         assert_eq!(g.take(), Some(3));
@@ -436,6 +443,22 @@ mod tests {
         g.give_back(Some(3));
         g.give_back(None);
         assert_eq!(g.take(), Some(3));
-        assert!(!GpuSlots::new(&[]).placing());
+        assert!(!GpuSlots::new(&[], 4).placing());
+    }
+
+    #[test]
+    fn per_gpu_slots_spread_over_the_gpus_before_sharing_one() {
+        let mut g = GpuSlots::new(&[0, 1], 3);
+        let taken: Vec<u32> = (0..6).map_while(|_| g.take()).collect();
+        assert_eq!(taken, [0, 1, 0, 1, 0, 1]);
+        assert!(!g.any_free());
+        g.give_back(Some(1));
+        g.give_back(Some(1));
+        g.give_back(Some(0));
+        // GPU 1 has two free slots, GPU 0 one.
+        assert_eq!(g.take(), Some(1));
+        assert_eq!(g.take(), Some(0));
+        assert_eq!(g.take(), Some(1));
+        assert_eq!(g.take(), None);
     }
 }

@@ -105,9 +105,11 @@ pub struct RunOptions {
     /// The remote cache: pull missing artifacts before computing, push what was computed.
     pub remote: Option<std::sync::Arc<Remote>>,
     /// GPUs to place instances on (local executor): an instance whose resources ask for a
-    /// GPU runs on one of these, one instance per GPU at a time, and sees only it
+    /// GPU runs on one of these, `per_gpu` instances per GPU at a time, and sees only it
     /// (`CUDA_VISIBLE_DEVICES`); the others see none. Empty: no placement.
     pub gpus: Vec<u32>,
+    /// How many instances share one GPU of `gpus` at a time (at least 1).
+    pub per_gpu: usize,
 }
 
 /// The outcome of every instance the run looked at, in plan order.
