@@ -78,7 +78,7 @@ pub enum Verbosity {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run every instance whose artifact is not cached.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List the recorded runs, newest first: file, overrides, state, counts.
     Runs(runs::RunsArgs),
     /// Cancel the Slurm jobs of a run (`scancel`).
@@ -187,7 +187,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Verbosity::Normal
     };
     match cli.command {
-        Command::Run(args) => run::run(args, verbosity),
+        Command::Run(args) => run::run(*args, verbosity),
         Command::Runs(args) => runs::runs(&args),
         Command::Cancel(args) => cancel::cancel(&args, verbosity),
         Command::Job(args) => job::job(&args),
