@@ -166,9 +166,12 @@ fn answer(request: Request, plan: &Plan, store: &Store, filters: &[Selector]) {
     let _ = request.respond(response);
 }
 
-/// A response with this status, content type and body, never cached by the browser.
+/// A response with this status, content type and body, never cached by the browser, with
+/// its length (not chunked, whatever its size: a plain client reads it whole).
 fn text(status: u16, content_type: &str, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = Response::from_string(body).with_status_code(status);
+    let mut response = Response::from_string(body)
+        .with_status_code(status)
+        .with_chunked_threshold(usize::MAX);
     for (name, value) in [("Content-Type", content_type), ("Cache-Control", "no-store")] {
         if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             response.add_header(h);
