@@ -144,7 +144,11 @@ pub fn serve(args: &ServeArgs) -> Result<i32, Error> {
 fn answer(request: Request, plan: &Plan, store: &Store, filters: &[Selector]) {
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let response = if !matches!(request.method(), Method::Get | Method::Head) {
-        text(405, "text/plain", format!("{} is not served here\n", request.method()))
+        text(
+            405,
+            "text/plain",
+            format!("{} is not served here\n", request.method()),
+        )
     } else {
         match path.as_str() {
             "/" | "/index.html" => text(200, "text/html; charset=utf-8", PAGE.to_string()),
@@ -172,7 +176,10 @@ fn text(status: u16, content_type: &str, body: String) -> Response<std::io::Curs
     let mut response = Response::from_string(body)
         .with_status_code(status)
         .with_chunked_threshold(usize::MAX);
-    for (name, value) in [("Content-Type", content_type), ("Cache-Control", "no-store")] {
+    for (name, value) in [
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-store"),
+    ] {
         if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             response.add_header(h);
         }
@@ -196,7 +203,11 @@ fn curves(plan: &Plan, store: &Store, filters: &[Selector]) -> Vec<InstanceCurve
                 .params
                 .get("epochs")
                 .and_then(Json::as_i64)
-                .or(if s.state == State::Cached { epochs } else { None });
+                .or(if s.state == State::Cached {
+                    epochs
+                } else {
+                    None
+                });
             InstanceCurves {
                 epochs,
                 epochs_total,

@@ -70,7 +70,10 @@ fn serve(p: &Project, args: &[&str]) -> (Running, String) {
         .strip_prefix("serving ")
         .unwrap_or_else(|| panic!("first line: {line:?}"))
         .to_string();
-    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with('/'), "{url}");
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
+        "{url}"
+    );
     (server, url)
 }
 
@@ -257,12 +260,16 @@ fn serve_redraws_live_curves_and_ends_with_the_artifacts() {
         // Read after the API answered: the file has these epochs, perhaps more.
         let file = parquet_rows(&live);
         assert!(file.len() >= rows.len(), "{} < {}", file.len(), rows.len());
-        assert_eq!(&file[..rows.len()], &rows[..], "{l}: API rows differ from {live:?}");
+        assert_eq!(
+            &file[..rows.len()],
+            &rows[..],
+            "{l}: API rows differ from {live:?}"
+        );
     }
     let grown = wait_for(&url, 30, "a later epoch", |c| {
-        labels.iter().all(|l| {
-            instance(c, l)["epochs"].as_i64() > instance(&first, l)["epochs"].as_i64()
-        })
+        labels
+            .iter()
+            .all(|l| instance(c, l)["epochs"].as_i64() > instance(&first, l)["epochs"].as_i64())
     });
     for l in labels {
         let a = instance(&first, l)["rows"].as_array().unwrap();
@@ -300,7 +307,10 @@ fn serve_redraws_live_curves_and_ends_with_the_artifacts() {
         std::thread::sleep(Duration::from_millis(500));
     }
     for (a, b) in seen[0].iter().zip(&seen[1]) {
-        assert!(b.2 > a.2, "the second load shows no later epoch: {a:?} {b:?}");
+        assert!(
+            b.2 > a.2,
+            "the second load shows no later epoch: {a:?} {b:?}"
+        );
     }
 
     // After the run: cached, every epoch, the artifact's numbers.
@@ -320,7 +330,11 @@ fn serve_redraws_live_curves_and_ends_with_the_artifacts() {
             .join("artifacts")
             .join(i["key"].as_str().unwrap())
             .join("metrics.parquet");
-        assert_eq!(i["rows"].as_array().unwrap(), &parquet_rows(&artifact), "{l}");
+        assert_eq!(
+            i["rows"].as_array().unwrap(),
+            &parquet_rows(&artifact),
+            "{l}"
+        );
     }
 
     // Ctrl-C ends it as it ends a run: exit 130.
