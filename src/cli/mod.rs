@@ -27,10 +27,12 @@ mod report;
 mod rm;
 mod run;
 mod runs;
+mod serve;
 mod show;
 mod status;
 mod table;
 mod target;
+mod trained;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -102,6 +104,8 @@ pub enum Command {
     Log(log::LogArgs),
     /// The results, one row per train instance: point, final and best test accuracy, fit of the corrupted labels.
     Table(table::TableArgs),
+    /// Serve a local page that redraws the training curves of running and finished instances as epochs complete.
+    Serve(serve::ServeArgs),
     /// Compare two instances or two runs: parameters and final metrics side by side.
     Diff(diff::DiffArgs),
     /// Remove the artifacts (and parts) of instances: `pipe rm 'train[noise=0.4]' sweep.toml`.
@@ -199,6 +203,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Show(args) => show::show(&args),
         Command::Log(args) => log::log(&args),
         Command::Table(args) => table::table(&args),
+        Command::Serve(args) => serve::serve(&args),
         Command::Diff(args) => diff::diff(&args),
         Command::Rm(args) => rm::rm(&args),
         Command::Ls(args) => ls::ls(&args),

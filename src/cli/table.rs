@@ -4,14 +4,12 @@
 //! `--sort`, `--json`, `--csv`.
 
 use crate::cli::outln;
-use pipe_engine::table::StoredTable;
-use pipe_kinds::tables::Metrics;
-
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use super::trained::{metrics_so_far, trained_states};
 use super::{PipelineArgs, load, print_json};
 use pipe_engine::error::Error;
 use pipe_engine::plan::Plan;
@@ -98,7 +96,7 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
             let loaded = load(&args.pipeline, true)?;
             let (plan, store) = (&loaded.plan, &loaded.store);
             let filters = where_filters(&args.filter, &[plan])?;
-            let rows = plan_rows(plan, store, &plan.order, &filters);
+            let rows = plan_rows(plan, store, &filters);
             let vars = plan.spec.sweep.var_names();
             let sortable: Vec<String> = vars.iter().map(|v| v.to_string()).collect();
             (rows, sortable, plan.spec.path.display().to_string())
@@ -135,24 +133,10 @@ pub fn table(args: &TableArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// The rows of the train instances among `nodes` that every filter matches.
-fn plan_rows(
-    plan: &Plan,
-    store: &pipe_engine::store::Store,
-    nodes: &[petgraph::graph::NodeIndex],
-    filters: &[Selector],
-) -> Vec<Row> {
-    let index = store.read_index(&plan.spec.name);
-    let states = status::status(plan, store, &index);
-    let wanted: std::collections::HashSet<_> = nodes.iter().copied().collect();
-    states
+/// The rows of the train and import instances that every filter matches.
+fn plan_rows(plan: &Plan, store: &pipe_engine::store::Store, filters: &[Selector]) -> Vec<Row> {
+    trained_states(plan, store, filters)
         .iter()
-        .filter(|s| wanted.contains(&s.node))
-        .filter(|s| {
-            let kind = plan.spec.stages[plan.graph[s.node].stage].kind.name();
-            pipe_kinds::stages::slots::TRAINED.kinds.contains(&kind)
-        })
-        .filter(|s| filters.iter().all(|f| f.matches(plan, s.node)))
         .map(|s| row(plan, store, s.node, s.state))
         .collect()
 }
@@ -393,18 +377,7 @@ fn row(
 ) -> Row {
     let key = plan.key(n);
     // A running instance shows its epochs so far, from beside its log.
-    let metrics = key
-        .as_ref()
-        .and_then(|k| {
-            if store.is_complete(k) {
-                Metrics::read_in(&store.artifact_dir(k)).ok()
-            } else if state == State::Running {
-                Metrics::read(&store.live_table(k, Metrics::NAME)).ok()
-            } else {
-                None
-            }
-        })
-        .unwrap_or_default();
+    let metrics = metrics_so_far(store, key.as_deref(), state).unwrap_or_default();
     let last = metrics.rows().checked_sub(1);
     let best = (0..metrics.rows())
         .filter(|&i| metrics.epoch[i] > 0)

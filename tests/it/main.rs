@@ -35,5 +35,6 @@ mod reliability;
 mod remote;
 mod report;
 mod results;
+mod serve;
 mod slurm;
 mod train;
