@@ -324,3 +324,35 @@ fn field(s: &str) -> String {
         s.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caption_says_what_each_point_averages_over_and_what_makes_the_panels() {
+        let facet = |runs: &[&str], vars: &[&str]| Facet {
+            rows: SeriesRows::new(),
+            runs: runs.iter().map(|r| r.to_string()).collect(),
+            vars: vars.iter().map(|v| v.to_string()).collect(),
+        };
+        let seeds = ["seed=1", "seed=2", "seed=3"];
+        let mut one = Facets::new();
+        one.insert("width=64".into(), facet(&seeds, &["width"]));
+        assert_eq!(
+            caption(&["seed".into()], &one),
+            "Each point: mean over seed (3 values); width=64"
+        );
+        one.insert("width=128".into(), facet(&seeds, &["width"]));
+        assert_eq!(
+            caption(&["seed".into()], &one),
+            "Each point: mean over seed (3 values); a panel per width"
+        );
+        let mut plain = Facets::new();
+        plain.insert(String::new(), facet(&[], &[]));
+        assert_eq!(
+            caption(&[], &plain),
+            "Each point: mean of one run's rows sharing x (nothing averaged across the sweep)"
+        );
+    }
+}

@@ -190,3 +190,16 @@ fn deep_memorization(rows: &GeometryRows, early: i64, last: i64, group: &str) ->
     );
     Claim::new(shown, text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_probed_epoch_is_shown_or_six_spread_from_first_to_last() {
+        assert_eq!(shown_epochs(&[0, 1, 4]), [0, 1, 4]);
+        let probed: Vec<i64> = (0..=20).collect();
+        assert_eq!(shown_epochs(&probed), [0, 4, 8, 12, 16, 20]);
+        assert_eq!(join(&[0, 1, 4]), "0, 1, 4");
+    }
+}
