@@ -33,14 +33,32 @@ pub struct Panel {
     pub y_label: String,
     /// Names of the integer x positions 0, 1, ... (layers), or `None` for a numeric axis.
     pub x_names: Option<Vec<String>>,
-    /// A logarithmic x axis (numeric axes only; x values must be positive), with ticks at
-    /// the data's x values (or at 1, 2, 5 times powers of ten when there are many).
-    pub log_x: bool,
+    /// How the x axis is scaled (numeric axes only).
+    pub x_scale: XScale,
+    /// Draw each mean as a dot with a ±1 sd whisker and no line joining them: for x values
+    /// that are categories with no order between them (methods, say).
+    pub markers_only: bool,
+    /// The y axis range shared with other panels (a row of a grid), or `None` to fit the
+    /// panel's own data.
+    pub y_range: Option<(f64, f64)>,
     /// The lowest value the y axis and the spread bands reach (0 for an error rate), or
     /// `None` for no floor.
     pub y_floor: Option<f64>,
     /// The lines.
     pub lines: Vec<Line>,
+}
+
+/// The scale of a numeric x axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XScale {
+    /// Linear.
+    Linear,
+    /// Logarithmic (x values must be positive), with ticks at the data's x values (or at 1,
+    /// 2, 5 times powers of ten when there are many).
+    Log,
+    /// log(1 + x), for epochs counted from 0: the early epochs spread out, the late ones
+    /// drawn closer; ticks as for [`XScale::Log`], at 0 too.
+    Log1p,
 }
 
 /// A heat map: one cell per (row, column), with an optional reference value drawn as an
@@ -261,10 +279,15 @@ fn draw_panel<DB: DrawingBackend>(
     p: &Panel,
     color_of: &dyn Fn(&str) -> RGBColor,
 ) -> Result<()> {
-    let log_x = p.log_x && p.x_names.is_none();
+    let scale = if p.x_names.is_some() {
+        XScale::Linear
+    } else {
+        p.x_scale
+    };
+    let log_x = scale != XScale::Linear;
     let logged;
     let p = if log_x {
-        logged = log_scaled(p);
+        logged = log_scaled(p, scale);
         &logged
     } else {
         p
@@ -286,11 +309,14 @@ fn draw_panel<DB: DrawingBackend>(
         .lines
         .iter()
         .flat_map(|l| l.points.iter().flat_map(|(_, s)| [s.low(), s.high()]));
-    let (mut ylo, yhi) = range(
-        "y",
-        ys.clone().fold(f64::INFINITY, f64::min),
-        ys.fold(f64::NEG_INFINITY, f64::max),
-    )?;
+    let (mut ylo, yhi) = match p.y_range {
+        Some((lo, hi)) => range("y", lo, hi)?,
+        None => range(
+            "y",
+            ys.clone().fold(f64::INFINITY, f64::min),
+            ys.fold(f64::NEG_INFINITY, f64::max),
+        )?,
+    };
     if let Some(floor) = p.y_floor.filter(|f| *f < yhi) {
         ylo = ylo.max(floor);
     }
@@ -300,7 +326,7 @@ fn draw_panel<DB: DrawingBackend>(
             .iter()
             .flat_map(|l| l.points.iter().map(|(x, _)| *x))
             .collect();
-        let ticks = log_ticks(&data, xlo, xhi);
+        let ticks = log_ticks(&data, xlo, xhi, scale);
         plot(
             area,
             p,
@@ -310,7 +336,7 @@ fn draw_panel<DB: DrawingBackend>(
             },
             ylo..yhi,
             color_of,
-            |x| x_tick(p, true, false, *x),
+            |x| x_tick(p, scale, false, *x),
             None,
         )
     } else {
@@ -326,7 +352,7 @@ fn draw_panel<DB: DrawingBackend>(
             xlo..xhi,
             ylo..yhi,
             color_of,
-            |x| x_tick(p, false, integer_x, *x),
+            |x| x_tick(p, scale, integer_x, *x),
             labels,
         )
     }
@@ -361,10 +387,10 @@ impl Ranged for LogAxis {
     }
 }
 
-/// Where a log axis (drawn as log10 of x over `xlo..xhi`) has its ticks: at the data's x
-/// values (`data`, in log10) when there are at most 12 of them, else at 1, 2 and 5 times the
-/// powers of ten in range.
-fn log_ticks(data: &[f64], xlo: f64, xhi: f64) -> Vec<f64> {
+/// Where a log axis (drawn as log10 of x, or of 1 + x, over `xlo..xhi`) has its ticks: at
+/// the data's x values (`data`, in log10) when there are at most 12 of them, else at 1, 2
+/// and 5 times the powers of ten in range (and at 0 on a [`XScale::Log1p`] axis).
+fn log_ticks(data: &[f64], xlo: f64, xhi: f64, scale: XScale) -> Vec<f64> {
     let mut distinct: Vec<f64> = data.iter().copied().filter(|x| x.is_finite()).collect();
     distinct.sort_by(f64::total_cmp);
     distinct.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
@@ -375,10 +401,17 @@ fn log_ticks(data: &[f64], xlo: f64, xhi: f64) -> Vec<f64> {
     if !(xlo.is_finite() && xhi.is_finite()) {
         return out;
     }
+    if scale == XScale::Log1p && xlo <= 0.0 {
+        out.push(0.0);
+    }
     for decade in (xlo.floor() as i32)..=(xhi.ceil() as i32) {
         for m in [1.0f64, 2.0, 5.0] {
-            let t = m.log10() + decade as f64;
-            if t >= xlo && t <= xhi {
+            let v = m * 10f64.powi(decade);
+            let t = match scale {
+                XScale::Log1p => v.ln_1p() / std::f64::consts::LN_10,
+                _ => v.log10(),
+            };
+            if t >= xlo && t <= xhi && out.last().is_none_or(|l| t - l > 0.05) {
                 out.push(t);
             }
         }
@@ -423,18 +456,29 @@ where
     }
     mesh.draw().map_err(err)?;
     for line in &p.lines {
-        draw_line(&mut chart, line, color_of(&line.name), p.y_floor)?;
+        if p.markers_only {
+            draw_markers(&mut chart, line, color_of(&line.name))?;
+        } else {
+            draw_line(&mut chart, line, color_of(&line.name), p.y_floor)?;
+        }
     }
     Ok(())
 }
-/// The panel with x replaced by log10(x) (points at x <= 0 dropped): a log axis is drawn
-/// as a linear axis of log10(x), labelled with x.
-fn log_scaled(p: &Panel) -> Panel {
+/// The panel with x replaced by log10(x), or log10(1 + x) on a [`XScale::Log1p`] axis
+/// (points where that is undefined dropped): a log axis is drawn as a linear axis of the
+/// logarithm, labelled with x.
+fn log_scaled(p: &Panel, scale: XScale) -> Panel {
     let mut q = p.clone();
     for l in &mut q.lines {
-        l.points.retain(|(x, _)| *x > 0.0);
+        l.points.retain(|(x, _)| match scale {
+            XScale::Log1p => *x > -1.0,
+            _ => *x > 0.0,
+        });
         for (x, _) in &mut l.points {
-            *x = x.log10();
+            *x = match scale {
+                XScale::Log1p => x.ln_1p() / std::f64::consts::LN_10,
+                _ => x.log10(),
+            };
         }
     }
     q
@@ -442,17 +486,20 @@ fn log_scaled(p: &Panel) -> Panel {
 
 /// The label of the x tick at `x`: a category's name, the value behind a log axis, and
 /// integer axes (epochs, layers) labelled at integers only.
-fn x_tick(p: &Panel, log_x: bool, integer_x: bool, x: f64) -> String {
+fn x_tick(p: &Panel, scale: XScale, integer_x: bool, x: f64) -> String {
     let i = x.round();
     let on_integer = (x - i).abs() < 1e-9;
     match &p.x_names {
         Some(names) if on_integer && i >= 0.0 => names.get(i as usize).cloned().unwrap_or_default(),
         Some(_) => String::new(),
-        None if log_x => {
-            let v = 10f64.powf(x);
+        None if scale != XScale::Linear => {
+            let v = match scale {
+                XScale::Log1p => 10f64.powf(x) - 1.0,
+                _ => 10f64.powf(x),
+            };
             let r = v.round();
             if (v - r).abs() < 1e-6 * v.max(1.0) {
-                format!("{r:.0}")
+                format!("{:.0}", r + 0.0)
             } else {
                 let t = format!("{v:.3}");
                 t.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -498,6 +545,32 @@ fn draw_line<DB: DrawingBackend, X: Ranged<ValueType = f64>>(
             )
             .map_err(err)?;
     }
+    Ok(())
+}
+
+/// One series of categories: a dot per mean with a ±1 sd whisker, no line between them.
+fn draw_markers<DB: DrawingBackend, X: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<X, RangedCoordf64>>,
+    line: &Line,
+    color: RGBColor,
+) -> Result<()> {
+    for (x, s) in &line.points {
+        if s.sd > 0.0 {
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(*x - 0.01, s.low()), (*x + 0.01, s.high())],
+                    color.filled(),
+                )))
+                .map_err(err)?;
+        }
+    }
+    chart
+        .draw_series(
+            line.points
+                .iter()
+                .map(|(x, s)| Circle::new((*x, s.mean), 5, color.filled())),
+        )
+        .map_err(err)?;
     Ok(())
 }
 
@@ -732,7 +805,9 @@ mod tests {
             x_label: "epoch".into(),
             y_label: "v".into(),
             x_names: None,
-            log_x: false,
+            x_scale: XScale::Linear,
+            markers_only: false,
+            y_range: None,
             y_floor: None,
             lines,
         };
@@ -749,6 +824,40 @@ mod tests {
     }
 
     #[test]
+    fn categories_are_dots_without_a_joining_line_and_epochs_can_spread_out() {
+        let s = |m| Stat::of(&[m, m + 0.1]).unwrap();
+        let panel = |markers_only, x_scale| Panel {
+            title: "accuracy".into(),
+            x_label: "labels".into(),
+            y_label: "test accuracy".into(),
+            x_names: None,
+            x_scale,
+            markers_only,
+            y_range: None,
+            y_floor: None,
+            lines: vec![Line {
+                name: "noise=0.4".into(),
+                points: vec![(0.0, s(0.6)), (1.0, s(0.7)), (2.0, s(0.8))],
+            }],
+        };
+        // Series are drawn 2 px wide (axes 1 px, legend swatches 3 px).
+        let series_line = "stroke-width=\"2\" points=";
+        let dots = panels_svg("t", &[panel(true, XScale::Linear)], 1).unwrap();
+        assert!(!dots.contains(series_line), "no line joins categories");
+        assert_eq!(dots.matches("<circle").count(), 3);
+        let joined = panels_svg("t", &[panel(false, XScale::Linear)], 1).unwrap();
+        assert!(joined.contains(series_line));
+        // log(1 + epoch): ticks at the data's epochs, 0 included.
+        let log1p = |x: f64| x.ln_1p() / std::f64::consts::LN_10;
+        let data = [log1p(0.0), log1p(1.0), log1p(2.0), log1p(50.0)];
+        assert_eq!(log_ticks(&data, -0.1, 1.8, XScale::Log1p), data);
+        let epochs = panels_svg("t", &[panel(false, XScale::Log1p)], 1).unwrap();
+        for tick in ["\n0\n</text>", "\n1\n</text>", "\n2\n</text>"] {
+            assert!(epochs.contains(tick), "{tick}");
+        }
+    }
+
+    #[test]
     fn figures_are_svg_with_their_text() {
         let s = |m| Stat::of(&[m, m + 0.1]).unwrap();
         let svg = panels_svg(
@@ -758,7 +867,9 @@ mod tests {
                 x_label: "epoch".into(),
                 y_label: "accuracy".into(),
                 x_names: None,
-                log_x: false,
+                x_scale: XScale::Linear,
+                markers_only: false,
+                y_range: None,
                 y_floor: None,
                 lines: vec![Line {
                     name: "noise=0.4".into(),

@@ -61,11 +61,14 @@ figcaption{font-size:.9em;color:#555}table{border-collapse:collapse;font-size:.8
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}th{background:#f4f4f4}\
 td.num{text-align:right}code{font-size:.95em}.missing{color:#a33}.note{color:#555}";
 
-/// The whole page, with the sections of the findings numbered in `sections`.
+/// The whole page, with the sections of the findings numbered in `sections`; `sweep`
+/// describes the sweep the figures show ("noise {0.0, 0.4} x seed {1, 2}").
+#[allow(clippy::too_many_arguments)]
 pub fn page(
     pipeline: &str,
     description: &str,
     generated: &str,
+    sweep: &str,
     over: &[String],
     sections: &[usize],
     figures: &[Figure],
@@ -76,12 +79,13 @@ pub fn page(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>pipe report: {p}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
-         <h1>Pipeline {p}</h1>\n<p>{d}</p>\n<p class=\"note\">Generated {g}. Lines are means over \
+         <h1>Pipeline {p}</h1>\n<p>{d}</p>\n<p class=\"sweep\">Sweep shown: {s}</p>\n<p class=\"note\">Generated {g}. Lines are means over \
          {o}; shaded bands are &plusmn;1 standard deviation. The numbers behind every figure are in \
          the CSV file linked under it.</p>\n",
         p = escape(pipeline),
         d = escape(description),
         g = escape(generated),
+        s = escape(sweep),
         o = if over.is_empty() {
             "nothing (no variable to average over)".to_string()
         } else {
@@ -122,12 +126,22 @@ fn finding_sections(h: &mut String, sections: &[usize], figures: &[Figure]) {
             let _ = write!(
                 h,
                 "<figure>\n<img src=\"figures/{s}.svg\" alt=\"{t}\">\n\
-                 <figcaption>{t}{c} (<a href=\"figures/{s}.csv\">data</a>)</figcaption>\n</figure>\n",
+                 <figcaption>{t}{c}{n} (<a href=\"figures/{s}.csv\">data</a>)</figcaption>\n</figure>\n",
                 s = escape(&f.stem),
                 t = escape(&f.title),
                 c = escape(&claim),
+                n = escape(&caption_note(&f.caption)),
             );
         }
+    }
+}
+
+/// A figure's own caption as a sentence after its title and claim, or nothing.
+fn caption_note(caption: &str) -> String {
+    if caption.is_empty() {
+        String::new()
+    } else {
+        format!(". {caption}")
     }
 }
 
@@ -149,9 +163,10 @@ fn plots_section(h: &mut String, sections: &[usize], figures: &[Figure]) {
             let _ = write!(
                 h,
                 "<figure>\n<img src=\"figures/{s}.svg\" alt=\"{t}\">\n\
-                 <figcaption>{t} (<a href=\"figures/{s}.csv\">data</a>)</figcaption>\n</figure>\n",
+                 <figcaption>{t}{n} (<a href=\"figures/{s}.csv\">data</a>)</figcaption>\n</figure>\n",
                 s = escape(&f.stem),
                 t = escape(&f.title),
+                n = escape(&caption_note(&f.caption)),
             );
         }
     }
@@ -236,6 +251,7 @@ mod tests {
                 shown,
                 text: text.to_string(),
             }),
+            caption: String::new(),
             stem: String::new(),
             title: String::new(),
             svg: String::new(),

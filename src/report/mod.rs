@@ -5,10 +5,12 @@
 //! behind each figure in `figures/NAME.csv`.
 
 mod chart;
+mod class_names;
 mod findings;
 mod html;
 mod plots;
 mod stats;
+mod sweep_shown;
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +80,7 @@ pub fn report(
         gathered: &gathered,
         over,
         embed_layer,
+        store,
     };
     let mut figures = Vec::new();
     for build in [findings::figures, plots::plots] {
@@ -100,6 +103,7 @@ pub fn report(
                 format!(", {source}")
             }
         ),
+        &sweep_shown::describe(plan, &gathered),
         over,
         &sections,
         &figures,

@@ -382,6 +382,49 @@ fn detect_and_clean_refuse_what_cannot_work_with_exit_2() {
     assert!(p.artifacts().is_empty(), "nothing computed");
 }
 
+/// Checks that the detection figure's accuracy panel (the last panel, after one ROC panel
+/// per group) draws its categories as dots: no series line (2 px wide) lies in its cell.
+fn no_line_joins_the_accuracy_categories(svg: &str, csv: &str) {
+    let mut groups: Vec<&str> = csv
+        .lines()
+        .filter_map(|l| l.split(',').next())
+        .filter(|p| p.starts_with("roc "))
+        .collect();
+    groups.dedup();
+    let panels = groups.len() + 1;
+    let columns = panels.min(3);
+    let (col, row) = ((panels - 1) % columns, (panels - 1) / columns);
+    let (x0, x1) = (440 * col as i64, 440 * (col + 1) as i64);
+    let (y0, y1) = (50 + 330 * row as i64, 50 + 330 * (row + 1) as i64);
+    let mut in_cell = 0;
+    for line in svg.split("<polyline").skip(1) {
+        let points = line
+            .split("points=\"")
+            .nth(1)
+            .and_then(|p| p.split('"').next())
+            .unwrap();
+        let xy: Vec<(i64, i64)> = points
+            .split_whitespace()
+            .map(|p| {
+                let (x, y) = p.split_once(',').unwrap();
+                (x.parse().unwrap(), y.parse().unwrap())
+            })
+            .collect();
+        if xy
+            .iter()
+            .all(|&(x, y)| x >= x0 && x < x1 && y >= y0 && y < y1)
+        {
+            in_cell += 1;
+            assert!(
+                !line.contains("stroke-width=\"2\""),
+                "a line joins the accuracy panel's categories: {points}"
+            );
+        }
+    }
+    assert!(in_cell > 0, "the accuracy panel's axes are in its cell");
+    assert!(svg.contains("<circle"), "its categories are dots");
+}
+
 /// The report's accuracy panel: the noisy baseline is an ordinary run on the same corrupted
 /// labels as detect's train when one exists (a short run that only records the dynamics is
 /// not the baseline), and detect's own train otherwise.
@@ -397,6 +440,8 @@ fn the_report_takes_the_ordinary_run_as_the_noisy_baseline() {
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         let csv = std::fs::read_to_string(p.path("rep/figures/7-detection-detect.csv"))
             .expect("finding 7's numbers");
+        let svg = std::fs::read_to_string(p.path("rep/figures/7-detection-detect.svg")).unwrap();
+        no_line_joins_the_accuracy_categories(&svg, &csv);
         // panel,series,x,mean,sd,n
         let row: Vec<&str> = csv
             .lines()

@@ -26,6 +26,48 @@ fn csv(path: &Path) -> Vec<(String, String, String, f64, f64, u64)> {
         .collect()
 }
 
+/// The last `n` texts of an SVG (a legend's entries, drawn last), as plotters writes them:
+/// `<text ...>\nNAME\n</text>`.
+fn legend_texts(svg: &str, n: usize) -> Vec<String> {
+    let texts: Vec<String> = svg
+        .split("</text>")
+        .filter_map(|t| t.rsplit_once('>').map(|(_, s)| s.trim().to_string()))
+        .filter(|t| !t.is_empty())
+        .collect();
+    texts[texts.len().saturating_sub(n)..]
+        .iter()
+        .map(|t| t.replace("&amp;", "&"))
+        .collect()
+}
+
+/// Checks that every title-size text of an SVG fits its width: its estimated width
+/// (0.6 em a character) at its font size is no wider than the figure.
+fn titles_fit(name: &str, svg: &str) {
+    let width: f64 = svg
+        .split("width=\"")
+        .nth(1)
+        .and_then(|w| w.split('"').next())
+        .and_then(|w| w.parse().ok())
+        .unwrap();
+    for t in svg.split("<text").skip(1) {
+        let size: f64 = t
+            .split("font-size=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(12.0);
+        let text = t
+            .split_once('>')
+            .map(|(_, s)| s.split("</text>").next().unwrap_or("").trim())
+            .unwrap_or("");
+        let estimated = 0.6 * size * text.chars().count() as f64;
+        assert!(
+            estimated <= width,
+            "{name}: `{text}` at {size}px is about {estimated:.0}px wide, the figure {width}px"
+        );
+    }
+}
+
 #[test]
 fn report_figures_match_duckdb_and_render_in_chromium() {
     let p = Project::new();
@@ -33,7 +75,9 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
     p.write(
         "r.toml",
         &format!(
-            "{TINY_STUDY}[stage.embed]\nkind = \"embed\"\ninputs = [\"activations\"]\nperplexity = 5.0\niterations = 300\n"
+            "{}[stage.embed]\nkind = \"embed\"\ninputs = [\"activations\"]\nperplexity = 5.0\niterations = 300\n",
+            // Fashion-MNIST's class names, written in the data set's dataset.json.
+            TINY_STUDY.replace("source = \"idx\"", "source = \"fashion-mnist\"")
         ),
     );
     let (code, r) = p.run("r.toml", &[]);
@@ -47,7 +91,7 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
     );
     let w: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(w["without_figure"], json!([]));
-    let names: Vec<String> = w["figures"]
+    let names_of_figures: Vec<String> = w["figures"]
         .as_array()
         .unwrap()
         .iter()
@@ -61,6 +105,7 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
         .collect();
     // One accuracy figure for the training stage; geometry and rollback per noise level;
     // gradient shares only where there are corrupted examples.
+    let names = names_of_figures.clone();
     assert_eq!(
         names,
         [
@@ -160,7 +205,28 @@ fn report_figures_match_duckdb_and_render_in_chromium() {
     let svg = std::fs::read_to_string(figs.join("5-embedding-embed-noise-0.0.svg")).unwrap();
     assert!(svg.contains("unpermuted") && !svg.contains("restored"));
     let svg = std::fs::read_to_string(figs.join("5-embedding-embed-noise-0.5.svg")).unwrap();
-    assert!(svg.contains("permuted") && svg.contains("restored") && svg.contains("class 9"));
+    assert!(svg.contains("permuted") && svg.contains("restored"));
+    // The legend names the classes as the data set's dataset.json does, in label order.
+    let info = p
+        .artifacts()
+        .into_iter()
+        .map(|a| a.join("dataset.json"))
+        .find(|f| f.exists())
+        .expect("the dataset artifact");
+    let info: Json = serde_json::from_slice(&std::fs::read(info).unwrap()).unwrap();
+    let class_names: Vec<&str> = info["class_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(class_names[0], "T-shirt/top");
+    assert_eq!(legend_texts(&svg, class_names.len()), class_names);
+    // No title or legend text wider than its figure.
+    for n in &names_of_figures {
+        let svg = std::fs::read_to_string(figs.join(n)).unwrap();
+        titles_fit(n, &svg);
+    }
     let out = p.pipe(&["report", "r.toml", "--out", "other", "--embed-layer", "fc9"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -241,4 +307,132 @@ fn report_rejects_an_unknown_over_variable_and_says_which_exist() {
         "{err}"
     );
     assert!(!p.path("report").exists());
+}
+
+/// The header names the sweep of the instances the report shows: a file that declares a
+/// third seed nobody ran still shows the two that ran.
+#[test]
+fn report_header_names_the_sweep_of_the_instances_shown() {
+    let p = Project::new();
+    p.write_idx("data", 200, 40);
+    p.write("r.toml", TINY_STUDY);
+    let (code, r) = p.run("r.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let wider = TINY_STUDY.replace("seed = [1, 2]\n", "seed = [1, 2, 3]\n");
+    assert_ne!(wider, TINY_STUDY);
+    p.write("wider.toml", &wider);
+    let out = p.pipe(&["report", "wider.toml", "--out", "report"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The sweep values of the instances run: those `pipe status` lists as cached.
+    let mut noise: Vec<String> = Vec::new();
+    let mut seed: Vec<String> = Vec::new();
+    for s in p.status("r.toml", &[]) {
+        let point = &s["point"];
+        for (name, values) in [("noise", &mut noise), ("seed", &mut seed)] {
+            if let Some(v) = point.get(name) {
+                let v = v.to_string();
+                if !values.contains(&v) {
+                    values.push(v);
+                }
+            }
+        }
+    }
+    let page = std::fs::read_to_string(p.path("report/index.html")).unwrap();
+    let want = format!(
+        "Sweep shown: noise {{{}}} x seed {{{}}}",
+        noise.join(", "),
+        seed.join(", ")
+    );
+    assert_eq!(want, "Sweep shown: noise {0.0, 0.5} x seed {1, 2}");
+    assert!(page.contains(&want), "{want} not in the page header");
+}
+
+/// A pipeline whose exec stage writes `gap = noise * epoch + width + 0.01 * seed` over a
+/// noise x width x seed sweep, with `plots` as its `[[report.plot]]` tables.
+fn gap_pipeline(plots: &str) -> String {
+    format!(
+        r#"[pipeline]
+name = "gaps"
+[sweep]
+noise = [0.0, 0.4]
+width = [1, 2]
+seed = [1, 2]
+[stage.fit]
+kind = "exec"
+cmd = ["python3", "-c", "import polars as pl, os; e=list(range(1,4)); pl.DataFrame({{'epoch': e, 'gap': [${{noise}}*x + ${{width}} + 0.01*${{seed}} for x in e]}}).write_parquet(os.environ['PIPE_OUT'] + '/gap.parquet')"]
+tables = ["gap"]
+{plots}"#
+    )
+}
+
+/// `mean_over` says what each point averages over: by default the seeds, with a panel per
+/// width; named, exactly those variables. The points equal DuckDB's means over the same
+/// variables, and the caption says what was averaged. An unknown variable exits 2 at its line.
+#[test]
+fn report_plot_means_over_exactly_the_variables_it_names_and_says_so() {
+    let p = Project::new();
+    let plots = "[[report.plot]]\ntable = \"gap\"\nx = \"epoch\"\ny = \"gap\"\nseries = \"noise\"\ntitle = \"By seed\"\n\
+                 [[report.plot]]\ntable = \"gap\"\nx = \"epoch\"\ny = \"gap\"\nseries = \"noise\"\ntitle = \"By seed and width\"\nmean_over = [\"seed\", \"width\"]\n";
+    p.write("p.toml", &gap_pipeline(plots));
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let out = p.pipe(&["report", "p.toml", "--out", "rep"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        p.pipe(&["export", "p.toml", "--out", "results"])
+            .status
+            .success()
+    );
+    let q = python(&format!(
+        "import duckdb, json\n\
+         a = duckdb.sql(\"SELECT 'width=' || width, 'noise = ' || noise, epoch, avg(gap), count(*) FROM '{d}/gap.parquet' GROUP BY ALL ORDER BY ALL\").fetchall()\n\
+         b = duckdb.sql(\"SELECT 'By seed and width', 'noise = ' || noise, epoch, avg(gap), count(*) FROM '{d}/gap.parquet' GROUP BY ALL ORDER BY ALL\").fetchall()\n\
+         print(json.dumps({{'a': [list(x) for x in a], 'b': [list(x) for x in b]}}))",
+        d = p.path("results").display()
+    ));
+    for (file, key, n) in [
+        ("plot-1-By-seed.csv", "a", 2),
+        ("plot-2-By-seed-and-width.csv", "b", 4),
+    ] {
+        let mut rows = csv(&p.path("rep/figures").join(file));
+        rows.sort_by(|x, y| (&x.0, &x.1, &x.2).cmp(&(&y.0, &y.1, &y.2)));
+        let want = q[key].as_array().unwrap();
+        assert_eq!(rows.len(), want.len(), "{file}: {rows:?}");
+        for (row, w) in rows.iter().zip(want) {
+            assert_eq!(row.0, w[0].as_str().unwrap(), "{file}");
+            assert_eq!(row.1.parse::<String>().unwrap(), w[1].as_str().unwrap());
+            assert_eq!(row.2, w[2].to_string(), "{file}");
+            assert!(
+                (row.3 - w[3].as_f64().unwrap()).abs() < 1e-12,
+                "{row:?} {w}"
+            );
+            assert_eq!(row.5, n, "{file}");
+            assert_eq!(w[4].as_u64(), Some(n));
+        }
+    }
+    let page = std::fs::read_to_string(p.path("rep/index.html")).unwrap();
+    assert!(
+        page.contains("Each point: mean over seed (2 values); a panel per width"),
+        "{page}"
+    );
+    assert!(page.contains("Each point: mean over seed x width (4 values)"));
+
+    let bad = gap_pipeline(&plots.replace("[\"seed\", \"width\"]", "[\"seed\", \"widht\"]"));
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("mean_over"))
+        .unwrap()
+        + 1;
+    p.write("p.toml", &bad);
+    let out = p.pipe(&["report", "p.toml", "--out", "rep2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("p.toml:{line}:"))
+            && err.contains("report.plot[1].mean_over")
+            && err.contains("widht")
+            && err.contains("noise, width, seed"),
+        "{err}"
+    );
+    assert!(!p.path("rep2").exists());
 }

@@ -12,7 +12,7 @@ use super::{
     Acc, CSV_HEADER, Claim, Figure, FigureData, Finding, at_group, csv_rows, lines, mean_at, push,
     slug,
 };
-use crate::report::chart::{self, Line, Panel};
+use crate::report::chart::{self, Line, Panel, XScale};
 use crate::report::stats::Stat;
 
 /// The finding, for the registry.
@@ -173,7 +173,9 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                 x_label: format!("{SIZE_VAR} (log scale)"),
                 y_label: "error".into(),
                 x_names: None,
-                log_x: true,
+                x_scale: XScale::Log,
+                markers_only: false,
+                y_range: None,
                 // An error rate: its axis and sd band stop at 0.
                 y_floor: Some(0.0),
                 lines: size_lines(acc),
@@ -189,7 +191,9 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                 x_label: format!("{SIZE_VAR} (log scale)"),
                 y_label: measure.to_string(),
                 x_names: None,
-                log_x: true,
+                x_scale: XScale::Log,
+                markers_only: false,
+                y_range: None,
                 y_floor: None,
                 lines: size_lines(acc),
             });
@@ -198,6 +202,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         figures.push(Figure {
             finding: n,
             claim: double_descent_claim(&test, &train),
+            caption: String::new(),
             stem: format!("{n}-double-descent-{}", slug(&stage)),
             svg: chart::panels_svg(&title, &panels, panels.len().min(3))?,
             title,

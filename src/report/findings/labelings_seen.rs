@@ -61,6 +61,8 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
 struct GroupEmbedding {
     /// The first instance's table (its dots are drawn).
     table: Embedding,
+    /// Its classes' names, by label, from its data set (`None`: not known).
+    class_names: Option<Vec<String>>,
     /// `tsne` or `pca`.
     method: String,
     /// Neighbour agreement: series -> epoch -> values, one per instance.
@@ -110,6 +112,7 @@ fn group_embeddings(
             .entry(data.stage_and_group(node))
             .or_insert_with(|| GroupEmbedding {
                 table: t.clone(),
+                class_names: crate::report::class_names::of_instance(data.plan, data.store, node),
                 method: method.to_string(),
                 agreement: Acc::new(),
             });
@@ -156,6 +159,7 @@ fn group_figure(
 ) -> Result<Option<Figure>> {
     let GroupEmbedding {
         table: t,
+        class_names,
         method,
         agreement,
     } = g;
@@ -194,11 +198,14 @@ fn group_figure(
         rows: epochs.iter().map(|e| format!("epoch {e}")).collect(),
         cols: views.iter().map(|v| v.0.to_string()).collect(),
         cells,
-        classes: (0..=classes).map(|c| format!("class {c}")).collect(),
+        classes: (0..=classes)
+            .map(|c| crate::report::class_names::legend_name(class_names.as_deref(), c as usize))
+            .collect(),
     };
     Ok(Some(Figure {
         finding: n,
         claim,
+        caption: String::new(),
         stem: format!("{n}-embedding-{}-{}", slug(stage), slug(group)),
         svg: chart::scatter_svg(&grid)?,
         title,

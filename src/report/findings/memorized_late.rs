@@ -8,7 +8,7 @@ use super::{
     Acc, CSV_HEADER, Claim, Figure, FigureData, Finding, at_group, csv_rows, lines, mean_at, push,
     slug,
 };
-use crate::report::chart::{self, Panel};
+use crate::report::chart::{self, Panel, XScale};
 use crate::report::stats::Stat;
 
 /// The finding, for the registry.
@@ -113,7 +113,9 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                     x_label: "epoch".into(),
                     y_label: "accuracy".into(),
                     x_names: None,
-                    log_x: false,
+                    x_scale: XScale::Linear,
+                    markers_only: false,
+                    y_range: None,
                     y_floor: None,
                     lines: lines(acc),
                 }
@@ -123,6 +125,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         figures.push(Figure {
             finding: n,
             claim: late_memorization(&accs[0], &accs[1]),
+            caption: String::new(),
             stem: format!("{n}-accuracy-{}", slug(&stage)),
             svg: chart::panels_svg(&title, &panels, 3)?,
             title,

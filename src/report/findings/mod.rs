@@ -105,6 +105,9 @@ pub struct Figure {
     pub finding: usize,
     /// What its numbers say about the finding, when they can say something.
     pub claim: Option<Claim>,
+    /// What the figure's points are, under it on the page (what each point averages over,
+    /// which epochs it shows); empty for none.
+    pub caption: String,
     /// File stem under `figures/` (`.svg` and `.csv` are added).
     pub stem: String,
     /// Heading on the page.
@@ -128,6 +131,8 @@ pub struct FigureData<'a> {
     pub over: &'a [String],
     /// The layer the embedding figure shows (default: the last layer embedded).
     pub embed_layer: Option<&'a str>,
+    /// The cache the tables came from (for the data sets' class names).
+    pub store: &'a pipe_engine::store::Store,
 }
 
 impl FigureData<'_> {

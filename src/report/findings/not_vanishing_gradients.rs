@@ -8,7 +8,7 @@ use indexmap::IndexMap;
 use pipe_kinds::tables::GradNorm;
 
 use super::{Acc, CSV_HEADER, Claim, Figure, FigureData, Finding, csv_rows, lines, push, slug};
-use crate::report::chart::{self, Panel};
+use crate::report::chart::{self, Panel, XScale};
 use crate::report::stats::Stat;
 
 /// The finding, for the registry.
@@ -124,7 +124,9 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                 x_label: "epoch".into(),
                 y_label: "norm of the mean gradient".into(),
                 x_names: None,
-                log_x: false,
+                x_scale: XScale::Log1p,
+                markers_only: false,
+                y_range: None,
                 y_floor: None,
                 lines: lines(acc),
             });
@@ -147,7 +149,9 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                 x_label: "epoch".into(),
                 y_label: "ratio".into(),
                 x_names: None,
-                log_x: false,
+                x_scale: XScale::Log1p,
+                markers_only: false,
+                y_range: None,
                 y_floor: None,
                 lines: lines(acc),
             });
@@ -173,6 +177,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         figures.push(Figure {
             finding: n,
             claim,
+            caption: String::new(),
             stem: format!("{n}-gradients-{}-{}", slug(&stage), slug(&group)),
             svg: chart::panels_svg(&title, &panels, columns)?,
             title,

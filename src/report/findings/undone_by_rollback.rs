@@ -94,6 +94,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         figures.push(Figure {
             finding: n,
             claim,
+            caption: String::new(),
             stem: format!("{n}-rollback-{}-{}", slug(&stage), slug(&group)),
             svg: chart::heat_svg(&heat)?,
             title,

@@ -11,7 +11,7 @@ use super::{
     Acc, CSV_HEADER, Claim, Figure, FigureData, Finding, at_group, csv_rows, lines, mean_at, push,
     slug,
 };
-use crate::report::chart::{self, Panel};
+use crate::report::chart::{self, Panel, XScale};
 
 /// The finding, for the registry.
 pub(super) const FINDING: Finding = Finding {
@@ -65,8 +65,10 @@ fn geometry_rows(data: &FigureData<'_>) -> Result<IndexMap<(String, String), Geo
     Ok(by)
 }
 
-/// The figures: capacity, radius and dimension against layer for the three labelings,
-/// at the earliest epoch after initialization and at the final epoch.
+/// The figures: capacity, radius and dimension against layer for the three labelings, a
+/// row per measure on one y scale, a column per probed epoch (at most [`MOST_EPOCHS`], the
+/// caption says which); the claim compares the earliest epoch after initialization with
+/// the final one.
 fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for ((stage, group), rows) in geometry_rows(data)? {
@@ -79,17 +81,33 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
             .copied()
             .find(|&e| e > 0)
             .unwrap_or(first);
-        let shown: Vec<i64> = if early == last {
-            vec![last]
+        let probed: Vec<i64> = rows.epochs.iter().copied().collect();
+        let shown = shown_epochs(&probed);
+        let caption = if shown.len() == probed.len() {
+            format!("Every probed epoch: {}", join(&shown))
         } else {
-            vec![early, last]
+            format!(
+                "Epochs {} of the {} probed ({})",
+                join(&shown),
+                probed.len(),
+                join(&probed)
+            )
         };
         let mut csv = CSV_HEADER.to_string();
         let mut panels = Vec::new();
         for (m, measure) in GEOMETRY.iter().enumerate() {
+            let empty = Acc::new();
+            let of = |e: i64| rows.acc.get(&(m, e)).unwrap_or(&empty);
+            // One y scale for the row, so the epochs compare at a glance.
+            let row_range = shown
+                .iter()
+                .flat_map(|&e| lines(of(e)))
+                .flat_map(|l| l.points.into_iter().flat_map(|(_, s)| [s.low(), s.high()]))
+                .fold(None, |r: Option<(f64, f64)>, v| {
+                    Some(r.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
+                });
             for &e in &shown {
-                let empty = Acc::new();
-                let acc = rows.acc.get(&(m, e)).unwrap_or(&empty);
+                let acc = of(e);
                 let name = format!("{measure} at epoch {e}");
                 csv_rows(&mut csv, &name, acc, |x| {
                     rows.layers.get(x as usize).cloned().unwrap_or_default()
@@ -99,8 +117,10 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
                     x_label: "layer".into(),
                     y_label: measure.to_string(),
                     x_names: Some(rows.layers.clone()),
-                    log_x: false,
+                    x_scale: XScale::Linear,
+                    markers_only: false,
                     y_floor: None,
+                    y_range: row_range,
                     lines: lines(acc),
                 });
             }
@@ -109,6 +129,7 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         figures.push(Figure {
             finding: n,
             claim: deep_memorization(&rows, early, last, &group),
+            caption,
             stem: format!("{n}-geometry-{}-{}", slug(&stage), slug(&group)),
             svg: chart::panels_svg(&title, &panels, shown.len())?,
             title,
@@ -116,6 +137,32 @@ fn figures(data: &FigureData<'_>, n: usize) -> Result<Vec<Figure>> {
         });
     }
     Ok(figures)
+}
+
+/// Most epochs a geometry figure shows side by side.
+const MOST_EPOCHS: usize = 6;
+
+/// The epochs the figure shows: every probed epoch, or when there are more than
+/// [`MOST_EPOCHS`], that many spread evenly from the first to the last.
+fn shown_epochs(probed: &[i64]) -> Vec<i64> {
+    if probed.len() <= MOST_EPOCHS {
+        return probed.to_vec();
+    }
+    let step = (probed.len() - 1) as f64 / (MOST_EPOCHS - 1) as f64;
+    let mut out: Vec<i64> = (0..MOST_EPOCHS)
+        .map(|i| probed[((i as f64 * step).round() as usize).min(probed.len() - 1)])
+        .collect();
+    out.dedup();
+    out
+}
+
+/// "0, 1, 4".
+fn join(epochs: &[i64]) -> String {
+    epochs
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The claim, from one (stage, group)'s geometry: how the permuted labeling's capacity grows
@@ -142,4 +189,17 @@ fn deep_memorization(rows: &GeometryRows, early: i64, last: i64, group: &str) ->
         rows.layers[first],
     );
     Claim::new(shown, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_probed_epoch_is_shown_or_six_spread_from_first_to_last() {
+        assert_eq!(shown_epochs(&[0, 1, 4]), [0, 1, 4]);
+        let probed: Vec<i64> = (0..=20).collect();
+        assert_eq!(shown_epochs(&probed), [0, 4, 8, 12, 16, 20]);
+        assert_eq!(join(&[0, 1, 4]), "0, 1, 4");
+    }
 }

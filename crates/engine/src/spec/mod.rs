@@ -186,6 +186,7 @@ fn build(
     let cache = top_level::cache(top)?;
     let plots = top_level::report(top)?;
     let sweep = Sweep::parse(top.get("sweep").map(|(_, n)| n))?;
+    top_level::check_plot_vars(&plots, &sweep.var_names())?;
     let raws = top_level::stages(top, &start)?
         .iter()
         .map(|(sname, (skey, snode))| stage_table::parse(sname, skey, snode, registry, &sweep))

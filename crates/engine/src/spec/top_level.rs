@@ -1,7 +1,7 @@
 //! The top level of a pipeline file: which keys may appear there, the `[pipeline]` and
 //! `[cache]` tables, and the `[stage]` table that holds the stages.
 
-use super::node::Value;
+use super::node::{Node, Value};
 use super::{Table, unknown_key, valid_name};
 use crate::error::{Error, Loc};
 
@@ -136,12 +136,62 @@ pub struct PlotSpec {
     pub series: Option<String>,
     /// The figure's title [default: `y against x`].
     pub title: Option<String>,
+    /// The sweep variables each point averages over, with where the list is written
+    /// [default: `pipe report --over`'s, the seeds]; the figure has a panel per value of
+    /// the other sweep variables that are neither `x` nor `series`.
+    pub mean_over: Option<(Vec<String>, Loc)>,
     /// Where the plot's table starts.
     pub loc: Loc,
 }
 
 /// The keys of one `[[report.plot]]`.
-const PLOT_KEYS: &[&str] = &["table", "x", "y", "series", "title"];
+const PLOT_KEYS: &[&str] = &["table", "x", "y", "series", "title", "mean_over"];
+
+/// Checks each plot's `mean_over` against the sweep's variables: an unknown one is an
+/// error at its line naming the variables there are.
+pub(super) fn check_plot_vars(plots: &[PlotSpec], vars: &[&str]) -> Result<(), Error> {
+    for (i, plot) in plots.iter().enumerate() {
+        let Some((names, loc)) = &plot.mean_over else {
+            continue;
+        };
+        for name in names {
+            if !vars.contains(&name.as_str()) {
+                return Err(Error::at(
+                    loc,
+                    &format!("report.plot[{i}].mean_over"),
+                    format!(
+                        "the sweep has no variable `{name}`{}; its variables are: {}",
+                        crate::error::suggest(name, vars.iter().copied()),
+                        if vars.is_empty() {
+                            "none".to_string()
+                        } else {
+                            vars.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `mean_over` value: a list of variable names.
+fn names_list(node: &Node, what: &str) -> Result<Vec<String>, Error> {
+    let Value::Array(items) = &node.value else {
+        return Err(Error::at(
+            &node.loc,
+            what,
+            format!(
+                "expected a list of sweep variables (`[\"seed\"]`), found {}",
+                node.value.type_name()
+            ),
+        ));
+    };
+    items
+        .iter()
+        .map(|v| Ok(v.as_str(what)?.to_string()))
+        .collect()
+}
 
 /// The `[report]` table: `[[report.plot]]` entries, each checked for its keys and types.
 pub(super) fn report(top: &Table) -> Result<Vec<PlotSpec>, Error> {
@@ -195,6 +245,12 @@ pub(super) fn report(top: &Table) -> Result<Vec<PlotSpec>, Error> {
                 y: need("y")?,
                 series: get("series")?,
                 title: get("title")?,
+                mean_over: t
+                    .get("mean_over")
+                    .map(|(_, n)| {
+                        names_list(n, &format!("{path}.mean_over")).map(|v| (v, n.loc.clone()))
+                    })
+                    .transpose()?,
                 loc: item.loc.clone(),
             });
         }
