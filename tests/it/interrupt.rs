@@ -105,12 +105,17 @@ fn interrupt(child: Child, signal: i32, group: bool) -> (i32, String, f64) {
 
 /// The epoch in `kept train at epoch N of 300: the next run continues from there`.
 fn kept_epoch(stderr: &str) -> i64 {
+    kept_epoch_of(stderr, 300)
+}
+
+/// The epoch in `kept train at epoch N of EPOCHS: the next run continues from there`.
+fn kept_epoch_of(stderr: &str, epochs: i64) -> i64 {
     let line = stderr
         .lines()
         .find(|l| l.starts_with("kept train at epoch "))
         .unwrap_or_else(|| panic!("no kept line:\n{stderr}"));
     assert!(
-        line.ends_with(" of 300: the next run continues from there"),
+        line.ends_with(&format!(" of {epochs}: the next run continues from there")),
         "{line}"
     );
     line["kept train at epoch ".len()..]
@@ -338,6 +343,72 @@ fn resume_every_keeps_one_resume_point_that_survives_kill_9() {
     );
     assert_same(&expected, &results(&p));
     assert_eq!(checkpoint_epochs(&p), [0, 150, 300]);
+}
+
+#[test]
+fn an_epoch_that_would_end_too_late_is_abandoned_and_the_last_boundary_kept() {
+    // `finish_within = "0s"`: any epoch under way when the signal comes would end too
+    // late, so the worker abandons it and keeps the end of the last one (held in memory;
+    // not a kept checkpoint). Epochs of 2,000 steps of batch 1.
+    let settings = |p: &Project| {
+        p.write(
+            "t.toml",
+            &pipeline("finish_within = \"0s\"")
+                .replace("epochs = 300", "epochs = 4")
+                .replace("batch_size = 20", "batch_size = 1")
+                .replace("checkpoints = [0, 150]", "checkpoints = [0, 3]"),
+        );
+    };
+    let straight = project("");
+    settings(&straight);
+    let out = straight.pipe(&["run", "t.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = results(&straight);
+
+    let p = project("");
+    settings(&p);
+    let mut child = start(&p);
+    wait_for_epoch(&p, &mut child, 1);
+    // A quarter of an epoch on: past what follows an epoch (its evaluation is logged
+    // first), well inside epoch 2's steps.
+    let epoch_1: f64 = train_log(&p)
+        .lines()
+        .find(|l| l.starts_with("epoch   1/"))
+        .and_then(|l| l.split_whitespace().last()?.strip_suffix('s')?.parse().ok())
+        .unwrap();
+    std::thread::sleep(Duration::from_secs_f64(epoch_1 / 4.0));
+    let (code, stderr, _) = interrupt(child, libc::SIGINT, true);
+    assert_eq!(code, 130, "{stderr}");
+    assert_eq!(kept_epoch_of(&stderr, 4), 1, "{stderr}");
+    let log = train_log(&p);
+    assert!(
+        log.contains("stopped during epoch 2: keeping the end of epoch 1"),
+        "{log}"
+    );
+    assert_eq!(checkpoint_epochs(&p), [0, 1]);
+    let out = p.pipe(&["run", "t.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(train_log(&p).contains("resumed from the checkpoint of epoch 1"));
+    // The state kept from memory goes on exactly as a straight run.
+    assert_same(&expected, &results(&p));
+    assert_eq!(checkpoint_epochs(&p), [0, 3, 4]);
+
+    let p = project("finish_within = \"soon\"");
+    let out = p.pipe(&["run", "t.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("finish_within") && err.contains("\"soon\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -282,13 +282,9 @@ pub fn run(p: &TrainParams, ctx: &mut RunContext<'_>) -> Result<()> {
     Ok(())
 }
 
-/// How long the epoch under way may still take when the worker is asked to stop for it to
-/// be finished and kept; a longer one is abandoned and the last epoch boundary kept.
-const FINISH_WITHIN: Duration = Duration::from_secs(2);
-
 /// Trains from the trainer's epoch to the last, keeping checkpoints. On SIGINT or SIGTERM
 /// ([`crate::stop`]) keeps a resume point and fails with [`Interrupted`]: the epoch under way
-/// if it ends within [`FINISH_WITHIN`], else the last boundary reached (a copy of the
+/// if it ends within `finish_within` (2 s by default), else the last boundary reached (a copy of the
 /// state there is held in memory while each epoch trains). With `resume_every`, also keeps
 /// one after each such span of training, removing the one it kept before (unless that
 /// epoch is a kept checkpoint), and the last one (or `point`, the resume point the run
@@ -305,6 +301,8 @@ fn train_epochs(
     point: Option<i64>,
 ) -> Result<()> {
     let every = p.resume_span();
+    // Checked when the pipeline was planned.
+    let finish_within = p.finish_span().unwrap_or(Duration::from_secs(2));
     let mut last_point = Instant::now();
     // The resume point this run stored last or started from (its epoch), to remove when a
     // later one supersedes it.
@@ -326,7 +324,7 @@ fn train_epochs(
             stop::requested() && {
                 let spent = clock.elapsed().as_secs_f64();
                 // What the epoch still needs at its pace so far (unknown before a step).
-                done <= 0.0 || spent * (1.0 - done) / done > FINISH_WITHIN.as_secs_f64()
+                done <= 0.0 || spent * (1.0 - done) / done > finish_within.as_secs_f64()
             }
         };
         let Some(evaluation) = trainer.train_epoch_unless(&abandon) else {

@@ -104,6 +104,7 @@ pipe_engine::stage_params! {
         checkpoints: Vec<i64>, default "[0]", "epochs whose weights are kept (0 = initialization); the final epoch always is";
         record_examples: bool, default "false", key_unless_default, "record every training example's loss, margin, prediction and last-layer gradient after each epoch (examples.parquet, which `detect` reads)";
         resume_every: Option<String>, optional, not_in_key, "keep a resume point at the first epoch boundary after each such span of training (\"10m\", \"1h\"), so that a crash loses at most about that much (not in the key)";
+        finish_within: String, default "\"2s\"", not_in_key, "on Ctrl-C or SIGTERM, finish the epoch under way (and keep its end) when it would end within this long, else keep the last epoch boundary reached (\"0s\": always the boundary; not in the key)";
         ..worker: WorkerParams;
     }
 }
@@ -114,6 +115,15 @@ impl TrainParams {
         self.resume_every
             .as_deref()
             .and_then(pipe_engine::spec::resources::parse_duration)
+    }
+
+    /// How long the epoch under way may still take, on a stop, to be finished and kept
+    /// (`finish_within`); `None` if it is not a duration.
+    pub fn finish_span(&self) -> Option<std::time::Duration> {
+        match self.finish_within.trim() {
+            "0" | "0s" => Some(std::time::Duration::ZERO),
+            s => pipe_engine::spec::resources::parse_duration(s),
+        }
     }
 
     /// The epochs kept: the `checkpoints` list and the final epoch.
@@ -381,6 +391,15 @@ impl Kind for Train {
             return Err(ParamError::param(
                 TrainParams::resume_every,
                 format!("\"{every}\" is not a duration like \"10m\", \"1h30m\" or \"90s\""),
+            ));
+        }
+        if p.finish_span().is_none() {
+            return Err(ParamError::param(
+                TrainParams::finish_within,
+                format!(
+                    "\"{}\" is not a duration like \"2s\", \"1m\" or \"0s\"",
+                    p.finish_within
+                ),
             ));
         }
         let Some(names) = p.layer_names() else {
