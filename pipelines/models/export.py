@@ -139,4 +139,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # TorchScript writes a module's constants in the order of a Python set, which string
+    # hashing randomizes per process: with a fixed hash seed the same module gives the same
+    # file, so an unchanged model exported again keys the same training.
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
     sys.exit(main())

@@ -475,6 +475,33 @@ fn the_helper_checks_the_contract_before_it_writes() {
     assert!(!p.path("out.pt").exists());
 }
 
+#[test]
+fn the_helper_writes_the_same_file_for_the_same_module() {
+    // TorchScript orders a module's constants as a Python set does, by string hashes that
+    // differ per process unless the hash seed is fixed; the helper fixes it.
+    let p = project(MODEL_PY, &make_py(true), PIPELINE);
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            // The same name (a TorchScript file holds its name), as an exec stage's is.
+            let out = format!("e{i}/model.pt");
+            std::fs::create_dir_all(p.path(&format!("e{i}"))).unwrap();
+            let res = std::process::Command::new("python3")
+                .args(["export.py", "model.py:Net", &out, "--input", "1", "4", "4"])
+                .env_remove("PYTHONHASHSEED")
+                .current_dir(p.dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                res.status.success(),
+                "{}",
+                String::from_utf8_lossy(&res.stderr)
+            );
+            std::fs::read(p.path(&out)).unwrap()
+        })
+        .collect();
+    assert!(files.iter().all(|f| f == &files[0]), "the exports differ");
+}
+
 /// `PIPELINE` with every example's dynamics recorded and the analyses the core test leaves
 /// out: `probe`, `embed` and `detect`.
 fn with_every_analysis() -> String {
