@@ -353,11 +353,14 @@ impl<'a> Trainer<'a> {
         };
         let end = self.net.depth();
         let steps = order.len().div_ceil(self.cfg.batch_size as usize).max(1);
+        // The epoch's order goes to the device once, not a batch's indices every step.
+        let order_on_device = Tensor::from_slice(&order).to_device(device);
         for (step, chunk) in order.chunks(self.cfg.batch_size as usize).enumerate() {
             if abandon(step as f64 / steps as f64) {
                 return None;
             }
-            let idx = Tensor::from_slice(chunk).to_device(device);
+            let first = (step * self.cfg.batch_size as usize) as i64;
+            let idx = order_on_device.narrow(0, first, chunk.len() as i64);
             let mut x = source.index_select(0, &idx);
             if self.cfg.augment {
                 x = augment(&x, &mut rng);
