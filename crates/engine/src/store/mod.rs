@@ -16,6 +16,7 @@
 //! An artifact directory exists only once every file and the manifest are fsynced, so a
 //! key is either complete or absent whatever happens to the process.
 
+pub mod hashes;
 pub mod index;
 pub mod lock;
 pub mod parts;
@@ -237,7 +238,9 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// Reads a file only if it is a regular file ([`open_regular`]) of at most
 /// [`MAX_BOOKKEEPING`] bytes.
 pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
+    // Room for a manifest or a lock at once: `read_to_end` from empty would grow the
+    // buffer from 32 bytes, one read call per doubling.
+    let mut buf = Vec::with_capacity(8192);
     open_regular(path)?
         .take(MAX_BOOKKEEPING + 1)
         .read_to_end(&mut buf)?;
