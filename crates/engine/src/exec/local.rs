@@ -264,8 +264,7 @@ impl<'a> Scheduler<'a> {
                     store,
                     remote,
                     n,
-                    want,
-                    visible,
+                    (want, visible),
                     observer,
                     &mut on_sealed,
                 );
@@ -433,14 +432,14 @@ fn resolve_ready(plan: &Plan, store: &Store, n: NodeIndex) -> bool {
 }
 
 /// Runs one instance under its key's lock, storing the artifact on success; with a remote
-/// cache, pulls it first if the remote has it, and pushes it once computed.
+/// cache, pulls it first if the remote has it, and pushes it once computed. `slot` is the
+/// threads it may use and the GPUs it sees (`CUDA_VISIBLE_DEVICES`, when GPUs are placed).
 fn run_instance(
     plan: &Plan,
     store: &Store,
     remote: Option<&Remote>,
     n: NodeIndex,
-    threads: usize,
-    visible_gpus: Option<String>,
+    (threads, visible_gpus): (usize, Option<String>),
     observer: &dyn Observer,
     on_sealed: &mut dyn FnMut(),
 ) -> Outcome {

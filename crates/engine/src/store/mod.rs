@@ -807,16 +807,19 @@ impl Store {
                 Err(e) => Err(e),
             }
         })();
-        if result.is_err() {
-            self.discard(tmp);
+        match &result {
+            // After the rename: a sync that starts later covers it.
+            Ok(()) => self.syncs.written(),
+            Err(_) => self.discard(tmp),
         }
         result
     }
 
     /// Makes durable everything this process wrote in the cache so far (renames of
-    /// published artifacts included): one `syncfs`, shared with concurrent callers.
+    /// published artifacts included): one `syncfs`, shared with concurrent callers, or
+    /// nothing when nothing was published since the last one.
     pub fn sync(&self) -> io::Result<()> {
-        self.syncs.sync(&self.root)
+        self.syncs.sync_if_written(&self.root)
     }
 
     /// Every key with an artifact directory.

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
 /// Where the syncs of one cache stand.
@@ -31,9 +32,27 @@ struct State {
 pub struct GroupSync {
     state: Mutex<State>,
     ended: Condvar,
+    /// Whether something was written that only a later sync makes durable (a rename
+    /// since the last sync): see [`GroupSync::written`], [`GroupSync::sync_if_written`].
+    unsynced: AtomicBool,
 }
 
 impl GroupSync {
+    /// Notes a write (a rename) that the next sync is to make durable.
+    pub fn written(&self) {
+        self.unsynced.store(true, Ordering::SeqCst);
+    }
+
+    /// [`GroupSync::sync`] if something was [`written`](GroupSync::written) since the
+    /// last sync; nothing otherwise (a run that published nothing syncs nothing).
+    pub fn sync_if_written(&self, dir: &Path) -> io::Result<()> {
+        if self.unsynced.load(Ordering::SeqCst) {
+            self.sync(dir)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Makes durable everything written under `dir`'s file system before this call.
     pub fn sync(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -52,6 +71,8 @@ impl GroupSync {
             }
             s.running = true;
             s.started += 1;
+            // What was written until now is covered by this sync.
+            self.unsynced.store(false, Ordering::SeqCst);
             let generation = s.started;
             drop(s);
             let result = sync_file_system(dir);
