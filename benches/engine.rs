@@ -29,6 +29,8 @@ use pipe_engine::store::{MANIFEST, Manifest, Store};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+#[path = "peers/floor.rs"]
+mod floor;
 #[path = "peers/snakemake.rs"]
 mod snakemake;
 
@@ -394,9 +396,42 @@ fn binary_status(bin: &Path, file: &Path, cache: &Path) -> Res<Duration> {
     Ok(start.elapsed())
 }
 
-/// Planning through the binary: one-variable sweeps of `n / 10` and `n` values and an
-/// `sqrt`-shaped product of `n` points, each `pipe status` timed (best of 3). Peak memory
-/// is not measured here: a child's high-water mark on Linux includes this process's.
+/// Peak resident memory (MB) of `pipe status FILE`, through GNU time (`/usr/bin/time -f
+/// %M`, which reports its own child's high-water mark); `None` without GNU time.
+fn binary_status_memory(bin: &Path, file: &Path, cache: &Path) -> Option<f64> {
+    let report = file.with_extension("time");
+    let status = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .arg(bin)
+        .arg("status")
+        .arg(file)
+        .arg("--cache")
+        .arg(cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    if !status.success() {
+        return None;
+    }
+    let kib: f64 = fs::read_to_string(&report)
+        .ok()?
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Planning through the binary: one-variable sweeps of `n / 10` and `n` values and a
+/// product of 100 x `n / 100` points, each `pipe status` timed (best of 3) and its peak
+/// memory measured (GNU time). Goals: `n` = 100,000 instances under 0.5 s and 150 MB, 10x
+/// the instances at most 10x the time.
 fn binary_planning(bin: &Path, dir: &Path, n: usize) -> Res<Vec<String>> {
     let write = |name: &str, sweep: String| -> Res<PathBuf> {
         let path = dir.join(format!("{name}.toml"));
@@ -417,7 +452,7 @@ fn binary_planning(bin: &Path, dir: &Path, n: usize) -> Res<Vec<String>> {
     let list = |k: usize| (0..k).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
     let cache = dir.join("status-cache");
     let small = (n / 10).max(1);
-    let a = ((n as f64).sqrt() / 3.0).round().max(1.0) as usize;
+    let a = 100.min(n);
     let b = n.div_ceil(a);
     let cases = [
         (small, write("one_small", format!("v = [{}]", list(small)))?),
@@ -435,8 +470,12 @@ fn binary_planning(bin: &Path, dir: &Path, n: usize) -> Res<Vec<String>> {
             t = t.min(binary_status(bin, file, &cache)?);
         }
         times.push(t);
+        let memory = binary_status_memory(bin, file, &cache)
+            .map_or("peak memory: no /usr/bin/time".to_string(), |mb| {
+                format!("peak {mb:>6.0} MB (goal 150 MB)")
+            });
         lines.push(format!(
-            "`pipe status` (process), {:<10} {count:>8} instances {:>9.3} s",
+            "`pipe status` (process), {:<10} {count:>8} instances {:>9.3} s (goal 0.5 s at 100,000)  {memory}",
             file.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -568,7 +607,7 @@ fn main() -> Res<()> {
     let keys100k = key_hash_peer(&plan100k, 3)?;
     drop(plan100k);
     rows.push(Row {
-        goal: Some(Duration::from_secs(2)),
+        goal: Some(Duration::from_millis(500)),
         peer: Some(("key-hash", keys100k)),
         ..row("plan: parse + build", n100k, 3, t_plan100k)
     });
@@ -577,7 +616,7 @@ fn main() -> Res<()> {
     let keys2x50k = key_hash_peer(&plan2x50k, 3)?;
     drop(plan2x50k);
     rows.push(Row {
-        goal: Some(Duration::from_secs(2)),
+        goal: Some(Duration::from_millis(500)),
         peer: Some(("key-hash", keys2x50k)),
         ..row(
             "plan: parse + build, 2 stages",
@@ -652,7 +691,7 @@ fn main() -> Res<()> {
     drop(plan1k);
     let (t_noop1k, ()) = best(5, || noop_run(&p1k.plan(&registry)?, &store1k))?;
     rows.push(Row {
-        goal: Some(Duration::from_millis(100)),
+        goal: Some(Duration::from_millis(15)),
         peer: Some(("stat", stat1k)),
         ..row("no-op run incl. planning", n1k, 5, t_noop1k)
     });
@@ -663,11 +702,12 @@ fn main() -> Res<()> {
         Some(bin) => {
             let t_bin1k = binary_noop(&bin, &p1k, store1k.root(), 5)?;
             rows.push(Row {
-                goal: Some(Duration::from_millis(100)),
+                goal: Some(Duration::from_millis(15)),
                 peer: Some(("stat", stat1k)),
                 ..row("no-op `pipe run --json` (process)", n1k, 5, t_bin1k)
             });
             notes.push(format!("binary: {}", bin.display()));
+            notes.extend(floor::compare(&bin, dir.path(), inner(1_000))?);
             notes.extend(binary_planning(&bin, dir.path(), inner(100_000))?);
             match snakemake::find() {
                 Some(sm) => notes.extend(snakemake::compare(

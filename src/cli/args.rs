@@ -163,8 +163,11 @@ pub(super) fn load(args: &PipelineArgs, implicit: bool) -> Result<Loaded, Error>
     for w in &spec.unused_vars {
         errln!("warning: {w}");
     }
-    let plan = Plan::build(spec)?;
     let store = pipe_engine::store::Store::new(dir);
+    // Declared files whose stamp is unchanged since an earlier command are not reread.
+    store.load_file_hashes(&spec.name);
+    let plan = Plan::build(spec)?;
+    store.save_file_hashes(&plan.spec.name);
     plan.resolve_all(&store);
     Ok(Loaded {
         plan,

@@ -84,9 +84,26 @@ pub fn job(args: &JobArgs) -> Result<i32, Error> {
         }
     }
     let stage = job.stage.clone();
-    let outcome = compute_instance(&mut job, kind, &store, threads, &mut |h| {
-        errln!("waiting for {h}, which computes the same artifact of {stage}");
-    });
+    let mut outcome = compute_instance(
+        &mut job,
+        kind,
+        &store,
+        threads,
+        &mut |h| {
+            errln!("waiting for {h}, which computes the same artifact of {stage}");
+        },
+        &mut || {},
+    );
+    // The artifact's rename is durable before the job says it was stored.
+    if matches!(outcome, Outcome::Executed { .. })
+        && let Err(e) = store.sync()
+    {
+        outcome = Outcome::Failed {
+            message: format!("could not sync the cache: {e}"),
+            log: store.log_path(job.key()),
+            bad_data: false,
+        };
+    }
     if let (Some(Ok(r)), Outcome::Executed { .. }) = (&remote, &outcome) {
         if keys.is_empty() {
             keys = std::iter::once(job.key().to_string())

@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
 
 /// A file's identity and last change as the file system reports them: any write,
 /// replacement (`sed -i`, an editor's save), truncation or `chmod` changes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
     /// Device.
     pub dev: u64,
@@ -41,8 +44,57 @@ impl FileStamp {
     }
 }
 
-/// Content hashes of files by path, valid while the file's stamp is unchanged.
+/// Content hashes of files by absolute path, valid while the file's stamp is unchanged.
 static HASHES: Mutex<Option<HashMap<PathBuf, (FileStamp, String)>>> = Mutex::new(None);
+
+/// Whether a file was hashed (read) since the process started or [`remembered`] last
+/// answered: whether saving the memory would add anything.
+static HASHED: AtomicBool = AtomicBool::new(false);
+
+/// One remembered hash, as kept across processes: a file's absolute path, the stamp it
+/// had when it was read, and the blake3 of its content then.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Remembered {
+    /// The file (absolute, without `.` components).
+    pub path: PathBuf,
+    /// Its stamp when it was read.
+    pub stamp: FileStamp,
+    /// The blake3 of what was read (hex).
+    pub hash: String,
+}
+
+/// Adds hashes remembered by an earlier process (each is used only while its file's
+/// stamp is the one it was read under); what this process already knows stays.
+pub fn remember(entries: Vec<Remembered>) {
+    let mut memo = HASHES.lock().unwrap_or_else(|e| e.into_inner());
+    let memo = memo.get_or_insert_with(HashMap::new);
+    for e in entries {
+        memo.entry(e.path).or_insert((e.stamp, e.hash));
+    }
+}
+
+/// Everything remembered, to keep for later processes, if a file was read since the last
+/// call (`None` otherwise). Left out: files changed (modification or status change time)
+/// at or after `settled_before_ns` (nanoseconds since the epoch), which a write within
+/// the same clock tick could change without changing their stamp.
+pub fn remembered(settled_before_ns: i128) -> Option<Vec<Remembered>> {
+    if !HASHED.swap(false, Ordering::SeqCst) {
+        return None;
+    }
+    let memo = HASHES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all: Vec<Remembered> = memo
+        .iter()
+        .flatten()
+        .filter(|(_, (s, _))| s.mtime_ns < settled_before_ns && s.ctime_ns < settled_before_ns)
+        .map(|(p, (s, h))| Remembered {
+            path: p.clone(),
+            stamp: *s,
+            hash: h.clone(),
+        })
+        .collect();
+    all.sort_by(|a, b| a.path.cmp(&b.path));
+    Some(all)
+}
 
 /// The blake3 of a regular file's content (hex) and the stamp it was read under: taken
 /// from memory when the file's stamp is the one it was hashed at, read otherwise. A file
@@ -59,9 +111,11 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, FileStamp)> {
         ));
     }
     let mut stamp = FileStamp::of_meta(&meta);
+    // Remembered by absolute path: a relative one means another file in another folder.
+    let abs = std::path::absolute(path)?;
     {
         let memo = HASHES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((s, h)) = memo.as_ref().and_then(|m| m.get(path))
+        if let Some((s, h)) = memo.as_ref().and_then(|m| m.get(&abs))
             && *s == stamp
         {
             return Ok((h.clone(), stamp));
@@ -83,7 +137,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, FileStamp)> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(HashMap::new)
-        .insert(path.to_path_buf(), (stamp, hash.clone()));
+        .insert(abs, (stamp, hash.clone()));
+    HASHED.store(true, Ordering::SeqCst);
     Ok((hash, stamp))
 }
 

@@ -287,6 +287,7 @@ pub fn compute_instance(
     store: &Store,
     threads: usize,
     on_wait: &mut dyn FnMut(&Holder),
+    on_sealed: &mut dyn FnMut(),
 ) -> Outcome {
     if let Err(message) = check_version(job, kind) {
         return failed(
@@ -332,7 +333,7 @@ pub fn compute_instance(
         );
     }
     match Ready::new(job, kind, store, threads, log_path.clone()) {
-        Ok(ready) => ready.run(),
+        Ok(ready) => ready.run(on_sealed),
         Err(message) => failed(message, log_path),
     }
 }
@@ -441,8 +442,9 @@ impl<'a> Ready<'a> {
 
     /// Runs the stage, again after a failure while retries are left (never after bad
     /// data, nor once pipe is stopping on a signal), and stores the output of the attempt
-    /// that succeeds.
-    fn run(mut self) -> Outcome {
+    /// that succeeds. `on_sealed` is called once the output is sealed, before it waits
+    /// for the group commit (the instance needs no CPU from then on).
+    fn run(mut self, on_sealed: &mut dyn FnMut()) -> Outcome {
         let retries = self.job.retries;
         let mut attempt = 0;
         loop {
@@ -460,7 +462,7 @@ impl<'a> Ready<'a> {
                         let _ = writeln!(self.log, "# failed after {seconds:.3}s: {message}");
                         return failed(message, self.log_path);
                     }
-                    return self.commit(&tmp, started, seconds);
+                    return self.commit(&tmp, started, seconds, on_sealed);
                 }
                 Ok(Attempt::Failed {
                     message,
@@ -562,13 +564,24 @@ impl<'a> Ready<'a> {
         })
     }
 
-    /// Stores the output in `tmp` as the instance's artifact, with the attempt's timing.
-    fn commit(mut self, tmp: &Path, started: f64, seconds: f64) -> Outcome {
+    /// Stores the output in `tmp` as the instance's artifact, with the attempt's timing:
+    /// seals it, calls `on_sealed`, then publishes it (group commit, rename).
+    fn commit(
+        mut self,
+        tmp: &Path,
+        started: f64,
+        seconds: f64,
+        on_sealed: &mut dyn FnMut(),
+    ) -> Outcome {
         let mut draft = self.parts.template.clone();
         draft.started = started;
         draft.seconds = seconds;
-        match self.store.commit(tmp, draft) {
-            Ok(_) => {
+        let stored = self.store.seal(tmp, draft).and_then(|sealed| {
+            on_sealed();
+            self.store.publish(tmp, &sealed)
+        });
+        match stored {
+            Ok(()) => {
                 let _ = writeln!(self.log, "# done in {seconds:.3}s");
                 Outcome::Executed { seconds }
             }

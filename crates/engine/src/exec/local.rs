@@ -97,7 +97,7 @@ pub fn run(
         to_run,
     } = triage(plan, store, opts, observer);
     let mut scheduler = Scheduler::new(plan, store, opts, observer, &to_run, outcomes);
-    let (tx, rx) = mpsc::channel::<Ended>();
+    let (tx, rx) = mpsc::channel::<Message>();
 
     std::thread::scope(|scope| {
         loop {
@@ -110,12 +110,23 @@ pub fn run(
     });
 
     scheduler.skip_never_started(&to_run);
+    // Published artifacts' renames are durable once the run returns.
+    store.sync()?;
     conclude(plan, store, &nodes, scheduler.outcomes)
 }
 
 /// An instance that ended or was found cached: its node, the threads and GPU it held, and
 /// its outcome.
 type Ended = (NodeIndex, usize, Option<u32>, Outcome);
+
+/// What an instance's thread tells the scheduler.
+enum Message {
+    /// Its output is sealed and waits for the group commit: the threads and GPU it held
+    /// are free for the next instance.
+    Sealed(usize, Option<u32>),
+    /// It ended (with what it still held).
+    Ended(Ended),
+}
 
 /// The state of one local run: which instances wait, are ready or run, and the thread
 /// budget and GPUs they hold.
@@ -212,7 +223,7 @@ impl<'a> Scheduler<'a> {
     fn start_ready<'scope>(
         &mut self,
         scope: &'scope std::thread::Scope<'scope, '_>,
-        tx: &mpsc::Sender<Ended>,
+        tx: &mpsc::Sender<Message>,
     ) where
         'a: 'scope,
     {
@@ -243,26 +254,47 @@ impl<'a> Scheduler<'a> {
             observer.event(plan, Event::Started(n, want));
             let remote = self.opts.remote.as_deref();
             scope.spawn(move || {
-                let outcome = run_instance(plan, store, remote, n, want, visible, observer);
-                let _ = tx.send((n, want, gpu, outcome));
+                let mut held = (want, gpu);
+                let mut on_sealed = || {
+                    let _ = tx.send(Message::Sealed(held.0, held.1));
+                    held = (0, None);
+                };
+                let outcome = run_instance(
+                    plan,
+                    store,
+                    remote,
+                    n,
+                    (want, visible),
+                    observer,
+                    &mut on_sealed,
+                );
+                let _ = tx.send(Message::Ended((n, held.0, held.1, outcome)));
             });
         }
     }
 
     /// Makes sure there is an outcome to settle, waiting for a running instance to end if
-    /// need be; false when there is none and none can come (the run is over).
-    fn await_settled(&mut self, rx: &mpsc::Receiver<Ended>) -> bool {
+    /// need be; false when there is none and none can come (the run is over). A running
+    /// instance whose output was sealed frees its threads and GPU, which also returns true
+    /// (something more may start).
+    fn await_settled(&mut self, rx: &mpsc::Receiver<Message>) -> bool {
         if !self.settled.is_empty() {
             return true;
         }
         if self.running == 0 {
             return false;
         }
-        let Ok(done) = rx.recv() else {
-            return false;
-        };
-        self.running -= 1;
-        self.settled.push(done);
+        match rx.recv() {
+            Ok(Message::Sealed(used, gpu)) => {
+                self.threads_in_use -= used;
+                self.gpus.give_back(gpu);
+            }
+            Ok(Message::Ended(done)) => {
+                self.running -= 1;
+                self.settled.push(done);
+            }
+            Err(_) => return false,
+        }
         true
     }
 
@@ -400,15 +432,16 @@ fn resolve_ready(plan: &Plan, store: &Store, n: NodeIndex) -> bool {
 }
 
 /// Runs one instance under its key's lock, storing the artifact on success; with a remote
-/// cache, pulls it first if the remote has it, and pushes it once computed.
+/// cache, pulls it first if the remote has it, and pushes it once computed. `slot` is the
+/// threads it may use and the GPUs it sees (`CUDA_VISIBLE_DEVICES`, when GPUs are placed).
 fn run_instance(
     plan: &Plan,
     store: &Store,
     remote: Option<&Remote>,
     n: NodeIndex,
-    threads: usize,
-    visible_gpus: Option<String>,
+    (threads, visible_gpus): (usize, Option<String>),
     observer: &dyn Observer,
+    on_sealed: &mut dyn FnMut(),
 ) -> Outcome {
     if let Some(r) = remote
         && plan.graph[n].key().is_some()
@@ -419,9 +452,14 @@ fn run_instance(
     let kind = plan.spec.stages[plan.graph[n].stage].kind;
     let mut job = InstanceJob::of(plan, n);
     job.visible_gpus = visible_gpus;
-    let outcome = compute_instance(&mut job, kind, store, threads, &mut |h| {
-        observer.event(plan, Event::Waiting(n, h))
-    });
+    let outcome = compute_instance(
+        &mut job,
+        kind,
+        store,
+        threads,
+        &mut |h| observer.event(plan, Event::Waiting(n, h)),
+        on_sealed,
+    );
     if let (Some(r), Outcome::Executed { .. }) = (remote, &outcome) {
         super::push_done(plan, store, r, n, observer);
     }

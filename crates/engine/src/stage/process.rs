@@ -53,7 +53,7 @@ impl Supervised {
         }
         let (reader, writer) = std::io::pipe()?;
         let fd = writer.as_raw_fd();
-        let mut cmd = Command::new("/proc/self/exe");
+        let mut cmd = Command::new(reaper::program());
         cmd.arg0("pipe")
             .arg(reaper::ARG)
             .arg(fd.to_string())

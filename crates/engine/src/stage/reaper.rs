@@ -2,7 +2,8 @@
 //! so that no descendant of the command outlives it, whatever the descendant does (a new
 //! process group, a new session, a double fork) and however `pipe` ends (`kill -9`).
 //!
-//! The `pipe` binary runs it as `pipe __reap FD PPID`, with the command's arguments as a
+//! The `pipe` binary runs it as `pipe-reap __reap FD PPID` (the small binary beside it,
+//! [`BINARY`]; or, without it, as `pipe __reap FD PPID`), with the command's arguments as a
 //! JSON list in `PIPE_REAP_ARGV` (not on its own command line, so that `ps` and `pgrep -f`
 //! show the command once), see [`Supervised`](super::Supervised). It makes itself a child subreaper, so that every
 //! orphaned descendant of the command becomes its child; starts the command in a process
@@ -16,6 +17,8 @@ use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The first argument that starts the `pipe` binary as a reaper.
@@ -23,6 +26,23 @@ pub(super) const ARG: &str = "__reap";
 
 /// The variable that holds the command's arguments (a JSON list of strings).
 pub(super) const ARGV_VAR: &str = "PIPE_REAP_ARGV";
+
+/// The small binary that holds only the reaper, installed beside `pipe`.
+pub(super) const BINARY: &str = "pipe-reap";
+
+/// The program to start as a reaper: [`BINARY`] beside this binary when it is there (it
+/// loads in a fraction of the time the whole `pipe` binary takes, and one starts per
+/// command), else this binary itself.
+pub(super) fn program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name(BINARY))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+    })
+}
 
 /// Whether this binary can be started as a reaper (it called [`reaper_main`]).
 pub(super) static ENABLED: AtomicBool = AtomicBool::new(false);

@@ -166,10 +166,11 @@ pub fn reader_of(locks_dir: &Path, key: &str, this_host: &str) -> Option<Holder>
     None
 }
 
-/// Writes and syncs a new lock file's token.
+/// Writes a new lock file's token. It is not synced: a lock only matters while its
+/// process lives, and one that a power loss leaves empty or torn is removed once it is 5 s
+/// old, like any lock without a holder.
 fn write_token(f: &mut std::fs::File, token: &str) -> io::Result<()> {
-    f.write_all(token.as_bytes())?;
-    f.sync_all()
+    f.write_all(token.as_bytes())
 }
 
 impl KeyLock {

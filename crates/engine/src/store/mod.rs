@@ -16,10 +16,12 @@
 //! An artifact directory exists only once every file and the manifest are fsynced, so a
 //! key is either complete or absent whatever happens to the process.
 
+pub mod hashes;
 pub mod index;
 pub mod lock;
 pub mod parts;
 pub mod remote;
+pub mod sync;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -202,6 +204,8 @@ pub struct Damage {
 pub struct Store {
     root: PathBuf,
     host: String,
+    /// The group commit of artifacts sealed by this process's threads.
+    syncs: sync::GroupSync,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -234,7 +238,9 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// Reads a file only if it is a regular file ([`open_regular`]) of at most
 /// [`MAX_BOOKKEEPING`] bytes.
 pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
+    // Room for a manifest or a lock at once: `read_to_end` from empty would grow the
+    // buffer from 32 bytes, one read call per doubling.
+    let mut buf = Vec::with_capacity(8192);
     open_regular(path)?
         .take(MAX_BOOKKEEPING + 1)
         .read_to_end(&mut buf)?;
@@ -477,6 +483,7 @@ impl Store {
         Store {
             root: root.into(),
             host: lock::host_name(),
+            syncs: sync::GroupSync::default(),
         }
     }
 
@@ -720,11 +727,19 @@ impl Store {
         let _ = remove_tree(tmp);
     }
 
-    /// Seals a temp directory into the key's artifact: hash and fsync every file, write the
-    /// manifest, fsync, rename into place. `draft.files` is filled in here.
-    ///
-    /// If the key already exists (another process finished first) the temp dir is dropped.
-    pub fn commit(&self, tmp: &Path, mut draft: Manifest) -> io::Result<Manifest> {
+    /// Seals a temp directory into the key's artifact: [`Store::seal`], then
+    /// [`Store::publish`]. `draft.files` is filled in here.
+    pub fn commit(&self, tmp: &Path, draft: Manifest) -> io::Result<Manifest> {
+        let sealed = self.seal(tmp, draft)?;
+        self.publish(tmp, &sealed)?;
+        Ok(sealed)
+    }
+
+    /// The first half of [`Store::commit`]: hashes every file of the temp directory, makes
+    /// it read-only and writes the manifest (with `draft.files` filled in). Nothing is
+    /// synced yet and nothing is visible under `artifacts/`. On error the temp directory
+    /// is discarded.
+    pub fn seal(&self, tmp: &Path, mut draft: Manifest) -> io::Result<Manifest> {
         let result = (|| {
             // Nothing under a link is read or changed: the stage may have put one where its
             // output folder was, pointing anywhere.
@@ -742,7 +757,6 @@ impl Store {
             for name in names {
                 let p = tmp.join(&name);
                 let (blake3, size) = hash_file(&p)?;
-                File::open(&p)?.sync_all()?;
                 // Sealed: read-only, so a stray writer gets an error instead of changing it.
                 let mut perm = fs::metadata(&p)?.permissions();
                 perm.set_readonly(true);
@@ -756,40 +770,7 @@ impl Store {
             draft.files = files;
             let mut f = File::create(tmp.join(MANIFEST))?;
             f.write_all(&serde_json::to_vec_pretty(&draft).map_err(io::Error::other)?)?;
-            f.sync_all()?;
-            // fsync every folder, deepest first, then the artifact folder itself.
-            let mut dirs: Vec<PathBuf> = draft
-                .files
-                .iter()
-                .filter_map(|f| {
-                    Path::new(&f.path)
-                        .parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .map(|p| tmp.join(p))
-                })
-                .collect();
-            dirs.sort();
-            dirs.dedup();
-            for d in dirs.iter().rev() {
-                sync_dir(d)?;
-            }
-            sync_dir(tmp)?;
-            let dest = self.artifact_dir(&draft.key);
-            match fs::rename(tmp, &dest) {
-                Ok(()) => {}
-                Err(_) if self.is_complete(&draft.key) => {
-                    let _ = remove_tree(tmp);
-                    return Ok(());
-                }
-                // A damaged artifact (a file missing or of the wrong size) is in the way:
-                // the caller holds the key's lock, so it is replaced.
-                Err(_) if fs::symlink_metadata(&dest).is_ok() => {
-                    self.remove(&draft.key)?;
-                    fs::rename(tmp, &dest)?;
-                }
-                Err(e) => return Err(e),
-            }
-            sync_dir(&self.root.join("artifacts"))
+            Ok(())
         })();
         match result {
             Ok(()) => Ok(draft),
@@ -798,6 +779,47 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// The second half of [`Store::commit`]: makes the sealed temp directory durable (its
+    /// files, manifest and folders, through one `syncfs` shared with every other thread
+    /// publishing at the same time: a group commit), then renames it into place. The rename
+    /// itself becomes durable with the next sync (the next group commit, or the one
+    /// [`Store::sync`] makes at the end of a run): a power loss before it loses the
+    /// artifact (work to redo), never makes a partial one visible. The caller holds the
+    /// key's lock. On error the temp directory is discarded.
+    pub fn publish(&self, tmp: &Path, sealed: &Manifest) -> io::Result<()> {
+        let result = (|| {
+            self.syncs.sync(tmp)?;
+            let dest = self.artifact_dir(&sealed.key);
+            match fs::rename(tmp, &dest) {
+                Ok(()) => Ok(()),
+                Err(_) if self.is_complete(&sealed.key) => {
+                    let _ = remove_tree(tmp);
+                    Ok(())
+                }
+                // A damaged artifact (a file missing or of the wrong size) is in the way:
+                // the caller holds the key's lock, so it is replaced.
+                Err(_) if fs::symlink_metadata(&dest).is_ok() => {
+                    self.remove(&sealed.key)?;
+                    fs::rename(tmp, &dest)
+                }
+                Err(e) => Err(e),
+            }
+        })();
+        match &result {
+            // After the rename: a sync that starts later covers it.
+            Ok(()) => self.syncs.written(),
+            Err(_) => self.discard(tmp),
+        }
+        result
+    }
+
+    /// Makes durable everything this process wrote in the cache so far (renames of
+    /// published artifacts included): one `syncfs`, shared with concurrent callers, or
+    /// nothing when nothing was published since the last one.
+    pub fn sync(&self) -> io::Result<()> {
+        self.syncs.sync_if_written(&self.root)
     }
 
     /// Every key with an artifact directory.

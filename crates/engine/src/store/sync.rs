@@ -1,0 +1,128 @@
+//! Group commit: one `syncfs` of the cache's file system makes durable everything that
+//! was written to it before the call began, so instances that finish close together share
+//! one sync instead of paying several fsyncs each.
+//!
+//! A caller asks for a sync that *starts* after its own writes ended. If one is running,
+//! it waits for it to end, then either finds that a later one has covered it or starts the
+//! next one itself for everyone waiting. An error is given to every caller the failed
+//! sync was meant to cover.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+
+/// Where the syncs of one cache stand.
+#[derive(Default)]
+struct State {
+    /// Number of syncs started so far (the generation of the latest).
+    started: u64,
+    /// Generation of the latest sync that ended.
+    done: u64,
+    /// Whether a sync is running now.
+    running: bool,
+    /// The latest failed generation and its error.
+    failed: Option<(u64, String)>,
+}
+
+/// Syncs of one file system, shared by the threads of a run (see the module doc).
+#[derive(Default)]
+pub struct GroupSync {
+    state: Mutex<State>,
+    ended: Condvar,
+    /// Whether something was written that only a later sync makes durable (a rename
+    /// since the last sync): see [`GroupSync::written`], [`GroupSync::sync_if_written`].
+    unsynced: AtomicBool,
+}
+
+impl GroupSync {
+    /// Notes a write (a rename) that the next sync is to make durable.
+    pub fn written(&self) {
+        self.unsynced.store(true, Ordering::SeqCst);
+    }
+
+    /// [`GroupSync::sync`] if something was [`written`](GroupSync::written) since the
+    /// last sync; nothing otherwise (a run that published nothing syncs nothing).
+    pub fn sync_if_written(&self, dir: &Path) -> io::Result<()> {
+        if self.unsynced.load(Ordering::SeqCst) {
+            self.sync(dir)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes durable everything written under `dir`'s file system before this call.
+    pub fn sync(&self, dir: &Path) -> io::Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // A sync that starts from now on covers this caller's writes.
+        let need = s.started + 1;
+        loop {
+            if s.done >= need {
+                return match &s.failed {
+                    Some((g, e)) if *g >= need => Err(io::Error::other(e.clone())),
+                    _ => Ok(()),
+                };
+            }
+            if s.running {
+                s = self.ended.wait(s).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            s.running = true;
+            s.started += 1;
+            // What was written until now is covered by this sync.
+            self.unsynced.store(false, Ordering::SeqCst);
+            let generation = s.started;
+            drop(s);
+            let result = sync_file_system(dir);
+            s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.running = false;
+            s.done = generation;
+            if let Err(e) = &result {
+                s.failed = Some((generation, e.to_string()));
+            }
+            self.ended.notify_all();
+        }
+    }
+}
+
+/// `syncfs(2)` of the file system that holds `dir`: every file's data and metadata,
+/// every directory entry, written to stable storage (the device's cache flushed).
+fn sync_file_system(dir: &Path) -> io::Result<()> {
+    let f = File::open(dir)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_callers_share_syncs_and_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GroupSync::default();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..5 {
+                        g.sync(dir.path()).unwrap();
+                    }
+                });
+            }
+        });
+        let st = g.state.lock().unwrap();
+        assert!(!st.running && st.done == st.started && st.started <= 40);
+    }
+
+    #[test]
+    fn a_sync_of_a_missing_folder_fails() {
+        let g = GroupSync::default();
+        assert!(g.sync(Path::new("/nonexistent/pipe-sync-test")).is_err());
+    }
+}
