@@ -1,5 +1,7 @@
 //! `pipe status`: is each instance cached, missing or stale, and why.
 
+use std::collections::HashSet;
+
 use petgraph::graph::NodeIndex;
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -65,6 +67,23 @@ pub fn parts(plan: &Plan, store: &Store, node: NodeIndex) -> Vec<(Part, bool)> {
         .into_iter()
         .map(|p| {
             let cached = store.is_complete(&p.key);
+            (p, cached)
+        })
+        .collect()
+}
+
+/// [`parts`], looking up only the keys `artifacts/` listed.
+fn parts_present(
+    plan: &Plan,
+    store: &Store,
+    present: &Present,
+    node: NodeIndex,
+) -> Vec<(Part, bool)> {
+    plan.parts(node)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let cached = present.is_complete(store, &p.key);
             (p, cached)
         })
         .collect()
@@ -166,15 +185,76 @@ pub fn explain(plan: &Plan, inst: &Instance, last: &IndexEntry) -> String {
     why.join("; ")
 }
 
+/// What the cache's folders held when a status began: the names in `artifacts/`, `locks/`
+/// and `logs/`, read once, so that a key none of them lists costs no system call (a
+/// 100,000-instance sweep with little cached would otherwise pay three failed opens or
+/// stats per instance). A folder that cannot be listed is `None`: every key is looked up.
+struct Present {
+    artifacts: Option<HashSet<String>>,
+    locks: Option<HashSet<String>>,
+    logs: Option<HashSet<String>>,
+}
+
+impl Present {
+    /// Lists the three folders of `store` (a missing one holds nothing).
+    fn read(store: &Store) -> Present {
+        let list = |sub: &str, suffix: &str| -> Option<HashSet<String>> {
+            let entries = match std::fs::read_dir(store.root().join(sub)) {
+                Ok(entries) => entries,
+                // No folder: nothing of that kind yet.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(HashSet::new()),
+                Err(_) => return None,
+            };
+            let mut names = HashSet::new();
+            for e in entries {
+                let name = e.ok()?.file_name();
+                let name = name.to_str()?;
+                names.insert(name.strip_suffix(suffix).unwrap_or(name).to_string());
+            }
+            Some(names)
+        };
+        Present {
+            artifacts: list("artifacts", ""),
+            locks: list("locks", ".lock"),
+            logs: list("logs", ".log"),
+        }
+    }
+
+    /// Whether `set` (a listing) may hold `key`: yes when the folder was not listed.
+    fn may_hold(set: &Option<HashSet<String>>, key: &str) -> bool {
+        set.as_ref().is_none_or(|s| s.contains(key))
+    }
+
+    /// [`Store::is_complete`], without a system call for a key `artifacts/` did not list.
+    fn is_complete(&self, store: &Store, key: &str) -> bool {
+        Present::may_hold(&self.artifacts, key) && store.is_complete(key)
+    }
+
+    /// [`running`], without a system call for a key `locks/` did not list.
+    fn running(&self, store: &Store, key: &str) -> Option<String> {
+        Present::may_hold(&self.locks, key)
+            .then(|| running(store, key))
+            .flatten()
+    }
+
+    /// [`failure`], without a system call for a key `logs/` did not list.
+    fn failure(&self, store: &Store, key: &str) -> Option<String> {
+        Present::may_hold(&self.logs, key)
+            .then(|| failure(store, key))
+            .flatten()
+    }
+}
+
 /// The state of every instance of a plan, in plan order (resolving every key that the
 /// cache allows).
 pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> {
+    let present = Present::read(store);
     plan.order
         .iter()
         .map(|&node| {
             let inst = &plan.graph[node];
-            let mut st = state(plan, store, index, node, inst);
-            st.parts = parts(plan, store, node);
+            let mut st = state(plan, store, &present, index, node, inst);
+            st.parts = parts_present(plan, store, &present, node);
             st
         })
         .collect()
@@ -183,6 +263,7 @@ pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> 
 fn state(
     plan: &Plan,
     store: &Store,
+    present: &Present,
     index: &Index,
     node: NodeIndex,
     inst: &Instance,
@@ -194,7 +275,7 @@ fn state(
         .get(&entry_id(&stage.name, &plan.point_of(inst)));
     let id = entry_id(&stage.name, &plan.point_of(inst));
     let (state, reason) = match &key {
-        Some(k) if store.is_complete(k) => (State::Cached, String::new()),
+        Some(k) if present.is_complete(store, k) => (State::Cached, String::new()),
         None if inst.missing.is_some() => (
             State::Missing,
             format!(
@@ -210,9 +291,9 @@ fn state(
             Some(_) => (State::MayRun, may_run_reason(plan, store, node)),
         },
         Some(k) => {
-            if let Some(what) = running(store, k) {
+            if let Some(what) = present.running(store, k) {
                 (State::Running, what)
-            } else if let Some(error) = failure(store, k) {
+            } else if let Some(error) = present.failure(store, k) {
                 (State::Failed, error)
             } else if index.all(&id).any(|e| &e.key == k) {
                 (
@@ -224,7 +305,7 @@ fn state(
                 // differences, newest first), else against what ran last.
                 let closest = index
                     .all(&id)
-                    .filter(|e| store.is_complete(&e.key))
+                    .filter(|e| present.is_complete(store, &e.key))
                     .map(|e| explain(plan, inst, e))
                     .min_by_key(|why| why.matches("; ").count());
                 match (closest, last) {
