@@ -139,7 +139,8 @@ const MAX_WIDTH: usize = 120;
 
 /// Prints one line per instance (and one for its parts), then the counts.
 fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, LiveInstance>) {
-    let mut out = std::io::stdout().lock();
+    // One write per screenful, not per line (stdout is line-buffered).
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
     let width = plan
         .order
         .iter()
@@ -190,6 +191,7 @@ fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, Liv
         count(State::Missing),
         count(State::Stale)
     );
+    let _ = out.flush();
 }
 
 /// ` [EXECUTOR job ID of run RUN: STATE, REASON]`, the reason left out when the executor

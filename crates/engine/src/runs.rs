@@ -46,6 +46,43 @@ pub struct JobRecord {
     pub log: PathBuf,
 }
 
+/// The keys a run's plan read or wrote, kept as the JSON text they were read as: most
+/// commands read every record for its other fields, and parsing the keys of each (64 KiB
+/// for a 1,000-instance sweep) was most of what `pipe status` spent with 100 records.
+/// [`RunKeys::list`] parses them when asked; a record saved again writes them unchanged.
+#[derive(Clone, Debug)]
+pub struct RunKeys(Box<serde_json::value::RawValue>);
+
+impl RunKeys {
+    /// Keys given as a list.
+    pub fn from_list(keys: Vec<String>) -> RunKeys {
+        // A list of strings always serializes.
+        RunKeys(serde_json::value::to_raw_value(&keys).expect("a list of strings"))
+    }
+    /// The keys (none if the text does not hold a list of strings).
+    pub fn list(&self) -> Vec<String> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl Default for RunKeys {
+    fn default() -> RunKeys {
+        RunKeys::from_list(Vec::new())
+    }
+}
+
+impl Serialize for RunKeys {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RunKeys, D::Error> {
+        Box::<serde_json::value::RawValue>::deserialize(d).map(RunKeys)
+    }
+}
+
 /// A run's record, `runs/RUN/run.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -95,7 +132,7 @@ pub struct RunRecord {
     pub counts: RunCounts,
     /// Every key the run's plan read or wrote (instances and their parts), sorted.
     #[serde(default)]
-    pub keys: Vec<String>,
+    pub keys: RunKeys,
     /// A name given with `pipe run --name` (`--run NAME` finds the latest run so named).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -131,7 +168,7 @@ impl RunRecord {
             ended: None,
             exit: None,
             counts: RunCounts::default(),
-            keys: Vec::new(),
+            keys: RunKeys::default(),
             name: None,
             note: None,
         }
@@ -139,9 +176,9 @@ impl RunRecord {
 
     /// Adds keys to the record (kept sorted and unique).
     pub fn add_keys(&mut self, keys: impl IntoIterator<Item = String>) {
-        let mut all: BTreeSet<String> = std::mem::take(&mut self.keys).into_iter().collect();
+        let mut all: BTreeSet<String> = self.keys.list().into_iter().collect();
         all.extend(keys);
-        self.keys = all.into_iter().collect();
+        self.keys = RunKeys::from_list(all.into_iter().collect());
     }
 
     /// The run's state in words: `running`, `ok`, `failed (exit 1)`, `died` (its process is
@@ -353,6 +390,23 @@ pub fn local_time(t: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_read_as_text_are_written_back_unchanged_and_listed_on_demand() {
+        let mut r = RunRecord::begin("p", None, &[]);
+        r.add_keys(["b".to_string(), "a".to_string()]);
+        r.add_keys(["a".to_string(), "c".to_string()]);
+        assert_eq!(r.keys.list(), ["a", "b", "c"]);
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""keys":["a","b","c"]"#), "{text}");
+        let back: RunRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.keys.list(), ["a", "b", "c"]);
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        // A record without keys (an older pipe's) reads as none.
+        let old = text.replace(r#","keys":["a","b","c"]"#, "");
+        let back: RunRecord = serde_json::from_str(&old).unwrap();
+        assert!(back.keys.list().is_empty());
+    }
 
     #[test]
     fn ids_sort_by_time() {

@@ -248,9 +248,13 @@ impl Present {
 /// The state of every instance of a plan, in plan order (resolving every key that the
 /// cache allows).
 pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> {
+    use rayon::prelude::*;
     let present = Present::read(store);
+    // Keys first, in plan order (an instance's key needs its inputs' digests); then each
+    // instance's checks (manifests read, files stat'ed), spread over the cores.
+    plan.resolve_all(store);
     plan.order
-        .iter()
+        .par_iter()
         .map(|&node| {
             let inst = &plan.graph[node];
             let mut st = state(plan, store, &present, index, node, inst);

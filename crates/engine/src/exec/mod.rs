@@ -323,9 +323,17 @@ pub fn triage(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Obse
     let nodes = selected(plan, &opts.only);
     let mut outcomes = std::collections::HashMap::new();
     plan.resolve_all(store);
+    // Each check reads a manifest and stats its files: spread over the cores.
+    let complete: Vec<bool> = {
+        use rayon::prelude::*;
+        nodes
+            .par_iter()
+            .map(|&n| plan.key(n).is_some_and(|k| store.is_complete(&k)))
+            .collect()
+    };
     let mut to_run = Vec::new();
-    for &n in &nodes {
-        if plan.key(n).is_some_and(|k| store.is_complete(&k)) {
+    for (&n, cached) in nodes.iter().zip(complete) {
+        if cached {
             outcomes.insert(n, Outcome::Cached);
         } else {
             to_run.push(n);

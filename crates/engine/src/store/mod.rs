@@ -219,37 +219,63 @@ fn not_regular() -> io::Error {
 }
 
 /// Opens a file for reading only if it is a regular file: a FIFO, a device or a symlink put
-/// where a file should be is refused, never opened in a way that could block. The file is
-/// checked before opening, opened with `O_NONBLOCK | O_NOFOLLOW` and checked again.
+/// where a file should be is refused, never opened in a way that could block. It is opened
+/// with `O_NONBLOCK | O_NOFOLLOW` (a symlink fails to open; a FIFO opens at once, without a
+/// writer) and checked through the open descriptor, which is what is read: one `stat` per
+/// open, where a check by path before opening would add one (a no-op run reads every
+/// cached instance's manifest).
 pub fn open_regular(path: &Path) -> io::Result<File> {
-    if !fs::symlink_metadata(path)?.is_file() {
-        return Err(not_regular());
-    }
+    open_regular_sized(path).map(|(f, _)| f)
+}
+
+/// [`open_regular`], with the file's size when it was opened.
+fn open_regular_sized(path: &Path) -> io::Result<(File, u64)> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // O_NOFOLLOW on a symlink.
+            Some(libc::ELOOP) => not_regular(),
+            _ => e,
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(not_regular());
     }
-    Ok(f)
+    Ok((f, meta.len()))
 }
 
 /// Reads a file only if it is a regular file ([`open_regular`]) of at most
 /// [`MAX_BOOKKEEPING`] bytes.
 pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    // Room for a manifest or a lock at once: `read_to_end` from empty would grow the
-    // buffer from 32 bytes, one read call per doubling.
-    let mut buf = Vec::with_capacity(8192);
-    open_regular(path)?
-        .take(MAX_BOOKKEEPING + 1)
-        .read_to_end(&mut buf)?;
+    let (f, size) = open_regular_sized(path)?;
+    // Room for the whole file at once: `read_to_end` from empty would grow the buffer from
+    // 32 bytes, one read call per doubling.
+    let mut buf = Vec::with_capacity((size.min(MAX_BOOKKEEPING) + 1) as usize);
+    f.take(MAX_BOOKKEEPING + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_BOOKKEEPING {
         return Err(io::Error::other(format!(
             "larger than {} MiB",
             MAX_BOOKKEEPING >> 20
         )));
     }
+    Ok(buf)
+}
+
+/// [`read_regular`] for a file that never changes once in place (a sealed artifact's
+/// manifest): the bytes its size said when opened, in one read call, without a second
+/// call to see its end.
+fn read_sealed(path: &Path) -> io::Result<Vec<u8>> {
+    let (f, size) = open_regular_sized(path)?;
+    if size > MAX_BOOKKEEPING {
+        return Err(io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_BOOKKEEPING >> 20
+        )));
+    }
+    let mut buf = vec![0u8; size as usize];
+    (&f).read_exact(&mut buf)?;
     Ok(buf)
 }
 
@@ -675,7 +701,7 @@ impl Store {
     /// The manifest of a key, if the artifact exists and its manifest parses (a manifest
     /// that is not a regular file, a FIFO say, is never opened).
     pub fn manifest(&self, key: &str) -> Option<Manifest> {
-        let bytes = read_regular(&self.artifact_dir(key).join(MANIFEST)).ok()?;
+        let bytes = read_sealed(&self.artifact_dir(key).join(MANIFEST)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
