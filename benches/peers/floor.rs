@@ -40,6 +40,13 @@ fn timed(cmd: &mut Command) -> Res<Duration> {
 
 /// Writes `dir/in/I.txt` for `I` in `0..n` and the pipeline `dir/p.toml`.
 fn write_workflow(dir: &Path, n: usize) -> Res<()> {
+    write_copy_pipeline(dir, n, "floor", "cat in/${i}.txt > $PIPE_OUT/out.txt")
+}
+
+/// Writes `dir/in/I.txt` for `I` in `0..n` and `dir/p.toml`, pipeline `name`: one `exec`
+/// instance per `I`, declaring its input file and running `sh -c COMMAND` (where `${i}`
+/// is the instance's `I`).
+pub fn write_copy_pipeline(dir: &Path, n: usize, name: &str, command: &str) -> Res<()> {
     fs::create_dir_all(dir.join("in"))?;
     for i in 0..n {
         fs::write(dir.join(format!("in/{i}.txt")), format!("{i}\n"))?;
@@ -48,9 +55,9 @@ fn write_workflow(dir: &Path, n: usize) -> Res<()> {
     fs::write(
         dir.join("p.toml"),
         format!(
-            "[pipeline]\nname = \"floor\"\n[sweep]\ni = [{list}]\n[stage.copy]\nkind = \"exec\"\n\
+            "[pipeline]\nname = \"{name}\"\n[sweep]\ni = [{list}]\n[stage.copy]\nkind = \"exec\"\n\
              files = [\"in/${{i}}.txt\"]\n\
-             cmd = [\"sh\", \"-c\", \"cat in/${{i}}.txt > $PIPE_OUT/out.txt\"]\n"
+             cmd = [\"sh\", \"-c\", \"{command}\"]\n"
         ),
     )?;
     Ok(())

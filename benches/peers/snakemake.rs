@@ -86,19 +86,7 @@ fn timed_with_memory(cmd: &[&str], dir: &Path) -> Res<(Duration, u64)> {
 /// One workflow written for both tools in `dir`: `n` stages, each copying its input file
 /// `in/I.txt` to its output.
 fn write_workflow(dir: &Path, n: usize) -> Res<()> {
-    fs::create_dir_all(dir.join("in"))?;
-    for i in 0..n {
-        fs::write(dir.join(format!("in/{i}.txt")), format!("{i}\n"))?;
-    }
-    let list = (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
-    fs::write(
-        dir.join("p.toml"),
-        format!(
-            "[pipeline]\nname = \"peer\"\n[sweep]\ni = [{list}]\n[stage.copy]\nkind = \"exec\"\n\
-             files = [\"in/${{i}}.txt\"]\n\
-             cmd = [\"sh\", \"-c\", \"cp in/${{i}}.txt $PIPE_OUT/out.txt\"]\n"
-        ),
-    )?;
+    super::floor::write_copy_pipeline(dir, n, "peer", "cp in/${i}.txt $PIPE_OUT/out.txt")?;
     fs::write(
         dir.join("Snakefile"),
         format!(
