@@ -356,8 +356,7 @@ fn diff_runs(store: &Store, a: &RunRecord, b: &RunRecord) -> (Vec<Line>, Vec<Lin
     );
     // Every final metric of each train instance either run produced or read.
     let finals = |r: &RunRecord| -> BTreeMap<String, BTreeMap<String, Json>> {
-        r.keys
-            .list()
+        runs::keys_of(store, r)
             .iter()
             .filter_map(|k| store.complete_manifest(k))
             .filter(|m| m.kind == pipe_kinds::stages::train::NAME)

@@ -80,7 +80,7 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
     let mut base = reachable(args, &store)?;
     for id in &args.run {
         let r: RunRecord = runs::find_record(&store, id)?;
-        base.extend(r.keys.list());
+        base.extend(runs::keys_of(&store, &r));
     }
     let mut policy = GcPolicy {
         keep: base.clone(),
@@ -101,7 +101,7 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
             }
             if live || !r.older_than(keep_secs) {
                 runs_kept += 1;
-                keep.extend(r.keys.list());
+                keep.extend(runs::keys_of(&store, r));
             }
         }
         policy.keep = keep;

@@ -103,7 +103,7 @@ pub fn runs(args: &RunsArgs) -> Result<i32, Error> {
                 file_changed: r.file_changed(),
                 host: &r.host,
                 id: &r.id,
-                keys: r.keys.list().len(),
+                keys: runs::keys_of(&store, r).len(),
                 name: r.name.as_deref(),
                 note: r.note.as_deref(),
                 only: &r.only,

@@ -46,22 +46,33 @@ pub struct JobRecord {
     pub log: PathBuf,
 }
 
-/// The keys a run's plan read or wrote, kept as the JSON text they were read as: most
-/// commands read every record for its other fields, and parsing the keys of each (64 KiB
-/// for a 1,000-instance sweep) was most of what `pipe status` spent with 100 records.
-/// [`RunKeys::list`] parses them when asked; a record saved again writes them unchanged.
+/// The keys a run's plan read or wrote. They are kept in `runs/RUN/keys.json`, beside the
+/// record: most commands read every record for its other fields, and the keys of a
+/// 1,000-instance sweep (64 KiB) read with each record were most of what `pipe status`
+/// spent once a cache held 100 records. A record read from the cache holds `None` (read
+/// them with [`keys_of`]); one this process builds holds its list, which
+/// [`save_record`] writes. An older record with its keys inside it holds them as text.
 #[derive(Clone, Debug)]
-pub struct RunKeys(Box<serde_json::value::RawValue>);
+pub struct RunKeys(Option<Box<serde_json::value::RawValue>>);
 
 impl RunKeys {
     /// Keys given as a list.
     pub fn from_list(keys: Vec<String>) -> RunKeys {
         // A list of strings always serializes.
-        RunKeys(serde_json::value::to_raw_value(&keys).expect("a list of strings"))
+        RunKeys(Some(
+            serde_json::value::to_raw_value(&keys).expect("a list of strings"),
+        ))
     }
-    /// The keys (none if the text does not hold a list of strings).
-    pub fn list(&self) -> Vec<String> {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
+    /// The keys this record holds in memory (none when they are kept apart, not read).
+    fn held(&self) -> Vec<String> {
+        self.0
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default()
+    }
+    /// Keys kept in `keys.json`, not read (a record without a `keys` field).
+    fn kept_apart() -> RunKeys {
+        RunKeys(None)
     }
 }
 
@@ -71,16 +82,26 @@ impl Default for RunKeys {
     }
 }
 
-impl Serialize for RunKeys {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+impl<'de> Deserialize<'de> for RunKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RunKeys, D::Error> {
+        Box::<serde_json::value::RawValue>::deserialize(d).map(|raw| RunKeys(Some(raw)))
     }
 }
 
-impl<'de> Deserialize<'de> for RunKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RunKeys, D::Error> {
-        Box::<serde_json::value::RawValue>::deserialize(d).map(RunKeys)
+/// Every key run `r` read or wrote: those it holds, else those of its `keys.json`.
+pub fn keys_of(store: &Store, r: &RunRecord) -> Vec<String> {
+    match &r.keys.0 {
+        Some(_) => r.keys.held(),
+        None => read_regular(&keys_path(store, &r.id))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default(),
     }
+}
+
+/// `runs/RUN/keys.json`.
+fn keys_path(store: &Store, id: &str) -> PathBuf {
+    runs_dir(store).join(id).join("keys.json")
 }
 
 /// A run's record, `runs/RUN/run.json`.
@@ -130,8 +151,9 @@ pub struct RunRecord {
     /// Instances by outcome.
     #[serde(default)]
     pub counts: RunCounts,
-    /// Every key the run's plan read or wrote (instances and their parts), sorted.
-    #[serde(default)]
+    /// Every key the run's plan read or wrote (instances and their parts), sorted: in
+    /// `keys.json` beside the record ([`keys_of`]).
+    #[serde(default = "RunKeys::kept_apart", skip_serializing)]
     pub keys: RunKeys,
     /// A name given with `pipe run --name` (`--run NAME` finds the latest run so named).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,9 +196,9 @@ impl RunRecord {
         }
     }
 
-    /// Adds keys to the record (kept sorted and unique).
+    /// Adds keys to the record this process keeps of its own run (kept sorted and unique).
     pub fn add_keys(&mut self, keys: impl IntoIterator<Item = String>) {
-        let mut all: BTreeSet<String> = self.keys.list().into_iter().collect();
+        let mut all: BTreeSet<String> = self.keys.held().into_iter().collect();
         all.extend(keys);
         self.keys = RunKeys::from_list(all.into_iter().collect());
     }
@@ -265,6 +287,13 @@ pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
     let path = record_path(store, &r.id);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    // The keys first: a record is never on disk without the keys it says it read.
+    if let Some(raw) = &r.keys.0
+        && raw.get() != "[]"
+    {
+        let keys = keys_path(store, &r.id);
+        write_atomic(&keys, raw.get().as_bytes()).map_err(|e| Error::io(&keys, e))?;
     }
     let text = serde_json::to_vec_pretty(r).unwrap_or_default();
     write_atomic(&path, &text).map_err(|e| Error::io(&path, e))
@@ -392,20 +421,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_read_as_text_are_written_back_unchanged_and_listed_on_demand() {
+    fn keys_are_kept_beside_the_record_and_read_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
         let mut r = RunRecord::begin("p", None, &[]);
         r.add_keys(["b".to_string(), "a".to_string()]);
         r.add_keys(["a".to_string(), "c".to_string()]);
-        assert_eq!(r.keys.list(), ["a", "b", "c"]);
-        let text = serde_json::to_string(&r).unwrap();
-        assert!(text.contains(r#""keys":["a","b","c"]"#), "{text}");
-        let back: RunRecord = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.keys.list(), ["a", "b", "c"]);
-        assert_eq!(serde_json::to_string(&back).unwrap(), text);
-        // A record without keys (an older pipe's) reads as none.
-        let old = text.replace(r#","keys":["a","b","c"]"#, "");
-        let back: RunRecord = serde_json::from_str(&old).unwrap();
-        assert!(back.keys.list().is_empty());
+        save_record(&store, &r).unwrap();
+        let text = std::fs::read_to_string(record_path(&store, &r.id)).unwrap();
+        assert!(!text.contains("\"keys\""), "{text}");
+        let back = find_record(&store, &r.id).unwrap();
+        assert_eq!(keys_of(&store, &back), ["a", "b", "c"]);
+        // Saved again as read (a settled or cancelled run), its keys stay.
+        save_record(&store, &back).unwrap();
+        assert_eq!(
+            keys_of(&store, &find_record(&store, &r.id).unwrap()),
+            ["a", "b", "c"]
+        );
+        // An older record, its keys inside it: read from there, and moved out when saved.
+        let old = text.replacen("{", "{\n  \"keys\": [\"x\"],", 1);
+        std::fs::remove_file(keys_path(&store, &r.id)).unwrap();
+        std::fs::write(record_path(&store, &r.id), old).unwrap();
+        let back = find_record(&store, &r.id).unwrap();
+        assert_eq!(keys_of(&store, &back), ["x"]);
+        save_record(&store, &back).unwrap();
+        assert_eq!(keys_of(&store, &find_record(&store, &r.id).unwrap()), ["x"]);
     }
 
     #[test]
