@@ -198,6 +198,16 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(ok, "cp -a {} {}", from.display(), to.display());
 }
 
+/// `pipe run t.toml`, which must succeed.
+fn run_ok(p: &Project) {
+    let out = p.pipe(&["run", "t.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The train log of the last run.
 fn train_log(p: &Project) -> String {
     std::fs::read_dir(p.cache().join("logs"))
@@ -221,12 +231,7 @@ fn assert_same(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) {
 #[test]
 fn ctrl_c_keeps_the_epoch_reached_and_the_next_run_continues_bit_for_bit() {
     let straight = project("");
-    let out = straight.pipe(&["run", "t.toml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&straight);
     let expected = results(&straight);
     assert_eq!(checkpoint_epochs(&straight), [0, 150, 300]);
 
@@ -263,12 +268,7 @@ fn ctrl_c_keeps_the_epoch_reached_and_the_next_run_continues_bit_for_bit() {
     eprintln!("SIGTERM to pipe: kept epoch {second}, pipe ended {seconds:.3}s after the signal");
     assert!(seconds < 10.0, "{seconds}");
 
-    let out = p.pipe(&["run", "t.toml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&p);
     let log = train_log(&p);
     assert!(
         log.contains(&format!("resumed from the checkpoint of epoch {second}")),
@@ -287,22 +287,12 @@ fn ctrl_c_keeps_the_epoch_reached_and_the_next_run_continues_bit_for_bit() {
 #[test]
 fn resume_every_keeps_one_resume_point_that_survives_kill_9() {
     let straight = project("");
-    let out = straight.pipe(&["run", "t.toml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&straight);
     let expected = results(&straight);
 
     // Not in the key: the same instance, the same files, no resume point left at the end.
     let p = project("resume_every = \"0.001s\"");
-    let out = p.pipe(&["run", "t.toml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&p);
     assert!(train_log(&p).contains("resume point (periodic): epoch 1 kept"));
     assert_same(&expected, &results(&p));
     assert_eq!(checkpoint_epochs(&p), [0, 150, 300], "{}", train_log(&p));
@@ -330,12 +320,7 @@ fn resume_every_keeps_one_resume_point_that_survives_kill_9() {
     let kept = checkpoint_epochs(&p);
     let point = *kept.iter().max().unwrap();
     assert!(point >= first + 5 && kept.contains(&first), "{kept:?}");
-    let out = p.pipe(&["run", "t.toml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&p);
     assert!(
         train_log(&p).contains(&format!("resumed from the checkpoint of epoch {point}")),
         "{}",
@@ -361,12 +346,7 @@ fn an_epoch_that_would_end_too_late_is_abandoned_and_the_last_boundary_kept() {
     };
     let straight = project("");
     settings(&straight);
-    let out = straight.pipe(&["run", "t.toml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&straight);
     let expected = results(&straight);
 
     let p = project("");
@@ -390,12 +370,7 @@ fn an_epoch_that_would_end_too_late_is_abandoned_and_the_last_boundary_kept() {
         "{log}"
     );
     assert_eq!(checkpoint_epochs(&p), [0, 1]);
-    let out = p.pipe(&["run", "t.toml"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&p);
     assert!(train_log(&p).contains("resumed from the checkpoint of epoch 1"));
     // The state kept from memory goes on exactly as a straight run.
     assert_same(&expected, &results(&p));
