@@ -150,9 +150,9 @@ fn executed(p: &Project, r: &Json, stage: &str) -> PathBuf {
         .join(items[0]["key"].as_str().unwrap())
 }
 
-/// Recomputes, in PyTorch from the imported weights files, a probe example's `fc1` row,
-/// the gradient norms (autograd) and the rollback of `logits` to epoch 1.
-const CHECK_PY: &str = r#"
+/// Python that loads `model.py` (as `m`), the data as the analyses standardize it (`x`,
+/// `xt`, `yt`), the labels table (`lab`) and the training labels (`y`), from `A`'s paths.
+const PY_SETUP: &str = r#"
 import polars as pl, torch, torch.nn.functional as F
 from safetensors.torch import load_file
 spec = importlib.util.spec_from_file_location("model", A["model"])
@@ -165,7 +165,20 @@ xt, yt = images(A["data"] + "/test.parquet")
 mean = x.mean(dim=(0, 2, 3), keepdim=True)
 std = x.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
 x, xt = (x - mean) / std, (xt - mean) / std
-y = torch.tensor(pl.read_parquet(A["labels"] + "/labels.parquet")["train_label"].to_list())
+lab = pl.read_parquet(A["labels"] + "/labels.parquet")
+y = torch.tensor(lab["train_label"].to_list())
+"#;
+
+/// Runs `PY_SETUP` then `code` with `A` = `args`; parses the JSON it prints.
+fn py(args: &Json, code: &str) -> Json {
+    python(&format!(
+        "import json, importlib.util\nA = json.loads(r'''{args}''')\n{PY_SETUP}\n{code}"
+    ))
+}
+
+/// Recomputes, in PyTorch from the imported weights files, a probe example's `fc1` row,
+/// the gradient norms (autograd) and the rollback of `logits` to epoch 1.
+const CHECK_PY: &str = r#"
 def net_of(state):
     net = m.Net(); net.load_state_dict(state, strict=True); return net.eval()
 w = {e: load_file(A["run"] + f"/weights/{e}.safetensors") for e in (0, 1, 3)}
@@ -227,9 +240,7 @@ fn an_imported_run_is_checked_and_every_analysis_takes_it() {
         "gradnorm": executed(&p, &r, "gradnorm"),
         "rollback": executed(&p, &r, "rollback"),
     });
-    let out = python(&format!(
-        "import json, importlib.util\nA = json.loads(r'''{args}''')\n{CHECK_PY}"
-    ));
+    let out = py(&args, CHECK_PY);
     assert!(out["act"].as_f64().unwrap() < 1e-5, "{out}");
     assert!(out["grad"].as_f64().unwrap() < 1e-6, "{out}");
     assert_eq!(out["epochs"], serde_json::json!([0, 3]), "{out}");
@@ -338,17 +349,6 @@ print(json.dumps([[e, a] for e, a in zip(m["epoch"], m["test_acc"])]))
 /// example's loss, margin, prediction and last-layer gradient norm, and the `loss` and
 /// `aum` scores over epochs 1..=2, and prints their largest differences from pipe's.
 const EXAMPLES_PY: &str = r#"
-import polars as pl, torch, torch.nn.functional as F
-from safetensors.torch import load_file
-spec = importlib.util.spec_from_file_location("model", A["model"])
-m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-df = pl.read_parquet(A["data"] + "/train.parquet")
-x = torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, 4, 4).float() / 255.0
-mean = x.mean(dim=(0, 2, 3), keepdim=True)
-std = x.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
-x = (x - mean) / std
-lab = pl.read_parquet(A["labels"] + "/labels.parquet")
-y = torch.tensor(lab["train_label"].to_list())
 ex = pl.read_parquet(A["run"] + "/examples.parquet")
 diff, loss_by_epoch, margin_by_epoch = 0.0, {}, {}
 for e in range(4):
@@ -402,9 +402,7 @@ fn detect_takes_an_import_whose_examples_pipe_records_from_its_weights() {
         "run": executed(&p, &r, "mine"),
         "detect": executed(&p, &r, "detect"),
     });
-    let out = python(&format!(
-        "import json, importlib.util\nA = json.loads(r'''{args}''')\n{EXAMPLES_PY}"
-    ));
+    let out = py(&args, EXAMPLES_PY);
     assert_eq!(out["n"], 60, "{out}");
     assert_eq!(out["rows"], 4 * 60, "{out}");
     assert!(out["examples"].as_f64().unwrap() < 1e-6, "{out}");
