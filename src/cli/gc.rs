@@ -138,12 +138,16 @@ pub fn gc(args: &GcArgs) -> Result<i32, Error> {
             pipe_engine::key::short(&r.key, 12)
         );
     }
+    let s = |n: usize| if n == 1 { "" } else { "s" };
     outln!(
-        "{} {} artifacts, {}; kept what {runs_kept} runs of the last {keep_days} days used and {} other artifacts (younger, locked or in use by a live run)",
+        "{} {} artifact{}, {}; kept what {runs_kept} run{} of the last {keep_days} days used and {} other artifact{} (younger, locked or in use by a live run)",
         if dry_run { "would free" } else { "freed" },
         report.removed.len(),
+        s(report.removed.len()),
         size(report.freed_bytes),
-        report.kept
+        s(runs_kept),
+        report.kept,
+        s(report.kept)
     );
     if report.removed.is_empty() && keep_days > 0.0 && !dry_run {
         errln!("note: `--keep-days 0` also removes what recent runs used");
