@@ -137,7 +137,10 @@ fn gc_keeps_recent_runs_work_whatever_file_or_overrides_and_lists_what_it_remove
     assert!(out.contains(" min ") && out.contains(" B "), "{out}");
     assert!(out.contains("would free 4 artifacts"), "{out}");
     // `--keep-days 0` keeps what no run used.
-    assert!(out.contains("kept what 0 runs of the last 0 days used"), "{out}");
+    assert!(
+        out.contains("kept what 0 runs of the last 0 days used"),
+        "{out}"
+    );
     assert_eq!(p.artifacts().len(), all, "a dry run removes nothing");
     // Ages that are not a number of days are refused, and nothing changes.
     for bad in ["-1", "nan", "inf"] {
