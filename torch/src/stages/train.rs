@@ -334,14 +334,8 @@ fn train_epochs(
                 boundary.epoch + 1,
                 boundary.epoch
             )?;
-            return Err(stopped_at(
-                log,
-                checkpoints,
-                &boundary,
-                records,
-                &mut periodic,
-                p.epochs,
-            ));
+            // The stop is requested (it stays so): the check above keeps the boundary.
+            continue;
         };
         log_epoch(log, &evaluation.scores, p.epochs)?;
         records.push(&evaluation, data)?;
@@ -352,17 +346,8 @@ fn train_epochs(
             break;
         }
         boundary = checkpoint::State::snapshot(trainer);
-        if stop::requested() {
-            return Err(stopped_at(
-                log,
-                checkpoints,
-                &boundary,
-                records,
-                &mut periodic,
-                p.epochs,
-            ));
-        }
-        if every.is_some_and(|d| last_point.elapsed() >= d) {
+        // A stop requested meanwhile keeps this boundary at the top of the loop.
+        if !stop::requested() && every.is_some_and(|d| last_point.elapsed() >= d) {
             keep_point(
                 log,
                 checkpoints,
@@ -385,9 +370,6 @@ fn train_epochs(
     Ok(())
 }
 
-/// Keeps `state` as a resume point (see [`Checkpoints::keep`]) and removes the one this
-/// run kept before, unless it is a kept checkpoint; logs what it did (`why`: stopped,
-/// periodic) and returns the epoch kept.
 /// Keeps the last epoch boundary reached as a resume point and returns the error that ends
 /// the instance as interrupted, saying which epoch was kept (or why none could be).
 fn stopped_at(
@@ -406,6 +388,9 @@ fn stopped_at(
     }
 }
 
+/// Keeps `state` as a resume point (see [`Checkpoints::keep`]) and removes the one this
+/// run kept before, unless it is a kept checkpoint; logs what it did (`why`: stopped,
+/// periodic) and returns the epoch kept.
 fn keep_point(
     log: &mut std::fs::File,
     checkpoints: &Checkpoints<'_>,
