@@ -151,7 +151,8 @@ fn executed(p: &Project, r: &Json, stage: &str) -> PathBuf {
 }
 
 /// Python that loads `model.py` (as `m`), the data as the analyses standardize it (`x`,
-/// `xt`, `yt`), the labels table (`lab`) and the training labels (`y`), from `A`'s paths.
+/// `xt`, `yt`; images of side `A["side"]`, 4 unless given) and, when `A` names them, the
+/// labels table (`lab`) and the training labels (`y`), from `A`'s paths.
 const PY_SETUP: &str = r#"
 import polars as pl, torch, torch.nn.functional as F
 from safetensors.torch import load_file
@@ -159,14 +160,16 @@ spec = importlib.util.spec_from_file_location("model", A["model"])
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
 def images(path):
     df = pl.read_parquet(path)
-    return torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, 4, 4).float() / 255.0, torch.tensor(df["label"].to_list())
+    side = A.get("side", 4)
+    return torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, side, side).float() / 255.0, torch.tensor(df["label"].to_list())
 x, _ = images(A["data"] + "/train.parquet")
 xt, yt = images(A["data"] + "/test.parquet")
 mean = x.mean(dim=(0, 2, 3), keepdim=True)
 std = x.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
 x, xt = (x - mean) / std, (xt - mean) / std
-lab = pl.read_parquet(A["labels"] + "/labels.parquet")
-y = torch.tensor(lab["train_label"].to_list())
+if "labels" in A:
+    lab = pl.read_parquet(A["labels"] + "/labels.parquet")
+    y = torch.tensor(lab["train_label"].to_list())
 "#;
 
 /// Runs `PY_SETUP` then `code` with `A` = `args`; parses the JSON it prints.
@@ -551,39 +554,28 @@ seed = 1
     let args = serde_json::json!({
         "model": p.path("model.py"),
         "data": executed(&p, &r, "data"),
+        "side": 28,
         "run": run,
         "gradnorm": executed(&p, &r, "gradnorm"),
     });
-    let out = python(&format!(
-        r#"import json, importlib.util, math
-import polars as pl, torch
-from safetensors.torch import load_file
-A = json.loads(r'''{args}''')
-spec = importlib.util.spec_from_file_location("model", A["model"])
-m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-def images(path):
-    df = pl.read_parquet(path)
-    return torch.tensor(df["image"].to_list(), dtype=torch.uint8).view(-1, 1, 28, 28).float() / 255, torch.tensor(df["label"].to_list())
-x, _ = images(A["data"] + "/train.parquet")
-xt, yt = images(A["data"] + "/test.parquet")
-mean = x.mean(dim=(0, 2, 3), keepdim=True)
-std = x.std(dim=(0, 2, 3), unbiased=False, keepdim=True).clamp_min(1e-6)
-xt = (xt - mean) / std
+    let out = py(
+        &args,
+        r#"import math
 metrics = pl.read_parquet(A["run"] + "/metrics.parquet")
-acc = {{}}
+acc = {}
 for e in metrics["epoch"].to_list():
-    net = m.MLP(); net.load_state_dict(load_file(A["run"] + f"/weights/{{e}}.safetensors"), strict=True); net.eval()
+    net = m.MLP(); net.load_state_dict(load_file(A["run"] + f"/weights/{e}.safetensors"), strict=True); net.eval()
     with torch.no_grad():
         acc[e] = (net(xt).argmax(1) == yt).double().mean().item()
 g = pl.read_parquet(A["gradnorm"] + "/gradnorm.parquet")
 norms = g["label_dependent"].to_list() + g["label_independent"].to_list()
-print(json.dumps({{"epochs": metrics["epoch"].to_list(),
+print(json.dumps({"epochs": metrics["epoch"].to_list(),
     "acc_error": max(abs(acc[e] - t) for e, t in zip(metrics["epoch"], metrics["test_acc"])),
     "corrupted": metrics["corrupted_train_acc"].to_list(),
     "gradnorm_epochs": sorted(set(g["epoch"].to_list())), "gradnorm_layers": sorted(set(g["layer"].to_list())),
-    "norms_positive": all(math.isfinite(v) and v > 0 for v in norms)}}))
-"#
-    ));
+    "norms_positive": all(math.isfinite(v) and v > 0 for v in norms)}))
+"#,
+    );
     assert_eq!(out["epochs"], serde_json::json!([0, 1, 3]), "{out}");
     assert!(out["acc_error"].as_f64().unwrap() < 1e-12, "{out}");
     assert!(
