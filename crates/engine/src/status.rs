@@ -62,28 +62,20 @@ pub struct InstanceStatus {
 
 /// The parts of an instance and whether each is cached (none while its key is unknown).
 pub fn parts(plan: &Plan, store: &Store, node: NodeIndex) -> Vec<(Part, bool)> {
-    plan.parts(node)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| {
-            let cached = store.is_complete(&p.key);
-            (p, cached)
-        })
-        .collect()
+    parts_with(plan, node, |k| store.is_complete(k))
 }
 
-/// [`parts`], looking up only the keys `artifacts/` listed.
-fn parts_present(
+/// The parts of an instance, each with what `is_complete` says of its key.
+fn parts_with(
     plan: &Plan,
-    store: &Store,
-    present: &Present,
     node: NodeIndex,
+    is_complete: impl Fn(&str) -> bool,
 ) -> Vec<(Part, bool)> {
     plan.parts(node)
         .unwrap_or_default()
         .into_iter()
         .map(|p| {
-            let cached = present.is_complete(store, &p.key);
+            let cached = is_complete(&p.key);
             (p, cached)
         })
         .collect()
@@ -258,7 +250,7 @@ pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> 
         .map(|&node| {
             let inst = &plan.graph[node];
             let mut st = state(plan, store, &present, index, node, inst);
-            st.parts = parts_present(plan, store, &present, node);
+            st.parts = parts_with(plan, node, |k| present.is_complete(store, k));
             st
         })
         .collect()
