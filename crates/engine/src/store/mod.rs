@@ -214,6 +214,11 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// file is refused rather than read into memory.
 pub const MAX_BOOKKEEPING: u64 = 256 << 20;
 
+/// The error of a bookkeeping file over [`MAX_BOOKKEEPING`].
+fn too_large() -> io::Error {
+    io::Error::other(format!("larger than {} MiB", MAX_BOOKKEEPING >> 20))
+}
+
 fn not_regular() -> io::Error {
     io::Error::other("not a regular file")
 }
@@ -255,10 +260,7 @@ pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity((size.min(MAX_BOOKKEEPING) + 1) as usize);
     f.take(MAX_BOOKKEEPING + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_BOOKKEEPING {
-        return Err(io::Error::other(format!(
-            "larger than {} MiB",
-            MAX_BOOKKEEPING >> 20
-        )));
+        return Err(too_large());
     }
     Ok(buf)
 }
@@ -269,10 +271,7 @@ pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
 fn read_sealed(path: &Path) -> io::Result<Vec<u8>> {
     let (f, size) = open_regular_sized(path)?;
     if size > MAX_BOOKKEEPING {
-        return Err(io::Error::other(format!(
-            "larger than {} MiB",
-            MAX_BOOKKEEPING >> 20
-        )));
+        return Err(too_large());
     }
     let mut buf = vec![0u8; size as usize];
     (&f).read_exact(&mut buf)?;
