@@ -41,6 +41,9 @@ const ENTROPY_TOL: f64 = 1e-5;
 const BANDWIDTH_STEPS: usize = 200;
 /// Columns per task of the parallel Gram products.
 const GRAM_BLOCK: usize = 64;
+/// Points per block of the t-SNE gradient's pair loop: one task computes the pairs of a
+/// block's points with every later point.
+const PAIR_BLOCK: usize = 64;
 /// Independent accumulators per sum in the t-SNE gradient (lets the loop vectorize while
 /// keeping a fixed summation order).
 const LANES: usize = 4;
@@ -537,7 +540,18 @@ struct PointSums {
     q_sum: f64,
 }
 
-/// Lane accumulators of [`PointSums`].
+impl PointSums {
+    /// Adds `other` term by term.
+    fn add(&mut self, other: &PointSums) {
+        for c in 0..2 {
+            self.attraction[c] += other.attraction[c];
+            self.repulsion[c] += other.repulsion[c];
+        }
+        self.q_sum += other.q_sum;
+    }
+}
+
+/// Lane accumulators of one point's [`PointSums`] (its row of pairs).
 #[derive(Default)]
 struct Lanes {
     ax: [f64; LANES],
@@ -548,35 +562,7 @@ struct Lanes {
 }
 
 impl Lanes {
-    /// Adds the terms of the points `(xs[j], ys[j])` with affinities `p[j]`, point `j` in
-    /// lane `j % LANES`.
-    fn add(&mut self, (xi, yi): (f64, f64), p: &[f64], xs: &[f64], ys: &[f64]) {
-        let mut pc = p.chunks_exact(LANES);
-        let mut xc = xs.chunks_exact(LANES);
-        let mut yc = ys.chunks_exact(LANES);
-        for ((p, xs), ys) in (&mut pc).zip(&mut xc).zip(&mut yc) {
-            for l in 0..LANES {
-                self.term(l, xi - xs[l], yi - ys[l], p[l]);
-            }
-        }
-        let (p, xs, ys) = (pc.remainder(), xc.remainder(), yc.remainder());
-        for l in 0..p.len() {
-            self.term(l, xi - xs[l], yi - ys[l], p[l]);
-        }
-    }
-
     #[inline(always)]
-    fn term(&mut self, l: usize, dx: f64, dy: f64, p: f64) {
-        let q = 1.0 / (1.0 + dx * dx + dy * dy);
-        let pq = p * q;
-        let qq = q * q;
-        self.ax[l] += pq * dx;
-        self.ay[l] += pq * dy;
-        self.rx[l] += qq * dx;
-        self.ry[l] += qq * dy;
-        self.q[l] += q;
-    }
-
     fn sums(&self) -> PointSums {
         let total = |v: &[f64; LANES]| v.iter().sum::<f64>();
         PointSums {
@@ -585,6 +571,271 @@ impl Lanes {
             q_sum: total(&self.q),
         }
     }
+}
+
+/// The other side's sums of a tile's pairs: one [`PointSums`] per point of a column
+/// block, as five arrays (struct of arrays, so the pair loop vectorizes).
+#[derive(Clone)]
+struct ColumnSums {
+    ax: [f64; PAIR_BLOCK],
+    ay: [f64; PAIR_BLOCK],
+    rx: [f64; PAIR_BLOCK],
+    ry: [f64; PAIR_BLOCK],
+    q: [f64; PAIR_BLOCK],
+}
+
+impl Default for ColumnSums {
+    fn default() -> Self {
+        ColumnSums {
+            ax: [0.0; PAIR_BLOCK],
+            ay: [0.0; PAIR_BLOCK],
+            rx: [0.0; PAIR_BLOCK],
+            ry: [0.0; PAIR_BLOCK],
+            q: [0.0; PAIR_BLOCK],
+        }
+    }
+}
+
+impl ColumnSums {
+    /// Point `k` of the block's sums.
+    fn get(&self, k: usize) -> PointSums {
+        PointSums {
+            attraction: [self.ax[k], self.ay[k]],
+            repulsion: [self.rx[k], self.ry[k]],
+            q_sum: self.q[k],
+        }
+    }
+}
+
+/// The pairs of point `(xi, yi)` with the points `(xs[k], ys[k])` of affinities `p[k]`:
+/// each pair's terms are computed once and added to the row's `lanes` (point `k` in lane
+/// `k % LANES`) and, with the opposite sign where they have one, to `cols[from + k]`.
+///
+/// Every lane takes the same operations in the same order on every path (AVX2 or not),
+/// so the bits do not depend on the CPU.
+fn add_pairs(
+    lanes: &mut Lanes,
+    cols: &mut ColumnSums,
+    from: usize,
+    yi: (f64, f64),
+    p: &[f64],
+    xs: &[f64],
+    ys: &[f64],
+) {
+    add_pairs_on(avx2(), lanes, cols, from, yi, p, xs, ys);
+}
+
+/// Whether this CPU runs the AVX2 kernels.
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`add_pairs`], with the AVX2 kernel where `avx2` says so and the CPU has it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn add_pairs_on(
+    avx2: bool,
+    lanes: &mut Lanes,
+    cols: &mut ColumnSums,
+    from: usize,
+    yi: (f64, f64),
+    p: &[f64],
+    xs: &[f64],
+    ys: &[f64],
+) {
+    let len = p.len();
+    assert!(xs.len() == len && ys.len() == len && from + len <= PAIR_BLOCK);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above; the lengths were checked above.
+        done = unsafe { add_pairs_avx2(lanes, cols, from, yi, p, xs, ys) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = avx2;
+    for k in done..len {
+        pair_term(lanes, cols, k % LANES, from + k, yi, p[k], xs[k], ys[k]);
+    }
+}
+
+/// One pair's terms: point `(xi, yi)`'s in lane `l` of `lanes`, the other point's (at
+/// `(x, y)`, affinity `p`) in `cols[at]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pair_term(
+    lanes: &mut Lanes,
+    cols: &mut ColumnSums,
+    l: usize,
+    at: usize,
+    (xi, yi): (f64, f64),
+    p: f64,
+    x: f64,
+    y: f64,
+) {
+    let (dx, dy) = (xi - x, yi - y);
+    let q = 1.0 / (1.0 + dx * dx + dy * dy);
+    let pq = p * q;
+    let qq = q * q;
+    let (a, b, c, d) = (pq * dx, pq * dy, qq * dx, qq * dy);
+    lanes.ax[l] += a;
+    lanes.ay[l] += b;
+    lanes.rx[l] += c;
+    lanes.ry[l] += d;
+    lanes.q[l] += q;
+    cols.ax[at] -= a;
+    cols.ay[at] -= b;
+    cols.rx[at] -= c;
+    cols.ry[at] -= d;
+    cols.q[at] += q;
+}
+
+/// [`add_pairs`] on whole groups of [`LANES`] points with AVX2, the operations of
+/// [`pair_term`] in the same order; returns how many points it took.
+///
+/// # Safety
+///
+/// The CPU has AVX2; `xs` and `ys` are as long as `p`, and `from + p.len() <= PAIR_BLOCK`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_pairs_avx2(
+    lanes: &mut Lanes,
+    cols: &mut ColumnSums,
+    from: usize,
+    (xi, yi): (f64, f64),
+    p: &[f64],
+    xs: &[f64],
+    ys: &[f64],
+) -> usize {
+    use std::arch::x86_64::*;
+    const { assert!(LANES == 4) };
+    let whole = p.len() - p.len() % LANES;
+    let (xi, yi, one) = (_mm256_set1_pd(xi), _mm256_set1_pd(yi), _mm256_set1_pd(1.0));
+    // SAFETY (every load and store): `k + LANES <= whole <= p.len()`, the lengths of `xs`
+    // and `ys`, and `from + k + LANES <= PAIR_BLOCK`, the length of each column array.
+    unsafe {
+        let mut ax = _mm256_loadu_pd(lanes.ax.as_ptr());
+        let mut ay = _mm256_loadu_pd(lanes.ay.as_ptr());
+        let mut rx = _mm256_loadu_pd(lanes.rx.as_ptr());
+        let mut ry = _mm256_loadu_pd(lanes.ry.as_ptr());
+        let mut qs = _mm256_loadu_pd(lanes.q.as_ptr());
+        let column = |v: &mut [f64; PAIR_BLOCK], k: usize| v.as_mut_ptr().add(from + k);
+        let mut k = 0;
+        while k < whole {
+            let dx = _mm256_sub_pd(xi, _mm256_loadu_pd(xs.as_ptr().add(k)));
+            let dy = _mm256_sub_pd(yi, _mm256_loadu_pd(ys.as_ptr().add(k)));
+            let d2 = _mm256_add_pd(
+                _mm256_add_pd(one, _mm256_mul_pd(dx, dx)),
+                _mm256_mul_pd(dy, dy),
+            );
+            let q = _mm256_div_pd(one, d2);
+            let pq = _mm256_mul_pd(_mm256_loadu_pd(p.as_ptr().add(k)), q);
+            let qq = _mm256_mul_pd(q, q);
+            let (a, b) = (_mm256_mul_pd(pq, dx), _mm256_mul_pd(pq, dy));
+            let (c, d) = (_mm256_mul_pd(qq, dx), _mm256_mul_pd(qq, dy));
+            ax = _mm256_add_pd(ax, a);
+            ay = _mm256_add_pd(ay, b);
+            rx = _mm256_add_pd(rx, c);
+            ry = _mm256_add_pd(ry, d);
+            qs = _mm256_add_pd(qs, q);
+            for (v, t, add) in [
+                (&mut cols.ax, a, false),
+                (&mut cols.ay, b, false),
+                (&mut cols.rx, c, false),
+                (&mut cols.ry, d, false),
+                (&mut cols.q, q, true),
+            ] {
+                let at = column(v, k);
+                let old = _mm256_loadu_pd(at);
+                let new = if add {
+                    _mm256_add_pd(old, t)
+                } else {
+                    _mm256_sub_pd(old, t)
+                };
+                _mm256_storeu_pd(at, new);
+            }
+            k += LANES;
+        }
+        _mm256_storeu_pd(lanes.ax.as_mut_ptr(), ax);
+        _mm256_storeu_pd(lanes.ay.as_mut_ptr(), ay);
+        _mm256_storeu_pd(lanes.rx.as_mut_ptr(), rx);
+        _mm256_storeu_pd(lanes.ry.as_mut_ptr(), ry);
+        _mm256_storeu_pd(lanes.q.as_mut_ptr(), qs);
+    }
+    whole
+}
+
+/// Block `block`'s share of every point's [`PointSums`]: the pairs `(i, j)` with `i` in
+/// the block and `j > i`. Each point `i` of the block gets its terms with every later
+/// point in `rows[i - start]`; the later points get theirs in `cols[b]` for block `b`
+/// (block `block` itself included, for the pairs inside it).
+fn block_pair_sums(
+    block: usize,
+    p: &[f64],
+    xs: &[f64],
+    ys: &[f64],
+    rows: &mut [PointSums],
+    cols: &mut [ColumnSums],
+) {
+    let n = xs.len();
+    let start = block * PAIR_BLOCK;
+    for c in cols.iter_mut() {
+        *c = ColumnSums::default();
+    }
+    for (r, row) in rows.iter_mut().enumerate() {
+        let i = start + r;
+        let yi = (xs[i], ys[i]);
+        let p_row = &p[i * n..(i + 1) * n];
+        let mut lanes = Lanes::default();
+        for (b, col) in cols.iter_mut().enumerate().skip(block) {
+            let first = if b == block { i + 1 } else { b * PAIR_BLOCK };
+            let end = ((b + 1) * PAIR_BLOCK).min(n);
+            if first < end {
+                let from = first - b * PAIR_BLOCK;
+                add_pairs(
+                    &mut lanes,
+                    col,
+                    from,
+                    yi,
+                    &p_row[first..end],
+                    &xs[first..end],
+                    &ys[first..end],
+                );
+            }
+        }
+        *row = lanes.sums();
+    }
+}
+
+/// Every point's [`PointSums`] for the map `(xs, ys)` and joint probabilities `p`
+/// (`n x n`, symmetric), each pair's terms computed once.
+///
+/// The pairs are cut into blocks of [`PAIR_BLOCK`] rows, one task each; a point's sums
+/// are then added in a fixed order (its own row, then the blocks' columns in block order),
+/// so the result does not depend on the number of threads. `cols` is scratch space of
+/// `blocks x blocks` column sums.
+fn pair_sums(p: &[f64], xs: &[f64], ys: &[f64], sums: &mut [PointSums], cols: &mut [ColumnSums]) {
+    let n = xs.len();
+    let blocks = n.div_ceil(PAIR_BLOCK);
+    sums.par_chunks_mut(PAIR_BLOCK)
+        .zip(cols.par_chunks_mut(blocks))
+        .enumerate()
+        .for_each(|(block, (rows, cols))| {
+            clear_upper_vector_state();
+            block_pair_sums(block, p, xs, ys, rows, cols);
+        });
+    let cols = &*cols;
+    sums.par_chunks_mut(PAIR_BLOCK)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            for (k, row) in rows.iter_mut().enumerate() {
+                for from in 0..=block {
+                    row.add(&cols[from * blocks + block].get(k));
+                }
+            }
+        });
 }
 
 /// Gradient descent on the KL divergence from the joint probabilities `p` (`n x n`).
@@ -600,6 +851,8 @@ fn optimize(
     let mut step = vec![[0.0f64; 2]; n];
     let mut gains = vec![[1.0f64; 2]; n];
     let mut sums = vec![PointSums::default(); n];
+    let blocks = n.div_ceil(PAIR_BLOCK);
+    let mut cols = vec![ColumnSums::default(); blocks * blocks];
     clear_upper_vector_state();
     for iteration in 0..options.iterations {
         let early = iteration < options.exaggeration_iterations;
@@ -609,17 +862,7 @@ fn optimize(
             1.0
         };
         let momentum = if early { MOMENTUM.0 } else { MOMENTUM.1 };
-        sums.par_iter_mut()
-            .zip(p.par_chunks(n))
-            .enumerate()
-            .for_each(|(i, (sums, p_row))| {
-                clear_upper_vector_state();
-                let yi = (xs[i], ys[i]);
-                let mut lanes = Lanes::default();
-                lanes.add(yi, &p_row[..i], &xs[..i], &ys[..i]);
-                lanes.add(yi, &p_row[i + 1..], &xs[i + 1..], &ys[i + 1..]);
-                *sums = lanes.sums();
-            });
+        pair_sums(p, &xs, &ys, &mut sums, &mut cols);
         let q_total: f64 = sums.iter().map(|s| s.q_sum).sum();
         for i in 0..n {
             let s = &sums[i];
@@ -925,6 +1168,89 @@ mod tests {
         let err = tsne_2d(&many, TSNE_MAX_POINTS + 1, 1, &TsneOptions::default()).unwrap_err();
         assert!(err.contains("at most 5000 points, got 5001"), "{err}");
         assert!(tsne_2d(&x, 50, 4, &TsneOptions::default()).is_err());
+    }
+
+    #[test]
+    fn the_avx2_pair_kernel_gives_the_portable_bits() {
+        // Every length from 0 to a whole block, at every offset that fits.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut draw = |scale: f64| -> f64 {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            z * scale
+        };
+        let xs: Vec<f64> = (0..PAIR_BLOCK).map(|_| draw(5.0)).collect();
+        let ys: Vec<f64> = (0..PAIR_BLOCK).map(|_| draw(5.0)).collect();
+        let p: Vec<f64> = (0..PAIR_BLOCK).map(|_| draw(1e-3).abs()).collect();
+        for len in [0, 1, 3, 4, 5, 17, PAIR_BLOCK - 1, PAIR_BLOCK] {
+            for from in [0, 1, 2, 3, PAIR_BLOCK - len] {
+                if from + len > PAIR_BLOCK {
+                    continue;
+                }
+                let run = |avx2: bool| {
+                    let (mut lanes, mut cols) = (Lanes::default(), ColumnSums::default());
+                    let yi = (0.25, -1.5);
+                    let (p, x, y) = (&p[..len], &xs[..len], &ys[..len]);
+                    add_pairs_on(avx2, &mut lanes, &mut cols, from, yi, p, x, y);
+                    let row = lanes.sums();
+                    let mut all = vec![row.attraction[0], row.attraction[1], row.q_sum];
+                    all.extend(row.repulsion);
+                    for v in [&cols.ax, &cols.ay, &cols.rx, &cols.ry, &cols.q] {
+                        all.extend_from_slice(v);
+                    }
+                    all.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                assert_eq!(run(true), run(false), "len {len}, from {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn tsne_gradient_sums_match_the_pairwise_formula() {
+        // 150 points: two whole blocks and a part; the sums against a direct double loop.
+        let n = 150;
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut draw = || -> f64 { StandardNormal.sample(&mut rng) };
+        let xs: Vec<f64> = (0..n).map(|_| 3.0 * draw()).collect();
+        let ys: Vec<f64> = (0..n).map(|_| 3.0 * draw()).collect();
+        let mut p = vec![0.0; n * n];
+        for i in 0..n {
+            for j in i + 1..n {
+                let v = draw().abs() / (n * n) as f64;
+                p[i * n + j] = v;
+                p[j * n + i] = v;
+            }
+        }
+        let blocks = n.div_ceil(PAIR_BLOCK);
+        let mut sums = vec![PointSums::default(); n];
+        let mut cols = vec![ColumnSums::default(); blocks * blocks];
+        pair_sums(&p, &xs, &ys, &mut sums, &mut cols);
+        for i in 0..n {
+            let mut expected = [0.0f64; 5];
+            for j in (0..n).filter(|&j| j != i) {
+                let (dx, dy) = (xs[i] - xs[j], ys[i] - ys[j]);
+                let q = 1.0 / (1.0 + dx * dx + dy * dy);
+                let pq = p[i * n + j] * q;
+                expected[0] += pq * dx;
+                expected[1] += pq * dy;
+                expected[2] += q * q * dx;
+                expected[3] += q * q * dy;
+                expected[4] += q;
+            }
+            let s = &sums[i];
+            let got = [
+                s.attraction[0],
+                s.attraction[1],
+                s.repulsion[0],
+                s.repulsion[1],
+                s.q_sum,
+            ];
+            for (g, e) in got.iter().zip(&expected) {
+                assert!(
+                    (g - e).abs() <= 1e-12 * e.abs().max(1e-3),
+                    "point {i}: {g} vs {e}"
+                );
+            }
+        }
     }
 
     #[test]

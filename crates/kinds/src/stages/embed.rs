@@ -17,6 +17,7 @@
 use std::io::Write;
 
 use anyhow::{Result, bail};
+use rayon::prelude::*;
 
 use crate::stages::activations::{ActivationsInfo, ActivationsParams, for_each_epoch_part};
 use crate::stages::slots;
@@ -74,7 +75,7 @@ fn embed_layer(
     features: &Features,
     set: &ProbeSet,
     out: &mut Embedding,
-    log: &mut std::fs::File,
+    log: &mut impl Write,
 ) -> Result<()> {
     let (n, d) = (features.features.rows(), features.features.width);
     let x = &features.features.values;
@@ -267,21 +268,37 @@ impl Kind for Embed {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(ctx.threads)
             .build()?;
+        // One layer's embeddings and log lines.
+        let embed_one = |epoch: i64, layer: &String| -> Result<(Embedding, Vec<u8>)> {
+            let features = Features::read(
+                &dir.join(format!("epoch={epoch}"))
+                    .join(format!("{layer}.parquet")),
+            )?;
+            if features.features.rows() != set.true_label.len() {
+                bail!(
+                    "epoch {epoch} layer {layer}: {} rows for {} probe examples",
+                    features.features.rows(),
+                    set.true_label.len()
+                );
+            }
+            let (mut t, mut lines) = (Embedding::default(), Vec::new());
+            embed_layer(p, epoch, layer, &features, &set, &mut t, &mut lines)?;
+            Ok((t, lines))
+        };
+        // The layers side by side (each t-SNE also splits its own loops): the threads
+        // stay busy through each one's serial steps. Rows and log lines keep layer order.
         let embed = |epoch: i64, log: &mut std::fs::File| -> Result<Embedding> {
+            let done: Vec<Result<(Embedding, Vec<u8>)>> = pool.install(|| {
+                layers
+                    .par_iter()
+                    .map(|layer| embed_one(epoch, layer))
+                    .collect()
+            });
             let mut t = Embedding::default();
-            for layer in &layers {
-                let features = Features::read(
-                    &dir.join(format!("epoch={epoch}"))
-                        .join(format!("{layer}.parquet")),
-                )?;
-                if features.features.rows() != set.true_label.len() {
-                    bail!(
-                        "epoch {epoch} layer {layer}: {} rows for {} probe examples",
-                        features.features.rows(),
-                        set.true_label.len()
-                    );
-                }
-                pool.install(|| embed_layer(p, epoch, layer, &features, &set, &mut t, log))?;
+            for one in done {
+                let (rows, lines) = one?;
+                log.write_all(&lines)?;
+                t.append(rows);
             }
             Ok(t)
         };
