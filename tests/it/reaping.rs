@@ -183,3 +183,38 @@ retries = 2
         logs[0]
     );
 }
+
+#[test]
+fn a_command_reads_nothing_on_stdin_and_cannot_reach_the_status_channel() {
+    // The reaper's own stdin carries its report to pipe; the command must get /dev/null
+    // there, so that reading gives end of file at once and a write reaches nothing.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "stdin"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "readlink /proc/self/fd/0 > $PIPE_OUT/stdin.txt; cat > $PIPE_OUT/read.txt; echo 'status 7' >&0 2>/dev/null; ls /proc/self/fd > $PIPE_OUT/fds.txt"]
+"#,
+    );
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = &p.artifacts()[0];
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    assert_eq!(read("stdin.txt"), "/dev/null\n");
+    assert_eq!(read("read.txt"), "");
+    // The command holds the descriptors a shell started by this test holds (what the test
+    // harness passes down), and no other: nothing of pipe's or the reaper's leaked.
+    let direct = std::process::Command::new("sh")
+        .args(["-c", "ls /proc/self/fd"])
+        .output()
+        .unwrap();
+    assert_eq!(read("fds.txt"), String::from_utf8_lossy(&direct.stdout));
+}

@@ -503,9 +503,9 @@ impl<'a> Ready<'a> {
             .store
             .begin(job.key())
             .map_err(|e| format!("cannot create a temp folder in the cache: {e}"))?;
-        let _ = writeln!(
-            self.log,
-            "# pipe {}: stage {} ({}), key {}, point {}, {} thread(s) on {}{}",
+        // One write: the log is unbuffered, and `writeln!` writes each piece on its own.
+        let header = format!(
+            "# pipe {}: stage {} ({}), key {}, point {}, {} thread(s) on {}{}\n",
             env!("CARGO_PKG_VERSION"),
             job.stage,
             job.kind,
@@ -519,6 +519,7 @@ impl<'a> Ready<'a> {
                 String::new()
             }
         );
+        let _ = self.log.write_all(header.as_bytes());
         let started = unix_now();
         let clock = Instant::now();
         let timeout = job

@@ -3,7 +3,6 @@
 //! SIGTERM ([`kill_live_groups`]).
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,28 +51,17 @@ impl Supervised {
             return Ok(Supervised { cmd, channel: None });
         }
         let (reader, writer) = std::io::pipe()?;
-        let fd = writer.as_raw_fd();
         let mut cmd = Command::new(reaper::program());
         cmd.arg0("pipe")
             .arg(reaper::ARG)
-            .arg(fd.to_string())
             .arg(std::process::id().to_string())
             .env(reaper::ARGV_VAR, serde_json::to_string(argv)?)
             // Its own group: a signal to pipe's group (Ctrl-C, `kill -9 -PGID`) must not
             // kill the reaper before it has killed the command's descendants.
             .process_group(0);
-        // SAFETY: prctl and fcntl are async-signal-safe and change only the child's state.
-        unsafe {
-            cmd.pre_exec(move || {
-                // When pipe dies, the reaper is told (SIGTERM, which it handles).
-                pdeathsig(libc::SIGTERM)?;
-                // The write end of the status channel stays open in the reaper.
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // No `pre_exec` hook: without one the standard library starts the reaper with
+        // `posix_spawn` (a vfork, not a copy of this process's page tables); the reaper
+        // asks for PR_SET_PDEATHSIG itself, and its status channel is its stdin.
         Ok(Supervised {
             cmd,
             channel: Some((reader, writer)),
@@ -81,24 +69,34 @@ impl Supervised {
     }
 
     /// The process to be started, to set its folder, environment and stdio (not its
-    /// program or arguments).
+    /// program or arguments). Under a reaper the command's stdin is always /dev/null.
     pub fn command(&mut self) -> &mut Command {
         &mut self.cmd
     }
 
     /// Starts the command. An error says why it could not start (not found, not
     /// executable), or that `pipe` is stopping on a signal.
-    pub fn spawn(mut self) -> std::io::Result<SupervisedChild> {
+    pub fn spawn(self) -> std::io::Result<SupervisedChild> {
         if stopping() {
             return Err(std::io::Error::other(
                 "pipe is stopping (SIGINT or SIGTERM)",
             ));
         }
-        let child = self.cmd.spawn()?;
-        let channel = self.channel.take().map(|(reader, writer)| {
-            drop(writer);
-            BufReader::new(reader)
-        });
+        let Supervised { mut cmd, channel } = self;
+        let reader = match channel {
+            Some((reader, writer)) => {
+                // The reaper reports on its stdin (the command gets /dev/null there).
+                cmd.stdin(writer);
+                Some(reader)
+            }
+            None => None,
+        };
+        let child = cmd.spawn();
+        // The command holds our copy of the channel's write end: dropped now, so that the
+        // channel ends when the reaper does.
+        drop(cmd);
+        let child = child?;
+        let channel = reader.map(BufReader::new);
         let mut child = SupervisedChild {
             child,
             channel,

@@ -2,16 +2,18 @@
 //! so that no descendant of the command outlives it, whatever the descendant does (a new
 //! process group, a new session, a double fork) and however `pipe` ends (`kill -9`).
 //!
-//! The `pipe` binary runs it as `pipe-reap __reap FD PPID` (the small binary beside it,
-//! [`BINARY`]; or, without it, as `pipe __reap FD PPID`), with the command's arguments as a
+//! The `pipe` binary runs it as `pipe-reap __reap PPID` (the small binary beside it,
+//! [`BINARY`]; or, without it, as `pipe __reap PPID`), with the command's arguments as a
 //! JSON list in `PIPE_REAP_ARGV` (not on its own command line, so that `ps` and `pgrep -f`
 //! show the command once), see [`Supervised`](super::Supervised). It makes itself a child subreaper, so that every
 //! orphaned descendant of the command becomes its child; starts the command in a process
 //! group of its own; and when the command exits, or on SIGTERM, SIGINT or SIGHUP (`pipe`
-//! stops it, or dies: `pipe` starts it with PR_SET_PDEATHSIG = SIGTERM), kills the
+//! stops it, or dies: the reaper sets PR_SET_PDEATHSIG = SIGTERM first thing, then checks
+//! that its parent is still PPID), kills the
 //! command's group, then each of its children with SIGKILL, again and again as orphans are
 //! handed to it, until it has none. Only then does it tell `pipe` the command's wait status
-//! (a line on fd FD) and exit. Linux only.
+//! (a line on its stdin, which `pipe` opens as the write end of a pipe; the command gets
+//! /dev/null there) and exit. Linux only.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -60,42 +62,37 @@ pub fn reaper_main() -> Option<i32> {
     let args: Vec<OsString> = args.collect();
     let argv = std::env::var(ARGV_VAR).unwrap_or_default();
     match parse(&args, &argv) {
-        Some((fd, ppid, argv)) => Some(reap(fd, ppid, &argv)),
+        Some((ppid, argv)) => Some(reap(ppid, &argv)),
         None => {
             eprintln!(
-                "pipe {ARG}: internal; usage: {ARGV_VAR}='[\"COMMAND\", ...]' pipe {ARG} FD PPID"
+                "pipe {ARG}: internal; usage: {ARGV_VAR}='[\"COMMAND\", ...]' pipe {ARG} PPID <&STATUS_FD"
             );
             Some(2)
         }
     }
 }
 
-/// `FD PPID` and the JSON list of arguments -> the status channel, the expected parent
-/// and the command.
-fn parse(args: &[OsString], argv: &str) -> Option<(i32, i32, Vec<String>)> {
-    let number = |a: &OsString| a.to_str()?.parse::<i32>().ok().filter(|n| *n > 2);
-    let [fd, ppid] = args else {
+/// `PPID` and the JSON list of arguments -> the expected parent and the command.
+fn parse(args: &[OsString], argv: &str) -> Option<(i32, Vec<String>)> {
+    let [ppid] = args else {
         return None;
     };
+    let ppid = ppid.to_str()?.parse::<i32>().ok().filter(|n| *n > 1)?;
     let argv: Vec<String> = serde_json::from_str(argv).ok()?;
     if argv.is_empty() {
         return None;
     }
-    Some((number(fd)?, number(ppid)?, argv))
+    Some((ppid, argv))
 }
 
 /// Runs the command to its end and kills every descendant; returns the exit code.
-fn reap(fd: i32, ppid: i32, argv: &[String]) -> i32 {
-    // SAFETY: fcntl on a plain fd number; no memory is touched.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        eprintln!("pipe {ARG}: fd {fd} is not open");
-        return 2;
-    }
-    // SAFETY: `pipe` passed this fd for us alone, and nothing else here owns it.
-    let mut channel = unsafe { std::fs::File::from_raw_fd(fd) };
+fn reap(ppid: i32, argv: &[String]) -> i32 {
     let signals = blocked_signals();
+    // When `pipe` (the thread that started us) ends, we are told: SIGTERM, blocked above
+    // and waited for below.
     // SAFETY: prctl with integer arguments; no memory is touched.
     unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
     }
     // `pipe` died before PR_SET_PDEATHSIG took effect: start nothing.
@@ -103,6 +100,13 @@ fn reap(fd: i32, ppid: i32, argv: &[String]) -> i32 {
     if unsafe { libc::getppid() } != ppid {
         return 1;
     }
+    let mut channel = match status_channel() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pipe {ARG}: no status channel on stdin: {e}");
+            return 2;
+        }
+    };
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]).env_remove(ARGV_VAR).process_group(0);
     // SAFETY: prctl and sigprocmask are async-signal-safe and touch only the child's state.
@@ -138,6 +142,25 @@ fn reap(fd: i32, ppid: i32, argv: &[String]) -> i32 {
         libc::WEXITSTATUS(status)
     } else {
         128 + libc::WTERMSIG(status)
+    }
+}
+
+/// The status channel `pipe` passed as stdin, moved to a descriptor of its own (closed
+/// on exec); stdin becomes /dev/null, which the command inherits.
+fn status_channel() -> std::io::Result<std::fs::File> {
+    // SAFETY: fcntl and dup2 on descriptor numbers; the new descriptor is owned below and
+    // nothing else here owns it.
+    unsafe {
+        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let channel = std::fs::File::from_raw_fd(fd);
+        let null = std::fs::File::open("/dev/null")?;
+        if libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(channel)
     }
 }
 
@@ -274,16 +297,16 @@ mod tests {
     fn arguments_are_checked() {
         let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         let cmd = r#"["true", "x"]"#;
-        let (fd, ppid, argv) = parse(&a(&["5", "100"]), cmd).unwrap();
-        assert_eq!((fd, ppid, argv), (5, 100, vec!["true".into(), "x".into()]));
+        let (ppid, argv) = parse(&a(&["100"]), cmd).unwrap();
+        assert_eq!((ppid, argv), (100, vec!["true".into(), "x".into()]));
         for (bad, argv) in [
-            (a(&["5", "100"]), "[]"),
-            (a(&["5", "100"]), ""),
-            (a(&["5", "100"]), "[1]"),
-            (a(&["x", "100"]), cmd),
-            (a(&["1", "100"]), cmd),
-            (a(&["5"]), cmd),
-            (a(&["5", "100", "7"]), cmd),
+            (a(&["100"]), "[]"),
+            (a(&["100"]), ""),
+            (a(&["100"]), "[1]"),
+            (a(&["x"]), cmd),
+            (a(&["1"]), cmd),
+            (a(&[]), cmd),
+            (a(&["5", "100"]), cmd),
         ] {
             assert!(parse(&bad, argv).is_none(), "{bad:?} {argv}");
         }

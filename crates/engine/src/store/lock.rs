@@ -112,11 +112,18 @@ pub fn is_held(path: &Path, this_host: &str) -> bool {
 
 /// This process, as a lock holder.
 pub fn me(host: &str) -> Holder {
+    // Read from /proc once per process (a forked child has its own pid, and reads again).
+    static START: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
     let pid = std::process::id();
+    let &(first, start) = START.get_or_init(|| (pid, process_start(pid).unwrap_or(0)));
     Holder {
         host: host.to_string(),
         pid,
-        start: process_start(pid).unwrap_or(0),
+        start: if first == pid {
+            start
+        } else {
+            process_start(pid).unwrap_or(0)
+        },
     }
 }
 
