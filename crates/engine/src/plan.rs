@@ -16,7 +16,7 @@
 //! [`StageKind::reads`]: crate::stage::StageKind::reads
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -223,6 +223,7 @@ impl Plan {
         let mut order = Vec::with_capacity(bound);
         let mut by_point: Vec<HashMap<ProjKey, NodeIndex>> = Vec::with_capacity(spec.stages.len());
         let mut defaults = Defaults::default();
+        let cwd = std::env::current_dir().ok();
         for (si, &count) in counts.iter().enumerate() {
             let mut map: HashMap<ProjKey, NodeIndex> = HashMap::with_capacity(count);
             for point in &spec.sweep.points {
@@ -235,6 +236,7 @@ impl Plan {
                     stage_index: si,
                     deps: &deps,
                     point,
+                    cwd: cwd.as_deref(),
                 };
                 let inst = at.instance(&graph, &by_point, &mut defaults)?;
                 let inputs: Vec<NodeIndex> = inst.inputs.iter().map(|(_, up)| *up).collect();
@@ -501,6 +503,9 @@ struct InstanceAt<'s> {
     stage_index: usize,
     deps: &'s [Vec<usize>],
     point: &'s [usize],
+    /// The working directory, asked for once per plan (declared files are remembered by
+    /// absolute path).
+    cwd: Option<&'s Path>,
 }
 
 impl InstanceAt<'_> {
@@ -647,7 +652,7 @@ impl InstanceAt<'_> {
                 files.push(((f.name, String::new()), f.path));
                 continue;
             }
-            let (h, _) = crate::stamp::hash_file(&f.path).map_err(|e| {
+            let (h, _) = crate::stamp::hash_file_in(&f.path, self.cwd, f.meta).map_err(|e| {
                 let (loc, path) = param_loc(stage, Some("files"));
                 let what = format!(
                     "cannot read declared file {} ({}): {e}",

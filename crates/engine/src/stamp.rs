@@ -100,7 +100,22 @@ pub fn remembered(settled_before_ns: i128) -> Option<Vec<Remembered>> {
 /// from memory when the file's stamp is the one it was hashed at, read otherwise. A file
 /// that changes while it is read is read again.
 pub fn hash_file(path: &Path) -> std::io::Result<(String, FileStamp)> {
-    let meta = std::fs::metadata(path)?;
+    hash_file_in(path, None, None)
+}
+
+/// [`hash_file`] for a caller that hashes many files: `cwd`, the process's working
+/// directory taken once (else asked for here, one `getcwd` per relative path; a relative
+/// `path` is still opened relative to the process's), and `meta`, the file's
+/// metadata (following links) if the caller already took it (else one `stat` here).
+pub fn hash_file_in(
+    path: &Path,
+    cwd: Option<&Path>,
+    meta: Option<std::fs::Metadata>,
+) -> std::io::Result<(String, FileStamp)> {
+    let meta = match meta {
+        Some(m) => m,
+        None => std::fs::metadata(path)?,
+    };
     if meta.is_dir() {
         return Err(std::io::Error::other("is a directory, not a file"));
     }
@@ -112,7 +127,12 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, FileStamp)> {
     }
     let mut stamp = FileStamp::of_meta(&meta);
     // Remembered by absolute path: a relative one means another file in another folder.
-    let abs = std::path::absolute(path)?;
+    let abs = match cwd {
+        Some(cwd) if path.is_relative() && !path.as_os_str().is_empty() => {
+            std::path::absolute(cwd.join(path))?
+        }
+        _ => std::path::absolute(path)?,
+    };
     {
         let memo = HASHES.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((s, h)) = memo.as_ref().and_then(|m| m.get(&abs))
@@ -295,5 +315,43 @@ mod tests {
         assert_eq!(h2, blake3::hash(b"v2").to_hex().to_string());
         assert_ne!(s1, s2);
         assert!(hash_file(dir.path()).is_err());
+    }
+
+    #[test]
+    fn metadata_and_folder_given_by_the_caller_name_the_same_file() {
+        let cwd = std::env::current_dir().unwrap();
+        let dir = tempfile::tempdir_in(&cwd).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let f = dir.path().join("sub/f");
+        std::fs::write(&f, b"one").unwrap();
+        let want = blake3::hash(b"one").to_hex().to_string();
+        // Relative to the working directory given by the caller, with the caller's stat.
+        let rel = Path::new(".")
+            .join(dir.path().strip_prefix(&cwd).unwrap())
+            .join("sub/f");
+        let meta = std::fs::metadata(&f).unwrap();
+        let (h, s) = hash_file_in(&rel, Some(&cwd), Some(meta)).unwrap();
+        assert_eq!((h.as_str(), s), (want.as_str(), FileStamp::of(&f).unwrap()));
+        // Remembered under the file's absolute path: the plain call finds the same entry.
+        let memo = HASHES.lock().unwrap();
+        assert_eq!(
+            memo.as_ref()
+                .and_then(|m| m.get(&f))
+                .map(|(_, h)| h.as_str()),
+            Some(want.as_str())
+        );
+        drop(memo);
+        // A stale stat from the caller is checked like any other: after a change the
+        // file is read again under its new stamp.
+        let old = std::fs::metadata(&f).unwrap();
+        std::fs::write(&f, b"two!").unwrap();
+        let now = std::fs::metadata(&f).unwrap();
+        let (h2, s2) = hash_file_in(&f, None, Some(now)).unwrap();
+        assert_eq!(h2, blake3::hash(b"two!").to_hex().to_string());
+        assert_ne!(s2, FileStamp::of_meta(&old));
+        // A folder or a missing file is refused, with or without the caller's stat.
+        let d = std::fs::metadata(dir.path()).unwrap();
+        assert!(hash_file_in(dir.path(), None, Some(d)).is_err());
+        assert!(hash_file_in(&dir.path().join("none"), Some(&cwd), None).is_err());
     }
 }

@@ -77,6 +77,10 @@ pub struct DeclaredFile {
     /// Whether it is a data set's file, which may be missing at planning (the plan then
     /// says so and `run` refuses); any other declared file must be there.
     pub data: bool,
+    /// The file's metadata (following links), when the kind already took it while listing
+    /// its files: the planner then checks the remembered hash against it instead of
+    /// asking the file system again (one `stat` per declared file, not two).
+    pub meta: Option<std::fs::Metadata>,
 }
 
 /// A kind of stage as the engine holds it (`&'static dyn StageKind`): its parameters,

@@ -79,7 +79,10 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Merges entries into a pipeline's index, atomically and under a lock.
+    /// Merges entries into a pipeline's index, atomically and under a lock. When the
+    /// index already holds every entry as given (a no-op rerun), nothing is locked or
+    /// written: the index is read once, without the lock (it is only ever replaced whole,
+    /// so a read sees one version), and left as it is.
     pub fn update_index(
         &self,
         pipeline: &str,
@@ -87,6 +90,16 @@ impl Store {
     ) -> io::Result<()> {
         if updates.is_empty() {
             return Ok(());
+        }
+        let path = self.index_path(pipeline);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            let index = self.read_index(pipeline);
+            if updates
+                .iter()
+                .all(|(id, e)| index.entries.get(id) == Some(e))
+            {
+                return Ok(());
+            }
         }
         let _lock = KeyLock::acquire(
             &self
@@ -96,7 +109,6 @@ impl Store {
             self.host(),
             &mut |_| {},
         )?;
-        let path = self.index_path(pipeline);
         if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
             return Err(io::Error::other(format!(
                 "{} is not a regular file: remove it",
@@ -125,5 +137,82 @@ impl Store {
         }
         let bytes = serde_json::to_vec(&index).map_err(io::Error::other)?;
         write_atomic(&self.index_path(pipeline), &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn entry(key: &str) -> IndexEntry {
+        IndexEntry {
+            key: key.to_string(),
+            kind: "exec".to_string(),
+            version: 1,
+            params: serde_json::Map::new(),
+            inputs: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `update_index` on another thread while this one holds the index lock; whether
+    /// it returned within `wait`.
+    fn returns_while_locked(store: &std::sync::Arc<Store>, key: &str, wait: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        let (s, k) = (store.clone(), key.to_string());
+        std::thread::spawn(move || {
+            let r = s.update_index("p", vec![("copy {\"i\":1}".to_string(), entry(&k))]);
+            let _ = tx.send(r.is_ok());
+        });
+        rx.recv_timeout(wait) == Ok(true)
+    }
+
+    #[test]
+    fn an_unchanged_index_is_neither_locked_nor_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::new(dir.path()));
+        store.prepare().unwrap();
+        let id = "copy {\"i\":1}".to_string();
+        store
+            .update_index("p", vec![(id.clone(), entry("k1"))])
+            .unwrap();
+        let path = store.index_path("p");
+        let before = std::fs::metadata(&path).unwrap();
+        let lock = KeyLock::acquire(
+            &store.root().join("locks").join("index-p.lock"),
+            store.host(),
+            &mut |_| {},
+        )
+        .unwrap();
+        // The same entry again: done at once, although another holds the lock.
+        assert!(returns_while_locked(&store, "k1", Duration::from_secs(10)));
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (before.ino(), before.modified().unwrap()),
+            (after.ino(), after.modified().unwrap())
+        );
+        // A changed entry waits for the lock, then is written, the old one kept as history.
+        let (tx, rx) = mpsc::channel();
+        let s = store.clone();
+        let waiter = std::thread::spawn(move || {
+            let r = s.update_index("p", vec![("copy {\"i\":1}".to_string(), entry("k2"))]);
+            let _ = tx.send(r.is_ok());
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        drop(lock);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(true));
+        waiter.join().unwrap();
+        let index = store.read_index("p");
+        assert_eq!(index.entries[&id].key, "k2");
+        assert_eq!(
+            index.history[&id]
+                .iter()
+                .map(|e| &e.key)
+                .collect::<Vec<_>>(),
+            ["k1"]
+        );
     }
 }

@@ -442,6 +442,7 @@ impl Kind for Dataset {
                     .unwrap_or_default(),
                 path: p,
                 data: true,
+                meta: None,
             })
             .collect()
     }

@@ -235,40 +235,47 @@ fn is_table_name(t: &str) -> bool {
 /// missing.
 fn declared(base: &std::path::Path, entry: &str) -> Vec<DeclaredFile> {
     let path = base.join(entry);
-    let one = |name: String, path: std::path::PathBuf| DeclaredFile {
-        name,
-        path,
-        data: false,
-    };
+    let one =
+        |name: String, path: std::path::PathBuf, meta: Option<std::fs::Metadata>| DeclaredFile {
+            name,
+            path,
+            data: false,
+            meta,
+        };
     let name_of = |p: &std::path::Path| {
         p.strip_prefix(base)
             .unwrap_or(p)
             .to_string_lossy()
             .replace('\\', "/")
     };
-    if path.is_dir() {
+    // One `stat`, handed on with the file: the planner checks its remembered hash against it.
+    let meta = std::fs::metadata(&path).ok();
+    if meta.as_ref().is_some_and(|m| m.is_dir()) {
         let mut files: Vec<DeclaredFile> = walkdir::WalkDir::new(&path)
             .sort_by_file_name()
             .into_iter()
             .flatten()
             .filter(|e| e.file_type().is_file())
-            .map(|e| one(name_of(e.path()), e.path().to_path_buf()))
+            .map(|e| one(name_of(e.path()), e.path().to_path_buf(), None))
             .collect();
         if files.is_empty() {
-            files.push(one(format!("{entry} (empty folder)"), path));
+            files.push(one(format!("{entry} (empty folder)"), path, None));
         }
         return files;
     }
     let is_pattern = entry.contains(['*', '?', '[']);
     if !is_pattern {
-        return vec![one(entry.to_string(), path)];
+        return vec![one(entry.to_string(), path, meta)];
     }
     let mut found: Vec<std::path::PathBuf> = glob::glob(&path.to_string_lossy())
         .map(|paths| paths.flatten().filter(|p| p.is_file()).collect())
         .unwrap_or_default();
     found.sort();
     if found.is_empty() {
-        return vec![one(entry.to_string(), path)];
+        return vec![one(entry.to_string(), path, None)];
     }
-    found.into_iter().map(|p| one(name_of(&p), p)).collect()
+    found
+        .into_iter()
+        .map(|p| one(name_of(&p), p, None))
+        .collect()
 }
