@@ -205,6 +205,10 @@ impl Instance {
     }
 }
 
+/// The most instances of a plan whose instances keep their parameters' typed views (see
+/// [`crate::stage::keep_typed_views`]).
+const KEEP_TYPED_UP_TO: usize = 10_000;
+
 impl Plan {
     /// Expands a spec into instances, resolving and checking every parameter.
     pub fn build(spec: Spec) -> Result<Plan, Error> {
@@ -219,16 +223,28 @@ impl Plan {
                 None => Error::usage(message),
             });
         }
+        crate::stage::keep_typed_views(bound <= KEEP_TYPED_UP_TO);
         let mut graph: DiGraph<Instance, ()> = DiGraph::with_capacity(bound, edges);
         let mut order = Vec::with_capacity(bound);
         let mut by_point: Vec<HashMap<ProjKey, NodeIndex>> = Vec::with_capacity(spec.stages.len());
         let mut defaults = Defaults::default();
         let cwd = std::env::current_dir().ok();
         for (si, &count) in counts.iter().enumerate() {
-            let mut map: HashMap<ProjKey, NodeIndex> = HashMap::with_capacity(count);
+            // The instances by point, to find a user's inputs and to skip the points that
+            // give an instance already made. A stage that every sweep variable reaches has
+            // one instance per point, and one that no stage reads needs no lookup: without
+            // either, no map is kept (a large sweep's last stage would hold one entry per
+            // instance).
+            let read_later = spec
+                .stages
+                .iter()
+                .any(|s| s.inputs.iter().any(|r| r.index == si));
+            let keep = read_later || deps[si].len() < spec.sweep.vars.len();
+            let mut map: HashMap<ProjKey, NodeIndex> =
+                HashMap::with_capacity(if keep { count } else { 0 });
             for point in &spec.sweep.points {
                 let proj = ProjKey::of(&deps[si], point, &spec.sweep);
-                if map.contains_key(&proj) {
+                if keep && map.contains_key(&proj) {
                     continue;
                 }
                 let at = InstanceAt {
@@ -245,7 +261,9 @@ impl Plan {
                     graph.add_edge(up, idx, ());
                 }
                 order.push(idx);
-                map.insert(proj, idx);
+                if keep {
+                    map.insert(proj, idx);
+                }
             }
             by_point.push(map);
         }

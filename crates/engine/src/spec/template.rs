@@ -123,12 +123,15 @@ pub fn resolve(
             float(*x).ok_or_else(|| Error::at(&node.loc, path, "expected a finite number"))?
         }
         Value::Bool(b) => Json::Bool(*b),
-        Value::Array(items) => Json::Array(
-            items
-                .iter()
-                .map(|n| resolve(n, lookup, path))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::Array(items) => {
+            // Exactly as long as the list (collecting through `Result` would start at 4
+            // elements): a large sweep holds one of these per instance.
+            let mut out = Vec::with_capacity(items.len());
+            for n in items {
+                out.push(resolve(n, lookup, path)?);
+            }
+            Json::Array(out)
+        }
         Value::Table(t) => {
             let mut m = serde_json::Map::new();
             for (k, (_, n)) in t {

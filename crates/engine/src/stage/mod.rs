@@ -24,7 +24,7 @@ pub use context::{BadData, InputArtifact, RunContext};
 pub use kind::{CheckEnv, DeclaredFile, InputInfo, Inputs, Kind, Registry, Slot, StageKind};
 pub use params::{
     KindParams, ParamError, ParamSpec, ParamType, ParamValue, Params, Presence, Scalar,
-    default_literal, json_type,
+    default_literal, json_type, keep_typed_views,
 };
 pub use parts::{InputIdentities, InputParts, KeyInputs, Part};
 pub use process::{Supervised, SupervisedChild, TimedOut, kill_live_groups, stopping};
