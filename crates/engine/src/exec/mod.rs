@@ -326,9 +326,10 @@ pub fn triage(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Obse
     // Each check reads a manifest and stats its files: spread over the cores.
     let complete: Vec<bool> = {
         use rayon::prelude::*;
+        let scan = store.scan();
         nodes
             .par_iter()
-            .map(|&n| plan.key(n).is_some_and(|k| store.is_complete(&k)))
+            .map(|&n| plan.key(n).is_some_and(|k| scan.is_complete(&k)))
             .collect()
     };
     let mut to_run = Vec::new();
