@@ -27,7 +27,7 @@ pub use crate::key::{KEY_SCHEMA, canonical_json, compute_key};
 use crate::spec::{Spec, StageSpec, template};
 use crate::stage::{CheckEnv, InputInfo, Params, Presence};
 use crate::store::Store;
-use crate::store::index::{IndexEntry, entry_id};
+use crate::store::index::{EntryBrief, IndexEntry, entry_id};
 
 /// A value filled in once known (and forgotten again when what it came from changes),
 /// shared by the threads of a run.
@@ -182,6 +182,22 @@ pub fn index_entry(plan: &Plan, inst: &Instance) -> (String, IndexEntry) {
                 .map(|(slot, up)| (slot.clone(), plan.graph[*up].key().unwrap_or_default()))
                 .collect(),
             files: inst.files.iter().cloned().collect(),
+        },
+    )
+}
+
+/// [`index_entry`] in brief ([`EntryBrief`]): the entry's id, key and input keys.
+pub fn index_brief(plan: &Plan, inst: &Instance) -> (String, EntryBrief) {
+    let stage = &plan.spec.stages[inst.stage];
+    (
+        entry_id(&stage.name, &plan.point_of(inst)),
+        EntryBrief {
+            key: inst.key().unwrap_or_default(),
+            inputs: inst
+                .inputs
+                .iter()
+                .map(|(slot, up)| (slot.clone(), plan.graph[*up].key().unwrap_or_default()))
+                .collect(),
         },
     )
 }

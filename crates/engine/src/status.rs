@@ -181,15 +181,17 @@ pub fn explain(plan: &Plan, inst: &Instance, last: &IndexEntry) -> String {
 /// and `logs/`, read once, so that a key none of them lists costs no system call (a
 /// 100,000-instance sweep with little cached would otherwise pay three failed opens or
 /// stats per instance). A folder that cannot be listed is `None`: every key is looked up.
-struct Present {
+struct Present<'a> {
+    /// `artifacts/`, open for the status's completeness checks.
+    scan: crate::store::Scan<'a>,
     artifacts: Option<HashSet<String>>,
     locks: Option<HashSet<String>>,
     logs: Option<HashSet<String>>,
 }
 
-impl Present {
+impl Present<'_> {
     /// Lists the three folders of `store` (a missing one holds nothing).
-    fn read(store: &Store) -> Present {
+    fn read(store: &Store) -> Present<'_> {
         let list = |sub: &str, suffix: &str| -> Option<HashSet<String>> {
             let entries = match std::fs::read_dir(store.root().join(sub)) {
                 Ok(entries) => entries,
@@ -206,6 +208,7 @@ impl Present {
             Some(names)
         };
         Present {
+            scan: store.scan(),
             artifacts: list("artifacts", ""),
             locks: list("locks", ".lock"),
             logs: list("logs", ".log"),
@@ -218,8 +221,8 @@ impl Present {
     }
 
     /// [`Store::is_complete`], without a system call for a key `artifacts/` did not list.
-    fn is_complete(&self, store: &Store, key: &str) -> bool {
-        Present::may_hold(&self.artifacts, key) && store.is_complete(key)
+    fn is_complete(&self, key: &str) -> bool {
+        Present::may_hold(&self.artifacts, key) && self.scan.is_complete(key)
     }
 
     /// [`running`], without a system call for a key `locks/` did not list.
@@ -250,7 +253,7 @@ pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> 
         .map(|&node| {
             let inst = &plan.graph[node];
             let mut st = state(plan, store, &present, index, node, inst);
-            st.parts = parts_with(plan, node, |k| present.is_complete(store, k));
+            st.parts = parts_with(plan, node, |k| present.is_complete(k));
             st
         })
         .collect()
@@ -266,12 +269,10 @@ fn state(
 ) -> InstanceStatus {
     let key = plan.resolve(node, store);
     let stage = &plan.spec.stages[inst.stage];
-    let last = index
-        .entries
-        .get(&entry_id(&stage.name, &plan.point_of(inst)));
     let id = entry_id(&stage.name, &plan.point_of(inst));
+    let last = index.entries.get(&id);
     let (state, reason) = match &key {
-        Some(k) if present.is_complete(store, k) => (State::Cached, String::new()),
+        Some(k) if present.is_complete(k) => (State::Cached, String::new()),
         None if inst.missing.is_some() => (
             State::Missing,
             format!(
@@ -301,7 +302,7 @@ fn state(
                 // differences, newest first), else against what ran last.
                 let closest = index
                     .all(&id)
-                    .filter(|e| present.is_complete(store, &e.key))
+                    .filter(|e| present.is_complete(&e.key))
                     .map(|e| explain(plan, inst, e))
                     .min_by_key(|why| why.matches("; ").count());
                 match (closest, last) {

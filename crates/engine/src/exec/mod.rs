@@ -326,9 +326,10 @@ pub fn triage(plan: &Plan, store: &Store, opts: &RunOptions, observer: &dyn Obse
     // Each check reads a manifest and stats its files: spread over the cores.
     let complete: Vec<bool> = {
         use rayon::prelude::*;
+        let scan = store.scan();
         nodes
             .par_iter()
-            .map(|&n| plan.key(n).is_some_and(|k| store.is_complete(&k)))
+            .map(|&n| plan.key(n).is_some_and(|k| scan.is_complete(&k)))
             .collect()
     };
     let mut to_run = Vec::new();
@@ -384,17 +385,27 @@ pub fn conclude(
     nodes: &[NodeIndex],
     mut outcomes: std::collections::HashMap<NodeIndex, Outcome>,
 ) -> std::io::Result<RunReport> {
-    let updates: Vec<_> = nodes
+    let done: Vec<NodeIndex> = nodes
         .iter()
+        .copied()
         .filter(|n| {
             matches!(
                 outcomes.get(n),
                 Some(Outcome::Executed { .. } | Outcome::Cached)
             )
         })
-        .map(|&n| crate::plan::index_entry(plan, &plan.graph[n]))
         .collect();
-    store.update_index(&plan.spec.name, updates)?;
+    // A rerun that changed nothing compares only keys and input keys with the index; the
+    // full entries are built only when one differs.
+    let briefs: Vec<_> = done
+        .iter()
+        .map(|&n| crate::plan::index_brief(plan, &plan.graph[n]))
+        .collect();
+    store.record_in_index(&plan.spec.name, &briefs, || {
+        done.iter()
+            .map(|&n| crate::plan::index_entry(plan, &plan.graph[n]))
+            .collect()
+    })?;
     Ok(RunReport {
         outcomes: nodes
             .iter()

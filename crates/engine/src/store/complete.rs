@@ -66,7 +66,7 @@ pub(super) struct FileCheck<'a> {
 }
 
 /// A JSON string, checked and dropped (a `String` field of the manifest).
-struct AnyStr;
+pub(super) struct AnyStr;
 
 impl<'de> Deserialize<'de> for AnyStr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -86,7 +86,7 @@ impl<'de> Deserialize<'de> for AnyStr {
 
 /// A JSON object of strings, checked and dropped (a `BTreeMap<String, String>` field).
 #[derive(Default)]
-struct StrMap;
+pub(super) struct StrMap;
 
 impl<'de> Deserialize<'de> for StrMap {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -99,6 +99,71 @@ impl<'de> Deserialize<'de> for StrMap {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<StrMap, A::Error> {
                 while m.next_entry::<AnyStr, AnyStr>()?.is_some() {}
                 Ok(StrMap)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Any JSON value that parses as a `serde_json::Value`, checked and dropped: unlike
+/// [`IgnoredAny`], it refuses what `Value` refuses (a number out of range).
+pub(super) struct AnyJson;
+
+impl<'de> Deserialize<'de> for AnyJson {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AnyJsonVisitor)
+    }
+}
+
+struct AnyJsonVisitor;
+
+impl<'de> Visitor<'de> for AnyJsonVisitor {
+    type Value = AnyJson;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<AnyJson, A::Error> {
+        while s.next_element::<AnyJson>()?.is_some() {}
+        Ok(AnyJson)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<AnyJson, A::Error> {
+        while m.next_entry::<AnyStr, AnyJson>()?.is_some() {}
+        Ok(AnyJson)
+    }
+}
+
+/// A JSON object of any values, checked and dropped (a `serde_json::Map` field).
+pub(super) struct AnyMap;
+
+impl<'de> Deserialize<'de> for AnyMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyMap;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<AnyMap, A::Error> {
+                while m.next_entry::<AnyStr, AnyJson>()?.is_some() {}
+                Ok(AnyMap)
             }
         }
         d.deserialize_map(V)

@@ -260,6 +260,84 @@ fn files_complete<'a>(dir: &Path, mut files: impl Iterator<Item = (&'a str, u64)
     })
 }
 
+/// `artifacts/` open for a pass of completeness checks ([`Store::scan`]).
+pub struct Scan<'a> {
+    store: &'a Store,
+    /// `artifacts/`, if it could be opened.
+    dir: Option<File>,
+}
+
+impl Scan<'_> {
+    /// [`Store::is_complete`], the same checks on the same files, with paths taken from
+    /// the open `artifacts/` (a key that is not a key is checked by path, as there).
+    pub fn is_complete(&self, key: &str) -> bool {
+        use std::os::fd::AsRawFd;
+        let Some(dir) = self.dir.as_ref().filter(|_| crate::key::is_key(key)) else {
+            return self.store.is_complete(key);
+        };
+        let fd = dir.as_raw_fd();
+        let Ok(bytes) = read_sealed_at(fd, &format!("{key}/{MANIFEST}")) else {
+            return false;
+        };
+        let Ok(m) = serde_json::from_slice::<complete::ManifestCheck<'_>>(&bytes) else {
+            return false;
+        };
+        m.key == key
+            && m.files.iter().all(|f| {
+                // As `Path::join`: an absolute path stands for itself.
+                if Path::new(&*f.path).is_absolute() {
+                    return files_complete(Path::new("/"), std::iter::once((&*f.path, f.size)));
+                }
+                let Ok(name) = std::ffi::CString::new(format!("{key}/{}", f.path)) else {
+                    return false;
+                };
+                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                // SAFETY: `name` is a C string and `st` room for a `stat`; fstatat fills it in
+                // when it returns 0.
+                if unsafe { libc::fstatat(fd, name.as_ptr(), st.as_mut_ptr(), 0) } != 0 {
+                    return false;
+                }
+                // SAFETY: fstatat returned 0.
+                let st = unsafe { st.assume_init() };
+                st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 == f.size
+            })
+    }
+}
+
+/// [`read_sealed`] of `name` under the folder open as `dir`.
+fn read_sealed_at(dir: std::os::fd::RawFd, name: &str) -> io::Result<Vec<u8>> {
+    use std::os::fd::FromRawFd;
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: `name` is a C string; the descriptor returned is owned by the `File` below.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            // O_NOFOLLOW on a symlink.
+            Some(libc::ELOOP) => not_regular(),
+            _ => e,
+        });
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    if meta.len() > MAX_BOOKKEEPING {
+        return Err(too_large());
+    }
+    let mut buf = vec![0u8; meta.len() as usize];
+    (&f).read_exact(&mut buf)?;
+    Ok(buf)
+}
+
 /// Reads a file only if it is a regular file ([`open_regular`]) of at most
 /// [`MAX_BOOKKEEPING`] bytes.
 pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
@@ -732,6 +810,19 @@ impl Store {
         m.key == key && files_complete(&dir, m.files.iter().map(|f| (&*f.path, f.size)))
     }
 
+    /// `artifacts/` opened for one pass of [`Scan::is_complete`] checks (a run's triage, a
+    /// status): each manifest and file is then looked up from that folder, not along the
+    /// whole path from `/`. Held for one pass only, never by the `Store`: the cache folder
+    /// may be removed and made again between commands.
+    pub fn scan(&self) -> Scan<'_> {
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(self.root.join("artifacts"))
+            .ok();
+        Scan { store: self, dir }
+    }
+
     /// The manifest of a complete artifact (see [`Store::is_complete`]).
     pub fn complete_manifest(&self, key: &str) -> Option<Manifest> {
         let m = self.manifest(key)?;
@@ -1071,6 +1162,91 @@ mod tests {
             pipe_version: "test".into(),
             host: "h".into(),
         }
+    }
+
+    #[test]
+    fn a_scan_finds_complete_exactly_what_the_store_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
+        fs::create_dir_all(dir.path().join("artifacts")).unwrap();
+        fs::write(dir.path().join("five"), b"hello").unwrap();
+        let five = dir.path().join("five").to_str().unwrap().to_string();
+        // An artifact written by hand: `key` (named `name` in its manifest), its manifest
+        // listing `files`, and `make` setting up its folder.
+        let case = |n: u8, named: Option<&str>, files: &[(&str, u64)], make: &dyn Fn(&Path)| {
+            let key = format!("{n:064x}");
+            let art = dir.path().join("artifacts").join(&key);
+            fs::create_dir_all(&art).unwrap();
+            let mut m = draft(named.unwrap_or(&key));
+            m.files = files
+                .iter()
+                .map(|(p, size)| FileEntry {
+                    path: p.to_string(),
+                    blake3: "b".into(),
+                    size: *size,
+                })
+                .collect();
+            fs::write(art.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+            make(&art);
+            key
+        };
+        let out = |art: &Path| fs::write(art.join("out.txt"), b"hello").unwrap();
+        let cases = [
+            (case(1, None, &[("out.txt", 5)], &out), true),
+            (case(2, None, &[("out.txt", 4)], &out), false),
+            (case(3, None, &[("out.txt", 5), ("gone", 0)], &out), false),
+            (
+                case(4, None, &[("sub/link", 5)], &|a| {
+                    fs::create_dir(a.join("sub")).unwrap();
+                    std::os::unix::fs::symlink("../../../five", a.join("sub/link")).unwrap()
+                }),
+                true,
+            ),
+            (
+                case(5, None, &[("sub", 0)], &|a| {
+                    fs::create_dir(a.join("sub")).unwrap()
+                }),
+                false,
+            ),
+            (case(6, Some("other"), &[("out.txt", 5)], &out), false),
+            (case(7, None, &[(&five, 5)], &|_| {}), true),
+            (case(8, None, &[(&five, 6)], &|_| {}), false),
+            (
+                case(9, None, &[], &|a| {
+                    fs::rename(a.join(MANIFEST), a.join("m")).unwrap();
+                    std::os::unix::fs::symlink("m", a.join(MANIFEST)).unwrap()
+                }),
+                false,
+            ),
+            (
+                case(10, None, &[], &|a| {
+                    fs::remove_file(a.join(MANIFEST)).unwrap();
+                    fs::create_dir(a.join(MANIFEST)).unwrap()
+                }),
+                false,
+            ),
+            (
+                case(11, None, &[], &|a| {
+                    fs::write(a.join(MANIFEST), b"{").unwrap()
+                }),
+                false,
+            ),
+            (format!("{:064x}", 12), false),
+        ];
+        let scan = store.scan();
+        for (key, complete) in &cases {
+            assert_eq!(store.is_complete(key), *complete, "{key}");
+            assert_eq!(scan.is_complete(key), *complete, "{key}");
+        }
+        // A name that is not a key is looked up by path.
+        let tmp = store.begin("k1").unwrap();
+        fs::write(tmp.join("a"), b"x").unwrap();
+        store.commit(&tmp, draft("k1")).unwrap();
+        assert!(scan.is_complete("k1"));
+        // No `artifacts/` at all: nothing is complete.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(!Store::new(empty.path()).scan().is_complete(&cases[0].0));
     }
 
     #[test]
