@@ -293,7 +293,11 @@ pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
         && raw.get() != "[]"
     {
         let keys = keys_path(store, &r.id);
-        write_atomic(&keys, raw.get().as_bytes()).map_err(|e| Error::io(&keys, e))?;
+        // A run saves its record at its start and at its end, most often with the same
+        // keys: a file that already holds them is not written (and synced) again.
+        if read_regular(&keys).ok().as_deref() != Some(raw.get().as_bytes()) {
+            write_atomic(&keys, raw.get().as_bytes()).map_err(|e| Error::io(&keys, e))?;
+        }
     }
     let text = serde_json::to_vec_pretty(r).unwrap_or_default();
     write_atomic(&path, &text).map_err(|e| Error::io(&path, e))
@@ -447,6 +451,29 @@ mod tests {
         assert_eq!(keys_of(&store, &back), ["x"]);
         save_record(&store, &back).unwrap();
         assert_eq!(keys_of(&store, &find_record(&store, &r.id).unwrap()), ["x"]);
+    }
+
+    #[test]
+    fn keys_already_on_disk_are_not_written_again() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
+        let mut r = RunRecord::begin("p", None, &[]);
+        r.add_keys(["a".to_string()]);
+        save_record(&store, &r).unwrap();
+        let path = keys_path(&store, &r.id);
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        // Saved again with the same keys (the run's end): the same file stays.
+        r.exit = Some(0);
+        save_record(&store, &r).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+        // New keys: written anew (atomically: a new file renamed over the old one).
+        r.add_keys(["b".to_string()]);
+        save_record(&store, &r).unwrap();
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), inode);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), r#"["a","b"]"#);
+        assert_eq!(keys_of(&store, &find_record(&store, &r.id).unwrap()), ["a", "b"]);
     }
 
     #[test]
