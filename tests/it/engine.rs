@@ -667,3 +667,57 @@ cmd = ["echo", "${noise}", "${seed}"]
         ]
     );
 }
+
+#[test]
+fn a_large_stage_is_planned_on_every_core_as_each_instance_is_alone() {
+    // 300 instances (planned in parallel) of an exec stage whose command and threads come
+    // from the point.
+    let p = Project::new();
+    let values: Vec<String> = (1..=300).map(|v| v.to_string()).collect();
+    p.write(
+        "p.toml",
+        &format!(
+            "[pipeline]\nname = \"wide\"\n[sweep]\nv = [{}]\n[stage.a]\nkind = \"exec\"\n\
+             cmd = [\"echo\", \"${{v}}\"]\nthreads = \"${{v}}\"\n",
+            values.join(", ")
+        ),
+    );
+    let dag = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["dag", "p.toml"];
+        args.extend_from_slice(extra);
+        let out = p.pipe(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let all = dag(&[]);
+    assert_eq!(all.len(), 300);
+    // In sweep order, and each key what a plan of that point alone (sequential) gives.
+    for (i, v) in [1, 2, 64, 65, 150, 299, 300].into_iter().enumerate() {
+        let line = &all[v - 1];
+        assert!(line.ends_with(&format!(" a[v={v}]")), "{i}: {line}");
+        let alone = dag(&["--set", &format!("sweep.v=[{v}]")]);
+        assert_eq!(alone, vec![line.clone()], "v = {v}");
+    }
+    let keys: std::collections::HashSet<&str> =
+        all.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(keys.len(), 300);
+    // Two points fail the kind's check: the error is the first one in sweep order.
+    let mut bad = values.clone();
+    bad[150] = "0".into();
+    bad[250] = "-1".into();
+    let set = format!("sweep.v=[{}]", bad.join(","));
+    let out = p.pipe(&["dag", "p.toml", "--set", &set]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`stage.a.threads`: must be at least 1 (at v=0)"),
+        "{err}"
+    );
+}

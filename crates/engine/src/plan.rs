@@ -225,6 +225,13 @@ impl Instance {
 /// [`crate::stage::keep_typed_views`]).
 const KEEP_TYPED_UP_TO: usize = 10_000;
 
+/// Points whose instances are made together: in parallel, then put into the graph (a
+/// bound on the instances held outside it).
+const BUILD_CHUNK: usize = 1024;
+
+/// The fewest new instances of a chunk that are made on every core.
+const PARALLEL_FROM: usize = 64;
+
 impl Plan {
     /// Expands a spec into instances, resolving and checking every parameter.
     pub fn build(spec: Spec) -> Result<Plan, Error> {
@@ -258,27 +265,52 @@ impl Plan {
             let keep = read_later || deps[si].len() < spec.sweep.vars.len();
             let mut map: HashMap<ProjKey, NodeIndex> =
                 HashMap::with_capacity(if keep { count } else { 0 });
-            for point in &spec.sweep.points {
-                let proj = ProjKey::of(&deps[si], point, &spec.sweep);
-                if keep && map.contains_key(&proj) {
-                    continue;
+            let mut chosen: Vec<&[usize]> = Vec::with_capacity(BUILD_CHUNK);
+            for chunk in spec.sweep.points.chunks(BUILD_CHUNK) {
+                // The points that give this stage a new instance, in sweep order; each one's
+                // node index is the next one the graph gives.
+                chosen.clear();
+                for point in chunk {
+                    if keep {
+                        let proj = ProjKey::of(&deps[si], point, &spec.sweep);
+                        if map.contains_key(&proj) {
+                            continue;
+                        }
+                        map.insert(proj, NodeIndex::new(graph.node_count() + chosen.len()));
+                    }
+                    chosen.push(point);
                 }
-                let at = InstanceAt {
-                    spec: &spec,
-                    stage_index: si,
-                    deps: &deps,
-                    point,
-                    cwd: cwd.as_deref(),
+                // The instances are independent of one another (they read only earlier
+                // stages' instances): a large stage makes them on every core. They go into
+                // the graph in the same order, and the first error in that order is the
+                // one reported, so the plan is the same either way.
+                let make = |defaults: &mut Defaults, point: &&[usize]| {
+                    InstanceAt {
+                        spec: &spec,
+                        stage_index: si,
+                        deps: &deps,
+                        point,
+                        cwd: cwd.as_deref(),
+                    }
+                    .instance(&graph, &by_point, defaults)
                 };
-                let inst = at.instance(&graph, &by_point, &mut defaults)?;
-                let inputs: Vec<NodeIndex> = inst.inputs.iter().map(|(_, up)| *up).collect();
-                let idx = graph.add_node(inst);
-                for up in inputs {
-                    graph.add_edge(up, idx, ());
-                }
-                order.push(idx);
-                if keep {
-                    map.insert(proj, idx);
+                let made: Vec<Result<Instance, Error>> = if chosen.len() >= PARALLEL_FROM {
+                    use rayon::prelude::*;
+                    chosen
+                        .par_iter()
+                        .map_init(Defaults::default, make)
+                        .collect()
+                } else {
+                    chosen.iter().map(|p| make(&mut defaults, p)).collect()
+                };
+                for inst in made {
+                    let inst = inst?;
+                    let inputs: Vec<NodeIndex> = inst.inputs.iter().map(|(_, up)| *up).collect();
+                    let idx = graph.add_node(inst);
+                    for up in inputs {
+                        graph.add_edge(up, idx, ());
+                    }
+                    order.push(idx);
                 }
             }
             by_point.push(map);

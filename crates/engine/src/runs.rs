@@ -473,7 +473,10 @@ mod tests {
         save_record(&store, &r).unwrap();
         assert_ne!(std::fs::metadata(&path).unwrap().ino(), inode);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), r#"["a","b"]"#);
-        assert_eq!(keys_of(&store, &find_record(&store, &r.id).unwrap()), ["a", "b"]);
+        assert_eq!(
+            keys_of(&store, &find_record(&store, &r.id).unwrap()),
+            ["a", "b"]
+        );
     }
 
     #[test]
