@@ -305,11 +305,18 @@ pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
 
 /// Every run record in the cache, oldest first (records that do not parse are skipped).
 pub fn records(store: &Store) -> Vec<RunRecord> {
-    let mut out: Vec<RunRecord> = std::fs::read_dir(runs_dir(store))
+    use rayon::prelude::*;
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs_dir(store))
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| read_record_file(&e.path().join("run.json")))
+        .map(|e| e.path())
+        .collect();
+    // Read and parsed on every core: a cache run nightly holds hundreds of records, and
+    // `status` and `run` read them all.
+    let mut out: Vec<RunRecord> = dirs
+        .par_iter()
+        .filter_map(|d| read_record_file(&d.join("run.json")))
         .filter_map(|b| serde_json::from_slice(&b).ok())
         .collect();
     out.sort_by(|a: &RunRecord, b| a.submitted.total_cmp(&b.submitted).then(a.id.cmp(&b.id)));
