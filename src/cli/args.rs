@@ -120,7 +120,7 @@ pub(super) fn select(
                 return Ok((file, args.set.clone(), dir, None));
             }
             let store = pipe_engine::store::Store::new(&dir);
-            let all = runs::records(&store);
+            let all = runs::records_seen(&store);
             // A run narrowed by --only/--point does not redefine the file: the last run
             // that covered all of it does.
             let full = runs::last_full_of(&all, &file);

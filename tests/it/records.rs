@@ -213,3 +213,50 @@ fn an_instance_pipe_stopped_on_sigterm_is_said_stopped_not_failed() {
     assert!(!err.contains("FAILED e"), "{err}");
     assert!(err.contains("stopped e: pipe was interrupted"), "{err}");
 }
+
+#[test]
+fn a_no_op_run_syncs_nothing_and_its_record_is_whole() {
+    // Run records are bookkeeping: written whole (a temp file renamed over) but not synced,
+    // so a rerun with everything cached makes no fsync, fdatasync or syncfs at all.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"n\"\n[sweep]\ni = [1, 2, 3]\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"echo ${i} > $PIPE_OUT/x.txt\"]\n",
+    );
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=fsync,fdatasync,syncfs,sync", "-o"])
+        .arg(p.path("trace.txt"))
+        .arg(env!("CARGO_BIN_EXE_pipe"))
+        .args(["run", "p.toml", "--json"])
+        .current_dir(p.dir.path())
+        .env("PIPE_CACHE", p.cache())
+        .output()
+        .expect("strace (scripts/setup-tests installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(count(&report, "cached"), 3, "{report}");
+    let trace = std::fs::read_to_string(p.path("trace.txt")).unwrap();
+    let syncs: Vec<&str> = trace
+        .lines()
+        .filter(|l| {
+            ["fsync(", "fdatasync(", "syncfs(", "sync("]
+                .iter()
+                .any(|c| l.contains(c))
+        })
+        .collect();
+    assert!(syncs.is_empty(), "{syncs:?}");
+    // The record of that run parses and says what it did.
+    let runs = p.pipe(&["runs", "--json"]);
+    let listed: Json = serde_json::from_slice(&runs.stdout).unwrap_or(Json::Null);
+    let text = listed.to_string();
+    assert!(
+        text.contains("\"cached\":3") || text.contains("\"cached\": 3"),
+        "{text}"
+    );
+}

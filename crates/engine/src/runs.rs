@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::store::{KeyLock, Store, lock, read_regular, unix_now, write_atomic};
+use crate::store::{KeyLock, Store, lock, read_regular, unix_now, write_atomic_unsynced};
 
 /// Counts of a run's instances by outcome.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -281,6 +281,7 @@ fn record_path(store: &Store, id: &str) -> PathBuf {
 /// Saves a run record atomically; refuses a folder that is not a pipe cache
 /// ([`Store::check_marked`]).
 pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
+    *SEEN.lock().unwrap_or_else(|e| e.into_inner()) = None;
     store
         .check_marked()
         .map_err(|e| Error::io(store.root(), e))?;
@@ -296,11 +297,36 @@ pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
         // A run saves its record at its start and at its end, most often with the same
         // keys: a file that already holds them is not written (and synced) again.
         if read_regular(&keys).ok().as_deref() != Some(raw.get().as_bytes()) {
-            write_atomic(&keys, raw.get().as_bytes()).map_err(|e| Error::io(&keys, e))?;
+            write_atomic_unsynced(&keys, raw.get().as_bytes()).map_err(|e| Error::io(&keys, e))?;
         }
     }
+    // Not synced (two `fsync`s per file cost more than the rest of a no-op run): a record
+    // lost or torn by a power loss is skipped when records are read, so gc keeps its
+    // artifacts only as long as other runs or pipelines use them (work to redo at most).
     let text = serde_json::to_vec_pretty(r).unwrap_or_default();
-    write_atomic(&path, &text).map_err(|e| Error::io(&path, e))
+    write_atomic_unsynced(&path, &text).map_err(|e| Error::io(&path, e))
+}
+
+/// The records [`records_seen`] read, by runs folder (cleared by [`save_record`]).
+static SEEN: std::sync::Mutex<Option<(PathBuf, std::sync::Arc<Vec<RunRecord>>)>> =
+    std::sync::Mutex::new(None);
+
+/// [`records`], read once per process: for commands that only look at runs (`status`
+/// finds the file's last run, then which runs are still live), where reading each record
+/// twice cost as much as the rest of the command on a cache of a few hundred runs. A
+/// record this process saves clears it. Never for what removes or keeps artifacts (`gc`
+/// reads the records afresh each time).
+pub fn records_seen(store: &Store) -> std::sync::Arc<Vec<RunRecord>> {
+    let dir = runs_dir(store);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((d, all)) = seen.as_ref()
+        && *d == dir
+    {
+        return all.clone();
+    }
+    let all = std::sync::Arc::new(records(store));
+    *seen = Some((dir, all.clone()));
+    all
 }
 
 /// Every run record in the cache, oldest first (records that do not parse are skipped).
