@@ -78,9 +78,9 @@ struct PartJson<'a> {
 pub fn status(args: &StatusArgs) -> Result<i32, Error> {
     let loaded = load(&args.pipeline, true)?;
     let (plan, store) = (loaded.plan, loaded.store);
-    let index = store.read_index(&plan.spec.name);
+    let index = status::IndexSource::lazy(&store, &plan.spec.name);
     let only = super::selectors(&plan, &[], args.point.as_deref())?;
-    let states: Vec<InstanceStatus> = status::status(&plan, &store, &index)
+    let states: Vec<InstanceStatus> = status::status_from(&plan, &store, &index)
         .into_iter()
         .filter(|s| only.iter().all(|o| o.matches(&plan, s.node)))
         .collect();

@@ -260,3 +260,55 @@ fn a_no_op_run_syncs_nothing_and_its_record_is_whole() {
         "{text}"
     );
 }
+
+#[test]
+fn a_status_of_cached_instances_reads_no_index_and_no_run_record() {
+    // What a status of cached instances needs is each key and its artifact: the index (the
+    // reasons of stale instances) and the run records (live Slurm jobs of instances not
+    // cached) are read only when some instance is not cached.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"s\"\n[sweep]\ni = [1, 2]\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"echo ${i} > $PIPE_OUT/x.txt\"]\n",
+    );
+    let (code, r) = p.run("p.toml", &[]);
+    assert_eq!(code, 0, "{r}");
+    let traced = |args: &[&str]| -> (Vec<Json>, String) {
+        let out = std::process::Command::new("strace")
+            .args(["-f", "-e", "trace=openat,open", "-o"])
+            .arg(p.path("trace.txt"))
+            .arg(env!("CARGO_BIN_EXE_pipe"))
+            .args(args)
+            .current_dir(p.dir.path())
+            .env("PIPE_CACHE", p.cache())
+            .output()
+            .expect("strace (scripts/setup-tests installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let items: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
+        (items, std::fs::read_to_string(p.path("trace.txt")).unwrap())
+    };
+    let (items, trace) = traced(&["status", "p.toml", "--json", "--run", "none"]);
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i["state"] == "cached"), "{items:?}");
+    let opened = |trace: &str, dir: &str| trace.lines().any(|l| l.contains(&format!("/{dir}/")));
+    assert!(!opened(&trace, "index"), "{trace}");
+    assert!(!opened(&trace, "runs"), "{trace}");
+    // One instance changed: now the index tells why it is stale.
+    p.write(
+        "p.toml",
+        "[pipeline]\nname = \"s\"\n[sweep]\ni = [1, 2]\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"echo ${i}${i} > $PIPE_OUT/x.txt\"]\n",
+    );
+    let (items, trace) = traced(&["status", "p.toml", "--json", "--run", "none"]);
+    assert!(items.iter().all(|i| i["state"] == "stale"), "{items:?}");
+    assert!(
+        items
+            .iter()
+            .all(|i| i["reason"].as_str().unwrap().contains("cmd")),
+        "{items:?}"
+    );
+    assert!(opened(&trace, "index"), "{trace}");
+}

@@ -240,9 +240,52 @@ impl Present<'_> {
     }
 }
 
+/// The index a status compares with: given, or read from the store on first use (a
+/// status whose instances are all cached never reads it).
+pub enum IndexSource<'a> {
+    /// Read already.
+    Read(&'a Index),
+    /// Read from `store` for `pipeline` when first needed.
+    Lazy {
+        /// The store that holds it.
+        store: &'a Store,
+        /// The pipeline's name.
+        pipeline: &'a str,
+        /// It, once read.
+        cell: std::sync::OnceLock<Index>,
+    },
+}
+
+impl<'a> IndexSource<'a> {
+    /// The index of `pipeline` in `store`, read when first needed.
+    pub fn lazy(store: &'a Store, pipeline: &'a str) -> IndexSource<'a> {
+        IndexSource::Lazy {
+            store,
+            pipeline,
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> &Index {
+        match self {
+            IndexSource::Read(index) => index,
+            IndexSource::Lazy {
+                store,
+                pipeline,
+                cell,
+            } => cell.get_or_init(|| store.read_index(pipeline)),
+        }
+    }
+}
+
 /// The state of every instance of a plan, in plan order (resolving every key that the
 /// cache allows).
 pub fn status(plan: &Plan, store: &Store, index: &Index) -> Vec<InstanceStatus> {
+    status_from(plan, store, &IndexSource::Read(index))
+}
+
+/// [`status`], with the index read only if some instance is not cached.
+pub fn status_from(plan: &Plan, store: &Store, index: &IndexSource<'_>) -> Vec<InstanceStatus> {
     use rayon::prelude::*;
     let present = Present::read(store);
     // Keys first, in plan order (an instance's key needs its inputs' digests); then each
@@ -263,16 +306,26 @@ fn state(
     plan: &Plan,
     store: &Store,
     present: &Present,
-    index: &Index,
+    index: &IndexSource<'_>,
     node: NodeIndex,
     inst: &Instance,
 ) -> InstanceStatus {
     let key = plan.resolve(node, store);
+    if let Some(k) = &key
+        && present.is_complete(k)
+    {
+        return InstanceStatus {
+            node,
+            state: State::Cached,
+            reason: String::new(),
+            parts: Vec::new(),
+        };
+    }
+    let index = index.get();
     let stage = &plan.spec.stages[inst.stage];
     let id = entry_id(&stage.name, &plan.point_of(inst));
     let last = index.entries.get(&id);
     let (state, reason) = match &key {
-        Some(k) if present.is_complete(k) => (State::Cached, String::new()),
         None if inst.missing.is_some() => (
             State::Missing,
             format!(

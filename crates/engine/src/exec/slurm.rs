@@ -155,6 +155,10 @@ impl SlurmOptions {
 /// finished.
 fn live_jobs(store: &Store, recipes: &HashSet<&str>) -> HashMap<String, LiveInstance> {
     let mut out = HashMap::new();
+    if recipes.is_empty() {
+        // Nothing to look for (a status of cached instances): no record is read.
+        return out;
+    }
     let open: Vec<RunRecord> = crate::runs::records_seen(store)
         .iter()
         .filter(|r| !r.finished)
