@@ -214,6 +214,27 @@ fn an_instance_pipe_stopped_on_sigterm_is_said_stopped_not_failed() {
     assert!(err.contains("stopped e: pipe was interrupted"), "{err}");
 }
 
+/// Runs `pipe ARGS` under `strace -f -e trace=CALLS` in the project (failing unless it
+/// succeeds): its JSON output and the trace.
+fn traced(p: &Project, calls: &str, args: &[&str]) -> (Json, String) {
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-e", &format!("trace={calls}"), "-o"])
+        .arg(p.path("trace.txt"))
+        .arg(env!("CARGO_BIN_EXE_pipe"))
+        .args(args)
+        .current_dir(p.dir.path())
+        .env("PIPE_CACHE", p.cache())
+        .output()
+        .expect("strace (scripts/setup-tests installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = serde_json::from_slice(&out.stdout).unwrap();
+    (json, std::fs::read_to_string(p.path("trace.txt")).unwrap())
+}
+
 #[test]
 fn a_no_op_run_syncs_nothing_and_its_record_is_whole() {
     // Run records are bookkeeping: written whole (a temp file renamed over) but not synced,
@@ -225,23 +246,12 @@ fn a_no_op_run_syncs_nothing_and_its_record_is_whole() {
     );
     let (code, r) = p.run("p.toml", &[]);
     assert_eq!(code, 0, "{r}");
-    let out = std::process::Command::new("strace")
-        .args(["-f", "-e", "trace=fsync,fdatasync,syncfs,sync", "-o"])
-        .arg(p.path("trace.txt"))
-        .arg(env!("CARGO_BIN_EXE_pipe"))
-        .args(["run", "p.toml", "--json"])
-        .current_dir(p.dir.path())
-        .env("PIPE_CACHE", p.cache())
-        .output()
-        .expect("strace (scripts/setup-tests installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (report, trace) = traced(
+        &p,
+        "fsync,fdatasync,syncfs,sync",
+        &["run", "p.toml", "--json"],
     );
-    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(count(&report, "cached"), 3, "{report}");
-    let trace = std::fs::read_to_string(p.path("trace.txt")).unwrap();
     let syncs: Vec<&str> = trace
         .lines()
         .filter(|l| {
@@ -273,25 +283,15 @@ fn a_status_of_cached_instances_reads_no_index_and_no_run_record() {
     );
     let (code, r) = p.run("p.toml", &[]);
     assert_eq!(code, 0, "{r}");
-    let traced = |args: &[&str]| -> (Vec<Json>, String) {
-        let out = std::process::Command::new("strace")
-            .args(["-f", "-e", "trace=openat,open", "-o"])
-            .arg(p.path("trace.txt"))
-            .arg(env!("CARGO_BIN_EXE_pipe"))
-            .args(args)
-            .current_dir(p.dir.path())
-            .env("PIPE_CACHE", p.cache())
-            .output()
-            .expect("strace (scripts/setup-tests installs it)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    let status = || -> (Vec<Json>, String) {
+        let (items, trace) = traced(
+            &p,
+            "openat,open",
+            &["status", "p.toml", "--json", "--run", "none"],
         );
-        let items: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
-        (items, std::fs::read_to_string(p.path("trace.txt")).unwrap())
+        (serde_json::from_value(items).unwrap(), trace)
     };
-    let (items, trace) = traced(&["status", "p.toml", "--json", "--run", "none"]);
+    let (items, trace) = status();
     assert_eq!(items.len(), 2);
     assert!(items.iter().all(|i| i["state"] == "cached"), "{items:?}");
     let opened = |trace: &str, dir: &str| trace.lines().any(|l| l.contains(&format!("/{dir}/")));
@@ -302,7 +302,7 @@ fn a_status_of_cached_instances_reads_no_index_and_no_run_record() {
         "p.toml",
         "[pipeline]\nname = \"s\"\n[sweep]\ni = [1, 2]\n[stage.e]\nkind = \"exec\"\ncmd = [\"sh\", \"-c\", \"echo ${i}${i} > $PIPE_OUT/x.txt\"]\n",
     );
-    let (items, trace) = traced(&["status", "p.toml", "--json", "--run", "none"]);
+    let (items, trace) = status();
     assert!(items.iter().all(|i| i["state"] == "stale"), "{items:?}");
     assert!(
         items

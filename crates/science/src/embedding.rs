@@ -551,15 +551,31 @@ impl PointSums {
     }
 }
 
-/// Lane accumulators of one point's [`PointSums`] (its row of pairs).
-#[derive(Default)]
-struct Lanes {
-    ax: [f64; LANES],
-    ay: [f64; LANES],
-    rx: [f64; LANES],
-    ry: [f64; LANES],
-    q: [f64; LANES],
+/// Five sums for the gradient, `N` at a time: `ax`, `ay` (attraction), `rx`, `ry`
+/// (repulsion) and `q`, each an array (struct of arrays, so the pair loop vectorizes).
+#[derive(Clone)]
+struct Sums<const N: usize> {
+    ax: [f64; N],
+    ay: [f64; N],
+    rx: [f64; N],
+    ry: [f64; N],
+    q: [f64; N],
 }
+
+impl<const N: usize> Default for Sums<N> {
+    fn default() -> Self {
+        Sums {
+            ax: [0.0; N],
+            ay: [0.0; N],
+            rx: [0.0; N],
+            ry: [0.0; N],
+            q: [0.0; N],
+        }
+    }
+}
+
+/// Lane accumulators of one point's [`PointSums`] (its row of pairs).
+type Lanes = Sums<LANES>;
 
 impl Lanes {
     #[inline(always)]
@@ -573,28 +589,8 @@ impl Lanes {
     }
 }
 
-/// The other side's sums of a tile's pairs: one [`PointSums`] per point of a column
-/// block, as five arrays (struct of arrays, so the pair loop vectorizes).
-#[derive(Clone)]
-struct ColumnSums {
-    ax: [f64; PAIR_BLOCK],
-    ay: [f64; PAIR_BLOCK],
-    rx: [f64; PAIR_BLOCK],
-    ry: [f64; PAIR_BLOCK],
-    q: [f64; PAIR_BLOCK],
-}
-
-impl Default for ColumnSums {
-    fn default() -> Self {
-        ColumnSums {
-            ax: [0.0; PAIR_BLOCK],
-            ay: [0.0; PAIR_BLOCK],
-            rx: [0.0; PAIR_BLOCK],
-            ry: [0.0; PAIR_BLOCK],
-            q: [0.0; PAIR_BLOCK],
-        }
-    }
-}
+/// The other side's sums of a tile's pairs: one [`PointSums`] per point of a column block.
+type ColumnSums = Sums<PAIR_BLOCK>;
 
 impl ColumnSums {
     /// Point `k` of the block's sums.
