@@ -120,11 +120,11 @@ pub(super) fn select(
                 return Ok((file, args.set.clone(), dir, None));
             }
             let store = pipe_engine::store::Store::new(&dir);
-            let all = runs::records_seen(&store);
             // A run narrowed by --only/--point does not redefine the file: the last run
             // that covered all of it does.
-            let full = runs::last_full_of(&all, &file);
-            if let Some(last) = runs::last_of(&all, &file)
+            let (last, full) = runs::last_runs_of(&store, &file);
+            let full = full.as_ref();
+            if let Some(last) = last
                 && !last.only.is_empty()
                 && (last.overrides != full.map_or(&[][..], |r| &r.overrides[..]))
             {

@@ -423,6 +423,65 @@ pub fn last_of<'a>(all: &'a [RunRecord], file: &Path) -> Option<&'a RunRecord> {
         .find(|r| r.file.as_deref() == Some(file.as_path()))
 }
 
+/// The last run of `file` ([`last_of`]) and its last full run ([`last_full_of`]), reading
+/// the records newest first and only as far back as the full run: what every command not
+/// told a run needs, at a cost that does not grow with the runs a cache has kept.
+///
+/// Run folders are named by their start second, so they are read a second at a time, the
+/// newest first, and ordered within a second as [`records`] orders them. A folder whose
+/// name is not a run id makes it read every record instead.
+pub fn last_runs_of(store: &Store, file: &Path) -> (Option<RunRecord>, Option<RunRecord>) {
+    let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mine = |r: &RunRecord| r.file.as_deref() == Some(canonical.as_path());
+    let names: Option<Vec<String>> = std::fs::read_dir(runs_dir(store)).ok().map(|d| {
+        d.flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    });
+    let Some(mut names) = names else {
+        return (None, None);
+    };
+    if !names.iter().all(|n| is_run_id(n)) {
+        let all = records_seen(store);
+        return (
+            last_of(&all, file).cloned(),
+            last_full_of(&all, file).cloned(),
+        );
+    }
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    let mut last = None;
+    for second in names.chunk_by(|a, b| a[..RUN_SECOND] == b[..RUN_SECOND]) {
+        let mut group: Vec<RunRecord> = second
+            .iter()
+            .filter_map(|id| read_record_file(&record_path(store, id)))
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        // Newest first, the reverse of `records`' order.
+        group.sort_by(|a, b| b.submitted.total_cmp(&a.submitted).then(b.id.cmp(&a.id)));
+        for r in group.into_iter().filter(|r| mine(r)) {
+            if r.only.is_empty() {
+                return (last.or(Some(r.clone())), Some(r));
+            }
+            last.get_or_insert(r);
+        }
+    }
+    (last, None)
+}
+
+/// The length of a run id's time, `YYYYMMDD-HHMMSS`.
+const RUN_SECOND: usize = 15;
+
+/// Whether `name` has the shape of a run id ([`new_run_id`]): `YYYYMMDD-HHMMSS-` and hex.
+fn is_run_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > RUN_SECOND + 1
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..RUN_SECOND].iter().all(u8::is_ascii_digit)
+        && b[RUN_SECOND] == b'-'
+        && b[RUN_SECOND + 1..].iter().all(u8::is_ascii_hexdigit)
+}
+
 /// The last run of `file` that covered the whole pipeline (no `--only` or `--point`): the
 /// one whose overrides define the file for commands that are not told a run.
 pub fn last_full_of<'a>(all: &'a [RunRecord], file: &Path) -> Option<&'a RunRecord> {
@@ -509,6 +568,54 @@ mod tests {
         assert_eq!(
             keys_of(&store, &find_record(&store, &r.id).unwrap()),
             ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn the_last_runs_of_a_file_are_found_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.prepare().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "").unwrap();
+        let other = dir.path().join("q.toml");
+        std::fs::write(&other, "").unwrap();
+        let run = |at: f64, id: &str, of: &Path, only: &[&str]| {
+            let mut r = RunRecord::begin("p", Some(of), &[format!("at={at}")]);
+            r.submitted = at;
+            r.id = id.to_string();
+            r.only = only.iter().map(|s| s.to_string()).collect();
+            save_record(&store, &r).unwrap();
+        };
+        // A full run, then two narrowed runs in one second whose ids sort against their
+        // start times, then a run of another file.
+        run(1_700_000_000.0, "20231114-221320-aaaa", &file, &[]);
+        run(1_700_000_100.7, "20231114-221500-0001", &file, &["b"]);
+        run(1_700_000_100.2, "20231114-221500-ffff", &file, &["c"]);
+        run(1_700_000_200.0, "20231114-221640-bbbb", &other, &[]);
+        let (last, full) = last_runs_of(&store, &file);
+        let id = |r: Option<RunRecord>| r.map(|r| r.id);
+        assert_eq!(id(last.clone()), Some("20231114-221500-0001".into()));
+        assert_eq!(id(full.clone()), Some("20231114-221320-aaaa".into()));
+        // The same as reading every record.
+        let all = records(&store);
+        assert_eq!(id(last), last_of(&all, &file).map(|r| r.id.clone()));
+        assert_eq!(id(full), last_full_of(&all, &file).map(|r| r.id.clone()));
+        // Older records are not read once the full run is found: a damaged one is no
+        // matter (and a folder that is not a run id makes every record read).
+        std::fs::write(record_path(&store, "20231114-221320-aaaa"), "{").unwrap();
+        run(1_700_000_300.0, "20231114-221820-cccc", &file, &[]);
+        let (last, full) = last_runs_of(&store, &file);
+        assert_eq!(id(last), Some("20231114-221820-cccc".into()));
+        assert_eq!(id(full), Some("20231114-221820-cccc".into()));
+        std::fs::create_dir(runs_dir(&store).join("notes")).unwrap();
+        let (last, _) = last_runs_of(&store, &file);
+        assert_eq!(id(last), Some("20231114-221820-cccc".into()));
+        assert_eq!(
+            last_runs_of(&store, &dir.path().join("none.toml"))
+                .0
+                .map(|r| r.id),
+            None
         );
     }
 
