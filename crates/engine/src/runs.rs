@@ -281,7 +281,6 @@ fn record_path(store: &Store, id: &str) -> PathBuf {
 /// Saves a run record atomically; refuses a folder that is not a pipe cache
 /// ([`Store::check_marked`]).
 pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
-    *SEEN.lock().unwrap_or_else(|e| e.into_inner()) = None;
     store
         .check_marked()
         .map_err(|e| Error::io(store.root(), e))?;
@@ -305,28 +304,6 @@ pub fn save_record(store: &Store, r: &RunRecord) -> Result<(), Error> {
     // artifacts only as long as other runs or pipelines use them (work to redo at most).
     let text = serde_json::to_vec_pretty(r).unwrap_or_default();
     write_atomic_unsynced(&path, &text).map_err(|e| Error::io(&path, e))
-}
-
-/// The records [`records_seen`] read, by runs folder (cleared by [`save_record`]).
-static SEEN: std::sync::Mutex<Option<(PathBuf, std::sync::Arc<Vec<RunRecord>>)>> =
-    std::sync::Mutex::new(None);
-
-/// [`records`], read once per process: for commands that only look at runs (`status`
-/// finds the file's last run, then which runs are still live), where reading each record
-/// twice cost as much as the rest of the command on a cache of a few hundred runs. A
-/// record this process saves clears it. Never for what removes or keeps artifacts (`gc`
-/// reads the records afresh each time).
-pub fn records_seen(store: &Store) -> std::sync::Arc<Vec<RunRecord>> {
-    let dir = runs_dir(store);
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((d, all)) = seen.as_ref()
-        && *d == dir
-    {
-        return all.clone();
-    }
-    let all = std::sync::Arc::new(records(store));
-    *seen = Some((dir, all.clone()));
-    all
 }
 
 /// Every run record in the cache, oldest first (records that do not parse are skipped).
@@ -442,7 +419,7 @@ pub fn last_runs_of(store: &Store, file: &Path) -> (Option<RunRecord>, Option<Ru
         return (None, None);
     };
     if !names.iter().all(|n| is_run_id(n)) {
-        let all = records_seen(store);
+        let all = records(store);
         return (
             last_of(&all, file).cloned(),
             last_full_of(&all, file).cloned(),

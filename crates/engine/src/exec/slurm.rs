@@ -26,7 +26,7 @@ use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, t
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::resources::Resources;
-use crate::runs::{JobRecord, RunRecord, save_record};
+use crate::runs::{JobRecord, RunRecord, records, save_record};
 use crate::store::{Store, write_atomic};
 
 /// The Slurm executor, `--executor slurm`: one `sbatch` job per instance.
@@ -159,11 +159,7 @@ fn live_jobs(store: &Store, recipes: &HashSet<&str>) -> HashMap<String, LiveInst
         // Nothing to look for (a status of cached instances): no record is read.
         return out;
     }
-    let open: Vec<RunRecord> = crate::runs::records_seen(store)
-        .iter()
-        .filter(|r| !r.finished)
-        .cloned()
-        .collect();
+    let open: Vec<RunRecord> = records(store).into_iter().filter(|r| !r.finished).collect();
     if open.is_empty() {
         return out;
     }
