@@ -607,33 +607,13 @@ impl ColumnSums {
 /// each pair's terms are computed once and added to the row's `lanes` (point `k` in lane
 /// `k % LANES`) and, with the opposite sign where they have one, to `cols[from + k]`.
 ///
-/// Every lane takes the same operations in the same order on every path (AVX2 or not),
-/// so the bits do not depend on the CPU.
-fn add_pairs(
-    lanes: &mut Lanes,
-    cols: &mut ColumnSums,
-    from: usize,
-    yi: (f64, f64),
-    p: &[f64],
-    xs: &[f64],
-    ys: &[f64],
-) {
-    add_pairs_on(avx2(), lanes, cols, from, yi, p, xs, ys);
-}
-
-/// Whether this CPU runs the AVX2 kernels.
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// [`add_pairs`], with the AVX2 kernel where `avx2` says so and the CPU has it.
+/// The AVX2 kernel runs when `allow_avx2` and the CPU has AVX2 (the tests compare both
+/// paths). Every lane takes the same operations in the same order on every path, so the
+/// bits do not depend on the CPU.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn add_pairs_on(
-    avx2: bool,
+fn add_pairs(
+    allow_avx2: bool,
     lanes: &mut Lanes,
     cols: &mut ColumnSums,
     from: usize,
@@ -646,12 +626,12 @@ fn add_pairs_on(
     assert!(xs.len() == len && ys.len() == len && from + len <= PAIR_BLOCK);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if avx2 && std::arch::is_x86_feature_detected!("avx2") {
+    if allow_avx2 && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above; the lengths were checked above.
         done = unsafe { add_pairs_avx2(lanes, cols, from, yi, p, xs, ys) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = avx2;
+    let _ = allow_avx2;
     for k in done..len {
         pair_term(lanes, cols, k % LANES, from + k, yi, p[k], xs[k], ys[k]);
     }
@@ -791,6 +771,7 @@ fn block_pair_sums(
             if first < end {
                 let from = first - b * PAIR_BLOCK;
                 add_pairs(
+                    true,
                     &mut lanes,
                     col,
                     from,
@@ -1186,7 +1167,7 @@ mod tests {
                     let (mut lanes, mut cols) = (Lanes::default(), ColumnSums::default());
                     let yi = (0.25, -1.5);
                     let (p, x, y) = (&p[..len], &xs[..len], &ys[..len]);
-                    add_pairs_on(avx2, &mut lanes, &mut cols, from, yi, p, x, y);
+                    add_pairs(avx2, &mut lanes, &mut cols, from, yi, p, x, y);
                     let row = lanes.sums();
                     let mut all = vec![row.attraction[0], row.attraction[1], row.q_sum];
                     all.extend(row.repulsion);
