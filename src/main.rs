@@ -6,8 +6,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // Started as the reaper of an `exec` command (`pipe __reap ...`): nothing else runs.
-    if let Some(code) = pipe_engine::stage::reaper_main() {
+    // Started as the server that supervises `exec` commands (`pipe __reap ...`): nothing else runs.
+    if let Some(code) = pipe_reap::main_if_server() {
         std::process::exit(code);
     }
     std::process::exit(pipe::cli::main());

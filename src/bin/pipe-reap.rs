@@ -1,13 +1,13 @@
-//! `pipe-reap`: the reaper of `exec` commands and nothing else (see
-//! `pipe_engine::stage::reaper_main`). `pipe` starts it, when it lies beside `pipe`, instead
-//! of a second copy of itself: this binary holds only the reaper, so it starts in a
-//! fraction of the time the whole `pipe` binary takes to load, once per command.
+//! `pipe-reap`: the server that supervises `exec` commands, and nothing else (see the
+//! `pipe_reap` crate). `pipe` starts it, when it lies beside `pipe`, instead of a second
+//! copy of itself: it forks once per command, and this binary is a small fraction of
+//! `pipe`'s size.
 
 fn main() {
-    match pipe_engine::stage::reaper_main() {
+    match pipe_reap::main_if_server() {
         Some(code) => std::process::exit(code),
         None => {
-            eprintln!("pipe-reap: internal: started by `pipe` to supervise a command");
+            eprintln!("pipe-reap: internal: started by `pipe` to supervise its commands");
             std::process::exit(2);
         }
     }

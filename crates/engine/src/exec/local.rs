@@ -9,6 +9,7 @@ use petgraph::graph::NodeIndex;
 
 use super::executor::{Executor, ExecutorOptions, ExecutorRun, Interrupt, LiveInstance};
 use super::job::{InstanceJob, compute_instance};
+use super::workers::Workers;
 use super::{Event, Observer, Outcome, RunOptions, RunReport, Triage, conclude, triage};
 use crate::error::Error;
 use crate::plan::Plan;
@@ -100,8 +101,9 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<Message>();
 
     std::thread::scope(|scope| {
+        let workers = Workers::new(scope);
         loop {
-            scheduler.start_ready(scope, &tx);
+            scheduler.start_ready(&workers, &tx);
             if !scheduler.await_settled(&rx) {
                 break;
             }
@@ -217,14 +219,11 @@ impl<'a> Scheduler<'a> {
             .filter(|_| !self.stop)
     }
 
-    /// Starts ready instances in plan order, each in a thread of `scope` that sends its
+    /// Starts ready instances in plan order, each on a thread of `workers` that sends its
     /// outcome to `tx`, until the thread budget is spent or none can start; a ready
     /// instance whose key is already cached is settled instead.
-    fn start_ready<'scope>(
-        &mut self,
-        scope: &'scope std::thread::Scope<'scope, '_>,
-        tx: &mpsc::Sender<Message>,
-    ) where
+    fn start_ready<'scope>(&mut self, workers: &Workers<'scope, '_>, tx: &mpsc::Sender<Message>)
+    where
         'a: 'scope,
     {
         let (plan, store, observer) = (self.plan, self.store, self.observer);
@@ -253,7 +252,7 @@ impl<'a> Scheduler<'a> {
             let tx = tx.clone();
             observer.event(plan, Event::Started(n, want));
             let remote = self.opts.remote.as_deref();
-            scope.spawn(move || {
+            workers.run(move || {
                 let mut held = (want, gpu);
                 let mut on_sealed = || {
                     let _ = tx.send(Message::Sealed(held.0, held.1));

@@ -17,6 +17,7 @@ pub mod job_outcome;
 pub mod local;
 pub mod registry;
 pub mod slurm;
+mod workers;
 
 use std::path::PathBuf;
 

@@ -7,9 +7,9 @@
 //!
 //! One concern per file: `params` (the schema and resolved values), `declare` (the
 //! `stage_params!` and `param_enum!` macros), `kind` (the traits and the registry),
-//! `parts` (keying an instance's parts), `context` (what `run` sees), `process`
-//! (starting, waiting for and stopping the commands a stage runs) and `reaper` (the
-//! supervisor process that kills every descendant of a command). Everything is re-exported here, so paths are
+//! `parts` (keying an instance's parts), `context` (what `run` sees) and `process`
+//! (starting, waiting for and stopping the commands a stage runs, under the supervisors of
+//! the `pipe-reap` crate, which kill every descendant of a command). Everything is re-exported here, so paths are
 //! `pipe_engine::stage::Name`.
 
 mod context;
@@ -18,7 +18,6 @@ mod kind;
 mod params;
 mod parts;
 mod process;
-mod reaper;
 
 pub use context::{BadData, InputArtifact, RunContext};
 pub use kind::{CheckEnv, DeclaredFile, InputInfo, Inputs, Kind, Registry, Slot, StageKind};
@@ -28,4 +27,3 @@ pub use params::{
 };
 pub use parts::{InputIdentities, InputParts, KeyInputs, Part};
 pub use process::{Supervised, SupervisedChild, TimedOut, kill_live_groups, stopping};
-pub use reaper::reaper_main;

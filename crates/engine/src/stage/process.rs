@@ -1,14 +1,16 @@
-//! Commands a stage starts: started under a reaper (see `reaper.rs`) so that no descendant
-//! outlives its instance or `pipe`, waited for with a deadline, and stopped on SIGINT or
-//! SIGTERM ([`kill_live_groups`]).
+//! Commands a stage starts: started under a supervisor (the `pipe-reap` crate) so that no
+//! descendant outlives its instance or `pipe`, waited for with a deadline, and stopped on
+//! SIGINT or SIGTERM ([`kill_live_groups`]).
 
-use std::io::{BufRead, BufReader, Read};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use super::reaper;
 
 /// A stage ran past its `timeout` and was stopped.
 #[derive(Debug)]
@@ -23,55 +25,80 @@ impl std::fmt::Display for TimedOut {
 impl std::error::Error for TimedOut {}
 
 /// A command to start so that nothing it starts outlives it. In the `pipe` binary (which
-/// calls [`reaper_main`](super::reaper_main)) it runs under a reaper process that kills
+/// calls [`pipe_reap::main_if_server`]) it runs under a supervisor process that kills
 /// every descendant when the command ends, is stopped, or `pipe` dies; elsewhere (unit
 /// tests) the command runs directly, in a process group of its own that is killed when it
-/// ends. Either way it dies with `pipe`.
-pub struct Supervised {
-    /// The process to start: the reaper, or the command itself.
-    cmd: Command,
-    /// The pipe on which the reaper reports (when there is one).
-    channel: Option<(std::io::PipeReader, std::io::PipeWriter)>,
+/// ends. Either way it dies with `pipe`. Its stdin is /dev/null.
+pub struct Supervised(Start);
+
+/// How a [`Supervised`] command is to start.
+enum Start {
+    /// Under a supervisor.
+    Supervised(pipe_reap::client::Command),
+    /// Without one.
+    Direct(Command),
 }
 
 impl Supervised {
-    /// The command `argv` (its program first; not empty). Set its folder, environment and
-    /// stdio through [`Supervised::command`].
+    /// The command `argv` (its program first; not empty), in `pipe`'s folder and
+    /// environment until told otherwise, its output discarded until [`Supervised::output`].
     pub fn new(argv: &[String]) -> std::io::Result<Supervised> {
-        let Some((program, args)) = argv.split_first() else {
-            return Err(std::io::Error::other("the command is empty"));
-        };
-        if !reaper::ENABLED.load(Ordering::SeqCst) {
-            let mut cmd = Command::new(program);
-            cmd.args(args).process_group(0);
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-            unsafe {
-                cmd.pre_exec(|| pdeathsig(libc::SIGKILL));
-            }
-            return Ok(Supervised { cmd, channel: None });
+        let cmd = pipe_reap::client::Command::new(argv)?;
+        if pipe_reap::enabled() {
+            return Ok(Supervised(Start::Supervised(cmd)));
         }
-        let (reader, writer) = std::io::pipe()?;
-        let mut cmd = Command::new(reaper::program());
-        cmd.arg0("pipe")
-            .arg(reaper::ARG)
-            .arg(std::process::id().to_string())
-            .env(reaper::ARGV_VAR, serde_json::to_string(argv)?)
-            // Its own group: a signal to pipe's group (Ctrl-C, `kill -9 -PGID`) must not
-            // kill the reaper before it has killed the command's descendants.
+        let mut direct = Command::new(&argv[0]);
+        direct
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .process_group(0);
-        // No `pre_exec` hook: without one the standard library starts the reaper with
-        // `posix_spawn` (a vfork, not a copy of this process's page tables); the reaper
-        // asks for PR_SET_PDEATHSIG itself, and its status channel is its stdin.
-        Ok(Supervised {
-            cmd,
-            channel: Some((reader, writer)),
-        })
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            direct.pre_exec(|| pdeathsig(libc::SIGKILL));
+        }
+        Ok(Supervised(Start::Direct(direct)))
     }
 
-    /// The process to be started, to set its folder, environment and stdio (not its
-    /// program or arguments). Under a reaper the command's stdin is always /dev/null.
-    pub fn command(&mut self) -> &mut Command {
-        &mut self.cmd
+    /// Runs it in `dir`.
+    pub fn current_dir(&mut self, dir: &Path) -> &mut Supervised {
+        match &mut self.0 {
+            Start::Supervised(c) => {
+                c.current_dir(dir);
+            }
+            Start::Direct(c) => {
+                c.current_dir(dir);
+            }
+        }
+        self
+    }
+
+    /// Sets the variable `key` to `value` in its environment.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Supervised {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        match &mut self.0 {
+            Start::Supervised(c) => {
+                c.env(key, value);
+            }
+            Start::Direct(c) => {
+                c.env(key, value);
+            }
+        }
+        self
+    }
+
+    /// Sends its stdout and stderr to `file`.
+    pub fn output(&mut self, file: &File) -> std::io::Result<&mut Supervised> {
+        match &mut self.0 {
+            Start::Supervised(c) => {
+                c.output(file.try_clone()?);
+            }
+            Start::Direct(c) => {
+                c.stdout(file.try_clone()?).stderr(file.try_clone()?);
+            }
+        }
+        Ok(self)
     }
 
     /// Starts the command. An error says why it could not start (not found, not
@@ -82,44 +109,19 @@ impl Supervised {
                 "pipe is stopping (SIGINT or SIGTERM)",
             ));
         }
-        let Supervised { mut cmd, channel } = self;
-        let reader = match channel {
-            Some((reader, writer)) => {
-                // The reaper reports on its stdin (the command gets /dev/null there).
-                cmd.stdin(writer);
-                Some(reader)
-            }
-            None => None,
+        let running = match self.0 {
+            Start::Supervised(cmd) => Running::Supervised(cmd.start()?),
+            Start::Direct(mut cmd) => Running::Direct(cmd.spawn()?),
         };
-        let child = cmd.spawn();
-        // The command holds our copy of the channel's write end: dropped now, so that the
-        // channel ends when the reaper does.
-        drop(cmd);
-        let child = child?;
-        let channel = reader.map(BufReader::new);
-        let mut child = SupervisedChild {
-            child,
-            channel,
-            waited: false,
+        let child = SupervisedChild {
+            running: Some(running),
         };
-        {
-            let mut live = live();
-            if stopping() {
-                child.stop();
-            }
-            live.push(child.live());
+        let mut live = live();
+        let me = child.live();
+        if stopping() {
+            me.stop();
         }
-        if let Some(channel) = child.channel.as_mut() {
-            let mut line = String::new();
-            let _ = channel.read_line(&mut line);
-            if line.trim_end() != "started" {
-                let _ = child.wait_until(None);
-                return Err(std::io::Error::other(match line.strip_prefix("error ") {
-                    Some(e) => e.trim_end().to_string(),
-                    None => "its supervisor process ended before starting it".to_string(),
-                }));
-            }
-        }
+        live.push(me);
         Ok(child)
     }
 }
@@ -133,117 +135,149 @@ fn pdeathsig(signal: libc::c_int) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A command as it runs.
+enum Running {
+    /// Under a supervisor.
+    Supervised(pipe_reap::client::Started),
+    /// Without one, in a process group of its own.
+    Direct(Child),
+}
+
 /// A started [`Supervised`] command.
 pub struct SupervisedChild {
-    /// The reaper, or the command itself.
-    child: Child,
-    /// Where the reaper reports the command's wait status.
-    channel: Option<BufReader<std::io::PipeReader>>,
-    /// Whether it has been waited for.
-    waited: bool,
+    /// The command; `None` once waited for.
+    running: Option<Running>,
 }
 
 impl SupervisedChild {
     /// Its entry in the list of live commands.
     fn live(&self) -> Live {
-        let pid = self.child.id() as i32;
-        match self.channel {
-            Some(_) => Live::Reaper(pid),
-            None => Live::Group(pid),
+        match &self.running {
+            Some(Running::Supervised(s)) => Live::Supervisor(s.supervisor()),
+            Some(Running::Direct(c)) => Live::Group(c.id() as i32),
+            None => Live::Group(0),
         }
-    }
-
-    /// Stops the command and every descendant: the reaper is told to (it kills them all
-    /// with SIGKILL, then ends); without one, the command's group is killed.
-    fn stop(&mut self) {
-        self.live().stop();
     }
 
     /// Waits for the command and every process it started to end; at `deadline` stops
     /// them and fails with [`TimedOut`]. Returns the command's exit status; fails when the
-    /// reaper could not kill every descendant.
+    /// supervisor could not kill every descendant.
     pub fn wait_until(mut self, deadline: Option<Instant>) -> anyhow::Result<ExitStatus> {
-        self.waited = true;
-        let result = self.wait_for(deadline);
         let me = self.live();
-        if let Live::Group(pgid) = me {
-            // What the command left running in its group (`sleep 1000 &`) must not outlive
-            // it: it could write into the artifact after it is sealed.
-            // SAFETY: kill(2) on our own child's process group; no memory is touched.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-        live().retain(|l| *l != me);
-        let status = result?;
-        // The reaper's last line is the command's own wait status.
-        let mut rest = String::new();
-        if let Some(channel) = self.channel.as_mut() {
-            let _ = channel.read_to_string(&mut rest);
-        }
-        if rest.lines().any(|l| l == "survivors") {
-            anyhow::bail!(
-                "processes the command started could not be killed within 10 s (stuck in the kernel?)"
-            );
-        }
-        let reported = rest
-            .lines()
-            .find_map(|l| l.strip_prefix("status ")?.trim().parse::<i32>().ok());
-        Ok(reported.map_or(status, ExitStatus::from_raw))
-    }
-
-    /// Waits for the process, stopping it at `deadline`.
-    fn wait_for(&mut self, deadline: Option<Instant>) -> anyhow::Result<ExitStatus> {
-        let Some(deadline) = deadline else {
-            return Ok(self.child.wait()?);
+        let result = match self.running.take() {
+            Some(Running::Supervised(started)) => wait_supervised(started, deadline),
+            Some(Running::Direct(child)) => wait_direct(child, deadline),
+            None => unreachable!("a command is waited for once"),
         };
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
+        live().retain(|l| *l != me);
+        result
+    }
+}
+
+/// Waits for a command under a supervisor (see [`SupervisedChild::wait_until`]).
+fn wait_supervised(
+    started: pipe_reap::client::Started,
+    deadline: Option<Instant>,
+) -> anyhow::Result<ExitStatus> {
+    let ended = started.wait(deadline)?;
+    if ended.timed_out {
+        return Err(anyhow::Error::new(TimedOut));
+    }
+    if ended.survivors {
+        anyhow::bail!(
+            "processes the command started could not be killed within 10 s (stuck in the kernel?)"
+        );
+    }
+    match ended.status {
+        Some(s) => Ok(ExitStatus::from_raw(s)),
+        None => anyhow::bail!(
+            "its supervisor process was killed before it reported how the command ended"
+        ),
+    }
+}
+
+/// Waits for a command started without a supervisor, stopping it at `deadline`; then
+/// kills what it left running in its group (`sleep 1000 &`), which must not outlive it:
+/// it could write into the artifact after it is sealed.
+fn wait_direct(mut child: Child, deadline: Option<Instant>) -> anyhow::Result<ExitStatus> {
+    let pgid = child.id() as i32;
+    let kill_group = || {
+        // SAFETY: kill(2) on our own child's process group; no memory is touched.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    };
+    let status = match deadline {
+        None => child.wait()?,
+        Some(deadline) => loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
             }
             if Instant::now() >= deadline {
-                self.stop();
-                if self.channel.is_none() {
-                    let _ = self.child.kill();
-                }
-                let _ = self.child.wait();
+                kill_group();
+                let _ = child.kill();
+                let _ = child.wait();
                 return Err(anyhow::Error::new(TimedOut));
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+        },
+    };
+    kill_group();
+    Ok(status)
 }
 
 impl Drop for SupervisedChild {
     /// A command never waited for (its stage failed on the way) is stopped and waited for.
     fn drop(&mut self) {
-        if !self.waited {
-            self.stop();
-            let _ = self.child.wait();
+        if self.running.is_some() {
             let me = self.live();
+            me.stop();
+            match self.running.take() {
+                Some(Running::Supervised(started)) => {
+                    let _ = started.wait(None);
+                }
+                Some(Running::Direct(mut child)) => {
+                    let _ = child.wait();
+                }
+                None => {}
+            }
             live().retain(|l| *l != me);
         }
     }
 }
 
 /// A command running now.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Live {
-    /// The reaper of a command, by pid.
-    Reaper(i32),
-    /// A command started without a reaper, by process group.
+    /// The supervisor of a command, by pidfd.
+    Supervisor(Arc<OwnedFd>),
+    /// A command started without a supervisor, by process group.
     Group(i32),
 }
 
+impl PartialEq for Live {
+    fn eq(&self, other: &Live) -> bool {
+        match (self, other) {
+            (Live::Supervisor(a), Live::Supervisor(b)) => Arc::ptr_eq(a, b),
+            (Live::Group(a), Live::Group(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl Live {
-    /// Stops it (see [`SupervisedChild::stop`]).
-    fn stop(self) {
-        // SAFETY: kill(2) on a process (group) this process started; no memory is touched.
-        unsafe {
-            match self {
-                Live::Reaper(pid) => libc::kill(pid, libc::SIGTERM),
-                Live::Group(pgid) => libc::kill(-pgid, libc::SIGKILL),
-            };
+    /// Stops it: the supervisor is told to (it kills the command and every descendant
+    /// with SIGKILL, then ends); without one, the command's group is killed.
+    fn stop(&self) {
+        match self {
+            Live::Supervisor(pidfd) => pipe_reap::client::stop(pidfd),
+            // SAFETY: kill(2) on a process group this process started; no memory is
+            // touched.
+            Live::Group(pgid) => unsafe {
+                if *pgid > 0 {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            },
         }
     }
 }
@@ -264,10 +298,10 @@ pub fn stopping() -> bool {
 }
 
 /// On SIGINT or SIGTERM, before `pipe` exits: stops every command still running with all
-/// its descendants, and waits (up to 2 s) until their reapers report them gone. No command
-/// starts after this ([`stopping`]).
+/// its descendants, and waits (up to 2 s) until their supervisors report them gone. No
+/// command starts after this ([`stopping`]).
 pub fn kill_live_groups() {
-    let reapers: Vec<i32> = {
+    let supervisors: Vec<Arc<OwnedFd>> = {
         let live = live();
         STOPPING.store(true, Ordering::SeqCst);
         for l in live.iter() {
@@ -275,25 +309,14 @@ pub fn kill_live_groups() {
         }
         live.iter()
             .filter_map(|l| match l {
-                Live::Reaper(pid) => Some(*pid),
+                Live::Supervisor(pidfd) => Some(pidfd.clone()),
                 Live::Group(_) => None,
             })
             .collect()
     };
     let until = Instant::now() + Duration::from_secs(2);
-    for pid in reapers {
-        while !ended(pid) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-/// Whether our child `pid` has ended (or was already reaped), without reaping it.
-fn ended(pid: i32) -> bool {
-    // SAFETY: siginfo_t is plain data; waitid fills it in.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) != 0 || info.si_pid() == pid
+    for pidfd in supervisors {
+        let left = until.saturating_duration_since(Instant::now());
+        pipe_reap::client::has_ended(&pidfd, left);
     }
 }

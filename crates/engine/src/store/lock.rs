@@ -6,11 +6,12 @@
 //! another host (a node of a cluster sharing the cache) is stale once that time is older
 //! than [`stale_after`], since its process cannot be checked from here.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// A held lock; dropping it removes the lock file.
@@ -18,8 +19,8 @@ use std::time::Duration;
 pub struct KeyLock {
     path: PathBuf,
     token: String,
-    /// Dropping it stops the heartbeat thread.
-    _heartbeat: mpsc::Sender<()>,
+    /// Its entry among the locks the heartbeat refreshes.
+    beat: u64,
 }
 
 /// How often a process waiting for a lock says again what it waits for.
@@ -38,13 +39,33 @@ pub fn stale_after() -> Duration {
         .map_or(Duration::from_secs(300), Duration::from_secs_f64)
 }
 
-/// Refreshes the lock file's time until the sender is dropped, while it holds `token`.
-fn heartbeat(path: PathBuf, token: String, stop: mpsc::Receiver<()>) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(HEARTBEAT) {
-        if super::read_regular_string(&path).is_ok_and(|t| t == token)
-            && let Ok(f) = OpenOptions::new().append(true).open(&path)
-        {
-            let _ = f.set_modified(std::time::SystemTime::now());
+/// The locks this process holds, refreshed by one heartbeat thread: each entry's file and
+/// token, by a number of its own.
+fn held() -> std::sync::MutexGuard<'static, BTreeMap<u64, (PathBuf, String)>> {
+    static HELD: Mutex<BTreeMap<u64, (PathBuf, String)>> = Mutex::new(BTreeMap::new());
+    static HEART: OnceLock<()> = OnceLock::new();
+    HEART.get_or_init(|| {
+        // One thread for every lock of the process (a thread per lock cost each instance
+        // a thread start); it lives as long as the process.
+        let _ = std::thread::Builder::new()
+            .name("pipe-heartbeat".into())
+            .spawn(heartbeat);
+    });
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every [`HEARTBEAT`], refreshes the time of each held lock's file that still holds its
+/// token.
+fn heartbeat() {
+    loop {
+        std::thread::sleep(HEARTBEAT);
+        let locks: Vec<(PathBuf, String)> = held().values().cloned().collect();
+        for (path, token) in locks {
+            if super::read_regular_string(&path).is_ok_and(|t| t == token)
+                && let Ok(f) = OpenOptions::new().append(true).open(&path)
+            {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
         }
     }
 }
@@ -249,13 +270,12 @@ impl KeyLock {
                         }
                         return Err(e);
                     }
-                    let (tx, rx) = mpsc::channel();
-                    let (p, t) = (path.to_path_buf(), token.clone());
-                    std::thread::spawn(move || heartbeat(p, t, rx));
+                    let beat = NONCE.fetch_add(1, Ordering::Relaxed);
+                    held().insert(beat, (path.to_path_buf(), token.clone()));
                     return Ok(Some(KeyLock {
                         path: path.to_path_buf(),
                         token,
-                        _heartbeat: tx,
+                        beat,
                     }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -317,6 +337,7 @@ impl KeyLock {
 
 impl Drop for KeyLock {
     fn drop(&mut self) {
+        held().remove(&self.beat);
         // Remove only our own lock (a stale-breaker may have replaced it).
         if super::read_regular_string(&self.path).is_ok_and(|t| t == self.token) {
             let _ = std::fs::remove_file(&self.path);

@@ -6,6 +6,11 @@
 //! it waits for it to end, then either finds that a later one has covered it or starts the
 //! next one itself for everyone waiting. An error is given to every caller the failed
 //! sync was meant to cover.
+//!
+//! Syncs start at most once every [`MIN_GAP`]: a caller that would start one sooner after
+//! the last ended waits out the gap, gathering the callers that come meanwhile. A run of
+//! a thousand short instances then makes about a hundred syncs a second at most, not one
+//! per instance; a lone instance, or the first of a run, does not wait.
 
 use std::fs::File;
 use std::io;
@@ -13,6 +18,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The least time from the end of one sync to the start of the next.
+pub const MIN_GAP: Duration = Duration::from_millis(10);
 
 /// Where the syncs of one cache stand.
 #[derive(Default)]
@@ -25,6 +34,8 @@ struct State {
     running: bool,
     /// The latest failed generation and its error.
     failed: Option<(u64, String)>,
+    /// When the latest sync ended.
+    last_end: Option<Instant>,
 }
 
 /// Syncs of one file system, shared by the threads of a run (see the module doc).
@@ -70,6 +81,16 @@ impl GroupSync {
                 continue;
             }
             s.running = true;
+            // Too soon after the last: wait out the gap (still `running`, so that callers
+            // coming meanwhile wait for this sync, which starts after their writes).
+            let gap = s
+                .last_end
+                .map_or(Duration::ZERO, |end| MIN_GAP.saturating_sub(end.elapsed()));
+            if !gap.is_zero() {
+                drop(s);
+                std::thread::sleep(gap);
+                s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            }
             s.started += 1;
             // What was written until now is covered by this sync.
             self.unsynced.store(false, Ordering::SeqCst);
@@ -79,6 +100,7 @@ impl GroupSync {
             s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             s.running = false;
             s.done = generation;
+            s.last_end = Some(Instant::now());
             if let Err(e) = &result {
                 s.failed = Some((generation, e.to_string()));
             }
@@ -118,6 +140,35 @@ mod tests {
         });
         let st = g.state.lock().unwrap();
         assert!(!st.running && st.done == st.started && st.started <= 40);
+    }
+
+    #[test]
+    fn syncs_start_at_least_the_gap_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GroupSync::default();
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10 {
+                        g.sync(dir.path()).unwrap();
+                    }
+                });
+            }
+        });
+        let elapsed = start.elapsed();
+        let st = g.state.lock().unwrap();
+        // The first sync starts at once, each later one at least MIN_GAP after the end of
+        // the one before: n syncs take at least (n - 1) gaps.
+        assert!(
+            st.started >= 10,
+            "each thread's 10 calls need 10 syncs at least"
+        );
+        assert!(
+            elapsed >= MIN_GAP * (st.started as u32 - 1),
+            "{} syncs in {elapsed:?}",
+            st.started
+        );
     }
 
     #[test]

@@ -5,8 +5,6 @@
 //! and `PIPE_POINT` (the sweep variables its key holds, as JSON) set. Its stdout and stderr go
 //! to the log.
 
-use std::process::Stdio;
-
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
@@ -145,23 +143,21 @@ pub fn run_command(p: &ExecParams, ctx: &mut RunContext<'_>) -> anyhow::Result<(
     // Started under a reaper: whatever the command starts (in the background, in a new
     // session) is killed when it ends, at the timeout, on Ctrl-C, and if pipe dies.
     let mut supervised = Supervised::new(&argv)?;
-    let cmd = supervised.command();
-    cmd.current_dir(ctx.base_dir)
-        .stdin(Stdio::null())
-        .stdout(ctx.log.try_clone()?)
-        .stderr(ctx.log.try_clone()?)
+    supervised
+        .current_dir(ctx.base_dir)
+        .output(ctx.log)?
         .env("PIPE_OUT", std::path::absolute(ctx.out)?)
         .env("PIPE_THREADS", ctx.threads.to_string())
         .env("PIPE_KEY", ctx.key)
         .env("PIPE_POINT", ctx.point.to_string());
     for input in ctx.inputs {
-        cmd.env(input_var(&input.slot), std::path::absolute(&input.dir)?);
+        supervised.env(input_var(&input.slot), std::path::absolute(&input.dir)?);
     }
     if let Some(v) = ctx.visible_gpus {
-        cmd.env("CUDA_VISIBLE_DEVICES", v);
+        supervised.env("CUDA_VISIBLE_DEVICES", v);
     }
     for (k, v) in &p.env {
-        cmd.env(k, template::display(&v.0));
+        supervised.env(k, template::display(&v.0));
     }
     let child = supervised
         .spawn()

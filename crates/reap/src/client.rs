@@ -1,0 +1,284 @@
+//! `pipe`'s side: starting the server (once, the first time a command is to run), sending
+//! it commands, following each on its status channel, and stopping one through the pidfd
+//! of its supervisor.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::protocol::{self, IN_MEMFD, INLINE_MAX, Report, Request};
+
+/// A command to run under a supervisor.
+pub struct Command {
+    /// What the server is sent.
+    request: Request,
+    /// Where its stdout and stderr go (`None`: /dev/null).
+    output: Option<OwnedFd>,
+}
+
+impl Command {
+    /// The command `argv` (its program first; not empty), run in `pipe`'s folder and
+    /// environment unless set otherwise, its stdin /dev/null.
+    pub fn new(argv: &[String]) -> std::io::Result<Command> {
+        if argv.is_empty() {
+            return Err(std::io::Error::other("the command is empty"));
+        }
+        Ok(Command {
+            request: Request {
+                argv: argv.iter().map(OsString::from).collect(),
+                ..Request::default()
+            },
+            output: None,
+        })
+    }
+
+    /// Runs it in `dir`.
+    pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Command {
+        self.request.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Sets the variable `key` to `value` in its environment.
+    pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Command {
+        self.request.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sends its stdout and stderr to `file`.
+    pub fn output(&mut self, file: impl Into<OwnedFd>) -> &mut Command {
+        self.output = Some(file.into());
+        self
+    }
+
+    /// Starts it under a supervisor (starting the server first if this process has none,
+    /// or a new one if the last has ended). An error says why the command could not start
+    /// (not found, not executable, a NUL in an argument).
+    pub fn start(self) -> std::io::Result<Started> {
+        let bytes = self.request.encode()?;
+        let output = match self.output {
+            Some(fd) => fd,
+            None => std::fs::File::options()
+                .write(true)
+                .open("/dev/null")?
+                .into(),
+        };
+        let (channel, theirs) = protocol::socket_pair()?;
+        let memfd = match bytes.len() > INLINE_MAX {
+            true => Some(protocol::memfd_with(&bytes)?),
+            false => None,
+        };
+        let message = if memfd.is_some() { IN_MEMFD } else { &bytes };
+        let mut fds = vec![output.as_fd(), theirs.as_fd()];
+        fds.extend(memfd.as_ref().map(|m| m.as_fd()));
+        send_to_server(message, &fds)?;
+        // The supervisor holds its own copy: ours is closed, so that the channel ends when
+        // the supervisor does.
+        drop(theirs);
+        let supervisor = match protocol::recv(channel.as_fd())? {
+            Some((bytes, mut fds)) => match Report::decode(&bytes) {
+                Some(Report::Started) if fds.len() == 1 => fds.pop().expect("one descriptor"),
+                Some(Report::Error(e)) => return Err(std::io::Error::other(e)),
+                _ => {
+                    return Err(std::io::Error::other(
+                        "its supervisor sent a malformed report",
+                    ));
+                }
+            },
+            None => {
+                return Err(std::io::Error::other(
+                    "its supervisor process ended before starting it",
+                ));
+            }
+        };
+        Ok(Started {
+            channel,
+            supervisor: Arc::new(supervisor),
+        })
+    }
+}
+
+/// A started command.
+pub struct Started {
+    /// Where its supervisor reports.
+    channel: OwnedFd,
+    /// A pidfd of its supervisor.
+    supervisor: Arc<OwnedFd>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// Its wait status (as `waitpid` gives it); `None` when its supervisor ended without
+    /// reporting one (it was killed).
+    pub status: Option<i32>,
+    /// It ran past its deadline and was stopped.
+    pub timed_out: bool,
+    /// Some of its descendants could not be killed within 10 s.
+    pub survivors: bool,
+}
+
+impl Started {
+    /// A pidfd of its supervisor, to [`stop`] it from anywhere.
+    pub fn supervisor(&self) -> Arc<OwnedFd> {
+        self.supervisor.clone()
+    }
+
+    /// Waits until the command and every process it started have ended; at `deadline`,
+    /// stops them and goes on waiting for the supervisor to have killed them all.
+    pub fn wait(self, deadline: Option<Instant>) -> std::io::Result<Ended> {
+        let mut ended = Ended {
+            status: None,
+            timed_out: false,
+            survivors: false,
+        };
+        loop {
+            if let Some(deadline) = deadline.filter(|_| !ended.timed_out) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !readable(&self.channel, Some(left))? {
+                    stop(&self.supervisor);
+                    ended.timed_out = true;
+                    continue;
+                }
+            }
+            match protocol::recv(self.channel.as_fd())? {
+                None => return Ok(ended),
+                Some((bytes, _)) => match Report::decode(&bytes) {
+                    Some(Report::Status(s)) => ended.status = Some(s),
+                    Some(Report::Survivors) => ended.survivors = true,
+                    _ => {}
+                },
+            }
+        }
+    }
+}
+
+/// Tells the supervisor behind `pidfd` to stop its command: it kills the command and every
+/// descendant, reports, and ends. Nothing happens if it has ended.
+pub fn stop(pidfd: &OwnedFd) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::TERM);
+}
+
+/// Whether the supervisor behind `pidfd` has ended, waiting up to `within` for it to.
+pub fn has_ended(pidfd: &OwnedFd, within: Duration) -> bool {
+    readable(pidfd, Some(within)).unwrap_or(true)
+}
+
+/// Whether `fd` is readable (a pidfd: its process has ended), waiting up to `within`
+/// (`None`: for ever).
+fn readable(fd: &OwnedFd, within: Option<Duration>) -> std::io::Result<bool> {
+    let timeout = within.map(|d| rustix::event::Timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: d.subsec_nanos() as _,
+    });
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    loop {
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The server of this process, on the `pipe` side: the socket to send it requests on.
+struct Server {
+    /// Our end of its socket.
+    socket: OwnedFd,
+}
+
+/// The server now (`None` until the first command, or once it has been found ended).
+fn current() -> std::sync::MutexGuard<'static, Option<Arc<Server>>> {
+    static SERVER: Mutex<Option<Arc<Server>>> = Mutex::new(None);
+    SERVER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends a request to the server, starting one first if there is none, or a new one if
+/// the last has ended (someone killed it).
+fn send_to_server(message: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<()> {
+    for attempt in 0..2 {
+        let server = {
+            let mut current = current();
+            match current.as_ref() {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(start_server()?);
+                    *current = Some(s.clone());
+                    s
+                }
+            }
+        };
+        match protocol::send(server.socket.as_fd(), message, fds) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == 0 && gone(&e) => {
+                let mut current = current();
+                if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, &server)) {
+                    *current = None;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the second attempt returns")
+}
+
+/// Whether a send failed because the server has ended.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE | libc::ECONNREFUSED | libc::ECONNRESET | libc::ENOTCONN)
+    )
+}
+
+/// Starts a server, from a thread that waits for it to end: PR_SET_PDEATHSIG fires when
+/// the *thread* that started a process ends, and this one lives as long as the server.
+fn start_server() -> std::io::Result<Server> {
+    let (ours, theirs) = protocol::socket_pair()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("pipe-reap".into())
+        .spawn(move || {
+            let child = std::process::Command::new(program())
+                .arg0("pipe")
+                .arg(crate::ARG)
+                .arg(std::process::id().to_string())
+                .stdin(Stdio::from(theirs))
+                .stdout(Stdio::null())
+                // Its own group: a signal to pipe's group (Ctrl-C, `kill -9 -PGID`) must
+                // not end the server before its supervisors have killed their commands.
+                .process_group(0)
+                .spawn();
+            // No `pre_exec` hook: without one the standard library starts the server with
+            // `posix_spawn`; the server asks for PR_SET_PDEATHSIG itself.
+            match child {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(()));
+                    let _ = child.wait();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the thread starting the supervision server ended"))??;
+    Ok(Server { socket: ours })
+}
+
+/// The program to start as the server: [`BINARY`](crate::BINARY) beside this binary when
+/// it is there (it forks faster than the whole `pipe` binary would), else this binary.
+fn program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name(crate::BINARY))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+    })
+}
