@@ -218,3 +218,40 @@ cmd = ["sh", "-c", "readlink /proc/self/fd/0 > $PIPE_OUT/stdin.txt; cat > $PIPE_
         .unwrap();
     assert_eq!(read("fds.txt"), String::from_utf8_lossy(&direct.stdout));
 }
+
+#[test]
+fn a_command_starts_with_no_signal_blocked_or_ignored() {
+    // The supervisor blocks the signals it waits for and ignores SIGPIPE (as Rust programs
+    // do); glibc's `posix_spawn` leaves its two internal signals ignored in what it starts.
+    // None of that may reach the command: `yes | head` must end by SIGPIPE, quietly.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "signals"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status > $PIPE_OUT/sig.txt; yes | head -c 4 > $PIPE_OUT/yes.txt"]
+"#,
+    );
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = &p.artifacts()[0];
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    // What a shell this test starts itself shows (the test harness starts nothing with a
+    // signal ignored or blocked).
+    assert_eq!(
+        read("sig.txt"),
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
+    assert_eq!(read("yes.txt"), "y\ny\n");
+    let logs: Vec<_> = std::fs::read_dir(p.cache().join("logs")).unwrap().collect();
+    let log = std::fs::read_to_string(logs[0].as_ref().unwrap().path()).unwrap();
+    assert!(!log.contains("Broken pipe"), "{log}");
+}

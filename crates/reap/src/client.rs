@@ -80,7 +80,7 @@ impl Command {
         // The supervisor holds its own copy: ours is closed, so that the channel ends when
         // the supervisor does.
         drop(theirs);
-        let supervisor = match protocol::recv(channel.as_fd())? {
+        let supervisor = match protocol::recv(channel.as_fd(), protocol::REPORT_MAX)? {
             Some((bytes, mut fds)) => match Report::decode(&bytes) {
                 Some(Report::Started) if fds.len() == 1 => fds.pop().expect("one descriptor"),
                 Some(Report::Error(e)) => return Err(std::io::Error::other(e)),
@@ -146,7 +146,7 @@ impl Started {
                     continue;
                 }
             }
-            match protocol::recv(self.channel.as_fd())? {
+            match protocol::recv(self.channel.as_fd(), protocol::REPORT_MAX)? {
                 None => return Ok(ended),
                 Some((bytes, _)) => match Report::decode(&bytes) {
                     Some(Report::Status(s)) => ended.status = Some(s),

@@ -25,6 +25,7 @@
 pub mod client;
 mod protocol;
 mod server;
+mod spawn;
 mod supervisor;
 
 use std::ffi::OsStr;

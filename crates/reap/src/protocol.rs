@@ -24,8 +24,12 @@ use rustix::net::{
 /// The largest request sent inline; a larger one goes in a memfd.
 pub(crate) const INLINE_MAX: usize = 48 * 1024;
 
-/// The receive buffer: an inline request, a report, or [`IN_MEMFD`], with room to spare.
-pub(crate) const RECV_MAX: usize = 64 * 1024;
+/// The longest message the server receives: an inline request, or [`IN_MEMFD`], with room
+/// to spare.
+pub(crate) const REQUEST_MAX: usize = 64 * 1024;
+
+/// The longest report `pipe` receives (an error message is a line).
+pub(crate) const REPORT_MAX: usize = 4096;
 
 /// The message of a request that lies in the memfd passed with it.
 pub(crate) const IN_MEMFD: &[u8] = b"memfd";
@@ -118,7 +122,14 @@ impl Report {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Report::Started => b"started".to_vec(),
-            Report::Error(e) => format!("error {e}").into_bytes(),
+            Report::Error(e) => {
+                // Within what `pipe` receives, cut at a character.
+                let mut end = e.len().min(REPORT_MAX - 16);
+                while !e.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("error {}", &e[..end]).into_bytes()
+            }
             Report::Status(s) => format!("status {s}").into_bytes(),
             Report::Survivors => b"survivors".to_vec(),
         }
@@ -177,9 +188,12 @@ pub(crate) fn send(
 
 /// One message received on `socket`: its bytes and the descriptors that came with it
 /// (closed on exec). `None` at the end (the other side closed). A message longer than
-/// [`RECV_MAX`] is an error.
-pub(crate) fn recv(socket: BorrowedFd<'_>) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut bytes = vec![0u8; RECV_MAX];
+/// `max` is an error.
+pub(crate) fn recv(
+    socket: BorrowedFd<'_>,
+    max: usize,
+) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut bytes = vec![0u8; max];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = loop {
@@ -297,6 +311,11 @@ mod tests {
         ] {
             assert_eq!(Report::decode(&r.encode()), Some(r));
         }
+        let long = "é".repeat(REPORT_MAX);
+        let Some(Report::Error(cut)) = Report::decode(&Report::Error(long.clone()).encode()) else {
+            panic!("an error report");
+        };
+        assert!(long.starts_with(&cut) && cut.len() <= REPORT_MAX - 16 && cut.len() > 4000);
         assert_eq!(Report::decode(b"status x"), None);
         assert_eq!(Report::decode(b"hello"), None);
     }
@@ -308,11 +327,11 @@ mod tests {
         send(a.as_fd(), b"one", &[memfd.as_fd()]).unwrap();
         send(a.as_fd(), b"two", &[]).unwrap();
         drop(a);
-        let (bytes, fds) = recv(b.as_fd()).unwrap().unwrap();
+        let (bytes, fds) = recv(b.as_fd(), REPORT_MAX).unwrap().unwrap();
         assert_eq!((bytes.as_slice(), fds.len()), (&b"one"[..], 1));
         assert_eq!(read_memfd(&fds[0]).unwrap(), b"payload");
-        let (bytes, fds) = recv(b.as_fd()).unwrap().unwrap();
+        let (bytes, fds) = recv(b.as_fd(), REPORT_MAX).unwrap().unwrap();
         assert_eq!((bytes.as_slice(), fds.len()), (&b"two"[..], 0));
-        assert!(recv(b.as_fd()).unwrap().is_none());
+        assert!(recv(b.as_fd(), REPORT_MAX).unwrap().is_none());
     }
 }

@@ -31,7 +31,7 @@ pub(crate) fn serve(ppid: i32) -> i32 {
     let me = unsafe { libc::getpid() };
     loop {
         reap_ended_supervisors();
-        let (bytes, mut fds) = match protocol::recv(socket.as_fd()) {
+        let (bytes, mut fds) = match protocol::recv(socket.as_fd(), protocol::REQUEST_MAX) {
             Ok(Some(message)) => message,
             // `pipe` closed the socket: it has ended, or has nothing more to run.
             Ok(None) => return 0,

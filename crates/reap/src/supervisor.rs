@@ -2,8 +2,6 @@
 //! every descendant (see the crate's documentation), reporting on the status channel.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 
 use crate::protocol::{self, Report, Request};
 
@@ -36,16 +34,15 @@ pub(crate) fn supervise(server: i32, request: Request, out: OwnedFd, channel: Ow
             return 127;
         }
     };
-    let child = match start(&request, out) {
-        Ok(c) => c,
+    let pid = match start(&request, &out) {
+        Ok(pid) => pid,
         Err(e) => {
             report(Report::Error(e.to_string()));
             return 127;
         }
     };
     let started = protocol::send(channel.as_fd(), &Report::Started.encode(), &[pidfd.as_fd()]);
-    drop(pidfd);
-    let pid = child.id() as i32;
+    drop((pidfd, out));
     if started.is_ok() {
         wait_for_end(pid, server, &signals);
     }
@@ -65,8 +62,8 @@ pub(crate) fn supervise(server: i32, request: Request, out: OwnedFd, channel: Ow
 
 /// Starts the command in `request`'s folder and environment (set in this process, which
 /// the command inherits as `pipe`'s own would), in a process group of its own, stdin
-/// /dev/null, stdout and stderr `out`.
-fn start(request: &Request, out: OwnedFd) -> std::io::Result<std::process::Child> {
+/// /dev/null, stdout and stderr `out`; returns its pid.
+fn start(request: &Request, out: &OwnedFd) -> std::io::Result<i32> {
     if let Some(dir) = &request.dir {
         std::env::set_current_dir(dir)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
@@ -77,30 +74,7 @@ fn start(request: &Request, out: OwnedFd) -> std::io::Result<std::process::Child
             std::env::set_var(k, v);
         }
     }
-    let (program, args) = request
-        .argv
-        .split_first()
-        .expect("decoded requests have a command");
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone()?))
-        .stderr(Stdio::from(out))
-        .process_group(0);
-    // SAFETY: prctl and sigprocmask are async-signal-safe and touch only the child's state.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Should the supervisor itself be killed with SIGKILL, the command goes with it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-    cmd.spawn()
+    crate::spawn::spawn(&request.argv, out)
 }
 
 /// Blocks the signals the supervisor waits for (SIGCHLD, and those that stop it) and

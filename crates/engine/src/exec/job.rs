@@ -459,7 +459,9 @@ impl<'a> Ready<'a> {
                     // the stage read them.
                     if let Err(message) = self.seen.unchanged(self.store) {
                         self.store.discard(&tmp);
-                        let _ = writeln!(self.log, "# failed after {seconds:.3}s: {message}");
+                        let _ = self.log.write_all(
+                            format!("# failed after {seconds:.3}s: {message}\n").as_bytes(),
+                        );
                         return failed(message, self.log_path);
                     }
                     return self.commit(&tmp, started, seconds, on_sealed);
@@ -482,7 +484,9 @@ impl<'a> Ready<'a> {
                 );
                 continue;
             }
-            let _ = writeln!(self.log, "# failed after {seconds:.3}s: {message}");
+            let _ = self
+                .log
+                .write_all(format!("# failed after {seconds:.3}s: {message}\n").as_bytes());
             return Outcome::Failed {
                 message: if attempt > 0 {
                     format!("{message} (after {} attempts)", attempt + 1)
@@ -583,12 +587,16 @@ impl<'a> Ready<'a> {
         });
         match stored {
             Ok(()) => {
-                let _ = writeln!(self.log, "# done in {seconds:.3}s");
+                let _ = self
+                    .log
+                    .write_all(format!("# done in {seconds:.3}s\n").as_bytes());
                 Outcome::Executed { seconds }
             }
             Err(e) => {
                 let message = format!("could not store the artifact: {e}");
-                let _ = writeln!(self.log, "# failed: {message}");
+                let _ = self
+                    .log
+                    .write_all(format!("# failed: {message}\n").as_bytes());
                 failed(message, self.log_path)
             }
         }
