@@ -1,13 +1,13 @@
 //! `pipe`'s side: starting the server (once, the first time a command is to run), sending
-//! it commands, following each on its status channel, and stopping one through the pidfd
-//! of its supervisor.
+//! it commands, following each on its status channel, and stopping one by a message on
+//! that channel (never by a signal: the supervisor may have moved on to another command).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -80,9 +80,9 @@ impl Command {
         // The supervisor holds its own copy: ours is closed, so that the channel ends when
         // the supervisor does.
         drop(theirs);
-        let supervisor = match protocol::recv(channel.as_fd(), protocol::REPORT_MAX)? {
-            Some((bytes, mut fds)) => match Report::decode(&bytes) {
-                Some(Report::Started) if fds.len() == 1 => fds.pop().expect("one descriptor"),
+        match protocol::recv(channel.as_fd(), protocol::REPORT_MAX)? {
+            Some((bytes, _)) => match Report::decode(&bytes) {
+                Some(Report::Started) => {}
                 Some(Report::Error(e)) => return Err(std::io::Error::other(e)),
                 _ => {
                     return Err(std::io::Error::other(
@@ -95,20 +95,54 @@ impl Command {
                     "its supervisor process ended before starting it",
                 ));
             }
-        };
+        }
         Ok(Started {
-            channel,
-            supervisor: Arc::new(supervisor),
+            channel: Arc::new(Channel {
+                fd: channel,
+                ended: (Mutex::new(false), Condvar::new()),
+            }),
         })
+    }
+}
+
+/// A started command's status channel, shared with whoever may stop it.
+pub struct Channel {
+    /// Our end.
+    fd: OwnedFd,
+    /// Whether the command has ended (its supervisor reported it), and its change.
+    ended: (Mutex<bool>, Condvar),
+}
+
+impl Channel {
+    /// Tells the supervisor to stop the command: it kills the command and every
+    /// descendant, then reports. Nothing happens once the command has ended.
+    pub fn stop(&self) {
+        let _ = protocol::send(self.fd.as_fd(), b"stop", &[]);
+    }
+
+    /// Whether the command has ended (and every descendant), waiting up to `within` for
+    /// it to (its [`Started::wait`] must be running meanwhile).
+    pub fn has_ended(&self, within: Duration) -> bool {
+        let (ended, changed) = &self.ended;
+        let ended = ended.lock().unwrap_or_else(|e| e.into_inner());
+        let (ended, _) = changed
+            .wait_timeout_while(ended, within, |e| !*e)
+            .unwrap_or_else(|e| e.into_inner());
+        *ended
+    }
+
+    /// Notes that the command has ended.
+    fn set_ended(&self) {
+        let (ended, changed) = &self.ended;
+        *ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
     }
 }
 
 /// A started command.
 pub struct Started {
     /// Where its supervisor reports.
-    channel: OwnedFd,
-    /// A pidfd of its supervisor.
-    supervisor: Arc<OwnedFd>,
+    channel: Arc<Channel>,
 }
 
 /// How a command ended.
@@ -124,14 +158,21 @@ pub struct Ended {
 }
 
 impl Started {
-    /// A pidfd of its supervisor, to [`stop`] it from anywhere.
-    pub fn supervisor(&self) -> Arc<OwnedFd> {
-        self.supervisor.clone()
+    /// Its status channel, to [`Channel::stop`] it from anywhere.
+    pub fn channel(&self) -> Arc<Channel> {
+        self.channel.clone()
     }
 
     /// Waits until the command and every process it started have ended; at `deadline`,
     /// stops them and goes on waiting for the supervisor to have killed them all.
     pub fn wait(self, deadline: Option<Instant>) -> std::io::Result<Ended> {
+        let result = self.wait_for_report(deadline);
+        self.channel.set_ended();
+        result
+    }
+
+    /// [`Started::wait`], before the end is noted.
+    fn wait_for_report(&self, deadline: Option<Instant>) -> std::io::Result<Ended> {
         let mut ended = Ended {
             status: None,
             timed_out: false,
@@ -140,37 +181,28 @@ impl Started {
         loop {
             if let Some(deadline) = deadline.filter(|_| !ended.timed_out) {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if !readable(&self.channel, Some(left))? {
-                    stop(&self.supervisor);
+                if !readable(&self.channel.fd, Some(left))? {
+                    self.channel.stop();
                     ended.timed_out = true;
                     continue;
                 }
             }
-            match protocol::recv(self.channel.as_fd(), protocol::REPORT_MAX)? {
+            match protocol::recv(self.channel.fd.as_fd(), protocol::REPORT_MAX)? {
+                // The supervisor ended without reporting (it was killed).
                 None => return Ok(ended),
-                Some((bytes, _)) => match Report::decode(&bytes) {
-                    Some(Report::Status(s)) => ended.status = Some(s),
-                    Some(Report::Survivors) => ended.survivors = true,
-                    _ => {}
-                },
+                Some((bytes, _)) => {
+                    if let Some(Report::Ended { status, survivors }) = Report::decode(&bytes) {
+                        ended.status = Some(status);
+                        ended.survivors = survivors;
+                        return Ok(ended);
+                    }
+                }
             }
         }
     }
 }
 
-/// Tells the supervisor behind `pidfd` to stop its command: it kills the command and every
-/// descendant, reports, and ends. Nothing happens if it has ended.
-pub fn stop(pidfd: &OwnedFd) {
-    let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::TERM);
-}
-
-/// Whether the supervisor behind `pidfd` has ended, waiting up to `within` for it to.
-pub fn has_ended(pidfd: &OwnedFd, within: Duration) -> bool {
-    readable(pidfd, Some(within)).unwrap_or(true)
-}
-
-/// Whether `fd` is readable (a pidfd: its process has ended), waiting up to `within`
-/// (`None`: for ever).
+/// Whether `fd` is readable, waiting up to `within` (`None`: for ever).
 fn readable(fd: &OwnedFd, within: Option<Duration>) -> std::io::Result<bool> {
     let timeout = within.map(|d| rustix::event::Timespec {
         tv_sec: d.as_secs() as i64,

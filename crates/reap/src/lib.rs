@@ -22,6 +22,7 @@
 //! This crate depends on nothing of `pipe`, so that the server's binary stays small (it
 //! is forked once per command).
 
+mod board;
 pub mod client;
 mod protocol;
 mod server;

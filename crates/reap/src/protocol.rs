@@ -6,8 +6,8 @@
 //!   request is larger than [`INLINE_MAX`], a memfd holding it, the message then being
 //!   [`IN_MEMFD`]).
 //! - supervisor -> `pipe`, on the status channel: [`Report`]s, the first one `started`
-//!   (with a pidfd of the supervisor) or `error`, then `status` and maybe `survivors`;
-//!   the channel then closes.
+//!   (with a pidfd of the supervisor) or `error`, then `ended` once every descendant is
+//!   gone (the channel then closes; `pipe` need not wait for that).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{IoSlice, IoSliceMut};
@@ -111,10 +111,9 @@ pub(crate) enum Report {
     Started,
     /// The command could not start: why.
     Error(String),
-    /// The command's wait status (as `waitpid` gives it).
-    Status(i32),
-    /// Some descendants could not be killed within 10 s.
-    Survivors,
+    /// The command ended, with this wait status (as `waitpid` gives it), and every
+    /// descendant is gone; or (`survivors`) some could not be killed within 10 s.
+    Ended { status: i32, survivors: bool },
 }
 
 impl Report {
@@ -130,8 +129,14 @@ impl Report {
                 }
                 format!("error {}", &e[..end]).into_bytes()
             }
-            Report::Status(s) => format!("status {s}").into_bytes(),
-            Report::Survivors => b"survivors".to_vec(),
+            Report::Ended {
+                status,
+                survivors: false,
+            } => format!("ended {status}").into_bytes(),
+            Report::Ended {
+                status,
+                survivors: true,
+            } => format!("ended {status} survivors").into_bytes(),
         }
     }
 
@@ -140,12 +145,19 @@ impl Report {
         let text = std::str::from_utf8(bytes).ok()?;
         match text {
             "started" => Some(Report::Started),
-            "survivors" => Some(Report::Survivors),
             _ => {
                 if let Some(e) = text.strip_prefix("error ") {
                     Some(Report::Error(e.to_string()))
                 } else {
-                    Some(Report::Status(text.strip_prefix("status ")?.parse().ok()?))
+                    let ended = text.strip_prefix("ended ")?;
+                    let (status, survivors) = match ended.strip_suffix(" survivors") {
+                        Some(s) => (s, true),
+                        None => (ended, false),
+                    };
+                    Some(Report::Ended {
+                        status: status.parse().ok()?,
+                        survivors,
+                    })
                 }
             }
         }
@@ -194,12 +206,24 @@ pub(crate) fn recv(
     max: usize,
 ) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut bytes = vec![0u8; max];
+    Ok(recv_into(socket, &mut bytes)?.map(|(n, fds)| {
+        bytes.truncate(n);
+        (bytes, fds)
+    }))
+}
+
+/// [`recv`] into `buffer`: the message's length and its descriptors. A message longer
+/// than `buffer` is an error.
+pub(crate) fn recv_into(
+    socket: BorrowedFd<'_>,
+    buffer: &mut [u8],
+) -> std::io::Result<Option<(usize, Vec<OwnedFd>)>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = loop {
         match rustix::net::recvmsg(
             socket,
-            &mut [IoSliceMut::new(&mut bytes)],
+            &mut [IoSliceMut::new(buffer)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
         ) {
@@ -220,8 +244,7 @@ pub(crate) fn recv(
     if got.bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
-    bytes.truncate(got.bytes);
-    Ok(Some((bytes, fds)))
+    Ok(Some((got.bytes, fds)))
 }
 
 /// A new `SOCK_SEQPACKET` socket pair (both ends closed on exec).
@@ -305,9 +328,14 @@ mod tests {
         for r in [
             Report::Started,
             Report::Error("No such file or directory (os error 2)".into()),
-            Report::Status(9),
-            Report::Status(256),
-            Report::Survivors,
+            Report::Ended {
+                status: 9,
+                survivors: false,
+            },
+            Report::Ended {
+                status: 256,
+                survivors: true,
+            },
         ] {
             assert_eq!(Report::decode(&r.encode()), Some(r));
         }
@@ -316,7 +344,8 @@ mod tests {
             panic!("an error report");
         };
         assert!(long.starts_with(&cut) && cut.len() <= REPORT_MAX - 16 && cut.len() > 4000);
-        assert_eq!(Report::decode(b"status x"), None);
+        assert_eq!(Report::decode(b"ended x"), None);
+        assert_eq!(Report::decode(b"ended 1 x"), None);
         assert_eq!(Report::decode(b"hello"), None);
     }
 

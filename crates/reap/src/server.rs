@@ -1,12 +1,23 @@
-//! The server: one per `pipe` run, forking a [`supervisor`](crate::supervisor) per
-//! command `pipe` sends it. Single-threaded (so a forked child may do anything) and small
-//! (so a fork is cheap). It ends when its socket (stdin) closes, or on SIGTERM, which
-//! PR_SET_PDEATHSIG sends when `pipe` dies; each supervisor is then told by its own
-//! PR_SET_PDEATHSIG, and kills its command and every descendant.
+//! The server: one per `pipe` run, keeping at least [`SPARES`] idle
+//! [supervisors](crate::supervisor) forked in advance, each waiting for a request on the
+//! shared socket (the kernel hands each message to one of them). A supervisor runs
+//! command after command, so a command waits neither for a fork nor for a hop through
+//! the server; when one takes a request and too few are left idle, it tells the server,
+//! which forks more (see [`Board`]). Single-threaded (so a forked child may do anything)
+//! and small (so a fork is cheap). It ends when `pipe` closes the socket (the idle
+//! supervisors then see its end too), or on SIGTERM, which PR_SET_PDEATHSIG sends when
+//! `pipe` dies; each supervisor is then told by its own PR_SET_PDEATHSIG, and kills its
+//! command and every descendant.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::protocol::{self, IN_MEMFD, Report, Request};
+use rustix::event::{PollFd, PollFlags};
+
+use crate::board::Board;
+use crate::protocol::{self, Report};
+
+/// How many supervisors the server keeps idle at least.
+pub(crate) const SPARES: usize = 2;
 
 /// Serves the socket on stdin until it closes; `ppid` is `pipe`'s pid. Returns the exit
 /// code.
@@ -27,56 +38,105 @@ pub(crate) fn serve(ppid: i32) -> i32 {
             return 2;
         }
     };
+    // Where a supervisor that leaves too few idle wakes the server.
+    let (wake_r, wake_w) = match rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pipe {}: no pipe: {e}", crate::ARG);
+            return 2;
+        }
+    };
+    let board = match Board::new() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("pipe {}: no shared memory: {e}", crate::ARG);
+            return 2;
+        }
+    };
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
+    let fds = Fds {
+        socket: socket.as_raw_fd(),
+        wake_r: wake_r.as_raw_fd(),
+        wake_w: wake_w.as_raw_fd(),
+    };
+    let second = rustix::event::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    let mut said_full = false;
     loop {
-        reap_ended_supervisors();
-        let (bytes, mut fds) = match protocol::recv(socket.as_fd(), protocol::REQUEST_MAX) {
-            Ok(Some(message)) => message,
-            // `pipe` closed the socket: it has ended, or has nothing more to run.
-            Ok(None) => return 0,
+        for ended in reap_ended_children() {
+            board.free(ended);
+        }
+        while board.idle() < SPARES {
+            let Some(slot) = board.take(-1) else {
+                if !said_full {
+                    eprintln!(
+                        "pipe {}: {} commands at once: no more can start",
+                        crate::ARG,
+                        crate::board::SLOTS
+                    );
+                    said_full = true;
+                }
+                break;
+            };
+            // SAFETY: this process has one thread, so the child may go on as a normal
+            // process; it never returns here.
+            match unsafe { libc::fork() } {
+                0 => {
+                    // SAFETY: getpid has no preconditions.
+                    board.set_pid(slot, unsafe { libc::getpid() });
+                    std::process::exit(crate::supervisor::run(me, fds, &board, slot));
+                }
+                -1 => {
+                    let e = std::io::Error::last_os_error();
+                    eprintln!("pipe {}: cannot fork a supervisor: {e}", crate::ARG);
+                    board.set_pid(slot, 0);
+                    break;
+                }
+                pid => board.set_pid(slot, pid),
+            }
+        }
+        let mut wait = [
+            PollFd::new(&wake_r, PollFlags::IN),
+            // No event asked for: only its end (POLLHUP) is reported.
+            PollFd::new(&socket, PollFlags::empty()),
+        ];
+        match rustix::event::poll(&mut wait, Some(&second)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
-                eprintln!("pipe {}: reading a request: {e}", crate::ARG);
+                eprintln!("pipe {}: waiting: {e}", crate::ARG);
                 return 1;
             }
-        };
-        if fds.len() < 2 {
-            continue;
         }
-        let rest = fds.split_off(2);
-        let channel = fds.pop().expect("two descriptors");
-        let out = fds.pop().expect("two descriptors");
-        let request = if bytes == IN_MEMFD {
-            rest.first()
-                .and_then(|memfd| protocol::read_memfd(memfd).ok())
-                .and_then(|b| Request::decode(&b))
-        } else {
-            Request::decode(&bytes)
-        };
-        drop(rest);
-        let Some(request) = request else {
-            refuse(&channel, "internal: a malformed request");
-            continue;
-        };
-        // SAFETY: this process has one thread, so the child may go on as a normal process.
-        match unsafe { libc::fork() } {
-            0 => {
-                drop(socket);
-                let code = crate::supervisor::supervise(me, request, out, channel);
-                std::process::exit(code);
-            }
-            -1 => {
-                let e = std::io::Error::last_os_error();
-                refuse(&channel, &format!("cannot fork its supervisor: {e}"));
-            }
-            // The supervisor holds its own copies of `out` and `channel`; ours close here.
-            _ => {}
+        if wait[1]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::ERR)
+        {
+            // `pipe` closed the socket: it has ended, or has nothing more to run.
+            return 0;
         }
+        let mut drained = [0u8; 64];
+        while matches!(rustix::io::read(&wake_r, &mut drained), Ok(n) if n > 0) {}
     }
 }
 
+/// The server's descriptors, as a supervisor inherits them.
+#[derive(Clone, Copy)]
+pub(crate) struct Fds {
+    /// The socket requests come on.
+    pub socket: RawFd,
+    /// Where the server is woken (the supervisor closes its copy).
+    pub wake_r: RawFd,
+    /// Where a supervisor wakes the server.
+    pub wake_w: RawFd,
+}
+
 /// Tells `pipe` on `channel` that the command cannot start, and why.
-fn refuse(channel: &OwnedFd, why: &str) {
+pub(crate) fn refuse(channel: &OwnedFd, why: &str) {
     let _ = protocol::send(channel.as_fd(), &Report::Error(why.into()).encode(), &[]);
 }
 
@@ -99,14 +159,16 @@ fn socket_from_stdin() -> std::io::Result<OwnedFd> {
     }
 }
 
-/// Reaps the supervisors that have ended (before each request: until then they are
-/// zombies, at most one per command `pipe` runs at a time).
-fn reap_ended_supervisors() {
+/// Reaps the children that have ended (spares and supervisors: until then they are
+/// zombies); returns their pids.
+fn reap_ended_children() -> Vec<i32> {
+    let mut ended = Vec::new();
     loop {
         // SAFETY: waitpid on our own children; the status is not read.
         let p = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
         if p <= 0 {
-            return;
+            return ended;
         }
+        ended.push(p);
     }
 }

@@ -1,85 +1,139 @@
-//! A supervisor: the server's forked child that runs one command to its end and kills
-//! every descendant (see the crate's documentation), reporting on the status channel.
+//! A supervisor: a child of the server that runs commands one after the other, each to
+//! its end, killing every descendant (see the crate's documentation) and reporting on the
+//! command's status channel. Between commands it has no child at all (it has reaped every
+//! process that was handed to it), so the next command starts from a clean slate; one
+//! that could not kill everything ends instead of taking another.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use crate::protocol::{self, Report, Request};
+use rustix::event::{PollFd, PollFlags};
 
-/// Runs `request`'s command with its output into `out`, reporting on `channel`; `server`
-/// is the server's pid. Returns the exit code (the command's, or 128 + its signal).
-pub(crate) fn supervise(server: i32, request: Request, out: OwnedFd, channel: OwnedFd) -> i32 {
-    let signals = blocked_signals();
-    // When the server ends (`pipe` died, or it was killed), we are told: SIGTERM, blocked
-    // above and waited for below.
-    // SAFETY: prctl with integer arguments; no memory is touched.
+use crate::board::Board;
+use crate::protocol::{self, IN_MEMFD, Report, Request};
+use crate::server::{Fds, SPARES, refuse};
+
+/// Runs requests from the server's socket until it closes or the supervisor is told to
+/// end; `server` is the server's pid, `slot` this supervisor's on `board`. Returns the
+/// exit code.
+pub(crate) fn run(server: i32, fds: Fds, board: &Board, slot: usize) -> i32 {
+    // While idle, SIGTERM (the server died) ends it at once; while it supervises, the
+    // signal is blocked and read below.
+    // SAFETY: prctl with integer arguments, getppid and close with no preconditions; the
+    // descriptor closed is this process's copy, never used again.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if libc::getppid() != server {
+            return 1;
+        }
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+        libc::close(fds.wake_r);
     }
-    // The server died before PR_SET_PDEATHSIG took effect: start nothing.
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != server {
-        return 1;
+    let signals = signal_set();
+    // SAFETY: a valid set; the new descriptor is owned below.
+    let signal_fd = unsafe { libc::signalfd(-1, &signals, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if signal_fd < 0 {
+        eprintln!(
+            "pipe {}: no signalfd: {}",
+            crate::ARG,
+            std::io::Error::last_os_error()
+        );
+        return 2;
     }
+    // SAFETY: a new descriptor, owned by nobody else.
+    let signal_fd = unsafe { OwnedFd::from_raw_fd(signal_fd) };
+    // SAFETY: the socket stays open in this process for as long as it runs.
+    let socket = unsafe { BorrowedFd::borrow_raw(fds.socket) };
+    // The environment every command starts from, with its request's variables set.
+    let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let mut buffer = vec![0u8; protocol::REQUEST_MAX];
+    loop {
+        let (n, mut received) = match protocol::recv_into(socket, &mut buffer) {
+            Ok(Some((n, received))) if received.len() >= 2 => (n, received),
+            // Not a request of `pipe`'s: wait for the next.
+            Ok(Some(_)) => continue,
+            // `pipe` closed the socket.
+            Ok(None) => return 0,
+            Err(e) => {
+                eprintln!("pipe {}: reading a request: {e}", crate::ARG);
+                return 1;
+            }
+        };
+        block(&signals, true);
+        board.set_busy(slot, true);
+        if board.idle() < SPARES {
+            // SAFETY: a write of one byte from a local (the pipe does not block: a full
+            // one has woken the server already).
+            unsafe {
+                libc::write(fds.wake_w, [1u8].as_ptr().cast(), 1);
+            }
+        }
+        let rest = received.split_off(2);
+        let channel = received.pop().expect("two descriptors");
+        let out = received.pop().expect("two descriptors");
+        let bytes = &buffer[..n];
+        let request = if bytes == IN_MEMFD {
+            rest.first()
+                .and_then(|memfd| protocol::read_memfd(memfd).ok())
+                .and_then(|b| Request::decode(&b))
+        } else {
+            Request::decode(bytes)
+        };
+        drop(rest);
+        let again = match request {
+            Some(request) => supervise(server, &request, &base_env, out, channel, &signal_fd),
+            None => {
+                refuse(&channel, "internal: a malformed request");
+                true
+            }
+        };
+        // Told to end meanwhile (the server died): end now.
+        if !again || told_to_end(&signal_fd) {
+            return 0;
+        }
+        board.set_busy(slot, false);
+        block(&signals, false);
+    }
+}
+
+/// Runs one command with its output into `out`, reporting on `channel`. Returns whether
+/// this supervisor may take another: false when it was told to end (SIGTERM, the server
+/// gone) or could not kill every descendant.
+fn supervise(
+    server: i32,
+    request: &Request,
+    base_env: &[(OsString, OsString)],
+    out: OwnedFd,
+    channel: OwnedFd,
+    signal_fd: &OwnedFd,
+) -> bool {
     let report = |r: Report| {
         let _ = protocol::send(channel.as_fd(), &r.encode(), &[]);
     };
-    let pidfd = match rustix::process::pidfd_open(
-        rustix::process::getpid(),
-        rustix::process::PidfdFlags::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(e) => {
-            report(Report::Error(format!("no pidfd for its supervisor: {e}")));
-            return 127;
-        }
-    };
-    let pid = match start(&request, &out) {
+    let pid = match crate::spawn::spawn(request, base_env, &out) {
         Ok(pid) => pid,
         Err(e) => {
             report(Report::Error(e.to_string()));
-            return 127;
+            return true;
         }
     };
-    let started = protocol::send(channel.as_fd(), &Report::Started.encode(), &[pidfd.as_fd()]);
-    drop((pidfd, out));
-    if started.is_ok() {
-        wait_for_end(pid, server, &signals);
-    }
+    drop(out);
+    let started = protocol::send(channel.as_fd(), &Report::Started.encode(), &[]);
     // `pipe` did not hear of the start (it is gone): the command is killed at once.
+    let told_to_end = started.is_ok() && wait_for_end(pid, server, signal_fd, &channel);
     let (status, all_gone) = kill_descendants(pid);
-    report(Report::Status(status));
     if !all_gone {
         eprintln!("pipe: processes the command started could not be killed within 10 s");
-        report(Report::Survivors);
     }
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    }
+    report(Report::Ended {
+        status,
+        survivors: !all_gone,
+    });
+    all_gone && !told_to_end
 }
 
-/// Starts the command in `request`'s folder and environment (set in this process, which
-/// the command inherits as `pipe`'s own would), in a process group of its own, stdin
-/// /dev/null, stdout and stderr `out`; returns its pid.
-fn start(request: &Request, out: &OwnedFd) -> std::io::Result<i32> {
-    if let Some(dir) = &request.dir {
-        std::env::set_current_dir(dir)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    }
-    for (k, v) in &request.env {
-        // SAFETY: this process has one thread (a fork of the single-threaded server).
-        unsafe {
-            std::env::set_var(k, v);
-        }
-    }
-    crate::spawn::spawn(&request.argv, out)
-}
-
-/// Blocks the signals the supervisor waits for (SIGCHLD, and those that stop it) and
-/// returns their set. The command is started with an empty mask.
-fn blocked_signals() -> libc::sigset_t {
+/// The signals a supervisor reads while it supervises: SIGCHLD, and those that end it.
+fn signal_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -87,34 +141,81 @@ fn blocked_signals() -> libc::sigset_t {
         for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
+/// Blocks the signals of `set` (they are then read from the signalfd), or unblocks them.
+fn block(set: &libc::sigset_t, blocked: bool) {
+    let how = if blocked {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: a valid set; the old mask is not asked for.
+    unsafe {
+        libc::sigprocmask(how, set, std::ptr::null_mut());
+    }
+}
+
+/// Reads every signal pending on `signal_fd`; whether one of them ends the supervisor.
+fn told_to_end(signal_fd: &OwnedFd) -> bool {
+    let mut end = false;
+    loop {
+        // SAFETY: signalfd_siginfo is plain data, filled in by read.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`.
+        let n = unsafe {
+            libc::read(
+                signal_fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if n != size as isize {
+            return end;
+        }
+        end |= info.ssi_signo != libc::SIGCHLD as u32;
+    }
+}
+
 /// Waits until the command `pid` has exited (it is left unreaped, so that its pid and
-/// process group id cannot be reused) or the supervisor is told to stop; reaps the orphans
-/// that end meanwhile.
-fn wait_for_end(pid: i32, server: i32, signals: &libc::sigset_t) {
-    let second = libc::timespec {
+/// process group id cannot be reused), `pipe` asks for it to stop (a message on the
+/// channel, or the channel's end), or the supervisor is told to end (returns true); reaps
+/// the orphans that end meanwhile.
+fn wait_for_end(pid: i32, server: i32, signal_fd: &OwnedFd, channel: &OwnedFd) -> bool {
+    let second = rustix::event::Timespec {
         tv_sec: 1,
         tv_nsec: 0,
     };
     loop {
-        // SAFETY: a valid set and timeout; the siginfo is not read.
-        let sig = unsafe { libc::sigtimedwait(signals, std::ptr::null_mut(), &second) };
-        match sig {
-            libc::SIGCHLD => {}
-            // A timeout: the server may have died without the signal (a missed PDEATHSIG).
-            // SAFETY: getppid has no preconditions.
-            -1 if unsafe { libc::getppid() } == server => {}
-            -1 => return,
-            _ => return,
+        let mut wait = [
+            PollFd::new(signal_fd, PollFlags::IN),
+            PollFd::new(channel, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut wait, Some(&second)) {
+            Ok(0) => {
+                // The server may have died without the signal (a missed PDEATHSIG).
+                // SAFETY: getppid has no preconditions.
+                if unsafe { libc::getppid() } != server {
+                    return true;
+                }
+                continue;
+            }
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return true,
+        }
+        if !wait[1].revents().is_empty() {
+            return false;
+        }
+        if told_to_end(signal_fd) {
+            return true;
         }
         loop {
             match exited_child() {
                 None => break,
-                Some(p) if p == pid => return,
+                Some(p) if p == pid => return false,
                 Some(p) => {
                     // SAFETY: reaps our own exited child; the status is not read.
                     unsafe {

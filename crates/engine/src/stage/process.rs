@@ -4,7 +4,6 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -153,7 +152,7 @@ impl SupervisedChild {
     /// Its entry in the list of live commands.
     fn live(&self) -> Live {
         match &self.running {
-            Some(Running::Supervised(s)) => Live::Supervisor(s.supervisor()),
+            Some(Running::Supervised(s)) => Live::Supervisor(s.channel()),
             Some(Running::Direct(c)) => Live::Group(c.id() as i32),
             None => Live::Group(0),
         }
@@ -249,8 +248,8 @@ impl Drop for SupervisedChild {
 /// A command running now.
 #[derive(Clone)]
 enum Live {
-    /// The supervisor of a command, by pidfd.
-    Supervisor(Arc<OwnedFd>),
+    /// A command under a supervisor, by its status channel.
+    Supervisor(Arc<pipe_reap::client::Channel>),
     /// A command started without a supervisor, by process group.
     Group(i32),
 }
@@ -270,7 +269,7 @@ impl Live {
     /// with SIGKILL, then ends); without one, the command's group is killed.
     fn stop(&self) {
         match self {
-            Live::Supervisor(pidfd) => pipe_reap::client::stop(pidfd),
+            Live::Supervisor(channel) => channel.stop(),
             // SAFETY: kill(2) on a process group this process started; no memory is
             // touched.
             Live::Group(pgid) => unsafe {
@@ -301,7 +300,7 @@ pub fn stopping() -> bool {
 /// its descendants, and waits (up to 2 s) until their supervisors report them gone. No
 /// command starts after this ([`stopping`]).
 pub fn kill_live_groups() {
-    let supervisors: Vec<Arc<OwnedFd>> = {
+    let supervised: Vec<Arc<pipe_reap::client::Channel>> = {
         let live = live();
         STOPPING.store(true, Ordering::SeqCst);
         for l in live.iter() {
@@ -309,14 +308,13 @@ pub fn kill_live_groups() {
         }
         live.iter()
             .filter_map(|l| match l {
-                Live::Supervisor(pidfd) => Some(pidfd.clone()),
+                Live::Supervisor(channel) => Some(channel.clone()),
                 Live::Group(_) => None,
             })
             .collect()
     };
     let until = Instant::now() + Duration::from_secs(2);
-    for pidfd in supervisors {
-        let left = until.saturating_duration_since(Instant::now());
-        pipe_reap::client::has_ended(&pidfd, left);
+    for channel in supervised {
+        channel.has_ended(until.saturating_duration_since(Instant::now()));
     }
 }
