@@ -7,10 +7,12 @@
 //! next one itself for everyone waiting. An error is given to every caller the failed
 //! sync was meant to cover.
 //!
-//! Syncs start at most once every [`MIN_GAP`]: a caller that would start one sooner after
-//! the last ended waits out the gap, gathering the callers that come meanwhile. A run of
-//! a thousand short instances then makes about a hundred syncs a second at most, not one
-//! per instance; a lone instance, or the first of a run, does not wait.
+//! While callers come from several threads close together (instances of a run finishing a
+//! millisecond apart), syncs start at most once every [`MIN_GAP`]: a caller that would
+//! start one sooner after the last ended waits out the gap, gathering the callers that
+//! come meanwhile. A run of a thousand short instances then makes about a hundred syncs a
+//! second at most, not one per instance. A caller alone (one thread committing one
+//! artifact after another, a lone instance, the first of a run) never waits.
 
 use std::fs::File;
 use std::io;
@@ -36,6 +38,12 @@ struct State {
     failed: Option<(u64, String)>,
     /// When the latest sync ended.
     last_end: Option<Instant>,
+    /// The latest caller's thread, and when it came.
+    last_caller: Option<(std::thread::ThreadId, Instant)>,
+    /// When a caller last came within [`MIN_GAP`] of one from another thread.
+    crowded: Option<Instant>,
+    /// How many syncs waited out a gap (for the tests).
+    gaps: u64,
 }
 
 /// Syncs of one file system, shared by the threads of a run (see the module doc).
@@ -69,6 +77,13 @@ impl GroupSync {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // A sync that starts from now on covers this caller's writes.
         let need = s.started + 1;
+        let (me, now) = (std::thread::current().id(), Instant::now());
+        if s.last_caller
+            .is_some_and(|(other, at)| other != me && now.duration_since(at) < MIN_GAP)
+        {
+            s.crowded = Some(now);
+        }
+        s.last_caller = Some((me, now));
         loop {
             if s.done >= need {
                 return match &s.failed {
@@ -81,12 +96,16 @@ impl GroupSync {
                 continue;
             }
             s.running = true;
-            // Too soon after the last: wait out the gap (still `running`, so that callers
-            // coming meanwhile wait for this sync, which starts after their writes).
-            let gap = s
-                .last_end
-                .map_or(Duration::ZERO, |end| MIN_GAP.saturating_sub(end.elapsed()));
+            // Too soon after the last while callers crowd: wait out the gap (still
+            // `running`, so that callers coming meanwhile wait for this sync, which starts
+            // after their writes).
+            let crowded = s.crowded.is_some_and(|at| at.elapsed() < 2 * MIN_GAP);
+            let gap = match (crowded, s.last_end) {
+                (true, Some(end)) => MIN_GAP.saturating_sub(end.elapsed()),
+                _ => Duration::ZERO,
+            };
             if !gap.is_zero() {
+                s.gaps += 1;
                 drop(s);
                 std::thread::sleep(gap);
                 s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -158,17 +177,29 @@ mod tests {
         });
         let elapsed = start.elapsed();
         let st = g.state.lock().unwrap();
-        // The first sync starts at once, each later one at least MIN_GAP after the end of
-        // the one before: n syncs take at least (n - 1) gaps.
+        // The first sync starts at once; while the four threads crowd, each later one waits
+        // out the gap after the end of the one before.
         assert!(
             st.started >= 10,
             "each thread's 10 calls need 10 syncs at least"
         );
+        assert!(st.gaps > 0, "four threads calling at once crowd");
         assert!(
-            elapsed >= MIN_GAP * (st.started as u32 - 1),
-            "{} syncs in {elapsed:?}",
-            st.started
+            elapsed >= MIN_GAP * st.gaps as u32,
+            "{} gaps in {elapsed:?}",
+            st.gaps
         );
+    }
+
+    #[test]
+    fn a_caller_alone_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GroupSync::default();
+        for _ in 0..20 {
+            g.sync(dir.path()).unwrap();
+        }
+        let st = g.state.lock().unwrap();
+        assert_eq!((st.started, st.gaps), (20, 0));
     }
 
     #[test]
