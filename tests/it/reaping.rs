@@ -255,3 +255,144 @@ cmd = ["sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status > $PIPE_OUT/sig.tx
     let log = std::fs::read_to_string(logs[0].as_ref().unwrap().path()).unwrap();
     assert!(!log.contains("Broken pipe"), "{log}");
 }
+
+#[test]
+fn the_program_is_found_as_execvp_finds_it_and_a_start_failure_names_it() {
+    // The supervisor looks the program up itself (on the PATH of the command's own
+    // environment), runs a script without `#!` with /bin/sh, and reports why a program
+    // could not start.
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    let mode = |name: &str, mode: u32| {
+        std::fs::set_permissions(
+            p.dir.path().join(name),
+            std::fs::Permissions::from_mode(mode),
+        )
+        .unwrap()
+    };
+    p.write("plain.sh", "echo plain > \"$PIPE_OUT/p.txt\"\n");
+    mode("plain.sh", 0o755);
+    p.write("noexec.sh", "#!/bin/sh\necho never\n");
+    mode("noexec.sh", 0o644);
+    std::fs::create_dir(p.dir.path().join("bin")).unwrap();
+    p.write("bin/tool", "#!/bin/sh\necho \"$1\" > \"$PIPE_OUT/t.txt\"\n");
+    mode("bin/tool", 0o755);
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "lookup"
+[stage.missing]
+kind = "exec"
+cmd = ["no-such-program-here"]
+[stage.noexec]
+kind = "exec"
+cmd = ["./noexec.sh"]
+[stage.plain]
+kind = "exec"
+cmd = ["./plain.sh"]
+[stage.onpath]
+kind = "exec"
+cmd = ["tool", "found"]
+env = { PATH = "bin:/usr/bin:/bin" }
+"#,
+    );
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "cannot start `no-such-program-here` (in .): No such file or directory (os error 2)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot start `./noexec.sh` (in .): Permission denied (os error 13)"),
+        "{stderr}"
+    );
+    let mut made: Vec<String> = p
+        .artifacts()
+        .iter()
+        .flat_map(|a| std::fs::read_dir(a).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|x| x == "txt"))
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    made.sort();
+    assert_eq!(made, vec!["found\n".to_string(), "plain\n".to_string()]);
+}
+
+#[test]
+fn a_command_longer_than_one_message_runs_whole() {
+    // A request over 48 KiB travels to the supervisor in a memfd instead of the message.
+    let p = Project::new();
+    let long = "x".repeat(100_000);
+    p.write(
+        "p.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "long"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "printf %s \"$1\" | wc -c > $PIPE_OUT/n.txt; printf %s \"$BIG\" | wc -c >> $PIPE_OUT/n.txt", "_", "{long}"]
+env = {{ BIG = "{long}" }}
+"#
+        ),
+    );
+    let out = pipe_t(&p, &["run", "p.toml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = std::fs::read_to_string(p.artifacts()[0].join("n.txt")).unwrap();
+    assert_eq!(
+        n.split_whitespace().collect::<Vec<_>>(),
+        ["100000", "100000"]
+    );
+}
+
+#[test]
+fn a_command_stopped_at_its_timeout_leaves_the_next_ones_alone() {
+    // Supervisors run command after command: the stop of one (at its timeout) must reach
+    // that command only, never one that starts after it.
+    let p = Project::new();
+    p.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "stops"
+[sweep]
+i = [1, 2, 3, 4]
+[stage.slow]
+kind = "exec"
+cmd = ["sleep", "3${i}"]
+timeout = "1s"
+[stage.after]
+kind = "exec"
+cmd = ["sh", "-c", "sleep 0.3; echo ${i} > $PIPE_OUT/ok.txt"]
+"#,
+    );
+    let clock = Instant::now();
+    let out = pipe_t(&p, &["run", "p.toml", "--jobs", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let timed_out = stderr
+        .lines()
+        .filter(|l| l.contains("FAILED slow[i=") && l.contains("timed out: still running after 1s"))
+        .count();
+    assert_eq!(timed_out, 4, "{stderr}");
+    let mut ok: Vec<String> = p
+        .artifacts()
+        .iter()
+        .filter_map(|a| std::fs::read_to_string(a.join("ok.txt")).ok())
+        .collect();
+    ok.sort();
+    assert_eq!(ok, ["1\n", "2\n", "3\n", "4\n"]);
+    assert!(
+        clock.elapsed() < Duration::from_secs(20),
+        "the timeouts stopped them"
+    );
+}

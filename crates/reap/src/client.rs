@@ -57,8 +57,9 @@ impl Command {
     }
 
     /// Starts it under a supervisor (starting the server first if this process has none,
-    /// or a new one if the last has ended). An error says why the command could not start
-    /// (not found, not executable, a NUL in an argument).
+    /// or a new one if the last has ended). An error here says why the request could not
+    /// be sent (a NUL in an argument); one from the supervisor (the program not found, not
+    /// executable) comes as [`Ended::not_started`].
     pub fn start(self) -> std::io::Result<Started> {
         let bytes = self.request.encode()?;
         let output = match self.output {
@@ -78,24 +79,9 @@ impl Command {
         fds.extend(memfd.as_ref().map(|m| m.as_fd()));
         send_to_server(message, &fds)?;
         // The supervisor holds its own copy: ours is closed, so that the channel ends when
-        // the supervisor does.
+        // the supervisor does. Whether the command could start is known from its first
+        // report, which [`Started::wait`] reads (no round trip is waited for here).
         drop(theirs);
-        match protocol::recv(channel.as_fd(), protocol::REPORT_MAX)? {
-            Some((bytes, _)) => match Report::decode(&bytes) {
-                Some(Report::Started) => {}
-                Some(Report::Error(e)) => return Err(std::io::Error::other(e)),
-                _ => {
-                    return Err(std::io::Error::other(
-                        "its supervisor sent a malformed report",
-                    ));
-                }
-            },
-            None => {
-                return Err(std::io::Error::other(
-                    "its supervisor process ended before starting it",
-                ));
-            }
-        }
         Ok(Started {
             channel: Arc::new(Channel {
                 fd: channel,
@@ -115,9 +101,12 @@ pub struct Channel {
 
 impl Channel {
     /// Tells the supervisor to stop the command: it kills the command and every
-    /// descendant, then reports. Nothing happens once the command has ended.
+    /// descendant, then reports. Nothing happens once the command has ended. The channel
+    /// is shut for writing (the supervisor sees its end): no message is left unread
+    /// there, which would make the supervisor's close reset the channel before its report
+    /// is read.
     pub fn stop(&self) {
-        let _ = protocol::send(self.fd.as_fd(), b"stop", &[]);
+        let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
     }
 
     /// Whether the command has ended (and every descendant), waiting up to `within` for
@@ -146,8 +135,10 @@ pub struct Started {
 }
 
 /// How a command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {
+    /// It could not start: why (then nothing else is set).
+    pub not_started: Option<String>,
     /// Its wait status (as `waitpid` gives it); `None` when its supervisor ended without
     /// reporting one (it was killed).
     pub status: Option<i32>,
@@ -174,6 +165,7 @@ impl Started {
     /// [`Started::wait`], before the end is noted.
     fn wait_for_report(&self, deadline: Option<Instant>) -> std::io::Result<Ended> {
         let mut ended = Ended {
+            not_started: None,
             status: None,
             timed_out: false,
             survivors: false,
@@ -187,16 +179,25 @@ impl Started {
                     continue;
                 }
             }
-            match protocol::recv(self.channel.fd.as_fd(), protocol::REPORT_MAX)? {
+            let report = match protocol::recv(self.channel.fd.as_fd(), protocol::REPORT_MAX) {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => None,
+                report => report?,
+            };
+            match report {
                 // The supervisor ended without reporting (it was killed).
                 None => return Ok(ended),
-                Some((bytes, _)) => {
-                    if let Some(Report::Ended { status, survivors }) = Report::decode(&bytes) {
+                Some((bytes, _)) => match Report::decode(&bytes) {
+                    Some(Report::Ended { status, survivors }) => {
                         ended.status = Some(status);
                         ended.survivors = survivors;
                         return Ok(ended);
                     }
-                }
+                    Some(Report::Error(e)) => {
+                        ended.not_started = Some(e);
+                        return Ok(ended);
+                    }
+                    None => {}
+                },
             }
         }
     }

@@ -5,9 +5,11 @@
 //!   command's output file and the supervisor's end of the status channel (and, when the
 //!   request is larger than [`INLINE_MAX`], a memfd holding it, the message then being
 //!   [`IN_MEMFD`]).
-//! - supervisor -> `pipe`, on the status channel: [`Report`]s, the first one `started`
-//!   (with a pidfd of the supervisor) or `error`, then `ended` once every descendant is
-//!   gone (the channel then closes; `pipe` need not wait for that).
+//! - supervisor -> `pipe`, on the status channel, one [`Report`]: `error` when the
+//!   command could not start, else `ended` once it and every descendant are gone (the
+//!   channel then closes; `pipe` need not wait for that). `pipe` sends nothing there: it
+//!   stops a command by shutting the channel for writing (or closing it: it is gone),
+//!   which the supervisor sees as the channel's end.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{IoSlice, IoSliceMut};
@@ -107,8 +109,6 @@ impl Request {
 /// What a supervisor reports to `pipe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Report {
-    /// The command started (sent with a pidfd of the supervisor).
-    Started,
     /// The command could not start: why.
     Error(String),
     /// The command ended, with this wait status (as `waitpid` gives it), and every
@@ -120,7 +120,6 @@ impl Report {
     /// The report as one message.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Report::Started => b"started".to_vec(),
             Report::Error(e) => {
                 // Within what `pipe` receives, cut at a character.
                 let mut end = e.len().min(REPORT_MAX - 16);
@@ -144,7 +143,6 @@ impl Report {
     pub fn decode(bytes: &[u8]) -> Option<Report> {
         let text = std::str::from_utf8(bytes).ok()?;
         match text {
-            "started" => Some(Report::Started),
             _ => {
                 if let Some(e) = text.strip_prefix("error ") {
                     Some(Report::Error(e.to_string()))
@@ -326,7 +324,6 @@ mod tests {
     #[test]
     fn reports_read_back() {
         for r in [
-            Report::Started,
             Report::Error("No such file or directory (os error 2)".into()),
             Report::Ended {
                 status: 9,

@@ -118,9 +118,8 @@ fn supervise(
         }
     };
     drop(out);
-    let started = protocol::send(channel.as_fd(), &Report::Started.encode(), &[]);
-    // `pipe` did not hear of the start (it is gone): the command is killed at once.
-    let told_to_end = started.is_ok() && wait_for_end(pid, server, signal_fd, &channel);
+    // `pipe` gone meanwhile (the channel's end) stops the command at once.
+    let told_to_end = wait_for_end(pid, server, signal_fd, &channel);
     let (status, all_gone) = kill_descendants(pid);
     if !all_gone {
         eprintln!("pipe: processes the command started could not be killed within 10 s");

@@ -26,4 +26,4 @@ pub use params::{
     default_literal, json_type, keep_typed_views,
 };
 pub use parts::{InputIdentities, InputParts, KeyInputs, Part};
-pub use process::{Supervised, SupervisedChild, TimedOut, kill_live_groups, stopping};
+pub use process::{NotStarted, Supervised, SupervisedChild, TimedOut, kill_live_groups, stopping};

@@ -23,6 +23,19 @@ impl std::fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
+/// A command could not start (its program not found, not executable, its folder missing):
+/// why.
+#[derive(Debug)]
+pub struct NotStarted(pub String);
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotStarted {}
+
 /// A command to start so that nothing it starts outlives it. In the `pipe` binary (which
 /// calls [`pipe_reap::main_if_server`]) it runs under a supervisor process that kills
 /// every descendant when the command ends, is stopped, or `pipe` dies; elsewhere (unit
@@ -100,8 +113,9 @@ impl Supervised {
         Ok(self)
     }
 
-    /// Starts the command. An error says why it could not start (not found, not
-    /// executable), or that `pipe` is stopping on a signal.
+    /// Starts the command. An error says why it could not start, or that `pipe` is
+    /// stopping on a signal; under a supervisor, a program not found or not executable is
+    /// [`NotStarted`] from [`SupervisedChild::wait_until`] instead.
     pub fn spawn(self) -> std::io::Result<SupervisedChild> {
         if stopping() {
             return Err(std::io::Error::other(
@@ -159,8 +173,9 @@ impl SupervisedChild {
     }
 
     /// Waits for the command and every process it started to end; at `deadline` stops
-    /// them and fails with [`TimedOut`]. Returns the command's exit status; fails when the
-    /// supervisor could not kill every descendant.
+    /// them and fails with [`TimedOut`]. Returns the command's exit status; fails with
+    /// [`NotStarted`] when it could not start, and when the supervisor could not kill every
+    /// descendant.
     pub fn wait_until(mut self, deadline: Option<Instant>) -> anyhow::Result<ExitStatus> {
         let me = self.live();
         let result = match self.running.take() {
@@ -179,6 +194,9 @@ fn wait_supervised(
     deadline: Option<Instant>,
 ) -> anyhow::Result<ExitStatus> {
     let ended = started.wait(deadline)?;
+    if let Some(why) = ended.not_started {
+        return Err(anyhow::Error::new(NotStarted(why)));
+    }
     if ended.timed_out {
         return Err(anyhow::Error::new(TimedOut));
     }

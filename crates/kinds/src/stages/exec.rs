@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use crate::stages::slots;
 use pipe_engine::spec::template;
 use pipe_engine::stage::{
-    CheckEnv, DeclaredFile, Inputs, Kind, ParamError, RunContext, Scalar, Supervised,
+    CheckEnv, DeclaredFile, Inputs, Kind, NotStarted, ParamError, RunContext, Scalar, Supervised,
 };
 
 /// The kind's name, as written `kind = "exec"`.
@@ -159,10 +159,12 @@ pub fn run_command(p: &ExecParams, ctx: &mut RunContext<'_>) -> anyhow::Result<(
     for (k, v) in &p.env {
         supervised.env(k, template::display(&v.0));
     }
-    let child = supervised
-        .spawn()
-        .with_context(|| format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display()))?;
-    let status = child.wait_until(ctx.deadline)?;
+    let cannot_start = || format!("cannot start `{}` (in {})", argv[0], ctx.base_dir.display());
+    let child = supervised.spawn().with_context(cannot_start)?;
+    let status = match child.wait_until(ctx.deadline) {
+        Err(e) if e.is::<NotStarted>() => return Err(e.context(cannot_start())),
+        status => status?,
+    };
     if !status.success() {
         match status.code() {
             Some(c) => bail!("command `{}` exited with status {c}", argv.join(" ")),
