@@ -142,23 +142,18 @@ impl Report {
     /// The report [`Report::encode`] made; `None` when `bytes` is not one.
     pub fn decode(bytes: &[u8]) -> Option<Report> {
         let text = std::str::from_utf8(bytes).ok()?;
-        match text {
-            _ => {
-                if let Some(e) = text.strip_prefix("error ") {
-                    Some(Report::Error(e.to_string()))
-                } else {
-                    let ended = text.strip_prefix("ended ")?;
-                    let (status, survivors) = match ended.strip_suffix(" survivors") {
-                        Some(s) => (s, true),
-                        None => (ended, false),
-                    };
-                    Some(Report::Ended {
-                        status: status.parse().ok()?,
-                        survivors,
-                    })
-                }
-            }
+        if let Some(e) = text.strip_prefix("error ") {
+            return Some(Report::Error(e.to_string()));
         }
+        let ended = text.strip_prefix("ended ")?;
+        let (status, survivors) = match ended.strip_suffix(" survivors") {
+            Some(s) => (s, true),
+            None => (ended, false),
+        };
+        Some(Report::Ended {
+            status: status.parse().ok()?,
+            survivors,
+        })
     }
 }
 
