@@ -19,6 +19,20 @@ fn pipe_t(p: &Project, args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// Writes `pipeline` as `p.toml`, runs it (it must succeed) and returns its one artifact's
+/// folder.
+fn run_one(p: &Project, pipeline: &str) -> std::path::PathBuf {
+    p.write("p.toml", pipeline);
+    let out = pipe_t(p, &["run", "p.toml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.artifacts().remove(0)
+}
+
 /// Whether process `pid` is gone (a zombie nobody reaped counts as gone: it runs nothing).
 fn gone(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -189,8 +203,8 @@ fn a_command_reads_nothing_on_stdin_and_cannot_reach_the_status_channel() {
     // The reaper's own stdin carries its report to pipe; the command must get /dev/null
     // there, so that reading gives end of file at once and a write reaches nothing.
     let p = Project::new();
-    p.write(
-        "p.toml",
+    let dir = run_one(
+        &p,
         r#"
 [pipeline]
 name = "stdin"
@@ -199,14 +213,6 @@ kind = "exec"
 cmd = ["sh", "-c", "readlink /proc/self/fd/0 > $PIPE_OUT/stdin.txt; cat > $PIPE_OUT/read.txt; echo 'status 7' >&0 2>/dev/null; ls /proc/self/fd > $PIPE_OUT/fds.txt"]
 "#,
     );
-    let out = pipe_t(&p, &["run", "p.toml"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = &p.artifacts()[0];
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     assert_eq!(read("stdin.txt"), "/dev/null\n");
     assert_eq!(read("read.txt"), "");
@@ -225,8 +231,8 @@ fn a_command_starts_with_no_signal_blocked_or_ignored() {
     // do); glibc's `posix_spawn` leaves its two internal signals ignored in what it starts.
     // None of that may reach the command: `yes | head` must end by SIGPIPE, quietly.
     let p = Project::new();
-    p.write(
-        "p.toml",
+    let dir = run_one(
+        &p,
         r#"
 [pipeline]
 name = "signals"
@@ -235,14 +241,6 @@ kind = "exec"
 cmd = ["sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status > $PIPE_OUT/sig.txt; yes | head -c 4 > $PIPE_OUT/yes.txt"]
 "#,
     );
-    let out = pipe_t(&p, &["run", "p.toml"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = &p.artifacts()[0];
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     // What a shell this test starts itself shows (the test harness starts nothing with a
     // signal ignored or blocked).
@@ -327,8 +325,8 @@ fn a_command_longer_than_one_message_runs_whole() {
     // A request over 48 KiB travels to the supervisor in a memfd instead of the message.
     let p = Project::new();
     let long = "x".repeat(100_000);
-    p.write(
-        "p.toml",
+    let dir = run_one(
+        &p,
         &format!(
             r#"
 [pipeline]
@@ -340,14 +338,7 @@ env = {{ BIG = "{long}" }}
 "#
         ),
     );
-    let out = pipe_t(&p, &["run", "p.toml"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let n = std::fs::read_to_string(p.artifacts()[0].join("n.txt")).unwrap();
+    let n = std::fs::read_to_string(dir.join("n.txt")).unwrap();
     assert_eq!(
         n.split_whitespace().collect::<Vec<_>>(),
         ["100000", "100000"]
