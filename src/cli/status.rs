@@ -141,14 +141,15 @@ const MAX_WIDTH: usize = 120;
 fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, LiveInstance>) {
     // One write per screenful, not per line (stdout is line-buffered).
     let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
-    let width = plan
-        .order
-        .iter()
-        .map(|&n| plan.label(n).len())
-        .max()
-        .unwrap_or(0)
-        .min(MAX_WIDTH);
-    for s in states {
+    // Each label made once (a label formats the instance's point); the column is as wide
+    // as the plan's widest label, shown or not.
+    let labels: Vec<String> = states.iter().map(|s| plan.label(s.node)).collect();
+    let widest = match states.len() == plan.order.len() {
+        true => labels.iter().map(String::len).max(),
+        false => plan.order.iter().map(|&n| plan.label(n).len()).max(),
+    };
+    let width = widest.unwrap_or(0).min(MAX_WIDTH);
+    for (s, label) in states.iter().zip(&labels) {
         let state = s.state.word();
         let job = jobs
             .get(&plan.graph[s.node].recipe)
@@ -156,8 +157,7 @@ fn print_text(plan: &Plan, states: &[InstanceStatus], jobs: &HashMap<String, Liv
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{state:<8} {:<width$}  {}  {}{job}",
-            plan.label(s.node),
+            "{state:<8} {label:<width$}  {}  {}{job}",
             plan.short_key(s.node),
             s.reason
         );

@@ -331,10 +331,10 @@ impl Plan {
 
     /// The first 12 digits of `n`'s key, or `?` padded to 12 while it is not known.
     pub fn short_key(&self, n: NodeIndex) -> String {
-        match self.graph[n].key() {
-            Some(k) => k[..12].to_string(),
-            None => format!("{:<12}", "?"),
-        }
+        self.graph[n]
+            .resolved
+            .with(|r| r.map(|r| crate::key::short(&r.key, 12).to_string()))
+            .unwrap_or_else(|| format!("{:<12}", "?"))
     }
 
     /// Fills in `n`'s key if every input's share of it is known: an input read whole
@@ -342,30 +342,40 @@ impl Plan {
     /// read by parts must have a known key (its parts are keyed from what it read).
     /// Returns the key, or `None` while an input's output is not known yet.
     pub fn resolve(&self, n: NodeIndex, store: &Store) -> Option<String> {
+        if self.resolved(n, store) {
+            self.graph[n].key()
+        } else {
+            None
+        }
+    }
+
+    /// [`Plan::resolve`] without a copy of the key: whether it is known.
+    fn resolved(&self, n: NodeIndex, store: &Store) -> bool {
         let inst = &self.graph[n];
-        if let Some(key) = inst.key() {
-            return Some(key);
+        if inst.resolved.with(|r| r.is_some()) {
+            return true;
         }
         if inst.missing.is_some() {
-            return None;
+            return false;
         }
         let mut ids = Vec::with_capacity(inst.inputs.len());
         let mut input_parts = Vec::with_capacity(inst.inputs.len());
         for ((slot, up), reads) in inst.inputs.iter().zip(&inst.reads) {
-            let (id, seen) = match reads {
-                Some(names) => {
-                    let seen = self.named_parts(*up, names)?;
-                    (crate::key::parts_id(&seen), seen)
-                }
-                None => {
-                    let digest = self.digest(*up, store)?;
+            let known = match reads {
+                Some(names) => self
+                    .named_parts(*up, names)
+                    .map(|seen| (crate::key::parts_id(&seen), seen)),
+                None => self.digest(*up, store).and_then(|digest| {
                     let all: Vec<(String, String)> = self
                         .parts(*up)?
                         .into_iter()
                         .map(|p| (p.name, p.key))
                         .collect();
-                    (digest, all)
-                }
+                    Some((digest, all))
+                }),
+            };
+            let Some((id, seen)) = known else {
+                return false;
             };
             ids.push((slot.clone(), id));
             input_parts.push((slot.clone(), seen));
@@ -379,17 +389,17 @@ impl Plan {
             &inst.files,
         );
         inst.resolved.set(Resolved {
-            key: key.clone(),
+            key,
             input_ids: ids,
             input_parts,
         });
-        Some(key)
+        true
     }
 
     /// Resolves every key that can be, in plan order (inputs first).
     pub fn resolve_all(&self, store: &Store) {
         for &n in &self.order {
-            self.resolve(n, store);
+            self.resolved(n, store);
         }
     }
 
