@@ -2,25 +2,27 @@
 //! outlives it, whatever the descendant does (a new process group, a new session, a double
 //! fork) and however `pipe` ends (`kill -9`). Linux only.
 //!
-//! Three processes take part:
+//! Three kinds of process take part:
 //! - **`pipe`** ([`client`]) starts one *server* per run, the first time a command is to
-//!   run, and sends it each command as a [`Request`](protocol::Request) on a socket, with
-//!   the command's output file and a fresh *status channel* (descriptors passed along).
+//!   run, and sends each command as a [`Request`](protocol::Request) on the server's
+//!   socket, with the command's output file and a fresh *status channel* (descriptors
+//!   passed along).
 //! - **The server** ([`server`]: `pipe-reap __reap PPID`, the small binary beside `pipe`,
-//!   or `pipe __reap PPID` without it) forks one supervisor per request. Being small and
-//!   single-threaded, it forks in a fraction of the time an `exec` of a new binary takes,
-//!   which is what a command's supervision used to cost. It ends when `pipe` does (the
-//!   socket closes, or PR_SET_PDEATHSIG = SIGTERM fires).
-//! - **A supervisor** ([`supervisor`]) per command makes itself a child subreaper (every
-//!   orphaned descendant of the command becomes its child), starts the command in a
-//!   process group of its own, and when the command exits, or on SIGTERM (`pipe` stops it
-//!   through the pidfd it was sent, or the server ended), kills the command's group, then
-//!   each of its children with SIGKILL, again and again as orphans are handed to it, until
-//!   it has none. Only then does it report the command's wait status on the status
-//!   channel, and exit.
+//!   or `pipe __reap PPID` without it) keeps a few idle supervisors forked in advance, and
+//!   forks more when too few are idle. It ends when `pipe` does (the socket closes, or
+//!   PR_SET_PDEATHSIG = SIGTERM fires).
+//! - **Supervisors** ([`supervisor`]) take requests straight from the socket and run
+//!   command after command. Each is a child subreaper (every orphaned descendant of its
+//!   command becomes its child); it starts the command in a process group of its own, and
+//!   when the command exits, `pipe` shuts the status channel (a timeout, Ctrl-C, or `pipe`
+//!   gone), or SIGTERM comes (the server ended), kills the command's group, then each of
+//!   its children with SIGKILL, again and again as orphans are handed to it, until it has
+//!   none. Only then does it report the command's wait status on the channel, and take
+//!   the next request (or end, when it was told to or could not kill everything).
 //!
-//! This crate depends on nothing of `pipe`, so that the server's binary stays small (it
-//! is forked once per command).
+//! No process starts per command but the command itself, which is what a command's
+//! supervision used to cost (an `exec` of a reaper binary). This crate depends on nothing
+//! of `pipe`, so that the server's binary, whose forks are the supervisors, stays small.
 
 mod board;
 pub mod client;
