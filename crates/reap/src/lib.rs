@@ -4,14 +4,14 @@
 //!
 //! Three kinds of process take part:
 //! - **`pipe`** ([`client`]) starts one *server* per run, the first time a command is to
-//!   run, and sends each command as a [`Request`](protocol::Request) on the server's
+//!   run, and sends each command as a `Request` (`protocol.rs`) on the server's
 //!   socket, with the command's output file and a fresh *status channel* (descriptors
 //!   passed along).
-//! - **The server** ([`server`]: `pipe-reap __reap PPID`, the small binary beside `pipe`,
+//! - **The server** (`server.rs`: `pipe-reap __reap PPID`, the small binary beside `pipe`,
 //!   or `pipe __reap PPID` without it) keeps a few idle supervisors forked in advance, and
 //!   forks more when too few are idle. It ends when `pipe` does (the socket closes, or
 //!   PR_SET_PDEATHSIG = SIGTERM fires).
-//! - **Supervisors** ([`supervisor`]) take requests straight from the socket and run
+//! - **Supervisors** (`supervisor.rs`) take requests straight from the socket and run
 //!   command after command. Each is a child subreaper (every orphaned descendant of its
 //!   command becomes its child); it starts the command in a process group of its own, and
 //!   when the command exits, `pipe` shuts the status channel (a timeout, Ctrl-C, or `pipe`
