@@ -10,5 +10,9 @@ fn main() {
     if let Some(code) = pipe_reap::main_if_server() {
         std::process::exit(code);
     }
-    std::process::exit(pipe::cli::main());
+    let code = pipe::cli::main();
+    // The supervision server and its idle supervisors end and are reaped (a second at
+    // most: nothing runs any more).
+    pipe_reap::client::shutdown(std::time::Duration::from_secs(1));
+    std::process::exit(code);
 }

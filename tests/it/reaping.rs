@@ -387,3 +387,28 @@ cmd = ["sh", "-c", "sleep 0.3; echo ${i} > $PIPE_OUT/ok.txt"]
         "the timeouts stopped them"
     );
 }
+
+#[test]
+fn no_process_of_the_supervision_is_left_when_pipe_returns() {
+    // The server and its supervisors are reaped before `pipe` exits: not left running, nor
+    // as zombies for init to reap.
+    let p = Project::new();
+    let dir = run_one(
+        &p,
+        r#"
+[pipeline]
+name = "left"
+[stage.e]
+kind = "exec"
+cmd = ["sh", "-c", "echo $PPID > $PIPE_OUT/supervisor.txt; cut -d' ' -f4 /proc/$PPID/stat > $PIPE_OUT/server.txt"]
+"#,
+    );
+    for file in ["supervisor.txt", "server.txt"] {
+        let pid = std::fs::read_to_string(dir.join(file)).unwrap();
+        let pid: u32 = pid.trim().parse().unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{file}: process {pid} is left"
+        );
+    }
+}

@@ -223,6 +223,26 @@ fn readable(fd: &OwnedFd, within: Option<Duration>) -> std::io::Result<bool> {
 struct Server {
     /// Our end of its socket.
     socket: OwnedFd,
+    /// Told when the server has ended (and been reaped).
+    ended: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+/// Ends this process's server, if it has one, and waits up to `within` for it to have
+/// ended: call last, when no command runs any more. Its idle supervisors end at once (they
+/// see the socket's end), and it reaps them before it ends, so that no finished process
+/// of pipe's is left for init to reap.
+pub fn shutdown(within: Duration) {
+    let Some(server) = current().take() else {
+        return;
+    };
+    // Another thread still sending would hold it: then leave it to end with the process.
+    if let Ok(Server { socket, ended }) = Arc::try_unwrap(server) {
+        drop(socket);
+        let _ = ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recv_timeout(within);
+    }
 }
 
 /// The server now (`None` until the first command, or once it has been found ended).
@@ -273,6 +293,7 @@ fn gone(e: &std::io::Error) -> bool {
 fn start_server() -> std::io::Result<Server> {
     let (ours, theirs) = protocol::socket_pair()?;
     let (tx, rx) = std::sync::mpsc::channel();
+    let (ended_tx, ended) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("pipe-reap".into())
         .spawn(move || {
@@ -292,6 +313,7 @@ fn start_server() -> std::io::Result<Server> {
                 Ok(mut child) => {
                     let _ = tx.send(Ok(()));
                     let _ = child.wait();
+                    let _ = ended_tx.send(());
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -300,7 +322,10 @@ fn start_server() -> std::io::Result<Server> {
         })?;
     rx.recv()
         .map_err(|_| std::io::Error::other("the thread starting the supervision server ended"))??;
-    Ok(Server { socket: ours })
+    Ok(Server {
+        socket: ours,
+        ended: Mutex::new(ended),
+    })
 }
 
 /// The program to start as the server: [`BINARY`](crate::BINARY) beside this binary when

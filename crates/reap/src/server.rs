@@ -116,7 +116,13 @@ pub(crate) fn serve(ppid: i32) -> i32 {
             .revents()
             .intersects(PollFlags::HUP | PollFlags::ERR)
         {
-            // `pipe` closed the socket: it has ended, or has nothing more to run.
+            // `pipe` closed the socket: it has ended, or has nothing more to run. The
+            // idle supervisors see the end too; each is reaped once it has ended.
+            drop(wait);
+            drop(socket);
+            // SAFETY: waitpid on our own children until none is left; the status is not
+            // read.
+            while unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } > 0 {}
             return 0;
         }
         let mut drained = [0u8; 64];
