@@ -118,7 +118,6 @@ pub(crate) fn serve(ppid: i32) -> i32 {
         {
             // `pipe` closed the socket: it has ended, or has nothing more to run. The
             // idle supervisors see the end too; each is reaped once it has ended.
-            drop(wait);
             drop(socket);
             // SAFETY: waitpid on our own children until none is left; the status is not
             // read.
