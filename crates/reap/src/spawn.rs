@@ -47,13 +47,14 @@ struct Child {
 }
 
 /// Starts `request`'s command in a process group of its own, in its folder, with
-/// `base_env` and its variables, stdin /dev/null, stdout and stderr `out`, an empty
+/// `base_env` and its variables, stdin `null` (/dev/null), stdout and stderr `out`, an empty
 /// signal mask, and PR_SET_PDEATHSIG = SIGKILL (should the supervisor be killed, the
 /// command goes too). Returns its pid.
 pub(crate) fn spawn(
     request: &Request,
     base_env: &[(OsString, OsString)],
     out: &OwnedFd,
+    null: &OwnedFd,
 ) -> std::io::Result<i32> {
     let c = |bytes: &[u8]| {
         CString::new(bytes).map_err(|_| std::io::Error::other("a NUL byte in the command"))
@@ -86,7 +87,6 @@ pub(crate) fn spawn(
         .map(|d| c(d.as_os_str().as_bytes()))
         .transpose()?;
     let sh = c(b"/bin/sh")?;
-    let null = std::fs::File::open("/dev/null")?;
     let terminated = |v: &[CString]| -> Vec<*const libc::c_char> {
         v.iter()
             .map(|a| a.as_ptr())

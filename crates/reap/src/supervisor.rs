@@ -44,8 +44,19 @@ pub(crate) fn run(server: i32, fds: Fds, board: &Board, slot: usize) -> i32 {
     let signal_fd = unsafe { OwnedFd::from_raw_fd(signal_fd) };
     // SAFETY: the socket stays open in this process for as long as it runs.
     let socket = unsafe { BorrowedFd::borrow_raw(fds.socket) };
-    // The environment every command starts from, with its request's variables set.
-    let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let null = match std::fs::File::open("/dev/null") {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pipe {}: no /dev/null: {e}", crate::ARG);
+            return 2;
+        }
+    };
+    let me = Supervisor {
+        server,
+        base_env: std::env::vars_os().collect(),
+        null: null.into(),
+        signal_fd,
+    };
     let mut buffer = vec![0u8; protocol::REQUEST_MAX];
     loop {
         let (n, mut received) = match protocol::recv_into(socket, &mut buffer) {
@@ -81,14 +92,14 @@ pub(crate) fn run(server: i32, fds: Fds, board: &Board, slot: usize) -> i32 {
         };
         drop(rest);
         let again = match request {
-            Some(request) => supervise(server, &request, &base_env, out, channel, &signal_fd),
+            Some(request) => me.supervise(&request, out, channel),
             None => {
                 refuse(&channel, "internal: a malformed request");
                 true
             }
         };
         // Told to end meanwhile (the server died): end now.
-        if !again || told_to_end(&signal_fd) {
+        if !again || told_to_end(&me.signal_fd) {
             return 0;
         }
         board.set_busy(slot, false);
@@ -96,39 +107,46 @@ pub(crate) fn run(server: i32, fds: Fds, board: &Board, slot: usize) -> i32 {
     }
 }
 
-/// Runs one command with its output into `out`, reporting on `channel`. Returns whether
-/// this supervisor may take another: false when it was told to end (SIGTERM, the server
-/// gone) or could not kill every descendant.
-fn supervise(
+/// What a supervisor keeps from one command to the next.
+struct Supervisor {
+    /// The server's pid.
     server: i32,
-    request: &Request,
-    base_env: &[(OsString, OsString)],
-    out: OwnedFd,
-    channel: OwnedFd,
-    signal_fd: &OwnedFd,
-) -> bool {
-    let report = |r: Report| {
-        let _ = protocol::send(channel.as_fd(), &r.encode(), &[]);
-    };
-    let pid = match crate::spawn::spawn(request, base_env, &out) {
-        Ok(pid) => pid,
-        Err(e) => {
-            report(Report::Error(e.to_string()));
-            return true;
+    /// The environment every command starts from, with its request's variables set.
+    base_env: Vec<(OsString, OsString)>,
+    /// /dev/null, every command's stdin.
+    null: OwnedFd,
+    /// Where the blocked signals are read.
+    signal_fd: OwnedFd,
+}
+
+impl Supervisor {
+    /// Runs one command with its output into `out`, reporting on `channel`. Returns
+    /// whether this supervisor may take another: false when it was told to end (SIGTERM,
+    /// the server gone) or could not kill every descendant.
+    fn supervise(&self, request: &Request, out: OwnedFd, channel: OwnedFd) -> bool {
+        let report = |r: Report| {
+            let _ = protocol::send(channel.as_fd(), &r.encode(), &[]);
+        };
+        let pid = match crate::spawn::spawn(request, &self.base_env, &out, &self.null) {
+            Ok(pid) => pid,
+            Err(e) => {
+                report(Report::Error(e.to_string()));
+                return true;
+            }
+        };
+        drop(out);
+        // `pipe` gone meanwhile (the channel's end) stops the command at once.
+        let told_to_end = wait_for_end(pid, self.server, &self.signal_fd, &channel);
+        let (status, all_gone) = kill_descendants(pid);
+        if !all_gone {
+            eprintln!("pipe: processes the command started could not be killed within 10 s");
         }
-    };
-    drop(out);
-    // `pipe` gone meanwhile (the channel's end) stops the command at once.
-    let told_to_end = wait_for_end(pid, server, signal_fd, &channel);
-    let (status, all_gone) = kill_descendants(pid);
-    if !all_gone {
-        eprintln!("pipe: processes the command started could not be killed within 10 s");
+        report(Report::Ended {
+            status,
+            survivors: !all_gone,
+        });
+        all_gone && !told_to_end
     }
-    report(Report::Ended {
-        status,
-        survivors: !all_gone,
-    });
-    all_gone && !told_to_end
 }
 
 /// The signals a supervisor reads while it supervises: SIGCHLD, and those that end it.
